@@ -1,0 +1,197 @@
+"""Run configuration and profiles: declared once, read by the engines, the sweep and the report.
+
+A `RunConfig` is a flat dataclass so that every field can be overridden with
+``--set key=value``, recorded in a Parquet row and compared across runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+TASKS = ("lungs", "heart", "clavicles")
+SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
+TRANSFER_METHODS = ("proposed", "finetune", "scratch", "source_only")
+# Fractions of the target training split that keep their labels (paper, Table II), in percent.
+LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
+TARGETS = ("montgomery", "shenzhen")
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines one training run. Defaults are the paper's settings."""
+
+    # --- identity of the run (the keys of a Parquet row) ---
+    experiment: str = "segmentation"  # "segmentation" (Table I) or "transfer" (Table II)
+    model: str = "unet"
+    task: str = "lungs"
+    fold: int = 0  # test fold of the 5-fold JSRT cross-validation
+    n_folds: int = 5
+    repetition: int = 0  # transfer: which seeded 60/20/20 split
+    method: str = "supervised"  # "supervised" or one of TRANSFER_METHODS
+    label_fraction: float | None = None  # percent of the target training split; None outside transfer
+    target: str = "montgomery"
+    profile: str = "paper"
+    seed: int = 0
+
+    # --- data ---
+    image_size: int = 256
+    augment: bool = False  # off in the paper
+
+    # --- segmentation network and optimisation (paper §V-B) ---
+    width: float = 1.0  # channel multiplier of the segmentation network
+    epochs: int = 150
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    loss: str = "ce"  # "ce" (paper), "ce_dice" or "weighted_ce" (options, never silent)
+    eval_every: int = 1
+
+    # --- transfer (paper §IV-C, §V-C; loss weights from the authors' follow-up code) ---
+    translator: str = "munit"  # "munit" or "cyclegan"
+    translator_width: int = 32
+    style_dim: int = 8
+    warmup_epochs: int = 20  # translator trained alone before M_A joins
+    transfer_epochs: int = 30
+    gan_lr: float = 1e-4
+    gan_beta1: float = 0.5
+    gan_beta2: float = 0.999
+    gan_weight_decay: float = 1e-4
+    w_adv: float = 1.0
+    w_recon: float = 10.0
+    w_cycle: float = 10.0
+    w_style: float = 1.0
+    w_content: float = 1.0
+    w_seg: float = 1.0
+
+    # --- execution ---
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Each profile is a set of overrides of the paper defaults, declared here and nowhere else.
+PROFILES: dict[str, dict[str, Any]] = {
+    # The paper's protocol: 256 px, full-width networks, 150 epochs, batch 4.
+    "paper": {},
+    # Reproduces the paper's trends on 2 CPU cores in a few minutes per run.
+    "cpu": {
+        "image_size": 128,
+        "width": 0.25,
+        "epochs": 30,
+        "warmup_epochs": 10,
+        "transfer_epochs": 10,
+        "translator_width": 16,
+    },
+    # Seconds per run: tests and the demo.
+    "smoke": {
+        "image_size": 64,
+        "width": 0.125,
+        "epochs": 2,
+        "warmup_epochs": 1,
+        "transfer_epochs": 1,
+        "translator_width": 8,
+    },
+}
+
+
+def parse_value(text: str, like: Any) -> Any:
+    """Parse a --set value into the type of the field's current value."""
+    if isinstance(like, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if isinstance(like, int):
+        return int(text)
+    if isinstance(like, float) or like is None and _looks_numeric(text):
+        return None if text.lower() == "none" else float(text)
+    if like is None and text.lower() == "none":
+        return None
+    return text
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return text.lower() == "none"
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
+    """Turn ["lr=1e-3", "epochs=5"] into {"lr": "1e-3", "epochs": "5"} (values still text)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def make_config(profile: str = "paper", overrides: Mapping[str, Any] | Iterable[str] = (), **keys: Any) -> RunConfig:
+    """Build the effective config: paper defaults, then the profile, then run keys, then overrides.
+
+    `overrides` may be a mapping of typed values or an iterable of "key=value" strings.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    cfg = RunConfig(profile=profile, **PROFILES[profile])
+    cfg = _apply(cfg, keys)
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    return _apply(cfg, overrides)
+
+
+def _apply(cfg: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    known = {f.name: f for f in fields(RunConfig)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"unknown config field {key!r}; known fields: {', '.join(sorted(known))}")
+        current = getattr(cfg, key)
+        changes[key] = parse_value(value, current) if isinstance(value, str) and not isinstance(current, str) else value
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file of field overrides (as written by `cxrsweep tune`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of config fields")
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown config field(s): {', '.join(unknown)}")
+    return data

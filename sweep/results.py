@@ -1,0 +1,146 @@
+"""The Parquet schema of the results, declared once and versioned.
+
+`OUT/results/trials.parquet`: one row per trial. `OUT/results/images.parquet`: one row per
+trial x test image. The analysis package reads these files through `read_trials` /
+`read_images` and the column names below; nothing else defines them.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sweep.config import RunConfig
+
+SCHEMA_VERSION = 1
+
+# Columns that identify a trial; shared by both tables.
+KEY_COLUMNS: dict[str, pa.DataType] = {
+    "trial_id": pa.string(),
+    "experiment": pa.string(),  # "segmentation" | "transfer"
+    "model": pa.string(),
+    "task": pa.string(),
+    "fold": pa.int64(),
+    "repetition": pa.int64(),
+    "method": pa.string(),  # "supervised" | proposed | finetune | scratch | source_only
+    "label_fraction": pa.float64(),  # percent; null for segmentation trials
+    "target": pa.string(),
+    "profile": pa.string(),
+    "seed": pa.int64(),
+}
+
+OUTCOME_COLUMNS: dict[str, pa.DataType] = {
+    "status": pa.string(),  # see STATUSES
+    "error": pa.string(),
+    "best_epoch": pa.int64(),
+    "val_jaccard": pa.float64(),
+    "test_jaccard_mean": pa.float64(),
+    "test_jaccard_std": pa.float64(),
+    "test_dice_mean": pa.float64(),
+    "test_dice_std": pa.float64(),
+    "n_test_images": pa.int64(),
+    "duration_s": pa.float64(),
+    "node_id": pa.string(),
+    "device": pa.string(),
+    "config_json": pa.string(),  # the whole effective config, for exact reruns
+    "schema_version": pa.int64(),
+}
+
+# "ok": finished and evaluated. "failed": raised after its retries (error says why).
+# "not_applicable": the method cannot run in this cell (e.g. finetune at 0 % labels); never a number.
+STATUSES = ("ok", "failed", "not_applicable")
+
+_PA_OF_PY = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+
+
+def _config_columns() -> dict[str, pa.DataType]:
+    """Every RunConfig field that is not already a key column, prefixed with cfg_."""
+    out: dict[str, pa.DataType] = {}
+    defaults = RunConfig()
+    for f in fields(RunConfig):
+        if f.name in KEY_COLUMNS:
+            continue
+        value = getattr(defaults, f.name)
+        out[f"cfg_{f.name}"] = _PA_OF_PY.get(type(value), pa.string())
+    return out
+
+
+CONFIG_COLUMNS = _config_columns()
+
+TRIALS_SCHEMA = pa.schema(
+    [pa.field(n, t) for n, t in {**KEY_COLUMNS, **CONFIG_COLUMNS, **OUTCOME_COLUMNS}.items()],
+    metadata={"cxrsweep_schema_version": str(SCHEMA_VERSION), "table": "trials"},
+)
+
+IMAGES_SCHEMA = pa.schema(
+    [pa.field(n, t) for n, t in KEY_COLUMNS.items()]
+    + [pa.field("image_id", pa.string()), pa.field("jaccard", pa.float64()), pa.field("dice", pa.float64())],
+    metadata={"cxrsweep_schema_version": str(SCHEMA_VERSION), "table": "images"},
+)
+
+
+def key_values(cfg: RunConfig, trial_id: str) -> dict:
+    """The key columns of a trial, from its config."""
+    row = {name: getattr(cfg, name) for name in KEY_COLUMNS if name != "trial_id"}
+    row["trial_id"] = trial_id
+    return row
+
+
+def config_values(cfg: RunConfig) -> dict:
+    return {f"cfg_{name[4:]}": getattr(cfg, name[4:]) for name in CONFIG_COLUMNS}
+
+
+def to_table(rows: Iterable[Mapping], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) -> a table with exactly `schema`'s columns; missing values become null."""
+    rows = list(rows)
+    unknown = sorted({k for r in rows for k in r} - set(schema.names))
+    if unknown:
+        raise ValueError(f"columns not in the {schema.metadata[b'table'].decode()} schema: {', '.join(unknown)}")
+    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_atomic(table: pa.Table, path: str | Path) -> Path:
+    """Write a Parquet file so that readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: results file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    version = (table.schema.metadata or {}).get(b"cxrsweep_schema_version")
+    if version is None or int(version) != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {version!r}, this cxrsweep reads version {SCHEMA_VERSION}")
+    missing = [n for n in schema.names if n not in table.schema.names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    return table.to_pandas()
+
+
+def read_trials(out_dir: str | Path) -> pd.DataFrame:
+    return _read(Path(out_dir) / "results" / "trials.parquet", TRIALS_SCHEMA)
+
+
+def read_images(out_dir: str | Path) -> pd.DataFrame:
+    return _read(Path(out_dir) / "results" / "images.parquet", IMAGES_SCHEMA)
