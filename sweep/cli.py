@@ -25,7 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # While a feature area is being built its module may not exist yet; any other
+            # import failure (a missing dependency inside it) is a real error.
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
