@@ -1,0 +1,87 @@
+"""The only way the rest of cxrsweep makes a network: build_segmenter / build_translator.
+
+Each architecture registers itself with its default hyper-parameters as data (the paper's),
+so a sweep can list, override and record them without reaching into code.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+class Registry:
+    """A name -> factory mapping, filled by decorators in the architecture modules."""
+
+    def __init__(self, kind: str, package: str):
+        self.kind = kind
+        self._package = package  # imported on first use so that its modules register themselves
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, defaults: dict[str, Any] | None = None, description: str = ""):
+        def decorate(factory):
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._entries[name] = Entry(name, factory, dict(defaults or {}), description)
+            return factory
+
+        return decorate
+
+    def _load(self) -> None:
+        importlib.import_module(self._package)
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def entry(self, name: str) -> Entry:
+        self._load()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self._entries))}") from None
+
+    def build(self, name: str, **kwargs: Any) -> nn.Module:
+        entry = self.entry(name)
+        return entry.factory(**{**entry.defaults, **kwargs})
+
+
+SEGMENTERS = Registry("segmenter", "models.segmenters")
+TRANSLATORS = Registry("translator", "models.translators")
+
+register_segmenter = SEGMENTERS.register
+register_translator = TRANSLATORS.register
+
+
+def build_segmenter(name: str, width: float = 1.0, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
+    return SEGMENTERS.build(name, width=width, in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def build_translator(name: str, **kwargs: Any) -> nn.Module:
+    return TRANSLATORS.build(name, **kwargs)
+
+
+def list_segmenters() -> list[str]:
+    return SEGMENTERS.names()
+
+
+def list_translators() -> list[str]:
+    return TRANSLATORS.names()
+
+
+def segmenter_defaults(name: str) -> dict[str, Any]:
+    return dict(SEGMENTERS.entry(name).defaults)
+
+
+def translator_defaults(name: str) -> dict[str, Any]:
+    return dict(TRANSLATORS.entry(name).defaults)
