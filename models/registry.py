@@ -85,3 +85,38 @@ def segmenter_defaults(name: str) -> dict[str, Any]:
 
 def translator_defaults(name: str) -> dict[str, Any]:
     return dict(TRANSLATORS.entry(name).defaults)
+
+
+# Keys every segmenter checkpoint carries (written by sweep.engine.checkpoints).
+CHECKPOINT_KEYS = ("arch", "arch_kwargs", "state_dict", "config", "task", "image_size", "normalisation", "epoch")
+
+
+def read_segmenter_checkpoint(path) -> dict[str, Any]:
+    """The checkpoint dict at `path`, checked for the keys needed to rebuild its network."""
+    import torch  # deferred: listing names should not pay for it twice
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise ValueError(f"{path}: not a cxrsweep segmenter checkpoint (missing {', '.join(missing)})")
+    return checkpoint
+
+
+def segmenter_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    model = build_segmenter(checkpoint["arch"], **checkpoint["arch_kwargs"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def load_segmenter(path) -> nn.Module:
+    """Rebuild the network saved in a cxrsweep checkpoint (best.pt / last.pt), on the CPU, in eval mode."""
+    return segmenter_from_checkpoint(read_segmenter_checkpoint(path)).eval()

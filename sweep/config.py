@@ -49,6 +49,7 @@ class RunConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     loss: str = "ce"  # "ce" (paper), "ce_dice" or "weighted_ce" (options, never silent)
+    init_weights: str = ""  # local weights to start the segmenter from; "" = random init (paper: none shipped)
     eval_every: int = 1
 
     # --- transfer (paper §IV-C, §V-C; loss weights from the authors' follow-up code) ---
@@ -67,6 +68,7 @@ class RunConfig:
     w_style: float = 1.0
     w_content: float = 1.0
     w_seg: float = 1.0
+    w_identity: float = 0.5  # CycleGAN identity term, as a multiple of w_cycle (Zhu et al.)
 
     # --- execution ---
     device: str = "auto"  # "auto", "cpu", "cuda"

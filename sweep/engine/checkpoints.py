@@ -1,0 +1,104 @@
+"""Checkpoint files of a run: what they hold, how they are written and read back.
+
+The dict layout is the contract of docs/ARCHITECTURE.md (engine section); the network part
+is read by `models.registry.load_segmenter`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.registry import read_segmenter_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Fields that may differ between a run and its resumption without changing what it computes
+# (or, for epochs, that only extend it).
+RESUMABLE_DIFFERENCES = frozenset({"epochs", "device", "num_threads"})
+
+
+def save_atomic(obj: Any, path: Path) -> Path:
+    """torch.save so that a reader (or a resumed run) sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module whose state_dict keys match a freshly built network (torch.compile wraps it)."""
+    return getattr(model, "_orig_mod", model)
+
+
+def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
+                       image_size: int, normalisation: str, epoch: int) -> dict[str, Any]:
+    state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    return {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
+            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch)}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_resumable(path: Path, saved: dict, current: dict) -> None:
+    """Refuse to continue a run directory that was started with a different config."""
+    differing = sorted(k for k in set(saved) | set(current)
+                       if k not in RESUMABLE_DIFFERENCES and saved.get(k) != current.get(k))
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+        raise ValueError(f"{path}: cannot resume, the run directory was started with another config ({details}); "
+                         "use a fresh --out directory")
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> int:
+    """Copy matching tensors from local weights (a cxrsweep checkpoint or a plain state_dict) into `model`.
+
+    Returns how many tensors were copied. Tensors whose name or shape does not match are left at
+    their random initialisation and reported, so partial matches are visible in the log.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: init weights not found")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable PyTorch weights file ({exc})") from None
+    if isinstance(loaded, dict) and "state_dict" in loaded:
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a state_dict or a checkpoint dict, got {type(loaded).__name__}")
+    target = unwrap(model).state_dict()
+    matching = {k: v for k, v in loaded.items()
+                if k in target and isinstance(v, torch.Tensor) and v.shape == target[k].shape}
+    if not matching:
+        raise ValueError(f"{path}: no tensor matches the network by name and shape (wrong architecture or width?)")
+    unwrap(model).load_state_dict(matching, strict=False)
+    skipped = len(target) - len(matching)
+    log.info("initialised %d tensors from %s (%d left at random init)", len(matching), path, skipped)
+    return len(matching)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    return read_segmenter_checkpoint(path)

@@ -1,0 +1,290 @@
+"""Supervised training of one segmentation network: the paper's protocol (§V-B), without Ray.
+
+Adam (lr 1e-4, weight decay 5e-4, betas 0.9 / 0.999), batch 4, cross-entropy; after every
+epoch the second-validation fold picks the best epoch, whose weights are then evaluated per
+image on the test fold. Every epoch ends with `checkpoints/last.pt` on disk, and a run
+directory that already holds one is resumed from it, so a killed run loses at most an epoch
+and ends exactly where an uninterrupted one would (CPU).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.losses import build_loss
+from models.registry import build_segmenter
+from sweep.config import RunConfig
+from sweep.engine import checkpoints as ckpt
+from sweep.engine.data import SegmentationData
+from sweep.engine.metrics import dice_per_image, jaccard_per_image
+from sweep.engine.overlays import save_overlays
+from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 2  # background + the task's structure
+IN_CHANNELS = 1
+EVAL_BATCH_SIZE = 16
+N_OVERLAYS = 4
+
+
+class EpochCallback(Protocol):
+    def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None: ...
+
+
+@dataclass
+class RunResult:
+    """Summary of a finished run; also written to `run_dir/result.json` (plus the config).
+
+    Field names match the trials.parquet outcome columns of sweep/results.py.
+    """
+
+    run_dir: Path
+    best_epoch: int
+    val_jaccard: float
+    test_jaccard_mean: float
+    test_jaccard_std: float
+    test_dice_mean: float
+    test_dice_std: float
+    n_test_images: int
+    duration_s: float  # training + evaluation time over all sessions of the run (resumes add up)
+    device: str
+    epochs_trained: int  # epochs trained by this call; 0 when it found the run already finished
+    history: list[dict] = field(default_factory=list)  # the metrics dict of every epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["run_dir"] = str(self.run_dir)
+        return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of an epoch's shuffle and augmentation: a function of (seed, epoch) only, so resuming is exact."""
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def arch_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    return {"width": cfg.width, "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES}
+
+
+def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small random affine warps (rotation ±10°, scale ±10 %, shift ±5 %), no flips: anatomy is not mirror-symmetric."""
+    n = images.shape[0]
+    draw = torch.rand(n, 4, generator=generator).to(images.device)
+    angle = (draw[:, 0] * 2 - 1) * math.radians(10)
+    scale = 1 + (draw[:, 1] * 2 - 1) * 0.1
+    shift = (draw[:, 2:] * 2 - 1) * 0.1  # in [-1, 1] grid units: 0.1 is 5 % of the image
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    warped_masks = F.grid_sample(masks[:, None].to(images.dtype), grid, mode="nearest", align_corners=False)
+    return warped, warped_masks[:, 0].long()
+
+
+class _Trainer:
+    """The state of one run: network, optimiser, tensors on the device, best-so-far bookkeeping."""
+
+    def __init__(self, cfg: RunConfig, data: SegmentationData, run_dir: Path):
+        if cfg.image_size != data.image_size:
+            raise ValueError(f"{data.dataset}: data is {data.image_size} px but the config asks for {cfg.image_size} px")
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        model = build_segmenter(cfg.model, **arch_kwargs(cfg))
+        if cfg.init_weights:
+            ckpt.load_init_weights(model, cfg.init_weights)
+        memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.memory_format = memory_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          betas=(cfg.beta1, cfg.beta2))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.loss_fn = build_loss(cfg.loss, foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
+        self.train_images = self._images(data.train_images)
+        self.train_masks = torch.from_numpy(np.ascontiguousarray(data.train_masks)).long().to(self.device)
+        # Bookkeeping carried across resumes.
+        self.epoch = 0
+        self.best_val = -math.inf
+        self.best_epoch = 0
+        self.history: list[dict] = []
+        self.duration_s = 0.0
+
+    def _images(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[:, None].to(self.device)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.cuda else nullcontext()
+
+    # --- checkpoints ---
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    def _network_checkpoint(self) -> dict[str, Any]:
+        return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
+                                       self.data.task, self.data.image_size, self.data.normalisation, self.epoch)
+
+    def save_last(self) -> None:
+        state = self._network_checkpoint()
+        state.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=ckpt.rng_state(),
+                     best_val_jaccard=self.best_val, best_epoch=self.best_epoch, history=self.history,
+                     duration_s=self.duration_s)
+        ckpt.save_atomic(state, self.last_path)
+
+    def resume(self) -> bool:
+        if not self.last_path.exists():
+            return False
+        state = ckpt.read_checkpoint(self.last_path)
+        ckpt.check_resumable(self.last_path, state["config"], self.cfg.to_dict())
+        ckpt.unwrap(self.model).load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng_state(state["rng"])
+        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
+        self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
+        log.info("resuming %s from epoch %d (best val Jaccard %.4f at epoch %d)",
+                 self.run_dir, self.epoch, self.best_val, self.best_epoch)
+        return True
+
+    # --- training and evaluation ---
+    def train_epoch(self) -> float:
+        self.model.train()
+        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.epoch))
+        order = torch.randperm(len(self.train_images), generator=generator).to(self.device)
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(order), self.cfg.batch_size):
+            index = order[start:start + self.cfg.batch_size]
+            images, masks = self.train_images[index], self.train_masks[index]
+            if self.cfg.augment:
+                images, masks = augment_batch(images, masks, generator)
+            images = images.contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                loss = self.loss_fn(self.model(images), masks)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            # Summed on the device: one host sync per epoch, not per step.
+            total += loss.detach() * len(index)
+        return float(total) / len(order)
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Foreground masks uint8 [N, S, S] for normalised images [N, S, S]."""
+        self.model.eval()
+        out = []
+        for start in range(0, len(images), EVAL_BATCH_SIZE):
+            batch = self._images(images[start:start + EVAL_BATCH_SIZE]).contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                logits = self.model(batch)
+            out.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.uint8)
+
+    def fit(self, callbacks: Sequence[EpochCallback]) -> int:
+        cfg, data = self.cfg, self.data
+        trained = 0
+        while self.epoch < cfg.epochs:
+            started = time.perf_counter()
+            loss = self.train_epoch()
+            train_s = time.perf_counter() - started
+            self.epoch += 1
+            trained += 1
+            metrics: dict[str, Any] = {"epoch": self.epoch, "train_loss": loss, "train_s": train_s,
+                                       "train_images_per_s": len(data.train_images) / max(train_s, 1e-9)}
+            if self.epoch % max(cfg.eval_every, 1) == 0 or self.epoch == cfg.epochs:
+                predictions = self.predict(data.val_images)
+                metrics["val_jaccard"] = float(jaccard_per_image(predictions, data.val_masks).mean())
+                metrics["val_dice"] = float(dice_per_image(predictions, data.val_masks).mean())
+                if metrics["val_jaccard"] > self.best_val:
+                    self.best_val, self.best_epoch = metrics["val_jaccard"], self.epoch
+                    ckpt.save_atomic(self._network_checkpoint(), self.best_path)
+            metrics.update(best_val_jaccard=self.best_val, best_epoch=self.best_epoch)
+            metrics["epoch_s"] = time.perf_counter() - started
+            self.duration_s += metrics["epoch_s"]
+            self.history.append(metrics)
+            self.save_last()
+            log.info("%s %s fold %d epoch %d/%d: loss %.4f, val Jaccard %s (best %.4f @ %d), %.1fs",
+                     cfg.model, cfg.task, cfg.fold, self.epoch, cfg.epochs, loss,
+                     f"{metrics['val_jaccard']:.4f}" if "val_jaccard" in metrics else "-",
+                     self.best_val, self.best_epoch, metrics["epoch_s"])
+            for callback in callbacks:
+                callback(self.epoch, dict(metrics), self.run_dir)
+        return trained
+
+    def evaluate_best(self, epochs_trained: int) -> RunResult:
+        started = time.perf_counter()
+        best = ckpt.read_checkpoint(self.best_path)
+        ckpt.unwrap(self.model).load_state_dict(best["state_dict"])
+        data = self.data
+        predictions = self.predict(data.test_images)
+        jaccards = jaccard_per_image(predictions, data.test_masks)
+        dices = dice_per_image(predictions, data.test_masks)
+        keys = key_values(self.cfg, trial_id=self.run_dir.name)
+        rows = [{**keys, "image_id": image_id, "jaccard": float(j), "dice": float(d)}
+                for image_id, j, d in zip(data.test_ids, jaccards, dices)]
+        write_atomic(to_table(rows, IMAGES_SCHEMA), self.run_dir / "images.parquet")
+        save_overlays(self.run_dir / "overlays", data.test_ids, data.test_images, predictions, data.test_masks,
+                      limit=N_OVERLAYS)
+        self.duration_s += time.perf_counter() - started
+
+        def stat(values: np.ndarray, how: Callable) -> float:
+            return float(how(values)) if len(values) else float("nan")
+
+        result = RunResult(
+            run_dir=self.run_dir, best_epoch=self.best_epoch, val_jaccard=float(self.best_val),
+            test_jaccard_mean=stat(jaccards, np.mean), test_jaccard_std=stat(jaccards, np.std),
+            test_dice_mean=stat(dices, np.mean), test_dice_std=stat(dices, np.std),
+            n_test_images=len(jaccards), duration_s=self.duration_s, device=str(self.device),
+            epochs_trained=epochs_trained, history=self.history,
+        )
+        summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+        summary["config"] = self.cfg.to_dict()
+        (self.run_dir / "result.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        return result
+
+
+def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
+                     callbacks: Sequence[EpochCallback] = ()) -> RunResult:
+    """Train `cfg.model` on `data`, pick the best epoch on the validation images, evaluate it on the test images."""
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {cfg.epochs}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = _Trainer(cfg, data, run_dir)
+    resumed = trainer.resume()
+    threads = f", {torch.get_num_threads()} threads" if trainer.device.type == "cpu" else ""
+    log.info("%s %s %s on %s%s: %d train / %d val / %d test images at %d px, %d epochs, writing to %s",
+             "resuming" if resumed else "training", cfg.model, cfg.task, trainer.device, threads,
+             len(data.train_images), len(data.val_images), len(data.test_images), data.image_size, cfg.epochs, run_dir)
+    epochs_trained = trainer.fit(callbacks)
+    return trainer.evaluate_best(epochs_trained)

@@ -1,0 +1,115 @@
+"""The arrays one transfer run sees: the source (A, JSRT) and target (B) splits of one repetition."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sweep.engine.data import PER_IMAGE_STANDARDISATION
+
+if TYPE_CHECKING:
+    from data_io.cache import CachedDataset
+    from sweep.config import RunConfig
+
+
+@dataclass
+class TransferData:
+    """Images float32 [N, S, S] (already normalised), masks uint8 [N, S, S] in {0, 1}.
+
+    Target masks are None where the target dataset has no labels for the task (heart and
+    clavicles on Montgomery): such runs give overlays, never numbers.
+    """
+
+    task: str
+    source_train_images: np.ndarray
+    source_train_masks: np.ndarray
+    source_val_images: np.ndarray
+    source_val_masks: np.ndarray
+    target_train_images: np.ndarray  # every target training image, labelled or not
+    target_labelled_images: np.ndarray  # the label fraction's subset of them
+    target_labelled_masks: np.ndarray
+    target_val_images: np.ndarray
+    target_val_masks: np.ndarray | None
+    target_test_images: np.ndarray
+    target_test_masks: np.ndarray | None
+    target_test_ids: list[str]
+    label_fraction: float
+    source_name: str = "source"
+    target_name: str = "target"
+    normalisation: str = PER_IMAGE_STANDARDISATION
+
+    def __post_init__(self) -> None:
+        arrays = {name: value for name, value in vars(self).items() if isinstance(value, np.ndarray)}
+        sizes = {value.shape[1:] for value in arrays.values() if len(value)}
+        if any(value.ndim != 3 for value in arrays.values()) or len(sizes) > 1:
+            shapes = ", ".join(f"{name} {value.shape}" for name, value in arrays.items())
+            raise ValueError(f"{self.source_name} -> {self.target_name}: arrays must all be [N, S, S] of one size: {shapes}")
+        for images, masks in [("source_train_images", "source_train_masks"), ("source_val_images", "source_val_masks"),
+                              ("target_labelled_images", "target_labelled_masks"),
+                              ("target_val_images", "target_val_masks"), ("target_test_images", "target_test_masks")]:
+            mask_array = getattr(self, masks)
+            if mask_array is not None and len(mask_array) != len(getattr(self, images)):
+                raise ValueError(f"{self.source_name} -> {self.target_name}: {len(getattr(self, images))} {images} "
+                                 f"but {len(mask_array)} {masks}")
+        for name in ("source_train_images", "source_val_images", "target_train_images", "target_test_images"):
+            if len(getattr(self, name)) == 0:
+                raise ValueError(f"{self.source_name} -> {self.target_name}: no {name.replace('_images', '')} images")
+        if len(self.target_test_ids) != len(self.target_test_images):
+            raise ValueError(f"{self.target_name}: {len(self.target_test_ids)} test ids for "
+                             f"{len(self.target_test_images)} test images")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.source_train_images.shape[1])
+
+    @property
+    def target_has_labels(self) -> bool:
+        """Whether the target dataset labels this task at all (lungs on Montgomery, yes)."""
+        return self.target_test_masks is not None
+
+    @property
+    def n_labelled(self) -> int:
+        return int(len(self.target_labelled_images))
+
+
+def transfer_splits(cfg: "RunConfig", n_source: int, n_target: int):
+    """(source Split, target Split) of repetition `cfg.repetition` (docs/ARCHITECTURE.md, data_io)."""
+    from data_io.splits import cv_split, transfer_split
+
+    source = cv_split(n_source, test_fold=cfg.repetition % cfg.n_folds, n_folds=cfg.n_folds, seed=cfg.seed)
+    target = transfer_split(n_target, cfg.repetition, seed=cfg.seed)
+    return source, target
+
+
+def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedDataset") -> TransferData:
+    """The arrays of `cfg.task` for repetition `cfg.repetition` at `cfg.label_fraction` % target labels."""
+    from data_io.splits import label_subset
+
+    if cfg.task not in source.masks:
+        raise ValueError(f"{source.name}: no {cfg.task!r} masks (it labels {', '.join(sorted(source.masks))})")
+    for dataset in (source, target):
+        if dataset.image_size != cfg.image_size:
+            raise ValueError(f"{dataset.name}: cached at {dataset.image_size} px but the config asks for {cfg.image_size} px")
+    fraction = 0.0 if cfg.label_fraction is None else float(cfg.label_fraction)
+    source_split, target_split = transfer_splits(cfg, len(source.ids), len(target.ids))
+    labelled = label_subset(target_split.train, fraction, seed=cfg.seed)
+    source_masks = source.masks[cfg.task]
+    target_masks = target.masks.get(cfg.task)
+
+    def masks_of(index: np.ndarray) -> np.ndarray | None:
+        return None if target_masks is None else target_masks[index]
+
+    return TransferData(
+        task=cfg.task,
+        source_train_images=source.images[source_split.train], source_train_masks=source_masks[source_split.train],
+        source_val_images=source.images[source_split.val], source_val_masks=source_masks[source_split.val],
+        target_train_images=target.images[target_split.train],
+        target_labelled_images=target.images[labelled],
+        target_labelled_masks=(target_masks[labelled] if target_masks is not None
+                               else np.zeros((0,) + target.images.shape[1:], np.uint8)),
+        target_val_images=target.images[target_split.val], target_val_masks=masks_of(target_split.val),
+        target_test_images=target.images[target_split.test], target_test_masks=masks_of(target_split.test),
+        target_test_ids=[target.ids[i] for i in target_split.test],
+        label_fraction=fraction, source_name=source.name, target_name=target.name,
+    )

@@ -1,0 +1,274 @@
+"""Training of the unpaired translator alone: the discriminative and generative steps, the
+warm-up that every transfer task shares, and the PNG samples a person checks convergence on.
+
+Freezing is done here, and only here, by switching `requires_grad`: a "freeze" that merely
+skips an optimiser step still lets gradients (and their cost) flow, and the authors' follow-up
+code had exactly that bug.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.registry import build_translator, translator_defaults
+from models.translators.base import Translator
+
+if TYPE_CHECKING:
+    from data_io.cache import CachedDataset
+    from sweep.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+# Bump when the warm-up's meaning changes, so that cached translators are not reused wrongly.
+WARMUP_VERSION = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the run fails with this reason rather than going on."""
+
+
+def translator_kwargs(cfg: "RunConfig") -> dict:
+    """The translator's constructor arguments: its registry defaults, overridden by the config."""
+    from_config = {
+        "width": cfg.translator_width, "style_dim": cfg.style_dim, "w_adv": cfg.w_adv, "w_recon": cfg.w_recon,
+        "w_cycle": cfg.w_cycle, "w_style": cfg.w_style, "w_content": cfg.w_content, "w_identity": cfg.w_identity,
+    }
+    return {name: from_config.get(name, default) for name, default in translator_defaults(cfg.translator).items()}
+
+
+def build_translator_from_config(cfg: "RunConfig") -> Translator:
+    return build_translator(cfg.translator, **translator_kwargs(cfg))
+
+
+def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
+    for module in modules:
+        for parameter in module.parameters():
+            parameter.requires_grad_(trainable)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config asks for device 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def check_finite(losses: dict[str, float], where: str) -> None:
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        terms = ", ".join(f"{name}={value}" for name, value in bad.items())
+        raise TrainingDiverged(f"{where}: loss is not finite ({terms}); lower gan_lr / lr or check the input data")
+
+
+class TranslationTrainer:
+    """One translator with its two optimisers; the generator optimiser is shared with the
+    supervised step of the proposed method, which also updates the generators."""
+
+    def __init__(self, translator: Translator, cfg: "RunConfig"):
+        self.translator = translator
+        adam = dict(lr=cfg.gan_lr, betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
+        self.generator_optimizer = torch.optim.Adam(translator.generator_parameters(), **adam)
+        self.discriminator_optimizer = torch.optim.Adam(translator.discriminator_parameters(), **adam)
+
+    def discriminative_step(self, a: Tensor, b: Tensor) -> dict[str, float]:
+        """Generators frozen, both discriminators trained."""
+        set_trainable(self.translator.generator_modules(), False)
+        set_trainable(self.translator.discriminator_modules(), True)
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        losses = self.translator.discriminator_losses(a, b)
+        losses["total"].backward()
+        self.discriminator_optimizer.step()
+        return {f"D_{name}": float(value.detach()) for name, value in losses.items()}
+
+    def generative_step(self, a: Tensor, b: Tensor) -> dict[str, float]:
+        """Discriminators frozen, both generators trained on adversarial and reconstruction terms."""
+        set_trainable(self.translator.discriminator_modules(), False)
+        set_trainable(self.translator.generator_modules(), True)
+        self.generator_optimizer.zero_grad(set_to_none=True)
+        losses = self.translator.generator_losses(a, b)
+        losses["total"].backward()
+        self.generator_optimizer.step()
+        return {f"G_{name}": float(value.detach()) for name, value in losses.items()}
+
+    def state_dict(self) -> dict:
+        return {"generator_optimizer": self.generator_optimizer.state_dict(),
+                "discriminator_optimizer": self.discriminator_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+
+
+def paired_batches(n_a: int, n_b: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of unpaired (A, B) index batches: a pass over the larger set, the smaller one cycled."""
+    steps = math.ceil(max(n_a, n_b) / batch_size)
+    order_a = np.concatenate([rng.permutation(n_a) for _ in range(math.ceil(steps * batch_size / n_a))])
+    order_b = np.concatenate([rng.permutation(n_b) for _ in range(math.ceil(steps * batch_size / n_b))])
+    for step in range(steps):
+        window = slice(step * batch_size, (step + 1) * batch_size)
+        yield order_a[window], order_b[window]
+
+
+def as_batch(images: np.ndarray, index: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images[index], dtype=np.float32)).unsqueeze(1).to(device)
+
+
+def mean_of(records: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {name: float(np.mean([r[name] for r in records])) for name in records[0]} if records else {}
+
+
+def format_losses(losses: dict[str, float]) -> str:
+    return " ".join(f"{name} {value:.3f}" for name, value in losses.items() if not name.endswith("_total"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The warm-up: the translation trained alone, once per (translator config, data, repetition).
+
+
+def translator_key(cfg: "RunConfig", source_key: str, target_key: str) -> str:
+    """What determines a warmed translator. Task and label fraction are deliberately absent:
+    every task and fraction of a repetition reuses the same warm-up (paper §V-C)."""
+    identity = {
+        "version": WARMUP_VERSION, "translator": cfg.translator, "kwargs": translator_kwargs(cfg),
+        "gan_lr": cfg.gan_lr, "gan_betas": [cfg.gan_beta1, cfg.gan_beta2], "gan_weight_decay": cfg.gan_weight_decay,
+        "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+        "seed": cfg.seed, "repetition": cfg.repetition, "n_folds": cfg.n_folds,
+        "source": source_key, "target": target_key,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return digest[:16]
+
+
+def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "CachedDataset", out_dir: str | Path,
+                      device: torch.device | None = None) -> Path:
+    """Train the translator alone for `cfg.warmup_epochs` on the source and target training
+    splits (target labels unused), or return the cached result of an identical earlier warm-up.
+
+    Returns the path of a translator checkpoint; samples of its translations lie beside it.
+    """
+    from sweep.engine.transfer_data import transfer_splits
+
+    key = translator_key(cfg, source.key, target.key)
+    out_dir = Path(out_dir)
+    path = out_dir / f"translator-{cfg.translator}-{key}.pt"
+    if path.is_file():
+        log.info("warm-up %s: reusing %s", key, path)
+        return path
+    source_split, target_split = transfer_splits(cfg, len(source.ids), len(target.ids))
+    images_a, images_b = source.images[source_split.train], target.images[target_split.train]
+    device = device or resolve_device(cfg.device)
+    translator, history = train_translation(cfg, images_a, images_b, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_translator(path, translator, cfg, key, history)
+    save_translation_samples(translator, images_a, images_b, out_dir / f"translator-{cfg.translator}-{key}-samples")
+    return path
+
+
+def train_translation(cfg: "RunConfig", images_a: np.ndarray, images_b: np.ndarray,
+                      device: torch.device) -> tuple[Translator, list[dict[str, float]]]:
+    """The discriminative and generative steps alternated for `cfg.warmup_epochs` epochs."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    translator = build_translator_from_config(cfg).to(device).train()
+    trainer = TranslationTrainer(translator, cfg)
+    history = []
+    for epoch in range(1, cfg.warmup_epochs + 1):
+        started = time.perf_counter()
+        records = []
+        for index_a, index_b in paired_batches(len(images_a), len(images_b), cfg.batch_size, rng):
+            a, b = as_batch(images_a, index_a, device), as_batch(images_b, index_b, device)
+            record = {**trainer.discriminative_step(a, b), **trainer.generative_step(a, b)}
+            check_finite(record, f"translator warm-up epoch {epoch}")
+            records.append(record)
+        losses = mean_of(records)
+        history.append({"epoch": epoch, **losses, "seconds": time.perf_counter() - started})
+        log.info("warm-up epoch %d/%d  %s  %.1f s", epoch, cfg.warmup_epochs, format_losses(losses),
+                 history[-1]["seconds"])
+    return translator.eval(), history
+
+
+def save_translator(path: Path, translator: Translator, cfg: "RunConfig", key: str, history: list[dict]) -> Path:
+    payload = {
+        "translator": cfg.translator, "kwargs": translator_kwargs(cfg), "state_dict": translator.state_dict(),
+        "key": key, "warmup_epochs": cfg.warmup_epochs, "image_size": cfg.image_size, "history": history,
+        "config": cfg.to_dict(),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_translator(path: str | Path) -> tuple[Translator, dict]:
+    """(translator in eval mode on the CPU, its checkpoint dict) from a warm-up or transfer checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: translator checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    if isinstance(payload, dict) and isinstance(payload.get("translator"), dict):
+        payload = payload["translator"]  # a transfer run's checkpoint carries its translator inside
+    missing = [k for k in ("translator", "kwargs", "state_dict") if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise ValueError(f"{path}: not a cxrsweep translator checkpoint (missing {', '.join(missing)})")
+    translator = build_translator(payload["translator"], **payload["kwargs"])
+    translator.load_state_dict(payload["state_dict"])
+    return translator.eval(), payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples for the eye: input | translated | translated back, one row per image.
+
+
+def _to_gray8(image: np.ndarray) -> np.ndarray:
+    # Standardised intensities: +-3 standard deviations covers the anatomy without clipping bone.
+    return (np.clip((image + 3.0) / 6.0, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def save_translation_samples(translator: Translator, images_a: np.ndarray, images_b: np.ndarray, out_dir: Path,
+                             n: int = 4) -> list[Path]:
+    """Write a_to_b.png (a | G_AB(a) | G_BA(G_AB(a))) and b_to_a.png (b | G_BA(b) | G_AB(G_BA(b)))."""
+    from PIL import Image
+
+    device = next(translator.parameters()).device
+    was_training = translator.training
+    translator.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, images, forward, back in [("a_to_b", images_a, translator.translate_ab, translator.translate_ba),
+                                        ("b_to_a", images_b, translator.translate_ba, translator.translate_ab)]:
+        picked = np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int)
+        x = as_batch(images, picked, device)
+        there = forward(x)
+        rows = [np.concatenate([_to_gray8(t[i, 0].cpu().numpy()) for t in (x, there, back(there))], axis=1)
+                for i in range(len(picked))]
+        path = out_dir / f"{name}.png"
+        Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+        written.append(path)
+    translator.train(was_training)
+    return written
