@@ -47,6 +47,8 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "n_test_images": pa.int64(),
     "duration_s": pa.float64(),
     "node_id": pa.string(),
+    "started_at": pa.float64(),  # Unix seconds when the trial's final attempt started (sweep only)
+    "finished_at": pa.float64(),  # Unix seconds when it finished (sweep only)
     "device": pa.string(),
     "config_json": pa.string(),  # the whole effective config, for exact reruns
     "schema_version": pa.int64(),
