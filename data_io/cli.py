@@ -1,0 +1,117 @@
+"""`cxrsweep data synth` and `cxrsweep data check`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from data_io import datasets
+from data_io.readers import image_size, jsrt_img_side
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="synthesise phantom datasets or check dataset folders")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    synth = data_sub.add_parser(
+        "synth",
+        help="write phantom JSRT/SCR, Montgomery (and Shenzhen) datasets in the original formats",
+        description="Writes OUT/jsrt, OUT/scr, OUT/montgomery (and OUT/shenzhen) in the real datasets' layouts.",
+    )
+    synth.add_argument("out", type=Path, help="output folder")
+    synth.add_argument("--n-source", type=int, default=40, help="JSRT-like cases (default 40)")
+    synth.add_argument("--n-target", type=int, default=30, help="Montgomery-like cases (default 30)")
+    synth.add_argument("--n-shenzhen", type=int, default=0, help="Shenzhen-like cases, about 1 in 7 without a mask (default 0)")
+    synth.add_argument("--source-size", type=int, default=512, help="side of the .IMG files; SCR masks are half (default 512)")
+    synth.add_argument("--target-size", type=int, default=512, help="long side of the target PNGs (default 512)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_run_synth)
+
+    check = data_sub.add_parser(
+        "check",
+        help="validate and summarise dataset folders",
+        description="Exits non-zero when a dataset given is broken. Each folder may be the dataset as distributed or its parent.",
+    )
+    check.add_argument("--jsrt", type=Path, help="JSRT images: .IMG files or re-packaged PNGs")
+    check.add_argument("--scr", type=Path, help="SCR masks for JSRT (needed with --jsrt)")
+    check.add_argument("--montgomery", type=Path, help="Montgomery set (CXR_png/ + ManualMask/)")
+    check.add_argument("--shenzhen", type=Path, help="Shenzhen set (CXR_png/ + mask/)")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    check.set_defaults(func=_run_check)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from data_io.phantoms import synthesize
+
+    written = synthesize(
+        args.out,
+        n_source=args.n_source,
+        n_target=args.n_target,
+        n_shenzhen=args.n_shenzhen,
+        source_size=args.source_size,
+        target_size=args.target_size,
+        seed=args.seed,
+    )
+    for name, folder in written.items():
+        print(f"{name}: {folder}")
+    flags = " ".join(f"--{name} {folder}" for name, folder in written.items())
+    print(f"check with: cxrsweep data check {flags}")
+    return 0
+
+
+def check_dataset(scan: datasets.Scan) -> dict:
+    """Validate every case's sizes from the file headers and summarise the dataset."""
+    shapes = []
+    for case in scan.cases:
+        if scan.image_format == "jsrt-img":
+            side = jsrt_img_side(case.image)
+            shape = (side, side)
+        else:
+            shape = image_size(case.image)
+        datasets.check_sizes(scan, case, shape, {name: image_size(path) for name, path in case.masks.items()})
+        shapes.append(shape)
+    return datasets.summarise(scan, shapes)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    if (args.jsrt is None) != (args.scr is None):
+        raise ValueError("--jsrt and --scr go together: JSRT images need their SCR masks")
+    requested = {}
+    if args.jsrt is not None:
+        requested["jsrt"] = lambda: datasets.scan_jsrt(args.jsrt, args.scr)
+    for name in datasets.TARGET_DATASETS:
+        folder = getattr(args, name)
+        if folder is not None:
+            requested[name] = lambda name=name, folder=folder: datasets.scan_target(name, folder)
+    if not requested:
+        raise ValueError("nothing to check: give --jsrt/--scr, --montgomery and/or --shenzhen")
+    report, broken = {}, False
+    for name, scan in requested.items():
+        try:
+            report[name] = check_dataset(scan())
+        except (FileNotFoundError, ValueError) as exc:
+            report[name] = {"error": str(exc)}
+            broken = True
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_text(report)
+    return 1 if broken else 0
+
+
+def _print_text(report: dict) -> None:
+    for name, summary in report.items():
+        if "error" in summary:
+            print(f"{name}: BROKEN: {summary['error']}", file=sys.stderr)
+            continue
+        masks = ", ".join(f"{structure} {count}" for structure, count in summary["masks"].items())
+        sizes = ", ".join(f"{size} ({count})" for size, count in summary["image_sizes"].items())
+        print(f"{name}: {summary['cases']} cases in {summary['root']} ({summary['image_format']}, {summary['mask_layout']} masks)")
+        print(f"  masks: {masks}")
+        print(f"  image sizes: {sizes}")
+        print(f"  tasks: {', '.join(summary['tasks'])}")
+        if summary["skipped"]:
+            print(f"  skipped {len(summary['skipped'])}:")
+            for item in summary["skipped"]:
+                print(f"    {item['id']}: {item['reason']}")

@@ -1,0 +1,336 @@
+"""Dataset names, folder-layout detection, tasks, and the orientation convention.
+
+A *scan* finds a dataset's files and pairs every image with its masks without decoding pixels;
+the cache decodes what a scan found. Each `--DATASET DIR` accepts the dataset's folder as
+distributed or the folder just above it.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("jsrt", "montgomery", "shenzhen")
+TARGET_DATASETS = ("montgomery", "shenzhen")
+
+# SCR structure names as in the original folders; "left"/"right" are the PATIENT's sides.
+SCR_STRUCTURES = ("left lung", "right lung", "heart", "left clavicle", "right clavicle")
+# What each task segments, as a union of structures.
+TASK_STRUCTURES: dict[str, tuple[str, ...]] = {
+    "lungs": ("left lung", "right lung"),
+    "heart": ("heart",),
+    "clavicles": ("left clavicle", "right clavicle"),
+}
+MERGED_LUNGS = "lungs"  # structure name of a single merged lung mask (re-packaged Montgomery, Shenzhen)
+
+JSRT_MAX_VALUE = 4095  # 12 bits
+# The target sets where images without a mask exist in the real release and are skipped.
+SKIP_UNMASKED = {"montgomery": False, "shenzhen": True}
+
+IMAGE_FOLDERS = ("CXR_png", "images")
+MERGED_MASK_FOLDERS = ("ManualMask", "mask", "masks")
+MASK_SUFFIXES = ("_mask", "")
+
+
+@dataclass
+class Case:
+    id: str
+    image: Path
+    masks: dict[str, Path]  # structure -> file
+
+
+@dataclass
+class Scan:
+    """What a dataset folder holds: paired cases, and cases skipped with a reason."""
+
+    name: str
+    image_root: Path
+    mask_root: Path
+    image_format: str  # "jsrt-img" | "png"
+    mask_layout: str  # "scr" | "left-right" | "merged"
+    cases: list[Case]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def structures(self) -> tuple[str, ...]:
+        return SCR_STRUCTURES if self.mask_layout == "scr" else (
+            ("left lung", "right lung") if self.mask_layout == "left-right" else (MERGED_LUNGS,)
+        )
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(TASK_STRUCTURES) if self.mask_layout == "scr" else ("lungs",)
+
+    def files(self) -> list[Path]:
+        """Every file the preprocessed arrays depend on, in a stable order."""
+        paths = []
+        for case in self.cases:
+            paths.append(case.image)
+            paths.extend(case.masks[s] for s in sorted(case.masks))
+        return paths
+
+
+def _normalise_structure(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _require_folder(folder: str | Path, flag: str) -> Path:
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: {flag} folder does not exist")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: {flag} must be a folder, not a file")
+    return folder
+
+
+def _here_or_one_below(folder: Path, matches, what: str):
+    """Apply `matches` to the folder, else to each subfolder: the 'as distributed or its parent' rule."""
+    found = matches(folder)
+    if found:
+        return folder, found
+    hits = [(sub, m) for sub in _subfolders(folder) if (m := matches(sub))]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        names = ", ".join(str(sub) for sub, _ in hits)
+        raise ValueError(f"{folder}: several subfolders look like {what} ({names}); pass one of them")
+    raise ValueError(f"{folder}: no {what} found here or in its subfolders")
+
+
+# --- JSRT + SCR -------------------------------------------------------------------------------
+
+_JSRT_PNG = re.compile(r"^(?P<id>.+?)(\.img)?\.png$", re.IGNORECASE)
+
+
+def _jsrt_images(folder: Path) -> dict[str, Path] | None:
+    files = [p for p in folder.iterdir() if p.is_file()]
+    raw = {p.stem: p for p in files if p.suffix.lower() == ".img"}
+    if raw:
+        return raw
+    pngs = {}
+    for p in files:
+        match = _JSRT_PNG.match(p.name)
+        if match and p.name.upper().startswith("JPC"):
+            pngs[match.group("id")] = p
+    return pngs or None
+
+
+def _scr_structure_folders(folder: Path) -> dict[str, list[Path]] | None:
+    """Structure -> folders holding its masks, for the fold1/fold2, flat and bare layouts."""
+    parents = [sub / "masks" for sub in _subfolders(folder) if re.fullmatch(r"fold\d+", sub.name.lower())]
+    parents = [p for p in parents if p.is_dir()]
+    if not parents and (folder / "masks").is_dir():
+        parents = [folder / "masks"]
+    if not parents:
+        parents = [folder]
+    structure_folders: dict[str, list[Path]] = {}
+    for parent in parents:
+        for sub in _subfolders(parent):
+            structure = _normalise_structure(sub.name)
+            if structure in SCR_STRUCTURES:
+                structure_folders.setdefault(structure, []).append(sub)
+    return structure_folders or None
+
+
+def scan_jsrt(jsrt_dir: str | Path, scr_dir: str | Path) -> Scan:
+    """Pair JSRT images (raw `.IMG` or re-packaged PNG) with their five SCR masks."""
+    image_root, images = _here_or_one_below(
+        _require_folder(jsrt_dir, "--jsrt"), _jsrt_images, "JSRT images (JPCLN001.IMG ... or JPCLN001.png ...)"
+    )
+    mask_root, structure_folders = _here_or_one_below(
+        _require_folder(scr_dir, "--scr"), _scr_structure_folders,
+        "SCR masks (fold1/masks/<structure>/, masks/<structure>/ or <structure>/ folders)",
+    )
+    missing = [s for s in SCR_STRUCTURES if s not in structure_folders]
+    if missing:
+        raise ValueError(f"{mask_root}: no mask folder for {', '.join(repr(m) for m in missing)}")
+    masks: dict[str, dict[str, Path]] = {}
+    for structure, folders in structure_folders.items():
+        by_id: dict[str, Path] = {}
+        for folder in folders:
+            for path in sorted(folder.iterdir()):
+                if path.suffix.lower() not in (".gif", ".png"):
+                    continue
+                case_id = re.sub(r"(\.img)$", "", path.stem, flags=re.IGNORECASE)
+                if case_id in by_id:
+                    raise ValueError(f"{path}: duplicate '{structure}' mask for {case_id} (also {by_id[case_id]})")
+                by_id[case_id] = path
+        masks[structure] = by_id
+    for structure, by_id in masks.items():
+        for case_id, path in sorted(by_id.items()):
+            if case_id not in images:
+                raise ValueError(f"{path}: mask without an image ({case_id} is not in {image_root})")
+    cases = []
+    for case_id in sorted(images):
+        for structure in SCR_STRUCTURES:
+            if case_id not in masks[structure]:
+                raise ValueError(
+                    f"{images[case_id]}: image without its '{structure}' mask "
+                    f"(no {case_id}.gif under {mask_root})"
+                )
+        cases.append(Case(case_id, images[case_id], {s: masks[s][case_id] for s in SCR_STRUCTURES}))
+    image_format = "jsrt-img" if images[cases[0].id].suffix.lower() == ".img" else "png"
+    return Scan("jsrt", image_root, mask_root, image_format, "scr", cases)
+
+
+# --- Montgomery, Shenzhen ---------------------------------------------------------------------
+
+
+def _target_image_folder(folder: Path) -> Path | None:
+    for name in IMAGE_FOLDERS:
+        candidate = folder / name
+        if candidate.is_dir() and any(p.suffix.lower() == ".png" for p in candidate.iterdir()):
+            return candidate
+    return None
+
+
+def _pngs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+
+
+def _mask_id(path: Path) -> str:
+    stem = path.stem
+    return stem[: -len("_mask")] if stem.endswith("_mask") else stem
+
+
+def scan_target(name: str, root: str | Path) -> Scan:
+    """Pair Montgomery / Shenzhen images (`CXR_png/`) with left/right or merged lung masks."""
+    if name not in TARGET_DATASETS:
+        raise ValueError(f"unknown target dataset {name!r}; choose from {', '.join(TARGET_DATASETS)}")
+    data_root, image_folder = _here_or_one_below(
+        _require_folder(root, f"--{name}"), _target_image_folder, f"{name} images (a CXR_png/ folder of PNGs)"
+    )
+    images = {p.stem: p for p in _pngs(image_folder)}
+    left, right = data_root / "ManualMask" / "leftMask", data_root / "ManualMask" / "rightMask"
+    if left.is_dir() and right.is_dir():
+        layout, mask_root = "left-right", data_root / "ManualMask"
+        structure_files = {"left lung": _pngs(left), "right lung": _pngs(right)}
+    else:
+        merged = [data_root / f for f in MERGED_MASK_FOLDERS if (data_root / f).is_dir() and _pngs(data_root / f)]
+        if not merged:
+            raise ValueError(
+                f"{data_root}: no lung masks (expected ManualMask/leftMask + ManualMask/rightMask, "
+                f"or merged masks in one of {', '.join(MERGED_MASK_FOLDERS)}/)"
+            )
+        layout, mask_root = "merged", merged[0]
+        structure_files = {MERGED_LUNGS: _pngs(merged[0])}
+    masks: dict[str, dict[str, Path]] = {}
+    for structure, paths in structure_files.items():
+        by_id = {}
+        for path in paths:
+            case_id = _mask_id(path)
+            if case_id not in images:
+                raise ValueError(f"{path}: mask without an image ({case_id}.png is not in {image_folder})")
+            by_id[case_id] = path
+        masks[structure] = by_id
+    cases, skipped = [], []
+    for case_id in sorted(images):
+        absent = [s for s in masks if case_id not in masks[s]]
+        if not absent:
+            cases.append(Case(case_id, images[case_id], {s: masks[s][case_id] for s in masks}))
+            continue
+        reason = f"no {' / '.join(absent)} mask in {mask_root}"
+        if not SKIP_UNMASKED[name] or len(absent) < len(masks):
+            raise ValueError(f"{images[case_id]}: image without its mask ({reason})")
+        skipped.append({"id": case_id, "reason": reason})
+    if not cases:
+        raise ValueError(f"{data_root}: no {name} image has a lung mask")
+    return Scan(name, image_folder, mask_root, "png", layout, cases, skipped)
+
+
+# --- sizes, orientation, tasks ----------------------------------------------------------------
+
+
+def check_sizes(scan: Scan, case: Case, image_shape: tuple[int, int], mask_shapes: dict[str, tuple[int, int]]) -> None:
+    """Enforce the dataset's image/mask size rule for one case."""
+    shapes = set(mask_shapes.values())
+    if len(shapes) > 1:
+        detail = ", ".join(f"{case.masks[s].name} in '{s}': {h}x{w}" for s, (h, w) in mask_shapes.items())
+        raise ValueError(f"{case.image}: its masks differ in size ({detail})")
+    mask_h, mask_w = shapes.pop()
+    image_h, image_w = image_shape
+    first_mask = next(iter(case.masks.values()))
+    if scan.name == "jsrt":
+        if image_h != image_w:
+            raise ValueError(f"{case.image}: JSRT image is {image_h}x{image_w}, expected a square")
+        if mask_h != mask_w:
+            raise ValueError(f"{first_mask}: SCR mask is {mask_h}x{mask_w}, expected a square")
+        # Original data: 2048 image, 1024 masks. Re-packaged PNGs were rescaled; any square pair goes.
+        if scan.image_format == "jsrt-img" and image_h != 2 * mask_h:
+            raise ValueError(
+                f"{first_mask}: mask is {mask_h}x{mask_w} but its image {case.image.name} is "
+                f"{image_h}x{image_w}; SCR masks are half the .IMG side"
+            )
+    elif (mask_h, mask_w) != (image_h, image_w):
+        raise ValueError(
+            f"{first_mask}: mask is {mask_h}x{mask_w} but its image {case.image.name} is {image_h}x{image_w}"
+        )
+
+
+def to_display_convention(
+    image: np.ndarray, masks: dict[str, np.ndarray], white_is_zero: bool
+) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
+    """The one place for orientation: bone bright, patient's left on the image's right.
+
+    JSRT `.IMG` stores optical density ("white is zero") and is inverted here. When the masks
+    name the patient's sides, a case whose left lung lies on the image's left half is a mirrored
+    copy and is flipped back (image and all masks). Returns (image float32, masks, mirrored).
+    """
+    pixels = image.astype(np.float32)
+    if white_is_zero:
+        pixels = max(JSRT_MAX_VALUE, float(pixels.max())) - pixels
+    mirrored = False
+    if "left lung" in masks and "right lung" in masks:
+        left_x, right_x = _centroid_x(masks["left lung"]), _centroid_x(masks["right lung"])
+        mirrored = left_x is not None and right_x is not None and left_x < right_x
+    if mirrored:
+        pixels = pixels[:, ::-1]
+        masks = {name: mask[:, ::-1] for name, mask in masks.items()}
+    return np.ascontiguousarray(pixels), masks, mirrored
+
+
+def _centroid_x(mask: np.ndarray) -> float | None:
+    """Horizontal centroid as a fraction of the width (0 = left edge)."""
+    columns = mask.sum(axis=0)
+    total = columns.sum()
+    if total == 0:
+        return None
+    return float((columns * np.arange(mask.shape[1])).sum() / total / mask.shape[1])
+
+
+def task_masks(structure_masks: dict[str, np.ndarray], tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Merge patient-side structures into the tasks: lungs = left | right lung, etc."""
+    out = {}
+    for task in tasks:
+        if task == "lungs" and MERGED_LUNGS in structure_masks:
+            out[task] = structure_masks[MERGED_LUNGS]
+            continue
+        parts = [structure_masks[s] for s in TASK_STRUCTURES[task]]
+        merged = parts[0].copy()
+        for part in parts[1:]:
+            merged |= part
+        out[task] = merged
+    return out
+
+
+def summarise(scan: Scan, image_shapes: list[tuple[int, int]]) -> dict:
+    """The `data check` summary of one dataset."""
+    counts = Counter(f"{h}x{w}" for h, w in image_shapes)
+    return {
+        "root": str(scan.image_root),
+        "mask_root": str(scan.mask_root),
+        "image_format": scan.image_format,
+        "mask_layout": scan.mask_layout,
+        "cases": len(scan.cases),
+        "masks": {s: sum(1 for c in scan.cases if s in c.masks) for s in scan.structures},
+        "tasks": list(scan.tasks),
+        "image_sizes": dict(sorted(counts.items())),
+        "skipped": list(scan.skipped),
+    }

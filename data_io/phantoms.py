@@ -1,0 +1,422 @@
+"""Synthetic chest radiographs written in the real datasets' on-disk formats.
+
+The phantoms stand in for JSRT + SCR (source) and Montgomery / Shenzhen (targets) when the real
+data is not at hand: tests, the demo and CPU runs read them through exactly the same readers as
+the real files. Anatomy (two lungs, heart, two clavicles, ribs, spine, soft tissue) is drawn from
+one distribution for every domain; only the imaging differs. The target rendering is built to
+stay hard *after* per-image standardisation (see docs in method-notes): a non-monotonic, partly
+inverted intensity response, a low-frequency multiplicative bias field, black collimation
+borders, different noise and a different field of view and aspect ratio. A segmenter trained on
+the source alone therefore loses accuracy on the target, while a translator that learns the
+intensity mapping can recover the anatomy.
+
+Geometry convention: image coordinates run left to right and top to bottom; the patient's LEFT
+side is on the image's RIGHT (a posterior-anterior film viewed as displayed). "Left"/"right"
+in structure names are always the patient's sides.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data_io.datasets import SCR_STRUCTURES
+
+JSRT_MAX = 4095  # 12-bit
+
+
+@dataclass(frozen=True)
+class Lung:
+    side: int  # +1: patient's left (image right), -1: patient's right (image left)
+    apex_y: float
+    base_y: float
+    medial: float
+    lateral: float
+    apex_fraction: float  # where the apex sits between medial and lateral
+    dome: float
+    wobble_amp: float
+    wobble_freq: float
+    wobble_phase: float
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One patient, in body coordinates: x in [-1, 1] (image left to right), y top to bottom."""
+
+    lungs: tuple[Lung, Lung]
+    heart_center: tuple[float, float]
+    heart_radii: tuple[float, float]
+    heart_angle: float
+    clavicle_medial: tuple[float, float]  # (x, y) of the sternal end, patient's left side (x > 0)
+    clavicle_lateral: tuple[float, float]
+    clavicle_bow: float
+    clavicle_thickness: float
+    clavicle_asymmetry: float
+    rib_spacing: float
+    rib_phase: float
+    rib_curvature: float
+    body_width: float
+    soft_tissue: float
+
+
+@dataclass(frozen=True)
+class Pose:
+    """How the body sits in the detector: body = rotate(image - shift) / zoom."""
+
+    zoom: float
+    shift: tuple[float, float]
+    angle: float
+
+
+def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+    lungs = []
+    for side in (-1, +1):
+        lungs.append(
+            Lung(
+                side=side,
+                apex_y=rng.uniform(-0.74, -0.62),
+                # The left hemidiaphragm usually sits a little lower than the right one.
+                base_y=rng.uniform(0.40, 0.52) + (0.03 if side > 0 else 0.0),
+                medial=rng.uniform(0.07, 0.12),
+                lateral=rng.uniform(0.68, 0.80),
+                apex_fraction=rng.uniform(0.25, 0.40),
+                dome=rng.uniform(0.10, 0.20),
+                wobble_amp=rng.uniform(0.0, 0.02),
+                wobble_freq=rng.uniform(4.0, 9.0),
+                wobble_phase=rng.uniform(0, 2 * math.pi),
+            )
+        )
+    return Anatomy(
+        lungs=(lungs[0], lungs[1]),
+        heart_center=(rng.uniform(0.07, 0.15), rng.uniform(0.14, 0.24)),
+        heart_radii=(rng.uniform(0.28, 0.35), rng.uniform(0.19, 0.25)),
+        heart_angle=math.radians(rng.uniform(-35, -15)),
+        clavicle_medial=(rng.uniform(0.06, 0.12), rng.uniform(-0.58, -0.50)),
+        clavicle_lateral=(rng.uniform(0.72, 0.84), rng.uniform(-0.78, -0.66)),
+        clavicle_bow=rng.uniform(0.02, 0.06),
+        clavicle_thickness=rng.uniform(0.05, 0.07),
+        clavicle_asymmetry=rng.uniform(-0.03, 0.03),
+        rib_spacing=rng.uniform(0.095, 0.12),
+        rib_phase=rng.uniform(0, 1),
+        rib_curvature=rng.uniform(0.28, 0.42),
+        body_width=rng.uniform(0.84, 0.94),
+        soft_tissue=rng.uniform(0.85, 1.15),
+    )
+
+
+def _grid(height: int, width: int, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+    """Body coordinates of each pixel centre; the longer image side spans [-1, 1]."""
+    longest = max(height, width)
+    u = ((np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1) * (width / longest)
+    v = ((np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1) * (height / longest)
+    u = u[None, :] - pose.shift[0]
+    v = v[:, None] - pose.shift[1]
+    cos, sin = math.cos(pose.angle), math.sin(pose.angle)
+    x = (cos * u + sin * v) / pose.zoom
+    y = (-sin * u + cos * v) / pose.zoom
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def _ramp(distance: np.ndarray, width: float) -> np.ndarray:
+    """0 outside, 1 deeper than `width` inside; `distance` > 0 means inside."""
+    return np.clip(distance / width, 0.0, 1.0)
+
+
+def _lung_depth(lung: Lung, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Signed depth inside the lung field (> 0 inside), in body units."""
+    lateral_x = lung.side * x  # distance from the midline towards this lung's outer side
+    span = lung.base_y - lung.apex_y
+    t = (y - lung.apex_y) / span
+    apex_x = lung.medial + lung.apex_fraction * (lung.lateral - lung.medial)
+    wobble = lung.wobble_amp * np.sin(lung.wobble_freq * y + lung.wobble_phase)
+    t_clip = np.clip(t, 0.0, 1.0)
+    # Rounded apex: the edges open like quarter circles, then run down to the base.
+    outer_open = np.sqrt(np.clip(1 - (1 - np.minimum(t_clip / 0.75, 1.0)) ** 2, 0, 1))
+    outer = apex_x + (lung.lateral - apex_x) * outer_open - 0.04 * np.clip((t_clip - 0.75) / 0.25, 0, 1) + wobble
+    inner_open = np.sqrt(np.clip(1 - (1 - np.minimum(t_clip / 0.3, 1.0)) ** 2, 0, 1))
+    inner = apex_x - (apex_x - lung.medial) * inner_open
+    # The diaphragm dome rises medially; the costophrenic angle is the lowest lateral point.
+    dome_center = lung.medial + 0.4 * (lung.lateral - lung.medial)
+    dome_width = 0.38 * (lung.lateral - lung.medial)
+    diaphragm = lung.base_y - lung.dome * np.exp(-(((lateral_x - dome_center) / dome_width) ** 2))
+    depth = np.minimum(outer - lateral_x, lateral_x - inner)
+    depth = np.minimum(depth, y - lung.apex_y)
+    depth = np.minimum(depth, diaphragm - y)
+    return depth
+
+
+def _heart_depth(anatomy: Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    cx, cy = anatomy.heart_center
+    rx, ry = anatomy.heart_radii
+    cos, sin = math.cos(anatomy.heart_angle), math.sin(anatomy.heart_angle)
+    dx, dy = x - cx, y - cy
+    a = (cos * dx + sin * dy) / rx
+    b = (-sin * dx + cos * dy) / ry
+    # Approximate signed distance of an ellipse, good enough for soft edges.
+    return (1 - np.sqrt(a * a + b * b)) * min(rx, ry)
+
+
+def _clavicle_depth(anatomy: Anatomy, side: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    mx, my = anatomy.clavicle_medial
+    lx, ly = anatomy.clavicle_lateral
+    shift = anatomy.clavicle_asymmetry * side
+    my, ly = my + shift, ly + shift
+    lateral_x = side * x
+    t = (lateral_x - mx) / (lx - mx)
+    # A shallow S: a parabola from the sternal end to the shoulder, bowed downwards.
+    center = my + (ly - my) * t + anatomy.clavicle_bow * 4 * t * (1 - t)
+    half = anatomy.clavicle_thickness * (0.6 + 0.4 * np.clip(t, 0, 1)) / 2
+    depth = half - np.abs(y - center)
+    along = np.minimum(t, 1 - t) * abs(lx - mx)
+    return np.minimum(depth, along)
+
+
+def _structure_depths(anatomy: Anatomy, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    right_lung, left_lung = anatomy.lungs  # patient's right first (image left)
+    return {
+        "right lung": _lung_depth(right_lung, x, y),
+        "left lung": _lung_depth(left_lung, x, y),
+        "heart": _heart_depth(anatomy, x, y),
+        "right clavicle": _clavicle_depth(anatomy, -1, x, y),
+        "left clavicle": _clavicle_depth(anatomy, +1, x, y),
+    }
+
+
+def render_masks(anatomy: Anatomy, pose: Pose, height: int, width: int) -> dict[str, np.ndarray]:
+    """SCR-style binary masks (patient's sides); lung fields exclude the heart, as in SCR."""
+    x, y = _grid(height, width, pose)
+    depths = _structure_depths(anatomy, x, y)
+    heart = depths["heart"] > 0
+    masks = {}
+    for name in SCR_STRUCTURES:
+        inside = depths[name] > 0
+        if name.endswith("lung"):
+            inside &= ~heart
+        masks[name] = inside
+    return masks
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Zero-mean, unit-ish std noise with features about 1/cells of the image."""
+    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+    field = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+    return np.asarray(field, dtype=np.float32)
+
+
+def render_attenuation(anatomy: Anatomy, pose: Pose, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Display brightness before the detector response: bone and soft tissue bright, lungs dark."""
+    x, y = _grid(height, width, pose)
+    depths = _structure_depths(anatomy, x, y)
+    lungs = np.maximum(_ramp(depths["right lung"], 0.06), _ramp(depths["left lung"], 0.06))
+    heart = _ramp(depths["heart"], 0.03)
+    clavicles = np.maximum(_ramp(depths["right clavicle"], 0.012), _ramp(depths["left clavicle"], 0.012))
+
+    # Torso narrows to the neck above the shoulders.
+    neck = np.clip((y + 0.95) / 0.45, 0, 1)
+    torso_half_width = 0.2 + (anatomy.body_width - 0.2) * (3 * neck**2 - 2 * neck**3)
+    body = _ramp(torso_half_width - np.abs(x), 0.08)
+    # Thicker soft tissue towards the body's sides and the abdomen below the diaphragm.
+    abdomen = np.clip((y - 0.35) / 0.25, 0, 1) * (1 - lungs)
+    mediastinum = _ramp(0.13 - np.abs(x - 0.02), 0.05) * np.clip((y + 0.8) / 0.2, 0, 1)
+
+    lateral = np.abs(x)
+    rib_zone = _ramp(0.86 - lateral, 0.05) * _ramp(y + 0.7, 0.05) * _ramp(0.55 - y, 0.1)
+    rib_phase = (y - anatomy.rib_curvature * lateral**2 + 0.1 * lateral) / anatomy.rib_spacing + anatomy.rib_phase
+    rib_profile = np.clip(1 - np.abs(rib_phase - np.floor(rib_phase) - 0.5) / 0.22, 0, 1) ** 0.6
+    anterior_phase = (y + 0.25 * lateral) / (anatomy.rib_spacing * 1.3) + anatomy.rib_phase * 0.7
+    anterior_profile = np.clip(1 - np.abs(anterior_phase - np.floor(anterior_phase) - 0.5) / 0.15, 0, 1)
+    ribs = rib_zone * (rib_profile + 0.35 * anterior_profile * np.clip(lateral / 0.5, 0, 1))
+    vertebra_phase = y / 0.085
+    spine = _ramp(0.06 - np.abs(x), 0.02) * (0.7 + 0.3 * np.cos(2 * np.pi * vertebra_phase) ** 2)
+
+    texture = _smooth_noise(rng, height, width, 24)
+    fine_texture = _smooth_noise(rng, height, width, 96)
+    vessels_raw = _smooth_noise(rng, height, width, 40)
+    hilum_distance = np.sqrt((lateral - 0.15) ** 2 + (y + 0.05) ** 2)
+    vessels = np.clip(1 - np.abs(vessels_raw) / 0.35, 0, 1) * np.exp(-hilum_distance / 0.35)
+
+    attenuation = (
+        0.04
+        + 0.50 * anatomy.soft_tissue * body
+        + 0.08 * body * lateral
+        + 0.12 * abdomen * body
+        + 0.12 * mediastinum
+        - 0.34 * lungs
+        + 0.22 * heart * (0.5 + 0.5 * lungs)
+        + 0.13 * ribs * body
+        + 0.28 * clavicles
+        + 0.18 * spine * (1 - 0.5 * lungs)
+        + 0.08 * vessels * lungs
+        + 0.025 * texture * body
+        + 0.012 * fine_texture * body
+    )
+    return np.clip(attenuation, 0.0, 1.0).astype(np.float32)
+
+
+def _source_pose(rng: np.random.Generator) -> Pose:
+    return Pose(
+        zoom=rng.uniform(0.93, 1.04),
+        shift=(rng.uniform(-0.04, 0.04), rng.uniform(-0.02, 0.06)),
+        angle=math.radians(rng.uniform(-3, 3)),
+    )
+
+
+def _target_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
+    # Wider field of view than JSRT: shoulders, neck and upper abdomen in view, off-centre.
+    # A landscape frame must zoom out further for the chest to fit its shorter height.
+    zoom = rng.uniform(0.62, 0.74) if width > height else rng.uniform(0.72, 0.86)
+    return Pose(
+        zoom=zoom,
+        shift=(rng.uniform(-0.08, 0.08), rng.uniform(-0.10, 0.08)),
+        angle=math.radians(rng.uniform(-6, 6)),
+    )
+
+
+def render_source(attenuation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """JSRT-like film: a mild S-curve, fine quantum noise, stored 'white is zero' in 12 bits."""
+    contrast = rng.uniform(5.0, 7.0)
+    level = rng.uniform(0.38, 0.48)
+    display = 1 / (1 + np.exp(-contrast * (attenuation - level)))
+    display += rng.uniform(0.006, 0.012) * rng.standard_normal(display.shape).astype(np.float32)
+    display = np.clip(display, 0, 1)
+    return np.round(JSRT_MAX * (1 - display)).astype(np.uint16)
+
+
+def render_target(attenuation: np.ndarray, rng: np.random.Generator, bits_max: int, style: str) -> np.ndarray:
+    """The target detector: what a source-only segmenter has never seen, whatever the normalisation."""
+    height, width = attenuation.shape
+    if style == "montgomery":
+        # Non-monotonic, partly inverted response: lungs come out bright, soft tissue dark,
+        # dense bone bright again, air grey. Knots jitter per image.
+        knots_in = np.array([0.0, 0.10, 0.22, 0.40, 0.55, 0.72, 1.0])
+        knots_out = np.array([0.45, 0.70, 0.90, 0.45, 0.20, 0.55, 1.0]) + rng.uniform(-0.06, 0.06, 7)
+        response = np.interp(attenuation, knots_in, knots_out).astype(np.float32)
+        bias_strength, noise_sigma, stripes = 0.45, 0.035, 0.03
+    else:
+        # Shenzhen-like: monotonic but strongly gamma-compressed, milder bias, coarser noise.
+        response = (attenuation ** rng.uniform(2.0, 2.8)).astype(np.float32)
+        bias_strength, noise_sigma, stripes = 0.3, 0.025, 0.0
+    bias = np.exp(bias_strength * _smooth_noise(rng, height, width, 3))
+    response = response * bias
+    # Signal-dependent (speckle-like) noise plus line artefacts of a different detector.
+    response *= 1 + noise_sigma * rng.standard_normal(response.shape).astype(np.float32)
+    if stripes:
+        response += stripes * rng.standard_normal((height, 1)).astype(np.float32)
+    response = np.clip(response / max(float(np.percentile(response, 99.5)), 1e-6), 0, 1)
+    image = response * bits_max
+    # Collimator edges: black bands of random width on some sides.
+    for side in range(4):
+        if rng.random() < 0.6:
+            band = int(rng.uniform(0.01, 0.07) * (height if side < 2 else width))
+            if side == 0:
+                image[:band] = 0
+            elif side == 1:
+                image[height - band :] = 0
+            elif side == 2:
+                image[:, :band] = 0
+            else:
+                image[:, width - band :] = 0
+    return np.round(image).astype(np.uint16)
+
+
+def _jsrt_ids(count: int) -> list[str]:
+    """JSRT naming: nodule cases JPCLNnnn first (154 of 247), then non-nodule JPCNNnnn."""
+    nodules = round(count * 154 / 247)
+    return [f"JPCLN{i + 1:03d}" for i in range(nodules)] + [f"JPCNN{i + 1:03d}" for i in range(count - nodules)]
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _write_source(out: Path, count: int, size: int, rng: np.random.Generator) -> tuple[Path, Path]:
+    if size % 2:
+        raise ValueError(f"source_size must be even (SCR masks are half the image side), got {size}")
+    jsrt_dir, scr_dir = out / "jsrt", out / "scr"
+    jsrt_dir.mkdir(parents=True, exist_ok=True)
+    ids = _jsrt_ids(count)
+    for index, case_id in enumerate(ids):
+        anatomy, pose = sample_anatomy(rng), _source_pose(rng)
+        stored = render_source(render_attenuation(anatomy, pose, size, size, rng), rng)
+        stored.astype(">u2").tofile(jsrt_dir / f"{case_id}.IMG")
+        fold = "fold1" if index % 2 == 0 else "fold2"
+        for structure, mask in render_masks(anatomy, pose, size // 2, size // 2).items():
+            target = scr_dir / fold / "masks" / structure / f"{case_id}.gif"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+    return jsrt_dir, scr_dir
+
+
+def _target_shape(rng: np.random.Generator, long_side: int) -> tuple[int, int]:
+    # Montgomery: 4892 x 4020 portrait or landscape; keep that ratio at the requested size.
+    short_side = int(round(long_side * 4020 / 4892 / 4)) * 4
+    return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
+
+
+def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator) -> Path:
+    root = out / "montgomery"
+    for index in range(count):
+        case_id = f"MCUCXR_{index + 1:04d}_{int(rng.random() < 0.42)}"
+        height, width = _target_shape(rng, long_side)
+        anatomy, pose = sample_anatomy(rng), _target_pose(rng, height, width)
+        attenuation = render_attenuation(anatomy, pose, height, width, rng)
+        # 12-bit values in a 16-bit PNG, as in the original release.
+        image = render_target(attenuation, rng, bits_max=int(rng.uniform(3000, 4095)), style="montgomery")
+        _save_png(image, root / "CXR_png" / f"{case_id}.png")
+        masks = render_masks(anatomy, pose, height, width)
+        _save_png(masks["left lung"].astype(np.uint8) * 255, root / "ManualMask" / "leftMask" / f"{case_id}.png")
+        _save_png(masks["right lung"].astype(np.uint8) * 255, root / "ManualMask" / "rightMask" / f"{case_id}.png")
+    return root
+
+
+def _write_shenzhen(out: Path, count: int, long_side: int, rng: np.random.Generator) -> Path:
+    root = out / "shenzhen"
+    # About one in seven real Shenzhen images has no lung mask; keep at least one of each kind.
+    missing = set(rng.choice(count, size=max(1, count // 7), replace=False).tolist()) if count > 1 else set()
+    for index in range(count):
+        case_id = f"CHNCXR_{index + 1:04d}_{int(rng.random() < 0.5)}"
+        side = int(round(long_side * rng.uniform(0.9, 1.0) / 4)) * 4
+        anatomy, pose = sample_anatomy(rng), _target_pose(rng, side, side)
+        attenuation = render_attenuation(anatomy, pose, side, side, rng)
+        image = render_target(attenuation, rng, bits_max=255, style="shenzhen").astype(np.uint8)
+        _save_png(image, root / "CXR_png" / f"{case_id}.png")
+        if index not in missing:
+            masks = render_masks(anatomy, pose, side, side)
+            merged = (masks["left lung"] | masks["right lung"]).astype(np.uint8) * 255
+            _save_png(merged, root / "mask" / f"{case_id}_mask.png")
+    return root
+
+
+def synthesize(
+    out_dir: str | Path,
+    n_source: int = 40,
+    n_target: int = 30,
+    n_shenzhen: int = 0,
+    source_size: int = 512,
+    target_size: int = 512,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write phantom datasets under `out_dir`; returns {"jsrt", "scr", "montgomery"[, "shenzhen"]} folders.
+
+    `source_size` is the side of the square JSRT-like `.IMG` (SCR masks are half of it, as in
+    the real data); `target_size` is the long side of the Montgomery-like 16-bit PNGs (short
+    side at the real 4020 / 4892 ratio) and about the side of the Shenzhen-like 8-bit PNGs.
+    Each domain draws from its own random stream, so changing one count leaves the others' files unchanged.
+    """
+    if n_source < 1 or n_target < 0 or n_shenzhen < 0:
+        raise ValueError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; got {n_source}, {n_target}, {n_shenzhen}")
+    if source_size < 32 or target_size < 32:
+        raise ValueError(f"phantom sizes must be at least 32 px; got source {source_size}, target {target_size}")
+    out = Path(out_dir)
+    streams = np.random.SeedSequence(seed).spawn(3)
+    jsrt_dir, scr_dir = _write_source(out, n_source, source_size, np.random.default_rng(streams[0]))
+    written = {"jsrt": jsrt_dir, "scr": scr_dir}
+    if n_target:
+        written["montgomery"] = _write_montgomery(out, n_target, target_size, np.random.default_rng(streams[1]))
+    if n_shenzhen:
+        written["shenzhen"] = _write_shenzhen(out, n_shenzhen, target_size, np.random.default_rng(streams[2]))
+    return written
