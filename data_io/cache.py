@@ -35,6 +35,8 @@ PREPROCESS_VERSION = 1
 NORMALISATION = "per_image_standardisation"
 # Below this many cases a process pool costs more than it saves.
 POOL_MIN_CASES = 32
+# float16 halves the cache; standardised values keep about three significant digits.
+CACHE_IMAGE_DTYPE = np.float16
 
 
 @dataclass
@@ -134,6 +136,8 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None) -> CachedDa
     started = time.perf_counter()
     log.info("preprocessing %s: %d cases from %s at %d px", scan.name, len(scan.cases), scan.image_root, image_size)
     images, masks = preprocess(scan, image_size)
+    # Return exactly what a cache hit returns, so the run that builds the cache is reproducible.
+    images = images.astype(CACHE_IMAGE_DTYPE).astype(np.float32)
     dataset = CachedDataset(
         name=scan.name,
         ids=[case.id for case in scan.cases],
@@ -163,8 +167,7 @@ def _write(dataset: CachedDataset, folder: Path, prefix: str) -> None:
         "version": PREPROCESS_VERSION,
     }
     arrays = {f"mask_{task}": np.packbits(mask.reshape(-1)) for task, mask in dataset.masks.items()}
-    # float16 halves the file; standardised values keep about three significant digits.
-    arrays["images"] = dataset.images.astype(np.float16)
+    arrays["images"] = dataset.images.astype(CACHE_IMAGE_DTYPE)
     arrays["meta"] = np.array(json.dumps(meta))
     # Write then rename, so concurrent trials never read a half-written cache.
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".writing-", suffix=".npz")

@@ -249,29 +249,28 @@ def scan_target(name: str, root: str | Path) -> Scan:
 
 
 def check_sizes(scan: Scan, case: Case, image_shape: tuple[int, int], mask_shapes: dict[str, tuple[int, int]]) -> None:
-    """Enforce the dataset's image/mask size rule for one case."""
-    shapes = set(mask_shapes.values())
-    if len(shapes) > 1:
-        detail = ", ".join(f"{case.masks[s].name} in '{s}': {h}x{w}" for s, (h, w) in mask_shapes.items())
-        raise ValueError(f"{case.image}: its masks differ in size ({detail})")
-    mask_h, mask_w = shapes.pop()
+    """Enforce the dataset's image/mask size rule for one case; the error names the offending file."""
     image_h, image_w = image_shape
-    first_mask = next(iter(case.masks.values()))
-    if scan.name == "jsrt":
-        if image_h != image_w:
-            raise ValueError(f"{case.image}: JSRT image is {image_h}x{image_w}, expected a square")
+    if scan.name == "jsrt" and image_h != image_w:
+        raise ValueError(f"{case.image}: JSRT image is {image_h}x{image_w}, expected a square")
+    first_shape = None
+    for structure, (mask_h, mask_w) in mask_shapes.items():
+        mask_path = case.masks[structure]
+        if scan.name != "jsrt":
+            if (mask_h, mask_w) != (image_h, image_w):
+                raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} but its image {case.image.name} is {image_h}x{image_w}")
+            continue
         if mask_h != mask_w:
-            raise ValueError(f"{first_mask}: SCR mask is {mask_h}x{mask_w}, expected a square")
+            raise ValueError(f"{mask_path}: SCR mask is {mask_h}x{mask_w}, expected a square")
+        if first_shape is not None and (mask_h, mask_w) != first_shape:
+            raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} but the other masks of {case.id} are {first_shape[0]}x{first_shape[1]}")
+        first_shape = (mask_h, mask_w)
         # Original data: 2048 image, 1024 masks. Re-packaged PNGs were rescaled; any square pair goes.
         if scan.image_format == "jsrt-img" and image_h != 2 * mask_h:
             raise ValueError(
-                f"{first_mask}: mask is {mask_h}x{mask_w} but its image {case.image.name} is "
+                f"{mask_path}: mask is {mask_h}x{mask_w} but its image {case.image.name} is "
                 f"{image_h}x{image_w}; SCR masks are half the .IMG side"
             )
-    elif (mask_h, mask_w) != (image_h, image_w):
-        raise ValueError(
-            f"{first_mask}: mask is {mask_h}x{mask_w} but its image {case.image.name} is {image_h}x{image_w}"
-        )
 
 
 def to_display_convention(
