@@ -1,0 +1,284 @@
+"""The experiment grid, declared once: Table I, Table II and what each trial depends on.
+
+Table I (`segmentation`): every segmentation model x task x JSRT cross-validation fold.
+Table II (`transfer`): every transfer method x label fraction x task x repetition (x target),
+where repetition r is a seeded 60/20/20 split of the target and uses JSRT fold r % n_folds.
+
+Dependencies are explicit trials, so the sweep schedules them first:
+- `proposed`, `finetune` and `source_only` need M_A, the U-Net segmentation run of the
+  matching task, fold and profile: that is the Table I trial itself, so it is trained once and
+  shared by both tables.
+- `proposed` also needs the translator warm-up of its target and repetition, shared by every
+  task and label fraction.
+
+Trial ids are readable keys plus a short hash of the effective config, so two runs of the
+same cell with the same config share one id (and one output folder, which is how completed
+trials are reused), while a changed config never silently reuses an old result. No Ray here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from sweep.config import (
+    LABEL_FRACTIONS,
+    PROFILES,
+    SEGMENTATION_MODELS,
+    TARGETS,
+    TASKS,
+    TRANSFER_METHODS,
+    RunConfig,
+    make_config,
+)
+
+EXPERIMENTS = ("segmentation", "transfer", "all")
+
+# The target datasets label lungs only, so Table II is measurable for lungs only
+# (heart and clavicle transfer is qualitative: `cxrsweep train-transfer`).
+TRANSFER_TASKS = ("lungs",)
+
+# The paper's M_A is a U-Net (skip connections keep the translators' gradients alive).
+TRANSFER_SEGMENTER = "unet"
+
+# Trial kinds. Warm-ups are dependencies only: they produce no row in the result tables.
+SEGMENTATION = "segmentation"
+TRANSFER = "transfer"
+TRANSLATOR_WARMUP = "translator_warmup"
+
+# Fields that say where and how fast a run executes, not what it computes.
+EXECUTION_FIELDS = frozenset({"device", "num_threads"})
+
+# Translator and transfer-loss fields are recognised by prefix, so fields added later join
+# the right group without an edit here.
+_TRANSLATION_PREFIXES = ("translator", "gan_", "w_")
+
+
+def _is_transfer_only(name: str) -> bool:
+    """Fields a segmentation run ignores. They are reset to the profile's values in Table I
+    configs so that a Table I trial and the M_A a transfer trial asks for are the same trial."""
+    return name.startswith(_TRANSLATION_PREFIXES) or name in {
+        "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs"}
+
+
+def _is_warmup_field(name: str) -> bool:
+    """Fields a translator warm-up depends on (it sees no labels and no segmentation network)."""
+    if name == "w_seg":
+        return False
+    return name.startswith(_TRANSLATION_PREFIXES) or name in {
+        "profile", "seed", "image_size", "augment", "batch_size", "n_folds", "repetition", "target",
+        "style_dim", "warmup_epochs"}
+
+
+# Methods that start from M_A, and the one that also needs the warmed translator.
+METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "finetune", "source_only"})
+METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
+METHODS_NEEDING_LABELS = frozenset({"finetune", "scratch"})
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One cell of the grid (or one dependency) with everything needed to run it."""
+
+    trial_id: str
+    kind: str  # SEGMENTATION | TRANSFER | TRANSLATOR_WARMUP
+    config: RunConfig
+    depends_on: tuple[str, ...] = ()
+    not_applicable: str | None = None  # why this cell has no number; None when it runs
+
+    @property
+    def has_row(self) -> bool:
+        """Whether the trial is a cell of Table I / II (warm-ups are not)."""
+        return self.kind != TRANSLATOR_WARMUP
+
+
+@dataclass
+class Grid:
+    """Trials in declaration order, dependencies included, keyed by trial id."""
+
+    trials: dict[str, TrialSpec] = field(default_factory=dict)
+
+    def add(self, spec: TrialSpec) -> None:
+        existing = self.trials.get(spec.trial_id)
+        if existing is not None and existing != spec:
+            raise ValueError(f"two different trials share the id {spec.trial_id}")
+        self.trials.setdefault(spec.trial_id, spec)
+
+    def runnable(self) -> list[TrialSpec]:
+        return [t for t in self.trials.values() if t.not_applicable is None]
+
+    def not_applicable(self) -> list[TrialSpec]:
+        return [t for t in self.trials.values() if t.not_applicable is not None]
+
+    def stages(self) -> list[list[TrialSpec]]:
+        """Runnable trials in dependency layers: every trial's dependencies sit in earlier layers."""
+        remaining = {t.trial_id: t for t in self.runnable()}
+        for spec in remaining.values():
+            missing = [d for d in spec.depends_on if d not in remaining]
+            if missing:
+                raise ValueError(f"{spec.trial_id} depends on {missing}, which is not in the grid")
+        placed: set[str] = set()
+        layers: list[list[TrialSpec]] = []
+        while remaining:
+            layer = [t for t in remaining.values() if all(d in placed for d in t.depends_on)]
+            if not layer:
+                raise ValueError(f"dependency cycle among {sorted(remaining)}")
+            layers.append(layer)
+            for t in layer:
+                placed.add(t.trial_id)
+                del remaining[t.trial_id]
+        return layers
+
+
+def config_hash(cfg: RunConfig, only: Iterable[str] | None = None) -> str:
+    """Eight hex digits that change whenever a field that affects the result changes."""
+    values = cfg.to_dict()
+    names = sorted(only) if only is not None else sorted(n for n in values if n not in EXECUTION_FIELDS)
+    text = json.dumps({n: values[n] for n in names}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _fraction_text(fraction: float) -> str:
+    return f"{fraction:g}"
+
+
+def segmentation_config(base: RunConfig, model: str, task: str, fold: int) -> RunConfig:
+    """The config of a Table I trial; transfer-only fields take the profile's values."""
+    profile_defaults = make_config(base.profile).to_dict()
+    reset = {name: value for name, value in profile_defaults.items() if _is_transfer_only(name)}
+    reset.update(method="supervised", label_fraction=None)
+    return base.replace(experiment=SEGMENTATION, model=model, task=task, fold=fold, **reset)
+
+
+def segmentation_trial(base: RunConfig, model: str, task: str, fold: int) -> TrialSpec:
+    cfg = segmentation_config(base, model, task, fold)
+    trial_id = f"segmentation-{model}-{task}-fold{fold}-{cfg.profile}-{config_hash(cfg)}"
+    return TrialSpec(trial_id, SEGMENTATION, cfg)
+
+
+def warmup_trial(base: RunConfig, target: str, repetition: int) -> TrialSpec:
+    cfg = base.replace(
+        experiment=TRANSFER, method="proposed", model=TRANSFER_SEGMENTER, task=TRANSFER_TASKS[0],
+        label_fraction=None, target=target, repetition=repetition, fold=repetition % base.n_folds,
+    )
+    key = config_hash(cfg, only=[n for n in cfg.to_dict() if _is_warmup_field(n)])
+    trial_id = f"warmup-{cfg.translator}-{target}-rep{repetition}-{cfg.profile}-{key}"
+    return TrialSpec(trial_id, TRANSLATOR_WARMUP, cfg)
+
+
+def not_applicable_reason(method: str, label_fraction: float) -> str | None:
+    if method in METHODS_NEEDING_LABELS and label_fraction == 0:
+        return f"{method} needs target labels and this cell has 0 %"
+    if method == "source_only" and label_fraction != 0:
+        return "source_only uses no target labels: its result is the 0 % row"
+    return None
+
+
+def transfer_trials(base: RunConfig, method: str, task: str, target: str, repetition: int,
+                    label_fraction: float) -> list[TrialSpec]:
+    """A Table II cell followed by the dependency trials it needs (none when not applicable)."""
+    fold = repetition % base.n_folds
+    cfg = base.replace(
+        experiment=TRANSFER, method=method, model=TRANSFER_SEGMENTER, task=task, target=target,
+        repetition=repetition, fold=fold, label_fraction=float(label_fraction),
+    )
+    reason = not_applicable_reason(method, label_fraction)
+    dependencies: list[TrialSpec] = []
+    if reason is None and method in METHODS_NEEDING_SEGMENTER:
+        dependencies.append(segmentation_trial(base, TRANSFER_SEGMENTER, task, fold))
+    if reason is None and method in METHODS_NEEDING_TRANSLATOR:
+        dependencies.append(warmup_trial(base, target, repetition))
+    trial_id = (
+        f"transfer-{method}-{task}-{target}-rep{repetition}-labels{_fraction_text(label_fraction)}"
+        f"-{cfg.profile}-{config_hash(cfg)}"
+    )
+    cell = TrialSpec(trial_id, TRANSFER, cfg, tuple(d.trial_id for d in dependencies), reason)
+    return [cell, *dependencies]
+
+
+def _check_choice(flag: str, values: Sequence, allowed: Sequence) -> None:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; choose from {', '.join(map(str, allowed))}")
+
+
+def build_grid(
+    experiment: str,
+    base: RunConfig,
+    models: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    folds: Sequence[int] | None = None,
+    methods: Sequence[str] | None = None,
+    fractions: Sequence[float] | None = None,
+    repetitions: Sequence[int] | None = None,
+    targets: Sequence[str] | None = None,
+) -> Grid:
+    """The trials of `segmentation`, `transfer` or `all`, restricted to the given selections.
+
+    `None` selects everything: all models, tasks and folds for Table I; all methods and label
+    fractions, lungs, repetitions 0..n_folds-1 and Montgomery for Table II.
+    """
+    _check_choice("experiment", [experiment], EXPERIMENTS)
+    if base.profile not in PROFILES:
+        raise ValueError(f"--profile: unknown profile {base.profile!r}")
+    folds = list(range(base.n_folds)) if folds is None else list(folds)
+    bad_folds = [f for f in folds if not 0 <= f < base.n_folds]
+    if bad_folds:
+        raise ValueError(f"--folds: {bad_folds} outside 0..{base.n_folds - 1}")
+    grid = Grid()
+    if experiment in ("segmentation", "all"):
+        seg_models = list(models or SEGMENTATION_MODELS)
+        seg_tasks = list(tasks or TASKS)
+        _check_choice("--models", seg_models, SEGMENTATION_MODELS)
+        _check_choice("--tasks", seg_tasks, TASKS)
+        for task in seg_tasks:
+            for model in seg_models:
+                for fold in folds:
+                    grid.add(segmentation_trial(base, model, task, fold))
+    if experiment in ("transfer", "all"):
+        transfer_methods = list(methods or TRANSFER_METHODS)
+        label_fractions = [float(f) for f in (LABEL_FRACTIONS if fractions is None else fractions)]
+        transfer_tasks = [t for t in (tasks or TRANSFER_TASKS) if experiment == "transfer" or t in TRANSFER_TASKS]
+        reps = list(range(base.n_folds)) if repetitions is None else list(repetitions)
+        transfer_targets = list(targets or TARGETS[:1])
+        _check_choice("--methods", transfer_methods, TRANSFER_METHODS)
+        _check_choice("--tasks (transfer: the targets label lungs only)", transfer_tasks, TRANSFER_TASKS)
+        _check_choice("--targets", transfer_targets, TARGETS)
+        bad = [f for f in label_fractions if not 0 <= f <= 100]
+        if bad:
+            raise ValueError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")
+        if any(r < 0 for r in reps):
+            raise ValueError(f"--repetitions: {reps} must be >= 0")
+        for target in transfer_targets:
+            for task in transfer_tasks:
+                for method in transfer_methods:
+                    for fraction in label_fractions:
+                        for repetition in reps:
+                            for spec in transfer_trials(base, method, task, target, repetition, fraction):
+                                grid.add(spec)
+    return grid
+
+
+def config_of(spec_dict: dict) -> RunConfig:
+    """Rebuild a RunConfig from the `config` dict of a serialised TrialSpec."""
+    return RunConfig.from_dict(spec_dict["config"])
+
+
+def spec_to_dict(spec: TrialSpec) -> dict:
+    """A TrialSpec as plain data (what travels to a Ray trial and is stored with its outputs)."""
+    return {
+        "trial_id": spec.trial_id,
+        "kind": spec.kind,
+        "config": spec.config.to_dict(),
+        "depends_on": list(spec.depends_on),
+        "not_applicable": spec.not_applicable,
+    }
+
+
+def spec_from_dict(values: dict) -> TrialSpec:
+    return TrialSpec(
+        values["trial_id"], values["kind"], config_of(values), tuple(values.get("depends_on", ())),
+        values.get("not_applicable"),
+    )
+

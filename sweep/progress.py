@@ -1,0 +1,89 @@
+"""Live progress of a sweep: one line every few seconds with trials done / running / pending /
+failed, elapsed time and an estimate of the time left, plus a line per finished or failed trial."""
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(max(seconds, 0)))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class SweepProgress(Callback):
+    """A Ray Tune callback shared by every stage of one sweep."""
+
+    def __init__(self, total: int, say=print, every_s: float = 10.0):
+        self.total, self.say, self.every_s = total, say, every_s
+        self.started = time.time()
+        self.finished_before = 0  # trials settled (done, reused or failed) in earlier stages
+        self.stage_label = ""
+        self.last_line = 0.0
+        self.stage_started = self.started
+        self.stage_done = 0
+        self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment; the live console function stays here.
+        state = dict(self.__dict__)
+        state["say"] = print
+        return state
+
+    def begin_stage(self, index: int, n_stages: int, reused: int, failed_before: int) -> None:
+        self.finished_before += self.counts["done"] + self.counts["failed"]
+        self.finished_before += reused
+        self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+        self.stage_label = f"stage {index}/{n_stages}"
+        self.stage_started, self.stage_done = time.time(), 0
+        if reused:
+            self.say(f"[sweep] {self.stage_label}: {reused} trial(s) already finished in OUT, reused")
+
+    def line(self) -> str:
+        c = self.counts
+        settled = self.finished_before + c["done"] + c["failed"]
+        elapsed = time.time() - self.started
+        rate_elapsed = time.time() - self.stage_started
+        remaining = self.total - settled
+        eta = rate_elapsed / self.stage_done * remaining if self.stage_done else None
+        return (f"[sweep {format_duration(elapsed)}] {self.stage_label}: {settled}/{self.total} settled | "
+                f"done {self.finished_before + c['done']} | running {c['running']} | pending {c['pending']} | "
+                f"failed {c['failed']} | elapsed {format_duration(elapsed)} | ETA {format_duration(eta) if remaining else '0:00:00'}")
+
+    def _count(self, trials) -> None:
+        counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+        names = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "ERROR": "failed", "PAUSED": "pending"}
+        for trial in trials:
+            counts[names.get(trial.status, "pending")] += 1
+        self.counts = counts
+
+    def on_step_end(self, iteration, trials, **info):
+        self._count(trials)
+        now = time.time()
+        if now - self.last_line >= self.every_s:
+            self.last_line = now
+            self.say(self.line())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.stage_done += 1
+        self._count(trials)
+        result = trial.last_result or {}
+        score = result.get("test_jaccard_mean")
+        node = (result.get("node_ip") or "?")
+        self.say(f"[sweep] done {trial}" + (f": test Jaccard {score:.4f}" if isinstance(score, float) else "")
+                 + f" (node {node})")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.stage_done += 1
+        self._count(trials)
+        self.say(f"[sweep] FAILED {trial} after {trial.num_failures} attempt(s); see the summary below")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.say(f"[sweep] retrying {trial} from its last checkpoint (failure {trial.num_failures})")
+
+    def on_experiment_end(self, trials, **info):
+        self._count(trials)
+        self.say(self.line())

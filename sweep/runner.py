@@ -1,0 +1,330 @@
+"""Runs a grid on Ray Tune: one Tuner per dependency stage, data loaded once on the driver,
+fractional GPUs, retries, live progress, resume, and the result tables rebuilt after each stage.
+
+Stage k holds the trials whose dependencies all lie in earlier stages, so a trial never holds
+a GPU while it waits for an unscheduled dependency. A trial whose outputs are already in OUT
+is reused, not rerun; a trial whose dependency failed is recorded as failed without running.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import ray
+from ray import tune
+
+from sweep.grid import TRANSFER, TRANSLATOR_WARMUP, Grid, TrialSpec, spec_to_dict
+from sweep.progress import SweepProgress, format_duration
+from sweep.store import RunStore, write_results
+from sweep.trainables import run_trial
+
+log = logging.getLogger(__name__)
+
+# Environment variable of the failure-injection test hook: "GLOB:TIMES[:EPOCH]" (TIMES may be
+# "always"), e.g. "segmentation-unet-lungs-fold0-*:1:1" fails that trial once, at epoch 1.
+INJECT_FAILURE_ENV = "CXRSWEEP_INJECT_FAILURE"
+STATE_FILE = "sweep-state.json"
+
+
+@dataclass
+class DataPaths:
+    jsrt: str | None = None
+    scr: str | None = None
+    montgomery: str | None = None
+    shenzhen: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class SweepOptions:
+    out: str
+    address: str | None = None  # None: start a local Ray runtime (or use the one already initialised)
+    gpus_per_trial: float = 0.25
+    cpus_per_trial: float = 1.0
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
+    resume: bool = False
+    checkpoint_every: int = 1
+    progress_every_s: float = 10.0
+    object_store_memory: int | None = None  # bytes, for a runtime started here
+
+
+@dataclass
+class SweepOutcome:
+    completed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # trial_id -> error
+    not_applicable: list[str] = field(default_factory=list)
+    trial_rows: int = 0
+    image_rows: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# --------------------------------------------------------------------------------------------
+# Driver-side data: read (or build) the caches once; trials get the arrays through Ray.
+
+
+def needed_datasets(specs: Iterable[TrialSpec]) -> set[str]:
+    names = {"jsrt"}
+    names.update(s.config.target for s in specs if s.kind in (TRANSFER, TRANSLATOR_WARMUP))
+    return names
+
+
+def load_datasets(names: set[str], paths: DataPaths, image_size: int) -> dict[str, Any]:
+    """The cached arrays of each dataset the trials need, keyed by dataset name."""
+    from data_io.cache import load_jsrt, load_target
+
+    datasets: dict[str, Any] = {}
+    for name in sorted(names):
+        if name == "jsrt":
+            missing = [flag for flag, value in (("--jsrt", paths.jsrt), ("--scr", paths.scr)) if not value]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
+            datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir)
+        else:
+            root = getattr(paths, name)
+            if not root:
+                raise ValueError(f"--{name} required: the grid has transfer trials with target {name}")
+            datasets[name] = load_target(name, root, image_size, cache_dir=paths.cache_dir)
+        log.info("data: %s, %d cases at %d px (cache key %s)", name, len(datasets[name].ids), image_size,
+                 datasets[name].key)
+    return datasets
+
+
+# --------------------------------------------------------------------------------------------
+# Ray runtime and resources.
+
+
+def connect(options: SweepOptions) -> None:
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if options.address:
+        kwargs["address"] = options.address
+    elif options.object_store_memory:
+        kwargs["object_store_memory"] = options.object_store_memory
+    ray.init(**kwargs)
+
+
+def autoscaler_gpu_node_types(bootstrap: Path = Path("~/ray_bootstrap_config.yaml")) -> list[str]:
+    """GPU node types the cluster launcher may still add (its config lies on the head node)."""
+    path = bootstrap.expanduser()
+    if not path.is_file():
+        return []
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    node_types = config.get("available_node_types", {}) or {}
+    return sorted(n for n, t in node_types.items() if float((t.get("resources") or {}).get("GPU", 0)) > 0)
+
+
+def trial_resources(options: SweepOptions, say=print) -> dict[str, float]:
+    """{'cpu': c, 'gpu': g} for every trial; GPUs dropped (with a message) when none can exist."""
+    gpus, cpus = float(options.gpus_per_trial), float(options.cpus_per_trial)
+    if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
+        raise ValueError(f"--gpus-per-trial {gpus:g}: use a fraction in (0, 1] or a whole number of GPUs")
+    if cpus <= 0:
+        raise ValueError(f"--cpus-per-trial {cpus:g}: must be positive")
+    cluster = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    biggest_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    scaling = autoscaler_gpu_node_types()
+    if gpus > 0 and cluster.get("GPU", 0) == 0:
+        if scaling:
+            say(f"[sweep] no GPU node is up yet; the autoscaler adds {', '.join(scaling)} workers on demand")
+        else:
+            say(f"[sweep] this Ray cluster has no GPUs: trials run on the CPU ({cpus:g} CPU each; "
+                f"--gpus-per-trial {gpus:g} ignored)")
+            gpus = 0.0
+    if not scaling and cpus > biggest_cpu:
+        raise ValueError(f"--cpus-per-trial {cpus:g}: no node has that many CPUs (largest: {biggest_cpu:g})")
+    return {"cpu": cpus, "gpu": gpus}
+
+
+# --------------------------------------------------------------------------------------------
+# The test hook.
+
+
+def failure_injections(specs: Sequence[TrialSpec], setting: str | None = None) -> dict[str, dict]:
+    """Trials that the CXRSWEEP_INJECT_FAILURE test hook makes fail: trial_id -> {times, at_epoch}."""
+    from fnmatch import fnmatchcase
+
+    setting = os.environ.get(INJECT_FAILURE_ENV, "") if setting is None else setting
+    if not setting:
+        return {}
+    parts = setting.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{INJECT_FAILURE_ENV}={setting!r}: expected GLOB:TIMES[:EPOCH]")
+    pattern, times = parts[0], -1 if parts[1] == "always" else int(parts[1])
+    at_epoch = int(parts[2]) if len(parts) == 3 else 1
+    return {s.trial_id: {"times": times, "at_epoch": at_epoch} for s in specs if fnmatchcase(s.trial_id, pattern)}
+
+
+# --------------------------------------------------------------------------------------------
+# Running stages.
+
+
+def _error_summary(error: BaseException) -> str:
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+class _Runner:
+    def __init__(self, grid: Grid, datasets_loader, options: SweepOptions, say=print):
+        self.grid, self.options, self.say = grid, options, say
+        self.store = RunStore(options.out)
+        self.datasets_loader = datasets_loader
+        self.datasets_ref: Any = None
+        self.outcome = SweepOutcome()
+        self.started = time.time()
+        self.injections = failure_injections(list(grid.trials.values()))
+
+    # --- the stages ---
+    def run(self) -> SweepOutcome:
+        for spec in self.grid.not_applicable():
+            self.store.record_not_applicable(spec)
+            self.outcome.not_applicable.append(spec.trial_id)
+        stages = self.grid.stages()
+        total = sum(len(s) for s in stages)
+        self.progress = SweepProgress(total=total, say=self.say, every_s=self.options.progress_every_s)
+        for index, stage in enumerate(stages, start=1):
+            todo = self._stage_todo(stage)
+            self.progress.begin_stage(index, len(stages), reused=len(stage) - len(todo), failed_before=len(self.outcome.failed))
+            if todo:
+                self._run_stage(index, todo)
+            self._gather()
+        self.outcome.wall_s = time.time() - self.started
+        return self.outcome
+
+    def _stage_todo(self, stage: list[TrialSpec]) -> list[TrialSpec]:
+        todo = []
+        for spec in stage:
+            if self.store.is_complete(spec):
+                self.outcome.reused.append(spec.trial_id)
+                continue
+            broken = [d for d in spec.depends_on if d in self.outcome.failed]
+            if broken:
+                error = f"dependency {broken[0]} failed: {self.outcome.failed[broken[0]]}"
+                self.store.record_failure(spec, error)
+                self.outcome.failed[spec.trial_id] = error
+                continue
+            todo.append(spec)
+        return todo
+
+    def _trainable(self):
+        if self.datasets_ref is None:
+            datasets = self.datasets_loader()
+            self.datasets_ref = datasets
+        resources = trial_resources(self.options, self.say) if not hasattr(self, "resources") else self.resources
+        self.resources = resources
+        return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets_ref), resources)
+
+    def _param_space(self, specs: list[TrialSpec]) -> dict:
+        entries = []
+        for spec in specs:
+            entry: dict[str, Any] = {"spec": spec_to_dict(spec),
+                                     "dependencies": [spec_to_dict(self.grid.trials[d]) for d in spec.depends_on]}
+            if spec.trial_id in self.injections:
+                entry["inject_failure"] = self.injections[spec.trial_id]
+            entries.append(entry)
+        return {"trial": tune.grid_search(entries), "out": self.store.location,
+                "cpus": self.options.cpus_per_trial, "checkpoint_every": self.options.checkpoint_every}
+
+    def _run_stage(self, index: int, specs: list[TrialSpec]) -> None:
+        for spec in specs:
+            self.store.clear_failure(spec)
+        trainable = self._trainable()
+        state_path = self.store.path("ray", STATE_FILE)
+        state = self.store.read_json(state_path) if self.store.exists(state_path) else {}
+        stage_key = f"stage{index}"
+        tuner = None
+        if self.options.resume and stage_key in state:
+            experiment = self.store.uri("ray", state[stage_key])
+            if tune.Tuner.can_restore(experiment):
+                self.say(f"[sweep] stage {index}: resuming Ray Tune experiment {experiment}")
+                tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+        if tuner is None:
+            name = f"{stage_key}-{time.strftime('%Y%m%d-%H%M%S')}"
+            state[stage_key] = name
+            self.store.write_json(state_path, state)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=self._param_space(specs),
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=self.options.max_concurrent or None,
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=self.store.uri("ray"),
+                    failure_config=tune.FailureConfig(max_failures=self.options.retries),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    callbacks=[self.progress], verbose=0,
+                ),
+            )
+        else:
+            tuner._local_tuner._run_config.callbacks = [self.progress]  # restored runs keep their old callbacks
+        results = tuner.fit()
+        self._collect(results, specs)
+        leftover = [s for s in specs if s.trial_id not in self.outcome.failed and not self.store.is_complete(s)]
+        if leftover and tuner is not None and self.options.resume:
+            # The restored experiment did not hold every trial of this stage (the plan grew).
+            self.options.resume = False
+            self._run_stage(index, leftover)
+
+    def _collect(self, results, specs: list[TrialSpec]) -> None:
+        by_id = {s.trial_id: s for s in specs}
+        for result in results:
+            trial_id = result.config["trial"]["spec"]["trial_id"]
+            spec = by_id.get(trial_id) or self.grid.trials.get(trial_id)
+            if spec is None:
+                continue  # a restored experiment may hold trials that this grid no longer asks for
+            if result.error is not None:
+                error = _error_summary(result.error)
+            elif not self.store.is_complete(spec):
+                error = "the trial ended without publishing its outputs"
+            else:
+                self.outcome.completed.append(trial_id)
+                continue
+            self.outcome.failed[trial_id] = error
+            self.store.record_failure(spec, error)
+
+    def _gather(self) -> None:
+        self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store)
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial"]["spec"]["trial_id"]
+
+
+def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> SweepOutcome:
+    """Run every trial of `grid` that OUT does not already hold; write the result tables."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # experiment state saved every step: resumable
+    # That frequent saving is deliberate; Tune would warn about it on every epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    sizes = {s.config.image_size for s in grid.runnable()}
+    if len(sizes) > 1:
+        raise ValueError(f"the grid mixes image sizes {sorted(sizes)}; run one sweep per size")
+    image_size = sizes.pop() if sizes else 0
+    connect(options)
+    runner = _Runner(grid, lambda: load_datasets(needed_datasets(grid.runnable()), paths, image_size), options, say)
+    say(f"[sweep] {len(grid.runnable())} trials to run or reuse, {len(grid.not_applicable())} not applicable; "
+        f"output {runner.store.uri()}")
+    outcome = runner.run()
+    say(f"[sweep] finished in {format_duration(outcome.wall_s)}: {len(outcome.completed)} completed, "
+        f"{len(outcome.reused)} reused, {len(outcome.failed)} failed, {len(outcome.not_applicable)} not applicable; "
+        f"{outcome.trial_rows} trial rows, {outcome.image_rows} image rows in {runner.store.uri('results')}")
+    for trial_id, error in sorted(outcome.failed.items()):
+        say(f"[sweep] FAILED {trial_id}: {error}")
+    return outcome
+
