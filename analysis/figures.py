@@ -1,0 +1,126 @@
+"""Fig. 7- and Fig. 8-style confidence-interval plots, drawn from the tidy tables.
+
+Figures read only the numbers `analysis.tables` computed, so a plotted interval is the one
+the CSV lists. matplotlib is used headless (Agg): the report runs on servers without a display.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.figure import Figure  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.tables import format_fraction  # noqa: E402
+
+# The paper trims Fig. 7 at 75 %; we do the same whenever every plotted value clears it.
+PAPER_TRIM_PCT = 75.0
+METHOD_COLOURS = {"proposed": "tab:blue", "finetune": "tab:orange", "scratch": "tab:green", "source_only": "tab:red"}
+CI_DESCRIPTIONS = {
+    ("t", "folds"): "t-interval across folds",
+    ("t", "repetitions"): "t-interval across repetitions",
+    ("t", "images"): "t-interval across test images",
+    ("bootstrap", "images"): "bootstrap across test images",
+}
+DPI = 110
+
+
+def _lower_limit(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return 0.0
+    lowest = min(finite)
+    if lowest >= PAPER_TRIM_PCT:
+        return PAPER_TRIM_PCT
+    return max(0.0, math.floor((lowest - 2.0) / 5.0) * 5.0)
+
+
+def _ci_label(frame: pd.DataFrame) -> str:
+    kinds = sorted({CI_DESCRIPTIONS.get((m, u), f"{m} across {u}") for m, u in
+                    zip(frame["ci_method"], frame["ci_unit"])})
+    return ", ".join(kinds)
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def figure7(table1: pd.DataFrame) -> Figure:
+    """Per task, each model's mean Jaccard with its 95 % CI; the paper's mean as a hollow marker."""
+    tasks = list(dict.fromkeys(table1["task"]))
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 4.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = table1[table1["task"] == task].reset_index(drop=True)
+        x = np.arange(len(rows))
+        mean = rows["jaccard_mean_pct"].to_numpy(float)
+        low = rows["jaccard_ci_low_pct"].to_numpy(float)
+        high = rows["jaccard_ci_high_pct"].to_numpy(float)
+        has_ci = np.isfinite(low) & np.isfinite(high)
+        ax.errorbar(x[has_ci], mean[has_ci], yerr=[mean[has_ci] - low[has_ci], high[has_ci] - mean[has_ci]],
+                    fmt="o", color="tab:blue", capsize=6, lw=2, label="ours: mean, 95 % CI")
+        no_ci = np.isfinite(mean) & ~has_ci
+        if no_ci.any():
+            ax.plot(x[no_ci], mean[no_ci], "o", color="tab:blue", mfc="white", label="ours: mean (too few for a CI)")
+        paper = rows["paper_jaccard_mean_pct"].to_numpy(float)
+        if np.isfinite(paper).any():
+            # Shifted right so that the paper's marker never hides our interval.
+            ax.plot(x + 0.18, paper, "D", color="black", mfc="none", ms=7, label="paper (Table I): mean")
+        bottom = _lower_limit(list(low) + list(mean[~has_ci]) + list(paper))
+        ax.set_ylim(bottom, 100.0)
+        for xi, status in zip(x, rows["status"]):
+            if status != "ok":
+                label = {"not_applicable": "n/a", "failed": "failed"}.get(status, "missing")
+                ax.text(xi, bottom + 0.03 * (100 - bottom), label, ha="center", color="tab:red", fontsize=9)
+        ax.set_xticks(x, rows["model"])
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_xlabel("segmentation network")
+        ax.set_ylabel("Jaccard (%)" + (f", axis trimmed at {bottom:g} %" if bottom > 0 else ""))
+        ax.set_title(task)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Fig. 7-style: 95 % confidence intervals of Jaccard on JSRT ({_ci_label(table1)})")
+    fig.tight_layout()
+    return fig
+
+
+def figure8(table2: pd.DataFrame) -> Figure:
+    """Target Jaccard against label fraction, one line and 95 % CI band per method; paper dashed."""
+    groups = list(dict.fromkeys(zip(table2["target"], table2["task"], table2["model"])))
+    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.8), squeeze=False)
+    for ax, (target, task, model) in zip(axes[0], groups):
+        rows = table2[(table2["target"] == target) & (table2["task"] == task) & (table2["model"] == model)]
+        fractions = list(dict.fromkeys(rows["label_fraction"]))
+        # Fractions span 0 to 100 unevenly (1.25, 2.5, 5, ...): evenly spaced positions, as in the paper.
+        position = {f: i for i, f in enumerate(fractions)}
+        plotted = []
+        for method, line in rows.groupby("method", sort=False):
+            line = line.sort_values("label_fraction")
+            x = line["label_fraction"].map(position).to_numpy(float)
+            colour = METHOD_COLOURS.get(method)
+            mean = line["jaccard_mean_pct"].to_numpy(float)
+            drawn = ax.plot(x, mean, "o-", color=colour, label=method)[0]
+            ax.fill_between(x, line["jaccard_ci_low_pct"].to_numpy(float), line["jaccard_ci_high_pct"].to_numpy(float),
+                            color=drawn.get_color(), alpha=0.18, lw=0)
+            plotted += list(line["jaccard_ci_low_pct"]) + list(mean)
+            paper = line["paper_jaccard_mean_pct"].to_numpy(float)
+            if np.isfinite(paper).any():
+                ax.plot(x, paper, "x--", color=drawn.get_color(), alpha=0.7, lw=1, label=f"{method} (paper)")
+                plotted += list(paper)
+        ax.set_xticks(range(len(fractions)), [format_fraction(f) for f in fractions])
+        ax.set_xlabel("target training labels kept (%)")
+        ax.set_ylabel("target Jaccard (%)")
+        ax.set_ylim(_lower_limit(plotted), 100.0)
+        ax.set_title(f"{target}, {task}, {model}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2, loc="lower right")
+    fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)})",
+                 fontsize=11)
+    fig.tight_layout()
+    return fig

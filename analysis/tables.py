@@ -1,0 +1,352 @@
+"""Table I and Table II as numbers (tidy frames, in percent) and as display tables.
+
+Cell semantics, shared by both tables:
+- "ok": at least one counted trial of the cell finished; only "ok" trials give numbers.
+- "failed": the cell's trials exist but none finished; shown as missing, listed as failures.
+- "not_applicable": the method cannot run there (finetune at 0 % labels); shown as "n/a".
+- "missing": no trial of the cell was recorded (a partial sweep); shown as "—", never 0.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis import paper_values
+from analysis.loading import Results
+from analysis.render import Cell, DisplayTable, Section
+from analysis.stats import interval, mean_std, wilcoxon_paired
+from sweep.config import LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS
+
+SEGMENTATION = "segmentation"
+TRANSFER = "transfer"
+PROPOSED = "proposed"
+MISSING = "—"
+NOT_APPLICABLE = "n/a"
+# Jaccard and Dice are stored as fractions; the paper (and so the report) speaks percent.
+PERCENT = 100.0
+
+
+def cell_status(trials: pd.DataFrame) -> str:
+    statuses = set(trials["status"])
+    if "ok" in statuses:
+        return "ok"
+    if "failed" in statuses:
+        return "failed"
+    if "not_applicable" in statuses:
+        return "not_applicable"
+    return "missing"
+
+
+def _ordered(declared, present) -> list:
+    """The declared names first (so a partial sweep shows its gaps), then any extra found."""
+    extra = sorted(set(present) - set(declared))
+    return list(declared) + extra
+
+
+def _percent(values) -> np.ndarray:
+    return np.asarray(values, dtype=float) * PERCENT
+
+
+# --------------------------------------------------------------------------- Table I
+
+
+def table1_frame(results: Results, ci: str = "t") -> pd.DataFrame:
+    """One row per (task, model): fold-level and image-level Jaccard / Dice, CI, paper values."""
+    segmentation = results.trials[results.trials["experiment"] == SEGMENTATION]
+    images = results.images
+    rows = []
+    for task in _ordered(TASKS, segmentation["task"].dropna()):
+        for model in _ordered(SEGMENTATION_MODELS, segmentation["model"].dropna()):
+            cell = segmentation[(segmentation["task"] == task) & (segmentation["model"] == model)]
+            ok = cell[cell["status"] == "ok"]
+            cell_images = images[images["trial_id"].isin(ok["trial_id"])]
+            fold_jaccard = _percent(ok["test_jaccard_mean"])
+            j_mean, j_std, n_folds = mean_std(fold_jaccard)
+            d_mean, d_std, _ = mean_std(_percent(ok["test_dice_mean"]))
+            ij_mean, ij_std, n_images = mean_std(_percent(cell_images["jaccard"]))
+            id_mean, id_std, _ = mean_std(_percent(cell_images["dice"]))
+            ci_values = fold_jaccard if ci == "t" else _percent(cell_images["jaccard"])
+            ci_low, ci_high = interval(ci_values, ci)
+            paper = paper_values.TABLE_I.get((task, model))
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "status": cell_status(cell),
+                    "n_folds_ok": n_folds,
+                    "n_folds_failed": int((cell["status"] == "failed").sum()),
+                    "jaccard_mean_pct": j_mean,
+                    "jaccard_std_pct": j_std,
+                    "dice_mean_pct": d_mean,
+                    "dice_std_pct": d_std,
+                    "n_images": n_images,
+                    "jaccard_image_mean_pct": ij_mean,
+                    "jaccard_image_std_pct": ij_std,
+                    "dice_image_mean_pct": id_mean,
+                    "dice_image_std_pct": id_std,
+                    "ci_method": ci,
+                    "ci_unit": "folds" if ci == "t" else "images",
+                    "jaccard_ci_low_pct": ci_low,
+                    "jaccard_ci_high_pct": ci_high,
+                    "paper_jaccard_mean_pct": paper.jaccard.mean if paper else math.nan,
+                    "paper_jaccard_std_pct": _std_or_nan(paper.jaccard) if paper else math.nan,
+                    "paper_dice_mean_pct": paper.dice.mean if paper and paper.dice else math.nan,
+                    "paper_dice_std_pct": _std_or_nan(paper.dice) if paper and paper.dice else math.nan,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    for metric in ("jaccard", "dice"):
+        frame[f"best_{metric}"] = _is_best(frame, f"{metric}_mean_pct", by=["task"])
+    return frame
+
+
+def _std_or_nan(value: paper_values.PublishedValue) -> float:
+    return math.nan if value.std is None else value.std
+
+
+def _is_best(frame: pd.DataFrame, column: str, by: list[str]) -> pd.Series:
+    if frame.empty:
+        return pd.Series(dtype=bool)
+    best = frame.groupby(by, sort=False)[column].transform("max")
+    return frame[column].notna() & (frame[column] == best)
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return MISSING
+    if not np.isfinite(std):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _shown(status: str, mean: float, std: float) -> str:
+    """What a cell displays; a cell with no number never shows one."""
+    if status == "not_applicable":
+        return NOT_APPLICABLE
+    if status == "failed":
+        return f"{MISSING} (failed)"
+    return format_mean_std(mean, std)
+
+
+def _published(value: paper_values.PublishedValue | None) -> str:
+    if value is None:
+        return MISSING
+    return format_mean_std(value.mean, _std_or_nan(value))
+
+
+def table1_display(frame: pd.DataFrame) -> DisplayTable:
+    header = ["Model", "Jaccard (%)", "Dice (%)", "Jaccard per image (%)", "Dice per image (%)", "Folds",
+              "Paper Jaccard (%)", "Paper Dice (%)"]
+    rows: list = []
+    notes = [
+        "Jaccard and Dice: mean ± sample standard deviation across the cross-validation folds "
+        "(each fold's value is the mean over its test images), as in the paper.",
+        "Per image: mean ± standard deviation over all test images of all finished folds.",
+        "Bold: the best of our models per task and metric. '—' a cell with no finished trial, "
+        "'— (failed)' a cell whose trials all failed (see Failures); missing cells are never averaged as 0.",
+    ]
+    for task, group in frame.groupby("task", sort=False):
+        rows.append(Section(task))
+        for r in group.itertuples():
+            folds = f"{r.n_folds_ok}" + (f" ({r.n_folds_failed} failed)" if r.n_folds_failed else "")
+            rows.append([
+                Cell(r.model),
+                Cell(_shown(r.status, r.jaccard_mean_pct, r.jaccard_std_pct), bool(r.best_jaccard)),
+                Cell(_shown(r.status, r.dice_mean_pct, r.dice_std_pct), bool(r.best_dice)),
+                Cell(_shown(r.status, r.jaccard_image_mean_pct, r.jaccard_image_std_pct)),
+                Cell(_shown(r.status, r.dice_image_mean_pct, r.dice_image_std_pct)),
+                Cell(folds if r.status != "not_applicable" else NOT_APPLICABLE),
+                Cell(format_mean_std(r.paper_jaccard_mean_pct, r.paper_jaccard_std_pct)),
+                Cell(format_mean_std(r.paper_dice_mean_pct, r.paper_dice_std_pct)),
+            ])
+        references = paper_values.TABLE_I_REFERENCES.get(task, {})
+        if references:
+            quoted = "; ".join(
+                f"{name} J {_published(v.jaccard)}" + (f", D {_published(v.dice)}" if v.dice else "")
+                for name, v in references.items()
+            )
+            notes.append(f"Published comparisons for {task} (paper, Table I, not rerun): {quoted}.")
+    return DisplayTable("table1", "Table I: Jaccard and Dice on JSRT (5-fold cross-validation), percent", header,
+                        rows, notes)
+
+
+# --------------------------------------------------------------------------- Table II
+
+
+def _transfer_groups(trials: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(target, task, model) combinations of the transfer trials; the paper's one if none ran."""
+    transfer = trials[trials["experiment"] == TRANSFER]
+    groups = transfer[["target", "task", "model"]].drop_duplicates().itertuples(index=False, name=None)
+    found = sorted(groups, key=lambda g: (g[0] != paper_values.TABLE_II_TARGET, g))
+    return found or [(paper_values.TABLE_II_TARGET, "lungs", "unet")]
+
+
+def _is_paper_setting(target: str, task: str, model: str) -> bool:
+    return (target, task, model) == (paper_values.TABLE_II_TARGET, "lungs", "unet")
+
+
+def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
+    """One row per (target, task, model, label fraction, method): target Jaccard in percent.
+
+    The spread is across repetitions when at least two finished; with one, it is the spread
+    across that repetition's test images (column `spread_across` says which).
+    """
+    transfer = results.trials[results.trials["experiment"] == TRANSFER]
+    images = results.images
+    rows = []
+    for target, task, model in _transfer_groups(results.trials):
+        group = transfer[(transfer["target"] == target) & (transfer["task"] == task) & (transfer["model"] == model)]
+        fractions = _ordered(LABEL_FRACTIONS, group["label_fraction"].dropna().astype(float))
+        methods = _ordered(TRANSFER_METHODS, group["method"].dropna())
+        for fraction in fractions:
+            for method in methods:
+                cell = group[(group["label_fraction"] == fraction) & (group["method"] == method)]
+                ok = cell[cell["status"] == "ok"]
+                cell_images = _percent(images.loc[images["trial_id"].isin(ok["trial_id"]), "jaccard"])
+                repetition_values = _percent(ok["test_jaccard_mean"])
+                mean, std_across_repetitions, n_repetitions = mean_std(repetition_values)
+                _, std_across_images, n_images = mean_std(cell_images)
+                across_repetitions = n_repetitions >= 2
+                if ci == "t":
+                    ci_low, ci_high = interval(repetition_values if across_repetitions else cell_images, "t")
+                    ci_unit = "repetitions" if across_repetitions else "images"
+                else:
+                    ci_low, ci_high = interval(cell_images, "bootstrap")
+                    ci_unit = "images"
+                paper = paper_values.table_ii_value(target, fraction, method) if _is_paper_setting(
+                    target, task, model) else None
+                rows.append(
+                    {
+                        "target": target,
+                        "task": task,
+                        "model": model,
+                        "label_fraction": float(fraction),
+                        "method": method,
+                        "status": cell_status(cell),
+                        "n_repetitions_ok": n_repetitions,
+                        "n_repetitions_failed": int((cell["status"] == "failed").sum()),
+                        "n_images": n_images,
+                        "jaccard_mean_pct": mean,
+                        "jaccard_std_pct": std_across_repetitions if across_repetitions else std_across_images,
+                        "spread_across": ("repetitions" if across_repetitions else "images") if n_repetitions else "",
+                        "ci_method": ci,
+                        "ci_unit": ci_unit,
+                        "jaccard_ci_low_pct": ci_low,
+                        "jaccard_ci_high_pct": ci_high,
+                        "paper_jaccard_mean_pct": paper.mean if paper else math.nan,
+                        "paper_jaccard_std_pct": _std_or_nan(paper) if paper else math.nan,
+                    }
+                )
+    frame = pd.DataFrame(rows)
+    frame["best_in_row"] = _is_best(frame, "jaccard_mean_pct", by=["target", "task", "model", "label_fraction"])
+    return frame
+
+
+def paired_tests_frame(results: Results) -> pd.DataFrame:
+    """Wilcoxon signed-rank, proposed vs each baseline, per label fraction, on per-image Jaccard.
+
+    Pairs are (image_id, repetition): the same test image of the same split under both methods.
+    """
+    transfer_ok = results.ok[results.ok["experiment"] == TRANSFER]
+    images = results.images.merge(
+        transfer_ok[["trial_id"]], on="trial_id", how="inner"
+    )
+    rows = []
+    for (target, task, model, fraction), cell in images.groupby(
+        ["target", "task", "model", "label_fraction"], sort=True
+    ):
+        proposed = cell[cell["method"] == PROPOSED]
+        # Only baselines with finished trials here: an n/a or missing cell has nothing to pair.
+        for baseline in _ordered([m for m in TRANSFER_METHODS if m in set(cell["method"])], cell["method"].unique()):
+            if baseline == PROPOSED:
+                continue
+            test = wilcoxon_paired(proposed, cell[cell["method"] == baseline])
+            rows.append(
+                {
+                    "target": target,
+                    "task": task,
+                    "model": model,
+                    "label_fraction": float(fraction),
+                    "baseline": baseline,
+                    "n_pairs": test.n_pairs,
+                    "statistic": test.statistic,
+                    "p_value": test.p_value,
+                    "median_difference_pct": test.median_difference * PERCENT,
+                    "note": test.note,
+                }
+            )
+    columns = ["target", "task", "model", "label_fraction", "baseline", "n_pairs", "statistic", "p_value",
+               "median_difference_pct", "note"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def format_fraction(fraction: float) -> str:
+    return f"{fraction:g}"
+
+
+def format_p_value(p_value: float) -> str:
+    """'p = 0.012' or 'p < 0.0001'."""
+    if not np.isfinite(p_value):
+        return f"p = {MISSING}"
+    return f"p = {p_value:.2g}" if p_value >= 1e-4 else "p < 0.0001"
+
+
+def table2_display(frame: pd.DataFrame, paired: pd.DataFrame) -> DisplayTable:
+    methods = list(dict.fromkeys(frame["method"]))
+    paper_methods = [m for m in methods if any(k[1] == m for k in paper_values.TABLE_II)]
+    header = ["Labels (%)"] + methods + [f"Paper {m}" for m in paper_methods]
+    rows: list = []
+    any_image_spread = False
+    for (target, task, model), group in frame.groupby(["target", "task", "model"], sort=False):
+        rows.append(Section(f"{target}, {task}, {model}"))
+        for fraction, line in group.groupby("label_fraction", sort=False):
+            by_method = {r.method: r for r in line.itertuples()}
+            cells = [Cell(format_fraction(fraction))]
+            for method in methods:
+                r = by_method[method]
+                text = _shown(r.status, r.jaccard_mean_pct, r.jaccard_std_pct)
+                if r.spread_across == "images" and r.status == "ok":
+                    text += " †"
+                    any_image_spread = True
+                cells.append(Cell(text, bool(r.best_in_row)))
+            for method in paper_methods:
+                r = by_method[method]
+                cells.append(Cell(format_mean_std(r.paper_jaccard_mean_pct, r.paper_jaccard_std_pct)
+                                  if np.isfinite(r.paper_jaccard_mean_pct) else MISSING))
+            rows.append(cells)
+    notes = [
+        "Target Jaccard, percent: mean ± sample standard deviation across repetitions (each repetition "
+        "is one seeded 60/20/20 split of the target set; its value is the mean over its test images).",
+    ]
+    if any_image_spread:
+        notes.append("† only one repetition finished: ± is the standard deviation across that repetition's "
+                     "test images (the paper's single-split convention), not across repetitions.")
+    notes.append("Bold: the best method in each row. 'n/a': the method cannot run with these labels "
+                 "(nothing to fine-tune or train on at 0 %). '—': no finished trial; never averaged as 0. "
+                 "Paper values are the paper's Table II (Montgomery, U-Net, lungs; it has no source_only column).")
+    notes.extend(_paired_notes(paired))
+    return DisplayTable("table2", "Table II: cross-dataset transfer, target Jaccard (%) by fraction of "
+                        "target training labels", header, rows, notes)
+
+
+def _paired_notes(paired: pd.DataFrame) -> list[str]:
+    if paired.empty:
+        return ["Wilcoxon signed-rank tests: no per-image results of finished transfer trials to pair."]
+    notes = ["Wilcoxon signed-rank tests (two-sided), proposed vs each baseline, per-image Jaccard paired "
+             "on (image_id, repetition); exact p-values up to 50 pairs without ties, otherwise the normal "
+             "approximation. Listed: p-value, number of pairs, median of proposed − baseline in points:"]
+    for (target, task, model, fraction), tests in paired.groupby(
+        ["target", "task", "model", "label_fraction"], sort=False
+    ):
+        parts = []
+        for t in tests.itertuples():
+            if t.n_pairs == 0:
+                parts.append(f"vs {t.baseline}: {MISSING} ({t.note})")
+            else:
+                approximate = ", normal approx." if t.note else ""
+                parts.append(f"vs {t.baseline}: {format_p_value(t.p_value)} (n = {t.n_pairs}, "
+                             f"Δ = {t.median_difference_pct:+.2f}{approximate})")
+        notes.append(f"{target}/{task}/{model}, {format_fraction(fraction)} % labels: " + "; ".join(parts) + ".")
+    return notes

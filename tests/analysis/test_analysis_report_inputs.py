@@ -1,0 +1,87 @@
+"""Bad or partial input: a clear error naming the file, or a report that shows the gaps."""
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.loading import load_results
+from analysis.report import build_report
+from sweep import cli
+from sweep.config import make_config
+from sweep.results import TRIALS_SCHEMA, config_values, key_values, to_table, write_atomic
+
+
+def test_missing_results_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "results")):
+        build_report(tmp_path / "nowhere")
+
+
+def test_wrong_schema_version_is_named(sweep_copy):
+    path = sweep_copy.out_dir / "results" / "trials.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata({b"cxrsweep_schema_version": b"0"}), path)
+    with pytest.raises(ValueError, match=r"trials\.parquet: schema version"):
+        build_report(sweep_copy.out_dir)
+
+
+def test_missing_column_is_named(sweep_copy):
+    path = sweep_copy.out_dir / "results" / "images.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.drop(["dice"]), path)
+    with pytest.raises(ValueError, match=r"images\.parquet: missing column\(s\) dice"):
+        build_report(sweep_copy.out_dir)
+
+
+def test_several_profiles_need_a_choice(sweep_copy):
+    path = sweep_copy.out_dir / "results" / "trials.parquet"
+    table = pq.read_table(path)
+    profiles = pa.array(["smoke"] * (table.num_rows - 1) + ["cpu"])
+    write_atomic(table.set_column(table.schema.get_field_index("profile"), "profile", profiles), path)
+    with pytest.raises(ValueError, match="several profiles.*--profile"):
+        build_report(sweep_copy.out_dir)
+    chosen = load_results(sweep_copy.out_dir, profile="smoke")
+    assert set(chosen.trials["profile"]) == {"smoke"} and len(chosen.trials) == table.num_rows - 1
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
+    error = capsys.readouterr().err
+    assert "results directory not found" in error and "Traceback" not in error
+
+
+def test_cli_builds_the_chosen_formats(sweep_copy, capsys):
+    assert cli.main(["report", str(sweep_copy.out_dir), "--formats", "csv,html", "--ci", "bootstrap"]) == 0
+    report_dir = sweep_copy.out_dir / "report"
+    assert capsys.readouterr().out.strip() == str(report_dir / "index.html")
+    assert (report_dir / "table1.csv").exists() and not (report_dir / "table1.md").exists()
+    assert set(__import__("pandas").read_csv(report_dir / "table1.csv")["ci_method"]) == {"bootstrap"}
+
+
+def test_partial_sweep_without_images_still_builds(tmp_path):
+    cfg = make_config("smoke", experiment="segmentation", task="lungs", model="unet", fold=0)
+    row = {**key_values(cfg, "only-one"), **config_values(cfg), "status": "ok", "test_jaccard_mean": 0.9,
+           "test_dice_mean": 0.947, "schema_version": 1}
+    write_atomic(to_table([row], TRIALS_SCHEMA), tmp_path / "results" / "trials.parquet")
+    index = build_report(tmp_path)
+    table1 = (tmp_path / "report" / "table1.md").read_text()
+    assert "| unet | **90.00** | **94.70** | — | — | 1 |" in table1
+    assert "| segnet | — | — | — | — | 0 |" in table1
+    table2 = (tmp_path / "report" / "table2.md").read_text()
+    assert "| 0 | — | — | — | — |" in table2
+    assert "images.parquet not found" in index.read_text()
+
+
+def test_empty_sweep_still_builds(tmp_path):
+    write_atomic(to_table([], TRIALS_SCHEMA), tmp_path / "results" / "trials.parquet")
+    assert build_report(tmp_path, formats=("md", "html")).exists()
+    assert "0.00" not in (tmp_path / "report" / "table1.md").read_text()
+
+
+def test_import_stays_light():
+    """The report must never pull in torch or Ray (it has to build fast)."""
+    code = ("import sys, analysis.report, analysis.cli; "
+            "heavy = [m for m in ('torch', 'ray') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
