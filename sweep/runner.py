@@ -126,27 +126,34 @@ def autoscaler_gpu_node_types(bootstrap: Path = Path("~/ray_bootstrap_config.yam
     return sorted(n for n, t in node_types.items() if float((t.get("resources") or {}).get("GPU", 0)) > 0)
 
 
-def trial_resources(options: SweepOptions, say=print) -> dict[str, float]:
+def plan_resources(gpus: float, cpus: float, cluster_gpus: float, largest_node_cpus: float,
+                   scaling_gpu_types: Sequence[str] = (), say=print) -> dict[str, float]:
     """{'cpu': c, 'gpu': g} for every trial; GPUs dropped (with a message) when none can exist."""
-    gpus, cpus = float(options.gpus_per_trial), float(options.cpus_per_trial)
-    if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
+    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
         raise ValueError(f"--gpus-per-trial {gpus:g}: use a fraction in (0, 1] or a whole number of GPUs")
     if cpus <= 0:
         raise ValueError(f"--cpus-per-trial {cpus:g}: must be positive")
-    cluster = ray.cluster_resources()
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    biggest_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    scaling = autoscaler_gpu_node_types()
-    if gpus > 0 and cluster.get("GPU", 0) == 0:
-        if scaling:
-            say(f"[sweep] no GPU node is up yet; the autoscaler adds {', '.join(scaling)} workers on demand")
+    if gpus > 0 and cluster_gpus == 0:
+        if scaling_gpu_types:
+            say(f"[sweep] no GPU node is up yet; the autoscaler adds {', '.join(scaling_gpu_types)} workers on demand")
         else:
             say(f"[sweep] this Ray cluster has no GPUs: trials run on the CPU ({cpus:g} CPU each; "
                 f"--gpus-per-trial {gpus:g} ignored)")
             gpus = 0.0
-    if not scaling and cpus > biggest_cpu:
-        raise ValueError(f"--cpus-per-trial {cpus:g}: no node has that many CPUs (largest: {biggest_cpu:g})")
-    return {"cpu": cpus, "gpu": gpus}
+    if not scaling_gpu_types and cpus > largest_node_cpus:
+        raise ValueError(f"--cpus-per-trial {cpus:g}: no node has that many CPUs (largest: {largest_node_cpus:g})")
+    return {"cpu": float(cpus), "gpu": float(gpus)}
+
+
+def trial_resources(options: SweepOptions, say=print) -> dict[str, float]:
+    """`plan_resources` for the connected cluster; logs what each node offers."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    for node in nodes:
+        offered = {k: v for k, v in node["Resources"].items() if k in ("CPU", "GPU")}
+        say(f"[sweep] node {node['NodeID'][:12]} ({node['NodeManagerAddress']}): {offered}")
+    largest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    return plan_resources(float(options.gpus_per_trial), float(options.cpus_per_trial),
+                          ray.cluster_resources().get("GPU", 0), largest, autoscaler_gpu_node_types(), say)
 
 
 # --------------------------------------------------------------------------------------------

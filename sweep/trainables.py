@@ -125,7 +125,8 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     injection = trial.get("inject_failure")
     if injection:
         hook = _FailureHook(store, spec.trial_id, int(injection["times"]), int(injection["at_epoch"]))
-        hook.maybe_fail(0)
+        # A resumed attempt starts past the failing epoch: it fails at once if it still must.
+        hook.maybe_fail(hook.at_epoch if resumed else 0)
         callbacks.append(hook)
 
     final: dict[str, Any] = {}
@@ -147,7 +148,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
 
     finished_at = time.time()
     store.publish(spec, run_dir, {"trial_id": spec.trial_id, "node_id": node_id, "host": socket.gethostname(),
-                                  "device": cfg.device, "started_at": started_at, "finished_at": finished_at})
+                                  "device": cfg.device, "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "started_at": started_at, "finished_at": finished_at})
     tune.report({**final, "published": 1})
 
 

@@ -1,0 +1,61 @@
+"""Fixtures of the sweep tests: one tiny phantom set and one local Ray runtime per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# Small enough that a smoke trial takes seconds on 2 shared cores.
+N_SOURCE, N_TARGET, PHANTOM_SIZE = 15, 10, 128
+# Logical resources of the shared runtime: 4 CPUs and one GPU that torch never sees.
+RAY_CPUS, RAY_GPUS = 4, 1
+
+
+@pytest.fixture(scope="session")
+def sweep_phantoms(tmp_path_factory) -> dict[str, str]:
+    """{"jsrt", "scr", "montgomery", "cache_dir"}: phantom folders written once per session."""
+    from data_io.phantoms import synthesize
+
+    root = tmp_path_factory.mktemp("sweep-phantoms")
+    written = synthesize(root / "data", n_source=N_SOURCE, n_target=N_TARGET, source_size=PHANTOM_SIZE,
+                         target_size=PHANTOM_SIZE, seed=0)
+    paths = {name: str(path) for name, path in written.items()}
+    paths["cache_dir"] = str(root / "cache")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """A real local Ray runtime shared by the sweep tests (capped object store, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_CPUS, num_gpus=RAY_GPUS, object_store_memory=200 * 1024 * 1024,
+                 include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def data_paths(sweep_phantoms):
+    from sweep.runner import DataPaths
+
+    return DataPaths(jsrt=sweep_phantoms["jsrt"], scr=sweep_phantoms["scr"], montgomery=sweep_phantoms["montgomery"],
+                     cache_dir=sweep_phantoms["cache_dir"])
+
+
+@pytest.fixture
+def data_flags(sweep_phantoms) -> list[str]:
+    """The data flags of `cxrsweep run` for the session's phantoms."""
+    paths = sweep_phantoms
+    return ["--jsrt", paths["jsrt"], "--scr", paths["scr"], "--montgomery", paths["montgomery"],
+            "--cache-dir", paths["cache_dir"]]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
