@@ -12,22 +12,20 @@ import json
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from models.losses import build_loss
 from models.registry import build_segmenter
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData
+from sweep.engine.inference import as_batch, autocast_for, memory_format_for, predict_masks, resolve_device
 from sweep.engine.metrics import dice_per_image, jaccard_per_image
 from sweep.engine.overlays import save_overlays
 from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
@@ -36,7 +34,6 @@ log = logging.getLogger(__name__)
 
 NUM_CLASSES = 2  # background + the task's structure
 IN_CHANNELS = 1
-EVAL_BATCH_SIZE = 16
 N_OVERLAYS = 4
 
 
@@ -68,16 +65,6 @@ class RunResult:
         out = asdict(self)
         out["run_dir"] = str(self.run_dir)
         return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -113,20 +100,17 @@ class _Trainer:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.device = resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
         model = build_segmenter(cfg.model, **arch_kwargs(cfg))
         if cfg.init_weights:
             ckpt.load_init_weights(model, cfg.init_weights)
-        memory_format = torch.channels_last if self.cuda else torch.contiguous_format
-        self.memory_format = memory_format
-        self.model = model.to(self.device, memory_format=memory_format)
+        self.memory_format = memory_format_for(self.device)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           betas=(cfg.beta1, cfg.beta2))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
         self.loss_fn = build_loss(cfg.loss, foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
-        self.train_images = self._images(data.train_images)
+        self.train_images = as_batch(data.train_images, self.device)
         self.train_masks = torch.from_numpy(np.ascontiguousarray(data.train_masks)).long().to(self.device)
         # Bookkeeping carried across resumes.
         self.epoch = 0
@@ -134,12 +118,6 @@ class _Trainer:
         self.best_epoch = 0
         self.history: list[dict] = []
         self.duration_s = 0.0
-
-    def _images(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[:, None].to(self.device)
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.cuda else nullcontext()
 
     # --- checkpoints ---
     @property
@@ -188,7 +166,7 @@ class _Trainer:
             if self.cfg.augment:
                 images, masks = augment_batch(images, masks, generator)
             images = images.contiguous(memory_format=self.memory_format)
-            with self._autocast():
+            with autocast_for(self.device):
                 loss = self.loss_fn(self.model(images), masks)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -198,17 +176,8 @@ class _Trainer:
             total += loss.detach() * len(index)
         return float(total) / len(order)
 
-    @torch.no_grad()
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Foreground masks uint8 [N, S, S] for normalised images [N, S, S]."""
-        self.model.eval()
-        out = []
-        for start in range(0, len(images), EVAL_BATCH_SIZE):
-            batch = self._images(images[start:start + EVAL_BATCH_SIZE]).contiguous(memory_format=self.memory_format)
-            with self._autocast():
-                logits = self.model(batch)
-            out.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.uint8)
+        return predict_masks(self.model, images, self.device)
 
     def fit(self, callbacks: Sequence[EpochCallback]) -> int:
         cfg, data = self.cfg, self.data
@@ -280,11 +249,19 @@ def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
         raise ValueError(f"epochs must be at least 1, got {cfg.epochs}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(cfg, data, run_dir)
-    resumed = trainer.resume()
-    threads = f", {torch.get_num_threads()} threads" if trainer.device.type == "cpu" else ""
-    log.info("%s %s %s on %s%s: %d train / %d val / %d test images at %d px, %d epochs, writing to %s",
-             "resuming" if resumed else "training", cfg.model, cfg.task, trainer.device, threads,
-             len(data.train_images), len(data.val_images), len(data.test_images), data.image_size, cfg.epochs, run_dir)
-    epochs_trained = trainer.fit(callbacks)
-    return trainer.evaluate_best(epochs_trained)
+    # The thread count is process-wide: restore it so that a run leaves its caller as it found it.
+    threads_before = torch.get_num_threads()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        trainer = _Trainer(cfg, data, run_dir)
+        resumed = trainer.resume()
+        threads = f", {torch.get_num_threads()} threads" if trainer.device.type == "cpu" else ""
+        log.info("%s %s %s on %s%s: %d train / %d val / %d test images at %d px, %d epochs, writing to %s",
+                 "resuming" if resumed else "training", cfg.model, cfg.task, trainer.device, threads,
+                 len(data.train_images), len(data.val_images), len(data.test_images), data.image_size, cfg.epochs,
+                 run_dir)
+        epochs_trained = trainer.fit(callbacks)
+        return trainer.evaluate_best(epochs_trained)
+    finally:
+        torch.set_num_threads(threads_before)
