@@ -105,10 +105,17 @@ def figure8(table2: pd.DataFrame) -> Figure:
             x = line["label_fraction"].map(position).to_numpy(float)
             colour = METHOD_COLOURS.get(method)
             mean = line["jaccard_mean_pct"].to_numpy(float)
-            drawn = ax.plot(x, mean, "o-", color=colour, label=method)[0]
-            ax.fill_between(x, line["jaccard_ci_low_pct"].to_numpy(float), line["jaccard_ci_high_pct"].to_numpy(float),
-                            color=drawn.get_color(), alpha=0.18, lw=0)
-            plotted += list(line["jaccard_ci_low_pct"]) + list(mean)
+            low = line["jaccard_ci_low_pct"].to_numpy(float)
+            high = line["jaccard_ci_high_pct"].to_numpy(float)
+            if line["uses_no_target_labels"].all():
+                # Its one result holds at every fraction: a flat reference line, not a single dot.
+                at_zero = line["label_fraction"].to_numpy() == 0
+                mean, low, high = (np.full_like(v, v[at_zero][0]) for v in (mean, low, high))
+                drawn = ax.plot(x, mean, "-", color=colour, lw=1.5, label=f"{method} (no target labels)")[0]
+            else:
+                drawn = ax.plot(x, mean, "o-", color=colour, label=method)[0]
+            ax.fill_between(x, low, high, color=drawn.get_color(), alpha=0.18, lw=0)
+            plotted += list(low) + list(mean)
             paper = line["paper_jaccard_mean_pct"].to_numpy(float)
             if np.isfinite(paper).any():
                 ax.plot(x, paper, "x--", color=drawn.get_color(), alpha=0.7, lw=1, label=f"{method} (paper)")

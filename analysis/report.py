@@ -42,7 +42,7 @@ def build_report(out_dir: str | Path, formats: Iterable[str] = FORMATS, ci: str 
     table1 = tables.table1_frame(results, ci)
     table2 = tables.table2_frame(results, ci)
     paired = tables.paired_tests_frame(results)
-    display = [tables.table1_display(table1), tables.table2_display(table2, paired)]
+    display = [tables.table1_display(table1), tables.table2_display(table2, paired, tables.not_applicable_reasons(results.trials))]
     failures = results.failed.reindex(columns=FAILURE_COLUMNS)
 
     for table in display:
@@ -113,7 +113,7 @@ def _page(results: Results, display, failures: pd.DataFrame, figure_paths: dict,
                  f"Built in {seconds:.1f} s.</p>")
     for note in results.notes:
         parts.append(f"<p><b>Note:</b> {esc(note)}</p>")
-    parts.append("<h2>Run summary</h2>" + _frame_html(_status_counts(results.trials)))
+    parts.append("<h2>Run summary</h2>" + _frame_html(_status_counts(results.trials)) + _wall_time(results.trials))
 
     for table in display:
         parts.append(f"<h2>{esc(table.caption.split(':')[0])}</h2>" + render.to_html(table))
@@ -165,6 +165,14 @@ def _status_counts(trials: pd.DataFrame) -> pd.DataFrame:
     devices = trials.groupby("experiment")["device"].agg(lambda d: ", ".join(sorted(set(d.dropna()))))
     counts["devices"] = counts["experiment"].map(devices)
     return counts
+
+
+def _wall_time(trials: pd.DataFrame) -> str:
+    """First start to last finish of the counted trials, when the sweep recorded them."""
+    started, finished = trials["started_at"].min(), trials["finished_at"].max()
+    if pd.isna(started) or pd.isna(finished):
+        return ""
+    return f"<p>Sweep wall-clock time, first trial start to last finish: {(finished - started) / 60:.1f} min.</p>"
 
 
 def _config_summary(trials: pd.DataFrame) -> str:

@@ -73,6 +73,7 @@ class PairedTest:
     p_value: float
     median_difference: float  # median of (left - right) over the pairs
     note: str = ""
+    approximate: bool = False  # normal approximation rather than the exact distribution
 
 
 def wilcoxon_paired(
@@ -98,5 +99,4 @@ def wilcoxon_paired(
     # scipy's default swaps in a permutation test for small samples with ties or zeros, which
     # takes seconds per test; the normal approximation (with continuity correction) is used there.
     result = scipy_stats.wilcoxon(differences, alternative="two-sided", method="exact" if exact else "asymptotic")
-    note = "" if exact else "normal approximation (ties, zero differences or many pairs)"
-    return PairedTest(n, float(result.statistic), float(result.pvalue), median_difference, note)
+    return PairedTest(n, float(result.statistic), float(result.pvalue), median_difference, approximate=not exact)

@@ -195,6 +195,7 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
     """
     transfer = results.trials[results.trials["experiment"] == TRANSFER]
     images = results.images
+    label_free = label_free_methods(results.trials)
     rows = []
     for target, task, model in _transfer_groups(results.trials):
         group = transfer[(transfer["target"] == target) & (transfer["task"] == task) & (transfer["model"] == model)]
@@ -224,6 +225,7 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
                         "model": model,
                         "label_fraction": float(fraction),
                         "method": method,
+                        "uses_no_target_labels": method in label_free,
                         "status": cell_status(cell),
                         "n_repetitions_ok": n_repetitions,
                         "n_repetitions_failed": int((cell["status"] == "failed").sum()),
@@ -244,6 +246,22 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
     return frame
 
 
+def label_free_methods(trials: pd.DataFrame) -> set[str]:
+    """Methods that use no target labels: they finish at 0 % and are not applicable above it.
+
+    Their one result (the 0 % row) is what they would score at any fraction, so the paired
+    tests compare the proposed method against it at every fraction.
+    """
+    transfer = trials[trials["experiment"] == TRANSFER]
+    free = set()
+    for method, cells in transfer.groupby("method"):
+        at_zero = cells["label_fraction"] == 0
+        if (cells.loc[at_zero, "status"] == "ok").any() and (cells.loc[~at_zero, "status"] == "not_applicable").all() \
+                and (~at_zero).any():
+            free.add(method)
+    return free
+
+
 def paired_tests_frame(results: Results) -> pd.DataFrame:
     """Wilcoxon signed-rank, proposed vs each baseline, per label fraction, on per-image Jaccard.
 
@@ -253,16 +271,21 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
     images = results.images.merge(
         transfer_ok[["trial_id"]], on="trial_id", how="inner"
     )
+    label_free = label_free_methods(results.trials)
+    setting = ["target", "task", "model"]
     rows = []
-    for (target, task, model, fraction), cell in images.groupby(
-        ["target", "task", "model", "label_fraction"], sort=True
-    ):
+    for (target, task, model, fraction), cell in images.groupby(setting + ["label_fraction"], sort=True):
         proposed = cell[cell["method"] == PROPOSED]
+        if proposed.empty:
+            continue
+        same_setting = images[(images["target"] == target) & (images["task"] == task) & (images["model"] == model)]
+        baselines = {method: rows_ for method, rows_ in cell.groupby("method") if method != PROPOSED}
+        for method in label_free - {PROPOSED}:
+            baselines.setdefault(method, same_setting[(same_setting["method"] == method)
+                                                      & (same_setting["label_fraction"] == 0)])
         # Only baselines with finished trials here: an n/a or missing cell has nothing to pair.
-        for baseline in _ordered([m for m in TRANSFER_METHODS if m in set(cell["method"])], cell["method"].unique()):
-            if baseline == PROPOSED:
-                continue
-            test = wilcoxon_paired(proposed, cell[cell["method"] == baseline])
+        for baseline in _ordered([m for m in TRANSFER_METHODS if m in baselines], baselines):
+            test = wilcoxon_paired(proposed, baselines[baseline])
             rows.append(
                 {
                     "target": target,
@@ -274,11 +297,13 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
                     "statistic": test.statistic,
                     "p_value": test.p_value,
                     "median_difference_pct": test.median_difference * PERCENT,
-                    "note": test.note,
+                    "approximate": test.approximate,
+                    "note": "; ".join(filter(None, [test.note, "against its 0 % row"
+                                                    if baseline in label_free and fraction != 0 else ""])),
                 }
             )
     columns = ["target", "task", "model", "label_fraction", "baseline", "n_pairs", "statistic", "p_value",
-               "median_difference_pct", "note"]
+               "median_difference_pct", "approximate", "note"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -293,7 +318,13 @@ def format_p_value(p_value: float) -> str:
     return f"p = {p_value:.2g}" if p_value >= 1e-4 else "p < 0.0001"
 
 
-def table2_display(frame: pd.DataFrame, paired: pd.DataFrame) -> DisplayTable:
+def not_applicable_reasons(trials: pd.DataFrame) -> list[str]:
+    """The distinct reasons the sweep gave for its n/a transfer cells (kept in `error`)."""
+    cells = trials[(trials["experiment"] == TRANSFER) & (trials["status"] == "not_applicable")]
+    return sorted(set(cells["error"].dropna()))
+
+
+def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str] = ()) -> DisplayTable:
     methods = list(dict.fromkeys(frame["method"]))
     paper_methods = [m for m in methods if any(k[1] == m for k in paper_values.TABLE_II)]
     header = ["Labels (%)"] + methods + [f"Paper {m}" for m in paper_methods]
@@ -323,9 +354,10 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame) -> DisplayTable:
     if any_image_spread:
         notes.append("† only one repetition finished: ± is the standard deviation across that repetition's "
                      "test images (the paper's single-split convention), not across repetitions.")
-    notes.append("Bold: the best method in each row. 'n/a': the method cannot run with these labels "
-                 "(nothing to fine-tune or train on at 0 %). '—': no finished trial; never averaged as 0. "
+    notes.append("Bold: the best method in each row. '—': no finished trial; never averaged as 0. "
                  "Paper values are the paper's Table II (Montgomery, U-Net, lungs; it has no source_only column).")
+    if reasons:
+        notes.append("'n/a', as the sweep recorded it: " + "; ".join(reasons) + ".")
     notes.extend(_paired_notes(paired))
     return DisplayTable("table2", "Table II: cross-dataset transfer, target Jaccard (%) by fraction of "
                         "target training labels", header, rows, notes)
@@ -345,8 +377,8 @@ def _paired_notes(paired: pd.DataFrame) -> list[str]:
             if t.n_pairs == 0:
                 parts.append(f"vs {t.baseline}: {MISSING} ({t.note})")
             else:
-                approximate = ", normal approx." if t.note else ""
+                extra = "".join(f", {x}" for x in (["normal approx."] if t.approximate else []) + [t.note] if x)
                 parts.append(f"vs {t.baseline}: {format_p_value(t.p_value)} (n = {t.n_pairs}, "
-                             f"Δ = {t.median_difference_pct:+.2f}{approximate})")
+                             f"Δ = {t.median_difference_pct:+.2f}{extra})")
         notes.append(f"{target}/{task}/{model}, {format_fraction(fraction)} % labels: " + "; ".join(parts) + ".")
     return notes

@@ -3,8 +3,10 @@ schema, run directories with real PNG overlays, and the irregularities a real sw
 
 Planted on purpose (the tests check each one):
 - Table I: `heart / fcn` has no trial at all (missing); `clavicles / segnet` fold 3 failed.
-- Table II: finetune and scratch at 0 % labels are not applicable; scratch at 50 % is missing;
-  finetune at 5 % failed in repetition 1; proposed at 100 % finished only repetition 0.
+- Table II: finetune and scratch at 0 % labels are not applicable, and so is source_only above
+  0 % (as the sweep's grid declares); scratch at 50 % is missing; finetune at 5 % failed in
+  repetition 1; proposed at 100 % finished only repetition 0.
+Run directories follow the sweep's layout, `OUT/runs/<trial_id>/{overlays,translations}/*.png`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ NOT_APPLICABLE_AT_ZERO = ("finetune", "scratch")
 MISSING_TRANSFER_CELL = (50.0, "scratch")
 FAILED_TRANSFER_TRIAL = (5.0, "finetune", 1)
 SINGLE_REPETITION_CELL = (100.0, "proposed")
+LABEL_FREE_METHOD = "source_only"
 TARGET = "montgomery"
 SOURCE_ONLY_JACCARD = 0.86
 
@@ -43,6 +46,7 @@ class FakeSweep:
     missing_transfer_cell: tuple = MISSING_TRANSFER_CELL
     failed_transfer_trial: tuple = FAILED_TRANSFER_TRIAL
     single_repetition_cell: tuple = SINGLE_REPETITION_CELL
+    label_free_method: str = LABEL_FREE_METHOD
 
 
 def _image_scores(rng, centre: float, spread: float, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +76,7 @@ def _save_png(path: Path, seed: int) -> None:
 
 
 def _save_run_dir(out_dir: Path, cfg, trial_id: str, image_ids, with_translations: bool = False) -> None:
-    run_dir = out_dir / "runs" / cfg.experiment / trial_id
+    run_dir = out_dir / "runs" / trial_id
     for number, image_id in enumerate(image_ids):
         _save_png(run_dir / "overlays" / f"{image_id}.png", number)
         if with_translations:
@@ -81,7 +85,9 @@ def _save_run_dir(out_dir: Path, cfg, trial_id: str, image_ids, with_translation
 
 
 def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, images_per_fold: int = 10,
-                     target_test_images: int = 12, seed: int = 0) -> FakeSweep:
+                     target_test_images: int = 12, overlays_in_every_run: int = 0, seed: int = 0) -> FakeSweep:
+    """Write the sweep; `overlays_in_every_run` > 0 saves that many overlays in every finished run
+    (as the engine does), otherwise only two runs save a few."""
     rng = np.random.default_rng(seed)
     trials, images = [], []
 
@@ -92,6 +98,9 @@ def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, im
             keys = key_values(cfg, trial_id)
             images.extend({**keys, "image_id": i, "jaccard": float(j), "dice": float(d)}
                           for i, j, d in zip(image_ids, jaccard, dice))
+            if overlays_in_every_run:
+                _save_run_dir(out_dir, cfg, trial_id, image_ids[:overlays_in_every_run],
+                              with_translations=cfg.method == "proposed")
         trials.append(_trial_row(cfg, trial_id, status, jaccard, dice, error))
 
     for task in TASKS:
@@ -107,7 +116,7 @@ def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, im
                     add(cfg, trial_id, "failed", error="RuntimeError: loss became NaN at epoch 2")
                     continue
                 add(cfg, trial_id, "ok", paper_jaccard + rng.normal(0, 0.006), 0.03, ids)
-                if (task, model, fold) == ("lungs", "unet", 0):
+                if (task, model, fold) == ("lungs", "unet", 0) and not overlays_in_every_run:
                     _save_run_dir(out_dir, cfg, trial_id, ids[:2])
 
     target_ids = [f"MCUCXR_{i:04d}_0" for i in range(3 * target_test_images)]
@@ -124,7 +133,11 @@ def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, im
                 if (fraction, method) == SINGLE_REPETITION_CELL and repetition > 0:
                     continue
                 if fraction == 0 and method in NOT_APPLICABLE_AT_ZERO:
-                    add(cfg, trial_id, "not_applicable")
+                    add(cfg, trial_id, "not_applicable", error=f"{method} needs target labels and this cell has 0 %")
+                    continue
+                if fraction > 0 and method == LABEL_FREE_METHOD:
+                    add(cfg, trial_id, "not_applicable", error=f"{method} uses no target labels: its result is "
+                                                                "the 0 % row")
                     continue
                 if (fraction, method, repetition) == FAILED_TRANSFER_TRIAL:
                     add(cfg, trial_id, "failed", error="CUDA out of memory")
@@ -132,7 +145,7 @@ def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, im
                 published = paper_values.table_ii_value(TARGET, fraction, method)
                 centre = published.mean / 100 if published else SOURCE_ONLY_JACCARD
                 add(cfg, trial_id, "ok", centre + rng.normal(0, 0.01), 0.07, test_ids)
-                if (fraction, method, repetition) == (0.0, "proposed", 0):
+                if (fraction, method, repetition) == (0.0, "proposed", 0) and not overlays_in_every_run:
                     _save_run_dir(out_dir, cfg, trial_id, test_ids[:3], with_translations=True)
 
     write_atomic(to_table(trials, TRIALS_SCHEMA), out_dir / "results" / "trials.parquet")

@@ -33,7 +33,7 @@ def test_figure8_has_one_line_per_method_and_the_paper(results):
     (ax,) = fig.get_axes()
     assert ax.get_xlabel() == "target training labels kept (%)" and ax.get_ylabel() == "target Jaccard (%)"
     legend = {t.get_text() for t in ax.get_legend().get_texts()}
-    assert legend >= {"proposed", "finetune", "scratch", "source_only", "proposed (paper)"}
+    assert legend >= {"proposed", "finetune", "scratch", "source_only (no target labels)", "proposed (paper)"}
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1.25", "2.5", "5", "10", "20", "50", "100"]
     assert "bootstrap across test images" in fig._suptitle.get_text()
     # The plotted means are the table's (finetune at 0 % is n/a: no point there).
@@ -41,6 +41,10 @@ def test_figure8_has_one_line_per_method_and_the_paper(results):
     expected = frame[frame.method == "finetune"].sort_values("label_fraction")["jaccard_mean_pct"].to_numpy()
     np.testing.assert_allclose(finetune.get_ydata(), expected)
     assert np.isnan(finetune.get_ydata()[0])
+    # source_only runs only at 0 %: its one result is drawn flat across every fraction.
+    source_only = next(line for line in ax.get_lines() if line.get_label().startswith("source_only"))
+    at_zero = frame[(frame.method == "source_only") & (frame.label_fraction == 0)]["jaccard_mean_pct"].item()
+    np.testing.assert_allclose(source_only.get_ydata(), at_zero)
 
 
 def test_report_pngs_are_real_images(built_report):

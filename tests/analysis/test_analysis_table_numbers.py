@@ -161,17 +161,20 @@ def test_table2_shows_not_applicable_and_missing_cells(built_report, fake_sweep)
     assert not [cell for row in markdown.values() for cell in row[1:] if cell.startswith("0.00")]
 
 
-def test_wilcoxon_p_values_pair_images_and_repetitions(built_report, parquet):
+def test_wilcoxon_p_values_pair_images_and_repetitions(built_report, parquet, fake_sweep):
     trials, images = parquet
     report_dir = built_report.parent
     reported = pd.read_csv(report_dir / "paired_tests.csv").set_index(["label_fraction", "baseline"])
     finished = trials[(trials.experiment == "transfer") & (trials.status == "ok")]
     counted = images.merge(finished[["trial_id"]], on="trial_id")
+    # The label-free baseline has one result, its 0 % row, which every fraction is compared with.
+    label_free = counted[(counted.method == fake_sweep.label_free_method) & (counted.label_fraction == 0)]
     n_tests = 0
     for fraction, cell in counted.groupby("label_fraction"):
         proposed = cell[cell.method == "proposed"]
-        for baseline in set(cell.method) - {"proposed"}:
-            pairs = proposed.merge(cell[cell.method == baseline], on=["image_id", "repetition"])
+        for baseline in (set(cell.method) | {fake_sweep.label_free_method}) - {"proposed"}:
+            others = label_free if baseline == fake_sweep.label_free_method else cell[cell.method == baseline]
+            pairs = proposed.merge(others, on=["image_id", "repetition"])
             differences = pairs["jaccard_x"] - pairs["jaccard_y"]
             exact = len(pairs) <= 50 and differences.abs().nunique() == len(pairs) and (differences != 0).all()
             expected = scipy_stats.wilcoxon(pairs["jaccard_x"], pairs["jaccard_y"],
@@ -183,4 +186,4 @@ def test_wilcoxon_p_values_pair_images_and_repetitions(built_report, parquet):
     assert len(reported) == n_tests
     notes = (report_dir / "table2.md").read_text()
     p = reported.loc[(1.25, "source_only"), "p_value"]
-    assert re.search(rf"1\.25 % labels:.*vs source_only: p = {p:.2g} \(n = 36", notes)
+    assert re.search(rf"1\.25 % labels:.*vs source_only: p = {p:.2g} \(n = 36, .*against its 0 % row", notes)
