@@ -1,0 +1,58 @@
+"""`cxrsweep data synth` then `cxrsweep data check --json`, through the real command dispatcher."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from sweep.cli import main
+
+
+def test_synth_then_check_reports_the_counts(tmp_path, capsys):
+    out = tmp_path / "ph"
+    argv = ["data", "synth", str(out), "--n-source", "6", "--n-target", "4", "--n-shenzhen", "7"]
+    assert main(argv + ["--source-size", "96", "--target-size", "96", "--seed", "5"]) == 0
+    assert {p.name for p in out.iterdir()} == {"jsrt", "scr", "montgomery", "shenzhen"}
+    capsys.readouterr()
+    check = ["data", "check", "--jsrt", str(out / "jsrt"), "--scr", str(out / "scr"), "--montgomery", str(out / "montgomery")]
+    assert main(check + ["--shenzhen", str(out / "shenzhen"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"jsrt", "montgomery", "shenzhen"}
+    assert report["jsrt"]["cases"] == 6 and report["jsrt"]["skipped"] == []
+    assert report["jsrt"]["masks"] == {s: 6 for s in ("left lung", "right lung", "heart", "left clavicle", "right clavicle")}
+    assert report["jsrt"]["image_sizes"] == {"96x96": 6}
+    assert report["montgomery"]["cases"] == 4 and report["montgomery"]["masks"] == {"left lung": 4, "right lung": 4}
+    shenzhen = report["shenzhen"]
+    assert shenzhen["cases"] + len(shenzhen["skipped"]) == 7 and len(shenzhen["skipped"]) >= 1
+    assert shenzhen["masks"] == {"lungs": shenzhen["cases"]}
+
+
+def test_check_of_a_broken_dataset_exits_non_zero(phantom_dirs, tmp_path, capsys):
+    # Copy the Montgomery phantom and drop one mask: an image without its mask.
+    broken = tmp_path / "montgomery"
+    for path in phantom_dirs["montgomery"].rglob("*.png"):
+        target = broken / path.relative_to(phantom_dirs["montgomery"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    victim = sorted((broken / "ManualMask" / "rightMask").glob("*.png"))[0]
+    victim.unlink()
+    assert main(["data", "check", "--montgomery", str(broken), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert victim.name in report["montgomery"]["error"] and "without its mask" in report["montgomery"]["error"]
+    assert main(["data", "check", "--montgomery", str(broken)]) == 1
+    assert "BROKEN" in capsys.readouterr().err
+
+
+def test_jsrt_needs_scr(phantom_dirs, capsys):
+    assert main(["data", "check", "--jsrt", str(phantom_dirs["jsrt"])]) == 2
+    assert "--scr" in capsys.readouterr().err
+
+
+def test_console_script_text_summary(phantom_dirs):
+    # The installed entry point, as a user runs it.
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.cli", "data", "check", "--jsrt", str(phantom_dirs["jsrt"].parent), "--scr", str(phantom_dirs["scr"])],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "jsrt: 8 cases" in result.stdout
