@@ -1,0 +1,50 @@
+"""What every translator offers the transfer engine.
+
+A translator owns both generators (A -> B and B -> A) and both discriminators (D_A, D_B), and
+knows its own objectives. The engine only decides *which* parameters are trainable in each of
+the three steps (discriminative, generative, supervised); the translator never freezes anything
+itself, so a test can check freezing in one place.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import Tensor, nn
+
+
+class Translator(nn.Module):
+    """Unpaired two-way image translator. Images are [B, 1, H, W], standardised intensities."""
+
+    def generator_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def discriminator_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def generator_parameters(self) -> Iterator[nn.Parameter]:
+        for module in self.generator_modules():
+            yield from module.parameters()
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        for module in self.discriminator_modules():
+            yield from module.parameters()
+
+    def translate_ab(self, a: Tensor) -> Tensor:
+        """G_AB: a source image rendered in the target's appearance."""
+        raise NotImplementedError
+
+    def translate_ba(self, b: Tensor) -> Tensor:
+        """G_BA: a target image rendered in the source's appearance (what M_A reads)."""
+        raise NotImplementedError
+
+    def cycle_aba(self, a: Tensor) -> Tensor:
+        """A -> B -> A, the path the supervised step sends source images through."""
+        return self.translate_ba(self.translate_ab(a))
+
+    def generator_losses(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Weighted terms of the generative step; key "total" is what is back-propagated."""
+        raise NotImplementedError
+
+    def discriminator_losses(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        """Weighted terms of the discriminative step; key "total" is what is back-propagated."""
+        raise NotImplementedError

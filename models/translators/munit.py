@@ -1,0 +1,182 @@
+"""The paper's shallow MUNIT-style translator (§V-C; Huang et al., 2018).
+
+Each domain has a content encoder, a style encoder and a decoder. Generators have two layers in
+the encoder and two in the decoder, discriminators two convolutions and one fully connected
+layer, as the paper's GPU budget forced. The content code keeps half the resolution, so the
+translation is local: anatomy cannot move far, which is what the segmenter downstream needs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from models.registry import register_translator
+from models.translators.base import Translator
+from models.translators.losses import l1, lsgan_discriminator_loss, lsgan_generator_loss
+
+
+class ContentEncoder(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, width, 7, padding=3, padding_mode="reflect"),
+            nn.InstanceNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, padding_mode="reflect"),
+            nn.InstanceNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.layers(image)
+
+
+class StyleEncoder(nn.Module):
+    """No normalisation here: instance norm would erase exactly the statistics that are style."""
+
+    def __init__(self, width: int, style_dim: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(1, width, 7, padding=3, padding_mode="reflect"),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, padding_mode="reflect"),
+            nn.ReLU(inplace=True),
+        )
+        self.project = nn.Linear(2 * width, style_dim)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.project(self.layers(image).mean(dim=(2, 3)))
+
+
+class AdaINDecoder(nn.Module):
+    """Upsample, one convolution modulated by the style (AdaIN), one output convolution."""
+
+    def __init__(self, width: int, style_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(2 * width, width, 5, padding=2, padding_mode="reflect")
+        self.norm = nn.InstanceNorm2d(width, affine=False)
+        self.style_to_affine = nn.Sequential(
+            nn.Linear(style_dim, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 2 * width)
+        )
+        # Intensities are standardised, not squashed into [-1, 1]: a linear output, no tanh.
+        self.out = nn.Conv2d(width, 1, 7, padding=3, padding_mode="reflect")
+
+    def forward(self, content: Tensor, style: Tensor) -> Tensor:
+        hidden = self.norm(self.conv(F.interpolate(content, scale_factor=2, mode="nearest")))
+        gamma, beta = self.style_to_affine(style).chunk(2, dim=1)
+        hidden = hidden * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        return self.out(F.relu(hidden))
+
+
+class DomainAutoEncoder(nn.Module):
+    def __init__(self, width: int, style_dim: int):
+        super().__init__()
+        self.content = ContentEncoder(width)
+        self.style = StyleEncoder(width, style_dim)
+        self.decoder = AdaINDecoder(width, style_dim)
+
+
+class FCDiscriminator(nn.Module):
+    """Two strided convolutions and one fully connected layer (the paper's D_A / D_B).
+
+    The feature map is pooled to a fixed grid before the FC layer so one network serves every
+    image size; the grid keeps a coarse layout, which a single global average would lose.
+    """
+
+    def __init__(self, width: int, grid: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+        self.grid = grid
+        self.score = nn.Linear(2 * width * grid * grid, 1)
+
+    def forward(self, image: Tensor) -> Tensor:
+        pooled = F.adaptive_avg_pool2d(self.features(image), self.grid)
+        return self.score(pooled.flatten(1))
+
+
+class MUNITTranslator(Translator):
+    # Defaults live in the registry entry below, as data.
+    def __init__(self, *, width: int, style_dim: int, w_adv: float, w_recon: float, w_cycle: float,
+                 w_style: float, w_content: float):
+        super().__init__()
+        self.style_dim = style_dim
+        self.weights = dict(adv=w_adv, recon=w_recon, cycle=w_cycle, style=w_style, content=w_content)
+        self.auto_a = DomainAutoEncoder(width, style_dim)
+        self.auto_b = DomainAutoEncoder(width, style_dim)
+        self.dis_a = FCDiscriminator(width)
+        self.dis_b = FCDiscriminator(width)
+
+    def generator_modules(self) -> list[nn.Module]:
+        return [self.auto_a, self.auto_b]
+
+    def discriminator_modules(self) -> list[nn.Module]:
+        return [self.dis_a, self.dis_b]
+
+    def _fixed_style(self, like: Tensor) -> Tensor:
+        # Deterministic translation uses the style prior's mean rather than the style of one
+        # reference image: the paper names a single outlier reference as a failure mode.
+        return like.new_zeros(like.shape[0], self.style_dim)
+
+    def translate_ab(self, a: Tensor) -> Tensor:
+        return self.auto_b.decoder(self.auto_a.content(a), self._fixed_style(a))
+
+    def translate_ba(self, b: Tensor) -> Tensor:
+        return self.auto_a.decoder(self.auto_b.content(b), self._fixed_style(b))
+
+    def _random_style(self, like: Tensor) -> Tensor:
+        return torch.randn(like.shape[0], self.style_dim, device=like.device, dtype=like.dtype)
+
+    def generator_losses(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        w = self.weights
+        content_a, style_a_own = self.auto_a.content(a), self.auto_a.style(a)
+        content_b, style_b_own = self.auto_b.content(b), self.auto_b.style(b)
+        recon_a = self.auto_a.decoder(content_a, style_a_own)
+        recon_b = self.auto_b.decoder(content_b, style_b_own)
+
+        style_a_drawn, style_b_drawn = self._random_style(a), self._random_style(b)
+        b_as_a = self.auto_a.decoder(content_b, style_a_drawn)
+        a_as_b = self.auto_b.decoder(content_a, style_b_drawn)
+
+        # Re-encode the translations: the cycle must go through them, not reuse the originals.
+        content_b_again, style_a_again = self.auto_a.content(b_as_a), self.auto_a.style(b_as_a)
+        content_a_again, style_b_again = self.auto_b.content(a_as_b), self.auto_b.style(a_as_b)
+        cycle_a = self.auto_a.decoder(content_a_again, style_a_own)
+        cycle_b = self.auto_b.decoder(content_b_again, style_b_own)
+
+        terms = {
+            "adv": w["adv"] * (lsgan_generator_loss(self.dis_a(b_as_a)) + lsgan_generator_loss(self.dis_b(a_as_b))),
+            "recon": w["recon"] * (l1(recon_a, a) + l1(recon_b, b)),
+            "style": w["style"] * (l1(style_a_again, style_a_drawn) + l1(style_b_again, style_b_drawn)),
+            "content": w["content"] * (l1(content_a_again, content_a) + l1(content_b_again, content_b)),
+            "cycle": w["cycle"] * (l1(cycle_a, a) + l1(cycle_b, b)),
+        }
+        terms["total"] = sum(terms.values())
+        return terms
+
+    def discriminator_losses(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            b_as_a = self.auto_a.decoder(self.auto_b.content(b), self._random_style(b))
+            a_as_b = self.auto_b.decoder(self.auto_a.content(a), self._random_style(a))
+        terms = {
+            "d_a": self.weights["adv"] * lsgan_discriminator_loss(self.dis_a(a), self.dis_a(b_as_a)),
+            "d_b": self.weights["adv"] * lsgan_discriminator_loss(self.dis_b(b), self.dis_b(a_as_b)),
+        }
+        terms["total"] = terms["d_a"] + terms["d_b"]
+        return terms
+
+
+@register_translator(
+    "munit",
+    # The authors' follow-up code: 32 channels, style 8, adversarial 1, image reconstruction 10,
+    # style and content 1; cycle 10 because the outputs must stay pixel-aligned.
+    defaults=dict(width=32, style_dim=8, w_adv=1.0, w_recon=10.0, w_cycle=10.0, w_style=1.0, w_content=1.0),
+    description="shallow MUNIT: content/style split, 2+2-layer generators, 2-conv+FC discriminators, LSGAN",
+)
+def build_munit(**kwargs) -> MUNITTranslator:
+    return MUNITTranslator(**kwargs)
