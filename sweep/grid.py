@@ -5,9 +5,9 @@ Table II (`transfer`): every transfer method x label fraction x task x repetitio
 where repetition r is a seeded 60/20/20 split of the target and uses JSRT fold r % n_folds.
 
 Dependencies are explicit trials, so the sweep schedules them first:
-- `proposed`, `finetune` and `source_only` need M_A, the U-Net segmentation run of the
-  matching task, fold and profile: that is the Table I trial itself, so it is trained once and
-  shared by both tables.
+- Every transfer method needs M_A, the U-Net segmentation run of the matching task, fold and
+  profile (`scratch` takes only its architecture from it): that is the Table I trial itself,
+  so it is trained once and shared by both tables.
 - `proposed` also needs the translator warm-up of its target and repetition, shared by every
   task and label fraction.
 
@@ -71,8 +71,9 @@ def _is_warmup_field(name: str) -> bool:
         "style_dim", "warmup_epochs"}
 
 
-# Methods that start from M_A, and the one that also needs the warmed translator.
-METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "finetune", "source_only"})
+# Methods that read M_A (scratch: its architecture only), and the one that also needs the
+# warmed translator.
+METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "finetune", "scratch", "source_only"})
 METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
 METHODS_NEEDING_LABELS = frozenset({"finetune", "scratch"})
 

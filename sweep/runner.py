@@ -217,7 +217,7 @@ class _Runner:
     def _stage_todo(self, stage: list[TrialSpec]) -> list[TrialSpec]:
         todo = []
         for spec in stage:
-            if self.store.is_complete(spec):
+            if self.store.is_complete(spec) or self.store.is_not_applicable(spec):
                 self.outcome.reused.append(spec.trial_id)
                 continue
             broken = [d for d in spec.depends_on if d in self.outcome.failed]
@@ -271,6 +271,9 @@ class _Runner:
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=self.options.max_concurrent or None,
                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                    # Trials share resources, so one worker process runs trial after trial:
+                    # no interpreter and torch start-up per trial.
+                    reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.store.uri("ray"),
@@ -283,7 +286,8 @@ class _Runner:
             tuner._local_tuner._run_config.callbacks = [self.progress]  # restored runs keep their old callbacks
         results = tuner.fit()
         self._collect(results, specs)
-        leftover = [s for s in specs if s.trial_id not in self.outcome.failed and not self.store.is_complete(s)]
+        settled = set(self.outcome.failed) | set(self.outcome.not_applicable)
+        leftover = [s for s in specs if s.trial_id not in settled and not self.store.is_complete(s)]
         if leftover and tuner is not None and self.options.resume:
             # The restored experiment did not hold every trial of this stage (the plan grew).
             self.options.resume = False
@@ -298,6 +302,9 @@ class _Runner:
                 continue  # a restored experiment may hold trials that this grid no longer asks for
             if result.error is not None:
                 error = _error_summary(result.error)
+            elif self.store.is_not_applicable(spec):
+                self.outcome.not_applicable.append(trial_id)
+                continue
             elif not self.store.is_complete(spec):
                 error = "the trial ended without publishing its outputs"
             else:

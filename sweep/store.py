@@ -134,6 +134,9 @@ class RunStore:
     def is_complete(self, spec: TrialSpec) -> bool:
         return self.exists(f"{self.trial_dir(spec)}/{COMPLETE_MARKER}")
 
+    def is_not_applicable(self, spec: TrialSpec) -> bool:
+        return self.exists(f"{self.trial_dir(spec)}/{NOT_APPLICABLE_MARKER}")
+
     def publish(self, spec: TrialSpec, local_dir: Path, trial_info: dict) -> str:
         """Copy a finished run directory into OUT and mark it complete; returns where it lies."""
         dest = self.trial_dir(spec)
@@ -179,9 +182,10 @@ class RunStore:
         if self.exists(path):
             self.fs.delete_file(path)
 
-    def record_not_applicable(self, spec: TrialSpec) -> None:
+    def record_not_applicable(self, spec: TrialSpec, reason: str | None = None) -> None:
         dest = self.trial_dir(spec)
-        self.write_json(f"{dest}/{NOT_APPLICABLE_MARKER}", {"spec": spec_to_dict(spec), "reason": spec.not_applicable})
+        self.write_json(f"{dest}/{NOT_APPLICABLE_MARKER}",
+                        {"spec": spec_to_dict(spec), "reason": reason or spec.not_applicable})
 
     def failure_of(self, spec: TrialSpec) -> str | None:
         path = f"{self.trial_dir(spec)}/{FAILED_MARKER}"

@@ -140,8 +140,16 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
 
         warmup_translator(cfg, datasets["jsrt"], datasets[cfg.target], run_dir)
     elif spec.kind == TRANSFER:
+        from sweep.engine.transfer import NotApplicable
+
         dependencies = [spec_from_dict(d) for d in trial.get("dependencies", [])]
-        result = _run_transfer(cfg, datasets, store, dependencies, run_dir, callbacks)
+        try:
+            result = _run_transfer(cfg, datasets, store, dependencies, run_dir, callbacks)
+        except NotApplicable as reason:
+            # The engine knows cells the grid cannot see (e.g. a target without these labels).
+            store.record_not_applicable(spec, str(reason))
+            tune.report({"not_applicable": 1})
+            return
         final = {"val_jaccard": result.val_jaccard, "test_jaccard_mean": result.test_jaccard_mean}
     else:
         raise ValueError(f"{spec.trial_id}: unknown trial kind {spec.kind!r}")

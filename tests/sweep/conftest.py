@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,43 @@ def data_flags(sweep_phantoms) -> list[str]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+def _pids_mentioning(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def ray_temp_dirs():
+    """Short private Ray temp dirs (socket paths must stay short). At teardown, the Ray
+    processes started under them (and only those) are stopped by process id."""
+    import signal
+    import tempfile
+    import time
+
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(tempfile.mkdtemp(prefix="cxrray", dir="/tmp"))
+        return made[-1]
+
+    yield make
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for marker in made:
+            for pid in _pids_mentioning(marker):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        time.sleep(2)
+    for marker in made:
+        shutil.rmtree(marker, ignore_errors=True)

@@ -28,7 +28,7 @@ def test_table_two_cells_dependencies_and_not_applicable():
     # M_A is the U-Net of the matching JSRT fold: repetition 6 -> fold 1.
     assert (segmenter.config.model, segmenter.config.task, segmenter.config.fold) == ("unet", "lungs", 1)
     scratch = next(t for t in cells if t.config.method == "scratch" and t.config.label_fraction == 5.0)
-    assert scratch.depends_on == ()
+    assert [grid.trials[d].kind for d in scratch.depends_on] == [SEGMENTATION]  # M_A's architecture
     # One warm-up per repetition, shared by every fraction; one M_A per fold.
     assert len([t for t in grid.trials.values() if t.kind == TRANSLATOR_WARMUP]) == 2
     assert len([t for t in grid.trials.values() if t.kind == SEGMENTATION]) == 2
