@@ -28,6 +28,7 @@ CI_DESCRIPTIONS = {
     ("bootstrap", "images"): "bootstrap across test images",
 }
 DPI = 110
+STATUS_WORDS = {"not_applicable": "n/a", "failed": "failed", "missing": "missing"}
 
 
 def _lower_limit(values: list[float]) -> float:
@@ -74,26 +75,34 @@ def figure7(table1: pd.DataFrame) -> Figure:
             ax.plot(x + 0.18, paper, "D", color="black", mfc="none", ms=7, label="paper (Table I): mean")
         bottom = _lower_limit(list(low) + list(mean[~has_ci]) + list(paper))
         ax.set_ylim(bottom, 100.0)
-        for xi, status in zip(x, rows["status"]):
-            if status != "ok":
-                label = {"not_applicable": "n/a", "failed": "failed"}.get(status, "missing")
-                ax.text(xi, bottom + 0.03 * (100 - bottom), label, ha="center", color="tab:red", fontsize=9)
-        ax.set_xticks(x, rows["model"])
+        # A cell without a number says why under its tick, where no marker can cover it.
+        ax.set_xticks(x, [model if status == "ok" else f"{model}\n({STATUS_WORDS.get(status, 'missing')})"
+                          for model, status in zip(rows["model"], rows["status"])])
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_xlabel("segmentation network")
         ax.set_ylabel("Jaccard (%)" + (f", axis trimmed at {bottom:g} %" if bottom > 0 else ""))
         ax.set_title(task)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+    _figure_legend(fig, axes[0])
     fig.suptitle(f"Fig. 7-style: 95 % confidence intervals of Jaccard on JSRT ({_ci_label(table1)})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
+
+
+def _figure_legend(fig: Figure, axes) -> None:
+    """One legend under all panels, so that it never covers a panel's data."""
+    entries: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="lower center", ncol=min(4, len(entries)), fontsize=9)
 
 
 def figure8(table2: pd.DataFrame) -> Figure:
     """Target Jaccard against label fraction, one line and 95 % CI band per method; paper dashed."""
     groups = list(dict.fromkeys(zip(table2["target"], table2["task"], table2["model"])))
-    fig, axes = plt.subplots(1, len(groups), figsize=(7.5 * len(groups), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(9.5 * len(groups), 4.8), squeeze=False)
     for ax, (target, task, model) in zip(axes[0], groups):
         rows = table2[(table2["target"] == target) & (table2["task"] == task) & (table2["model"] == model)]
         fractions = list(dict.fromkeys(rows["label_fraction"]))
@@ -112,9 +121,13 @@ def figure8(table2: pd.DataFrame) -> Figure:
                 at_zero = line["label_fraction"].to_numpy() == 0
                 mean, low, high = (np.full_like(v, v[at_zero][0]) for v in (mean, low, high))
                 drawn = ax.plot(x, mean, "-", color=colour, lw=1.5, label=f"{method} (no target labels)")[0]
+                ax.fill_between(x, low, high, color=drawn.get_color(), alpha=0.18, lw=0)
             else:
-                drawn = ax.plot(x, mean, "o-", color=colour, label=method)[0]
-            ax.fill_between(x, low, high, color=drawn.get_color(), alpha=0.18, lw=0)
+                # The line joins the fractions that have a number; markers show which ones do.
+                has_mean = np.isfinite(mean)
+                drawn = ax.plot(x[has_mean], mean[has_mean], "o-", color=colour, label=method)[0]
+                has_ci = has_mean & np.isfinite(low) & np.isfinite(high)
+                ax.fill_between(x[has_ci], low[has_ci], high[has_ci], color=drawn.get_color(), alpha=0.18, lw=0)
             plotted += list(low) + list(mean)
             paper = line["paper_jaccard_mean_pct"].to_numpy(float)
             if np.isfinite(paper).any():
@@ -126,7 +139,7 @@ def figure8(table2: pd.DataFrame) -> Figure:
         ax.set_ylim(_lower_limit(plotted), 100.0)
         ax.set_title(f"{target}, {task}, {model}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncol=2, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)})",
                  fontsize=11)
     fig.tight_layout()

@@ -30,6 +30,8 @@ KINDS = ("overlays", "translations")
 MAX_COPIED_PER_KIND = 48
 MONTAGE_COLUMNS = 4
 MONTAGE_ROWS = 2
+PANEL_INCHES = 3.3
+TITLE_INCHES = 0.45
 # The colours sweep/engine/overlays.py draws with (prediction filled red, truth outlined green).
 PREDICTION_COLOUR = "#ff2828"
 TRUTH_COLOUR = "#28ff28"
@@ -52,6 +54,10 @@ class SavedImage:
             what.append(f"{run.get('method', '?')} → {run.get('target', '?')}")
             if run.get("label_fraction") is not None:
                 which.insert(0, f"{float(run['label_fraction']):g} % labels")
+            if run.get("repetition") is not None:
+                which.insert(0, f"rep {run['repetition']}")
+        elif run.get("fold") is not None:
+            which.insert(0, f"fold {run['fold']}")
         return f"{' · '.join(what) or self.run_dir.name}\n{' · '.join(which)}"
 
     @property
@@ -122,7 +128,12 @@ def figure9(images: list[SavedImage]) -> Figure | None:
         return None
     columns = min(MONTAGE_COLUMNS, len(chosen))
     rows = -(-len(chosen) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.6 * rows + 0.8), squeeze=False)
+    # Square panels of PANEL_INCHES with room for two title lines each; fixed margins in inches
+    # leave space for the figure title above and the legend below, at any row count.
+    height = rows * (PANEL_INCHES + TITLE_INCHES) + 1.0
+    fig, axes = plt.subplots(rows, columns, figsize=(PANEL_INCHES * columns * 1.02, height), squeeze=False,
+                             gridspec_kw={"hspace": TITLE_INCHES / PANEL_INCHES, "wspace": 0.02})
+    fig.subplots_adjust(left=0.005, right=0.995, top=1 - (0.45 + TITLE_INCHES) / height, bottom=0.5 / height)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image in zip(axes.ravel(), chosen):
@@ -136,5 +147,4 @@ def figure9(images: list[SavedImage]) -> Figure | None:
     fig.legend(handles=[Patch(color=PREDICTION_COLOUR, label="predicted mask (filled)"),
                         Patch(color=TRUTH_COLOUR, label="ground truth (outline, where labelled)")],
                loc="lower center", ncol=2, fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     return fig

@@ -136,7 +136,13 @@ def _published(value: paper_values.PublishedValue | None) -> str:
     return format_mean_std(value.mean, _std_or_nan(value))
 
 
-def table1_display(frame: pd.DataFrame) -> DisplayTable:
+def cross_validation_folds(trials: pd.DataFrame) -> int | None:
+    """The k of the k-fold cross-validation the segmentation trials used, if they agree on one."""
+    folds = trials.loc[trials["experiment"] == SEGMENTATION, "cfg_n_folds"].dropna().unique()
+    return int(folds[0]) if len(folds) == 1 else None
+
+
+def table1_display(frame: pd.DataFrame, n_folds: int | None = None) -> DisplayTable:
     header = ["Model", "Jaccard (%)", "Dice (%)", "Jaccard per image (%)", "Dice per image (%)", "Folds",
               "Paper Jaccard (%)", "Paper Dice (%)"]
     rows: list = []
@@ -168,8 +174,8 @@ def table1_display(frame: pd.DataFrame) -> DisplayTable:
                 for name, v in references.items()
             )
             notes.append(f"Published comparisons for {task} (paper, Table I, not rerun): {quoted}.")
-    return DisplayTable("table1", "Table I: Jaccard and Dice on JSRT (5-fold cross-validation), percent", header,
-                        rows, notes)
+    protocol = f"{n_folds}-fold cross-validation" if n_folds else "cross-validation"
+    return DisplayTable("table1", f"Table I: Jaccard and Dice on JSRT ({protocol}), percent", header, rows, notes)
 
 
 # --------------------------------------------------------------------------- Table II
