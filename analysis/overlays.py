@@ -104,7 +104,7 @@ def copy_into_report(images: list[SavedImage], report_dir: Path) -> list[tuple[S
     """Copy up to MAX_COPIED_PER_KIND images of each kind; return them with page-relative paths."""
     copied = []
     for kind in KINDS:
-        of_kind = sorted((i for i in images if i.kind == kind), key=SavedImage.fig9_rank)[:MAX_COPIED_PER_KIND]
+        of_kind = in_fig9_order([i for i in images if i.kind == kind])[:MAX_COPIED_PER_KIND]
         target_dir = report_dir / kind
         if target_dir.exists():
             shutil.rmtree(target_dir)
@@ -117,9 +117,20 @@ def copy_into_report(images: list[SavedImage], report_dir: Path) -> list[tuple[S
     return copied
 
 
+def in_fig9_order(images: list[SavedImage]) -> list[SavedImage]:
+    """Best Fig. 9 candidates first, taking the tasks in turn so that every task gets shown."""
+    ranked = sorted(images, key=SavedImage.fig9_rank)
+    seen: dict[tuple, int] = {}
+    turn = {}
+    for image in ranked:
+        group = (image.fig9_rank()[:3], image.run.get("task"))
+        turn[image.path] = seen[group] = seen.get(group, -1) + 1
+    return sorted(ranked, key=lambda image: (image.fig9_rank()[:3], turn[image.path]))
+
+
 def figure9(images: list[SavedImage]) -> Figure | None:
     """A montage of the saved overlays, Fig. 9 candidates first; None when no run saved any."""
-    overlays = sorted((i for i in images if i.kind == "overlays"), key=SavedImage.fig9_rank)
+    overlays = in_fig9_order([i for i in images if i.kind == "overlays"])
     # Fig. 9 shows target images; JSRT overlays only stand in when no transfer run saved any.
     if any(i.is_transfer for i in overlays):
         overlays = [i for i in overlays if i.is_transfer]

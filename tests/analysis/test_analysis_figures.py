@@ -78,3 +78,15 @@ def test_index_html_is_one_offline_page(built_report):
                     "Configuration"):
         assert heading in page
     assert "CUDA out of memory" in page and "profile <b>smoke</b>" in page
+
+
+def test_fig9_order_takes_tasks_in_turn_among_the_best_candidates(tmp_path):
+    def saved(task, method, name):
+        run = {"experiment": "transfer", "task": task, "method": method, "label_fraction": 0.0}
+        return overlays.SavedImage(tmp_path / f"{task}-{method}-{name}.png", "overlays", tmp_path, run)
+
+    images = [saved("lungs", "proposed", n) for n in "abc"] + [saved("heart", "proposed", "a"),
+                                                              saved("clavicles", "finetune", "a")]
+    order = [(image.run["task"], image.run["method"]) for image in overlays.in_fig9_order(images)]
+    assert order[:2] in ([("heart", "proposed"), ("lungs", "proposed")], [("lungs", "proposed"), ("heart", "proposed")])
+    assert order[-1] == ("clavicles", "finetune")  # not the proposed method: after every proposed image
