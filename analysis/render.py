@@ -64,6 +64,8 @@ _TEX_REPLACEMENTS = {
     "≤": r"$\leq$",
     "→": r"$\rightarrow$",
     "Δ": r"$\Delta$",
+    "−": "$-$",
+    "·": r"$\cdot$",
 }
 
 

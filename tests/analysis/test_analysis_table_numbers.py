@@ -187,3 +187,14 @@ def test_wilcoxon_p_values_pair_images_and_repetitions(built_report, parquet, fa
     notes = (report_dir / "table2.md").read_text()
     p = reported.loc[(1.25, "source_only"), "p_value"]
     assert re.search(rf"1\.25 % labels:.*vs source_only: p = {p:.2g} \(n = 36, .*against its 0 % row", notes)
+
+
+def test_latex_tables_are_plain_ascii_with_the_same_numbers(built_report):
+    """pdflatex without unicode packages must read them; the numbers are the Markdown ones."""
+    for name in ("table1", "table2"):
+        tex = (built_report.parent / f"{name}.tex").read_text()
+        assert tex.isascii(), [c for c in tex if not c.isascii()]
+        markdown = read_markdown_table(built_report.parent / f"{name}.md")
+        for rows in markdown.values():
+            for cell in (c for row in rows.values() for c in row[1:] if "±" in c):
+                assert cell.replace("±", "$\\pm$").replace(" †", " \\dag{}") in tex
