@@ -75,9 +75,9 @@ class TransferData:
 
 def transfer_splits(cfg: "RunConfig", n_source: int, n_target: int):
     """(source Split, target Split) of repetition `cfg.repetition` (docs/ARCHITECTURE.md, data_io)."""
-    from data_io.splits import cv_split, transfer_split
+    from data_io.splits import source_transfer_split, transfer_split
 
-    source = cv_split(n_source, test_fold=cfg.repetition % cfg.n_folds, n_folds=cfg.n_folds, seed=cfg.seed)
+    source = source_transfer_split(n_source, cfg.repetition, n_folds=cfg.n_folds, seed=cfg.seed)
     target = transfer_split(n_target, cfg.repetition, seed=cfg.seed)
     return source, target
 
@@ -93,9 +93,10 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
             raise ValueError(f"{dataset.name}: cached at {dataset.image_size} px but the config asks for {cfg.image_size} px")
     fraction = 0.0 if cfg.label_fraction is None else float(cfg.label_fraction)
     source_split, target_split = transfer_splits(cfg, len(source.ids), len(target.ids))
-    labelled = label_subset(target_split.train, fraction, seed=cfg.seed)
     source_masks = source.masks[cfg.task]
     target_masks = target.masks.get(cfg.task)
+    # A target without labels for the task has nothing to keep, whatever the fraction asks.
+    labelled = label_subset(target_split.train, fraction if target_masks is not None else 0.0, seed=cfg.seed)
 
     def masks_of(index: np.ndarray) -> np.ndarray | None:
         return None if target_masks is None else target_masks[index]

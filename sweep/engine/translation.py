@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
@@ -23,6 +21,8 @@ from torch import Tensor, nn
 
 from models.registry import build_translator, translator_defaults
 from models.translators.base import Translator
+from sweep.engine.checkpoints import save_atomic
+from sweep.engine.inference import as_batch, resolve_device
 
 if TYPE_CHECKING:
     from data_io.cache import CachedDataset
@@ -55,14 +55,6 @@ def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
     for module in modules:
         for parameter in module.parameters():
             parameter.requires_grad_(trainable)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config asks for device 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def check_finite(losses: dict[str, float], where: str) -> None:
@@ -121,10 +113,6 @@ def paired_batches(n_a: int, n_b: int, batch_size: int, rng: np.random.Generator
         yield order_a[window], order_b[window]
 
 
-def as_batch(images: np.ndarray, index: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images[index], dtype=np.float32)).unsqueeze(1).to(device)
-
-
 def mean_of(records: Sequence[dict[str, float]]) -> dict[str, float]:
     return {name: float(np.mean([r[name] for r in records])) for name in records[0]} if records else {}
 
@@ -169,7 +157,13 @@ def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "Cached
     source_split, target_split = transfer_splits(cfg, len(source.ids), len(target.ids))
     images_a, images_b = source.images[source_split.train], target.images[target_split.train]
     device = device or resolve_device(cfg.device)
-    translator, history = train_translation(cfg, images_a, images_b, device)
+    threads_before = torch.get_num_threads()  # process-wide: leave the caller as it was
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        translator, history = train_translation(cfg, images_a, images_b, device)
+    finally:
+        torch.set_num_threads(threads_before)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_translator(path, translator, cfg, key, history)
     save_translation_samples(translator, images_a, images_b, out_dir / f"translator-{cfg.translator}-{key}-samples")
@@ -188,7 +182,7 @@ def train_translation(cfg: "RunConfig", images_a: np.ndarray, images_b: np.ndarr
         started = time.perf_counter()
         records = []
         for index_a, index_b in paired_batches(len(images_a), len(images_b), cfg.batch_size, rng):
-            a, b = as_batch(images_a, index_a, device), as_batch(images_b, index_b, device)
+            a, b = as_batch(images_a[index_a], device), as_batch(images_b[index_b], device)
             record = {**trainer.discriminative_step(a, b), **trainer.generative_step(a, b)}
             check_finite(record, f"translator warm-up epoch {epoch}")
             records.append(record)
@@ -205,20 +199,7 @@ def save_translator(path: Path, translator: Translator, cfg: "RunConfig", key: s
         "key": key, "warmup_epochs": cfg.warmup_epochs, "image_size": cfg.image_size, "history": history,
         "config": cfg.to_dict(),
     }
-    return atomic_torch_save(payload, path)
-
-
-def atomic_torch_save(payload: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_atomic(payload, path)
 
 
 def load_translator(path: str | Path) -> tuple[Translator, dict]:
@@ -263,7 +244,7 @@ def save_translation_samples(translator: Translator, images_a: np.ndarray, image
     for name, images, forward, back in [("a_to_b", images_a, translator.translate_ab, translator.translate_ba),
                                         ("b_to_a", images_b, translator.translate_ba, translator.translate_ab)]:
         picked = np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int)
-        x = as_batch(images, picked, device)
+        x = as_batch(images[picked], device)
         there = forward(x)
         rows = [np.concatenate([_to_gray8(t[i, 0].cpu().numpy()) for t in (x, there, back(there))], axis=1)
                 for i in range(len(picked))]

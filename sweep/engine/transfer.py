@@ -1,0 +1,394 @@
+"""Cross-dataset transfer from a labelled source A (JSRT) to a target B: the paper's proposed
+method (§IV-C) and the baselines it is judged against. Plain PyTorch, no Ray.
+
+Methods (sweep.config.TRANSFER_METHODS):
+- proposed: translator warmed up alone (`warmup_translator`, shared by every task and fraction),
+  then three alternating steps per batch: discriminative (generators frozen), generative
+  (discriminators frozen), supervised (discriminators frozen; M_A fine-tuned on A -> B -> A
+  images with A labels and on G_BA(b) with the B labels the fraction keeps, back-propagating
+  into both generators). Inference on b: M_A(G_BA(b)).
+- finetune: M_A fine-tuned on the labelled target images.
+- scratch: M_A's architecture from random initialisation on the labelled target images.
+- source_only: M_A applied to target images as they are (same intensity normalisation): the
+  honest 0 % baseline.
+
+finetune and scratch need target labels: at 0 % they raise `NotApplicable`, which the sweep
+records as status "not_applicable", never as a number.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.losses import build_loss
+from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
+from models.translators.base import Translator
+from sweep.config import TRANSFER_METHODS, RunConfig
+from sweep.engine import checkpoints as ckpt
+from sweep.engine.data import SegmentationData
+from sweep.engine.metrics import dice_per_image, jaccard_per_image
+from sweep.engine.overlays import save_overlays
+from sweep.engine.inference import as_batch, predict_masks, resolve_device
+from sweep.engine.supervised import N_OVERLAYS, EpochCallback, RunResult, epoch_seed, train_supervised
+from sweep.engine.transfer_data import TransferData
+from sweep.engine.translation import (TranslationTrainer, check_finite, format_losses, load_translator,
+                                      mean_of, paired_batches, save_translation_samples, set_trainable,
+                                      warmup_translator)
+from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
+
+__all__ = ["NotApplicable", "TranslateThenSegment", "train_transfer", "warmup_translator", "check_applicable"]
+
+log = logging.getLogger(__name__)
+
+NEEDS_TARGET_LABELS = ("finetune", "scratch")
+N_TRANSLATION_SAMPLES = 4
+
+
+class NotApplicable(Exception):
+    """The method cannot run in this cell of the grid; the sweep records status "not_applicable"."""
+
+
+class TranslateThenSegment(nn.Module):
+    """The model applied to target images: M_A(G_BA(b)), or M_A(b) when there is no translator."""
+
+    def __init__(self, segmenter: nn.Module, translator: Translator | None = None):
+        super().__init__()
+        self.segmenter = segmenter
+        self.translator = translator
+
+    def forward(self, target_images: Tensor) -> Tensor:
+        if self.translator is not None:
+            target_images = self.translator.translate_ba(target_images)
+        return self.segmenter(target_images)
+
+
+def check_applicable(cfg: RunConfig, data: TransferData) -> None:
+    """Raise NotApplicable for the cells of the grid where `cfg.method` has nothing to run on."""
+    if cfg.method not in TRANSFER_METHODS:
+        raise ValueError(f"unknown transfer method {cfg.method!r}; choose from {', '.join(TRANSFER_METHODS)}")
+    if not data.target_has_labels and data.label_fraction > 0:
+        raise NotApplicable(f"{data.target_name} has no {data.task} labels, so {data.label_fraction:g} % of them "
+                            "cannot be kept; only 0 % (qualitative overlays) applies")
+    if cfg.method in NEEDS_TARGET_LABELS and data.n_labelled == 0:
+        raise NotApplicable(f"{cfg.method} trains on labelled {data.target_name} images and "
+                            f"{data.label_fraction:g} % of the {data.task} labels leaves none")
+
+
+def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segmenter_checkpoint: str | Path,
+                   translator_checkpoint: str | Path | None = None,
+                   callbacks: Sequence[EpochCallback] = ()) -> RunResult:
+    """One transfer run of `cfg.method` into `run_dir` (same layout as a supervised run, plus
+    `translations/` for the proposed method). `segmenter_checkpoint` is M_A, trained on the
+    source; `translator_checkpoint` (proposed only) comes from `warmup_translator`."""
+    check_applicable(cfg, data)
+    if cfg.image_size != data.image_size:
+        raise ValueError(f"{data.target_name}: data is {data.image_size} px but the config asks for {cfg.image_size} px")
+    segmenter_checkpoint = Path(segmenter_checkpoint)
+    source_model = read_segmenter_checkpoint(segmenter_checkpoint)
+    _check_source_model(segmenter_checkpoint, source_model, data)
+    if cfg.method == "proposed" and translator_checkpoint is None:
+        raise ValueError("the proposed method needs a warmed translator checkpoint (warmup_translator)")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()  # process-wide: leave the caller as it was
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        if cfg.method in NEEDS_TARGET_LABELS:
+            return _train_on_target_labels(cfg, data, run_dir, segmenter_checkpoint, source_model, callbacks)
+        if cfg.method == "source_only":
+            return _source_only(cfg, data, run_dir, source_model)
+        return ProposedRun(cfg, data, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _check_source_model(path: Path, checkpoint: dict, data: TransferData) -> None:
+    if checkpoint["task"] != data.task:
+        raise ValueError(f"{path}: M_A was trained for {checkpoint['task']!r}, this run transfers {data.task!r}")
+    if checkpoint["image_size"] != data.image_size:
+        raise ValueError(f"{path}: M_A was trained at {checkpoint['image_size']} px, the data is {data.image_size} px")
+    if checkpoint["normalisation"] != data.normalisation:
+        raise ValueError(f"{path}: M_A expects {checkpoint['normalisation']} intensities, the data has "
+                         f"{data.normalisation}")
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune / scratch: the supervised engine on the labelled target images.
+
+
+def _train_on_target_labels(cfg: RunConfig, data: TransferData, run_dir: Path, segmenter_path: Path,
+                            source_model: dict, callbacks: Sequence[EpochCallback]) -> RunResult:
+    # The few labelled images are repeated up to the size of the target training split, so an
+    # epoch is the same number of updates at every fraction and 1.25 % is not starved of steps.
+    repeat = np.resize(np.arange(data.n_labelled), max(len(data.target_train_images), data.n_labelled))
+    target = SegmentationData(
+        train_images=data.target_labelled_images[repeat], train_masks=data.target_labelled_masks[repeat],
+        val_images=data.target_val_images, val_masks=data.target_val_masks,
+        test_images=data.target_test_images, test_masks=data.target_test_masks, test_ids=data.target_test_ids,
+        task=data.task, dataset=data.target_name, normalisation=data.normalisation,
+    )
+    finetune = cfg.method == "finetune"
+    inner = cfg.replace(
+        model=source_model["arch"], width=source_model["arch_kwargs"]["width"],
+        init_weights=str(segmenter_path) if finetune else "",
+        # Fine-tuning starts from a trained network; scratch gets the full supervised budget.
+        epochs=cfg.transfer_epochs if finetune else cfg.epochs,
+    )
+    return train_supervised(inner, target, run_dir, callbacks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and the files every transfer run leaves, whatever its method.
+
+
+def validation_jaccard(cfg: RunConfig, data: TransferData, model: TranslateThenSegment,
+                       device: torch.device) -> tuple[float, str]:
+    """Mean Jaccard on the target validation split when the run has target labels, else on the
+    source validation split (through A -> B -> A when there is a translator). Never the test split."""
+    if data.target_val_masks is not None and data.n_labelled > 0:
+        return float(jaccard_per_image(predict_masks(model, data.target_val_images, device), data.target_val_masks).mean()), \
+            "target"
+    source_path: nn.Module = model.segmenter
+    if model.translator is not None:
+        source_path = nn.Sequential(_CycleABA(model.translator), model.segmenter)
+    predictions = predict_masks(source_path, data.source_val_images, device)
+    return float(jaccard_per_image(predictions, data.source_val_masks).mean()), "source"
+
+
+class _CycleABA(nn.Module):
+    def __init__(self, translator: Translator):
+        super().__init__()
+        self.translator = translator
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.translator.cycle_aba(images)
+
+
+def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: TranslateThenSegment, device: torch.device,
+               best_epoch: int, val_jaccard: float, duration_s: float, epochs_trained: int,
+               history: list[dict]) -> RunResult:
+    """Evaluate `model` on the target test split and write images.parquet, overlays/, result.json."""
+    started = time.perf_counter()
+    predictions = predict_masks(model, data.target_test_images, device)
+    if data.target_has_labels:
+        jaccards = jaccard_per_image(predictions, data.target_test_masks)
+        dices = dice_per_image(predictions, data.target_test_masks)
+    else:  # heart / clavicles on a lungs-only target: overlays for the eye, no numbers
+        jaccards = dices = np.zeros(0)
+    keys = key_values(cfg, trial_id=run_dir.name)
+    rows = [{**keys, "image_id": image_id, "jaccard": float(j), "dice": float(d)}
+            for image_id, j, d in zip(data.target_test_ids, jaccards, dices)]
+    write_atomic(to_table(rows, IMAGES_SCHEMA), run_dir / "images.parquet")
+    save_overlays(run_dir / "overlays", data.target_test_ids, data.target_test_images, predictions,
+                  data.target_test_masks, limit=N_OVERLAYS)
+    if model.translator is not None:
+        save_translation_samples(model.translator, data.source_val_images, data.target_test_images,
+                                 run_dir / "translations", n=N_TRANSLATION_SAMPLES)
+
+    def stat(values: np.ndarray, how: Callable) -> float:
+        return float(how(values)) if len(values) else float("nan")
+
+    result = RunResult(
+        run_dir=run_dir, best_epoch=best_epoch, val_jaccard=float(val_jaccard),
+        test_jaccard_mean=stat(jaccards, np.mean), test_jaccard_std=stat(jaccards, np.std),
+        test_dice_mean=stat(dices, np.mean), test_dice_std=stat(dices, np.std),
+        n_test_images=len(jaccards), duration_s=duration_s + time.perf_counter() - started, device=str(device),
+        epochs_trained=epochs_trained, history=history,
+    )
+    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+    summary["config"] = cfg.to_dict()
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict) -> RunResult:
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
+    val_jaccard, val_on = validation_jaccard(cfg, data, model, device)
+    ckpt.save_atomic({**source_model, "config": cfg.to_dict()}, run_dir / "best.pt")
+    log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
+             data.task, val_on, val_jaccard)
+    history = [{"epoch": 0, "val_jaccard": val_jaccard, "val_split": val_on}]
+    return finish_run(cfg, data, run_dir, model, device, best_epoch=0, val_jaccard=val_jaccard,
+                      duration_s=time.perf_counter() - started, epochs_trained=0, history=history)
+
+
+# ---------------------------------------------------------------------------------------------
+# The proposed method.
+
+
+class ProposedRun:
+    """State of one proposed-method run: M_A, the translator, their optimisers, best-so-far."""
+
+    def __init__(self, cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
+                 translator_path: Path):
+        if cfg.transfer_epochs < 1:
+            raise ValueError(f"transfer_epochs must be at least 1, got {cfg.transfer_epochs}")
+        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.source_model = source_model
+        translator, self.translator_payload = load_translator(translator_path)
+        if self.translator_payload.get("image_size", data.image_size) != data.image_size:
+            raise ValueError(f"{translator_path}: translator warmed at {self.translator_payload['image_size']} px, "
+                             f"the data is {data.image_size} px")
+        self.model = TranslateThenSegment(segmenter_from_checkpoint(source_model), translator).to(self.device)
+        self.translation = TranslationTrainer(self.model.translator, cfg)
+        self.segmenter_optimizer = torch.optim.Adam(self.model.segmenter.parameters(), lr=cfg.lr,
+                                                    betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        foreground = float(data.source_train_masks.mean())
+        self.loss_fn = build_loss(cfg.loss, foreground_fraction=foreground if cfg.loss == "weighted_ce" else None)
+        self.source_masks = torch.from_numpy(np.ascontiguousarray(data.source_train_masks)).long()
+        self.labelled_masks = torch.from_numpy(np.ascontiguousarray(data.target_labelled_masks)).long()
+        self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
+        self.history: list[dict] = []
+        self.duration_s = 0.0
+
+    # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
+    def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None) -> dict[str, float]:
+        """Discriminators frozen; M_A and both generators trained on the segmentation loss."""
+        translator, segmenter = self.model.translator, self.model.segmenter
+        set_trainable(translator.discriminator_modules(), False)
+        set_trainable(translator.generator_modules(), True)
+        self.translation.generator_optimizer.zero_grad(set_to_none=True)
+        self.segmenter_optimizer.zero_grad(set_to_none=True)
+        losses = {"S_source": self.loss_fn(segmenter(translator.cycle_aba(a)), a_masks)}
+        if b is not None:
+            losses["S_target"] = self.loss_fn(segmenter(translator.translate_ba(b)), b_masks)
+        total = self.cfg.w_seg * sum(losses.values())
+        total.backward()
+        self.translation.generator_optimizer.step()
+        self.segmenter_optimizer.step()
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, data, device = self.cfg, self.data, self.device
+        self.model.train()
+        seed = epoch_seed(cfg.seed, self.epoch)
+        torch.manual_seed(seed)  # MUNIT draws random styles: a function of (seed, epoch) so resuming is exact
+        rng = np.random.default_rng(seed)
+        records, seconds = [], {"D_s": 0.0, "G_s": 0.0, "S_s": 0.0}
+        for index_a, index_b in paired_batches(len(data.source_train_images), len(data.target_train_images),
+                                               cfg.batch_size, rng):
+            a = as_batch(data.source_train_images[index_a], device)
+            b = as_batch(data.target_train_images[index_b], device)
+            record: dict[str, float] = {}
+            for step_name, step in (("D_s", self.translation.discriminative_step),
+                                    ("G_s", self.translation.generative_step)):
+                started = time.perf_counter()
+                record.update(step(a, b))
+                seconds[step_name] += time.perf_counter() - started
+            started = time.perf_counter()
+            labelled_b = labelled_masks = None
+            if data.n_labelled:
+                index = rng.integers(0, data.n_labelled, size=len(index_b))
+                labelled_b = as_batch(data.target_labelled_images[index], device)
+                labelled_masks = self.labelled_masks[index].to(device)
+            record.update(self.supervised_step(a, self.source_masks[index_a].to(device), labelled_b, labelled_masks))
+            seconds["S_s"] += time.perf_counter() - started
+            check_finite(record, f"{self.run_dir}: proposed epoch {self.epoch + 1}")
+            records.append(record)
+        return {**mean_of(records), **seconds}
+
+    # --- checkpoints ---
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A segmenter checkpoint (load_segmenter reads it) that also carries the translator;
+        on target images the pair must be applied as M_A(G_BA(b)), see `load_transfer_model`."""
+        state = ckpt.network_checkpoint(self.model.segmenter, self.source_model["arch"],
+                                        self.source_model["arch_kwargs"], self.cfg.to_dict(), self.data.task,
+                                        self.data.image_size, self.data.normalisation, self.epoch)
+        state["translator"] = {
+            "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
+            "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.translator.state_dict().items()},
+        }
+        state["inference"] = "segmenter(translator.translate_ba(image))"
+        return state
+
+    def save_last(self) -> None:
+        state = self.checkpoint()
+        state.update(segmenter_optimizer=self.segmenter_optimizer.state_dict(),
+                     translation_optimizers=self.translation.state_dict(), rng=ckpt.rng_state(),
+                     best_val_jaccard=self.best_val, best_epoch=self.best_epoch, history=self.history,
+                     duration_s=self.duration_s)
+        ckpt.save_atomic(state, self.last_path)
+
+    def load_model_state(self, state: dict) -> None:
+        self.model.segmenter.load_state_dict(state["state_dict"])
+        self.model.translator.load_state_dict(state["translator"]["state_dict"])
+
+    def resume(self) -> bool:
+        if not self.last_path.exists():
+            return False
+        state = ckpt.read_checkpoint(self.last_path)
+        # Extending a run with more transfer epochs is a resumption, like `epochs` for supervised runs.
+        extendable = lambda config: {k: v for k, v in config.items() if k != "transfer_epochs"}  # noqa: E731
+        ckpt.check_resumable(self.last_path, extendable(state["config"]), extendable(self.cfg.to_dict()))
+        self.load_model_state(state)
+        self.segmenter_optimizer.load_state_dict(state["segmenter_optimizer"])
+        self.translation.load_state_dict(state["translation_optimizers"])
+        ckpt.restore_rng_state(state["rng"])
+        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
+        self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
+        log.info("resuming %s from epoch %d", self.run_dir, self.epoch)
+        return True
+
+    # --- the run ---
+    def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
+        cfg, data = self.cfg, self.data
+        self.resume()
+        log.info("proposed %s -> %s %s at %g %% labels on %s: %d source / %d target (%d labelled) training images, "
+                 "%d epochs after a %d-epoch warm-up, writing to %s", data.source_name, data.target_name, data.task,
+                 data.label_fraction, self.device, len(data.source_train_images), len(data.target_train_images),
+                 data.n_labelled, cfg.transfer_epochs, self.translator_payload.get("warmup_epochs", 0), self.run_dir)
+        trained = 0
+        while self.epoch < cfg.transfer_epochs:
+            started = time.perf_counter()
+            losses = self.train_epoch()
+            self.epoch += 1
+            trained += 1
+            val_jaccard, val_on = validation_jaccard(cfg, data, self.model, self.device)
+            if val_jaccard > self.best_val:
+                self.best_val, self.best_epoch = val_jaccard, self.epoch
+                ckpt.save_atomic(self.checkpoint(), self.best_path)
+            metrics = {"epoch": self.epoch, **losses, "val_jaccard": val_jaccard, "val_split": val_on,
+                       "best_val_jaccard": self.best_val, "best_epoch": self.best_epoch,
+                       "epoch_s": time.perf_counter() - started}
+            self.duration_s += metrics["epoch_s"]
+            self.history.append(metrics)
+            self.save_last()
+            log.info("proposed %s %g%% epoch %d/%d: %s | val Jaccard (%s) %.4f (best %.4f @ %d) | "
+                     "D %.1fs G %.1fs S %.1fs, %.1fs", data.task, data.label_fraction, self.epoch,
+                     cfg.transfer_epochs, format_losses({k: v for k, v in losses.items() if not k.endswith("_s")}),
+                     val_on, val_jaccard, self.best_val, self.best_epoch, losses["D_s"], losses["G_s"], losses["S_s"],
+                     metrics["epoch_s"])
+            for callback in callbacks:
+                callback(self.epoch, dict(metrics), self.run_dir)
+        self.load_model_state(ckpt.read_checkpoint(self.best_path))
+        return finish_run(cfg, data, self.run_dir, self.model, self.device, best_epoch=self.best_epoch,
+                          val_jaccard=self.best_val, duration_s=self.duration_s, epochs_trained=trained,
+                          history=self.history)
+
+
+def load_transfer_model(path: str | Path) -> TranslateThenSegment:
+    """The model a transfer run's best.pt applies to target images, on the CPU, in eval mode."""
+    checkpoint = read_segmenter_checkpoint(path)
+    translator = load_translator(path)[0] if "translator" in checkpoint else None
+    return TranslateThenSegment(segmenter_from_checkpoint(checkpoint), translator).eval()

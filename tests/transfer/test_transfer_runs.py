@@ -1,0 +1,118 @@
+"""Whole transfer runs on tiny data: outputs, not-applicable cells, validation split, warm-up reuse,
+divergence, resumption."""
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweep.engine.transfer import NotApplicable, train_transfer, warmup_translator
+from sweep.engine.transfer_data import transfer_data
+from sweep.engine.translation import TrainingDiverged, translator_key
+
+
+def test_warm_up_is_trained_once_and_reused_by_other_tasks_and_fractions(make_cfg, source, target, tmp_path, caplog):
+    cfg = make_cfg()
+    with caplog.at_level(logging.INFO, logger="sweep.engine.translation"):
+        first = warmup_translator(cfg, source, target, tmp_path)
+    assert any("warm-up epoch" in r.getMessage() for r in caplog.records)
+    stamp = first.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sweep.engine.translation"):
+        again = warmup_translator(cfg.replace(task="heart", label_fraction=5.0, method="finetune"), source, target,
+                                  tmp_path)
+    assert again == first and first.stat().st_mtime_ns == stamp
+    assert not any("warm-up epoch" in r.getMessage() for r in caplog.records)
+    # What does change the translation gets its own warm-up.
+    assert translator_key(cfg.replace(warmup_epochs=2), source.key, target.key) != translator_key(cfg, source.key, target.key)
+    assert translator_key(cfg, source.key, "other-data") != translator_key(cfg, source.key, target.key)
+    assert (tmp_path / f"{first.stem}-samples" / "b_to_a.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["finetune", "scratch"])
+def test_methods_that_need_target_labels_are_not_applicable_at_zero(method, make_cfg, data_for, segmenter_checkpoint,
+                                                                    tmp_path):
+    cfg = make_cfg(method=method, label_fraction=0.0)
+    with pytest.raises(NotApplicable, match="0 %"):
+        train_transfer(cfg, data_for(cfg), tmp_path / "run", segmenter_checkpoint)
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_a_fraction_of_labels_the_target_does_not_have_is_not_applicable(make_cfg, source, target,
+                                                                         segmenter_checkpoint, tmp_path):
+    cfg = make_cfg(task="heart", label_fraction=5.0, method="proposed")
+    with pytest.raises(NotApplicable, match="no heart labels"):
+        train_transfer(cfg, transfer_data(cfg, source, target), tmp_path, segmenter_checkpoint)
+
+
+@pytest.mark.parametrize("method,fraction,val_split", [
+    ("proposed", 0.0, "source"), ("proposed", 50.0, "target"), ("source_only", 0.0, "source"),
+    ("finetune", 50.0, None), ("scratch", 50.0, None)])
+def test_each_method_writes_the_supervised_run_layout(method, fraction, val_split, make_cfg, data_for,
+                                                      segmenter_checkpoint, warmed_translator, tmp_path):
+    cfg = make_cfg(method=method, label_fraction=fraction)
+    data = data_for(cfg)
+    result = train_transfer(cfg, data, tmp_path / "run", segmenter_checkpoint, warmed_translator)
+    images = pd.read_parquet(tmp_path / "run" / "images.parquet")
+    assert list(images["image_id"]) == data.target_test_ids
+    assert set(images["method"]) == {method} and set(images["label_fraction"]) == {fraction}
+    assert np.isclose(images["jaccard"].mean(), result.test_jaccard_mean)
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert summary["config"]["method"] == method and summary["n_test_images"] == len(data.target_test_ids)
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert len(list((tmp_path / "run" / "overlays").glob("*.png"))) > 0
+    assert ((tmp_path / "run" / "translations" / "b_to_a.png").is_file()) == (method == "proposed")
+    if val_split is not None:
+        assert result.history[-1]["val_split"] == val_split
+
+
+def test_validation_never_uses_the_test_split(make_cfg, data_for, segmenter_checkpoint, warmed_translator, tmp_path):
+    """Corrupting the test images must not change the chosen epoch or its validation score."""
+    cfg = make_cfg(method="proposed", label_fraction=50.0, transfer_epochs=2)
+    clean = train_transfer(cfg, data_for(cfg), tmp_path / "clean", segmenter_checkpoint, warmed_translator)
+    corrupted = data_for(cfg)
+    corrupted.target_test_images = -corrupted.target_test_images
+    other = train_transfer(cfg, corrupted, tmp_path / "corrupted", segmenter_checkpoint, warmed_translator)
+    assert [h["val_jaccard"] for h in clean.history] == [h["val_jaccard"] for h in other.history]
+
+
+def test_unlabelled_target_task_gives_overlays_and_no_numbers(make_cfg, source, target, tmp_path, warmed_translator):
+    from models.registry import build_segmenter
+    from sweep.engine.checkpoints import network_checkpoint, save_atomic
+
+    cfg = make_cfg(task="heart", label_fraction=0.0, method="proposed")
+    kwargs = {"width": cfg.width, "in_channels": 1, "num_classes": 2}
+    heart_model = save_atomic(network_checkpoint(build_segmenter("unet", **kwargs), "unet", kwargs, cfg.to_dict(),
+                                                 "heart", cfg.image_size, "per_image_standardisation", 1),
+                              tmp_path / "m_a_heart.pt")
+    result = train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "run", heart_model, warmed_translator)
+    assert result.n_test_images == 0 and np.isnan(result.test_jaccard_mean)
+    assert len(list((tmp_path / "run" / "overlays").glob("*.png"))) > 0
+
+
+def test_nan_in_the_data_fails_the_run_with_a_reason(make_cfg, data_for, segmenter_checkpoint, warmed_translator,
+                                                     tmp_path):
+    cfg = make_cfg()
+    data = data_for(cfg)
+    data.source_train_images = data.source_train_images.copy()
+    data.source_train_images[:] = np.nan
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        train_transfer(cfg, data, tmp_path / "run", segmenter_checkpoint, warmed_translator)
+
+
+def test_a_run_resumes_from_its_last_checkpoint(make_cfg, data_for, segmenter_checkpoint, warmed_translator, tmp_path):
+    cfg = make_cfg(transfer_epochs=2)
+    straight = train_transfer(cfg, data_for(cfg), tmp_path / "straight", segmenter_checkpoint, warmed_translator)
+    train_transfer(cfg.replace(transfer_epochs=1), data_for(cfg), tmp_path / "resumed", segmenter_checkpoint,
+                   warmed_translator)
+    resumed = train_transfer(cfg, data_for(cfg), tmp_path / "resumed", segmenter_checkpoint, warmed_translator)
+    assert resumed.epochs_trained == 1
+    assert resumed.test_jaccard_mean == pytest.approx(straight.test_jaccard_mean)
+    assert [h["val_jaccard"] for h in resumed.history] == pytest.approx([h["val_jaccard"] for h in straight.history])
+
+
+def test_m_a_for_another_task_is_refused_naming_the_file(make_cfg, source, target, segmenter_checkpoint, tmp_path):
+    cfg = make_cfg(task="heart", method="source_only")
+    with pytest.raises(ValueError, match=str(segmenter_checkpoint)):
+        train_transfer(cfg, transfer_data(cfg, source, target), tmp_path, segmenter_checkpoint)

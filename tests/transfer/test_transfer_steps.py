@@ -1,0 +1,118 @@
+"""The three alternating steps of the proposed method: who gets gradients, who moves, who stays frozen."""
+import numpy as np
+import pytest
+import torch
+
+from models.registry import read_segmenter_checkpoint
+from sweep.engine.inference import as_batch
+from sweep.engine.transfer import ProposedRun, TranslateThenSegment, load_transfer_model, train_transfer
+
+
+def snapshot(modules):
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+def changed(before, modules):
+    after = [p.detach() for m in modules for p in m.parameters()]
+    return any(not torch.equal(x, y) for x, y in zip(before, after))
+
+
+@pytest.fixture(scope="module")
+def translators_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("translators")
+
+
+@pytest.fixture(params=["munit", "cyclegan"])
+def run(request, make_cfg, data_for, segmenter_checkpoint, source, target, translators_dir, tmp_path):
+    from sweep.engine.transfer import warmup_translator
+
+    cfg = make_cfg(translator=request.param, label_fraction=50.0)
+    translator_path = warmup_translator(cfg, source, target, translators_dir)  # cached after the first test
+    return ProposedRun(cfg, data_for(cfg), tmp_path / "run", read_segmenter_checkpoint(segmenter_checkpoint),
+                       translator_path)
+
+
+def batch(run):
+    data = run.data
+    a = as_batch(data.source_train_images[:4], run.device)
+    b = as_batch(data.target_train_images[:4], run.device)
+    return a, b
+
+
+def test_discriminative_step_trains_discriminators_with_generators_frozen(run):
+    translator = run.model.translator
+    generators_before = snapshot(translator.generator_modules())
+    discriminators_before = snapshot(translator.discriminator_modules())
+    run.translation.discriminative_step(*batch(run))
+    for p in translator.generator_parameters():
+        assert not p.requires_grad and p.grad is None
+    assert all(p.grad is not None for p in translator.discriminator_parameters())
+    assert changed(discriminators_before, translator.discriminator_modules())
+    assert not changed(generators_before, translator.generator_modules())
+
+
+def test_generative_step_trains_generators_with_discriminators_frozen(run):
+    translator = run.model.translator
+    generators_before = snapshot(translator.generator_modules())
+    discriminators_before = snapshot(translator.discriminator_modules())
+    segmenter_before = snapshot([run.model.segmenter])
+    run.translation.generative_step(*batch(run))
+    for p in translator.discriminator_parameters():
+        assert not p.requires_grad and p.grad is None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in translator.generator_parameters())
+    assert changed(generators_before, translator.generator_modules())
+    assert not changed(discriminators_before, translator.discriminator_modules())
+    assert not changed(segmenter_before, [run.model.segmenter])
+
+
+def g_ba_modules(translator):
+    """The parameters that make up G_BA: B's content encoder + A's decoder (MUNIT), gen_ba (CycleGAN)."""
+    if hasattr(translator, "gen_ba"):
+        return [translator.gen_ba]
+    return [translator.auto_b.content, translator.auto_a.decoder]
+
+
+@pytest.mark.parametrize("with_target_labels", [False, True])
+def test_supervised_step_moves_g_ba_and_m_a_with_discriminators_frozen(run, with_target_labels):
+    translator = run.model.translator
+    g_ba_before = snapshot(g_ba_modules(translator))
+    discriminators_before = snapshot(translator.discriminator_modules())
+    segmenter_before = snapshot([run.model.segmenter])
+    a, b = batch(run)
+    a_masks = torch.from_numpy(run.data.source_train_masks[:4]).long()
+    b_masks = torch.from_numpy(run.data.target_labelled_masks[:4]).long() if with_target_labels else None
+    labelled = as_batch(run.data.target_labelled_images[:4], run.device) if with_target_labels else None
+    losses = run.supervised_step(a, a_masks, labelled, b_masks)
+    assert ("S_target" in losses) == with_target_labels
+    for p in translator.discriminator_parameters():
+        assert not p.requires_grad and p.grad is None
+    assert changed(g_ba_before, g_ba_modules(translator))
+    assert changed(segmenter_before, [run.model.segmenter])
+    assert not changed(discriminators_before, translator.discriminator_modules())
+
+
+def test_inference_on_target_images_goes_through_g_ba_then_m_a(make_cfg, data_for, segmenter_checkpoint,
+                                                                 warmed_translator, tmp_path):
+    cfg = make_cfg()
+    result = train_transfer(cfg, data_for(cfg), tmp_path / "run", segmenter_checkpoint, warmed_translator)
+    model = load_transfer_model(result.run_dir / "best.pt")
+    calls = []
+    translator, segmenter = model.translator, model.segmenter
+    translator.auto_b.content.register_forward_hook(lambda m, i, o: calls.append("G_BA encoder (B content)"))
+    translator.auto_a.decoder.register_forward_hook(lambda m, i, o: calls.append("G_BA decoder (A style)"))
+    seen_by_segmenter = []
+
+    def record_segmenter(module, inputs, output):
+        calls.append("M_A")
+        seen_by_segmenter.append(inputs[0])
+
+    segmenter.register_forward_hook(record_segmenter)
+    b = torch.from_numpy(data_for(cfg).target_test_images[:2])[:, None]
+    with torch.no_grad():
+        logits = model(b)
+        translated = translator.translate_ba(b)
+    assert calls[:3] == ["G_BA encoder (B content)", "G_BA decoder (A style)", "M_A"]
+    assert torch.allclose(seen_by_segmenter[0], translated)
+    assert logits.shape == (2, 2, b.shape[2], b.shape[3])
+    # The same weights without the translator give another answer: the translator is really used.
+    assert not torch.allclose(TranslateThenSegment(segmenter)(b), logits)
