@@ -85,3 +85,19 @@ def test_import_stays_light():
             "heavy = [m for m in ('torch', 'ray') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_retried_cell_counts_once(tmp_path):
+    """A failed attempt and its successful retry are one cell: the ok row wins, the other is noted."""
+    cfg = make_config("smoke", experiment="segmentation", task="heart", model="segnet", fold=1)
+    keys = {**key_values(cfg, "attempt-2"), **config_values(cfg), "schema_version": 1}
+    rows = [
+        {**keys, "trial_id": "attempt-1", "status": "failed", "error": "node lost"},
+        {**keys, "status": "ok", "test_jaccard_mean": 0.8, "test_dice_mean": 0.889},
+        {**keys, "trial_id": "attempt-3", "status": "failed", "error": "written after the success"},
+    ]
+    write_atomic(to_table(rows, TRIALS_SCHEMA), tmp_path / "results" / "trials.parquet")
+    results = load_results(tmp_path)
+    assert list(results.trials["trial_id"]) == ["attempt-2"]
+    assert sorted(results.superseded["trial_id"]) == ["attempt-1", "attempt-3"]
+    assert results.failed.empty and "superseded" in results.notes[-1]
