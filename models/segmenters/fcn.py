@@ -47,10 +47,10 @@ class FCN8s(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(previous, fc_channels, fc_kernel, padding=fc_kernel // 2),
             nn.ReLU(inplace=True),
-            nn.Dropout2d(dropout),
+            nn.Dropout(dropout),
             nn.Conv2d(fc_channels, fc_channels, 1),
             nn.ReLU(inplace=True),
-            nn.Dropout2d(dropout),
+            nn.Dropout(dropout),
             nn.Conv2d(fc_channels, num_classes, 1),
         )
         self.score_pool4 = nn.Conv2d(stages[3][0], num_classes, 1)
