@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     synth.add_argument("--source-size", type=int, default=512, help="side of the .IMG files; SCR masks are half (default 512)")
     synth.add_argument("--target-size", type=int, default=512, help="long side of the target PNGs (default 512)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--target-inverted-fraction", type=float, default=0.5,
+        help="share of Montgomery-like images with an inverted response: 0 easier, 1 harder (default 0.5)",
+    )
     synth.set_defaults(func=_run_synth)
 
     check = data_sub.add_parser(
@@ -52,6 +56,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         source_size=args.source_size,
         target_size=args.target_size,
         seed=args.seed,
+        target_inverted_fraction=args.target_inverted_fraction,
     )
     for name, folder in written.items():
         print(f"{name}: {folder}")

@@ -4,8 +4,8 @@ The phantoms stand in for JSRT + SCR (source) and Montgomery / Shenzhen (targets
 data is not at hand: tests, the demo and CPU runs read them through exactly the same readers as
 the real files. Anatomy (two lungs, heart, two clavicles, ribs, spine, soft tissue) is drawn from
 one distribution for every domain; only the imaging differs. The target rendering is built to
-stay hard *after* per-image standardisation (see docs in method-notes): a non-monotonic, partly
-inverted intensity response, a low-frequency multiplicative bias field, black collimation
+stay hard *after* per-image standardisation (method-notes.md): a strongly non-linear intensity
+response, inverted on a share of the images, a low-frequency multiplicative bias field, black collimation
 borders, different noise and a different field of view and aspect ratio. A segmenter trained on
 the source alone therefore loses accuracy on the target, while a translator that learns the
 intensity mapping can recover the anatomy.
@@ -26,6 +26,7 @@ from PIL import Image
 from data_io.datasets import SCR_STRUCTURES
 
 JSRT_MAX = 4095  # 12-bit
+RENDER_MAX_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,17 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
 
 
 def render_attenuation(anatomy: Anatomy, pose: Pose, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Display brightness before the detector response: bone and soft tissue bright, lungs dark."""
+    """Display brightness before the detector response: bone and soft tissue bright, lungs dark.
+
+    Large films are drawn at most RENDER_MAX_SIDE px and upsampled: the anatomy holds no finer
+    detail, and full-size (2048 px) phantoms then take a fraction of a second each. Noise is
+    added later at the full size.
+    """
+    longest = max(height, width)
+    if longest > RENDER_MAX_SIDE:
+        scale = RENDER_MAX_SIDE / longest
+        small = render_attenuation(anatomy, pose, max(1, round(height * scale)), max(1, round(width * scale)), rng)
+        return np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), dtype=np.float32)
     x, y = _grid(height, width, pose)
     depths = _structure_depths(anatomy, x, y)
     lungs = np.maximum(_ramp(depths["right lung"], 0.06), _ramp(depths["left lung"], 0.06))
@@ -280,20 +291,23 @@ def render_source(attenuation: np.ndarray, rng: np.random.Generator) -> np.ndarr
     contrast = rng.uniform(5.0, 7.0)
     level = rng.uniform(0.38, 0.48)
     display = 1 / (1 + np.exp(-contrast * (attenuation - level)))
-    display += rng.uniform(0.006, 0.012) * rng.standard_normal(display.shape).astype(np.float32)
+    display += rng.uniform(0.006, 0.012) * rng.standard_normal(display.shape, dtype=np.float32)
     display = np.clip(display, 0, 1)
     return np.round(JSRT_MAX * (1 - display)).astype(np.uint16)
 
 
-def render_target(attenuation: np.ndarray, rng: np.random.Generator, bits_max: int, style: str) -> np.ndarray:
+def render_target(
+    attenuation: np.ndarray, rng: np.random.Generator, bits_max: int, style: str, inverted_fraction: float = 0.5
+) -> np.ndarray:
     """The target detector: what a source-only segmenter has never seen, whatever the normalisation."""
     height, width = attenuation.shape
     if style == "montgomery":
-        # Non-monotonic, partly inverted response: lungs come out bright, soft tissue dark,
-        # dense bone bright again, air grey. Knots jitter per image.
-        knots_in = np.array([0.0, 0.10, 0.22, 0.40, 0.55, 0.72, 1.0])
-        knots_out = np.array([0.45, 0.70, 0.90, 0.45, 0.20, 0.55, 1.0]) + rng.uniform(-0.06, 0.06, 7)
-        response = np.interp(attenuation, knots_in, knots_out).astype(np.float32)
+        # A strongly non-linear response (gamma 0.5 to 2), and on a share of the images an
+        # inverted one (lungs bright), as archives storing negatives do. Standardisation
+        # cannot undo either; a translator can learn both.
+        response = (attenuation ** np.exp(rng.uniform(math.log(0.5), math.log(2.0)))).astype(np.float32)
+        if rng.random() < inverted_fraction:
+            response = 1.0 - response
         bias_strength, noise_sigma, stripes = 0.45, 0.035, 0.03
     else:
         # Shenzhen-like: monotonic but strongly gamma-compressed, milder bias, coarser noise.
@@ -302,7 +316,7 @@ def render_target(attenuation: np.ndarray, rng: np.random.Generator, bits_max: i
     bias = np.exp(bias_strength * _smooth_noise(rng, height, width, 3))
     response = response * bias
     # Signal-dependent (speckle-like) noise plus line artefacts of a different detector.
-    response *= 1 + noise_sigma * rng.standard_normal(response.shape).astype(np.float32)
+    response *= 1 + noise_sigma * rng.standard_normal(response.shape, dtype=np.float32)
     if stripes:
         response += stripes * rng.standard_normal((height, 1)).astype(np.float32)
     response = np.clip(response / max(float(np.percentile(response, 99.5)), 1e-6), 0, 1)
@@ -357,7 +371,7 @@ def _target_shape(rng: np.random.Generator, long_side: int) -> tuple[int, int]:
     return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
 
 
-def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator) -> Path:
+def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator, inverted_fraction: float) -> Path:
     root = out / "montgomery"
     for index in range(count):
         case_id = f"MCUCXR_{index + 1:04d}_{int(rng.random() < 0.42)}"
@@ -365,7 +379,9 @@ def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Gene
         anatomy, pose = sample_anatomy(rng), _target_pose(rng, height, width)
         attenuation = render_attenuation(anatomy, pose, height, width, rng)
         # 12-bit values in a 16-bit PNG, as in the original release.
-        image = render_target(attenuation, rng, bits_max=int(rng.uniform(3000, 4095)), style="montgomery")
+        image = render_target(
+            attenuation, rng, bits_max=int(rng.uniform(3000, 4095)), style="montgomery", inverted_fraction=inverted_fraction
+        )
         _save_png(image, root / "CXR_png" / f"{case_id}.png")
         masks = render_masks(anatomy, pose, height, width)
         _save_png(masks["left lung"].astype(np.uint8) * 255, root / "ManualMask" / "leftMask" / f"{case_id}.png")
@@ -399,16 +415,21 @@ def synthesize(
     source_size: int = 512,
     target_size: int = 512,
     seed: int = 0,
+    target_inverted_fraction: float = 0.5,
 ) -> dict[str, Path]:
     """Write phantom datasets under `out_dir`; returns {"jsrt", "scr", "montgomery"[, "shenzhen"]} folders.
 
     `source_size` is the side of the square JSRT-like `.IMG` (SCR masks are half of it, as in
     the real data); `target_size` is the long side of the Montgomery-like 16-bit PNGs (short
     side at the real 4020 / 4892 ratio) and about the side of the Shenzhen-like 8-bit PNGs.
+    `target_inverted_fraction` of the Montgomery-like images get an inverted response (lungs
+    bright): 0 makes the target easier, 1 harder.
     Each domain draws from its own random stream, so changing one count leaves the others' files unchanged.
     """
     if n_source < 1 or n_target < 0 or n_shenzhen < 0:
         raise ValueError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; got {n_source}, {n_target}, {n_shenzhen}")
+    if not 0 <= target_inverted_fraction <= 1:
+        raise ValueError(f"target_inverted_fraction must be in [0, 1], got {target_inverted_fraction}")
     if source_size < 32 or target_size < 32:
         raise ValueError(f"phantom sizes must be at least 32 px; got source {source_size}, target {target_size}")
     out = Path(out_dir)
@@ -416,7 +437,9 @@ def synthesize(
     jsrt_dir, scr_dir = _write_source(out, n_source, source_size, np.random.default_rng(streams[0]))
     written = {"jsrt": jsrt_dir, "scr": scr_dir}
     if n_target:
-        written["montgomery"] = _write_montgomery(out, n_target, target_size, np.random.default_rng(streams[1]))
+        written["montgomery"] = _write_montgomery(
+            out, n_target, target_size, np.random.default_rng(streams[1]), target_inverted_fraction
+        )
     if n_shenzhen:
         written["shenzhen"] = _write_shenzhen(out, n_shenzhen, target_size, np.random.default_rng(streams[2]))
     return written
