@@ -1,0 +1,100 @@
+"""`cxrsweep train-transfer`: one cross-dataset transfer run (JSRT -> Montgomery or Shenzhen), no Ray."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from sweep.config import PROFILES, TARGETS, TASKS, TRANSFER_METHODS
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-transfer", help="one transfer run from JSRT to a target dataset (proposed method or a baseline, no Ray)",
+        description="Writes to --out what `cxrsweep train` writes (best.pt, images.parquet for the target test "
+                    "images, result.json, overlays/) plus translations/ (A->B->A and B->A->B samples) for the "
+                    "proposed method. M_A, the U-Net pre-trained on JSRT, comes from --segmenter or is trained "
+                    "into OUT/m_a on the matching fold. The translator warm-up is cached under --translator-cache "
+                    "and reused by every task and label fraction. Heart and clavicle runs on a target without "
+                    "those labels give overlays only.")
+    parser.add_argument("--method", choices=TRANSFER_METHODS, default="proposed")
+    parser.add_argument("--task", choices=TASKS, default="lungs")
+    parser.add_argument("--label-fraction", type=float, default=0.0, metavar="PERCENT",
+                        help="percent of the target training split that keeps its labels (default 0)")
+    parser.add_argument("--target", choices=TARGETS, default="montgomery")
+    parser.add_argument("--repetition", type=int, default=0, help="which seeded 60/20/20 split (default 0)")
+    parser.add_argument("--translator", choices=("munit", "cyclegan"), help="default: the config's (munit)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="scale of the run (default cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jsrt", type=Path, required=True, help="JSRT images (.IMG files or re-packaged PNGs)")
+    parser.add_argument("--scr", type=Path, required=True, help="SCR masks for JSRT")
+    parser.add_argument("--montgomery", type=Path, help="Montgomery set folder (needed for --target montgomery)")
+    parser.add_argument("--shenzhen", type=Path, help="Shenzhen set folder (needed for --target shenzhen)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--segmenter", type=Path, help="M_A checkpoint (best.pt of a `cxrsweep train` run on JSRT)")
+    parser.add_argument("--translator-cache", type=Path,
+                        help="where warmed translators are kept (default: CACHE_DIR/translators)")
+    parser.add_argument("--config", type=Path, help="JSON file of config fields")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field, e.g. --set transfer_epochs=5 (repeatable)")
+    parser.add_argument("--cache-dir", type=Path, help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+    parser.set_defaults(func=run_train_transfer)
+
+
+def run_train_transfer(args: argparse.Namespace) -> int:
+    from data_io.cache import default_cache_dir, load_jsrt, load_target
+    from sweep.config import load_config_file, make_config, parse_overrides
+    from sweep.engine.transfer import NotApplicable, check_applicable, train_transfer
+    from sweep.engine.transfer_data import transfer_data
+    from sweep.engine.translation import warmup_translator
+
+    target_dir = getattr(args, args.target)
+    if target_dir is None:
+        raise ValueError(f"--target {args.target} needs --{args.target} DIR (the dataset's folder)")
+    overrides: dict = dict(load_config_file(args.config)) if args.config else {}
+    overrides.update(parse_overrides(args.overrides))
+    if args.translator:
+        overrides["translator"] = args.translator
+    cfg = make_config(args.profile, overrides, experiment="transfer", method=args.method, task=args.task,
+                      label_fraction=args.label_fraction, target=args.target, repetition=args.repetition,
+                      seed=args.seed)
+    source = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir)
+    target = load_target(args.target, target_dir, cfg.image_size, cache_dir=args.cache_dir)
+    data = transfer_data(cfg, source, target)
+    try:
+        check_applicable(cfg, data)  # before spending minutes on M_A or the warm-up
+    except NotApplicable as reason:
+        print(f"{cfg.method} {cfg.task} at {cfg.label_fraction:g} % labels: not applicable ({reason})")
+        return 0
+    segmenter = args.segmenter or train_source_model(cfg, source, args.out / "m_a")
+    translator = None
+    if cfg.method == "proposed":
+        cache = args.translator_cache or Path(args.cache_dir or default_cache_dir()) / "translators"
+        translator = warmup_translator(cfg, source, target, cache)
+    result = train_transfer(cfg, data, args.out, segmenter, translator)
+    if result.n_test_images:
+        outcome = (f"test Jaccard {result.test_jaccard_mean:.4f} ± {result.test_jaccard_std:.4f}, Dice "
+                   f"{result.test_dice_mean:.4f} ± {result.test_dice_std:.4f} on {result.n_test_images} "
+                   f"{cfg.target} images")
+    else:
+        outcome = f"{cfg.target} has no {cfg.task} labels: overlays only"
+    print(f"{cfg.method} {cfg.task} jsrt -> {cfg.target} at {cfg.label_fraction:g} % labels ({cfg.profile}): "
+          f"best epoch {result.best_epoch}, val Jaccard {result.val_jaccard:.4f}; {outcome}; "
+          f"{result.duration_s:.1f}s on {result.device}")
+    extra = ", translations/" if cfg.method == "proposed" else ""
+    print(f"wrote {args.out}/best.pt, images.parquet, result.json, overlays/{extra}")
+    return 0
+
+
+def train_source_model(cfg, source, run_dir: Path) -> Path:
+    """M_A: the paper's U-Net on the JSRT fold that matches the repetition (resumed if already there)."""
+    from sweep.engine.data import segmentation_data
+    from sweep.engine.supervised import train_supervised
+
+    seg_cfg = cfg.replace(experiment="segmentation", method="supervised", label_fraction=None, model="unet",
+                          fold=cfg.repetition % cfg.n_folds)
+    log.info("no --segmenter given: training M_A (unet, %s, fold %d) into %s", cfg.task, seg_cfg.fold, run_dir)
+    train_supervised(seg_cfg, segmentation_data(seg_cfg, source), run_dir)
+    return run_dir / "best.pt"
