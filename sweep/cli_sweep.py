@@ -97,6 +97,42 @@ def register(subparsers) -> None:
     add_cluster_flags(run)
     run.set_defaults(func=cmd_run)
 
+    tune_parser = subparsers.add_parser(
+        "tune", help="search lr, weight decay, batch size (and proposed's loss weights) with Optuna + ASHA",
+        description="Optuna search with ASHA early stopping over one grid cell, scored on validation Jaccard only; "
+                    "writes the best config as JSON for `cxrsweep run --config-from FILE`.")
+    add_config_flags(tune_parser)
+    tune_parser.add_argument("--model", default="unet", choices=SEGMENTATION_MODELS)
+    tune_parser.add_argument("--task", default="lungs", choices=TASKS)
+    tune_parser.add_argument("--fold", type=int, default=0, help="JSRT test fold whose second-validation fold scores")
+    tune_parser.add_argument("--method", default="supervised", choices=("supervised", *TRANSFER_METHODS),
+                             help="supervised (Table I) or a transfer method (Table II)")
+    tune_parser.add_argument("--label-fraction", type=float, default=0.0, help="transfer: percent of target labels")
+    tune_parser.add_argument("--target", default="montgomery", choices=TARGETS)
+    tune_parser.add_argument("--repetition", type=int, default=0)
+    tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")
+    tune_parser.add_argument("--best-config", metavar="FILE", help="where to write the best config (default OUT/best-config.json)")
+    add_data_flags(tune_parser)
+    tune_parser.add_argument("--out", required=True, help="output folder or storage URI")
+    add_cluster_flags(tune_parser)
+    tune_parser.set_defaults(func=cmd_tune)
+
+    demo = subparsers.add_parser(
+        "demo", help="phantoms -> smoke sweep of Table I and II on this machine -> report",
+        description="Synthesises phantom datasets once (cached), runs `all` at the smoke profile on a local Ray "
+                    "runtime and writes the report (or prints the result tables).")
+    demo.add_argument("--out", required=True, help="output folder")
+    demo.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    demo.add_argument("--folds", type=_csv(int), default=[0, 1], help="JSRT folds (default 0,1)")
+    demo.add_argument("--repetitions", type=_csv(int), default=[0, 1], help="transfer repetitions (default 0,1)")
+    demo.add_argument("--fractions", type=_csv(float), default=[0.0, 5.0, 100.0],
+                      help="label fractions in percent (default 0,5,100)")
+    demo.add_argument("--phantoms", help="phantom folder (default: a cached one under the preprocessing cache)")
+    demo.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+    demo.add_argument("--cpus-per-trial", type=float, default=1.0)
+    demo.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS")
+    demo.set_defaults(func=cmd_demo)
+
 
 def cmd_run(args) -> int:
     from sweep.grid import build_grid
@@ -107,6 +143,85 @@ def cmd_run(args) -> int:
                       targets=args.targets)
     outcome = run_grid(grid, data_paths(args), sweep_options(args, resume=args.resume))
     return 0 if outcome.ok else EXIT_TRIALS_FAILED
+
+
+def cmd_tune(args) -> int:
+    from sweep.tuning import run_tuning, tuned_cell
+
+    base = base_config(args)
+    if not 0 <= args.fold < base.n_folds:
+        raise ValueError(f"--fold {args.fold}: outside 0..{base.n_folds - 1}")
+    if args.trials < 1:
+        raise ValueError(f"--trials {args.trials}: must be at least 1")
+    method = None if args.method == "supervised" else args.method
+    specs = tuned_cell(base, args.model, args.task, args.fold, method, args.label_fraction, args.target,
+                       args.repetition)
+    best_file = Path(args.best_config) if args.best_config else Path(args.out) / "best-config.json"
+    run_tuning(specs, data_paths(args), sweep_options(args), args.trials, best_file)
+    return 0
+
+
+# Phantom counts and sizes of the demo: enough images for 5-fold CV and a 60/20/20 target split.
+DEMO_PHANTOMS = {"n_source": 40, "n_target": 30, "source_size": 256, "target_size": 256, "seed": 0}
+
+
+def demo_phantoms(folder: str | None, cache_dir: str | None) -> dict[str, str]:
+    """Phantom datasets, synthesised once: a finished folder carries a marker and is reused."""
+    from data_io.cache import default_cache_dir
+    from data_io.phantoms import synthesize
+
+    key = "-".join(f"{v}" for v in DEMO_PHANTOMS.values())
+    root = Path(folder) if folder else Path(cache_dir or default_cache_dir()) / f"phantoms-{key}"
+    marker = root / "phantoms.json"
+    if marker.is_file():
+        print(f"[demo] phantoms: reusing {root}")
+        return json.loads(marker.read_text())
+    print(f"[demo] phantoms: synthesising {DEMO_PHANTOMS} into {root}")
+    written = {name: str(path) for name, path in synthesize(root, **DEMO_PHANTOMS).items()}
+    marker.write_text(json.dumps(written, indent=2) + "\n")
+    return written
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    from sweep.config import make_config
+    from sweep.grid import build_grid
+    from sweep.runner import DataPaths, SweepOptions, run_grid
+
+    started = time.time()
+    phantoms = demo_phantoms(args.phantoms, args.cache_dir)
+    paths = DataPaths(jsrt=phantoms["jsrt"], scr=phantoms["scr"], montgomery=phantoms["montgomery"],
+                      cache_dir=args.cache_dir)
+    grid = build_grid("all", make_config(args.profile), folds=args.folds, repetitions=args.repetitions,
+                      fractions=args.fractions)
+    options = SweepOptions(out=args.out, gpus_per_trial=0.25, cpus_per_trial=args.cpus_per_trial,
+                           progress_every_s=args.progress_every, object_store_memory=512 * 1024 * 1024)
+    outcome = run_grid(grid, paths, options)
+    report = _report(args.out, args.profile)
+    print(f"[demo] finished in {time.time() - started:.0f} s; results in {Path(args.out) / 'results'}"
+          + (f"; report {report}" if report else ""))
+    return 0 if outcome.ok else EXIT_TRIALS_FAILED
+
+
+def _report(out: str, profile: str) -> Path | None:
+    """The analysis package's report when it provides one, else the result tables printed here."""
+    try:
+        from analysis.report import build_report
+    except ImportError:
+        build_report = None
+    if build_report is not None:
+        return build_report(out, profile=profile)
+    from sweep.results import read_trials
+
+    trials = read_trials(out)
+    ok = trials[trials.status == "ok"]
+    seg = ok[ok.experiment == "segmentation"].groupby(["task", "model"]).test_jaccard_mean.agg(["mean", "std", "count"])
+    transfer = ok[ok.experiment == "transfer"].pivot_table(index="label_fraction", columns="method",
+                                                          values="test_jaccard_mean", aggfunc="mean")
+    print("Table I (test Jaccard across folds)\n" + seg.round(4).to_string())
+    print("Table II (target test Jaccard)\n" + transfer.round(4).to_string())
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -323,7 +323,9 @@ def _trial_name(trial) -> str:
 
 def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> SweepOutcome:
     """Run every trial of `grid` that OUT does not already hold; write the result tables."""
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")  # experiment state saved every step: resumable
+    # Experiment state saved every 2 s, so a killed driver loses almost nothing. (At 0, every
+    # step, Tune's background sync races its own state writes and logs spurious errors.)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     # That frequent saving is deliberate; Tune would warn about it on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     sizes = {s.config.image_size for s in grid.runnable()}

@@ -130,6 +130,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         callbacks.append(hook)
 
     final: dict[str, Any] = {}
+    engine_started = time.perf_counter()
     if spec.kind == SEGMENTATION:
         from sweep.engine.data import segmentation_data
 
@@ -154,9 +155,12 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     else:
         raise ValueError(f"{spec.trial_id}: unknown trial kind {spec.kind!r}")
 
+    engine_s = time.perf_counter() - engine_started  # the engine call, per-epoch reports and checkpoints included
     finished_at = time.time()
-    store.publish(spec, run_dir, {"trial_id": spec.trial_id, "node_id": node_id, "host": socket.gethostname(),
-                                  "device": cfg.device, "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "started_at": started_at, "finished_at": finished_at})
+    store.publish(spec, run_dir, {
+        "trial_id": spec.trial_id, "node_id": node_id, "host": socket.gethostname(), "device": cfg.device,
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s, "started_at": started_at,
+        "finished_at": finished_at})
     tune.report({**final, "published": 1})
 
 

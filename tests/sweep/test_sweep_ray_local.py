@@ -25,42 +25,49 @@ def _options(out, **kw):
     return SweepOptions(out=str(out), cpus_per_trial=1, progress_every_s=2, **kw)
 
 
-def test_smoke_grid_rows_and_reuse(ray_runtime, data_paths, tmp_path):
-    grid = _grid([0, 1])
+def test_all_grid_rows_dependency_order_retry_and_reuse(ray_runtime, data_paths, tmp_path, monkeypatch):
+    """`all` on one cell of Table I and three transfer methods at 0 % labels, with M_A failing once."""
+    base = make_config("smoke", {"num_threads": 1})
+    grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
+                      methods=["proposed", "finetune", "source_only"], fractions=[0])
+    segmentation = next(t for t in grid.trials.values() if t.config.experiment == "segmentation")
+    warmup = next(t for t in grid.trials.values() if not t.has_row)
+    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{segmentation.trial_id}:1:1")
     lines: list[str] = []
-    outcome = run_grid(grid, data_paths, _options(tmp_path), say=lines.append)
-    assert outcome.ok and sorted(outcome.completed) == sorted(grid.trials)
+    outcome = run_grid(grid, data_paths, _options(tmp_path, retries=1), say=lines.append)
+    assert outcome.ok, outcome.failed
+
     trials, images = read_trials(tmp_path), read_images(tmp_path)
-    assert sorted(trials.trial_id) == sorted(grid.trials)
-    assert (trials.status == "ok").all() and trials.test_jaccard_mean.between(0, 1).all()
-    assert trials.node_id.notna().all() and (trials.device == "cpu").all()
-    # One image row per test image of each trial, as the trial itself wrote them.
-    for trial_id in grid.trials:
-        own = pd.read_parquet(tmp_path / "runs" / trial_id / "images.parquet")
-        mine = images[images.trial_id == trial_id]
-        assert len(mine) == len(own) == trials.set_index("trial_id").n_test_images[trial_id] > 0
-        assert sorted(mine.image_id) == sorted(own.image_id)
+    rows = {(r.experiment, r.method): r for r in trials.itertuples()}
+    assert sorted(rows) == [("segmentation", "supervised"), ("transfer", "finetune"), ("transfer", "proposed"),
+                            ("transfer", "source_only")]
+    assert rows["transfer", "finetune"].status == "not_applicable" and "0 %" in rows["transfer", "finetune"].error
+    ok = trials[trials.status == "ok"]
+    assert len(ok) == 3 and ok.test_jaccard_mean.between(0, 1).all() and ok.node_id.notna().all()
+    # One image row per test image of each finished trial, exactly as the trial wrote them.
+    assert sorted(images.trial_id.unique()) == sorted(ok.trial_id)
+    for row in ok.itertuples():
+        own = pd.read_parquet(tmp_path / "runs" / row.trial_id / "images.parquet")
+        assert sorted(images[images.trial_id == row.trial_id].image_id) == sorted(own.image_id)
+        assert len(own) == row.n_test_images > 0
     assert not images.duplicated(["trial_id", "image_id"]).any()
+
+    # M_A failed once at epoch 1, was retried from its checkpoint and trained only epoch 2.
+    assert len(list((tmp_path / "ray" / "injected-failures").iterdir())) == 1
+    summary = json.loads((tmp_path / "runs" / segmentation.trial_id / "result.json").read_text())
+    assert summary["epochs_trained"] == 1
+    # Dependencies finished before any transfer trial started.
+    warmup_info = json.loads((tmp_path / "translators" / warmup.trial_id / "trial.json").read_text())
+    dependencies_done = max(rows["segmentation", "supervised"].finished_at, warmup_info["finished_at"])
+    assert ok[ok.experiment == "transfer"].started_at.min() >= dependencies_done
     assert any("running" in line and "pending" in line and "ETA" in line for line in lines)
 
     # A rerun reuses every finished trial: nothing runs, no row is duplicated or lost.
+    monkeypatch.delenv(INJECT_FAILURE_ENV)
     again = run_grid(grid, data_paths, _options(tmp_path), say=lines.append)
-    assert again.completed == [] and sorted(again.reused) == sorted(grid.trials)
+    assert again.completed == [] and len(again.reused) == len(grid.runnable())
     assert read_trials(tmp_path).equals(trials)
-    assert len(read_images(tmp_path)) == len(images)
-
-
-def test_a_trial_that_fails_once_is_retried_from_its_checkpoint(ray_runtime, data_paths, tmp_path, monkeypatch):
-    grid = _grid([2])
-    (trial_id,) = grid.trials
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{trial_id}:1:1")
-    outcome = run_grid(grid, data_paths, _options(tmp_path, retries=1), say=lambda line: None)
-    assert outcome.ok and outcome.completed == [trial_id]
-    assert len(list((tmp_path / "ray" / "injected-failures").iterdir())) == 1
-    # The retry restored epoch 1 from the Tune checkpoint and trained only epoch 2.
-    summary = json.loads((tmp_path / "runs" / trial_id / "result.json").read_text())
-    assert summary["epochs_trained"] == 1
-    assert read_trials(tmp_path).status.tolist() == ["ok"]
+    assert read_images(tmp_path).equals(images)
 
 
 def test_a_trial_that_always_fails_fails_the_command(ray_runtime, data_flags, tmp_path, monkeypatch, capsys):
