@@ -17,6 +17,7 @@ import pandas as pd
 
 from analysis import figures, overlays, render, tables
 from analysis.loading import Results, load_results
+from analysis.stats import BOOTSTRAP_RESAMPLES
 from analysis.choices import CI_METHODS, FORMATS
 from sweep.results import CONFIG_COLUMNS, SCHEMA_VERSION
 
@@ -68,7 +69,7 @@ def build_report(out_dir: str | Path, formats: Iterable[str] = FORMATS, ci: str 
     if "html" not in formats:
         return report_dir
     copied = overlays.copy_into_report(saved_images, report_dir)
-    page = _page(results, display, failures, figure_paths, saved_images, copied, ci,
+    page = _page(results, display, (table1, table2), failures, figure_paths, saved_images, copied, ci,
                  time.perf_counter() - started)
     index = report_dir / "index.html"
     index.write_text(page)
@@ -102,9 +103,10 @@ def _frame_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, classes="summary", border=0, na_rep="—", escape=True)
 
 
-def _page(results: Results, display, failures: pd.DataFrame, figure_paths: dict, saved_images, copied, ci: str,
-          seconds: float) -> str:
+def _page(results: Results, display, frames, failures: pd.DataFrame, figure_paths: dict, saved_images, copied,
+          ci: str, seconds: float) -> str:
     esc = html.escape
+    table1, table2 = frames
     title = f"cxrsweep report: {results.out_dir.name}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{esc(title)}</h1>"]
@@ -118,9 +120,12 @@ def _page(results: Results, display, failures: pd.DataFrame, figure_paths: dict,
     for table in display:
         parts.append(f"<h2>{esc(table.caption.split(':')[0])}</h2>" + render.to_html(table))
         if table.name == "table1":
-            parts.append("<h3>Fig. 7-style confidence intervals</h3>" + _embedded_png(figure_paths["fig7"]))
+            parts.append("<h3>Fig. 7-style confidence intervals</h3>" + _embedded_png(figure_paths["fig7"])
+                         + _interval_caption(table1, "n_folds_ok", "folds", "a cell with one fold has none"))
         else:
-            parts.append("<h3>Fig. 8-style confidence intervals</h3>" + _embedded_png(figure_paths["fig8"]))
+            parts.append("<h3>Fig. 8-style confidence intervals</h3>" + _embedded_png(figure_paths["fig8"])
+                         + _interval_caption(table2, "n_repetitions_ok", "repetitions",
+                                             "across test images where only one repetition finished"))
 
     parts.append("<h2>Fig. 9-style overlays</h2>")
     if figure_paths["fig9"] is None:
@@ -153,6 +158,23 @@ def _page(results: Results, display, failures: pd.DataFrame, figure_paths: dict,
     parts.append(f"<p style='font-size:0.8em;color:#666'>Parquet schema version {SCHEMA_VERSION}.</p>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _interval_caption(frame: pd.DataFrame, count_column: str, unit: str, single_unit: str) -> str:
+    """Say how many units each t-interval rests on: with two, t(0.975, 1) = 12.7 makes it very wide."""
+    counts = frame.loc[frame["status"] == "ok", count_column]
+    if frame.empty or (frame["ci_method"] == "bootstrap").all():
+        return (f"<p>Intervals: percentile bootstrap of the mean over test images ({BOOTSTRAP_RESAMPLES} "
+                "resamples, seeded).</p>")
+    if counts.empty:
+        return ""
+    low, high = int(counts.min()), int(counts.max())
+    span = f"{low}" if low == high else f"{low} to {high}"
+    text = f"Intervals: Student-t across {span} {unit} per cell ({single_unit})."
+    if low <= 3:
+        text += (" With so few units the t quantile is large (12.7 for two), so the intervals are wide; "
+                 "<code>--ci bootstrap</code> resamples test images instead.")
+    return f"<p>{text}</p>"
 
 
 def _status_counts(trials: pd.DataFrame) -> pd.DataFrame:
