@@ -11,6 +11,8 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
+from models.translators.losses import lsgan_discriminator_loss
+
 
 class Translator(nn.Module):
     """Unpaired two-way image translator. Images are [B, 1, H, W], standardised intensities."""
@@ -48,3 +50,13 @@ class Translator(nn.Module):
     def discriminator_losses(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Weighted terms of the discriminative step; key "total" is what is back-propagated."""
         raise NotImplementedError
+
+    def lsgan_discriminator_terms(self, a: Tensor, b: Tensor, b_as_a: Tensor, a_as_b: Tensor) -> dict[str, Tensor]:
+        """D_A tells real A from B translated to A, D_B real B from A translated to B (LSGAN).
+        Needs `dis_a`, `dis_b` and an adversarial weight `weights["adv"]`."""
+        terms = {
+            "d_a": self.weights["adv"] * lsgan_discriminator_loss(self.dis_a(a), self.dis_a(b_as_a)),
+            "d_b": self.weights["adv"] * lsgan_discriminator_loss(self.dis_b(b), self.dis_b(a_as_b)),
+        }
+        terms["total"] = terms["d_a"] + terms["d_b"]
+        return terms

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from models.registry import register_translator
 from models.translators.base import Translator
-from models.translators.losses import l1, lsgan_discriminator_loss, lsgan_generator_loss
+from models.translators.losses import l1, lsgan_generator_loss
 
 
 def _conv_block(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -136,12 +136,7 @@ class CycleGANTranslator(Translator):
         with torch.no_grad():
             a_as_b = self.pool_b.exchange(self.gen_ab(a))
             b_as_a = self.pool_a.exchange(self.gen_ba(b))
-        terms = {
-            "d_a": self.weights["adv"] * lsgan_discriminator_loss(self.dis_a(a), self.dis_a(b_as_a)),
-            "d_b": self.weights["adv"] * lsgan_discriminator_loss(self.dis_b(b), self.dis_b(a_as_b)),
-        }
-        terms["total"] = terms["d_a"] + terms["d_b"]
-        return terms
+        return self.lsgan_discriminator_terms(a, b, b_as_a, a_as_b)
 
 
 @register_translator(

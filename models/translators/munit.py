@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from models.registry import register_translator
 from models.translators.base import Translator
-from models.translators.losses import l1, lsgan_discriminator_loss, lsgan_generator_loss
+from models.translators.losses import l1, lsgan_generator_loss
 
 
 class ContentEncoder(nn.Module):
@@ -163,12 +163,7 @@ class MUNITTranslator(Translator):
         with torch.no_grad():
             b_as_a = self.auto_a.decoder(self.auto_b.content(b), self._random_style(b))
             a_as_b = self.auto_b.decoder(self.auto_a.content(a), self._random_style(a))
-        terms = {
-            "d_a": self.weights["adv"] * lsgan_discriminator_loss(self.dis_a(a), self.dis_a(b_as_a)),
-            "d_b": self.weights["adv"] * lsgan_discriminator_loss(self.dis_b(b), self.dis_b(a_as_b)),
-        }
-        terms["total"] = terms["d_a"] + terms["d_b"]
-        return terms
+        return self.lsgan_discriminator_terms(a, b, b_as_a, a_as_b)
 
 
 @register_translator(
