@@ -91,18 +91,23 @@ def translator_defaults(name: str) -> dict[str, Any]:
 CHECKPOINT_KEYS = ("arch", "arch_kwargs", "state_dict", "config", "task", "image_size", "normalisation", "epoch")
 
 
-def read_segmenter_checkpoint(path) -> dict[str, Any]:
-    """The checkpoint dict at `path`, checked for the keys needed to rebuild its network."""
-    import torch  # deferred: listing names should not pay for it twice
+def load_torch_file(path, what: str = "checkpoint") -> Any:
+    """torch.load on the CPU, with errors that name the file: missing -> FileNotFoundError, unreadable -> ValueError."""
+    import torch  # deferred: listing and building networks does not need it here
     from pathlib import Path
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        raise ValueError(f"{path}: not a readable PyTorch {what} ({exc})") from None
+
+
+def read_segmenter_checkpoint(path) -> dict[str, Any]:
+    """The checkpoint dict at `path`, checked for the keys needed to rebuild its network."""
+    checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]

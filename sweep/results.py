@@ -10,7 +10,7 @@ import os
 import tempfile
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -108,19 +108,25 @@ def to_table(rows: Iterable[Mapping], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write a Parquet file so that readers see the old file or the new one, never half of one."""
+def replace_atomically(path: str | Path, write: Callable[[str], object]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`:
+    readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_atomic(table: pa.Table, path: str | Path) -> Path:
+    """Write a Parquet file atomically (see replace_atomically)."""
+    return replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _read(path: str | Path, schema: pa.Schema) -> pd.DataFrame:

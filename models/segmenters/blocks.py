@@ -30,6 +30,15 @@ def conv_stack(in_channels: int, out_channels: int, n_convs: int, batch_norm: bo
     return nn.Sequential(*layers)
 
 
+def vgg_encoder(in_channels: int, stages, batch_norm: bool = True) -> nn.ModuleList:
+    """The convolution stages of a VGG-style encoder, one per (channels, n_convs); pooling is left to the caller."""
+    encoder = nn.ModuleList()
+    for channels, n_convs in stages:
+        encoder.append(conv_stack(in_channels, channels, n_convs, batch_norm))
+        in_channels = channels
+    return encoder
+
+
 def init_weights(module: nn.Module) -> None:
     """He initialisation for ReLU networks trained from scratch (no pretrained weights here)."""
     for m in module.modules():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.registry import register_segmenter
-from models.segmenters.blocks import check_input, conv_stack, init_weights, scaled
+from models.segmenters.blocks import check_input, init_weights, scaled, vgg_encoder
 from models.segmenters.segnet import VGG16_STAGES
 
 def _bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
@@ -38,14 +38,10 @@ class FCN8s(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, stages: list[tuple[int, int]], fc_channels: int,
                  fc_kernel: int = 3, dropout: float = 0.5, batch_norm: bool = True):
         super().__init__()
-        self.stages = nn.ModuleList()
-        previous = in_channels
-        for channels, n_convs in stages:
-            self.stages.append(conv_stack(previous, channels, n_convs, batch_norm))
-            previous = channels
+        self.stages = vgg_encoder(in_channels, stages, batch_norm)
         self.pool = nn.MaxPool2d(2, stride=2)
         self.head = nn.Sequential(
-            nn.Conv2d(previous, fc_channels, fc_kernel, padding=fc_kernel // 2),
+            nn.Conv2d(stages[-1][0], fc_channels, fc_kernel, padding=fc_kernel // 2),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Conv2d(fc_channels, fc_channels, 1),

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from models.registry import register_segmenter
-from models.segmenters.blocks import check_input, conv_bn_relu, conv_stack, init_weights, scaled
+from models.segmenters.blocks import check_input, conv_bn_relu, init_weights, scaled, vgg_encoder
 
 VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
@@ -14,11 +14,7 @@ VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 class SegNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, stages: list[tuple[int, int]], batch_norm: bool = True):
         super().__init__()
-        self.encoders = nn.ModuleList()
-        previous = in_channels
-        for channels, n_convs in stages:
-            self.encoders.append(conv_stack(previous, channels, n_convs, batch_norm))
-            previous = channels
+        self.encoders = vgg_encoder(in_channels, stages, batch_norm)
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2, stride=2)
         # The decoder mirrors the encoder: each stage keeps its width and its last

@@ -5,18 +5,14 @@ import torch
 from torch import nn
 
 from models.registry import register_segmenter
-from models.segmenters.blocks import check_input, conv_stack, init_weights, scaled
+from models.segmenters.blocks import check_input, conv_stack, init_weights, scaled, vgg_encoder
 
 
 class UNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, channels: list[int], batch_norm: bool = True):
         super().__init__()
         self.depth = len(channels) - 1
-        self.encoders = nn.ModuleList()
-        previous = in_channels
-        for c in channels:
-            self.encoders.append(conv_stack(previous, c, 2, batch_norm))
-            previous = c
+        self.encoders = vgg_encoder(in_channels, [(c, 2) for c in channels], batch_norm)
         self.pool = nn.MaxPool2d(2)
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()

@@ -6,15 +6,14 @@ is read by `models.registry.load_segmenter`.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from models.registry import read_segmenter_checkpoint
+from models.registry import load_torch_file, read_segmenter_checkpoint
+from sweep.results import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +22,19 @@ log = logging.getLogger(__name__)
 RESUMABLE_DIFFERENCES = frozenset({"epochs", "device", "num_threads"})
 
 
+def last_checkpoint_path(run_dir: Path) -> Path:
+    """Written after every epoch; a run directory holding it is resumed."""
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def best_checkpoint_path(run_dir: Path) -> Path:
+    """The network of the best epoch by validation Jaccard."""
+    return Path(run_dir) / "best.pt"
+
+
 def save_atomic(obj: Any, path: Path) -> Path:
     """torch.save so that a reader (or a resumed run) sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -79,12 +79,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> int:
     their random initialisation and reported, so partial matches are visible in the log.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: init weights not found")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable PyTorch weights file ({exc})") from None
+    loaded = load_torch_file(path, "init weights file")
     if isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):

@@ -122,11 +122,11 @@ class _Trainer:
     # --- checkpoints ---
     @property
     def last_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return ckpt.last_checkpoint_path(self.run_dir)
 
     @property
     def best_path(self) -> Path:
-        return self.run_dir / "best.pt"
+        return ckpt.best_checkpoint_path(self.run_dir)
 
     def _network_checkpoint(self) -> dict[str, Any]:
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
