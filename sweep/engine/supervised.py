@@ -104,6 +104,9 @@ class _Trainer:
         model = build_segmenter(cfg.model, **arch_kwargs(cfg))
         if cfg.init_weights:
             ckpt.load_init_weights(model, cfg.init_weights)
+        if self.cuda:
+            # Fixed input sizes: let cuDNN pick its fastest kernels once.
+            torch.backends.cudnn.benchmark = True
         self.memory_format = memory_format_for(self.device)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,

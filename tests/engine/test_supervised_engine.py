@@ -144,3 +144,19 @@ def test_init_weights_copy_matching_tensors(tmp_path, ellipse_data):
         load_init_weights(build_segmenter("fcn", width=0.125), tmp_path / "source" / "best.pt")
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         train_supervised(smoke(init_weights=str(tmp_path / "nowhere.pt")), ellipse_data, tmp_path / "x")
+
+
+def test_augmentation_moves_image_and_mask_together():
+    from sweep.engine.supervised import augment_batch
+
+    masks = torch.zeros(3, 64, 64, dtype=torch.long)
+    masks[:, 20:44, 16:40] = 1
+    images = masks[:, None].float() * 2 - 1
+    warped, warped_masks = augment_batch(images, masks, torch.Generator().manual_seed(0))
+    assert set(warped_masks.unique().tolist()) <= {0, 1}
+    assert not torch.equal(warped_masks, masks)
+    # Where the warped image is clearly inside or outside the square, the warped mask agrees.
+    clear = warped[:, 0].abs() > 0.9
+    assert torch.equal(warped_masks[clear], (warped[:, 0][clear] > 0).long())
+    again, _ = augment_batch(images, masks, torch.Generator().manual_seed(0))
+    assert torch.equal(again, warped)  # drawn from the generator alone
