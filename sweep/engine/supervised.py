@@ -114,7 +114,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
         self.loss_fn = build_loss(cfg.loss, foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
         self.train_images = as_batch(data.train_images, self.device)
-        self.train_masks = torch.from_numpy(np.ascontiguousarray(data.train_masks)).long().to(self.device)
+        # uint8 until a batch is drawn: int64 masks of a 256 px dataset would take 8x the memory.
+        self.train_masks = torch.from_numpy(np.ascontiguousarray(data.train_masks, dtype=np.uint8)).to(self.device)
         # Bookkeeping carried across resumes.
         self.epoch = 0
         self.best_val = -math.inf
@@ -165,7 +166,7 @@ class _Trainer:
         total = torch.zeros((), device=self.device)
         for start in range(0, len(order), self.cfg.batch_size):
             index = order[start:start + self.cfg.batch_size]
-            images, masks = self.train_images[index], self.train_masks[index]
+            images, masks = self.train_images[index], self.train_masks[index].long()
             if self.cfg.augment:
                 images, masks = augment_batch(images, masks, generator)
             images = images.contiguous(memory_format=self.memory_format)
