@@ -77,11 +77,13 @@ class RunStore:
         return "/".join([self.root, *parts])
 
     def uri(self, *parts: str) -> str:
-        """A location Ray and people can use: a local path, or the URI with its scheme."""
+        """A location under OUT that Ray and people can use: a local path, or a URI with its scheme."""
+        return self.display(self.path(*parts))
+
+    def display(self, path: str) -> str:
         if self.is_local:
-            return self.path(*parts)
-        scheme = self.location.split("://", 1)[0]
-        return f"{scheme}://{self.path(*parts)}"
+            return path
+        return f"{self.location.split('://', 1)[0]}://{path}"
 
     # --- small file operations ---
     def exists(self, path: str) -> bool:
@@ -163,7 +165,7 @@ class RunStore:
         """A finished trial's folder on this machine (copied from a bucket when OUT is remote)."""
         source = self.trial_dir(spec)
         if not self.exists(f"{source}/{COMPLETE_MARKER}"):
-            raise FileNotFoundError(f"{self.uri(source)}: dependency {spec.trial_id} has not finished")
+            raise FileNotFoundError(f"{self.display(source)}: dependency {spec.trial_id} has not finished")
         if self.is_local:
             return Path(source)
         local = Path(local_root) / spec.trial_id

@@ -104,8 +104,9 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     """One Table I / II trial or translator warm-up.
 
     `config["trial"]` holds `spec` (a serialised TrialSpec), `dependencies` (the specs it
-    needs) and the optional test hook `inject_failure`; `config` also holds `out` (OUT),
-    `cpus` (the trial's CPU share) and `checkpoint_every`."""
+    needs) and the optional test hook `inject_failure`; `config` also holds `out` (where the
+    trial publishes), optionally `dependencies_out` (where its dependencies lie, default
+    `out`), `cpus` (the trial's CPU share) and `checkpoint_every`."""
     from sweep.engine.supervised import train_supervised
 
     started_at = time.time()
@@ -135,7 +136,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         from sweep.engine.data import segmentation_data
 
         result = train_supervised(cfg, segmentation_data(cfg, datasets["jsrt"]), run_dir, callbacks)
-        final = {"val_jaccard": result.val_jaccard, "test_jaccard_mean": result.test_jaccard_mean}
+        final = _final_metrics(result)
     elif spec.kind == TRANSLATOR_WARMUP:
         from sweep.engine.translation import warmup_translator
 
@@ -144,14 +145,15 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         from sweep.engine.transfer import NotApplicable
 
         dependencies = [spec_from_dict(d) for d in trial.get("dependencies", [])]
+        dependency_store = RunStore(config.get("dependencies_out", config["out"]))
         try:
-            result = _run_transfer(cfg, datasets, store, dependencies, run_dir, callbacks)
+            result = _run_transfer(cfg, datasets, dependency_store, dependencies, run_dir, callbacks)
         except NotApplicable as reason:
             # The engine knows cells the grid cannot see (e.g. a target without these labels).
             store.record_not_applicable(spec, str(reason))
             tune.report({"not_applicable": 1})
             return
-        final = {"val_jaccard": result.val_jaccard, "test_jaccard_mean": result.test_jaccard_mean}
+        final = _final_metrics(result)
     else:
         raise ValueError(f"{spec.trial_id}: unknown trial kind {spec.kind!r}")
 
@@ -162,6 +164,13 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s, "started_at": started_at,
         "finished_at": finished_at})
     tune.report({**final, "published": 1})
+
+
+def _final_metrics(result) -> dict[str, Any]:
+    """The last report of a trial: its best validation score (what searches rank on), its
+    test mean (for the progress lines only) and its last epoch (ASHA's time axis)."""
+    last_epoch = result.history[-1].get("epoch", 0) if result.history else 0
+    return {"val_jaccard": result.val_jaccard, "test_jaccard_mean": result.test_jaccard_mean, "epoch": last_epoch}
 
 
 def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None, Path | None]:

@@ -83,7 +83,10 @@ def run_tuning(specs: list[TrialSpec], paths: DataPaths, options: SweepOptions, 
     trainable = tune.with_resources(tune.with_parameters(_tune_trial, datasets=datasets),
                                     trial_resources(options, say))
     param_space = {
-        **space, "sampled": sorted(space), "out": store.uri("tune"), "cpus": options.cpus_per_trial,
+        # Tuning trials publish under OUT/tune (never into the result tables); M_A and the
+        # warm-up are ordinary sweep trials under OUT.
+        **space, "sampled": sorted(space), "out": store.uri("tune"), "dependencies_out": store.location,
+        "cpus": options.cpus_per_trial,
         "checkpoint_every": options.checkpoint_every,
         "cell": {"spec": spec_to_dict(cell), "dependencies": [spec_to_dict(d) for d in dependencies]},
     }
@@ -93,7 +96,9 @@ def run_tuning(specs: list[TrialSpec], paths: DataPaths, options: SweepOptions, 
         tune_config=tune.TuneConfig(
             metric=SCORE, mode="max", num_samples=n_trials,
             search_alg=OptunaSearch(seed=cell.config.seed),
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=max(max_epochs, 1), grace_period=1, reduction_factor=2),
+            # max_t one past the last epoch: ASHA stops a trial that reaches max_t, and a trial
+            # must live through its last epoch to evaluate its best epoch and publish.
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=max_epochs + 1, grace_period=1, reduction_factor=2),
             max_concurrent_trials=options.max_concurrent or None,
         ),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=store.uri("ray"),

@@ -88,7 +88,7 @@ def test_a_trial_that_always_fails_fails_the_command(ray_runtime, data_flags, tm
 
 
 def test_four_trials_share_one_logical_gpu(ray_runtime, data_paths, tmp_path):
-    grid = _grid([0, 1, 2, 3], seed=7, epochs=6)
+    grid = _grid([0, 1, 2, 3], seed=7, epochs=5)
     outcome = run_grid(grid, data_paths, _options(tmp_path, gpus_per_trial=0.25), say=lambda line: None)
     assert outcome.ok
     infos = [json.loads((tmp_path / "runs" / t / "trial.json").read_text()) for t in grid.trials]
@@ -111,3 +111,21 @@ def test_resources_fall_back_to_cpu_only_when_no_gpu_can_appear():
         plan_resources(1.5, 1, 1, 4)
     with pytest.raises(ValueError, match="--cpus-per-trial 8"):
         plan_resources(0, 8, 0, 4)
+
+
+def test_tune_writes_a_best_config_that_run_applies(ray_runtime, data_paths, tmp_path):
+    from sweep.config import load_config_file
+    from sweep.tuning import SCORE, run_tuning, tuned_cell
+
+    base = make_config("smoke", {"num_threads": 1})
+    specs = tuned_cell(base, "unet", "lungs", 0, None, 0.0, "montgomery", 0)
+    best_file = tmp_path / "best.json"
+    record = run_tuning(specs, data_paths, _options(tmp_path), n_trials=2, best_file=best_file, say=lambda line: None)
+    assert set(record["config"]) == {"lr", "weight_decay", "batch_size"} and record["trials"] == 2
+    # The score is the best validation Jaccard a tuning trial reported, never a test figure.
+    published = [json.loads(p.read_text()) for p in (tmp_path / "tune" / "runs").glob("*/result.json")]
+    assert published and any(record["score"]["value"] == pytest.approx(p["val_jaccard"]) for p in published)
+    assert record["score"]["metric"] == SCORE
+    applied = make_config("smoke", load_config_file(best_file))
+    assert applied.lr == record["config"]["lr"] and applied.batch_size == record["config"]["batch_size"]
+    assert not (tmp_path / "results").exists()  # tuning trials never enter the result tables
