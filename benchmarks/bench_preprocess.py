@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -17,6 +18,12 @@ from pathlib import Path
 
 from data_io.cache import load_jsrt
 from data_io.phantoms import synthesize
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the decode pool)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -42,18 +49,20 @@ def main() -> None:
     print(f"data: {args.count} .IMG at {args.side}x{args.side} + {5 * args.count} SCR GIFs at {args.side // 2}, {size_gb:.2f} GB in {args.data}")
     print(f"cpu cores visible: {os.cpu_count()}, decode workers: {os.environ.get('CXRSWEEP_DATA_WORKERS', 'default')}")
 
+    # On a shared machine wall time depends on the neighbours; CPU time shows what the work costs.
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cxrsweep-bench-cache-") as cache:
-        started = time.perf_counter()
+        cpu, started = _cpu_seconds(), time.perf_counter()
         first = load_jsrt(jsrt_dir, scr_dir, args.image_size, cache_dir=cache)
-        first_s = time.perf_counter() - started
+        first_s, first_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         cache_mb = first.path.stat().st_size / 1e6
-        started = time.perf_counter()
+        cpu, started = _cpu_seconds(), time.perf_counter()
         hit = load_jsrt(jsrt_dir, scr_dir, args.image_size, cache_dir=cache)
-        hit_s = time.perf_counter() - started
+        hit_s, hit_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     assert hit.key == first.key and len(hit) == args.count
-    print(f"first preprocessing ({args.count} cases -> {args.image_size} px): {first_s:.1f} s (target <= 60 s)")
-    print(f"cache hit: {hit_s:.2f} s (target <= 1 s); cache file {cache_mb:.1f} MB")
-
+    print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"first preprocessing ({args.count} cases -> {args.image_size} px): {first_s:.1f} s wall, {first_cpu:.1f} s CPU (target <= 60 s)")
+    print(f"cache hit: {hit_s:.2f} s wall, {hit_cpu:.2f} s CPU (target <= 1 s); cache file {cache_mb:.1f} MB")
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ distributed or the folder just above it.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ TASK_STRUCTURES: dict[str, tuple[str, ...]] = {
     "clavicles": ("left clavicle", "right clavicle"),
 }
 MERGED_LUNGS = "lungs"  # structure name of a single merged lung mask (re-packaged Montgomery, Shenzhen)
+LAYOUT_STRUCTURES = {
+    "scr": SCR_STRUCTURES,
+    "left-right": ("left lung", "right lung"),  # Montgomery ManualMask/leftMask + rightMask
+    "merged": (MERGED_LUNGS,),
+}
 
 JSRT_MAX_VALUE = 4095  # 12 bits
 # The target sets where images without a mask exist in the real release and are skipped.
@@ -56,9 +62,7 @@ class Scan:
 
     @property
     def structures(self) -> tuple[str, ...]:
-        return SCR_STRUCTURES if self.mask_layout == "scr" else (
-            ("left lung", "right lung") if self.mask_layout == "left-right" else (MERGED_LUNGS,)
-        )
+        return LAYOUT_STRUCTURES[self.mask_layout]
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -109,8 +113,14 @@ def _here_or_one_below(folder: Path, matches, what: str):
 _JSRT_PNG = re.compile(r"^(?P<id>.+?)(\.img)?\.png$", re.IGNORECASE)
 
 
+def _files(folder: Path) -> list[Path]:
+    """Plain files of a folder; scandir reads the file type without a stat per entry."""
+    with os.scandir(folder) as entries:
+        return sorted(Path(entry.path) for entry in entries if entry.is_file() and not entry.name.startswith("."))
+
+
 def _jsrt_images(folder: Path) -> dict[str, Path] | None:
-    files = [p for p in folder.iterdir() if p.is_file()]
+    files = _files(folder)
     raw = {p.stem: p for p in files if p.suffix.lower() == ".img"}
     if raw:
         return raw
@@ -155,7 +165,7 @@ def scan_jsrt(jsrt_dir: str | Path, scr_dir: str | Path) -> Scan:
     for structure, folders in structure_folders.items():
         by_id: dict[str, Path] = {}
         for folder in folders:
-            for path in sorted(folder.iterdir()):
+            for path in _files(folder):
                 if path.suffix.lower() not in (".gif", ".png"):
                     continue
                 case_id = re.sub(r"(\.img)$", "", path.stem, flags=re.IGNORECASE)
@@ -192,7 +202,7 @@ def _target_image_folder(folder: Path) -> Path | None:
 
 
 def _pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+    return [p for p in _files(folder) if p.suffix.lower() == ".png"]
 
 
 def _mask_id(path: Path) -> str:
@@ -284,6 +294,7 @@ def to_display_convention(
     """
     pixels = image.astype(np.float32)
     if white_is_zero:
+        # Any constant works (standardisation follows); 12 bits unless the file holds more.
         pixels = max(JSRT_MAX_VALUE, float(pixels.max())) - pixels
     mirrored = False
     if "left lung" in masks and "right lung" in masks:
