@@ -149,3 +149,22 @@ def test_truncated_img_fails_the_load(write_jsrt, tmp_path):
 def test_ambiguous_parent_folder_asks_for_one(phantom_dirs):
     with pytest.raises(ValueError, match="several subfolders"):
         scan_target("montgomery", phantom_dirs["montgomery"].parent)
+
+
+def test_unreadable_target_png_fails_the_load_naming_it(write_montgomery, tmp_path):
+    root = write_montgomery()
+    broken = root / "CXR_png" / "MCUCXR_0002_1.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # header survives, pixel data cut off
+    with pytest.raises(ValueError, match=r"MCUCXR_0002_1\.png: not a readable image"):
+        load_target("montgomery", root, 16, cache_dir=tmp_path / "cache")
+
+
+def test_shenzhen_masks_in_manualmask_folder(phantom_dirs, tmp_path):
+    copy = tmp_path / "ChinaSet_AllFiles"
+    shutil.copytree(phantom_dirs["shenzhen"] / "CXR_png", copy / "CXR_png")
+    shutil.copytree(phantom_dirs["shenzhen"] / "mask", copy / "ManualMask")
+    scan = scan_target("shenzhen", tmp_path)  # the folder above ChinaSet_AllFiles
+    original = scan_target("shenzhen", phantom_dirs["shenzhen"])
+    assert [c.id for c in scan.cases] == [c.id for c in original.cases]
+    assert [item["id"] for item in scan.skipped] == [item["id"] for item in original.skipped]
+    assert all("ManualMask" in item["reason"] for item in scan.skipped)
