@@ -24,8 +24,9 @@ from sweep.trainables import run_trial
 
 log = logging.getLogger(__name__)
 
-# Environment variable of the failure-injection test hook: "GLOB:TIMES[:EPOCH]" (TIMES may be
-# "always"), e.g. "segmentation-unet-lungs-fold0-*:1:1" fails that trial once, at epoch 1.
+# Environment variable of the failure-injection test hook: "GLOB:TIMES[:EPOCH]" rules joined
+# by ";" (TIMES may be "always"), e.g. "segmentation-unet-lungs-fold0-*:1:1" fails that trial
+# once, at epoch 1.
 INJECT_FAILURE_ENV = "CXRSWEEP_INJECT_FAILURE"
 STATE_FILE = "sweep-state.json"
 
@@ -161,18 +162,28 @@ def trial_resources(options: SweepOptions, say=print) -> dict[str, float]:
 
 
 def failure_injections(specs: Sequence[TrialSpec], setting: str | None = None) -> dict[str, dict]:
-    """Trials that the CXRSWEEP_INJECT_FAILURE test hook makes fail: trial_id -> {times, at_epoch}."""
+    """Trials that the CXRSWEEP_INJECT_FAILURE test hook makes fail: trial_id -> {times, at_epoch}.
+
+    The setting is one or more `GLOB:TIMES[:EPOCH]` rules separated by `;`; the first rule
+    whose glob matches a trial id applies to it.
+    """
     from fnmatch import fnmatchcase
 
     setting = os.environ.get(INJECT_FAILURE_ENV, "") if setting is None else setting
-    if not setting:
-        return {}
-    parts = setting.split(":")
-    if len(parts) not in (2, 3):
-        raise ValueError(f"{INJECT_FAILURE_ENV}={setting!r}: expected GLOB:TIMES[:EPOCH]")
-    pattern, times = parts[0], -1 if parts[1] == "always" else int(parts[1])
-    at_epoch = int(parts[2]) if len(parts) == 3 else 1
-    return {s.trial_id: {"times": times, "at_epoch": at_epoch} for s in specs if fnmatchcase(s.trial_id, pattern)}
+    rules = []
+    for rule in filter(None, (r.strip() for r in setting.split(";"))):
+        parts = rule.split(":")
+        if len(parts) not in (2, 3) or not (parts[1] == "always" or parts[1].isdigit()):
+            raise ValueError(f"{INJECT_FAILURE_ENV}={setting!r}: expected GLOB:TIMES[:EPOCH] rules separated by ';'")
+        times = -1 if parts[1] == "always" else int(parts[1])
+        rules.append((parts[0], {"times": times, "at_epoch": int(parts[2]) if len(parts) == 3 else 1}))
+    chosen = {}
+    for spec in specs:
+        for pattern, injection in rules:
+            if fnmatchcase(spec.trial_id, pattern):
+                chosen[spec.trial_id] = injection
+                break
+    return chosen
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +203,8 @@ class _Runner:
         self.grid, self.options, self.say = grid, options, say
         self.store = RunStore(options.out)
         self.datasets_loader = datasets_loader
-        self.datasets_ref: Any = None
+        self.datasets: dict[str, Any] | None = None
+        self.resources: dict[str, float] = {}
         self.outcome = SweepOutcome()
         self.started = time.time()
         self.injections = failure_injections(list(grid.trials.values()))
@@ -209,7 +221,7 @@ class _Runner:
             todo = self._stage_todo(stage)
             self.progress.begin_stage(index, len(stages), reused=len(stage) - len(todo), failed_before=len(self.outcome.failed))
             if todo:
-                self._run_stage(index, todo)
+                self._run_stage(index, todo, resume=self.options.resume)
             self._gather()
         self.outcome.wall_s = time.time() - self.started
         return self.outcome
@@ -230,12 +242,12 @@ class _Runner:
         return todo
 
     def _trainable(self):
-        if self.datasets_ref is None:
-            datasets = self.datasets_loader()
-            self.datasets_ref = datasets
-        resources = trial_resources(self.options, self.say) if not hasattr(self, "resources") else self.resources
-        self.resources = resources
-        return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets_ref), resources)
+        """The trainable with its resources; data and resources are settled on first use only,
+        so a sweep whose trials are all finished reads no dataset."""
+        if self.datasets is None:
+            self.datasets = self.datasets_loader()
+            self.resources = trial_resources(self.options, self.say)
+        return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets), self.resources)
 
     def _param_space(self, specs: list[TrialSpec]) -> dict:
         entries = []
@@ -248,7 +260,7 @@ class _Runner:
         return {"trial": tune.grid_search(entries), "out": self.store.location,
                 "cpus": self.options.cpus_per_trial, "checkpoint_every": self.options.checkpoint_every}
 
-    def _run_stage(self, index: int, specs: list[TrialSpec]) -> None:
+    def _run_stage(self, index: int, specs: list[TrialSpec], resume: bool) -> None:
         for spec in specs:
             self.store.clear_failure(spec)
         trainable = self._trainable()
@@ -256,12 +268,13 @@ class _Runner:
         state = self.store.read_json(state_path) if self.store.exists(state_path) else {}
         stage_key = f"stage{index}"
         tuner = None
-        if self.options.resume and stage_key in state:
+        if resume and stage_key in state:
             experiment = self.store.uri("ray", state[stage_key])
             if tune.Tuner.can_restore(experiment):
                 self.say(f"[sweep] stage {index}: resuming Ray Tune experiment {experiment}")
                 tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
-        if tuner is None:
+        restored = tuner is not None
+        if not restored:
             name = f"{stage_key}-{time.strftime('%Y%m%d-%H%M%S')}"
             state[stage_key] = name
             self.store.write_json(state_path, state)
@@ -283,23 +296,24 @@ class _Runner:
                 ),
             )
         else:
-            tuner._local_tuner._run_config.callbacks = [self.progress]  # restored runs keep their old callbacks
+            # A restored Tuner brings back the pickled callbacks of the killed run; Tuner.restore
+            # takes no RunConfig, so this run's progress reporter is swapped in here.
+            tuner._local_tuner.get_run_config().callbacks = [self.progress]
         results = tuner.fit()
         self._collect(results, specs)
         settled = set(self.outcome.failed) | set(self.outcome.not_applicable)
         leftover = [s for s in specs if s.trial_id not in settled and not self.store.is_complete(s)]
-        if leftover and tuner is not None and self.options.resume:
+        if leftover and restored:
             # The restored experiment did not hold every trial of this stage (the plan grew).
-            self.options.resume = False
-            self._run_stage(index, leftover)
+            self._run_stage(index, leftover, resume=False)
 
     def _collect(self, results, specs: list[TrialSpec]) -> None:
         by_id = {s.trial_id: s for s in specs}
         for result in results:
             trial_id = result.config["trial"]["spec"]["trial_id"]
-            spec = by_id.get(trial_id) or self.grid.trials.get(trial_id)
+            spec = by_id.get(trial_id)
             if spec is None:
-                continue  # a restored experiment may hold trials that this grid no longer asks for
+                continue  # a restored experiment also holds trials settled before (or no longer asked for)
             if result.error is not None:
                 error = _error_summary(result.error)
             elif self.store.is_not_applicable(spec):

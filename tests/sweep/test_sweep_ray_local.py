@@ -25,23 +25,35 @@ def _options(out, **kw):
     return SweepOptions(out=str(out), cpus_per_trial=1, progress_every_s=2, **kw)
 
 
-def test_all_grid_rows_dependency_order_retry_and_reuse(ray_runtime, data_paths, tmp_path, monkeypatch):
-    """`all` on one cell of Table I and three transfer methods at 0 % labels, with M_A failing once."""
-    base = make_config("smoke", {"num_threads": 1})
-    grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
-                      methods=["proposed", "finetune", "source_only"], fractions=[0])
-    segmentation = next(t for t in grid.trials.values() if t.config.experiment == "segmentation")
+def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_flags, data_paths, tmp_path,
+                                                           monkeypatch, capsys):
+    """`cxrsweep run all` on two Table I cells and three transfer methods at 0 % labels. M_A
+    fails once (retried from its checkpoint); the FCN cell fails always (the command exits 1)."""
+    from sweep.cli import main
+
+    command = ["run", "all", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet,fcn",
+               "--tasks", "lungs", "--folds", "0", "--repetitions", "0", "--methods", "proposed,finetune,source_only",
+               "--fractions", "0", "--out", str(tmp_path), "--retries", "1", "--progress-every", "2", *data_flags]
+    grid = build_grid("all", make_config("smoke", {"num_threads": 1}), models=["unet", "fcn"], tasks=["lungs"],
+                      folds=[0], repetitions=[0], methods=["proposed", "finetune", "source_only"], fractions=[0])
+    m_a = next(t for t in grid.trials.values() if t.config.experiment == "segmentation" and t.config.model == "unet")
+    broken = next(t for t in grid.trials.values() if t.config.model == "fcn")
     warmup = next(t for t in grid.trials.values() if not t.has_row)
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{segmentation.trial_id}:1:1")
-    lines: list[str] = []
-    outcome = run_grid(grid, data_paths, _options(tmp_path, retries=1), say=lines.append)
-    assert outcome.ok, outcome.failed
+    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{m_a.trial_id}:1:1;{broken.trial_id}:always:1")
+    assert main(command) == 1
+    printed = capsys.readouterr().out
+    assert f"FAILED {broken.trial_id}: InjectedFailure: injected failure 2 of always" in printed
+    assert "running" in printed and "pending" in printed and "ETA" in printed
 
     trials, images = read_trials(tmp_path), read_images(tmp_path)
-    rows = {(r.experiment, r.method): r for r in trials.itertuples()}
-    assert sorted(rows) == [("segmentation", "supervised"), ("transfer", "finetune"), ("transfer", "proposed"),
-                            ("transfer", "source_only")]
-    assert rows["transfer", "finetune"].status == "not_applicable" and "0 %" in rows["transfer", "finetune"].error
+    rows = {(r.experiment, r.model, r.method): r for r in trials.itertuples()}
+    assert sorted(rows) == [("segmentation", "fcn", "supervised"), ("segmentation", "unet", "supervised"),
+                            ("transfer", "unet", "finetune"), ("transfer", "unet", "proposed"),
+                            ("transfer", "unet", "source_only")]
+    failed = rows["segmentation", "fcn", "supervised"]
+    assert failed.status == "failed" and "InjectedFailure" in failed.error and pd.isna(failed.test_jaccard_mean)
+    not_applicable = rows["transfer", "unet", "finetune"]
+    assert not_applicable.status == "not_applicable" and "0 %" in not_applicable.error
     ok = trials[trials.status == "ok"]
     assert len(ok) == 3 and ok.test_jaccard_mean.between(0, 1).all() and ok.node_id.notna().all()
     # One image row per test image of each finished trial, exactly as the trial wrote them.
@@ -53,38 +65,26 @@ def test_all_grid_rows_dependency_order_retry_and_reuse(ray_runtime, data_paths,
     assert not images.duplicated(["trial_id", "image_id"]).any()
 
     # M_A failed once at epoch 1, was retried from its checkpoint and trained only epoch 2.
-    assert len(list((tmp_path / "ray" / "injected-failures").iterdir())) == 1
-    summary = json.loads((tmp_path / "runs" / segmentation.trial_id / "result.json").read_text())
+    summary = json.loads((tmp_path / "runs" / m_a.trial_id / "result.json").read_text())
     assert summary["epochs_trained"] == 1
+    markers = sorted(p.name for p in (tmp_path / "ray" / "injected-failures").iterdir())
+    assert markers == sorted([f"{m_a.trial_id}.1", f"{broken.trial_id}.1", f"{broken.trial_id}.2"])
     # Dependencies finished before any transfer trial started.
     warmup_info = json.loads((tmp_path / "translators" / warmup.trial_id / "trial.json").read_text())
-    dependencies_done = max(rows["segmentation", "supervised"].finished_at, warmup_info["finished_at"])
+    dependencies_done = max(rows["segmentation", "unet", "supervised"].finished_at, warmup_info["finished_at"])
     assert ok[ok.experiment == "transfer"].started_at.min() >= dependencies_done
-    assert any("running" in line and "pending" in line and "ETA" in line for line in lines)
 
-    # A rerun reuses every finished trial: nothing runs, no row is duplicated or lost.
+    # A rerun reuses every finished trial and retries only the failed one: no row is
+    # duplicated or lost, and the repaired trial's row replaces its failure.
     monkeypatch.delenv(INJECT_FAILURE_ENV)
-    again = run_grid(grid, data_paths, _options(tmp_path), say=lines.append)
-    assert again.completed == [] and len(again.reused) == len(grid.runnable())
-    assert read_trials(tmp_path).equals(trials)
-    assert read_images(tmp_path).equals(images)
-
-
-def test_a_trial_that_always_fails_fails_the_command(ray_runtime, data_flags, tmp_path, monkeypatch, capsys):
-    from sweep.cli import main
-
-    grid = _grid([3])
-    (trial_id,) = grid.trials
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{trial_id}:always:1")
-    code = main(["run", "segmentation", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet",
-                 "--tasks", "lungs", "--folds", "3", "--out", str(tmp_path), "--retries", "1",
-                 "--progress-every", "5", *data_flags])
-    assert code == 1
-    assert f"FAILED {trial_id}: InjectedFailure" in capsys.readouterr().out
-    trials = read_trials(tmp_path)
-    assert trials.status.tolist() == ["failed"] and "injected failure 2 of always" in trials.error[0]
-    assert read_images(tmp_path).empty  # nothing half-written is reported
-    assert len(list((tmp_path / "ray" / "injected-failures").iterdir())) == 2  # first attempt + one retry
+    again = run_grid(grid, data_paths, _options(tmp_path), say=lambda line: None)
+    assert again.completed == [broken.trial_id] and again.ok
+    assert len(again.reused) == len(grid.runnable()) - 1
+    rerun = read_trials(tmp_path)
+    assert len(rerun) == len(trials) and (rerun.status != "failed").all()
+    unchanged = rerun.trial_id != broken.trial_id
+    assert rerun[unchanged].reset_index(drop=True).equals(trials[trials.trial_id != broken.trial_id].reset_index(drop=True))
+    assert len(read_images(tmp_path)) == len(images) + rerun.set_index("trial_id").n_test_images[broken.trial_id]
 
 
 def test_four_trials_share_one_logical_gpu(ray_runtime, data_paths, tmp_path):
