@@ -224,7 +224,7 @@ def prepare_case(scan: Scan, case: Case, image_size: int) -> tuple[np.ndarray, d
         raise ValueError(f"{case.image}: expected a single-channel image, got shape {raw.shape}")
     structures = {name: read_mask(path) for name, path in case.masks.items()}
     datasets.check_sizes(scan, case, raw.shape, {name: mask.shape for name, mask in structures.items()})
-    small_image = resize_image(raw, image_size)
+    small_image = resize(raw, image_size)
     small_structures = {name: resize_mask(mask, image_size) for name, mask in structures.items()}
     pixels, small_structures, mirrored = datasets.to_display_convention(
         small_image, small_structures, white_is_zero=scan.image_format == "jsrt-img"
@@ -239,7 +239,7 @@ def _resample_filter(source_shape: tuple[int, int], size: int) -> int:
     return Image.BOX if min(source_shape) >= size else Image.BILINEAR
 
 
-def resize_image(array: np.ndarray, size: int) -> np.ndarray:
+def resize(array: np.ndarray, size: int) -> np.ndarray:
     """Resize gray levels to float32 [size, size] (aspect ratio not kept, as in the paper)."""
     resample = _resample_filter(array.shape, size)
     resized = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32)).resize((size, size), resample)
