@@ -9,6 +9,8 @@ from pathlib import Path
 from data_io import datasets
 from data_io.readers import image_size, jsrt_img_side
 
+DECODE_CHECK_SIZE = 32  # `check --decode` runs the real preprocessing, small, for every case
+
 
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="synthesise phantom datasets or check dataset folders")
@@ -42,6 +44,10 @@ def register(subparsers) -> None:
     check.add_argument("--montgomery", type=Path, help="Montgomery set (CXR_png/ + ManualMask/)")
     check.add_argument("--shenzhen", type=Path, help="Shenzhen set (CXR_png/ + mask/)")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    check.add_argument(
+        "--decode", action="store_true",
+        help="also decode every image and mask (slow on full-size data; catches files damaged after their header)",
+    )
     check.set_defaults(func=_run_check)
 
 
@@ -65,10 +71,14 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_dataset(scan: datasets.Scan) -> dict:
-    """Validate every case's sizes from the file headers and summarise the dataset."""
+def check_dataset(scan: datasets.Scan, decode: bool = False) -> dict:
+    """Validate every case's sizes from the file headers (and its pixels with `decode`); summarise."""
+    from data_io.cache import prepare_case
+
     shapes = []
     for case in scan.cases:
+        if decode:
+            prepare_case(scan, case, DECODE_CHECK_SIZE)
         if scan.image_format == "jsrt-img":
             side = jsrt_img_side(case.image)
             shape = (side, side)
@@ -94,7 +104,7 @@ def _run_check(args: argparse.Namespace) -> int:
     report, broken = {}, False
     for name, scan in requested.items():
         try:
-            report[name] = check_dataset(scan())
+            report[name] = check_dataset(scan(), decode=args.decode)
         except (FileNotFoundError, ValueError) as exc:
             report[name] = {"error": str(exc)}
             broken = True

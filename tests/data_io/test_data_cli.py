@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -29,11 +30,7 @@ def test_synth_then_check_reports_the_counts(tmp_path, capsys):
 
 def test_check_of_a_broken_dataset_exits_non_zero(phantom_dirs, tmp_path, capsys):
     # Copy the Montgomery phantom and drop one mask: an image without its mask.
-    broken = tmp_path / "montgomery"
-    for path in phantom_dirs["montgomery"].rglob("*.png"):
-        target = broken / path.relative_to(phantom_dirs["montgomery"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(path.read_bytes())
+    broken = shutil.copytree(phantom_dirs["montgomery"], tmp_path / "montgomery")
     victim = sorted((broken / "ManualMask" / "rightMask").glob("*.png"))[0]
     victim.unlink()
     assert main(["data", "check", "--montgomery", str(broken), "--json"]) == 1
@@ -56,3 +53,13 @@ def test_console_script_text_summary(phantom_dirs):
     )
     assert result.returncode == 0, result.stderr
     assert "jsrt: 8 cases" in result.stdout
+
+
+def test_decode_catches_pixels_damaged_after_the_header(phantom_dirs, tmp_path, capsys):
+    copy = shutil.copytree(phantom_dirs["montgomery"], tmp_path / "montgomery")
+    damaged = sorted((copy / "CXR_png").glob("*.png"))[-1]
+    damaged.write_bytes(damaged.read_bytes()[:80])
+    assert main(["data", "check", "--montgomery", str(copy), "--json"]) == 0  # headers alone look fine
+    capsys.readouterr()
+    assert main(["data", "check", "--montgomery", str(copy), "--json", "--decode"]) == 1
+    assert damaged.name in json.loads(capsys.readouterr().out)["montgomery"]["error"]
