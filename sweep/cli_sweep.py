@@ -39,6 +39,9 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     ray_group.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     ray_group.add_argument("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: no limit)")
     ray_group.add_argument("--retries", type=int, default=1, help="retries of a failed trial, from its last checkpoint (default 1)")
+    ray_group.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
+                           help="attach a checkpoint to every Nth epoch report (default 1); a resumed trial "
+                                "repeats at most N-1 epochs")
     ray_group.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                            help="seconds between progress lines (default 10)")
 
@@ -72,7 +75,8 @@ def sweep_options(args, **extra):
 
     return SweepOptions(out=args.out, address=args.address, gpus_per_trial=args.gpus_per_trial,
                         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
-                        retries=args.retries, progress_every_s=args.progress_every, **extra)
+                        retries=args.retries, progress_every_s=args.progress_every,
+                        checkpoint_every=args.checkpoint_every, **extra)
 
 
 def register(subparsers) -> None:

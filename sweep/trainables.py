@@ -163,6 +163,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         "trial_id": spec.trial_id, "node_id": node_id, "host": socket.gethostname(), "device": cfg.device,
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s, "started_at": started_at,
         "finished_at": finished_at})
+    shutil.rmtree(run_dir, ignore_errors=True)  # published; the worker's scratch copy is not needed any more
     tune.report({**final, "published": 1})
 
 

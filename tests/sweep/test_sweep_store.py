@@ -1,0 +1,60 @@
+"""The output store without Ray: what counts as finished, and how rows are rebuilt."""
+import json
+
+import pytest
+
+from sweep.config import make_config
+from sweep.grid import build_grid
+from sweep.results import read_images, read_trials
+from sweep.store import RunStore, write_results
+
+
+def _specs():
+    grid = build_grid("all", make_config("smoke"), models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
+                      methods=["finetune", "scratch"], fractions=[0, 5])
+    return grid
+
+
+def test_only_marked_folders_become_rows(tmp_path):
+    grid = _specs()
+    store = RunStore(tmp_path)
+    segmentation = next(t for t in grid.runnable() if t.config.experiment == "segmentation")
+    scratch = next(t for t in grid.runnable() if t.config.method == "scratch")
+    finetune_at_zero = next(t for t in grid.not_applicable() if t.config.method == "finetune")
+    # A run killed before it was published: an engine result but no trial.json.
+    half = tmp_path / "runs" / segmentation.trial_id
+    half.mkdir(parents=True)
+    (half / "result.json").write_text(json.dumps({"test_jaccard_mean": 0.9}))
+    store.record_failure(scratch, "RuntimeError: out of memory")
+    store.record_not_applicable(finetune_at_zero)
+    assert write_results(store) == (2, 0)
+    trials = read_trials(tmp_path).set_index("trial_id")
+    assert segmentation.trial_id not in trials.index  # nothing half-written is reported
+    assert trials.status[scratch.trial_id] == "failed" and "out of memory" in trials.error[scratch.trial_id]
+    assert trials.status[finetune_at_zero.trial_id] == "not_applicable"
+    assert trials.cfg_epochs[scratch.trial_id] == scratch.config.epochs  # every config field recorded
+    assert json.loads(trials.config_json[scratch.trial_id]) == scratch.config.to_dict()
+    assert read_images(tmp_path).empty
+    assert not store.is_complete(segmentation) and store.failure_of(scratch).startswith("RuntimeError")
+
+
+def test_publish_is_all_or_nothing_and_replaces_a_failure(tmp_path):
+    grid = _specs()
+    store = RunStore(tmp_path / "out")
+    spec = next(t for t in grid.runnable() if t.config.method == "scratch")
+    store.record_failure(spec, "first attempt failed")
+    run_dir = tmp_path / "scratch" / spec.trial_id
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"x" * 10)
+    (run_dir / "result.json").write_text("{}")
+    store.publish(spec, run_dir, {"node_id": "n1"})
+    published = tmp_path / "out" / "runs" / spec.trial_id
+    assert store.is_complete(spec) and store.failure_of(spec) is None
+    assert sorted(p.name for p in published.iterdir()) == ["result.json", "trial.json"]  # no training state
+    store.record_failure(spec, "a later failure")
+    assert store.failure_of(spec) is None  # a finished result is never overwritten by a failure
+
+
+def test_bad_storage_uri_names_the_flag():
+    with pytest.raises(ValueError, match="--out nosuchscheme://bucket"):
+        RunStore("nosuchscheme://bucket/path")
