@@ -127,10 +127,9 @@ def register(subparsers) -> None:
                     "runtime and writes the report (or prints the result tables).")
     demo.add_argument("--out", required=True, help="output folder")
     demo.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
-    demo.add_argument("--folds", type=_csv(int), default=[0, 1], help="JSRT folds (default 0,1)")
-    demo.add_argument("--repetitions", type=_csv(int), default=[0, 1], help="transfer repetitions (default 0,1)")
-    demo.add_argument("--fractions", type=_csv(float), default=[0.0, 5.0, 100.0],
-                      help="label fractions in percent (default 0,5,100)")
+    demo.add_argument("--folds", type=_csv(int), help="JSRT folds (default all)")
+    demo.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
+    demo.add_argument("--fractions", type=_csv(float), help="label fractions in percent (default all of Table II)")
     demo.add_argument("--phantoms", help="phantom folder (default: a cached one under the preprocessing cache)")
     demo.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
     demo.add_argument("--cpus-per-trial", type=float, default=1.0)

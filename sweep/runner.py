@@ -79,22 +79,27 @@ def needed_datasets(specs: Iterable[TrialSpec]) -> set[str]:
     return names
 
 
+def check_data_flags(names: set[str], paths: DataPaths) -> None:
+    """Fail before Ray starts when a dataset the trials need was not given."""
+    missing = [flag for flag, value in (("--jsrt", paths.jsrt), ("--scr", paths.scr)) if not value]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
+    for name in sorted(names - {"jsrt"}):
+        if not getattr(paths, name):
+            raise ValueError(f"--{name} required: the grid has transfer trials with target {name}")
+
+
 def load_datasets(names: set[str], paths: DataPaths, image_size: int) -> dict[str, Any]:
     """The cached arrays of each dataset the trials need, keyed by dataset name."""
     from data_io.cache import load_jsrt, load_target
 
+    check_data_flags(names, paths)
     datasets: dict[str, Any] = {}
     for name in sorted(names):
         if name == "jsrt":
-            missing = [flag for flag, value in (("--jsrt", paths.jsrt), ("--scr", paths.scr)) if not value]
-            if missing:
-                raise ValueError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
             datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir)
         else:
-            root = getattr(paths, name)
-            if not root:
-                raise ValueError(f"--{name} required: the grid has transfer trials with target {name}")
-            datasets[name] = load_target(name, root, image_size, cache_dir=paths.cache_dir)
+            datasets[name] = load_target(name, getattr(paths, name), image_size, cache_dir=paths.cache_dir)
         log.info("data: %s, %d cases at %d px (cache key %s)", name, len(datasets[name].ids), image_size,
                  datasets[name].key)
     return datasets
@@ -346,6 +351,7 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> 
     if len(sizes) > 1:
         raise ValueError(f"the grid mixes image sizes {sorted(sizes)}; run one sweep per size")
     image_size = sizes.pop() if sizes else 0
+    check_data_flags(needed_datasets(grid.runnable()), paths)
     connect(options)
     runner = _Runner(grid, lambda: load_datasets(needed_datasets(grid.runnable()), paths, image_size), options, say)
     say(f"[sweep] {len(grid.runnable())} trials to run or reuse, {len(grid.not_applicable())} not applicable; "
