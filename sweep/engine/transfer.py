@@ -150,13 +150,12 @@ def _train_on_target_labels(cfg: RunConfig, data: TransferData, run_dir: Path, s
 # Evaluation and the files every transfer run leaves, whatever its method.
 
 
-def validation_jaccard(cfg: RunConfig, data: TransferData, model: TranslateThenSegment,
-                       device: torch.device) -> tuple[float, str]:
+def validation_jaccard(data: TransferData, model: TranslateThenSegment, device: torch.device) -> tuple[float, str]:
     """Mean Jaccard on the target validation split when the run has target labels, else on the
     source validation split (through A -> B -> A when there is a translator). Never the test split."""
     if data.target_val_masks is not None and data.n_labelled > 0:
-        return float(jaccard_per_image(predict_masks(model, data.target_val_images, device), data.target_val_masks).mean()), \
-            "target"
+        predictions = predict_masks(model, data.target_val_images, device)
+        return float(jaccard_per_image(predictions, data.target_val_masks).mean()), "target"
     source_path: nn.Module = model.segmenter
     if model.translator is not None:
         source_path = nn.Sequential(_CycleABA(model.translator), model.segmenter)
@@ -214,7 +213,7 @@ def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     model = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
-    val_jaccard, val_on = validation_jaccard(cfg, data, model, device)
+    val_jaccard, val_on = validation_jaccard(data, model, device)
     ckpt.save_atomic({**source_model, "config": cfg.to_dict()}, run_dir / "best.pt")
     log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
              data.task, val_on, val_jaccard)
@@ -364,7 +363,7 @@ class ProposedRun:
             losses = self.train_epoch()
             self.epoch += 1
             trained += 1
-            val_jaccard, val_on = validation_jaccard(cfg, data, self.model, self.device)
+            val_jaccard, val_on = validation_jaccard(data, self.model, self.device)
             if val_jaccard > self.best_val:
                 self.best_val, self.best_epoch = val_jaccard, self.epoch
                 ckpt.save_atomic(self.checkpoint(), self.best_path)

@@ -177,6 +177,8 @@ def train_translation(cfg: "RunConfig", images_a: np.ndarray, images_b: np.ndarr
     rng = np.random.default_rng(cfg.seed)
     translator = build_translator_from_config(cfg).to(device).train()
     trainer = TranslationTrainer(translator, cfg)
+    log.info("warming up %s (width %d) on %s: %d source / %d target images, %d epochs", cfg.translator,
+             cfg.translator_width, device, len(images_a), len(images_b), cfg.warmup_epochs)
     history = []
     for epoch in range(1, cfg.warmup_epochs + 1):
         started = time.perf_counter()

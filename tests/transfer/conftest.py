@@ -46,6 +46,15 @@ def make_domain(name: str, n: int, seed: int, target_style: bool, with_heart: bo
                          masks=masks, image_size=SIZE, key=f"{name}-{seed}")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread and lose a lot to spinning on a shared box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def source() -> CachedDataset:
     return make_domain("jsrt", 10, seed=1, target_style=False)
