@@ -214,7 +214,7 @@ def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model
     device = resolve_device(cfg.device)
     model = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
     val_jaccard, val_on = validation_jaccard(data, model, device)
-    ckpt.save_atomic({**source_model, "config": cfg.to_dict()}, run_dir / "best.pt")
+    ckpt.save_atomic({**source_model, "config": cfg.to_dict()}, ckpt.best_checkpoint_path(run_dir))
     log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
              data.task, val_on, val_jaccard)
     history = [{"epoch": 0, "val_jaccard": val_jaccard, "val_split": val_on}]
@@ -302,11 +302,11 @@ class ProposedRun:
     # --- checkpoints ---
     @property
     def last_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return ckpt.last_checkpoint_path(self.run_dir)
 
     @property
     def best_path(self) -> Path:
-        return self.run_dir / "best.pt"
+        return ckpt.best_checkpoint_path(self.run_dir)
 
     def checkpoint(self) -> dict[str, Any]:
         """A segmenter checkpoint (load_segmenter reads it) that also carries the translator;

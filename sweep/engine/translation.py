@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.registry import build_translator, translator_defaults
+from models.registry import build_translator, load_torch_file, translator_defaults
 from models.translators.base import Translator
 from sweep.engine.checkpoints import save_atomic
 from sweep.engine.inference import as_batch, resolve_device
@@ -206,13 +206,7 @@ def save_translator(path: Path, translator: Translator, cfg: "RunConfig", key: s
 
 def load_translator(path: str | Path) -> tuple[Translator, dict]:
     """(translator in eval mode on the CPU, its checkpoint dict) from a warm-up or transfer checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: translator checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    payload = load_torch_file(path, "translator checkpoint")
     if isinstance(payload, dict) and isinstance(payload.get("translator"), dict):
         payload = payload["translator"]  # a transfer run's checkpoint carries its translator inside
     missing = [k for k in ("translator", "kwargs", "state_dict") if not isinstance(payload, dict) or k not in payload]
