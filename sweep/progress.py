@@ -20,8 +20,10 @@ class SweepProgress(Callback):
     def __init__(self, total: int, say=print, every_s: float = 10.0):
         self.total, self.say, self.every_s = total, say, every_s
         self.started = time.time()
-        self.finished_before = 0  # trials settled (done, reused or failed) in earlier stages
+        self.finished_before = 0  # trials done or reused in earlier stages
+        self.failed_before = 0  # trials failed in earlier stages
         self.stage_label = ""
+        self.to_run: set[str] = set()
         self.last_line = 0.0
         self.stage_started = self.started
         self.stage_done = 0
@@ -33,31 +35,39 @@ class SweepProgress(Callback):
         state["say"] = print
         return state
 
-    def begin_stage(self, index: int, n_stages: int, reused: int, failed_before: int) -> None:
-        self.finished_before += self.counts["done"] + self.counts["failed"]
-        self.finished_before += reused
+    def begin_stage(self, index: int, n_stages: int, reused: int, failed_without_running: int,
+                    to_run: set[str] = frozenset()) -> None:
+        """Start counting a stage: the trials `to_run` (ids); `reused` trials are already in
+        OUT, and `failed_without_running` trials lost a dependency."""
+        self.to_run = set(to_run)
+        self.finished_before += self.counts["done"] + reused
+        self.failed_before += self.counts["failed"] + failed_without_running
         self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
         self.stage_label = f"stage {index}/{n_stages}"
         self.stage_started, self.stage_done = time.time(), 0
         if reused:
             self.say(f"[sweep] {self.stage_label}: {reused} trial(s) already finished in OUT, reused")
+        if failed_without_running:
+            self.say(f"[sweep] {self.stage_label}: {failed_without_running} trial(s) not run: a dependency failed")
 
     def line(self) -> str:
         c = self.counts
-        settled = self.finished_before + c["done"] + c["failed"]
+        settled = self.finished_before + self.failed_before + c["done"] + c["failed"]
         elapsed = time.time() - self.started
         rate_elapsed = time.time() - self.stage_started
         remaining = self.total - settled
         eta = rate_elapsed / self.stage_done * remaining if self.stage_done else None
         return (f"[sweep {format_duration(elapsed)}] {self.stage_label}: {settled}/{self.total} settled | "
                 f"done {self.finished_before + c['done']} | running {c['running']} | pending {c['pending']} | "
-                f"failed {c['failed']} | elapsed {format_duration(elapsed)} | ETA {format_duration(eta) if remaining else '0:00:00'}")
+                f"failed {self.failed_before + c['failed']} | elapsed {format_duration(elapsed)} | ETA {format_duration(eta) if remaining else '0:00:00'}")
 
     def _count(self, trials) -> None:
         counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
         names = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "ERROR": "failed", "PAUSED": "pending"}
         for trial in trials:
-            counts[names.get(trial.status, "pending")] += 1
+            # A restored experiment also lists trials settled before the interruption.
+            if str(trial) in self.to_run:
+                counts[names.get(trial.status, "pending")] += 1
         self.counts = counts
 
     def on_step_end(self, iteration, trials, **info):

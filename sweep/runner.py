@@ -223,8 +223,11 @@ class _Runner:
         total = sum(len(s) for s in stages)
         self.progress = SweepProgress(total=total, say=self.say, every_s=self.options.progress_every_s)
         for index, stage in enumerate(stages, start=1):
+            reused_before, failed_before = len(self.outcome.reused), len(self.outcome.failed)
             todo = self._stage_todo(stage)
-            self.progress.begin_stage(index, len(stages), reused=len(stage) - len(todo), failed_before=len(self.outcome.failed))
+            self.progress.begin_stage(index, len(stages), reused=len(self.outcome.reused) - reused_before,
+                                      failed_without_running=len(self.outcome.failed) - failed_before,
+                                      to_run={spec.trial_id for spec in todo})
             if todo:
                 self._run_stage(index, todo, resume=self.options.resume)
             self._gather()
