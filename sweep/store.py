@@ -36,6 +36,7 @@ from sweep.results import (
     TRIALS_SCHEMA,
     config_values,
     key_values,
+    replace_atomically,
     to_table,
     write_atomic,
 )
@@ -102,14 +103,10 @@ class RunStore:
     def write_json(self, path: str, value: Any) -> None:
         """Readers see the old file or the new one (rename locally, one PUT in a bucket)."""
         data = (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode()
-        parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
         if self.is_local:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=parent)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
+            replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
         else:
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with self.fs.open_output_stream(path) as stream:
                 stream.write(data)
 
