@@ -32,6 +32,20 @@ def best_checkpoint_path(run_dir: Path) -> Path:
     return Path(run_dir) / "best.pt"
 
 
+class RunDirectoryPaths:
+    """For a trainer with a `run_dir`: where its checkpoints live."""
+
+    run_dir: Path
+
+    @property
+    def last_path(self) -> Path:
+        return last_checkpoint_path(self.run_dir)
+
+    @property
+    def best_path(self) -> Path:
+        return best_checkpoint_path(self.run_dir)
+
+
 def save_atomic(obj: Any, path: Path) -> Path:
     """torch.save so that a reader (or a resumed run) sees the old file or the new one, never half."""
     return replace_atomically(path, lambda tmp: torch.save(obj, tmp))

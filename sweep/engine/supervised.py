@@ -91,7 +91,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     return warped, warped_masks[:, 0].long()
 
 
-class _Trainer:
+class _Trainer(ckpt.RunDirectoryPaths):
     """The state of one run: network, optimiser, tensors on the device, best-so-far bookkeeping."""
 
     def __init__(self, cfg: RunConfig, data: SegmentationData, run_dir: Path):
@@ -124,14 +124,6 @@ class _Trainer:
         self.duration_s = 0.0
 
     # --- checkpoints ---
-    @property
-    def last_path(self) -> Path:
-        return ckpt.last_checkpoint_path(self.run_dir)
-
-    @property
-    def best_path(self) -> Path:
-        return ckpt.best_checkpoint_path(self.run_dir)
-
     def _network_checkpoint(self) -> dict[str, Any]:
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
                                        self.data.task, self.data.image_size, self.data.normalisation, self.epoch)
