@@ -29,8 +29,8 @@ def register(subparsers) -> None:
     synth.add_argument("--target-size", type=int, default=512, help="long side of the target PNGs (default 512)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
-        "--target-inverted-fraction", type=float, default=0.5,
-        help="share of Montgomery-like images with an inverted response: 0 easier, 1 harder (default 0.5)",
+        "--target-inverted-fraction", type=float, default=1.0,
+        help="share of Montgomery-like images with an inverted response (default 1: every image, a consistent shift; 0: none; between: a bimodal target)",
     )
     synth.set_defaults(func=_run_synth)
 

@@ -5,8 +5,9 @@ data is not at hand: tests, the demo and CPU runs read them through exactly the 
 the real files. Anatomy (two lungs, heart, two clavicles, ribs, spine, soft tissue) is drawn from
 one distribution for every domain; only the imaging differs. The target rendering is built to
 stay hard *after* per-image standardisation (method-notes.md): a strongly non-linear intensity
-response, inverted on a share of the images, a low-frequency multiplicative bias field, black collimation
-borders, different noise and a different field of view and aspect ratio. A segmenter trained on
+response, inverted on every Montgomery-like image by default (one consistent domain shift), a
+low-frequency multiplicative bias field, black collimation borders, different noise, and a
+slightly wider field of view at Montgomery's aspect ratio. A segmenter trained on
 the source alone therefore loses accuracy on the target, while a translator that learns the
 intensity mapping can recover the anatomy.
 
@@ -275,9 +276,20 @@ def _source_pose(rng: np.random.Generator) -> Pose:
     )
 
 
-def _target_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
+def _montgomery_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
+    # Framed much like JSRT (the real Montgomery films are too): a slightly wider field of view,
+    # a little off-centre and tilted. A landscape frame zooms out a bit more so the chest fits
+    # its shorter height. The geometry is not what makes this target hard: the detector is.
+    zoom = rng.uniform(0.80, 0.92) if width > height else rng.uniform(0.85, 1.0)
+    return Pose(
+        zoom=zoom,
+        shift=(rng.uniform(-0.05, 0.05), rng.uniform(-0.04, 0.06)),
+        angle=math.radians(rng.uniform(-4, 4)),
+    )
+
+
+def _shenzhen_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
     # Wider field of view than JSRT: shoulders, neck and upper abdomen in view, off-centre.
-    # A landscape frame must zoom out further for the chest to fit its shorter height.
     zoom = rng.uniform(0.62, 0.74) if width > height else rng.uniform(0.72, 0.86)
     return Pose(
         zoom=zoom,
@@ -297,14 +309,16 @@ def render_source(attenuation: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 
 def render_target(
-    attenuation: np.ndarray, rng: np.random.Generator, bits_max: int, style: str, inverted_fraction: float = 0.5
+    attenuation: np.ndarray, rng: np.random.Generator, bits_max: int, style: str, inverted_fraction: float = 1.0
 ) -> np.ndarray:
     """The target detector: what a source-only segmenter has never seen, whatever the normalisation."""
     height, width = attenuation.shape
     if style == "montgomery":
-        # A strongly non-linear response (gamma 0.5 to 2), and on a share of the images an
-        # inverted one (lungs bright), as archives storing negatives do. Standardisation
-        # cannot undo either; a translator can learn both.
+        # A strongly non-linear response (gamma 0.5 to 2), inverted (lungs bright, as archives
+        # storing negatives show them) on `inverted_fraction` of the images: by default all of
+        # them, a consistent shift like the real JSRT -> Montgomery one. Standardisation undoes
+        # neither; a translator can learn both. Below 1 the target becomes bimodal, which one
+        # translator with a fixed style code at inference cannot serve.
         response = (attenuation ** np.exp(rng.uniform(math.log(0.5), math.log(2.0)))).astype(np.float32)
         if rng.random() < inverted_fraction:
             response = 1.0 - response
@@ -376,7 +390,7 @@ def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Gene
     for index in range(count):
         case_id = f"MCUCXR_{index + 1:04d}_{int(rng.random() < 0.42)}"
         height, width = _target_shape(rng, long_side)
-        anatomy, pose = sample_anatomy(rng), _target_pose(rng, height, width)
+        anatomy, pose = sample_anatomy(rng), _montgomery_pose(rng, height, width)
         attenuation = render_attenuation(anatomy, pose, height, width, rng)
         # 12-bit values in a 16-bit PNG, as in the original release.
         image = render_target(
@@ -396,7 +410,7 @@ def _write_shenzhen(out: Path, count: int, long_side: int, rng: np.random.Genera
     for index in range(count):
         case_id = f"CHNCXR_{index + 1:04d}_{int(rng.random() < 0.5)}"
         side = int(round(long_side * rng.uniform(0.9, 1.0) / 4)) * 4
-        anatomy, pose = sample_anatomy(rng), _target_pose(rng, side, side)
+        anatomy, pose = sample_anatomy(rng), _shenzhen_pose(rng, side, side)
         attenuation = render_attenuation(anatomy, pose, side, side, rng)
         image = render_target(attenuation, rng, bits_max=255, style="shenzhen").astype(np.uint8)
         _save_png(image, root / "CXR_png" / f"{case_id}.png")
@@ -415,7 +429,7 @@ def synthesize(
     source_size: int = 512,
     target_size: int = 512,
     seed: int = 0,
-    target_inverted_fraction: float = 0.5,
+    target_inverted_fraction: float = 1.0,
 ) -> dict[str, Path]:
     """Write phantom datasets under `out_dir`; returns {"jsrt", "scr", "montgomery"[, "shenzhen"]} folders.
 
@@ -423,7 +437,8 @@ def synthesize(
     the real data); `target_size` is the long side of the Montgomery-like 16-bit PNGs (short
     side at the real 4020 / 4892 ratio) and about the side of the Shenzhen-like 8-bit PNGs.
     `target_inverted_fraction` of the Montgomery-like images get an inverted response (lungs
-    bright): 0 makes the target easier, 1 harder.
+    bright). The default 1 is a consistent shift a translator can learn; 0 keeps the display
+    polarity (an easier target); values in between make the target bimodal.
     Each domain draws from its own random stream, so changing one count leaves the others' files unchanged.
     """
     if n_source < 1 or n_target < 0 or n_shenzhen < 0:

@@ -90,5 +90,28 @@ def test_target_stays_shifted_after_standardisation(tmp_path, inverted_fraction)
     # standardised target, even without any inverted image...
     assert source_scores[best] > 0.6
     assert _threshold_jaccard(target.images, target_lungs, thresholds[best]) < source_scores[best] - 0.25
-    # ...while the target's own labels still mark lungs of the same kind of size.
-    assert 0.5 < target_lungs.mean() / source_lungs.mean() < 1.5
+    # ...while the target's own labels mark lungs of about the source's size: the framing is
+    # close to JSRT's, so the shift is in the detector, not in the geometry.
+    assert 0.75 < target_lungs.mean() / source_lungs.mean() < 1.3
+
+
+@pytest.mark.parametrize("inverted_fraction, expected", [(None, "bright"), (1.0, "bright"), (0.0, "dark"), (0.5, "mixed")])
+def test_inverted_fraction_sets_the_lung_polarity_image_by_image(tmp_path, inverted_fraction, expected):
+    kwargs = {} if inverted_fraction is None else {"target_inverted_fraction": inverted_fraction}
+    written = synthesize(tmp_path / "ph", n_source=1, n_target=8, source_size=64, target_size=96, seed=4, **kwargs)
+    target = load_target("montgomery", written["montgomery"], 48, cache_dir=tmp_path / "cache")
+    box = _thoracic_box(48)
+    # Standardised lung brightness against the rest of the thorax, one sign per image.
+    contrast = np.array([image[lung].mean() - image[box & ~lung].mean()
+                         for image, lung in zip(target.images, target.masks["lungs"].astype(bool))])
+    if expected == "bright":  # the default: every image inverted, one consistent shift
+        assert (contrast > 0).all(), contrast
+    elif expected == "dark":
+        assert (contrast < 0).all(), contrast
+    else:
+        assert (contrast > 0).any() and (contrast < 0).any(), contrast
+
+
+def test_inverted_fraction_out_of_range_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="target_inverted_fraction"):
+        synthesize(tmp_path / "ph", n_source=1, n_target=1, source_size=64, target_size=64, target_inverted_fraction=1.5)
