@@ -88,8 +88,17 @@ class Segmenter:
             raise ValueError(f"{path}: trained on {checkpoint['normalisation']!r} images; this cxrsweep prepares "
                              f"{NORMALISATION!r}")
         torch_device = resolve_device(device)
-        model = segmenter_from_checkpoint(checkpoint).to(torch_device, memory_format=memory_format_for(torch_device))
-        return cls(model.eval(), checkpoint["arch"], checkpoint["task"], int(checkpoint["image_size"]), torch_device)
+        arch = checkpoint["arch"]
+        if "translator" in checkpoint:
+            # A transfer run's best.pt: target images go through G_BA before M_A, as in training.
+            from sweep.engine.transfer import load_transfer_model
+
+            model = load_transfer_model(path)
+            arch = f"{checkpoint['translator']['translator']} G_BA + {arch}"
+        else:
+            model = segmenter_from_checkpoint(checkpoint)
+        model = model.to(torch_device, memory_format=memory_format_for(torch_device))
+        return cls(model.eval(), arch, checkpoint["task"], int(checkpoint["image_size"]), torch_device)
 
     def segment_array(self, pixels: np.ndarray, source: Path) -> np.ndarray:
         """Mask uint8 {0, 1} at the radiograph's own size."""
