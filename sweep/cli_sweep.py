@@ -87,7 +87,9 @@ def register(subparsers) -> None:
     run.add_argument("experiment", choices=("segmentation", "transfer", "all"))
     add_config_flags(run)
     run.add_argument("--models", type=_csv(str), help=f"segmentation models (default {','.join(SEGMENTATION_MODELS)})")
-    run.add_argument("--tasks", type=_csv(str), help=f"tasks (default {','.join(TASKS)}; transfer: lungs)")
+    run.add_argument("--tasks", type=_csv(str),
+                     help=f"tasks (default {','.join(TASKS)}; transfer: lungs in Table II, heart and clavicles "
+                          "as Fig. 9 overlays only)")
     run.add_argument("--folds", type=_csv(int), help="JSRT test folds (default all)")
     run.add_argument("--methods", type=_csv(str), help=f"transfer methods (default {','.join(TRANSFER_METHODS)})")
     run.add_argument("--fractions", type=_csv(float),

@@ -11,6 +11,14 @@ Dependencies are explicit trials, so the sweep schedules them first:
 - `proposed` also needs the translator warm-up of its target and repetition, shared by every
   task and label fraction.
 
+Fig. 9 (`transfer_qualitative`): the targets label lungs only, so heart and clavicle transfer
+has no number. For each selected target and each of those tasks (as `--tasks` allows), when
+the selection includes `proposed` at 0 % labels, the grid adds one `proposed` run at 0 % for
+the first selected repetition. It depends on the same M_A (the Table I U-Net of that task and
+fold) and the same translator warm-up as the lungs cells, both reused. Like warm-ups, these
+runs are outputs of the sweep but no row of Table II: their folders OUT/runs/<trial_id>/ keep
+the overlays, translations and result.json that the report's Fig. 9 reads.
+
 Trial ids are readable keys plus a short hash of the effective config, so two runs of the
 same cell with the same config share one id (and one output folder, which is how completed
 trials are reused), while a changed config never silently reuses an old result. No Ray here.
@@ -35,17 +43,19 @@ from sweep.config import (
 
 EXPERIMENTS = ("segmentation", "transfer", "all")
 
-# The target datasets label lungs only, so Table II is measurable for lungs only
-# (heart and clavicle transfer is qualitative: `cxrsweep train-transfer`).
+# The target datasets label lungs only, so Table II is measurable for lungs only; heart and
+# clavicle transfer is qualitative (Fig. 9): one overlay-only run per target (QUALITATIVE).
 TRANSFER_TASKS = ("lungs",)
+QUALITATIVE_TASKS = tuple(t for t in TASKS if t not in TRANSFER_TASKS)
 
 # The paper's M_A is a U-Net (skip connections keep the translators' gradients alive).
 TRANSFER_SEGMENTER = "unet"
 
-# Trial kinds. Warm-ups are dependencies only: they produce no row in the result tables.
+# Trial kinds. Warm-ups and qualitative runs produce no row in the result tables.
 SEGMENTATION = "segmentation"
 TRANSFER = "transfer"
 TRANSLATOR_WARMUP = "translator_warmup"
+QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the target does not label
 
 # Fields that say where and how fast a run executes, not what it computes.
 EXECUTION_FIELDS = frozenset({"device", "num_threads"})
@@ -83,15 +93,15 @@ class TrialSpec:
     """One cell of the grid (or one dependency) with everything needed to run it."""
 
     trial_id: str
-    kind: str  # SEGMENTATION | TRANSFER | TRANSLATOR_WARMUP
+    kind: str  # SEGMENTATION | TRANSFER | TRANSLATOR_WARMUP | QUALITATIVE
     config: RunConfig
     depends_on: tuple[str, ...] = ()
     not_applicable: str | None = None  # why this cell has no number; None when it runs
 
     @property
     def has_row(self) -> bool:
-        """Whether the trial is a cell of Table I / II (warm-ups are not)."""
-        return self.kind != TRANSLATOR_WARMUP
+        """Whether the trial is a cell of Table I / II (warm-ups and qualitative runs are not)."""
+        return self.kind not in (TRANSLATOR_WARMUP, QUALITATIVE)
 
 
 @dataclass
@@ -198,6 +208,14 @@ def transfer_trials(base: RunConfig, method: str, task: str, target: str, repeti
     return [cell, *dependencies]
 
 
+def qualitative_trials(base: RunConfig, task: str, target: str, repetition: int) -> list[TrialSpec]:
+    """The Fig. 9 run of `task` on `target` (proposed, 0 % labels) followed by its dependencies:
+    the same M_A and warm-up a lungs cell of that repetition uses."""
+    cell, *dependencies = transfer_trials(base, "proposed", task, target, repetition, 0.0)
+    trial_id = cell.trial_id.replace("transfer-", "qualitative-", 1)
+    return [TrialSpec(trial_id, QUALITATIVE, cell.config, cell.depends_on), *dependencies]
+
+
 def _check_choice(flag: str, values: Sequence, allowed: Sequence) -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
@@ -218,7 +236,9 @@ def build_grid(
     """The trials of `segmentation`, `transfer` or `all`, restricted to the given selections.
 
     `None` selects everything: all models, tasks and folds for Table I; all methods and label
-    fractions, lungs, repetitions 0..n_folds-1 and Montgomery for Table II.
+    fractions, lungs, repetitions 0..n_folds-1 and Montgomery for Table II, plus the Fig. 9
+    runs of heart and clavicles. Selected tasks the targets do not label (heart, clavicles)
+    give only those qualitative runs, which need `proposed` and 0 % in the selection.
     """
     _check_choice("experiment", [experiment], EXPERIMENTS)
     if base.profile not in PROFILES:
@@ -240,11 +260,13 @@ def build_grid(
     if experiment in ("transfer", "all"):
         transfer_methods = list(methods or TRANSFER_METHODS)
         label_fractions = [float(f) for f in (LABEL_FRACTIONS if fractions is None else fractions)]
-        transfer_tasks = [t for t in (tasks or TRANSFER_TASKS) if experiment == "transfer" or t in TRANSFER_TASKS]
+        selected_tasks = list(tasks or TASKS)
+        _check_choice("--tasks", selected_tasks, TASKS)
+        transfer_tasks = [t for t in selected_tasks if t in TRANSFER_TASKS]
+        qualitative_tasks = [t for t in selected_tasks if t in QUALITATIVE_TASKS]
         reps = list(range(base.n_folds)) if repetitions is None else list(repetitions)
         transfer_targets = list(targets or TARGETS[:1])
         _check_choice("--methods", transfer_methods, TRANSFER_METHODS)
-        _check_choice("--tasks (transfer: the targets label lungs only)", transfer_tasks, TRANSFER_TASKS)
         _check_choice("--targets", transfer_targets, TARGETS)
         bad = [f for f in label_fractions if not 0 <= f <= 100]
         if bad:
@@ -258,6 +280,10 @@ def build_grid(
                         for repetition in reps:
                             for spec in transfer_trials(base, method, task, target, repetition, fraction):
                                 grid.add(spec)
+            if "proposed" in transfer_methods and 0.0 in label_fractions and reps:
+                for task in qualitative_tasks:
+                    for spec in qualitative_trials(base, task, target, reps[0]):
+                        grid.add(spec)
     return grid
 
 

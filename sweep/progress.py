@@ -83,7 +83,9 @@ class SweepProgress(Callback):
         result = trial.last_result or {}
         score = result.get("test_jaccard_mean")
         node = (result.get("node_ip") or "?")
-        self.say(f"[sweep] done {trial}" + (f": test Jaccard {score:.4f}" if isinstance(score, float) else "")
+        # A qualitative (Fig. 9) run has no test labels: its score is NaN and not shown.
+        shown = isinstance(score, float) and score == score
+        self.say(f"[sweep] done {trial}" + (f": test Jaccard {score:.4f}" if shown else "")
                  + f" (node {node})")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import ray
 from ray import tune
 
-from sweep.grid import TRANSFER, TRANSLATOR_WARMUP, Grid, TrialSpec, spec_to_dict
+from sweep.grid import QUALITATIVE, TRANSFER, TRANSLATOR_WARMUP, Grid, TrialSpec, spec_to_dict
 from sweep.progress import SweepProgress, format_duration
 from sweep.store import RunStore, write_results
 from sweep.trainables import run_trial
@@ -75,7 +75,7 @@ class SweepOutcome:
 
 def needed_datasets(specs: Iterable[TrialSpec]) -> set[str]:
     names = {"jsrt"}
-    names.update(s.config.target for s in specs if s.kind in (TRANSFER, TRANSLATOR_WARMUP))
+    names.update(s.config.target for s in specs if s.kind in (TRANSFER, TRANSLATOR_WARMUP, QUALITATIVE))
     return names
 
 
@@ -357,8 +357,10 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> 
     check_data_flags(needed_datasets(grid.runnable()), paths)
     connect(options)
     runner = _Runner(grid, lambda: load_datasets(needed_datasets(grid.runnable()), paths, image_size), options, say)
-    say(f"[sweep] {len(grid.runnable())} trials to run or reuse, {len(grid.not_applicable())} not applicable; "
-        f"output {runner.store.uri()}")
+    qualitative = sum(1 for s in grid.runnable() if s.kind == QUALITATIVE)
+    say(f"[sweep] {len(grid.runnable())} trials to run or reuse"
+        + (f" ({qualitative} qualitative Fig. 9 runs, no table rows)" if qualitative else "")
+        + f", {len(grid.not_applicable())} not applicable; output {runner.store.uri()}")
     outcome = runner.run()
     say(f"[sweep] finished in {format_duration(outcome.wall_s)}: {len(outcome.completed)} completed, "
         f"{len(outcome.reused)} reused, {len(outcome.failed)} failed, {len(outcome.not_applicable)} not applicable; "

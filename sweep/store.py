@@ -4,7 +4,9 @@ result tables rebuilt from it. No Ray here.
 Layout under OUT:
 
     runs/<trial_id>/         one finished Table I / II trial: the engine's run directory
-                             (result.json, images.parquet, best.pt, overlays/) plus trial.json
+                             (result.json, images.parquet, best.pt, overlays/) plus trial.json;
+                             also the qualitative (Fig. 9) runs, kept for their overlays but
+                             never a table row
     translators/<trial_id>/  one finished translator warm-up (a dependency, not a table row)
     results/trials.parquet   one row per trial  } rebuilt from runs/ after every stage,
     results/images.parquet   one row per image  } written atomically
@@ -212,7 +214,8 @@ def _outcome_row(spec: TrialSpec, status: str, error: str | None = None) -> dict
 
 
 def collect_rows(store: RunStore) -> tuple[list[dict], list[dict]]:
-    """Trial rows and image rows from every run folder under OUT/runs, finished or not."""
+    """Trial rows and image rows from every run folder under OUT/runs, finished or not
+    (qualitative runs excepted: they are no table cell)."""
     trial_rows: list[dict] = []
     image_rows: list[dict] = []
     for trial_id in store.list_dirs(store.path("runs")):
@@ -220,6 +223,8 @@ def collect_rows(store: RunStore) -> tuple[list[dict], list[dict]]:
         if store.exists(f"{folder}/{COMPLETE_MARKER}"):
             info = store.read_json(f"{folder}/{COMPLETE_MARKER}")
             spec = spec_from_dict(info["spec"])
+            if not spec.has_row:
+                continue
             summary = store.read_json(f"{folder}/{ENGINE_SUMMARY}")
             row = _outcome_row(spec, "ok")
             row.update({name: summary.get(name) for name in RESULT_FIELDS})
@@ -232,10 +237,14 @@ def collect_rows(store: RunStore) -> tuple[list[dict], list[dict]]:
             image_rows.extend({**keys, **image} for image in images)
         elif store.exists(f"{folder}/{FAILED_MARKER}"):
             record = store.read_json(f"{folder}/{FAILED_MARKER}")
-            trial_rows.append(_outcome_row(spec_from_dict(record["spec"]), "failed", record["error"]))
+            spec = spec_from_dict(record["spec"])
+            if spec.has_row:  # a failed qualitative run is named by the command, not tabled
+                trial_rows.append(_outcome_row(spec, "failed", record["error"]))
         elif store.exists(f"{folder}/{NOT_APPLICABLE_MARKER}"):
             record = store.read_json(f"{folder}/{NOT_APPLICABLE_MARKER}")
-            trial_rows.append(_outcome_row(spec_from_dict(record["spec"]), "not_applicable", record["reason"]))
+            spec = spec_from_dict(record["spec"])
+            if spec.has_row:
+                trial_rows.append(_outcome_row(spec, "not_applicable", record["reason"]))
         # Anything else is a run still in progress (or killed): not reported.
     order = [name for name in KEY_COLUMNS if name != "trial_id"] + ["trial_id"]
 

@@ -26,7 +26,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from sweep.grid import SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
+from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
 from sweep.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _device(requested: str) -> str:
 
 
 def run_trial(config: dict, datasets: dict[str, Any]) -> None:
-    """One Table I / II trial or translator warm-up.
+    """One Table I / II trial, translator warm-up or qualitative (Fig. 9) transfer run.
 
     `config["trial"]` holds `spec` (a serialised TrialSpec), `dependencies` (the specs it
     needs) and the optional test hook `inject_failure`; `config` also holds `out` (where the
@@ -141,7 +141,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         from sweep.engine.translation import warmup_translator
 
         warmup_translator(cfg, datasets["jsrt"], datasets[cfg.target], run_dir)
-    elif spec.kind == TRANSFER:
+    elif spec.kind in (TRANSFER, QUALITATIVE):
         from sweep.engine.transfer import NotApplicable
 
         dependencies = [spec_from_dict(d) for d in trial.get("dependencies", [])]
@@ -149,6 +149,8 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         try:
             result = _run_transfer(cfg, datasets, dependency_store, dependencies, run_dir, callbacks)
         except NotApplicable as reason:
+            if spec.kind == QUALITATIVE:
+                raise  # a Fig. 9 run the engine refuses is a failure, never a quiet gap
             # The engine knows cells the grid cannot see (e.g. a target without these labels).
             store.record_not_applicable(spec, str(reason))
             tune.report({"not_applicable": 1})

@@ -2,7 +2,8 @@
 import pytest
 
 from sweep.config import LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, make_config
-from sweep.grid import SEGMENTATION, TRANSLATOR_WARMUP, build_grid, config_hash, spec_from_dict, spec_to_dict
+from sweep.grid import (QUALITATIVE, SEGMENTATION, TRANSLATOR_WARMUP, build_grid, config_hash, spec_from_dict,
+                        spec_to_dict)
 
 
 def test_table_one_is_models_by_tasks_by_folds():
@@ -29,9 +30,10 @@ def test_table_two_cells_dependencies_and_not_applicable():
     assert (segmenter.config.model, segmenter.config.task, segmenter.config.fold) == ("unet", "lungs", 1)
     scratch = next(t for t in cells if t.config.method == "scratch" and t.config.label_fraction == 5.0)
     assert [grid.trials[d].kind for d in scratch.depends_on] == [SEGMENTATION]  # M_A's architecture
-    # One warm-up per repetition, shared by every fraction; one M_A per fold.
+    # One warm-up per repetition, shared by every fraction; one M_A per fold (lungs), plus the
+    # heart and clavicle M_A of the first repetition's fold for the Fig. 9 runs.
     assert len([t for t in grid.trials.values() if t.kind == TRANSLATOR_WARMUP]) == 2
-    assert len([t for t in grid.trials.values() if t.kind == SEGMENTATION]) == 2
+    assert len([t for t in grid.trials.values() if t.kind == SEGMENTATION]) == 2 + 2
 
 
 def test_m_a_is_the_table_one_trial_and_stages_put_dependencies_first():
@@ -70,6 +72,44 @@ def test_bad_selections_name_their_flag(kwargs, flag):
         build_grid(experiment, make_config("smoke"), **kwargs)
 
 
-def test_transfer_tasks_are_the_labelled_ones():
-    with pytest.raises(ValueError, match="lungs only"):
-        build_grid("transfer", make_config("smoke"), tasks=["heart"])
+def test_fig9_qualitative_runs_reuse_table_one_m_a_and_the_lungs_warmup():
+    """Heart and clavicles on the target: one proposed run at 0 % per task and target, first
+    selected repetition only, no table row, depending on the Table I U-Net and the lungs warm-up."""
+    grid = build_grid("all", make_config("smoke"), folds=[0, 1, 2, 3, 4], repetitions=[6, 2])
+    qualitative = [t for t in grid.trials.values() if t.kind == QUALITATIVE]
+    assert sorted(t.config.task for t in qualitative) == ["clavicles", "heart"]
+    table_one = {t.trial_id for t in grid.trials.values() if t.kind == SEGMENTATION}
+    assert len(table_one) == len(SEGMENTATION_MODELS) * len(TASKS) * 5  # nothing added for them
+    lungs_proposed = next(t for t in grid.trials.values() if t.has_row and t.config.method == "proposed"
+                          and t.config.task == "lungs" and t.config.repetition == 6)
+    lungs_warmup = next(d for d in lungs_proposed.depends_on if grid.trials[d].kind == TRANSLATOR_WARMUP)
+    for spec in qualitative:
+        cfg = spec.config
+        assert not spec.has_row and spec.not_applicable is None
+        assert (cfg.experiment, cfg.method, cfg.label_fraction, cfg.target, cfg.repetition, cfg.fold) == (
+            "transfer", "proposed", 0.0, "montgomery", 6, 1)
+        deps = {grid.trials[d].kind: grid.trials[d] for d in spec.depends_on}
+        assert sorted(deps) == [SEGMENTATION, TRANSLATOR_WARMUP]
+        m_a = deps[SEGMENTATION]
+        assert m_a.trial_id in table_one and (m_a.config.model, m_a.config.task, m_a.config.fold) == ("unet", cfg.task, 1)
+        assert deps[TRANSLATOR_WARMUP].trial_id == lungs_warmup
+        assert spec_from_dict(spec_to_dict(spec)) == spec
+    # Table II stays lungs only.
+    assert {t.config.task for t in grid.trials.values() if t.has_row and t.config.experiment == "transfer"} == {"lungs"}
+
+
+@pytest.mark.parametrize("kwargs, tasks", [
+    ({"tasks": ["lungs"]}, []),  # --tasks lungs: no Fig. 9 runs
+    ({"tasks": ["heart"]}, ["heart"]),  # no Table II cell, only heart's Fig. 9 run
+    ({"methods": ["finetune", "source_only"]}, []),  # they come with the proposed method ...
+    ({"fractions": [5, 100]}, []),  # ... at 0 % labels
+    ({"targets": ["montgomery", "shenzhen"]}, ["clavicles", "clavicles", "heart", "heart"]),
+])
+def test_fig9_runs_follow_the_selection(kwargs, tasks):
+    grid = build_grid("transfer", make_config("smoke"), **{"repetitions": [0], **kwargs})
+    assert sorted(t.config.task for t in grid.trials.values() if t.kind == QUALITATIVE) == tasks
+    if kwargs.get("tasks") == ["heart"]:
+        assert not [t for t in grid.trials.values() if t.kind != QUALITATIVE and t.has_row
+                    and t.config.experiment == "transfer"]
+    with pytest.raises(ValueError, match="--tasks"):
+        build_grid("transfer", make_config("smoke"), tasks=["ribs"])

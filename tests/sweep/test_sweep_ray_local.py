@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from sweep.config import make_config
-from sweep.grid import build_grid
+from sweep.grid import QUALITATIVE, Grid, build_grid
 from sweep.results import read_images, read_trials
 from sweep.runner import INJECT_FAILURE_ENV, SweepOptions, run_grid
 
@@ -75,16 +75,41 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     assert ok[ok.experiment == "transfer"].started_at.min() >= dependencies_done
 
     # A rerun reuses every finished trial and retries only the failed one: no row is
-    # duplicated or lost, and the repaired trial's row replaces its failure.
+    # duplicated or lost, and the repaired trial's row replaces its failure. The rerun also asks
+    # for the Fig. 9 runs (heart, clavicles): they reuse the lungs warm-up, add their Table I
+    # M_A rows and no transfer row.
     monkeypatch.delenv(INJECT_FAILURE_ENV)
-    again = run_grid(grid, data_paths, _options(tmp_path), say=lambda line: None)
-    assert again.completed == [broken.trial_id] and again.ok
+    fig9 = build_grid("all", make_config("smoke", {"num_threads": 1}), models=["unet"], tasks=["heart", "clavicles"],
+                      folds=[0], repetitions=[0], methods=["proposed"], fractions=[0])
+    wider = Grid(dict(grid.trials))
+    for spec in fig9.trials.values():
+        wider.add(spec)
+    qualitative = [t for t in wider.trials.values() if t.kind == QUALITATIVE]
+    added_m_a = [t.trial_id for t in fig9.trials.values() if t.has_row]
+    assert len(qualitative) == 2 and len(added_m_a) == 2 and len(wider.trials) == len(grid.trials) + 4
+    lines: list[str] = []
+    again = run_grid(wider, data_paths, _options(tmp_path), say=lines.append)
+    assert sorted(again.completed) == sorted([broken.trial_id, *added_m_a, *(t.trial_id for t in qualitative)])
+    assert again.ok and warmup.trial_id in again.reused
     assert len(again.reused) == len(grid.runnable()) - 1
+    assert any("2 qualitative" in line for line in lines)
+    assert any(f"/{len(wider.runnable())} settled" in line for line in lines)  # progress counts them
     rerun = read_trials(tmp_path)
-    assert len(rerun) == len(trials) and (rerun.status != "failed").all()
-    unchanged = rerun.trial_id != broken.trial_id
+    assert len(rerun) == len(trials) + 2 and (rerun.status != "failed").all()
+    assert sorted(rerun[~rerun.trial_id.isin(trials.trial_id)].trial_id) == sorted(added_m_a)
+    unchanged = rerun.trial_id.isin(trials.trial_id) & (rerun.trial_id != broken.trial_id)
     assert rerun[unchanged].reset_index(drop=True).equals(trials[trials.trial_id != broken.trial_id].reset_index(drop=True))
-    assert len(read_images(tmp_path)) == len(images) + rerun.set_index("trial_id").n_test_images[broken.trial_id]
+    n_test = rerun.set_index("trial_id").n_test_images
+    assert len(read_images(tmp_path)) == len(images) + sum(n_test[t] for t in [broken.trial_id, *added_m_a])
+    for spec in qualitative:  # kept for the report's Fig. 9: overlays, translations, labelled result.json
+        run_dir = tmp_path / "runs" / spec.trial_id
+        summary = json.loads((run_dir / "result.json").read_text())
+        assert summary["n_test_images"] == 0 and summary["config"]["task"] == spec.config.task
+        assert list((run_dir / "overlays").glob("*.png")) and list((run_dir / "translations").glob("*.png"))
+    from analysis.overlays import find_saved_images
+
+    shown = {i.run["task"] for i in find_saved_images(tmp_path, rerun) if i.kind == "overlays" and i.is_transfer}
+    assert shown == {"lungs", "heart", "clavicles"}
 
 
 def test_four_trials_share_one_logical_gpu(ray_runtime, data_paths, tmp_path):

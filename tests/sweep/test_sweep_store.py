@@ -58,3 +58,23 @@ def test_publish_is_all_or_nothing_and_replaces_a_failure(tmp_path):
 def test_bad_storage_uri_names_the_flag():
     with pytest.raises(ValueError, match="--out nosuchscheme://bucket"):
         RunStore("nosuchscheme://bucket/path")
+
+
+def test_qualitative_runs_are_kept_but_never_rows(tmp_path):
+    from sweep.grid import QUALITATIVE
+
+    grid = build_grid("transfer", make_config("smoke"), tasks=["heart", "clavicles"], repetitions=[0],
+                      methods=["proposed"], fractions=[0])
+    heart, clavicles = sorted((t for t in grid.runnable() if t.kind == QUALITATIVE), key=lambda t: t.config.task,
+                              reverse=True)
+    store = RunStore(tmp_path / "out")
+    run_dir = tmp_path / "run"
+    (run_dir / "overlays").mkdir(parents=True)
+    (run_dir / "overlays" / "MCUCXR_0001_0.png").write_bytes(b"png")
+    (run_dir / "result.json").write_text(json.dumps({"n_test_images": 0, "config": heart.config.to_dict()}))
+    store.publish(heart, run_dir, {"node_id": "n1"})
+    store.record_failure(clavicles, "RuntimeError: boom")
+    assert store.is_complete(heart) and store.trial_dir(heart).endswith(f"runs/{heart.trial_id}")
+    assert (tmp_path / "out" / "runs" / heart.trial_id / "overlays" / "MCUCXR_0001_0.png").is_file()
+    assert write_results(store) == (0, 0)
+    assert store.failure_of(clavicles) == "RuntimeError: boom"
