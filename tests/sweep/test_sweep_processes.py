@@ -43,7 +43,8 @@ def _wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | N
 
 def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp_path):
     out = tmp_path / "out"
-    run = ["run", "segmentation", "--profile", "smoke", "--set", "epochs=8", "--set", "num_threads=1",
+    epochs = 30
+    run = ["run", "segmentation", "--profile", "smoke", "--set", f"epochs={epochs}", "--set", "num_threads=1",
            "--models", "unet", "--tasks", "lungs", "--folds", "0,1,2", "--out", str(out), "--progress-every", "2",
            *data_flags]
     driver = _cxrsweep(run, _env(ray_temp_dirs()), start_new_session=True)
@@ -54,13 +55,25 @@ def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp
     def checkpointed_unfinished() -> set[str]:
         return {p.parent.name for p in (out / "ray").glob("stage1-*/*/checkpoint_*")} - finished()
 
+    # The state is read inside the wait and kept: Tune rotates checkpoints (num_to_keep=1), so a
+    # glob taken after the kill can land between two checkpoints and see none.
+    seen: dict[str, set[str]] = {}
+
+    def one_done_one_checkpointed() -> bool:
+        seen["done"], seen["checkpointed"] = finished(), checkpointed_unfinished()
+        return bool(seen["done"] and seen["checkpointed"])
+
     try:
-        _wait_for(lambda: finished() and checkpointed_unfinished(), 240, "one trial done and one checkpointed", driver)
+        _wait_for(one_done_one_checkpointed, 240, "one trial done and one checkpointed", driver)
+        # Tune records trial checkpoints in its experiment state every TUNE_GLOBAL_CHECKPOINT_S
+        # (2 s, sweep/runner.py): a checkpoint younger than that is not yet resumable.
+        time.sleep(3)
+        _wait_for(one_done_one_checkpointed, 60, "a checkpointed trial still running", driver)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started in its session
         driver.wait()
-    interrupted = checkpointed_unfinished()
     done_before = finished()
+    interrupted = seen["checkpointed"] - done_before
     assert interrupted and done_before
 
     resumed = _cxrsweep([*run, "--resume"], _env(ray_temp_dirs()))
@@ -72,7 +85,7 @@ def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp
     assert len(images) == trials.n_test_images.sum() and not images.duplicated(["trial_id", "image_id"]).any()
     for trial_id in interrupted - done_before:
         summary = json.loads((out / "runs" / trial_id / "result.json").read_text())
-        assert summary["epochs_trained"] < 8, f"{trial_id} restarted from scratch instead of its checkpoint"
+        assert summary["epochs_trained"] < epochs, f"{trial_id} restarted from scratch instead of its checkpoint"
 
 
 def _free_port() -> int:
