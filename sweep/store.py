@@ -70,6 +70,9 @@ class RunStore:
                 raise ValueError(f"--out {self.location}: not a storage URI pyarrow can open ({exc})") from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(self.location).expanduser().resolve())
+            # Trials run in Tune's trial folders and rebuild the store from `location`: a
+            # relative path would land there, so the driver passes the absolute one.
+            self.location = self.root
         self.root = self.root.rstrip("/")
 
     @property

@@ -31,9 +31,12 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     fails once (retried from its checkpoint); the FCN cell fails always (the command exits 1)."""
     from sweep.cli import main
 
+    # A relative --out, as the README's demo command gives: trials run in Tune's trial folders,
+    # so it must be resolved on the driver.
+    monkeypatch.chdir(tmp_path.parent)
     command = ["run", "all", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet,fcn",
                "--tasks", "lungs", "--folds", "0", "--repetitions", "0", "--methods", "proposed,finetune,source_only",
-               "--fractions", "0", "--out", str(tmp_path), "--retries", "1", "--progress-every", "2", *data_flags]
+               "--fractions", "0", "--out", tmp_path.name, "--retries", "1", "--progress-every", "2", *data_flags]
     grid = build_grid("all", make_config("smoke", {"num_threads": 1}), models=["unet", "fcn"], tasks=["lungs"],
                       folds=[0], repetitions=[0], methods=["proposed", "finetune", "source_only"], fractions=[0])
     m_a = next(t for t in grid.trials.values() if t.config.experiment == "segmentation" and t.config.model == "unet")
