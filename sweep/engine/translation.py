@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -76,23 +76,27 @@ class TranslationTrainer:
 
     def discriminative_step(self, a: Tensor, b: Tensor) -> dict[str, float]:
         """Generators frozen, both discriminators trained."""
-        set_trainable(self.translator.generator_modules(), False)
-        set_trainable(self.translator.discriminator_modules(), True)
-        self.discriminator_optimizer.zero_grad(set_to_none=True)
-        losses = self.translator.discriminator_losses(a, b)
-        losses["total"].backward()
-        self.discriminator_optimizer.step()
-        return {f"D_{name}": float(value.detach()) for name, value in losses.items()}
+        t = self.translator
+        return self._adversarial_step(t.discriminator_modules(), t.generator_modules(), self.discriminator_optimizer,
+                                      lambda: t.discriminator_losses(a, b), prefix="D")
 
     def generative_step(self, a: Tensor, b: Tensor) -> dict[str, float]:
         """Discriminators frozen, both generators trained on adversarial and reconstruction terms."""
-        set_trainable(self.translator.discriminator_modules(), False)
-        set_trainable(self.translator.generator_modules(), True)
-        self.generator_optimizer.zero_grad(set_to_none=True)
-        losses = self.translator.generator_losses(a, b)
+        t = self.translator
+        return self._adversarial_step(t.generator_modules(), t.discriminator_modules(), self.generator_optimizer,
+                                      lambda: t.generator_losses(a, b), prefix="G")
+
+    @staticmethod
+    def _adversarial_step(trained, frozen, optimizer: torch.optim.Optimizer,
+                          compute_losses: Callable[[], dict[str, Tensor]], prefix: str) -> dict[str, float]:
+        # Freeze before the forward pass, so the frozen side builds no graph and gets no gradient.
+        set_trainable(frozen, False)
+        set_trainable(trained, True)
+        optimizer.zero_grad(set_to_none=True)
+        losses = compute_losses()
         losses["total"].backward()
-        self.generator_optimizer.step()
-        return {f"G_{name}": float(value.detach()) for name, value in losses.items()}
+        optimizer.step()
+        return {f"{prefix}_{name}": float(value.detach()) for name, value in losses.items()}
 
     def state_dict(self) -> dict:
         return {"generator_optimizer": self.generator_optimizer.state_dict(),
