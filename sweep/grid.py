@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from sweep.config import (
+    EXECUTION_FIELDS,
     LABEL_FRACTIONS,
     PROFILES,
     SEGMENTATION_MODELS,
@@ -56,9 +57,6 @@ SEGMENTATION = "segmentation"
 TRANSFER = "transfer"
 TRANSLATOR_WARMUP = "translator_warmup"
 QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the target does not label
-
-# Fields that say where and how fast a run executes, not what it computes.
-EXECUTION_FIELDS = frozenset({"device", "num_threads"})
 
 # Translator and transfer-loss fields are recognised by prefix, so fields added later join
 # the right group without an edit here.
