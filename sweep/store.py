@@ -231,8 +231,10 @@ def collect_rows(store: RunStore) -> tuple[list[dict], list[dict]]:
             summary = store.read_json(f"{folder}/{ENGINE_SUMMARY}")
             row = _outcome_row(spec, "ok")
             row.update({name: summary.get(name) for name in RESULT_FIELDS})
+            checkpoints = info.get("checkpoints") or {}
             row.update(node_id=info.get("node_id"), started_at=info.get("started_at"),
-                       finished_at=info.get("finished_at"))
+                       finished_at=info.get("finished_at"), checkpoint_count=checkpoints.get("count"),
+                       checkpoint_bytes=checkpoints.get("bytes"), checkpoint_s=checkpoints.get("seconds"))
             trial_rows.append(row)
             keys = key_values(spec.config, spec.trial_id)
             with store.fs.open_input_file(f"{folder}/{ENGINE_IMAGES}") as handle:

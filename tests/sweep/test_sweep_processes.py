@@ -42,39 +42,42 @@ def _wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | N
 
 
 def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp_path):
+    """SIGKILL the driver while one trial is mid-run, at a point the test controls: the hold test
+    hook stops that trial after its epoch-3 checkpoint until the driver is gone. --resume must
+    continue it from that checkpoint (exactly 3 epochs left), reuse the finished trials and
+    duplicate no row."""
+    from sweep.runner import HOLD_ENV
+
     out = tmp_path / "out"
-    epochs = 30
+    epochs, held_epoch = 6, 3
     run = ["run", "segmentation", "--profile", "smoke", "--set", f"epochs={epochs}", "--set", "num_threads=1",
            "--models", "unet", "--tasks", "lungs", "--folds", "0,1,2", "--out", str(out), "--progress-every", "2",
-           *data_flags]
-    driver = _cxrsweep(run, _env(ray_temp_dirs()), start_new_session=True)
+           "--checkpoint-every-s", "0", "--cpus-per-trial", "0.5", *data_flags]  # two slots even on one core
+    env = {**_env(ray_temp_dirs()), HOLD_ENV: f"segmentation-unet-lungs-fold0-*:{held_epoch}"}
+    driver = _cxrsweep(run, env, start_new_session=True)
 
     def finished() -> set[str]:
         return {p.parent.name for p in (out / "runs").glob("*/trial.json")}
 
-    def checkpointed_unfinished() -> set[str]:
-        return {p.parent.name for p in (out / "ray").glob("stage1-*/*/checkpoint_*")} - finished()
+    def held() -> list[Path]:
+        return list((out / "ray" / "held").glob("*"))
 
-    # The state is read inside the wait and kept: Tune rotates checkpoints (num_to_keep=1), so a
-    # glob taken after the kill can land between two checkpoints and see none.
-    seen: dict[str, set[str]] = {}
-
-    def one_done_one_checkpointed() -> bool:
-        seen["done"], seen["checkpointed"] = finished(), checkpointed_unfinished()
-        return bool(seen["done"] and seen["checkpointed"])
+    def state_saved_after_the_hold() -> bool:
+        # The held trial's checkpoint is resumable once Tune has saved its experiment state
+        # after the trial reported it (the mark is written after that report returned).
+        marks, others_done = held(), len(finished()) == 2
+        states = list((out / "ray").glob("sweep-*/experiment_state-*.json"))
+        return bool(marks and others_done and any(s.stat().st_mtime_ns > marks[0].stat().st_mtime_ns for s in states))
 
     try:
-        _wait_for(one_done_one_checkpointed, 240, "one trial done and one checkpointed", driver)
-        # Tune records trial checkpoints in its experiment state every TUNE_GLOBAL_CHECKPOINT_S
-        # (2 s, sweep/runner.py): a checkpoint younger than that is not yet resumable.
-        time.sleep(3)
-        _wait_for(one_done_one_checkpointed, 60, "a checkpointed trial still running", driver)
+        _wait_for(state_saved_after_the_hold, 300, "the held trial checkpointed and the others finished", driver)
     finally:
+        killed_at = time.time()
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started in its session
         driver.wait()
+    held_trial = held()[0].name
     done_before = finished()
-    interrupted = seen["checkpointed"] - done_before
-    assert interrupted and done_before
+    assert held_trial not in done_before and len(done_before) == 2
 
     resumed = _cxrsweep([*run, "--resume"], _env(ray_temp_dirs()))
     log, _ = resumed.communicate(timeout=300)
@@ -83,9 +86,13 @@ def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp
     trials, images = read_trials(out), read_images(out)
     assert len(trials) == 3 and trials.trial_id.is_unique and (trials.status == "ok").all()
     assert len(images) == trials.n_test_images.sum() and not images.duplicated(["trial_id", "image_id"]).any()
-    for trial_id in interrupted - done_before:
-        summary = json.loads((out / "runs" / trial_id / "result.json").read_text())
-        assert summary["epochs_trained"] < epochs, f"{trial_id} restarted from scratch instead of its checkpoint"
+    summary = json.loads((out / "runs" / held_trial / "result.json").read_text())
+    assert summary["epochs_trained"] == epochs - held_epoch, "the held trial did not continue from its checkpoint"
+    # Finished trials were not run again: their outputs are the ones published before the kill.
+    for trial_id in done_before:
+        assert json.loads((out / "runs" / trial_id / "trial.json").read_text())["finished_at"] < killed_at
+    rows = trials.set_index("trial_id")
+    assert rows.loc[held_trial, "checkpoint_count"] == epochs  # one per epoch across both attempts
 
 
 def _free_port() -> int:
