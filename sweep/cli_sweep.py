@@ -204,29 +204,14 @@ def cmd_demo(args) -> int:
                            progress_every_s=args.progress_every, object_store_memory=512 * 1024 * 1024)
     outcome = run_grid(grid, paths, options)
     report = _report(args.out, args.profile)
-    print(f"[demo] finished in {time.time() - started:.0f} s; results in {Path(args.out) / 'results'}"
-          + (f"; report {report}" if report else ""))
+    print(f"[demo] finished in {time.time() - started:.0f} s; results in {Path(args.out) / 'results'}; report {report}")
     return 0 if outcome.ok else EXIT_TRIALS_FAILED
 
 
-def _report(out: str, profile: str) -> Path | None:
-    """The analysis package's report when it provides one, else the result tables printed here."""
-    try:
-        from analysis.report import build_report
-    except ImportError:
-        build_report = None
-    if build_report is not None:
-        return build_report(out, profile=profile)
-    from sweep.results import read_trials
+def _report(out: str, profile: str) -> Path:
+    from analysis.report import build_report
 
-    trials = read_trials(out)
-    ok = trials[trials.status == "ok"]
-    seg = ok[ok.experiment == "segmentation"].groupby(["task", "model"]).test_jaccard_mean.agg(["mean", "std", "count"])
-    transfer = ok[ok.experiment == "transfer"].pivot_table(index="label_fraction", columns="method",
-                                                          values="test_jaccard_mean", aggfunc="mean")
-    print("Table I (test Jaccard across folds)\n" + seg.round(4).to_string())
-    print("Table II (target test Jaccard)\n" + transfer.round(4).to_string())
-    return None
+    return build_report(out, profile=profile)
 
 
 if __name__ == "__main__":  # pragma: no cover

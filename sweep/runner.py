@@ -18,7 +18,7 @@ import ray
 from ray import tune
 
 from sweep.grid import QUALITATIVE, TRANSFER, TRANSLATOR_WARMUP, Grid, TrialSpec, spec_to_dict
-from sweep.progress import SweepProgress, format_duration
+from sweep.progress import ProgressRelay, SweepProgress, format_duration, report_progress_to
 from sweep.store import RunStore, write_results
 from sweep.trainables import run_trial
 
@@ -229,7 +229,10 @@ class _Runner:
                                       failed_without_running=len(self.outcome.failed) - failed_before,
                                       to_run={spec.trial_id for spec in todo})
             if todo:
-                self._run_stage(index, todo, resume=self.options.resume)
+                try:
+                    self._run_stage(index, todo, resume=self.options.resume)
+                finally:
+                    report_progress_to(None)
             self._gather()
         self.outcome.wall_s = time.time() - self.started
         return self.outcome
@@ -272,6 +275,7 @@ class _Runner:
         for spec in specs:
             self.store.clear_failure(spec)
         trainable = self._trainable()
+        report_progress_to(self.progress)
         state_path = self.store.path("ray", STATE_FILE)
         state = self.store.read_json(state_path) if self.store.exists(state_path) else {}
         stage_key = f"stage{index}"
@@ -300,13 +304,9 @@ class _Runner:
                     name=name, storage_path=self.store.uri("ray"),
                     failure_config=tune.FailureConfig(max_failures=self.options.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[self.progress], verbose=0,
+                    callbacks=[ProgressRelay()], verbose=0,
                 ),
             )
-        else:
-            # A restored Tuner brings back the pickled callbacks of the killed run; Tuner.restore
-            # takes no RunConfig, so this run's progress reporter is swapped in here.
-            tuner._local_tuner.get_run_config().callbacks = [self.progress]
         results = tuner.fit()
         self._collect(results, specs)
         settled = set(self.outcome.failed) | set(self.outcome.not_applicable)

@@ -325,6 +325,7 @@ class ProposedRun:
         state = self.checkpoint()
         state.update(segmenter_optimizer=self.segmenter_optimizer.state_dict(),
                      translation_optimizers=self.translation.state_dict(), rng=ckpt.rng_state(),
+                     translator_training_state=self.model.translator.training_state(),
                      best_val_jaccard=self.best_val, best_epoch=self.best_epoch, history=self.history,
                      duration_s=self.duration_s)
         ckpt.save_atomic(state, self.last_path)
@@ -343,6 +344,7 @@ class ProposedRun:
         self.load_model_state(state)
         self.segmenter_optimizer.load_state_dict(state["segmenter_optimizer"])
         self.translation.load_state_dict(state["translation_optimizers"])
+        self.model.translator.load_training_state(state["translator_training_state"])
         ckpt.restore_rng_state(state["rng"])
         self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
         self.history, self.duration_s = list(state["history"]), float(state["duration_s"])

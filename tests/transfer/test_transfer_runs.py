@@ -2,10 +2,16 @@
 divergence, resumption."""
 import json
 import logging
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sweep.engine.transfer import NotApplicable, train_transfer, warmup_translator
 from sweep.engine.transfer_data import transfer_data
@@ -116,3 +122,52 @@ def test_m_a_for_another_task_is_refused_naming_the_file(make_cfg, source, targe
     cfg = make_cfg(task="heart", method="source_only")
     with pytest.raises(ValueError, match=str(segmenter_checkpoint)):
         train_transfer(cfg, transfer_data(cfg, source, target), tmp_path, segmenter_checkpoint)
+
+
+# A child process that runs a proposed transfer and SIGKILLs itself once epoch `kill_after` is on disk.
+KILLED_TRANSFER = textwrap.dedent("""
+    import os, pickle, signal, sys
+    from sweep.engine.transfer import train_transfer
+
+    with open(sys.argv[1], "rb") as handle:
+        cfg, data, segmenter, translator = pickle.load(handle)
+    kill_after = int(sys.argv[3])
+
+    def die(epoch, metrics, run_dir):
+        if epoch == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_transfer(cfg, data, sys.argv[2], segmenter, translator, callbacks=[die])
+""")
+
+
+@pytest.mark.parametrize("translator", ["munit", "cyclegan"])
+def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, make_cfg, source, target, data_for,
+                                                                    segmenter_checkpoint, tmp_path):
+    cfg = make_cfg(translator=translator, transfer_epochs=3)
+    warmed = warmup_translator(cfg, source, target, tmp_path / "translators")
+    if translator == "cyclegan":
+        # A pool of two past fakes is full after the first step, so from then on every
+        # discriminative step draws from the pool and its random generator: exactly the state a
+        # resumed run must get back.
+        payload = torch.load(warmed, weights_only=True)
+        payload["kwargs"]["pool_size"] = 2
+        torch.save(payload, warmed)
+    inputs = tmp_path / "inputs.pkl"
+    inputs.write_bytes(pickle.dumps((cfg, data_for(cfg), segmenter_checkpoint, warmed)))
+    killed = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", KILLED_TRANSFER, str(inputs), str(killed), "1"],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (killed / "result.json").exists()
+
+    resumed = train_transfer(cfg, data_for(cfg), killed, segmenter_checkpoint, warmed)
+    straight = train_transfer(cfg, data_for(cfg), tmp_path / "straight", segmenter_checkpoint, warmed)
+    assert resumed.epochs_trained == 2 and straight.epochs_trained == 3
+    losses = [name for name in straight.history[0] if name.startswith(("D_", "G_", "S_")) and not name.endswith("_s")]
+    assert "D_total" in losses
+    for name in losses:
+        assert [h[name] for h in resumed.history] == [h[name] for h in straight.history], name
+    assert [h["val_jaccard"] for h in resumed.history] == [h["val_jaccard"] for h in straight.history]
+    assert (resumed.best_epoch, resumed.test_jaccard_mean) == (straight.best_epoch, straight.test_jaccard_mean)
