@@ -25,6 +25,7 @@ trials are reused), while a changed config never silently reuses an old result. 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -97,11 +98,20 @@ class TrialSpec:
     config: RunConfig
     depends_on: tuple[str, ...] = ()
     not_applicable: str | None = None  # why this cell has no number; None when it runs
+    # Sorted ((dataset name, content fingerprint), ...) of the data the trial reads, at its image size;
+    # empty until the driver has loaded the data (`Grid.with_data`). Part of the trial's
+    # identity: a finished trial is reused only for the same data (sweep.store).
+    data: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_row(self) -> bool:
         """Whether the trial is a cell of Table I / II (warm-ups and qualitative runs are not)."""
         return self.kind not in (TRANSLATOR_WARMUP, QUALITATIVE)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The datasets the trial reads: JSRT, plus the target of a transfer-side trial."""
+        return ("jsrt",) if self.kind == SEGMENTATION else ("jsrt", self.config.target)
 
 
 @dataclass
@@ -121,6 +131,20 @@ class Grid:
 
     def not_applicable(self) -> list[TrialSpec]:
         return [t for t in self.trials.values() if t.not_applicable is not None]
+
+    def with_data(self, fingerprints: dict[str, str]) -> "Grid":
+        """The same trials, each runnable one carrying the fingerprints of the datasets it reads
+        (a cell that is not applicable reads nothing: it is declared so by method and fraction)."""
+        missing = sorted({n for t in self.runnable() for n in t.datasets} - set(fingerprints))
+        if missing:
+            raise ValueError(f"no data loaded for {', '.join(missing)}")
+
+        def carrying(spec: TrialSpec) -> TrialSpec:
+            if spec.not_applicable is not None:
+                return spec
+            return dataclasses.replace(spec, data=tuple(sorted((n, fingerprints[n]) for n in spec.datasets)))
+
+        return Grid({trial_id: carrying(spec) for trial_id, spec in self.trials.items()})
 
     def stages(self) -> list[list[TrialSpec]]:
         """Runnable trials in dependency layers: every trial's dependencies sit in earlier layers."""
@@ -300,12 +324,13 @@ def spec_to_dict(spec: TrialSpec) -> dict:
         "config": spec.config.to_dict(),
         "depends_on": list(spec.depends_on),
         "not_applicable": spec.not_applicable,
+        "data": dict(spec.data),
     }
 
 
 def spec_from_dict(values: dict) -> TrialSpec:
     return TrialSpec(
         values["trial_id"], values["kind"], config_of(values), tuple(values.get("depends_on", ())),
-        values.get("not_applicable"),
+        values.get("not_applicable"), tuple(sorted((values.get("data") or {}).items())),
     )
 

@@ -115,6 +115,10 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     store = RunStore(config["out"])
     cfg = spec.config
     cfg = cfg.replace(device=_device(cfg.device), num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
+    shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
+    if shipped != dict(spec.data):
+        # E.g. a Tune experiment restored with other data: never train a trial on data it does not name.
+        raise ValueError(f"{spec.trial_id}: the trial was planned for data {dict(spec.data)} but was given {shipped}")
     node_id = ray.get_runtime_context().get_node_id()
     run_dir = SCRATCH / "runs" / tune.get_context().get_experiment_name() / spec.trial_id
     resumed = _restore_run_dir(run_dir)

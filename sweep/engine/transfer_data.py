@@ -1,7 +1,7 @@
 """The arrays one transfer run sees: the source (A, JSRT) and target (B) splits of one repetition."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,6 +38,8 @@ class TransferData:
     source_name: str = "source"
     target_name: str = "target"
     normalisation: str = PER_IMAGE_STANDARDISATION
+    # dataset name -> content fingerprint (CachedDataset.fingerprint) of source and target
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         arrays = {name: value for name, value in vars(self).items() if isinstance(value, np.ndarray)}
@@ -113,4 +115,5 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
         target_test_images=target.images[target_split.test], target_test_masks=masks_of(target_split.test),
         target_test_ids=[target.ids[i] for i in target_split.test],
         label_fraction=fraction, source_name=source.name, target_name=target.name,
+        fingerprints={source.name: source.fingerprint, target.name: target.fingerprint},
     )

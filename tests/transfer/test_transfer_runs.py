@@ -83,15 +83,10 @@ def test_validation_never_uses_the_test_split(make_cfg, data_for, segmenter_chec
     assert [h["val_jaccard"] for h in clean.history] == [h["val_jaccard"] for h in other.history]
 
 
-def test_unlabelled_target_task_gives_overlays_and_no_numbers(make_cfg, source, target, tmp_path, warmed_translator):
-    from models.registry import build_segmenter
-    from sweep.engine.checkpoints import network_checkpoint, save_atomic
-
+def test_unlabelled_target_task_gives_overlays_and_no_numbers(make_cfg, source, target, tmp_path, warmed_translator,
+                                                              make_m_a):
     cfg = make_cfg(task="heart", label_fraction=0.0, method="proposed")
-    kwargs = {"width": cfg.width, "in_channels": 1, "num_classes": 2}
-    heart_model = save_atomic(network_checkpoint(build_segmenter("unet", **kwargs), "unet", kwargs, cfg.to_dict(),
-                                                 "heart", cfg.image_size, "per_image_standardisation", 1),
-                              tmp_path / "m_a_heart.pt")
+    heart_model = make_m_a(tmp_path / "m_a_heart.pt", source, task="heart")
     result = train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "run", heart_model, warmed_translator)
     assert result.n_test_images == 0 and np.isnan(result.test_jaccard_mean)
     assert len(list((tmp_path / "run" / "overlays").glob("*.png"))) > 0
@@ -171,3 +166,40 @@ def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, m
         assert [h[name] for h in resumed.history] == [h[name] for h in straight.history], name
     assert [h["val_jaccard"] for h in resumed.history] == [h["val_jaccard"] for h in straight.history]
     assert (resumed.best_epoch, resumed.test_jaccard_mean) == (straight.best_epoch, straight.test_jaccard_mean)
+
+
+def test_m_a_of_another_fold_seed_or_data_is_refused_naming_both(make_cfg, source, target, segmenter_checkpoint,
+                                                                make_m_a, tmp_path):
+    """--segmenter must be the U-Net of fold repetition % n_folds on the same source data: any
+    other may have trained on the source validation images that choose the 0 % epoch."""
+    from sweep.engine.transfer_data import transfer_data as split
+
+    cfg = make_cfg(method="source_only", repetition=1)
+    with pytest.raises(ValueError, match=rf"{segmenter_checkpoint}: M_A was trained on fold 0 of 5 .*repetition 1 "
+                                         r"needs the U-Net of fold 1 of 5"):
+        train_transfer(cfg, split(cfg, source, target), tmp_path / "r1", segmenter_checkpoint)
+    # Repetition 5 uses fold 5 % 5 = 0 again: accepted.
+    repeated = make_cfg(method="source_only", repetition=5)
+    assert train_transfer(repeated, split(repeated, source, target), tmp_path / "r5", segmenter_checkpoint).n_test_images
+    other_seed = make_m_a(tmp_path / "seed1.pt", source, seed=1)
+    with pytest.raises(ValueError, match=r"\(seed 1\).*needs the U-Net of fold 0 of 5 \(seed 0\)"):
+        train_transfer(make_cfg(method="source_only"), split(make_cfg(), source, target), tmp_path / "s", other_seed)
+
+
+def test_m_a_trained_on_other_source_data_or_without_a_record_is_refused(make_cfg, source, target, make_m_a,
+                                                                         tmp_path):
+    import dataclasses
+
+    cfg = make_cfg(method="source_only")
+    resynthesised = dataclasses.replace(source, images=source.images[::-1].copy())  # same ids, other pixels
+    assert resynthesised.fingerprint != source.fingerprint
+    m_a = make_m_a(tmp_path / "m_a.pt", resynthesised)
+    with pytest.raises(ValueError, match=rf"on jsrt data {resynthesised.fingerprint}, but .* on jsrt data "
+                                         rf"{source.fingerprint}"):
+        train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "run", m_a)
+    old = torch.load(m_a, weights_only=True)
+    del old["data"]  # as written before checkpoints recorded their data
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt: M_A does not record the data .* `cxrsweep train --model unet "
+                                         r"--task lungs --fold 0`"):
+        train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "run", tmp_path / "old.pt")
