@@ -35,6 +35,7 @@ class TransferData:
     target_test_masks: np.ndarray | None
     target_test_ids: list[str]
     label_fraction: float
+    target_val_ids: list[str] = field(default_factory=list)
     source_name: str = "source"
     target_name: str = "target"
     normalisation: str = PER_IMAGE_STANDARDISATION
@@ -114,6 +115,7 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
         target_val_images=target.images[target_split.val], target_val_masks=masks_of(target_split.val),
         target_test_images=target.images[target_split.test], target_test_masks=masks_of(target_split.test),
         target_test_ids=[target.ids[i] for i in target_split.test],
+        target_val_ids=[target.ids[i] for i in target_split.val],
         label_fraction=fraction, source_name=source.name, target_name=target.name,
         fingerprints={source.name: source.fingerprint, target.name: target.fingerprint},
     )
