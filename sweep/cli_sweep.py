@@ -58,18 +58,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def tuning_record(args):
     """The `cxrsweep tune` record given to --config-from, or None for a plain file of fields."""
-    import json
-
-    from sweep.tuned import is_tuning_record, read_record
+    from sweep.config import read_json_file
+    from sweep.tuned import is_tuning_record, record_from
 
     path = getattr(args, "config_from", None)
     if not path:
         return None
-    try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # load_config_file names the problem
-    return read_record(path) if is_tuning_record(values) else None
+    values = read_json_file(path)
+    return record_from(path, values) if is_tuning_record(values) else None
 
 
 def base_config(args):

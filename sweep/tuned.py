@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sweep.config import RunConfig
+from sweep.config import RunConfig, check_field_names, read_json_file
 from sweep.grid import SEGMENTATION, TRANSLATOR_WARMUP, Grid, TrialSpec
 
 RECORD_KIND = "cxrsweep-tuning"
@@ -157,13 +157,11 @@ def is_tuning_record(values: Any) -> bool:
 
 
 def read_record(path: str | Path) -> TuningRecord:
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: tuning record not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return record_from(path, read_json_file(path, "tuning record"))
+
+
+def record_from(path: str | Path, values: Any) -> TuningRecord:
+    """The record in `values`, read from `path`."""
     if not is_tuning_record(values):
         raise ValueError(f"{path}: not a tuning record written by `cxrsweep tune`")
     if values.get("version") != RECORD_VERSION:
@@ -173,9 +171,7 @@ def read_record(path: str | Path) -> TuningRecord:
         entries = [TunedEntry(**entry) for entry in values["entries"]]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: malformed tuning record ({exc})") from None
-    unknown = sorted({name for e in entries for name in e.values} - {f.name for f in dataclasses.fields(RunConfig)})
-    if unknown:
-        raise ValueError(f"{path}: unknown config field(s): {', '.join(unknown)}")
+    check_field_names(path, {name for e in entries for name in e.values})
     return TuningRecord(str(path), entries)
 
 
