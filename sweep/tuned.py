@@ -206,7 +206,7 @@ def check_grid(record: TuningRecord, grid: Grid, datasets: dict, say=print) -> N
                 split_name, split_value = entry.split
                 problems.append(f"{spec.trial_id}: {len(overlap)} of its {len(test_ids)} {name} test images were "
                                 f"used to tune the config of {split_name} {split_value} in {record.path} "
-                                f"({len(scored)} scored on, the rest trained on): {shown}")
+                                f"({len(scored)} scored on, {len(overlap) - len(scored)} trained on): {shown}")
     if problems:
         raise ValueError("tuned config refused, it would configure trials with their own test images:\n  "
                          + "\n  ".join(problems)
