@@ -15,8 +15,9 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class SweepProgress(Callback):
-    """A Ray Tune callback for one sweep (the Tuner of its trials, and any Tuner run after it)."""
+class SweepProgress:
+    """The progress of one sweep (its Tuner, and any Tuner run after it); Tune's events reach it
+    through a `ProgressRelay` (see there)."""
 
     def __init__(self, total: int, say=print, every_s: float = 10.0):
         self.total, self.say, self.every_s = total, say, every_s
@@ -28,12 +29,6 @@ class SweepProgress(Callback):
         self.last_line = 0.0
         self.settled_here = 0
         self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
-
-    def __getstate__(self):
-        # Tune pickles its callbacks with the experiment; the live console function stays here.
-        state = dict(self.__dict__)
-        state["say"] = print
-        return state
 
     def begin(self, to_run: set[str], reused: int = 0) -> None:
         """Count the trials `to_run` (ids) of the next Tuner; `reused` trials are already in OUT."""
@@ -99,3 +94,46 @@ class SweepProgress(Callback):
     def on_experiment_end(self, trials, **info):
         self._count(trials)
         self.say(self.line())
+
+
+# The sweep whose progress this driver process reports now (one at a time).
+_live: SweepProgress | None = None
+
+
+def report_progress_to(progress: SweepProgress | None) -> None:
+    """Make `progress` the target of every ProgressRelay in this process."""
+    global _live
+    _live = progress
+
+
+class ProgressRelay(Callback):
+    """The Tune callback of a sweep: it holds nothing and forwards each event to the progress
+    registered with `report_progress_to`. Tune pickles its callbacks with the experiment, so a
+    Tuner restored after a killed driver brings this relay back, and the relay reaches the new
+    driver's progress (no need to swap callbacks inside a restored Tuner)."""
+
+    def on_step_end(self, iteration, trials, **info):
+        if _live is not None:
+            _live.on_step_end(iteration, trials, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _live is not None:
+            _live.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if _live is not None:
+            _live.on_trial_error(iteration, trials, trial, **info)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if _live is not None:
+            _live.on_trial_recover(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info):
+        if _live is not None:
+            _live.on_experiment_end(trials, **info)
+
+
+def relay_dropped(trial_ids: list[str], failed_dependency: str) -> None:
+    """Tell the registered progress about trials the scheduler drops because a dependency failed."""
+    if _live is not None:
+        _live.dropped_trials(trial_ids, failed_dependency)

@@ -20,10 +20,10 @@ import ray
 from ray import tune
 
 from sweep.config import GPUS_PER_TRIAL
-from sweep.grid import QUALITATIVE, TRANSFER, TRANSLATOR_WARMUP, Grid, TrialSpec, spec_to_dict
-from sweep.progress import SweepProgress, format_duration
+from sweep.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
+from sweep.progress import ProgressRelay, SweepProgress, format_duration, report_progress_to
 from sweep.scheduling import DependencyRelease
-from sweep.store import RunStore, write_results
+from sweep.store import CurrentData, RunStore, write_results
 from sweep.trainables import run_trial
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,7 @@ class SweepOutcome:
 
 
 def needed_datasets(specs: Iterable[TrialSpec]) -> set[str]:
-    names = {"jsrt"}
-    names.update(s.config.target for s in specs if s.kind in (TRANSFER, TRANSLATOR_WARMUP, QUALITATIVE))
-    return names
+    return {"jsrt"}.union(*(s.datasets for s in specs))
 
 
 def check_data_flags(names: set[str], paths: DataPaths) -> None:
@@ -107,9 +105,14 @@ def load_datasets(names: set[str], paths: DataPaths, image_size: int) -> dict[st
             datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir)
         else:
             datasets[name] = load_target(name, getattr(paths, name), image_size, cache_dir=paths.cache_dir)
-        log.info("data: %s, %d cases at %d px (cache key %s)", name, len(datasets[name].ids), image_size,
-                 datasets[name].key)
+        log.info("data: %s, %d cases at %d px (fingerprint %s)", name, len(datasets[name].ids), image_size,
+                 datasets[name].fingerprint)
     return datasets
+
+
+def data_identity(datasets: dict[str, Any], image_size: int) -> CurrentData:
+    """What the trials of this sweep read, by content: a finished trial is reused only for it."""
+    return CurrentData(image_size, {name: dataset.fingerprint for name, dataset in datasets.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,12 +237,12 @@ def _error_summary(error: BaseException) -> str:
 
 
 class _Runner:
-    def __init__(self, grid: Grid, datasets_loader, options: SweepOptions, say=print):
+    def __init__(self, grid: Grid, datasets: dict[str, Any], current: CurrentData | None, options: SweepOptions,
+                 say=print):
         self.grid, self.options, self.say = grid, options, say
         self.store = RunStore(options.out)
-        self.datasets_loader = datasets_loader
-        self.datasets: dict[str, Any] | None = None
-        self.resources: dict[str, float] = {}
+        self.datasets, self.current = datasets, current
+        self.resources: dict[str, float] | None = None
         self.outcome = SweepOutcome()
         self.started = time.time()
         trials = list(grid.trials.values())
@@ -257,22 +260,26 @@ class _Runner:
             if self.store.is_complete(spec) or self.store.is_not_applicable(spec):
                 self.outcome.reused.append(spec.trial_id)
                 published.add(spec.trial_id)
-            else:
-                todo.append(spec)
+                continue
+            if self.store.holds_other_data(spec):
+                self.say(f"[sweep] {spec.trial_id}: OUT holds it finished on other data; it runs again on this data")
+            todo.append(spec)
         self.progress = SweepProgress(total=len(self.grid.runnable()), say=self.say,
                                       every_s=self.options.progress_every_s)
         self.progress.begin({s.trial_id for s in todo}, reused=len(self.outcome.reused))
         if todo:
-            self._run(todo, published, resume=self.options.resume)
+            try:
+                self._run(todo, published, resume=self.options.resume)
+            finally:
+                report_progress_to(None)
         self._gather()
         self.outcome.wall_s = time.time() - self.started
         return self.outcome
 
     def _trainable(self):
-        """The trainable with its resources; data and resources are settled on first use only,
-        so a sweep whose trials are all finished reads no dataset."""
-        if self.datasets is None:
-            self.datasets = self.datasets_loader()
+        """The trainable with its resources (settled on first use: a sweep whose trials are all
+        finished asks the cluster for nothing)."""
+        if self.resources is None:
             self.resources = trial_resources(self.options, self.profile, self.say)
         return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets), self.resources)
 
@@ -288,25 +295,32 @@ class _Runner:
 
     def _run(self, specs: list[TrialSpec], published: set[str], resume: bool) -> None:
         for spec in specs:
-            self.store.clear_failure(spec)
+            self.store.prepare_rerun(spec)
         trainable = self._trainable()
+        report_progress_to(self.progress)
         state_path = self.store.path("ray", STATE_FILE)
         state = self.store.read_json(state_path) if self.store.exists(state_path) else {}
         tuner = None
+        data = self.current.fingerprints if self.current else {}
+        if resume and STATE_KEY in state and state.get("data", {}) != data:
+            # Its checkpoints were trained on other data: continuing them would mix two datasets.
+            self.say(f"[sweep] the interrupted sweep ran on other data ({state.get('data') or 'not recorded'}; "
+                     f"now {data}); its trials start afresh")
+            state = {}
         if resume and STATE_KEY in state:
             experiment = self.store.uri("ray", state[STATE_KEY])
             if tune.Tuner.can_restore(experiment):
                 self.say(f"[sweep] resuming Ray Tune experiment {experiment}")
-                # The experiment brings back its own searcher (with the trials it had released)
-                # and its own progress callback, pickled when it began.
+                # The experiment brings back its searcher (with the trials it had released) and
+                # its ProgressRelay, which reports to this driver's progress.
                 tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
         restored = tuner is not None
         if not restored:
             name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-            state[STATE_KEY] = name
+            state = {STATE_KEY: name, "data": data}
             self.store.write_json(state_path, state)
             searcher = DependencyRelease(specs, {s.trial_id: self._entry(s) for s in specs}, self.store.location,
-                                         finished=published, on_dropped=self.progress.dropped_trials)
+                                         finished=published)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"out": self.store.location, "cpus": self.options.cpus_per_trial},
@@ -322,7 +336,7 @@ class _Runner:
                     name=name, storage_path=self.store.uri("ray"),
                     failure_config=tune.FailureConfig(max_failures=self.options.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[self.progress], verbose=0,
+                    callbacks=[ProgressRelay()], verbose=0,
                 ),
             )
         with _pending_trials(self._slots()):
@@ -392,7 +406,7 @@ class _Runner:
                 self.outcome.failed[spec.trial_id] = error
 
     def _gather(self) -> None:
-        self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store)
+        self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store, self.current)
 
 
 @contextlib.contextmanager
@@ -413,8 +427,11 @@ def _trial_name(trial) -> str:
     return trial.config["trial"]["spec"]["trial_id"]
 
 
-def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> SweepOutcome:
-    """Run every trial of `grid` that OUT does not already hold; write the result tables."""
+def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
+             datasets: dict[str, Any] | None = None) -> SweepOutcome:
+    """Run every trial of `grid` that OUT does not already hold on the same data; write the
+    result tables. The data is read (`datasets`, or from `paths`) before Ray starts: its
+    fingerprints are part of every trial's identity."""
     # Experiment state saved every 2 s, so a killed driver loses almost nothing. (At 0, every
     # step, Tune's background sync races its own state writes and logs spurious errors.)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -424,9 +441,14 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> 
     if len(sizes) > 1:
         raise ValueError(f"the grid mixes image sizes {sorted(sizes)}; run one sweep per size")
     image_size = sizes.pop() if sizes else 0
-    check_data_flags(needed_datasets(grid.runnable()), paths)
+    current = None
+    if grid.runnable():
+        if datasets is None:
+            datasets = load_datasets(needed_datasets(grid.runnable()), paths, image_size)
+        current = data_identity(datasets, image_size)
+        grid = grid.with_data(current.fingerprints)
     connect(options)
-    runner = _Runner(grid, lambda: load_datasets(needed_datasets(grid.runnable()), paths, image_size), options, say)
+    runner = _Runner(grid, datasets or {}, current, options, say)
     qualitative = sum(1 for s in grid.runnable() if s.kind == QUALITATIVE)
     say(f"[sweep] {len(grid.runnable())} trials to run or reuse"
         + (f" ({qualitative} qualitative Fig. 9 runs, no table rows)" if qualitative else "")

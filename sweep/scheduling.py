@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ray.tune.search import Searcher
 
 from sweep.grid import TrialSpec
+from sweep.progress import relay_dropped
 from sweep.store import RunStore
 
 
@@ -115,16 +116,15 @@ class DependencyRelease(Searcher):
 
     `entries` maps trial id -> what the trainable receives (spec, dependencies, test hooks).
     `out` is the sweep's output location: a trial counts as finished only once it is published
-    there (or recorded as not applicable). `on_dropped(trial_ids, failed_dependency)` is told
-    about trials dropped because a dependency failed (the progress lines count them)."""
+    there (or recorded as not applicable). Trials dropped because a dependency failed are told
+    to the driver's progress (sweep.progress.relay_dropped)."""
 
     def __init__(self, specs: Sequence[TrialSpec], entries: dict[str, dict], out: str,
-                 finished: Iterable[str] = (), on_dropped: Callable[[list[str], str], None] | None = None):
+                 finished: Iterable[str] = ()):
         super().__init__()
         self.queue = DependencyQueue(specs, finished)
         self.entries = entries
         self.out = out
-        self.on_dropped = on_dropped
         self.handed_out: dict[str, str] = {}  # Tune's trial id -> our trial id
         self._store: RunStore | None = None
 
@@ -155,8 +155,8 @@ class DependencyRelease(Searcher):
             self.queue.finish(ours)
             return
         dropped = self.queue.fail(ours)
-        if dropped and self.on_dropped is not None:
-            self.on_dropped(dropped, ours)
+        if dropped:
+            relay_dropped(dropped, ours)
 
     # Tune saves this with its experiment state (and restores it on --resume).
     def save(self, checkpoint_path: str) -> None:

@@ -36,6 +36,7 @@ from ray import tune
 
 from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
 from sweep.store import RunStore
+from sweep.tuned import hide_test
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,8 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     `config["trial"]` holds `spec` (a serialised TrialSpec), `dependencies` (the specs it
     needs) and the optional test hooks `inject_failure` and `hold_at_epoch`; `config` also holds
     `out` (where the trial publishes), optionally `dependencies_out` (where its dependencies
-    lie, default `out`) and `cpus` (the trial's CPU share)."""
+    lie, default `out`), `cpus` (the trial's CPU share) and `tuning` (a tuning trial: its
+    validation split stands in for its test split, sweep.tuned.hide_test)."""
     from sweep.engine.supervised import train_supervised
 
     started_at = time.time()
@@ -182,6 +184,10 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         return
     cfg = spec.config
     cfg = cfg.replace(device=_device(cfg.device), num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
+    shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
+    if shipped != dict(spec.data):
+        # E.g. a Tune experiment restored with other data: never train a trial on data it does not name.
+        raise ValueError(f"{spec.trial_id}: the trial was planned for data {dict(spec.data)} but was given {shipped}")
     node_id = ray.get_runtime_context().get_node_id()
     run_dir = SCRATCH / "runs" / tune.get_context().get_experiment_name() / spec.trial_id
     resumed = _restore_run_dir(run_dir)
@@ -200,12 +206,13 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     if trial.get("hold_at_epoch"):
         callbacks.append(_HoldHook(store, spec.trial_id, int(trial["hold_at_epoch"])))
 
+    view = hide_test if config.get("tuning") else (lambda data: data)
     final: dict[str, Any] = {}
     engine_started = time.perf_counter()
     if spec.kind == SEGMENTATION:
         from sweep.engine.data import segmentation_data
 
-        result = train_supervised(cfg, segmentation_data(cfg, datasets["jsrt"]), run_dir, callbacks)
+        result = train_supervised(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
         final = _final_metrics(result)
     elif spec.kind == TRANSLATOR_WARMUP:
         from sweep.engine.translation import warmup_translator
@@ -217,7 +224,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         dependencies = [spec_from_dict(d) for d in trial.get("dependencies", [])]
         dependency_store = RunStore(config.get("dependencies_out", config["out"]))
         try:
-            result = _run_transfer(cfg, datasets, dependency_store, dependencies, run_dir, callbacks)
+            result = _run_transfer(cfg, datasets, dependency_store, dependencies, run_dir, callbacks, view)
         except NotApplicable as reason:
             if spec.kind == QUALITATIVE:
                 raise  # a Fig. 9 run the engine refuses is a failure, never a quiet gap
@@ -261,11 +268,11 @@ def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None,
     return segmenter, translator
 
 
-def _run_transfer(cfg, datasets, store: RunStore, dependencies: list, run_dir: Path, callbacks):
+def _run_transfer(cfg, datasets, store: RunStore, dependencies: list, run_dir: Path, callbacks, view):
     from sweep.engine.transfer import train_transfer
     from sweep.engine.transfer_data import transfer_data
 
     segmenter, translator = _dependency_files(store, dependencies)
-    data = transfer_data(cfg, datasets["jsrt"], datasets[cfg.target])
+    data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))
     return train_transfer(cfg, data, run_dir, segmenter_checkpoint=segmenter, translator_checkpoint=translator,
                           callbacks=callbacks)

@@ -6,6 +6,7 @@ from ray.tune.search import Searcher
 
 from sweep.config import make_config
 from sweep.grid import SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, build_grid
+from sweep.progress import SweepProgress, report_progress_to
 from sweep.scheduling import DependencyQueue, DependencyRelease, release_order
 from sweep.store import RunStore
 
@@ -72,18 +73,21 @@ def test_searcher_waits_releases_and_resumes_from_its_saved_state(tmp_path):
     grid = _grid()
     specs, m_a, warmup, proposed, source_only, others = _named(grid)
     out = tmp_path / "out"
-    dropped = []
-    searcher = DependencyRelease(specs, {s.trial_id: {"spec": s.trial_id} for s in specs}, str(out),
-                                 on_dropped=lambda ids, failed: dropped.append((ids, failed)))
+    lines: list[str] = []
+    report_progress_to(SweepProgress(total=len(specs), say=lines.append))
+    searcher = DependencyRelease(specs, {s.trial_id: {"spec": s.trial_id} for s in specs}, str(out))
     handed = {f"t{i}": searcher.suggest(f"t{i}") for i in range(2)}
     assert sorted(c["trial"]["spec"] for c in handed.values()) == sorted([m_a.trial_id, warmup.trial_id])
     assert searcher.suggest("t2")["trial"]["spec"] in {s.trial_id for s in others}
     tune_id = {c["trial"]["spec"]: t for t, c in handed.items()}
 
     # M_A ends without publishing anything: a failure, which drops both transfer trials.
-    searcher.on_trial_complete(tune_id[m_a.trial_id])
-    assert [(sorted(ids), failed) for ids, failed in dropped] == \
-        [(sorted([proposed.trial_id, source_only.trial_id]), m_a.trial_id)]
+    try:
+        searcher.on_trial_complete(tune_id[m_a.trial_id])
+    finally:
+        report_progress_to(None)
+    assert sorted(lines) == sorted(f"[sweep] not running {t}: its dependency {m_a.trial_id} failed"
+                                   for t in (proposed.trial_id, source_only.trial_id))
 
     # Saved, restored into a fresh searcher (as Tune does on --resume), it goes on where it was.
     searcher.save(str(tmp_path / "state.pkl"))
