@@ -52,9 +52,12 @@ class SweepProgress:
         elapsed = time.time() - self.started
         remaining = self.total - settled
         eta = elapsed / self.settled_here * remaining if self.settled_here else None
+        # Not released yet: their dependencies are still running (sweep.scheduling).
+        waiting = max(0, remaining - c["running"] - c["pending"])
         return (f"[sweep {format_duration(elapsed)}] {settled}/{self.total} settled | "
                 f"done {self.finished_before + c['done']} | running {c['running']} | pending {c['pending']} | "
-                f"failed {failed} | elapsed {format_duration(elapsed)} | ETA {format_duration(eta) if remaining else '0:00:00'}")
+                f"waiting {waiting} | failed {failed} | elapsed {format_duration(elapsed)} | "
+                f"ETA {format_duration(eta) if remaining else '0:00:00'}")
 
     def _count(self, trials) -> None:
         counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
