@@ -194,6 +194,8 @@ def measure_packing(profiles: list[str], reduced: bool, seconds: dict[str, float
             cfg = RunConfig.from_dict(cfg_dict)
             data = segmentation_data(n_images, 4, cfg.image_size)
             self.trainer = _Trainer(cfg, data, Path(tempfile.mkdtemp()))
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             self.trainer.train_epoch()  # cuDNN autotuning, allocator warm-up
             self.images = n_images
 
@@ -306,7 +308,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", default="paper,cpu,smoke", help="profiles whose packing is measured in (b)")
     parser.add_argument("--packing-seconds", type=float, default=None,
-                        help="timed window per packing (default 12 s for paper, 4 s for the others on a GPU; 2 s on a CPU)")
+                        help="timed window per packing (default 10 s for paper, 3 s for the others on a GPU; 2 s on a CPU)")
     parser.add_argument("--gpus", default="1,2,4,8", help="GPU counts of the projection (d)")
     parser.add_argument("--trial-overhead-s", type=float, default=3.0,
                         help="per-trial cost outside the engine in (d): actor hand-over, data, dependencies (default 3)")
@@ -365,7 +367,7 @@ def main() -> int:
     packing: dict = {}
     if "b" not in args.skip:
         profiles = [p for p in args.profiles.split(",") if p]
-        default_window = {p: (12.0 if p == "paper" else 4.0) if gpu else 2.0 for p in profiles}
+        default_window = {p: (10.0 if p == "paper" else 3.0) if gpu else 2.0 for p in profiles}
         windows = {p: args.packing_seconds or default_window[p] for p in profiles}
         try:
             packing = measure_packing(profiles, reduced, windows)

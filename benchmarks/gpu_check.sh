@@ -33,7 +33,7 @@ cleanup_ray() {
   local pids="" pid
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
     [ "$pid" = "$$" ] && continue
-    if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$WORK"; then pids="$pids $pid"; fi
+    if { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "$WORK"; then pids="$pids $pid"; fi
   done
   [ -n "$pids" ] && kill $pids 2>/dev/null && sleep 2 && kill -9 $pids 2>/dev/null
   return 0
@@ -128,7 +128,7 @@ if len(seg) and len(transfer):
           "(no stage barrier)")
 trained = ok[ok.checkpoint_count > 0]
 if len(trained):
-    print(f"checkpoints per trained trial: {sorted(trained.checkpoint_count.unique())}; last.pt "
+    print(f"checkpoints per trained trial: {sorted(int(n) for n in trained.checkpoint_count.unique())}; last.pt "
           f"{trained.checkpoint_bytes.max() / 1e6:.0f} MB at most; "
           f"{trained.checkpoint_s.sum() / trained.duration_s.sum():.1%} of the trials' engine time")
 EOF
