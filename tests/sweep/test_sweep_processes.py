@@ -135,4 +135,22 @@ def test_cluster_yaml_passes_ray_launcher_validation(repo_root: Path):
     assert all(t["resources"].get("GPU", 0) >= 1 for t in workers)
     assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in workers)
     assert "2.58.0-py311-cu" in prepared["docker"]["worker_image"]
-    assert any("--shm-size" in option for option in prepared["docker"]["worker_run_options"])
+    # Shared memory holds the object store: at least its size, well under any worker's RAM.
+    gib = {"g5.xlarge": 16, "g5.2xlarge": 32, "g5.12xlarge": 192, "m5.2xlarge": 32}  # AWS instance memory
+    docker = prepared["docker"]
+    for options, kind in ((docker["worker_run_options"], "worker"), (docker["head_run_options"], "head")):
+        (shm,) = [int(o.split("=")[1].rstrip("g")) for o in options if o.startswith("--shm-size=")]
+        starts = " ".join(prepared[f"{kind}_start_ray_commands"])
+        store_gb = int(starts.split("--object-store-memory=")[1].split()[0]) / 1e9
+        assert store_gb <= shm
+        types = [t for name, t in prepared["available_node_types"].items()
+                 if (name == prepared["head_node_type"]) == (kind == "head")]
+        assert all(shm <= gib[t["node_config"]["InstanceType"]] / 4 for t in types)
+    # The CPU-only head installs the CPU build of torch; GPU workers the CUDA build, same version.
+    head_torch = [c for c in prepared["head_setup_commands"] if "torch" in c]
+    worker_torch = [c for c in prepared["worker_setup_commands"] if "torch" in c]
+    assert len(head_torch) == 1 and "download.pytorch.org/whl/cpu" in head_torch[0]
+    assert len(worker_torch) == 1 and "whl/cpu" not in worker_torch[0]
+    version = lambda command: command.split("torch==")[1].split()[0]  # noqa: E731
+    assert version(head_torch[0]) == version(worker_torch[0])
+    assert not any("torch" in c for c in prepared["setup_commands"])
