@@ -75,7 +75,7 @@ def run_tuning(specs: list[TrialSpec], paths: DataPaths, options: SweepOptions, 
         if not outcome.ok:
             raise RuntimeError(f"dependencies of {cell.trial_id} failed: {outcome.failed}")
     connect(options)
-    datasets = load_datasets(needed_datasets([cell]), paths, cell.config.image_size)
+    datasets = load_datasets(needed_datasets([cell]), paths, cell.config.image_size, cell.config.crop_borders)
     space = dict(SUPERVISED_SPACE)
     if cell.config.method == "proposed":
         space.update(PROPOSED_SPACE)

@@ -57,10 +57,16 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
-                       image_size: int, normalisation: str, epoch: int) -> dict[str, Any]:
+                       image_size: int, normalisation: str, epoch: int, crop_borders: bool = False) -> dict[str, Any]:
+    """The network part of a checkpoint; `preprocessing` records how its images were prepared
+    (data_io.preprocess.preprocessing_record), so `cxrsweep segment` prepares new ones alike
+    (`crop_borders` False: the images were resized whole, without the content crop)."""
+    from data_io.preprocess import preprocessing_record
+
     state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
     return {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
-            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch)}
+            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
+            "preprocessing": preprocessing_record(crop_borders)}
 
 
 def rng_state() -> dict[str, Any]:
