@@ -96,10 +96,10 @@ class MildShift:
 
     # Exposure curve: a gamma on the attenuation, then a flatter sigmoid (lower contrast).
     gamma: tuple[float, float] = (0.75, 1.35)
-    contrast: tuple[float, float] = (3.0, 4.5)
+    contrast: tuple[float, float] = (2.5, 4.0)
     level: tuple[float, float] = (0.30, 0.46)
     noise: tuple[float, float] = (0.02, 0.035)  # additive, display units
-    bias: float = 0.3  # strength of the multiplicative low-frequency field
+    bias: float = 0.25  # strength of the multiplicative low-frequency field
     # Geometry: a wider field of view (smaller patient in the film) and the film's aspect ratio.
     zoom: tuple[float, float] = (0.74, 0.90)
     shift: float = 0.06
