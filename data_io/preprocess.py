@@ -123,16 +123,16 @@ def _gray_range(pixels: np.ndarray) -> float:
     return float(high - low)
 
 
-def _edge_lines(pixels: np.ndarray, box: list[int], side: str, count: int) -> np.ndarray:
-    """Up to `count` lines of the box from `side` inwards, as rows [count, length] (outermost first)."""
+def _edge_lines(pixels: np.ndarray, box: list[int], side: str, start: int, stop: int) -> np.ndarray:
+    """Lines start .. stop - 1 of the box counted from `side` inwards, as rows [lines, length]."""
     top, left, bottom, right = box
     if side == "top":
-        return pixels[top:min(top + count, bottom), left:right]
+        return pixels[top + start:min(top + stop, bottom), left:right]
     if side == "bottom":
-        return pixels[max(bottom - count, top):bottom, left:right][::-1]
+        return pixels[max(bottom - stop, top):bottom - start, left:right][::-1]
     if side == "left":
-        return pixels[top:bottom, left:min(left + count, right)].T
-    return pixels[top:bottom, max(right - count, left):right].T[::-1]
+        return pixels[top:bottom, left + start:min(left + stop, right)].T
+    return pixels[top:bottom, max(right - stop, left):right - start].T[::-1]
 
 
 def _leading_run(flags: np.ndarray) -> int:
@@ -141,22 +141,43 @@ def _leading_run(flags: np.ndarray) -> int:
     return int(misses[0]) if len(misses) else len(flags)
 
 
-def _constant_lines(lines: np.ndarray, gray_range: float) -> int:
+def _count_leading(pixels: np.ndarray, box: list[int], side: str, limit: int, line_ok) -> int:
+    """How many lines from `side` inwards (at most `limit`) pass `line_ok(lines) -> bool per line`,
+    read in growing blocks so that a film without borders costs a few lines per side."""
+    count, block = 0, 8
+    while count < limit:
+        ok = line_ok(_edge_lines(pixels, box, side, count, min(limit, count + block)))
+        run = _leading_run(ok)
+        count += run
+        if run < len(ok) or len(ok) == 0:
+            break
+        block *= 2
+    return count
+
+
+def _constant_lines(pixels: np.ndarray, box: list[int], side: str, limit: int, gray_range: float) -> int:
     """Leading lines that are one gray level (padding)."""
-    medians = np.median(lines, axis=1, keepdims=True)
-    share = (np.abs(lines - medians) <= CONSTANT_TOLERANCE * gray_range).mean(axis=1)
-    return _leading_run(share >= CONSTANT_SHARE)
+
+    def constant(lines: np.ndarray) -> np.ndarray:
+        medians = np.median(lines, axis=1, keepdims=True)
+        return (np.abs(lines - medians) <= CONSTANT_TOLERANCE * gray_range).mean(axis=1) >= CONSTANT_SHARE
+
+    return _count_leading(pixels, box, side, limit, constant)
 
 
-def _collimation_lines(lines: np.ndarray, allowance: int, gray_range: float, content_median: float) -> int:
-    """Leading lines of a bright, flat band that ends in a step (collimation), else 0.
-    `lines` holds up to `allowance` + STEP_LINES lines, so the step can be checked past the band."""
-    level = float(np.median(lines[0]))
+def _collimation_lines(pixels: np.ndarray, box: list[int], side: str, limit: int, gray_range: float,
+                       content_median: float) -> int:
+    """Leading lines of a bright, flat band that ends in a step (collimation), else 0."""
+    level = float(np.median(_edge_lines(pixels, box, side, 0, 1)))
     if level < content_median + BAND_BRIGHTER_BY * gray_range:
         return 0
-    share = (np.abs(lines - level) <= BAND_TOLERANCE * gray_range).mean(axis=1)
-    band = _leading_run(share[:allowance] >= BAND_SHARE)
-    inside = share[band:band + STEP_LINES]
+
+    def at_level(lines: np.ndarray) -> np.ndarray:
+        return (np.abs(lines - level) <= BAND_TOLERANCE * gray_range).mean(axis=1)
+
+    band = _count_leading(pixels, box, side, limit, lambda lines: at_level(lines) >= BAND_SHARE)
+    # The lines just inside (past the allowance too) must be mostly off the band's level.
+    inside = at_level(_edge_lines(pixels, box, side, band, band + STEP_LINES))
     if band == 0 or len(inside) == 0 or inside.min() > STEP_SHARE:
         return 0
     return band
@@ -195,13 +216,12 @@ def find_content_box(pixels: np.ndarray, source: Path | str) -> CropBox:
         for side in SIDES:
             room = allowance(side)
             if room:
-                trim(side, _constant_lines(_edge_lines(pixels, box, side, room), gray_range))
+                trim(side, _constant_lines(pixels, box, side, room, gray_range))
         content_median = float(np.median(_sample(pixels[box[0]:box[2], box[1]:box[3]])))
         for side in SIDES:
             room = allowance(side)
             if room:
-                lines = _edge_lines(pixels, box, side, room + STEP_LINES)
-                trim(side, _collimation_lines(lines, room, gray_range, content_median))
+                trim(side, _collimation_lines(pixels, box, side, room, gray_range, content_median))
         if box == before:
             break
     return CropBox(box[0], box[1], box[2], box[3], height, width)
