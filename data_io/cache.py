@@ -13,6 +13,7 @@ it; stale entries of the same folder are deleted when the new one is written.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +33,9 @@ from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, 
                                 resize_mask, standardise)
 from data_io.readers import read_mask
 
-__all__ = ["CachedDataset", "NORMALISATION", "PREPROCESS_VERSION", "default_cache_dir", "load_cache_file",
-           "load_jsrt", "load_target", "prepare_case", "preprocess", "resize", "resize_mask", "standardise"]
+__all__ = ["CachedDataset", "NORMALISATION", "PREPROCESS_VERSION", "cache_key", "default_cache_dir",
+           "fingerprint_arrays", "load_cache_file", "load_jsrt", "load_target", "prepare_case", "preprocess",
+           "resize", "resize_mask", "standardise"]
 
 log = logging.getLogger(__name__)
 # Below this many cases a process pool costs more than it saves.
@@ -73,6 +75,15 @@ class CachedDataset:
 
     def crop(self, index: int) -> CropBox:
         return CropBox.from_row(self.crop_boxes[index])
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What a trial trained on, by content: the ids, the arrays and their size, and where
+        something was trimmed, the crop boxes and whole-frame masks it is scored on. Unlike `key`
+        (file paths, sizes and times) it recognises the same data at another path or synthesised
+        again, and it tells apart any two sets whose arrays differ. Trial identity, checkpoints
+        and tuning records carry it (docs/ARCHITECTURE.md, "data identity")."""
+        return fingerprint_arrays(self.name, self.ids, self.images, self.masks, self.crop_boxes, self.full_masks)
 
 
 def default_cache_dir() -> Path:
@@ -126,6 +137,23 @@ def load_cache_file(path: str | Path) -> CachedDataset:
         full_masks=full_masks,
         crop_boxes=crop_boxes,
     )
+
+
+def fingerprint_arrays(name: str, ids: list[str], images: np.ndarray, masks: dict[str, np.ndarray],
+                       crop_boxes: np.ndarray | None = None, full_masks: dict[str, np.ndarray] | None = None) -> str:
+    """A content hash of a dataset's preprocessed arrays (about 1 s per GB). Crop boxes and
+    whole-frame masks count only where an image was trimmed, so a set without borders hashes the
+    same whether the content crop ran or not (its arrays are the same)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([name, list(ids), list(images.shape), str(images.dtype), sorted(masks)]).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    for task in sorted(masks):
+        digest.update(np.packbits(np.ascontiguousarray(masks[task], dtype=np.uint8).reshape(-1)).tobytes())
+    if crop_boxes is not None and any(CropBox.from_row(row).trimmed for row in crop_boxes):
+        digest.update(np.ascontiguousarray(crop_boxes, dtype=np.int64).tobytes())
+        for task in sorted(full_masks or {}):
+            digest.update(np.packbits(np.ascontiguousarray(full_masks[task], dtype=np.uint8).reshape(-1)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_key(scan: Scan, image_size: int, crop_borders: bool = True) -> str:

@@ -1,7 +1,7 @@
 """The arrays one supervised run trains, validates and tests on, and how they are scored."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,6 +82,8 @@ class SegmentationData:
     crop_borders: bool = False  # whether the images are content crops (recorded in checkpoints)
     val_frame: FullFrame | None = None  # None: nothing trimmed, score against val_masks
     test_frame: FullFrame | None = None
+    # dataset name -> content fingerprint (CachedDataset.fingerprint); recorded in checkpoints
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for part in ("train", "val", "test"):
@@ -138,6 +140,7 @@ def segmentation_data(cfg: "RunConfig", dataset: "CachedDataset") -> Segmentatio
         test_ids=ids(split.test), val_ids=ids(split.val), train_ids=ids(split.train),
         task=cfg.task, dataset=dataset.name, crop_borders=dataset.crop_borders,
         val_frame=FullFrame.of(dataset, cfg.task, split.val), test_frame=FullFrame.of(dataset, cfg.task, split.test),
+        fingerprints={dataset.name: dataset.fingerprint},
     )
 
 

@@ -126,7 +126,7 @@ class _Trainer(ckpt.RunDirectoryPaths):
     def _network_checkpoint(self) -> dict[str, Any]:
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
                                        self.data.task, self.data.image_size, self.data.normalisation, self.epoch,
-                                       crop_borders=self.data.crop_borders)
+                                       self.data.fingerprints, crop_borders=self.data.crop_borders)
 
     def save_last(self) -> None:
         state = self._network_checkpoint()

@@ -9,6 +9,7 @@ from PIL import Image
 
 from data_io.phantoms import MildShift, synthesize
 from data_io.readers import read_gray
+from models.registry import load_torch_file
 from sweep import cli
 from sweep.engine.inference import Segmenter
 
@@ -49,7 +50,7 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_checkpoints_record_the_preprocessing(lung_model, phantom_folders, tmp_path):
-    record = torch.load(lung_model, weights_only=False)["preprocessing"]
+    record = load_torch_file(lung_model)["preprocessing"]
     assert record["crop_borders"] is True and record["normalisation"] == "per_image_standardisation"
     assert Segmenter.from_checkpoint(lung_model, device="cpu").crop_borders
     out = tmp_path / "uncropped"
@@ -57,7 +58,7 @@ def test_checkpoints_record_the_preprocessing(lung_model, phantom_folders, tmp_p
                      "--jsrt", str(phantom_folders["jsrt"]), "--scr", str(phantom_folders["scr"]), "--out", str(out),
                      "--cache-dir", str(phantom_folders["cache"]), "--set", "epochs=1", "--set", "num_threads=1",
                      "--set", "crop_borders=false"]) == 0
-    assert torch.load(out / "best.pt", weights_only=False)["preprocessing"]["crop_borders"] is False
+    assert load_torch_file(out / "best.pt")["preprocessing"]["crop_borders"] is False
     assert not Segmenter.from_checkpoint(out / "best.pt", device="cpu").crop_borders
 
 
@@ -94,7 +95,7 @@ def test_without_the_crop_padding_changes_the_masks(lung_model, films):
 
 
 def test_a_checkpoint_without_the_record_resizes_whole_images(lung_model, films, tmp_path, caplog):
-    legacy = torch.load(lung_model, weights_only=False)
+    legacy = load_torch_file(lung_model)
     del legacy["preprocessing"]
     torch.save(legacy, tmp_path / "old.pt")
     with caplog.at_level(logging.WARNING, logger="sweep.engine.inference"):

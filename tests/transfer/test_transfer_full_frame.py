@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_io.cache import CachedDataset
-from models.registry import load_segmenter
+from models.registry import load_segmenter, load_torch_file
 from sweep.engine.data import FullFrame, score_per_image
 from sweep.engine.inference import predict_masks
 from sweep.engine.transfer import train_transfer
@@ -42,7 +42,7 @@ def test_target_scores_are_computed_in_the_whole_frame(method, fraction, make_cf
     if method == "finetune":  # validated on the labelled target: in the whole frame too
         val = predict_masks(model, data.target_val_images, torch.device("cpu"))
         assert np.isclose(result.val_jaccard, score_per_image(val, data.target_val_masks, data.target_val_frame)[0].mean())
-    record = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["preprocessing"]
+    record = load_torch_file(tmp_path / "run" / "best.pt")["preprocessing"]
     assert record["crop_borders"] is True
 
 
