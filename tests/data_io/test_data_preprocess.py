@@ -163,3 +163,19 @@ def test_crop_statistics_are_logged_once_when_the_cache_is_built(tmp_path, caplo
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_the_fingerprint_tells_crops_apart_and_ignores_the_setting_where_nothing_was_trimmed():
+    import dataclasses
+
+    from data_io.cache import CachedDataset
+
+    rng = np.random.default_rng(0)
+    plain = CachedDataset(name="montgomery", ids=["a", "b"], images=rng.normal(size=(2, 16, 16)).astype(np.float32),
+                          masks={"lungs": (rng.random((2, 16, 16)) > 0.5).astype(np.uint8)}, image_size=16, key="k")
+    assert dataclasses.replace(plain, crop_borders=False).fingerprint == plain.fingerprint
+    boxes = np.array([[0, 2, 16, 16, 16, 16], [0, 0, 16, 16, 16, 16]], np.int32)
+    cropped = dataclasses.replace(plain, crop_boxes=boxes, full_masks={"lungs": np.roll(plain.masks["lungs"], 1, 2)})
+    other_crop = dataclasses.replace(cropped, crop_boxes=boxes + [[0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    # Same training arrays, other whole-frame scoring: other data for the trial's identity.
+    assert len({plain.fingerprint, cropped.fingerprint, other_crop.fingerprint}) == 3
