@@ -8,7 +8,7 @@ Layout under OUT:
                              also the qualitative (Fig. 9) runs, kept for their overlays but
                              never a table row
     translators/<trial_id>/  one finished translator warm-up (a dependency, not a table row)
-    results/trials.parquet   one row per trial  } rebuilt from runs/ after every stage,
+    results/trials.parquet   one row per trial  } rebuilt from runs/ at the end of a run,
     results/images.parquet   one row per image  } written atomically
     ray/                     Ray Tune's experiment folders (checkpoints, resume state)
 
