@@ -64,8 +64,9 @@ class DependencyQueue:
             # Nothing runs and nothing is ready: what still waits needs a trial that is neither
             # finished nor planned. Fail it rather than wait for ever.
             for trial_id in list(self.waiting):
-                missing = next(d for d in self.specs[trial_id].depends_on if d not in self.finished)
-                self._fail_dependants_of(missing, also=[trial_id])
+                if trial_id in self.waiting:  # not dropped with an earlier one
+                    missing = next(d for d in self.specs[trial_id].depends_on if d not in self.finished)
+                    self._fail_dependants_of(missing, also=[trial_id])
         return None
 
     @property

@@ -249,3 +249,25 @@ def test_no_stage_barrier_and_bounded_checkpoints(ray_runtime, data_flags, tmp_p
         assert sorted(p.name for p in kept.iterdir()) == ["checkpoint-stats.json", "last.pt"]
         assert (kept / "last.pt").stat().st_size == row.checkpoint_bytes
     assert trials.loc[trials.method == "source_only", "checkpoint_count"].eq(0).all()
+
+
+def test_a_failed_dependency_fails_its_dependants_without_running_them(ray_runtime, data_paths, tmp_path,
+                                                                       monkeypatch):
+    base = make_config("smoke", ["num_threads=1"])
+    grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
+                      methods=["source_only", "proposed"], fractions=[0])
+    m_a = next(t for t in grid.trials.values() if t.config.experiment == "segmentation")
+    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{m_a.trial_id}:always:1")
+    lines: list[str] = []
+    outcome = run_grid(grid, data_paths, _options(tmp_path, retries=0), say=lines.append)
+    dependants = [t.trial_id for t in grid.runnable() if m_a.trial_id in t.depends_on]
+    assert len(dependants) == 2 and set(outcome.failed) == {m_a.trial_id, *dependants}
+    for trial_id in dependants:
+        assert outcome.failed[trial_id].startswith(f"dependency {m_a.trial_id} failed: InjectedFailure")
+        assert any(line == f"[sweep] not running {trial_id}: its dependency {m_a.trial_id} failed" for line in lines)
+        assert not list((tmp_path / "ray").glob(f"sweep-*/{trial_id}"))  # never a Tune trial
+    trials = read_trials(tmp_path).set_index("trial_id")
+    assert (trials.loc[dependants, "status"] == "failed").all()
+    assert trials.loc[dependants, "test_jaccard_mean"].isna().all()
+    warmup = next(t for t in grid.trials.values() if not t.has_row)
+    assert warmup.trial_id in outcome.completed  # what does not need M_A still ran

@@ -69,6 +69,13 @@ def test_dependencies_already_in_out_count_as_done():
     assert {queue.pop_ready().trial_id, queue.pop_ready().trial_id} == {proposed.trial_id, source_only.trial_id}
 
 
+def test_a_trial_whose_dependency_is_neither_planned_nor_done_is_dropped_not_waited_for():
+    specs, m_a, warmup, proposed, source_only, others = _named(_grid())
+    queue = DependencyQueue([proposed, source_only])  # M_A and the warm-up: not planned, not in OUT
+    assert queue.pop_ready() is None and queue.exhausted
+    assert queue.failed == {proposed.trial_id: m_a.trial_id, source_only.trial_id: m_a.trial_id}
+
+
 def test_searcher_waits_releases_and_resumes_from_its_saved_state(tmp_path):
     grid = _grid()
     specs, m_a, warmup, proposed, source_only, others = _named(grid)
