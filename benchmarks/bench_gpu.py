@@ -1,6 +1,7 @@
 """The paper-scale sweep on one GPU: what a trial costs, whether packing trials pays, what the
 checkpoints cost, and how long the whole paper grid would take. Prints four parts, each as it
-is measured (a timeout still leaves the earlier figures):
+is measured, in the order (a), (c), (b), (d) (a timeout still leaves the earlier figures;
+`--budget-s` stops (b) early so that (d) is printed):
 
 (a) training images/s of one `paper` trial of each segmenter (256 px, batch 4; U-Net first)
     and of one proposed-method transfer epoch (the discriminative, generative and supervised
@@ -172,7 +173,8 @@ def measure_proposed(cfg: RunConfig, n_source: int, n_target: int, n_val: int, w
 # (b) packing through Ray
 
 
-def measure_packing(profiles: list[str], reduced: bool, seconds: dict[str, float], n_images: int = 16) -> dict:
+def measure_packing(profiles: list[str], reduced: bool, seconds: dict[str, float], deadline: float = math.inf,
+                    n_images: int = 16) -> dict:
     """Aggregate U-Net training images/s with K of eight Ray actors training at once on the GPU
     (epochs of `n_images`, short, so that every trial stops close to the end of the window)."""
     import ray
@@ -215,6 +217,9 @@ def measure_packing(profiles: list[str], reduced: bool, seconds: dict[str, float
     out: dict[str, dict] = {}
     try:
         for profile in profiles:
+            if time.time() + len(PACKINGS) * (seconds[profile] + 2) + 20 > deadline:
+                say(f"  {profile}: not measured (out of the --budget-s time)")
+                continue
             cfg = bench_config(profile, reduced, model="unet",
                                device="cuda" if gpus else "cpu").replace(num_threads=1)
             ray.get([a.setup.remote(cfg.to_dict(), n_images) for a in actors])
@@ -299,6 +304,24 @@ def makespan(specs, seconds: dict[str, float], slots: int) -> float:
     return now
 
 
+def print_checkpoint_share(figures: dict, paper: RunConfig, sizes: dict, unet: dict, every_s: float) -> None:
+    """(c): a paper U-Net trial's checkpoint seconds against its training seconds."""
+    say(f"\n(c) checkpoints (last.pt {unet['checkpoint_bytes'] / 1e6:.0f} MB: written in "
+        f"{unet['checkpoint_s']:.2f} s, copied to local storage in {unet['checkpoint_copy_s']:.2f} s)")
+    trial_train = paper.epochs * (sizes["jsrt_train"] / unet["train_images_per_s"]
+                                  + sizes["jsrt_val"] / unet["eval_images_per_s"])
+    one = unet["checkpoint_s"] + unet["checkpoint_copy_s"]
+    bounded = checkpoints_of(trial_train, every_s) * one
+    # Before: last.pt every epoch, best.pt (a third of it) on improvements, the whole run folder copied.
+    per_epoch = paper.epochs * one * 4 / 3
+    figures["checkpoints"] = {"trial_train_s": trial_train, "every_s": every_s, "bounded_s": bounded,
+                              "bounded_fraction": bounded / trial_train, "per_epoch_s": per_epoch,
+                              "per_epoch_fraction": per_epoch / trial_train}
+    say(f"  paper U-Net trial ({paper.epochs} epochs, one trial alone): {fmt(trial_train)} of training; checkpoints "
+        f"every {every_s:g} s + at the end: {checkpoints_of(trial_train, every_s)} x {one:.2f} s = "
+        f"{bounded / trial_train:.1%} of it; every epoch (before): ~{per_epoch / trial_train:.0%}")
+
+
 def fmt(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -313,10 +336,16 @@ def main() -> int:
     parser.add_argument("--trial-overhead-s", type=float, default=3.0,
                         help="per-trial cost outside the engine in (d): actor hand-over, data, dependencies (default 3)")
     parser.add_argument("--skip", default="", help="parts to leave out, e.g. b")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop measuring packings when this many seconds of the whole run are spent, "
+                             "so that (d) is still printed (default: no limit)")
     parser.add_argument("--json", help="also write every figure to this JSON file")
     args = parser.parse_args()
+    deadline = time.time() + args.budget_s if args.budget_s else math.inf
     gpu = torch.cuda.is_available()
     reduced = not gpu
+    if reduced:
+        torch.set_num_threads(1)  # as each trial runs (num_threads=1); two spinning threads on shared cores crawl
     figures: dict = {"device": torch.cuda.get_device_name() if gpu else "cpu", "reduced": reduced}
 
     def save() -> None:
@@ -363,6 +392,14 @@ def main() -> int:
             say(f"  proposed transfer step: failed ({type(exc).__name__}: {exc})")
         save()
 
+    every_s = RunConfig.checkpoint_every_s
+    complete = "unet" in rates and proposed is not None
+    if complete:
+        print_checkpoint_share(figures, paper, sizes, rates["unet"], every_s)
+    else:
+        say("\n(c), (d): need the U-Net and proposed figures of (a); not computed")
+    save()
+
     say("\n(b) trials packed on one GPU through Ray" + ("" if gpu else " (CPU: says nothing about a GPU)"))
     packing: dict = {}
     if "b" not in args.skip:
@@ -370,33 +407,14 @@ def main() -> int:
         default_window = {p: (10.0 if p == "paper" else 3.0) if gpu else 2.0 for p in profiles}
         windows = {p: args.packing_seconds or default_window[p] for p in profiles}
         try:
-            packing = measure_packing(profiles, reduced, windows)
+            packing = measure_packing(profiles, reduced, windows, deadline)
         except Exception as exc:
             say(f"  failed ({type(exc).__name__}: {exc})")
     figures["packing"] = packing
     save()
 
-    if "unet" not in rates or proposed is None:
-        say("\n(c), (d): need the U-Net and proposed figures of (a); not computed")
+    if not complete:
         return 1
-    every_s = RunConfig.checkpoint_every_s
-    say(f"\n(c) checkpoints (last.pt {rates['unet']['checkpoint_bytes'] / 1e6:.0f} MB: written in "
-        f"{rates['unet']['checkpoint_s']:.2f} s, copied to local storage in {rates['unet']['checkpoint_copy_s']:.2f} s)")
-    unet = rates["unet"]
-    trial_train = paper.epochs * (sizes["jsrt_train"] / unet["train_images_per_s"]
-                                  + sizes["jsrt_val"] / unet["eval_images_per_s"])
-    one = unet["checkpoint_s"] + unet["checkpoint_copy_s"]
-    bounded = checkpoints_of(trial_train, every_s) * one
-    # Before: last.pt every epoch, best.pt (a third of it) on improvements, the whole run folder copied.
-    per_epoch = paper.epochs * one * 4 / 3
-    figures["checkpoints"] = {"trial_train_s": trial_train, "every_s": every_s, "bounded_s": bounded,
-                              "bounded_fraction": bounded / trial_train, "per_epoch_s": per_epoch,
-                              "per_epoch_fraction": per_epoch / trial_train}
-    say(f"  paper U-Net trial ({paper.epochs} epochs, one trial alone): {fmt(trial_train)} of training; checkpoints "
-        f"every {every_s:g} s + at the end: {checkpoints_of(trial_train, every_s)} x {one:.2f} s = "
-        f"{bounded / trial_train:.1%} of it; every epoch (before): ~{per_epoch / trial_train:.0%}")
-    save()
-
     from sweep.grid import build_grid
 
     grid = build_grid("all", paper)

@@ -75,7 +75,7 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
   stamp "GPU found: full size"
   SYNTH=(--n-source 40 --n-target 30 --source-size 256 --target-size 256)
   SIZE=()
-  BENCH=(--profiles paper,cpu,smoke)
+  BENCH=(--profiles paper,cpu,smoke --budget-s 180)
   BENCH_LIMIT=200 SWEEP_LIMIT=140
 else
   GPU=0
