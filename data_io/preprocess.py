@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -319,28 +319,38 @@ def standardise(image: np.ndarray, source: Path | str) -> np.ndarray:
 # Back to the full frame.
 
 
-def _interpolate_along(array: np.ndarray, coordinates: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of `array` at fractional pixel-centre `coordinates` along `axis` (edges held)."""
-    count = array.shape[axis]
-    coordinates = np.clip(coordinates, 0, count - 1)
-    lower = np.floor(coordinates).astype(np.intp)
-    upper = np.minimum(lower + 1, count - 1)
-    weight = (coordinates - lower).astype(np.float32)
-    shape = [1, 1]
-    shape[axis] = -1
-    weight = weight.reshape(shape)
-    return np.take(array, lower, axis=axis) * (1 - weight) + np.take(array, upper, axis=axis) * weight
+class AxisSamples(NamedTuple):
+    """How one axis of the whole frame samples the cropped S-pixel prediction: output pixels
+    [first, last) fall inside the crop and interpolate linearly between source pixels `lower`
+    and `upper` with `weight` on `upper` (float32); the others are 0."""
+
+    first: int
+    last: int
+    lower: np.ndarray
+    upper: np.ndarray
+    weight: np.ndarray
 
 
-def _inside(count: int, frame_extent: int, start: int, stop: int, crop_side: int) -> tuple[int, int, np.ndarray]:
-    """Output pixels [first, last) of one axis whose centres fall inside the crop, and their
-    pixel-centre coordinates in the cropped S-pixel frame."""
+def frame_axis(count: int, frame_extent: int, start: int, stop: int, crop_side: int) -> AxisSamples:
+    """The samples of one axis of `count` output pixels spanning a frame of `frame_extent`, whose
+    crop runs from `start` to `stop` and was resized to `crop_side` pixels (edges held)."""
     centres = (np.arange(count, dtype=np.float64) + 0.5) * frame_extent / count
     inside = np.flatnonzero((centres >= start) & (centres < stop))
     if len(inside) == 0:
-        return 0, 0, np.zeros(0)
+        empty = np.zeros(0, np.intp)
+        return AxisSamples(0, 0, empty, empty, np.zeros(0, np.float32))
     first, last = int(inside[0]), int(inside[-1]) + 1
-    return first, last, (centres[first:last] - start) / (stop - start) * crop_side - 0.5
+    coordinates = np.clip((centres[first:last] - start) / (stop - start) * crop_side - 0.5, 0, crop_side - 1)
+    lower = np.floor(coordinates).astype(np.intp)
+    upper = np.minimum(lower + 1, crop_side - 1)
+    return AxisSamples(first, last, lower, upper, (coordinates - lower).astype(np.float32))
+
+
+def _interpolate_along(array: np.ndarray, samples: AxisSamples, axis: int) -> np.ndarray:
+    shape = [1, 1]
+    shape[axis] = -1
+    weight = samples.weight.reshape(shape)
+    return np.take(array, samples.lower, axis=axis) * (1 - weight) + np.take(array, samples.upper, axis=axis) * weight
 
 
 def mask_to_full_frame(mask: np.ndarray, crop: CropBox, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -351,7 +361,7 @@ def mask_to_full_frame(mask: np.ndarray, crop: CropBox, size: tuple[int, int] | 
     result is 0. `size` = (height, width) of the output frame: default the original frame
     (crop.height x crop.width); (S, S) gives the full frame at the cache's size, where scores
     are computed. Returns uint8 {0, 1}. With an untrimmed crop and size (S, S) it returns the
-    mask unchanged.
+    mask unchanged. (sweep.engine.scoring applies the same samples to a batch on the device.)
     """
     if mask.ndim != 2:
         raise ValueError(f"expected one mask [S, S], got shape {mask.shape}")
@@ -360,11 +370,11 @@ def mask_to_full_frame(mask: np.ndarray, crop: CropBox, size: tuple[int, int] | 
     if not crop.trimmed and (height, width) == values.shape:
         return (values >= 0.5).astype(np.uint8)
     out = np.zeros((height, width), dtype=np.uint8)
-    row_first, row_last, rows = _inside(height, crop.height, crop.top, crop.bottom, values.shape[0])
-    col_first, col_last, cols = _inside(width, crop.width, crop.left, crop.right, values.shape[1])
-    if row_last > row_first and col_last > col_first:
+    rows = frame_axis(height, crop.height, crop.top, crop.bottom, values.shape[0])
+    cols = frame_axis(width, crop.width, crop.left, crop.right, values.shape[1])
+    if rows.last > rows.first and cols.last > cols.first:
         placed = _interpolate_along(_interpolate_along(values, rows, 0), cols, 1)
-        out[row_first:row_last, col_first:col_last] = placed >= 0.5
+        out[rows.first:rows.last, cols.first:cols.last] = placed >= 0.5
     return out
 
 

@@ -12,7 +12,8 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def _as_bool(mask: ArrayLike, name: str) -> np.ndarray:
+def as_bool(mask: ArrayLike, name: str) -> np.ndarray:
+    """A binary mask (values in {0, 1} or bool) as a bool array; anything else is an error naming `name`."""
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     mask = np.asarray(mask)
@@ -25,8 +26,8 @@ def _as_bool(mask: ArrayLike, name: str) -> np.ndarray:
 
 def _counts(prediction: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Intersection, |prediction|, |truth| per image over the trailing two axes."""
-    pred = _as_bool(prediction, "prediction")
-    true = _as_bool(truth, "truth")
+    pred = as_bool(prediction, "prediction")
+    true = as_bool(truth, "truth")
     if pred.shape != true.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {true.shape}")
     if pred.ndim < 2:
@@ -36,19 +37,27 @@ def _counts(prediction: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.nda
     return inter, pred.sum(axis=axes, dtype=np.int64), true.sum(axis=axes, dtype=np.int64)
 
 
-def jaccard_per_image(prediction: ArrayLike, truth: ArrayLike) -> np.ndarray:
-    """Jaccard (IoU) of each mask in a [..., H, W] stack; both empty -> 1.0."""
-    inter, n_pred, n_true = _counts(prediction, truth)
+def jaccard_from_counts(inter: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray) -> np.ndarray:
+    """Jaccard from per-image pixel counts (intersection, |prediction|, |truth|); both empty -> 1.0."""
     union = n_pred + n_true - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union == 0, 1.0, inter / np.maximum(union, 1)).astype(np.float64)
 
 
-def dice_per_image(prediction: ArrayLike, truth: ArrayLike) -> np.ndarray:
-    """Dice (F1) of each mask in a [..., H, W] stack; both empty -> 1.0."""
-    inter, n_pred, n_true = _counts(prediction, truth)
+def dice_from_counts(inter: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray) -> np.ndarray:
+    """Dice from per-image pixel counts (intersection, |prediction|, |truth|); both empty -> 1.0."""
     total = n_pred + n_true
     return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1)).astype(np.float64)
+
+
+def jaccard_per_image(prediction: ArrayLike, truth: ArrayLike) -> np.ndarray:
+    """Jaccard (IoU) of each mask in a [..., H, W] stack; both empty -> 1.0."""
+    return jaccard_from_counts(*_counts(prediction, truth))
+
+
+def dice_per_image(prediction: ArrayLike, truth: ArrayLike) -> np.ndarray:
+    """Dice (F1) of each mask in a [..., H, W] stack; both empty -> 1.0."""
+    return dice_from_counts(*_counts(prediction, truth))
 
 
 def jaccard(prediction: ArrayLike, truth: ArrayLike) -> float:

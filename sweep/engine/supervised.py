@@ -25,9 +25,10 @@ from models.losses import build_loss
 from models.registry import build_segmenter
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
-from sweep.engine.data import SegmentationData, score_per_image
-from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, memory_format_for,
-                                    predict_masks, prepare_device, resolve_device)
+from sweep.engine.data import SegmentationData
+from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
+                                    memory_format_for, prepare_device, resolve_device)
+from sweep.engine.scoring import SplitScorer, predict_and_score
 from sweep.engine.overlays import save_overlays
 from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
 
@@ -80,7 +81,7 @@ def arch_kwargs(cfg: RunConfig) -> dict[str, Any]:
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Small random affine warps (rotation ±10°, scale ±10 %, shift ±5 %), no flips: anatomy is not mirror-symmetric."""
     n = images.shape[0]
-    draw = torch.rand(n, 4, generator=generator).to(images.device)
+    draw = torch.rand(n, 4, generator=generator).to(images.device, non_blocking=True)  # staged at once: no wait
     angle = (draw[:, 0] * 2 - 1) * math.radians(10)
     scale = 1 + (draw[:, 1] * 2 - 1) * 0.1
     shift = (draw[:, 2:] * 2 - 1) * 0.1  # in [-1, 1] grid units: 0.1 is 5 % of the image
@@ -110,18 +111,20 @@ class _Trainer(ckpt.RunDirectoryPaths):
         self.model = model.to(self.device, memory_format=self.memory_format)
         if cfg.compile:
             compile_in_place(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                          betas=(cfg.beta1, cfg.beta2))
+        self.optimizer = adam(self.model.parameters(), self.device, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              betas=(cfg.beta1, cfg.beta2))
         self.scaler = grad_scaler_for(self.device)
         self.loss_fn = build_loss(cfg.loss, foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
         self.train_images = as_batch(data.train_images, self.device)
         # uint8 until a batch is drawn: int64 masks of a 256 px dataset would take 8x the memory.
         self.train_masks = torch.from_numpy(np.ascontiguousarray(data.train_masks, dtype=np.uint8)).to(self.device)
+        # The validation split stays on the device too, and is scored there (sweep/engine/scoring.py).
+        self.val_scorer = SplitScorer(data.val_images, data.val_masks, data.val_frame, self.device)
         # Bookkeeping carried across resumes.
         self.epoch = 0
         self.best_val = -math.inf
         self.best_epoch = 0
-        self.best: dict[str, Any] | None = None  # the best epoch's network checkpoint, CPU tensors
+        self.best: dict[str, Any] | None = None  # the best epoch's network checkpoint, on the device
         self.history: list[dict] = []
         self.duration_s = 0.0
         self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
@@ -160,7 +163,7 @@ class _Trainer(ckpt.RunDirectoryPaths):
     def train_epoch(self) -> float:
         self.model.train()
         generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.epoch))
-        order = torch.randperm(len(self.train_images), generator=generator).to(self.device)
+        order = torch.randperm(len(self.train_images), generator=generator).to(self.device, non_blocking=True)
         total = torch.zeros((), device=self.device)
         for start in range(0, len(order), self.cfg.batch_size):
             index = order[start:start + self.cfg.batch_size]
@@ -178,9 +181,6 @@ class _Trainer(ckpt.RunDirectoryPaths):
             total += loss.detach() * len(index)
         return float(total) / len(order)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return predict_masks(self.model, images, self.device)
-
     def fit(self, callbacks: Sequence[EpochCallback]) -> int:
         cfg, data = self.cfg, self.data
         trained = 0
@@ -193,7 +193,7 @@ class _Trainer(ckpt.RunDirectoryPaths):
             metrics: dict[str, Any] = {"epoch": self.epoch, "train_loss": loss, "train_s": train_s,
                                        "train_images_per_s": len(data.train_images) / max(train_s, 1e-9)}
             if self.epoch % max(cfg.eval_every, 1) == 0 or self.epoch == cfg.epochs:
-                jaccards, dices = score_per_image(self.predict(data.val_images), data.val_masks, data.val_frame)
+                jaccards, dices = self.val_scorer(self.model)
                 metrics["val_jaccard"], metrics["val_dice"] = float(jaccards.mean()), float(dices.mean())
                 if metrics["val_jaccard"] > self.best_val:
                     self.best_val, self.best_epoch = metrics["val_jaccard"], self.epoch
@@ -217,9 +217,9 @@ class _Trainer(ckpt.RunDirectoryPaths):
         ckpt.save_atomic(self.best, self.best_path)
         ckpt.unwrap(self.model).load_state_dict(self.best["state_dict"])
         data = self.data
-        predictions = self.predict(data.test_images)
         # Scored in each image's whole frame when the images are content crops.
-        jaccards, dices = score_per_image(predictions, data.test_masks, data.test_frame)
+        predictions, jaccards, dices = predict_and_score(self.model, data.test_images, data.test_masks,
+                                                         data.test_frame, self.device)
         keys = key_values(self.cfg, trial_id=self.run_dir.name)
         rows = [{**keys, "image_id": image_id, "jaccard": float(j), "dice": float(d)}
                 for image_id, j, d in zip(data.test_ids, jaccards, dices)]

@@ -34,10 +34,11 @@ from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from models.translators.base import Translator
 from sweep.config import TRANSFER_METHODS, RunConfig
 from sweep.engine import checkpoints as ckpt
-from sweep.engine.data import SegmentationData, score_per_image
+from sweep.engine.data import SegmentationData
 from sweep.engine.overlays import save_overlays
-from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, memory_format_for,
-                                    predict_masks, prepare_device, resolve_device)
+from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
+                                    memory_format_for, prepare_device, resolve_device)
+from sweep.engine.scoring import predict_and_score, score_split
 from sweep.engine.supervised import N_OVERLAYS, EpochCallback, RunResult, epoch_seed, train_supervised
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import (LossSums, TranslationTrainer, check_finite, device_batches, format_losses,
@@ -179,13 +180,13 @@ def validation_jaccard(data: TransferData, model: TranslateThenSegment, device: 
     """Mean Jaccard on the target validation split when the run has target labels, else on the
     source validation split (through A -> B -> A when there is a translator). Never the test split."""
     if data.target_val_masks is not None and data.n_labelled > 0:
-        predictions = predict_masks(model, data.target_val_images, device)
-        return float(score_per_image(predictions, data.target_val_masks, data.target_val_frame)[0].mean()), "target"
+        return float(score_split(model, data.target_val_images, data.target_val_masks, data.target_val_frame,
+                                 device)[0].mean()), "target"
     source_path: nn.Module = model.segmenter
     if model.translator is not None:
         source_path = nn.Sequential(_CycleABA(model.translator), model.segmenter)
-    predictions = predict_masks(source_path, data.source_val_images, device)
-    return float(score_per_image(predictions, data.source_val_masks, data.source_val_frame)[0].mean()), "source"
+    return float(score_split(source_path, data.source_val_images, data.source_val_masks, data.source_val_frame,
+                             device)[0].mean()), "source"
 
 
 class _CycleABA(nn.Module):
@@ -202,12 +203,10 @@ def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: Transla
                history: list[dict]) -> RunResult:
     """Evaluate `model` on the target test split and write images.parquet, overlays/, result.json."""
     started = time.perf_counter()
-    predictions = predict_masks(model, data.target_test_images, device)
-    if data.target_has_labels:
-        # Scored in each image's whole frame when the images are content crops.
-        jaccards, dices = score_per_image(predictions, data.target_test_masks, data.target_test_frame)
-    else:  # heart / clavicles on a lungs-only target: overlays for the eye, no numbers
-        jaccards = dices = np.zeros(0)
+    # Scored in each image's whole frame when the images are content crops; a task the target
+    # does not label (heart / clavicles on Montgomery) gives overlays for the eye, no numbers.
+    predictions, jaccards, dices = predict_and_score(model, data.target_test_images, data.target_test_masks,
+                                                     data.target_test_frame, device)
     keys = key_values(cfg, trial_id=run_dir.name)
     rows = [{**keys, "image_id": image_id, "jaccard": float(j), "dice": float(d)}
             for image_id, j, d in zip(data.target_test_ids, jaccards, dices)]
@@ -309,8 +308,8 @@ class ProposedRun:
             compile_in_place(self.model.segmenter)
             compile_in_place(self.model.translator)
         self.translation = TranslationTrainer(self.model.translator, cfg)
-        self.segmenter_optimizer = torch.optim.Adam(self.model.segmenter.parameters(), lr=cfg.lr,
-                                                    betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.segmenter_optimizer = adam(self.model.segmenter.parameters(), device, lr=cfg.lr,
+                                        betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.scaler = grad_scaler_for(device)
         foreground = float(data.source_train_masks.mean())
         self.loss_fn = build_loss(cfg.loss, foreground_fraction=foreground if cfg.loss == "weighted_ce" else None)
@@ -321,7 +320,7 @@ class ProposedRun:
         self.labelled_images = as_batch(data.target_labelled_images, device) if data.n_labelled else None
         self.labelled_masks = _device_masks(data.target_labelled_masks, device) if data.n_labelled else None
         self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
-        self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, CPU tensors
+        self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, on the device
         self.history: list[dict] = []
         self.duration_s = 0.0
         self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
@@ -396,7 +395,7 @@ class ProposedRun:
                                         self.data.fingerprints, crop_borders=self.data.crop_borders)
         state["translator"] = {
             "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.translator.state_dict().items()},
+            "state_dict": ckpt.state_copy(self.model.translator),
         }
         state["inference"] = "segmenter(translator.translate_ba(image))"
         return state

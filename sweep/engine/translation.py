@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from models.registry import build_translator, load_torch_file, translator_defaults
 from models.translators.base import Translator
 from sweep.engine.checkpoints import save_atomic
+from sweep.engine.inference import adam as adam_for
 from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, prepare_device,
                                     resolve_device)
 
@@ -97,8 +98,8 @@ class TranslationTrainer:
         self.translator = translator
         self.device = next(translator.parameters()).device
         adam = dict(lr=cfg.gan_lr, betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
-        self.generator_optimizer = torch.optim.Adam(translator.generator_parameters(), **adam)
-        self.discriminator_optimizer = torch.optim.Adam(translator.discriminator_parameters(), **adam)
+        self.generator_optimizer = adam_for(translator.generator_parameters(), self.device, **adam)
+        self.discriminator_optimizer = adam_for(translator.discriminator_parameters(), self.device, **adam)
         # One loss scaler per step (float16 only): the generator optimiser is stepped twice per batch.
         self.generator_scaler = grad_scaler_for(self.device)
         self.discriminator_scaler = grad_scaler_for(self.device)
