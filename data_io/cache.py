@@ -26,12 +26,13 @@ from PIL import Image
 
 from data_io import datasets
 from data_io.datasets import Case, Scan
-from data_io.readers import read_gray, read_jsrt_img, read_mask
+from data_io.readers import Radiograph, read_mask, read_radiograph
 
 log = logging.getLogger(__name__)
 
 # Bump when decoding, orientation, resizing or normalisation changes: old caches then miss.
-PREPROCESS_VERSION = 1
+# 2: polarity is set at full resolution, before resizing (`prepare_image`, shared with `cxrsweep segment`).
+PREPROCESS_VERSION = 2
 NORMALISATION = "per_image_standardisation"
 # Below this many cases a process pool costs more than it saves.
 POOL_MIN_CASES = 32
@@ -41,10 +42,10 @@ CACHE_IMAGE_DTYPE = np.float16
 
 @dataclass
 class CachedDataset:
-    name: str  # "jsrt" | "montgomery" | "shenzhen"
+    name: str  # "jsrt" | "montgomery" | "shenzhen" | a folder target's name
     ids: list[str]  # sorted case ids
     images: np.ndarray  # float32 [N, S, S], per-image standardised
-    masks: dict[str, np.ndarray]  # task -> uint8 [N, S, S] in {0, 1}
+    masks: dict[str, np.ndarray]  # task -> uint8 [N, S, S] in {0, 1}; empty for an unlabelled target
     image_size: int
     key: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{id, reason}] left out by the scan
@@ -66,7 +67,9 @@ def load_jsrt(jsrt_dir: str | Path, scr_dir: str | Path, image_size: int, cache_
 
 
 def load_target(name: str, root: str | Path, image_size: int, cache_dir: str | Path | None = None) -> CachedDataset:
-    """Montgomery or Shenzhen with lung masks; Shenzhen images without a mask are skipped and listed."""
+    """Montgomery or Shenzhen with lung masks (Shenzhen images without a mask are skipped and
+    listed), or any other name: a folder of radiographs with optional lung masks
+    (`datasets.scan_folder_target`)."""
     return _load(datasets.scan_target(name, root), image_size, cache_dir)
 
 
@@ -116,7 +119,7 @@ def cache_key(scan: Scan, image_size: int) -> str:
 
 def _cache_prefix(scan: Scan, image_size: int) -> str:
     """Entries of the same folders and size share this prefix; only the newest key is kept."""
-    roots = f"{scan.image_root.resolve()}\0{scan.mask_root.resolve()}"
+    roots = f"{scan.image_root.resolve()}\0{scan.mask_root.resolve() if scan.mask_root else ''}"
     return f"{scan.name}-{image_size}px-{hashlib.sha256(roots.encode()).hexdigest()[:10]}"
 
 
@@ -216,22 +219,31 @@ def _prepare_case_job(job: tuple[Scan, Case, int]):
 def prepare_case(scan: Scan, case: Case, image_size: int) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
     """One case: (standardised float32 image [S, S], task -> uint8 mask [S, S], was it mirrored).
 
-    Everything is resized before orientation and merging: inversion and mirroring commute with
-    area averaging, and working at S x S instead of 2048 x 2048 is most of the speed.
+    The image goes through `prepare_image`, exactly as `cxrsweep segment` prepares a new
+    radiograph. Masks are resized before merging; a mirrored case (decided on the small masks)
+    is flipped back afterwards, image and masks together.
     """
-    raw = read_jsrt_img(case.image) if scan.image_format == "jsrt-img" else read_gray(case.image)
-    if raw.ndim != 2:
-        raise ValueError(f"{case.image}: expected a single-channel image, got shape {raw.shape}")
+    radiograph = read_radiograph(case.image)
     structures = {name: read_mask(path) for name, path in case.masks.items()}
-    datasets.check_sizes(scan, case, raw.shape, {name: mask.shape for name, mask in structures.items()})
-    small_image = resize(raw, image_size)
+    datasets.check_sizes(scan, case, radiograph.pixels.shape, {name: mask.shape for name, mask in structures.items()})
+    image = prepare_image(radiograph, image_size, case.image)
     small_structures = {name: resize_mask(mask, image_size) for name, mask in structures.items()}
-    pixels, small_structures, mirrored = datasets.to_display_convention(
-        small_image, small_structures, white_is_zero=scan.image_format == "jsrt-img"
-    )
-    image = standardise(pixels, case.image)
+    image, small_structures, mirrored = datasets.to_display_convention(image, small_structures, white_is_zero=False)
     masks = {task: mask.astype(np.uint8) for task, mask in datasets.task_masks(small_structures, scan.tasks).items()}
     return image, masks, mirrored
+
+
+def prepare_image(radiograph: Radiograph, image_size: int, source: str | Path) -> np.ndarray:
+    """The preprocessing of one radiograph, shared by the cache (training) and `cxrsweep segment`:
+    polarity (bone bright) at full resolution, resize to [S, S], per-image standardisation."""
+    pixels = datasets.display_polarity(radiograph.pixels, radiograph.white_is_zero, radiograph.inversion_sum)
+    return standardise(resize(pixels, image_size), Path(source))
+
+
+def preprocess_file(path: str | Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read and prepare one radiograph file: (standardised float32 [S, S], its (height, width))."""
+    radiograph = read_radiograph(path)
+    return prepare_image(radiograph, image_size, path), tuple(radiograph.pixels.shape)
 
 
 def _resample_filter(source_shape: tuple[int, int], size: int) -> int:
