@@ -27,6 +27,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--scr", help="SCR masks folder")
     data.add_argument("--montgomery", help="Montgomery set folder")
     data.add_argument("--shenzhen", help="Shenzhen set folder")
+    data.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
+                      help="a target set as a folder of radiographs (DICOM, PNG, ...) with optional masks/ "
+                           "(repeatable); a bare DIR belongs to the one folder target selected")
     data.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
 
 
@@ -66,8 +69,13 @@ def base_config(args):
 def data_paths(args):
     from sweep.runner import DataPaths
 
+    from data_io.datasets import is_folder_target, target_dirs
+
+    selected = getattr(args, "targets", None) or [getattr(args, "target", None)]
+    folder_targets = [t for t in selected if t and is_folder_target(t)]
+    default = folder_targets[0] if len(folder_targets) == 1 else None
     return DataPaths(jsrt=args.jsrt, scr=args.scr, montgomery=args.montgomery, shenzhen=args.shenzhen,
-                     cache_dir=args.cache_dir)
+                     cache_dir=args.cache_dir, target_dirs=target_dirs(args.target_dir, default))
 
 
 def sweep_options(args, **extra):
@@ -95,7 +103,8 @@ def register(subparsers) -> None:
     run.add_argument("--fractions", type=_csv(float),
                      help=f"target label fractions in percent (default {','.join(f'{f:g}' for f in LABEL_FRACTIONS)})")
     run.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
-    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery; choices {','.join(TARGETS)})")
+    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery): {','.join(TARGETS)} or the name of a "
+                          "--target-dir folder")
     add_data_flags(run)
     run.add_argument("--out", required=True, help="output folder or storage URI (s3://, gs://)")
     run.add_argument("--resume", action="store_true",
@@ -114,7 +123,8 @@ def register(subparsers) -> None:
     tune_parser.add_argument("--method", default="supervised", choices=("supervised", *TRANSFER_METHODS),
                              help="supervised (Table I) or a transfer method (Table II)")
     tune_parser.add_argument("--label-fraction", type=float, default=0.0, help="transfer: percent of target labels")
-    tune_parser.add_argument("--target", default="montgomery", choices=TARGETS)
+    tune_parser.add_argument("--target", default="montgomery",
+                             help=f"{', '.join(TARGETS)} or a --target-dir folder's name (default montgomery)")
     tune_parser.add_argument("--repetition", type=int, default=0)
     tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")
     tune_parser.add_argument("--best-config", metavar="FILE", help="where to write the best config (default OUT/best-config.json)")
