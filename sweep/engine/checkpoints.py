@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,10 +58,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
-                       image_size: int, normalisation: str, epoch: int) -> dict[str, Any]:
+                       image_size: int, normalisation: str, epoch: int,
+                       train_masks: Sequence[np.ndarray] = ()) -> dict[str, Any]:
+    """The network part of a checkpoint. With `train_masks` (the masks it was trained on) it also
+    records `train_foreground_range`: the least and largest per-image foreground fraction, which
+    `cxrsweep segment` compares new predictions against."""
     state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-    return {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
-            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch)}
+    checkpoint = {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
+                  "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch)}
+    fractions = [np.asarray(m).reshape(len(m), -1).mean(axis=1) for m in train_masks if len(m)]
+    if fractions:
+        every = np.concatenate(fractions)
+        checkpoint["train_foreground_range"] = [float(every.min()), float(every.max())]
+    return checkpoint
 
 
 def rng_state() -> dict[str, Any]:

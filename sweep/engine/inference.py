@@ -1,4 +1,5 @@
-"""Applying a trained segmenter: batched prediction (shared with training) and `cxrsweep segment`."""
+"""Applying a trained segmenter: batched prediction (shared with training) and the network
+`cxrsweep segment` runs (`sweep.engine.segment` holds the rest of that job)."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -59,21 +60,9 @@ def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device,
     return np.concatenate(out)
 
 
-def read_radiograph(path: Path) -> np.ndarray:
-    """A radiograph file as displayed (bone bright), float32 at its own size."""
-    from data_io.datasets import to_display_convention
-    from data_io.readers import read_gray, read_jsrt_img
-
-    is_jsrt_raw = path.suffix.lower() == ".img"
-    raw = read_jsrt_img(path) if is_jsrt_raw else read_gray(path)
-    if raw.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel radiograph, got shape {raw.shape}")
-    pixels, _, _ = to_display_convention(raw, {}, white_is_zero=is_jsrt_raw)
-    return pixels
-
-
 class Segmenter:
-    """A checkpoint's network plus what it needs to prepare new images as its training data was."""
+    """A checkpoint's network plus what it needs to prepare new images as its training data was
+    (`data_io.cache.prepare_image` at `image_size`)."""
 
     def __init__(self, model: nn.Module, arch: str, task: str, image_size: int, device: torch.device):
         self.model, self.arch, self.task, self.image_size, self.device = model, arch, task, image_size, device
@@ -99,24 +88,3 @@ class Segmenter:
             model = segmenter_from_checkpoint(checkpoint)
         model = model.to(torch_device, memory_format=memory_format_for(torch_device))
         return cls(model.eval(), arch, checkpoint["task"], int(checkpoint["image_size"]), torch_device)
-
-    def segment_array(self, pixels: np.ndarray, source: Path) -> np.ndarray:
-        """Mask uint8 {0, 1} at the radiograph's own size."""
-        from data_io.cache import resize, standardise
-
-        image = standardise(resize(pixels, self.image_size), source)
-        return predict_masks(self.model, image[None], self.device, output_size=pixels.shape)[0]
-
-    def segment_file(self, path: Path, out_dir: Path) -> tuple[Path, Path, float]:
-        """Write OUT/masks/<name>.png and OUT/overlays/<name>.png; returns both paths and the foreground fraction."""
-        from sweep.engine.overlays import render_overlay, safe_name
-
-        pixels = read_radiograph(path)
-        mask = self.segment_array(pixels, path)
-        name = safe_name(path.stem) + ".png"
-        mask_path, overlay_path = out_dir / "masks" / name, out_dir / "overlays" / name
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
-        overlay_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask * 255).save(mask_path)
-        render_overlay(pixels, mask).save(overlay_path)
-        return mask_path, overlay_path, float(mask.mean())

@@ -313,7 +313,8 @@ class ProposedRun:
         on target images the pair must be applied as M_A(G_BA(b)), see `load_transfer_model`."""
         state = ckpt.network_checkpoint(self.model.segmenter, self.source_model["arch"],
                                         self.source_model["arch_kwargs"], self.cfg.to_dict(), self.data.task,
-                                        self.data.image_size, self.data.normalisation, self.epoch)
+                                        self.data.image_size, self.data.normalisation, self.epoch,
+                                        train_masks=[self.data.source_train_masks, self.data.target_labelled_masks])
         state["translator"] = {
             "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.translator.state_dict().items()},

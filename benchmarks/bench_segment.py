@@ -1,0 +1,134 @@
+"""Images per second of `cxrsweep segment` on Ray Data against the plain single-process loop
+(`--local`), on the same phantoms, on this machine.
+
+Both paths run the same stages (`sweep.engine.segment`: read + prepare, network, full-size
+mask + statistics + PNG) and write into fresh output folders; the masks must come out
+identical. The Ray figure is given without and with starting the local Ray runtime (a
+cluster's runtime is already up). The network is a U-Net of the `cpu` profile (128 px,
+width 0.25) with random weights (speed does not depend on training), or `--checkpoint`.
+
+    python benchmarks/bench_segment.py                         # 1,000 phantoms, 512 px long side
+    python benchmarks/bench_segment.py --n 200 --workers 2 --batch-size 8
+
+On a shared machine, run it alone (e.g. under a CPU lock) and say how many cores it had.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def make_checkpoint(path: Path, profile: str) -> Path:
+    from models.registry import build_segmenter
+    from sweep.config import make_config
+    from sweep.engine.checkpoints import network_checkpoint, save_atomic
+    from sweep.engine.data import PER_IMAGE_STANDARDISATION
+    from sweep.engine.supervised import arch_kwargs
+
+    cfg = make_config(profile)
+    model = build_segmenter("unet", **arch_kwargs(cfg))
+    # A training range as a real checkpoint has one, so QC runs as in use.
+    masks = [np.zeros((1, 4, 4), np.uint8) + np.array([[0, 1, 1, 0]] * 4, np.uint8)]
+    save_atomic(network_checkpoint(model, "unet", arch_kwargs(cfg), cfg.to_dict(), "lungs", cfg.image_size,
+                                   PER_IMAGE_STANDARDISATION, 0, train_masks=masks), path)
+    return path
+
+
+def phantom_folder(root: Path, n: int, size: int) -> Path:
+    from data_io.phantoms import synthesize
+
+    marker = root / f"phantoms-{n}-{size}.done"
+    folder = root / "montgomery" / "CXR_png"
+    if not marker.exists():
+        started = time.perf_counter()
+        synthesize(root, n_source=1, n_target=n, source_size=64, target_size=size, seed=0)
+        marker.write_text("ok\n")
+        print(f"synthesised {n} phantoms ({size} px long side) in {time.perf_counter() - started:.0f} s")
+    return folder
+
+
+def run_local(items, out: Path, checkpoint: Path, info, batch_size: int) -> float:
+    from sweep.engine.segment import SegmentOutput, segment_local
+
+    started = time.perf_counter()
+    output = SegmentOutput(out, info, checkpoint)
+    segment_local(items, output, checkpoint, device="cpu", batch_size=batch_size)
+    output.gather()
+    return time.perf_counter() - started
+
+
+def run_ray(items, out: Path, checkpoint: Path, info, options) -> tuple[float, float]:
+    import ray
+
+    from sweep.engine.segment import SegmentOutput
+    from sweep.segment_ray import segment_with_ray
+
+    started = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    up = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        output = SegmentOutput(out, info, checkpoint)
+        segment_with_ray(items, output, checkpoint, options)
+        output.gather()
+        return up, time.perf_counter() - started
+    finally:
+        ray.shutdown()
+
+
+def same_masks(first: Path, second: Path) -> bool:
+    names = sorted(p.relative_to(first) for p in (first / "masks").rglob("*.png"))
+    if names != sorted(p.relative_to(second) for p in (second / "masks").rglob("*.png")):
+        return False
+    return all(np.array_equal(np.asarray(Image.open(first / n)), np.asarray(Image.open(second / n))) for n in names)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000, help="phantom radiographs (default 1000)")
+    parser.add_argument("--size", type=int, default=512, help="their long side in px (default 512)")
+    parser.add_argument("--profile", default="cpu", help="profile of the random U-Net (default cpu: 128 px)")
+    parser.add_argument("--checkpoint", type=Path, help="a real checkpoint instead of the random U-Net")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=0, help="Ray model workers (default: the CLI's rule)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--data", type=Path, help="keep the phantoms here between runs (default: a temp folder)")
+    args = parser.parse_args()
+
+    from sweep.engine.segment import checkpoint_info, list_inputs
+    from sweep.segment_ray import RayOptions
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-segment-"))
+    try:
+        data = phantom_folder(args.data or scratch / "data", args.n, args.size)
+        checkpoint = args.checkpoint or make_checkpoint(scratch / "unet.pt", args.profile)
+        info = checkpoint_info(checkpoint)
+        items = list_inputs([data])
+        print(f"{len(items)} images, network {info.arch} at {info.image_size} px, batch {args.batch_size}, "
+              f"{os.cpu_count()} CPU(s) visible")
+
+        local_s = run_local(items, scratch / "local", checkpoint, info, args.batch_size)
+        options = RayOptions(batch_size=args.batch_size, workers=args.workers, cpus_per_worker=args.cpus_per_worker)
+        up_s, ray_s = run_ray(items, scratch / "ray", checkpoint, info, options)
+        n = len(items)
+        print(f"plain loop : {n / local_s:7.1f} images/s  ({local_s:.1f} s, {1000 * local_s / n:.1f} ms/image)")
+        print(f"Ray Data   : {n / ray_s:7.1f} images/s  ({ray_s:.1f} s, {1000 * ray_s / n:.1f} ms/image) "
+              f"once the runtime is up; {n / (up_s + ray_s):.1f} images/s counting its {up_s:.1f} s start")
+        print(f"ratio Ray / loop: {local_s / ray_s:.2f}x (with the start: {local_s / (up_s + ray_s):.2f}x); "
+              f"Ray's overhead per image: {1000 * (ray_s - local_s) / n:+.1f} ms (negative: faster)")
+        print(f"masks identical: {same_masks(scratch / 'local', scratch / 'ray')}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
