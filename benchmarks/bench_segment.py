@@ -56,17 +56,17 @@ def phantom_folder(root: Path, n: int, size: int) -> Path:
     return folder
 
 
-def run_local(items, out: Path, checkpoint: Path, info, batch_size: int) -> float:
+def run_local(items, out: Path, checkpoint: Path, info, batch_size: int, overlays: str) -> float:
     from sweep.engine.segment import SegmentOutput, segment_local
 
     started = time.perf_counter()
     output = SegmentOutput(out, info, checkpoint)
-    segment_local(items, output, checkpoint, device="cpu", batch_size=batch_size)
+    segment_local(items, output, checkpoint, device="cpu", batch_size=batch_size, overlays=overlays)
     output.gather()
     return time.perf_counter() - started
 
 
-def run_ray(items, out: Path, checkpoint: Path, info, options) -> tuple[float, float]:
+def run_ray(items, out: Path, checkpoint: Path, info, options, overlays: str) -> tuple[float, float]:
     import ray
 
     from sweep.engine.segment import SegmentOutput
@@ -78,7 +78,7 @@ def run_ray(items, out: Path, checkpoint: Path, info, options) -> tuple[float, f
     try:
         started = time.perf_counter()
         output = SegmentOutput(out, info, checkpoint)
-        segment_with_ray(items, output, checkpoint, options)
+        segment_with_ray(items, output, checkpoint, options, overlays=overlays)
         output.gather()
         return up, time.perf_counter() - started
     finally:
@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="Ray model workers (default: the CLI's rule)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--overlays", default="none", choices=("none", "flagged", "all"),
+                        help="overlays to write (default none: the random network would flag every image)")
+    parser.add_argument("--skip-local", action="store_true", help="time the Ray path only (tuning runs)")
     parser.add_argument("--data", type=Path, help="keep the phantoms here between runs (default: a temp folder)")
     args = parser.parse_args()
 
@@ -114,15 +117,16 @@ def main() -> None:
         info = checkpoint_info(checkpoint)
         items = list_inputs([data])
         print(f"{len(items)} images, network {info.arch} at {info.image_size} px, batch {args.batch_size}, "
-              f"{os.cpu_count()} CPU(s) visible")
-
-        local_s = run_local(items, scratch / "local", checkpoint, info, args.batch_size)
+              f"overlays {args.overlays}, Ray workers {args.workers or 'auto'}, {os.cpu_count()} CPU(s) visible")
         options = RayOptions(batch_size=args.batch_size, workers=args.workers, cpus_per_worker=args.cpus_per_worker)
-        up_s, ray_s = run_ray(items, scratch / "ray", checkpoint, info, options)
+        up_s, ray_s = run_ray(items, scratch / "ray", checkpoint, info, options, args.overlays)
         n = len(items)
-        print(f"plain loop : {n / local_s:7.1f} images/s  ({local_s:.1f} s, {1000 * local_s / n:.1f} ms/image)")
         print(f"Ray Data   : {n / ray_s:7.1f} images/s  ({ray_s:.1f} s, {1000 * ray_s / n:.1f} ms/image) "
               f"once the runtime is up; {n / (up_s + ray_s):.1f} images/s counting its {up_s:.1f} s start")
+        if args.skip_local:
+            return
+        local_s = run_local(items, scratch / "local", checkpoint, info, args.batch_size, args.overlays)
+        print(f"plain loop : {n / local_s:7.1f} images/s  ({local_s:.1f} s, {1000 * local_s / n:.1f} ms/image)")
         print(f"ratio Ray / loop: {local_s / ray_s:.2f}x (with the start: {local_s / (up_s + ray_s):.2f}x); "
               f"Ray's overhead per image: {1000 * (ray_s - local_s) / n:+.1f} ms (negative: faster)")
         print(f"masks identical: {same_masks(scratch / 'local', scratch / 'ray')}")
