@@ -43,7 +43,9 @@ PART_ROWS = 256  # rows per part file: a killed run loses at most this many rows
 LARGE_COMPONENT_FRACTION = 0.005
 MAX_LARGE_COMPONENTS = 2
 OVERLAY_CHOICES = ("flagged", "all", "none")
-READ_ERRORS = (ValueError, FileNotFoundError, OSError, MemoryError)
+# What reading one file may raise and still leave the job sound: the readers turn known damage
+# into ValueError naming the file; the rest covers decoders that fail in their own ways.
+READ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, MemoryError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[ImageItem]:
     are refused.
     """
     from data_io.readers import is_radiograph_file, radiograph_id
+    from sweep.engine.overlays import safe_name
 
     found: list[tuple[Path, Path]] = []  # (file, its name relative to the input)
     for given in map(Path, inputs):
@@ -89,7 +92,7 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[ImageItem]:
             raise FileNotFoundError(f"{given}: no such file or folder")
     items, owners = [], {}
     for path, relative in found:
-        parts = [_safe(part) for part in relative.parent.parts] + [_safe(radiograph_id(relative)) + ".png"]
+        parts = [safe_name(part) for part in relative.parent.parts] + [safe_name(radiograph_id(relative)) + ".png"]
         mask_name = "/".join(parts)
         absolute = os.path.abspath(path)
         if mask_name in owners and owners[mask_name] != absolute:
@@ -105,10 +108,6 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[ImageItem]:
             size, mtime = -1, -1  # read_batch reports why
         items.append(ImageItem(absolute, mask_name, size, mtime))
     return items
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"
 
 
 def item_columns(items: Sequence[ImageItem]) -> dict[str, np.ndarray]:
