@@ -64,6 +64,7 @@ def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptio
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver prints its own progress lines
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the execution plan and such go to Ray's log files
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we said so
     info: CheckpointInfo = output.info
     cluster = ray.cluster_resources()
     if options.gpus_per_worker > 0 and not cluster.get("GPU"):

@@ -271,8 +271,8 @@ def quality_flags(stats: dict, foreground_range: tuple[float, float] | None) -> 
     if fraction == 0:
         reasons.append("nothing segmented")
     elif foreground_range is not None and not foreground_range[0] <= fraction <= foreground_range[1]:
-        reasons.append(f"area {100 * fraction:.1f}% outside the training range "
-                       f"{100 * foreground_range[0]:.1f}-{100 * foreground_range[1]:.1f}%")
+        reasons.append(f"area {100 * fraction:.2f}% outside the training range "
+                       f"{100 * foreground_range[0]:.2f}-{100 * foreground_range[1]:.2f}%")
     if stats["n_large_components"] > MAX_LARGE_COMPONENTS:
         reasons.append(f"{stats['n_large_components']} large components (more than {MAX_LARGE_COMPONENTS})")
     return reasons

@@ -91,7 +91,7 @@ def test_statistics_and_quality_flags_on_hand_made_masks():
     assert stats["right_area_fraction"] == pytest.approx(0.18) and stats["left_area_fraction"] == pytest.approx(0.15)
     assert stats["n_components"] == 2 and stats["n_large_components"] == 2
     assert quality_flags(stats, (0.2, 0.5)) == []
-    assert quality_flags(stats, (0.4, 0.5)) == ["area 33.0% outside the training range 40.0-50.0%"]
+    assert quality_flags(stats, (0.4, 0.5)) == ["area 33.00% outside the training range 40.00-50.00%"]
     mask[90:95, 90:95] = 1  # 0.25 %: a speck, not a large component
     mask[0:10, 45:55] = 1  # 1 %: a third large component
     stats = mask_statistics(mask)
