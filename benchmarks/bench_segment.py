@@ -2,8 +2,8 @@
 (`--local`), on the same phantoms, on this machine.
 
 Both paths run the same stages (`sweep.engine.segment`: read + prepare, network, full-size
-mask + statistics + PNG) and write into fresh output folders; the masks must come out
-identical. The Ray figure is given without and with starting the local Ray runtime (a
+mask + statistics + PNG) and write into fresh output folders; the masks are compared (the
+loop's torch uses every core, each Ray worker one thread, so a boundary pixel may differ). The Ray figure is given without and with starting the local Ray runtime (a
 cluster's runtime is already up). The network is a U-Net of the `cpu` profile (128 px,
 width 0.25) with random weights (speed does not depend on training), or `--checkpoint`.
 
@@ -34,7 +34,10 @@ def make_checkpoint(path: Path, profile: str) -> Path:
     from sweep.engine.data import PER_IMAGE_STANDARDISATION
     from sweep.engine.supervised import arch_kwargs
 
+    import torch
+
     cfg = make_config(profile)
+    torch.manual_seed(0)
     model = build_segmenter("unet", **arch_kwargs(cfg))
     # A training range as a real checkpoint has one, so QC runs as in use.
     masks = [np.zeros((1, 4, 4), np.uint8) + np.array([[0, 1, 1, 0]] * 4, np.uint8)]
@@ -85,11 +88,13 @@ def run_ray(items, out: Path, checkpoint: Path, info, options, overlays: str) ->
         ray.shutdown()
 
 
-def same_masks(first: Path, second: Path) -> bool:
+def mask_differences(first: Path, second: Path) -> tuple[int, int, int]:
+    """(images compared, images whose masks differ, pixels that differ)."""
     names = sorted(p.relative_to(first) for p in (first / "masks").rglob("*.png"))
     if names != sorted(p.relative_to(second) for p in (second / "masks").rglob("*.png")):
-        return False
-    return all(np.array_equal(np.asarray(Image.open(first / n)), np.asarray(Image.open(second / n))) for n in names)
+        raise SystemExit("the two paths wrote different sets of masks")
+    counts = [int((np.asarray(Image.open(first / n)) != np.asarray(Image.open(second / n))).sum()) for n in names]
+    return len(names), sum(c > 0 for c in counts), sum(counts)
 
 
 def main() -> None:
@@ -104,6 +109,9 @@ def main() -> None:
     parser.add_argument("--overlays", default="none", choices=("none", "flagged", "all"),
                         help="overlays to write (default none: the random network would flag every image)")
     parser.add_argument("--skip-local", action="store_true", help="time the Ray path only (tuning runs)")
+    parser.add_argument("--staged", action="store_true",
+                        help="Ray: separate read / network / encode stages, as with GPUs (default on CPUs: one "
+                             "actor does all three)")
     parser.add_argument("--data", type=Path, help="keep the phantoms here between runs (default: a temp folder)")
     args = parser.parse_args()
 
@@ -117,8 +125,10 @@ def main() -> None:
         info = checkpoint_info(checkpoint)
         items = list_inputs([data])
         print(f"{len(items)} images, network {info.arch} at {info.image_size} px, batch {args.batch_size}, "
-              f"overlays {args.overlays}, Ray workers {args.workers or 'auto'}, {os.cpu_count()} CPU(s) visible")
-        options = RayOptions(batch_size=args.batch_size, workers=args.workers, cpus_per_worker=args.cpus_per_worker)
+              f"overlays {args.overlays}, Ray workers {args.workers or 'auto'}{', staged' if args.staged else ''}, "
+              f"{os.cpu_count()} CPU(s) visible")
+        options = RayOptions(batch_size=args.batch_size, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                             staged=args.staged or None)
         up_s, ray_s = run_ray(items, scratch / "ray", checkpoint, info, options, args.overlays)
         n = len(items)
         print(f"Ray Data   : {n / ray_s:7.1f} images/s  ({ray_s:.1f} s, {1000 * ray_s / n:.1f} ms/image) "
@@ -129,7 +139,10 @@ def main() -> None:
         print(f"plain loop : {n / local_s:7.1f} images/s  ({local_s:.1f} s, {1000 * local_s / n:.1f} ms/image)")
         print(f"ratio Ray / loop: {local_s / ray_s:.2f}x (with the start: {local_s / (up_s + ray_s):.2f}x); "
               f"Ray's overhead per image: {1000 * (ray_s - local_s) / n:+.1f} ms (negative: faster)")
-        print(f"masks identical: {same_masks(scratch / 'local', scratch / 'ray')}")
+        # Ray's workers run torch on one thread each, the loop on all cores: float sums in another
+        # order can move a logit across zero at a boundary pixel.
+        compared, differing, pixels = mask_differences(scratch / "local", scratch / "ray")
+        print(f"masks: {compared} compared, {differing} differ from the loop's, in {pixels} pixel(s) in all")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

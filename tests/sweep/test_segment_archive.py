@@ -74,3 +74,31 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
     for dicom in files:
         from_png = np.asarray(Image.open(png_out / "masks" / f"{dicom.stem}.png"))
         np.testing.assert_array_equal(from_png, np.asarray(Image.open(out / "masks" / f"{dicom.stem}.png")))
+
+
+@pytest.mark.parametrize("staged", [True, False])
+def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tmp_path, staged):
+    """The staged pipeline (read tasks, network actors, encode tasks: what runs with GPUs) and
+    the whole-job actors of a CPU-only cluster write what the plain loop writes."""
+    from models.registry import build_segmenter
+    from sweep.engine.checkpoints import network_checkpoint, save_atomic
+    from sweep.engine.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
+    from sweep.segment_ray import RayOptions, segment_with_ray
+
+    torch.manual_seed(0)
+    checkpoint = save_atomic(network_checkpoint(build_segmenter("unet", width=0.125), "unet", {"width": 0.125}, {},
+                                                "lungs", 32, "per_image_standardisation", 1), tmp_path / "best.pt")
+    info = checkpoint_info(checkpoint)
+    items = list_inputs([Path(sweep_phantoms["montgomery"]) / "CXR_png"])
+    outputs = {}
+    for name in ("local", "ray"):
+        outputs[name] = SegmentOutput(tmp_path / name, info, checkpoint)
+    segment_local(items, outputs["local"], checkpoint, device="cpu", batch_size=3, overlays="all")
+    segment_with_ray(items, outputs["ray"], checkpoint, RayOptions(batch_size=3, workers=2, staged=staged), overlays="all")
+    tables = {name: output.gather().drop(columns=["segmented_at"]).reset_index(drop=True)
+              for name, output in outputs.items()}
+    pd.testing.assert_frame_equal(tables["local"], tables["ray"])
+    for item in items:
+        for folder in ("masks", "overlays"):
+            assert (tmp_path / "local" / folder / item.mask_name).read_bytes() == \
+                   (tmp_path / "ray" / folder / item.mask_name).read_bytes()
