@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     ray_group = segment.add_argument_group("Ray Data")
     ray_group.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
     ray_group.add_argument("--workers", type=int, default=0,
-                           help="model workers (default: one per GPU share, or per CPU pair without GPUs)")
+                           help="model workers (default: one per GPU share; without GPUs one per --cpus-per-worker CPUs, "
+                                "each reading, segmenting and encoding)")
     ray_group.add_argument("--gpus-per-worker", type=float, default=0.0,
                            help="GPU share of each model worker (default 0: on the CPU)")
     ray_group.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs of each model worker (default 1)")
