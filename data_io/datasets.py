@@ -308,7 +308,8 @@ def scan_target(name: str, root: str | Path) -> Scan:
 
 
 def radiograph_files(folder: Path) -> list[Path]:
-    """The radiographs among a folder's own files (any format `read_radiograph` decodes), sorted."""
+    """The radiographs among a folder's own files (any format `data_io.preprocess.decode_radiograph`
+    decodes), sorted."""
     return [p for p in _files(folder) if is_radiograph_file(p)]
 
 

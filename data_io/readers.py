@@ -141,7 +141,7 @@ def radiograph_id(path: Path) -> str:
     return path.stem if path.suffix.lower() in RADIOGRAPH_SUFFIXES else path.name
 
 
-def _is_dicom_path(path: Path) -> bool:
+def is_dicom_path(path: Path) -> bool:
     suffix = path.suffix.lower()
     return suffix in DICOM_SUFFIXES or (suffix not in RADIOGRAPH_SUFFIXES and is_dicom_file(path))
 
@@ -225,22 +225,7 @@ def read_dicom(path: str | Path) -> Radiograph:
                       inversion_sum=float(span.min() + span.max()) if monochrome1 else None)
 
 
-# --- any radiograph file ----------------------------------------------------------------------
-
-
-def read_radiograph(path: str | Path) -> Radiograph:
-    """Decode a radiograph by its format: JSRT `.IMG` (white is zero), DICOM, or a picture file."""
-    path = Path(path)
-    if path.suffix.lower() in JSRT_SUFFIXES:
-        return Radiograph(read_jsrt_img(path), white_is_zero=True)
-    if _is_dicom_path(path):
-        return read_dicom(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
-    pixels = read_gray(path)
-    if pixels.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel radiograph, got shape {pixels.shape}")
-    return Radiograph(pixels)
+# --- any radiograph file (decoding by format: data_io.preprocess.decode_radiograph) ----------
 
 
 def radiograph_size(path: str | Path) -> tuple[int, int]:
@@ -249,6 +234,6 @@ def radiograph_size(path: str | Path) -> tuple[int, int]:
     if path.suffix.lower() in JSRT_SUFFIXES:
         side = jsrt_img_side(path)
         return side, side
-    if _is_dicom_path(path):
+    if is_dicom_path(path):
         return dicom_image_size(path)
     return image_size(path)

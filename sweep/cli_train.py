@@ -35,12 +35,13 @@ def register(subparsers) -> None:
     segment = subparsers.add_parser(
         "segment", help="apply a trained checkpoint to radiographs (files or folders), on Ray Data; resumable",
         description="Reads DICOM, JSRT .IMG, PNG/GIF/JPEG/TIFF/BMP radiographs (folders searched recursively), "
-                    "prepares each exactly as the checkpoint's training data (size, polarity, standardisation), "
-                    "applies the network (M_A, or M_A(G_BA(.)) for a transfer run) and writes "
-                    "OUT/masks/<name>.png (0/255, at the input's size), OUT/segmentations.parquet (one row per "
-                    "image: size, area fractions, components, confidence, QC flag and reason; unreadable files "
-                    "with the reason) and overlays. Streams through Ray Data (a local runtime, or --address); "
-                    "--local runs a plain loop in this process. Re-running skips images already done.")
+                    "prepares each exactly as the checkpoint's training data (orientation, the content crop if it "
+                    "was trained with it, size, standardisation), applies the network (M_A, or M_A(G_BA(.)) for a "
+                    "transfer run) and writes OUT/masks/<name>.png (0/255, in the input's full frame at its size), "
+                    "OUT/segmentations.parquet (one row per image: size, content box, area fractions, components, "
+                    "confidence, QC flag and reason; unreadable files with the reason) and overlays. Streams "
+                    "through Ray Data (a local runtime, or --address); --local runs a plain loop in this process. "
+                    "Re-running skips images already done.")
     segment.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) of a cxrsweep run")
     segment.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
     segment.add_argument("--out", type=Path, required=True)
@@ -75,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.init_weights is not None:
         overrides["init_weights"] = str(args.init_weights)
     cfg = make_config(args.profile, overrides, model=args.model, task=args.task, fold=args.fold, seed=args.seed)
-    dataset = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir)
+    dataset = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir, crop_borders=cfg.crop_borders)
     data = segmentation_data(cfg, dataset)
     result = train_supervised(cfg, data, args.out)
     print(f"{cfg.model} {cfg.task} fold {cfg.fold} ({cfg.profile}): best epoch {result.best_epoch}, "
@@ -96,7 +97,8 @@ def run_segment(args: argparse.Namespace) -> int:
     output = SegmentOutput(args.out, info, args.checkpoint)
     todo = output.pending(items, retry_unreadable=args.retry_unreadable)
     print(f"segment: {len(items)} image(s), {len(items) - len(todo)} already done, {len(todo)} to do; "
-          f"{info.arch} ({info.task}, {info.image_size} px) -> {args.out}", flush=True)
+          f"{info.arch} ({info.task}, {info.image_size} px, content crop {'on' if info.crop_borders else 'off'}) "
+          f"-> {args.out}", flush=True)
     if info.foreground_range is None:
         log.warning("%s records no training area range (an older checkpoint): QC checks empty masks and "
                     "components only", args.checkpoint)

@@ -1,9 +1,10 @@
 """`cxrsweep segment` on Ray Data: the stages of `sweep.engine.segment` as a streaming pipeline.
 
-    from_items(paths) -> map_batches(read_batch)           tasks, 1 CPU each: decode + prepare
+    from_items(paths) -> map_batches(read_batch)           tasks, 1 CPU each: decode + prepare (the
+                                                           checkpoint's size and content crop)
                       -> map_batches(BatchModel)           an actor pool; each holds the network
                                                            (on a GPU with --gpus-per-worker)
-                      -> map_batches(encode_batch)         tasks: masks at full size, stats, PNG bytes
+                      -> map_batches(encode_batch)         tasks: masks in the full frame, stats, PNGs
                       -> iter_batches on the driver        SegmentOutput writes PNGs and rows
 
 Without GPUs the three stages run inside each actor (`_WholeJobWorker`, one per
@@ -50,7 +51,7 @@ class _WholeJobWorker(BatchModel):
         self.info, self.overlays = info, overlays
 
     def __call__(self, batch):
-        return encode_batch(super().__call__(read_batch(batch, self.info.image_size)), self.info, self.overlays)
+        return encode_batch(super().__call__(read_batch(batch, self.info)), self.info, self.overlays)
 
 
 def worker_count(options: RayOptions, cluster: dict) -> int:
@@ -103,7 +104,7 @@ def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptio
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=options.cpus_per_worker)
     else:
         # The network on its own actors (GPUs); reading and encoding as CPU tasks around them.
-        dataset = dataset.map_batches(read_batch, fn_kwargs={"image_size": info.image_size},
+        dataset = dataset.map_batches(read_batch, fn_kwargs={"info": info},
                                       batch_size=options.batch_size, batch_format="numpy", num_cpus=1)
         dataset = dataset.map_batches(
             BatchModel, fn_constructor_args=(path, info.sha256, device, threads), batch_size=options.batch_size,

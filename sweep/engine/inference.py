@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 EVAL_BATCH_SIZE = 16
@@ -38,37 +37,39 @@ def as_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.contiguous(memory_format=memory_format_for(device))
 
 
-@torch.no_grad()
-def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device,
-                  output_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Foreground masks uint8 [N, H, W] for normalised images [N, S, S] (model in eval mode).
-
-    With `output_size`, logits are resized bilinearly before the argmax, which gives smoother
-    masks than resizing the mask itself.
-    """
+def _logits(model: nn.Module, images: np.ndarray, device: torch.device):
+    """The model's logits [B, 2, S, S] for normalised images [N, S, S], batch after batch (eval mode)."""
     model.eval()
-    out = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
         with autocast_for(device):
             logits = model(as_batch(images[start:start + EVAL_BATCH_SIZE], device))
-        if output_size is not None:
-            logits = F.interpolate(logits.float(), size=output_size, mode="bilinear", align_corners=False)
-        out.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
-    if not out:
-        return np.zeros((0,) + (output_size or images.shape[1:]), np.uint8)
-    return np.concatenate(out)
+        yield logits
+
+
+@torch.no_grad()
+def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """Foreground masks uint8 [N, S, S] for normalised images [N, S, S]."""
+    out = [logits.argmax(dim=1).to(torch.uint8).cpu().numpy() for logits in _logits(model, images, device)]
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.uint8)
+
+
+@torch.no_grad()
+def predict_foreground(model: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """Foreground probability float32 [N, S, S] for normalised images [N, S, S]."""
+    out = [(1 - torch.softmax(logits.float(), dim=1)[:, 0]).cpu().numpy() for logits in _logits(model, images, device)]
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
 
 
 class Segmenter:
-    """A checkpoint's network plus what it needs to prepare new images as its training data was
-    (`data_io.cache.prepare_image` at `image_size`)."""
+    """A checkpoint's network (M_A, or M_A(G_BA(.)) for a transfer run) ready to apply; how new
+    images are prepared for it is `sweep.engine.segment.checkpoint_info`'s part."""
 
     def __init__(self, model: nn.Module, arch: str, task: str, image_size: int, device: torch.device):
         self.model, self.arch, self.task, self.image_size, self.device = model, arch, task, image_size, device
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "auto") -> "Segmenter":
-        from data_io.cache import NORMALISATION
+        from data_io.preprocess import NORMALISATION
         from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 
         checkpoint = read_segmenter_checkpoint(path)

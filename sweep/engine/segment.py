@@ -3,9 +3,11 @@
 Three stages, each a function of a batch (a dict of equally long numpy columns), so the plain
 loop (`segment_local`) and the Ray Data pipeline (`sweep.segment_ray`) run the very same code:
 
-    read_batch      decode + `data_io.cache.prepare_image` (the training preprocessing)
+    read_batch      `data_io.preprocess.preprocess_file`: the training preprocessing, with
+                    the checkpoint's content crop setting
     BatchModel      the checkpoint's network: M_A, or M_A(G_BA(.)) for a transfer run
-    encode_batch    mask at each input's size, its statistics and QC, PNG bytes
+    encode_batch    mask placed in each input's full frame at its own size
+                    (`data_io.preprocess.mask_to_full_frame`), its statistics and QC, PNG bytes
 
 The driver side, `SegmentOutput`, writes the PNGs and the rows into OUT and makes the work
 resumable: rows go to OUT/.parts/ as they come, and are gathered into OUT/segmentations.parquet
@@ -28,7 +30,6 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from sweep.results import SCHEMA_VERSION, SEGMENTATIONS_SCHEMA, replace_atomically, to_table, write_atomic
@@ -124,21 +125,25 @@ def item_columns(items: Sequence[ImageItem]) -> dict[str, np.ndarray]:
 # Stage 1: read and prepare (the training preprocessing)
 
 
-def read_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
-    """Adds `image` float32 [B, S, S] (prepared exactly as the training data), `height`, `width`
-    and `error` ("" when the file was read; else the reason, and a zero image)."""
-    from data_io.cache import preprocess_file
+def read_batch(batch: dict[str, np.ndarray], info: "CheckpointInfo") -> dict[str, np.ndarray]:
+    """Adds `image` float32 [B, S, S] (prepared exactly as the checkpoint's training data: its
+    image size, and the content crop when `info.crop_borders`), `crop` int64 [B, 6] (its `data_io.preprocess.CropBox` row, which holds
+    the full frame's size) and `error` ("" when the file was read; else the reason, a zero image
+    and a zero crop row)."""
+    from data_io.preprocess import CROP_FIELDS, preprocess_file
 
-    count = len(batch["path"])
+    count, image_size = len(batch["path"]), info.image_size
     images = np.zeros((count, image_size, image_size), np.float32)
-    heights, widths = np.zeros(count, np.int64), np.zeros(count, np.int64)
+    crops = np.zeros((count, len(CROP_FIELDS)), np.int64)
     errors = np.full(count, "", dtype=object)
     for index, path in enumerate(batch["path"]):
         try:
-            images[index], (heights[index], widths[index]) = preprocess_file(path, image_size)
+            prepared = preprocess_file(path, image_size, crop_borders=info.crop_borders)
         except READ_ERRORS as exc:
             errors[index] = _reason(path, exc)
-    return {**batch, "image": images, "height": heights, "width": widths, "error": errors}
+            continue
+        images[index], crops[index] = prepared.image, prepared.crop.as_row()
+    return {**batch, "image": images, "crop": crops, "error": errors}
 
 
 def _reason(path: str, exc: BaseException) -> str:
@@ -157,14 +162,19 @@ class CheckpointInfo:
     task: str
     image_size: int
     arch: str
-    foreground_range: tuple[float, float] | None  # per-image foreground fraction seen in training
+    foreground_range: tuple[float, float] | None  # per-image foreground share of the content seen in training
+    crop_borders: bool  # prepare inputs with the content crop, as the training images were
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """What `cxrsweep segment` needs to know about a checkpoint, read once on the driver."""
+    """What `cxrsweep segment` needs to know about a checkpoint, read once on the driver.
+
+    Its `preprocessing` record says whether its training images were content crops; a
+    checkpoint without the record predates the content crop: its images were resized whole, so
+    new ones are too (with a warning)."""
     from models.registry import read_segmenter_checkpoint
 
     path = Path(path)
@@ -173,8 +183,13 @@ def checkpoint_info(path: str | Path) -> CheckpointInfo:
     if "translator" in checkpoint:
         arch = f"{checkpoint['translator']['translator']} G_BA + {arch}"
     span = checkpoint.get("train_foreground_range")
+    record = checkpoint.get("preprocessing")
+    if record is None:
+        log.warning("%s records no preprocessing (written before the content crop): radiographs are resized "
+                    "whole, as its training images were", path)
     return CheckpointInfo(file_sha256(path), checkpoint["task"], int(checkpoint["image_size"]), arch,
-                          None if span is None else (float(span[0]), float(span[1])))
+                          None if span is None else (float(span[0]), float(span[1])),
+                          crop_borders=bool(record["crop_borders"]) if record else False)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -186,8 +201,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 class BatchModel:
-    """The checkpoint's network as a batch stage: adds `logits` float32 [B, 2, S, S] (zeros for
-    unreadable rows) and drops `image`. `sha256` (from `checkpoint_info`) guards against a
+    """The checkpoint's network as a batch stage: adds `foreground` float32 [B, S, S], the
+    foreground probability on the prepared image (zeros for unreadable rows), and drops `image`. `sha256` (from `checkpoint_info`) guards against a
     worker that sees another file at the same path."""
 
     def __init__(self, checkpoint: str | Path, sha256: str, device: str = "cpu", threads: int = 0):
@@ -199,46 +214,37 @@ class BatchModel:
             raise ValueError(f"{checkpoint}: not the checkpoint the job started with (its contents changed)")
         self.segmenter = Segmenter.from_checkpoint(Path(checkpoint), device=device)
 
-    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from sweep.engine.inference import as_batch, autocast_for
+        from sweep.engine.inference import predict_foreground
 
         images = batch["image"]
         readable = np.flatnonzero(batch["error"] == "")
-        size = images.shape[-1]
-        logits = np.zeros((len(images), 2, size, size), np.float32)
+        foreground = np.zeros(images.shape, np.float32)
         if len(readable):
-            segmenter = self.segmenter
-            with autocast_for(segmenter.device):
-                out = segmenter.model(as_batch(images[readable], segmenter.device))
-            logits[readable] = out.float().cpu().numpy()
+            foreground[readable] = predict_foreground(self.segmenter.model, images[readable], self.segmenter.device)
         rest = {k: v for k, v in batch.items() if k != "image"}
-        return {**rest, "logits": logits}
+        return {**rest, "foreground": foreground}
 
 
 # ---------------------------------------------------------------------------------------------
 # Stage 3: masks, statistics, QC
 
 
-def full_size_mask(logits: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """(mask uint8 {0, 1} at `shape`, mean foreground probability over the predicted foreground)
-    from one image's logits [2, S, S].
+def full_frame_mask(foreground: np.ndarray, crop) -> tuple[np.ndarray, float]:
+    """(mask uint8 {0, 1} in the input's full frame at its own size, mean foreground probability
+    over the predicted foreground) from one image's foreground probability [S, S] on its content
+    crop: `data_io.preprocess.mask_to_full_frame`, as evaluation maps predictions back."""
+    from data_io.preprocess import mask_to_full_frame
 
-    As in evaluation (`sweep.engine.inference.predict_masks`) the logits are resized bilinearly
-    before the decision; resizing their difference is the same linear map done once, and
-    `difference > 0` is argmax with ties to the background.
-    """
-    difference = np.ascontiguousarray(logits[1] - logits[0], dtype=np.float32)
-    foreground = difference > 0
-    # The foreground's softmax probability of two classes is the sigmoid of the difference.
-    confidence = float(np.mean(1.0 / (1.0 + np.exp(-difference[foreground])))) if foreground.any() else float("nan")
-    resized = F.interpolate(torch.from_numpy(difference)[None, None], size=tuple(int(s) for s in shape),
-                            mode="bilinear", align_corners=False)
-    return (resized[0, 0] > 0).numpy().astype(np.uint8), confidence
+    predicted = foreground[foreground >= 0.5]
+    confidence = float(predicted.mean()) if predicted.size else float("nan")
+    return mask_to_full_frame(foreground, crop), confidence
 
 
 def mask_statistics(mask: np.ndarray) -> dict:
-    """Area fractions (whole, patient's left and right of the mask's own midline) and components."""
+    """Area fractions of `mask`'s frame (whole, patient's left and right of the mask's own
+    midline) and components. `encode_batch` passes the content (the crop box): what the
+    training masks' range was measured on, whatever padding or collimation surrounds it."""
     from scipy import ndimage
 
     height, width = mask.shape
@@ -287,6 +293,8 @@ def png_bytes(image: np.ndarray | Image.Image) -> bytes:
 
 def encode_batch(batch: dict[str, np.ndarray], info: CheckpointInfo, overlays: str = "flagged") -> dict[str, np.ndarray]:
     """Rows of OUT/segmentations.parquet (as columns) plus `mask_png` / `overlay_png` bytes (b"" for none)."""
+    from data_io.preprocess import CropBox
+
     rows, mask_pngs, overlay_pngs = [], [], []
     now = time.time()
     for index, path in enumerate(batch["path"]):
@@ -300,13 +308,14 @@ def encode_batch(batch: dict[str, np.ndarray], info: CheckpointInfo, overlays: s
             mask_pngs.append(b"")
             overlay_pngs.append(b"")
             continue
-        shape = (int(batch["height"][index]), int(batch["width"][index]))
-        mask, confidence = full_size_mask(batch["logits"][index], shape)
-        stats = mask_statistics(mask)
+        crop = CropBox.from_row(batch["crop"][index])
+        mask, confidence = full_frame_mask(batch["foreground"][index], crop)
+        stats = mask_statistics(mask[crop.top:crop.bottom, crop.left:crop.right])
         reasons = quality_flags(stats, info.foreground_range)
         rows.append({**row, **stats, "status": "ok", "error": "", "mask": f"masks/{batch['mask_name'][index]}",
-                     "height": shape[0], "width": shape[1], "mean_confidence": confidence,
-                     "qc_flag": bool(reasons), "qc_reason": "; ".join(reasons)})
+                     "height": crop.height, "width": crop.width, "content_top": crop.top,
+                     "content_left": crop.left, "content_bottom": crop.bottom, "content_right": crop.right,
+                     "mean_confidence": confidence, "qc_flag": bool(reasons), "qc_reason": "; ".join(reasons)})
         mask_pngs.append(png_bytes(mask * 255))
         wanted = overlays == "all" or (overlays == "flagged" and reasons)
         overlay_pngs.append(_overlay(path, mask) if wanted else b"")
@@ -318,13 +327,10 @@ def encode_batch(batch: dict[str, np.ndarray], info: CheckpointInfo, overlays: s
 
 
 def _overlay(path: str, mask: np.ndarray) -> bytes:
-    from data_io.datasets import display_polarity
-    from data_io.readers import read_radiograph
+    from data_io.preprocess import display_radiograph
     from sweep.engine.overlays import render_overlay
 
-    radiograph = read_radiograph(path)
-    pixels = display_polarity(radiograph.pixels, radiograph.white_is_zero, radiograph.inversion_sum)
-    return png_bytes(render_overlay(pixels, mask))
+    return png_bytes(render_overlay(display_radiograph(path), mask))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +479,7 @@ def segment_local(items: Sequence[ImageItem], output: SegmentOutput, checkpoint:
     """read -> prepare -> network -> encode -> write, batch after batch, in this process."""
     model = BatchModel(checkpoint, output.info.sha256, device=device)
     for chunk in batches(items, batch_size):
-        columns = encode_batch(model(read_batch(item_columns(chunk), output.info.image_size)), output.info, overlays)
+        columns = encode_batch(model(read_batch(item_columns(chunk), output.info)), output.info, overlays)
         rows = output.record(columns)
         if progress is not None:
             progress.update(rows)

@@ -1,6 +1,6 @@
 """DICOM radiographs: written here with pydicom from phantom images, and prepared to the same
-array as the PNG they came from (photometric interpretations, rescale, window, bit depths,
-compression), or refused with the file and the reason."""
+array and content crop as the PNG they came from (photometric interpretations, rescale, window,
+bit depths, compression), or refused with the file and the reason."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +12,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLossless, RLELossless
 
-from data_io.cache import preprocess_file
 from data_io.dicom import convert_folder, write_dicom
 from data_io.phantoms import synthesize
+from data_io.preprocess import preprocess_file
 from data_io.readers import is_radiograph_file, radiograph_size, read_dicom, read_gray
 
 SIZE = 32
+
+
+def assert_prepared_alike(path: Path, png: Path, atol: float = 0.0) -> None:
+    """The one pipeline (data_io.preprocess) gives the DICOM file the PNG's image and crop box."""
+    dicom, picture = preprocess_file(path, SIZE), preprocess_file(png, SIZE)
+    assert dicom.crop == picture.crop
+    np.testing.assert_allclose(dicom.image, picture.image, rtol=0, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +60,10 @@ def test_both_photometric_interpretations_prepare_like_the_png(phantom_pngs, tmp
     mono2 = dicom_by_hand(tmp_path / "m2.dcm", display, "MONOCHROME2", bits)
     mono1 = dicom_by_hand(tmp_path / "m1.dcm", (top - display.astype(np.int64)).astype(display.dtype),
                           "MONOCHROME1", bits)
-    expected, shape = preprocess_file(png, SIZE)
     for path in (mono2, mono1):
-        image, dicom_shape = preprocess_file(path, SIZE)
-        assert dicom_shape == shape == display.shape
-        np.testing.assert_array_equal(image, expected)  # integer inversion: exactly the same array
+        crop = preprocess_file(path, SIZE).crop
+        assert (crop.height, crop.width) == display.shape
+        assert_prepared_alike(path, png)  # integer inversion: exactly the same array
     assert read_dicom(mono1).white_is_zero and not read_dicom(mono2).white_is_zero
 
 
@@ -69,7 +75,7 @@ def test_rescale_slope_and_intercept_are_applied(phantom_pngs, tmp_path):
     path = dicom_by_hand(tmp_path / "rescaled.dcm", stored, "MONOCHROME2", 16, RescaleSlope="0.5",
                          RescaleIntercept="-100")
     np.testing.assert_array_equal(read_dicom(path).pixels, display.astype(np.float32))
-    np.testing.assert_array_equal(preprocess_file(path, SIZE)[0], preprocess_file(png, SIZE)[0])
+    assert_prepared_alike(path, png)
 
 
 def test_a_window_is_applied_and_clips(phantom_pngs, tmp_path):
@@ -79,7 +85,7 @@ def test_a_window_is_applied_and_clips(phantom_pngs, tmp_path):
     # A window spanning the image is a linear map: the standardised image is the PNG's.
     wide = dicom_by_hand(tmp_path / "wide.dcm", display, "MONOCHROME2", 12,
                          WindowCenter=str((low + high + 1) / 2), WindowWidth=str(high - low + 2))
-    np.testing.assert_allclose(preprocess_file(wide, SIZE)[0], preprocess_file(png, SIZE)[0], atol=1e-4)
+    assert_prepared_alike(wide, png, atol=1e-4)
     # A narrow window clips: values outside it all display as the window's ends.
     center = int(np.median(display))
     narrow = dicom_by_hand(tmp_path / "narrow.dcm", display, "MONOCHROME2", 12, WindowCenter=str(center),
@@ -91,7 +97,7 @@ def test_a_window_is_applied_and_clips(phantom_pngs, tmp_path):
     inverted = dicom_by_hand(tmp_path / "m1-wide.dcm", (4095 - display.astype(np.int64)).astype(np.uint16),
                              "MONOCHROME1", 12, WindowCenter=str(4095 - (low + high - 1) / 2),
                              WindowWidth=str(high - low + 2))
-    np.testing.assert_allclose(preprocess_file(inverted, SIZE)[0], preprocess_file(png, SIZE)[0], atol=1e-4)
+    assert_prepared_alike(inverted, png, atol=1e-4)
 
 
 def test_rle_compression_decodes_and_a_missing_decoder_names_file_and_syntax(phantom_pngs, tmp_path):
@@ -102,7 +108,7 @@ def test_rle_compression_decodes_and_a_missing_decoder_names_file_and_syntax(pha
     ds.compress(RLELossless)
     ds.save_as(path, enforce_file_format=True)
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == RLELossless
-    np.testing.assert_array_equal(preprocess_file(path, SIZE)[0], preprocess_file(png, SIZE)[0])
+    assert_prepared_alike(path, png)
 
     # JPEG Lossless needs pylibjpeg-libjpeg or gdcm, which the project does not install.
     lossless = dicom_by_hand(tmp_path / "jpeg-lossless.dcm", display, "MONOCHROME2", 8)
@@ -137,7 +143,7 @@ def test_dicom_without_a_suffix_is_recognised(phantom_pngs, tmp_path):
     notes.write_text("not an image")
     assert is_radiograph_file(bare) and not is_radiograph_file(notes)
     assert radiograph_size(bare) == display.shape
-    np.testing.assert_array_equal(preprocess_file(bare, SIZE)[0], preprocess_file(phantom_pngs["8"], SIZE)[0])
+    assert_prepared_alike(bare, phantom_pngs["8"])
 
 
 def test_the_project_writer_round_trips(phantom_pngs, tmp_path):
@@ -146,9 +152,9 @@ def test_the_project_writer_round_trips(phantom_pngs, tmp_path):
     written = convert_folder(folder, tmp_path / "dicom", monochrome1_every=1)
     assert [p.name for p in written] == [p.stem + ".dcm" for p in sorted(folder.glob("*.png"))]
     assert pydicom.dcmread(written[0]).PhotometricInterpretation == "MONOCHROME1"
-    np.testing.assert_array_equal(preprocess_file(written[0], SIZE)[0], preprocess_file(phantom_pngs["16"], SIZE)[0])
+    assert_prepared_alike(written[0], phantom_pngs["16"])
     display = read_gray(phantom_pngs["16"])
     rescaled = write_dicom(display, tmp_path / "r.dcm", rescale=(1.0, -1024.0), window=(2048, 4096),
                            bits_stored=16, compress="rle")
-    np.testing.assert_allclose(preprocess_file(rescaled, SIZE)[0], preprocess_file(phantom_pngs["16"], SIZE)[0],
-                               atol=1e-4)
+    assert_prepared_alike(rescaled, phantom_pngs["16"], atol=1e-4)
+

@@ -1,5 +1,5 @@
-"""`cxrsweep segment`'s stages without Ray: inputs, masks at full size, statistics, QC, the
-resumable output folder, and the plain loop (`--local`)."""
+"""`cxrsweep segment`'s stages without Ray: inputs, masks placed in the full frame, statistics,
+QC, the resumable output folder, and the plain loop (`--local`)."""
 from __future__ import annotations
 
 import shutil
@@ -13,15 +13,15 @@ from PIL import Image
 from models.registry import build_segmenter
 from sweep.cli import main
 from sweep.engine.checkpoints import network_checkpoint, save_atomic
-from sweep.engine.inference import predict_masks
-from sweep.engine.segment import (CheckpointInfo, SegmentOutput, checkpoint_info, full_size_mask, list_inputs,
+from data_io.preprocess import CropBox
+from sweep.engine.segment import (CheckpointInfo, SegmentOutput, checkpoint_info, full_frame_mask, list_inputs,
                                   mask_statistics, quality_flags)
 from sweep.results import read_segmentations
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A smoke-size U-Net (random weights) whose checkpoint records a training area range."""
+    """A smoke-size U-Net (random weights) whose checkpoint records a training area range and the content crop."""
     torch.manual_seed(0)
     model = build_segmenter("unet", width=0.125)
     masks = np.zeros((2, 8, 8), np.uint8)
@@ -29,7 +29,7 @@ def checkpoint(tmp_path_factory):
     masks[1, :4] = 1  # 50 %
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     save_atomic(network_checkpoint(model, "unet", {"width": 0.125}, {}, "lungs", 32, "per_image_standardisation", 1,
-                                   train_masks=[masks]), path)
+                                   crop_borders=True, train_masks=[masks]), path)
     return path
 
 
@@ -44,6 +44,7 @@ def radiographs(tmp_path_factory):
 def test_the_checkpoint_records_the_training_area_range(checkpoint):
     info = checkpoint_info(checkpoint)
     assert info.foreground_range == (0.25, 0.5) and info.task == "lungs" and info.image_size == 32
+    assert info.crop_borders
 
 
 def test_inputs_are_found_recursively_and_named_after_their_path(radiographs, tmp_path):
@@ -66,20 +67,19 @@ def test_inputs_are_found_recursively_and_named_after_their_path(radiographs, tm
         list_inputs([root, tmp_path / "elsewhere" / "c.png"])
 
 
-def test_full_size_mask_decides_as_evaluation_does():
-    torch.manual_seed(1)
-    logits = torch.randn(1, 2, 16, 16)
-
-    class Fixed(torch.nn.Module):
-        def forward(self, images):
-            return logits.expand(len(images), -1, -1, -1)
-
-    expected = predict_masks(Fixed(), np.zeros((1, 16, 16), np.float32), torch.device("cpu"), output_size=(40, 30))
-    mask, confidence = full_size_mask(logits[0].numpy(), (40, 30))
+def test_the_mask_is_placed_at_the_crop_in_the_full_frame():
+    """A prediction on the cropped 16 x 16 image lands on the crop's place in a 40 x 30 frame:
+    a block over the left half of the crop covers the left half of the box, nothing outside it."""
+    foreground = np.full((16, 16), 0.2, np.float32)
+    foreground[:, :8] = 0.9
+    crop = CropBox(top=4, left=6, bottom=36, right=26, height=40, width=30)
+    mask, confidence = full_frame_mask(foreground, crop)
     assert mask.shape == (40, 30) and mask.dtype == np.uint8
-    assert (mask != expected[0]).mean() < 0.002  # the same decision up to rounding at exact ties
-    probabilities = torch.softmax(logits[0], dim=0)[1]
-    assert confidence == pytest.approx(float(probabilities[probabilities > 0.5].mean()), rel=1e-5)
+    expected = np.zeros((40, 30), np.uint8)
+    expected[4:36, 6:16] = 1
+    np.testing.assert_array_equal(mask, expected)
+    assert confidence == pytest.approx(0.9)
+    assert np.isnan(full_frame_mask(np.zeros((16, 16), np.float32), crop)[1])
 
 
 def test_statistics_and_quality_flags_on_hand_made_masks():
@@ -101,11 +101,11 @@ def test_statistics_and_quality_flags_on_hand_made_masks():
 
 
 def test_an_out_folder_belongs_to_one_checkpoint(tmp_path):
-    info = CheckpointInfo("a" * 64, "lungs", 32, "unet", None)
+    info = CheckpointInfo("a" * 64, "lungs", 32, "unet", None, crop_borders=True)
     SegmentOutput(tmp_path, info, tmp_path / "best.pt")
     SegmentOutput(tmp_path, info, tmp_path / "best.pt")  # the same checkpoint continues
     with pytest.raises(ValueError, match="another checkpoint"):
-        SegmentOutput(tmp_path, CheckpointInfo("b" * 64, "lungs", 32, "unet", None), tmp_path / "other.pt")
+        SegmentOutput(tmp_path, CheckpointInfo("b" * 64, "lungs", 32, "unet", None, crop_borders=True), tmp_path / "other.pt")
 
 
 def test_local_segment_lists_bad_files_resumes_and_redoes_changed_ones(checkpoint, radiographs, tmp_path, capsys):
@@ -128,7 +128,10 @@ def test_local_segment_lists_bad_files_resumes_and_redoes_changed_ones(checkpoin
         mask = np.asarray(Image.open(out / row["mask"]))
         assert row.status == "ok" and mask.shape == (row.height, row.width) == np.asarray(Image.open(png)).shape
         assert set(np.unique(mask)) <= {0, 255}
-        assert row.area_fraction == pytest.approx((mask > 0).mean())
+        top, left, bottom, right = (int(row[f"content_{side}"]) for side in ("top", "left", "bottom", "right"))
+        content = mask[top:bottom, left:right]
+        assert (content > 0).sum() == (mask > 0).sum()  # nothing outside the content box
+        assert row.area_fraction == pytest.approx((content > 0).mean())
         assert 0.5 <= row.mean_confidence <= 1 or row.area_fraction == 0
         assert row.qc_flag == bool(row.qc_reason)
 

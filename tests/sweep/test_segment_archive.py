@@ -40,8 +40,11 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
     assert summary["n_test_images"] == 0 and math.isnan(summary["test_jaccard_mean"])
     assert summary["config"]["target"] == "hospital" and len(pd.read_parquet(run / "images.parquet")) == 0
     assert list((run / "overlays").glob("*.png")) and (run / "translations" / "b_to_a.png").is_file()
-    low, high = torch.load(run / "best.pt", weights_only=False)["train_foreground_range"]
+    checkpoint = torch.load(run / "best.pt", weights_only=False)
+    low, high = checkpoint["train_foreground_range"]
     assert 0 < low < high < 1
+    # Both records: what it was trained on (the folder target by its content) and how it was prepared.
+    assert set(checkpoint["data"]) == {"jsrt", "hospital"} and checkpoint["preprocessing"]["crop_borders"]
 
     # Segment the folder through Ray Data, with a corrupt file among the DICOMs.
     (dicoms / "corrupt.dcm").write_bytes(files[0].read_bytes()[:1000])
@@ -61,6 +64,8 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
         mask = np.asarray(Image.open(out / row["mask"]))
         assert row.status == "ok" and mask.shape == (row.height, row.width) == pydicom.dcmread(dicom).pixel_array.shape
         assert row.task == "lungs" and 0 <= row.area_fraction <= 1 and row.n_components >= 0
+    content = rows[rows.status == "ok"]
+    assert ((content.content_top > 0) | (content.content_left > 0)).any()  # the checkpoint's crop was applied
 
     # A second run does no work.
     written = {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
@@ -79,7 +84,8 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
 @pytest.mark.parametrize("staged", [True, False])
 def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tmp_path, staged):
     """The staged pipeline (read tasks, network actors, encode tasks: what runs with GPUs) and
-    the whole-job actors of a CPU-only cluster write what the plain loop writes."""
+    the whole-job actors of a CPU-only cluster write what the plain loop writes, content crop
+    included (the phantoms' collimation bands are trimmed)."""
     from models.registry import build_segmenter
     from sweep.engine.checkpoints import network_checkpoint, save_atomic
     from sweep.engine.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
@@ -87,8 +93,10 @@ def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tm
 
     torch.manual_seed(0)
     checkpoint = save_atomic(network_checkpoint(build_segmenter("unet", width=0.125), "unet", {"width": 0.125}, {},
-                                                "lungs", 32, "per_image_standardisation", 1), tmp_path / "best.pt")
+                                                "lungs", 32, "per_image_standardisation", 1, crop_borders=True),
+                             tmp_path / "best.pt")
     info = checkpoint_info(checkpoint)
+    assert info.crop_borders
     items = list_inputs([Path(sweep_phantoms["montgomery"]) / "CXR_png"])
     outputs = {}
     for name in ("local", "ray"):
@@ -98,6 +106,7 @@ def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tm
     tables = {name: output.gather().drop(columns=["segmented_at"]).reset_index(drop=True)
               for name, output in outputs.items()}
     pd.testing.assert_frame_equal(tables["local"], tables["ray"])
+    assert (tables["ray"].content_top > 0).any() or (tables["ray"].content_left > 0).any()
     for item in items:
         for folder in ("masks", "overlays"):
             assert (tmp_path / "local" / folder / item.mask_name).read_bytes() == \
