@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLossless, RLELossless
@@ -158,3 +159,15 @@ def test_the_project_writer_round_trips(phantom_pngs, tmp_path):
                            bits_stored=16, compress="rle")
     assert_prepared_alike(rescaled, phantom_pngs["16"], atol=1e-4)
 
+
+def test_a_padded_monochrome1_file_is_cropped_like_its_png(phantom_pngs, tmp_path):
+    """Polarity comes before the content crop: black padding stored inverted (MONOCHROME1 keeps it
+    as the brightest value) is found and trimmed as in the PNG."""
+    display = np.pad(read_gray(phantom_pngs["16"]), ((0, 0), (20, 12)))  # black bands left and right
+    png = tmp_path / "padded.png"
+    Image.fromarray(display).save(png)
+    mono1 = dicom_by_hand(tmp_path / "padded.dcm", (4095 - display.astype(np.int64)).astype(np.uint16),
+                          "MONOCHROME1", 12)
+    crop = preprocess_file(mono1, SIZE).crop
+    assert (crop.left, crop.width - crop.right) == (20, 12)
+    assert_prepared_alike(mono1, png)
