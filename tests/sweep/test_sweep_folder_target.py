@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pydicom
 import pytest
 
 from sweep.config import make_config
@@ -47,3 +48,29 @@ def test_sweep_on_an_unlabelled_dicom_folder(ray_runtime, sweep_phantoms, tmp_pa
     assert images[images.target == "hospital"].empty
     for trial_id in transfer.trial_id:
         assert list((out / "runs" / trial_id / "overlays").glob("*.png"))
+
+
+def test_a_folder_target_has_a_content_identity(sweep_phantoms, tmp_path):
+    """Trial identity (issue 11) for a folder target: the loader fingerprints it with the grid's
+    crop setting, the transfer trials carry that fingerprint, and other content gives another."""
+    from data_io.dicom import convert_folder
+    from sweep.runner import load_datasets
+
+    dicoms = tmp_path / "dicom"
+    convert_folder(f"{sweep_phantoms['montgomery']}/CXR_png", dicoms, monochrome1_every=2)
+    paths = DataPaths(jsrt=sweep_phantoms["jsrt"], scr=sweep_phantoms["scr"], cache_dir=sweep_phantoms["cache_dir"],
+                      target_dirs={"hospital": str(dicoms)})
+    fingerprints = {crop: load_datasets({"hospital"}, paths, 32, crop_borders=crop)["hospital"].fingerprint
+                    for crop in (True, False)}
+    assert fingerprints[True] != fingerprints[False]  # the phantoms' collimation bands are trimmed
+    grid = build_grid("transfer", make_config("smoke"), methods=["proposed"], fractions=[0], repetitions=[0],
+                      tasks=["lungs"], targets=["hospital"]).with_data({"jsrt": "j" * 16, "hospital": fingerprints[True]})
+    transfer = [t for t in grid.runnable() if t.config.target == "hospital"]
+    assert transfer and all("hospital" in t.datasets and dict(t.data)["hospital"] == fingerprints[True]
+                            for t in transfer)
+    # The same folder with one image changed is other data.
+    first = sorted(dicoms.glob("*.dcm"))[0]
+    ds = pydicom.dcmread(first)
+    ds.PixelData = ds.pixel_array[::-1].copy().tobytes()
+    ds.save_as(first)
+    assert load_datasets({"hospital"}, paths, 32, crop_borders=True)["hospital"].fingerprint != fingerprints[True]
