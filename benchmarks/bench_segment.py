@@ -1,11 +1,13 @@
 """Images per second of `cxrsweep segment` on Ray Data against the plain single-process loop
 (`--local`), on the same phantoms, on this machine.
 
-Both paths run the same stages (`sweep.engine.segment`: read + prepare, network, full-size
-mask + statistics + PNG) and write into fresh output folders; the masks are compared (the
-loop's torch uses every core, each Ray worker one thread, so a boundary pixel may differ). The Ray figure is given without and with starting the local Ray runtime (a
-cluster's runtime is already up). The network is a U-Net of the `cpu` profile (128 px,
-width 0.25) with random weights (speed does not depend on training), or `--checkpoint`.
+Both paths run the same stages (`sweep.engine.segment`: read + prepare with the content crop,
+network, mask placed in the full frame + statistics + PNG) and write into fresh output folders;
+the masks are compared (the loop's torch uses every core, each Ray worker one thread, so a
+boundary pixel may differ). The Ray figure is given without and with starting the local Ray
+runtime (a cluster's runtime is already up). The network is a U-Net of the `cpu` profile
+(128 px, width 0.25, content crop on) with random weights (speed does not depend on training),
+or `--checkpoint`.
 
     python benchmarks/bench_segment.py                         # 1,000 phantoms, 512 px long side
     python benchmarks/bench_segment.py --n 200 --workers 2 --batch-size 8
@@ -42,7 +44,7 @@ def make_checkpoint(path: Path, profile: str) -> Path:
     # A training range as a real checkpoint has one, so QC runs as in use.
     masks = [np.zeros((1, 4, 4), np.uint8) + np.array([[0, 1, 1, 0]] * 4, np.uint8)]
     save_atomic(network_checkpoint(model, "unet", arch_kwargs(cfg), cfg.to_dict(), "lungs", cfg.image_size,
-                                   PER_IMAGE_STANDARDISATION, 0, train_masks=masks), path)
+                                   PER_IMAGE_STANDARDISATION, 0, crop_borders=cfg.crop_borders, train_masks=masks), path)
     return path
 
 
@@ -124,7 +126,8 @@ def main() -> None:
         checkpoint = args.checkpoint or make_checkpoint(scratch / "unet.pt", args.profile)
         info = checkpoint_info(checkpoint)
         items = list_inputs([data])
-        print(f"{len(items)} images, network {info.arch} at {info.image_size} px, batch {args.batch_size}, "
+        print(f"{len(items)} images, network {info.arch} at {info.image_size} px "
+              f"(content crop {'on' if info.crop_borders else 'off'}), batch {args.batch_size}, "
               f"overlays {args.overlays}, Ray workers {args.workers or 'auto'}{', staged' if args.staged else ''}, "
               f"{os.cpu_count()} CPU(s) visible")
         options = RayOptions(batch_size=args.batch_size, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
@@ -140,7 +143,7 @@ def main() -> None:
         print(f"ratio Ray / loop: {local_s / ray_s:.2f}x (with the start: {local_s / (up_s + ray_s):.2f}x); "
               f"Ray's overhead per image: {1000 * (ray_s - local_s) / n:+.1f} ms (negative: faster)")
         # Ray's workers run torch on one thread each, the loop on all cores: float sums in another
-        # order can move a logit across zero at a boundary pixel.
+        # order can move a probability across 0.5 at a boundary pixel.
         compared, differing, pixels = mask_differences(scratch / "local", scratch / "ray")
         print(f"masks: {compared} compared, {differing} differ from the loop's, in {pixels} pixel(s) in all")
     finally:
