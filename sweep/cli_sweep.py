@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from sweep.config import LABEL_FRACTIONS, PROFILES, SEGMENTATION_MODELS, TARGETS, TASKS, TRANSFER_METHODS
+from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, PROFILES, SEGMENTATION_MODELS, TARGETS, TASKS,
+                          TRANSFER_METHODS, RunConfig)
 
 EXIT_TRIALS_FAILED = 1
 
@@ -36,15 +37,17 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
-    ray_group.add_argument("--gpus-per-trial", type=float, default=0.25,
-                           help="GPU share per trial; fractions pack several trials on one GPU (default 0.25); "
-                                "ignored with a message when the cluster has no GPUs")
+    ray_group.add_argument("--gpus-per-trial", type=float, default=None,
+                           help="GPU share per trial; fractions pack several trials on one GPU (default per profile: "
+                                + ", ".join(f"{p} {g:g}" for p, g in GPUS_PER_TRIAL.items())
+                                + "); ignored with a message when the cluster has no GPUs")
     ray_group.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     ray_group.add_argument("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: no limit)")
     ray_group.add_argument("--retries", type=int, default=1, help="retries of a failed trial, from its last checkpoint (default 1)")
-    ray_group.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
-                           help="attach a checkpoint to every Nth epoch report (default 1); a resumed trial "
-                                "repeats at most N-1 epochs")
+    ray_group.add_argument("--checkpoint-every-s", type=float, default=None, metavar="SECONDS",
+                           help="a trial checkpoints (last.pt only) at most this often, and after its last epoch; "
+                                f"0: every epoch (default {RunConfig.checkpoint_every_s:g}, the config field "
+                                "checkpoint_every_s); a resumed trial repeats at most that much training")
     ray_group.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                            help="seconds between progress lines (default 10)")
 
@@ -78,6 +81,8 @@ def base_config(args):
     if args.config_from and tuning_record(args) is None:
         values.update(load_config_file(args.config_from))
     values.update(parse_overrides(args.overrides))
+    if getattr(args, "checkpoint_every_s", None) is not None:
+        values["checkpoint_every_s"] = args.checkpoint_every_s
     return make_config(args.profile, values)
 
 
@@ -98,8 +103,7 @@ def sweep_options(args, **extra):
 
     return SweepOptions(out=args.out, address=args.address, gpus_per_trial=args.gpus_per_trial,
                         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
-                        retries=args.retries, progress_every_s=args.progress_every,
-                        checkpoint_every=args.checkpoint_every, **extra)
+                        retries=args.retries, progress_every_s=args.progress_every, **extra)
 
 
 def register(subparsers) -> None:
@@ -247,7 +251,7 @@ def cmd_demo(args) -> int:
                       cache_dir=args.cache_dir)
     grid = build_grid("all", make_config(args.profile), folds=args.folds, repetitions=args.repetitions,
                       fractions=args.fractions)
-    options = SweepOptions(out=args.out, gpus_per_trial=0.25, cpus_per_trial=args.cpus_per_trial,
+    options = SweepOptions(out=args.out, cpus_per_trial=args.cpus_per_trial,
                            progress_every_s=args.progress_every, object_store_memory=512 * 1024 * 1024)
     outcome = run_grid(grid, paths, options)
     report = _report(args.out, args.profile)

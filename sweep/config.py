@@ -77,9 +77,13 @@ class RunConfig:
     w_seg: float = 1.0
     w_identity: float = 0.5  # CycleGAN identity term, as a multiple of w_cycle (Zhu et al.)
 
-    # --- execution ---
+    # --- execution (EXECUTION_FIELDS: how a run executes, not what it computes) ---
     device: str = "auto"  # "auto", "cpu", "cuda"
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # checkpoints/last.pt is written at most this often, and after the last epoch; <= 0: every epoch.
+    # Paper-size last.pt (U-Net + Adam state) is ~0.37 GB and a GPU epoch ~1 s, so not every epoch.
+    checkpoint_every_s: float = 300.0
+    compile: bool = False  # torch.compile the networks (in place; checkpoints keep their keys)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,6 +101,11 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Fields that say where and how fast a run executes, not what it computes: they are left out of
+# trial ids (sweep/grid.py) and may change when a run is resumed (sweep/engine/checkpoints.py).
+EXECUTION_FIELDS = frozenset({"device", "num_threads", "checkpoint_every_s", "compile"})
 
 
 # Each profile is a set of overrides of the paper defaults, declared here and nowhere else.
@@ -128,6 +137,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "translator_width": 8,
     },
 }
+
+
+# `cxrsweep run --gpus-per-trial` default per profile: the GPU share of one trial, so 1 / share
+# trials run on a GPU at once. Set from `benchmarks/bench_gpu.py`'s packing measurement (aggregate
+# images/s with 1, 2, 4, 8 trials on one GPU). Until that ran on the target GPU: paper 0.5, two
+# 256 px trials per GPU, which fit a 24 GB A10G with room (one U-Net at batch 4 under AMP needs a
+# few GB) and overlap one trial's host-side gaps (validation, checkpoints) with the other's
+# compute; smaller profiles leave a GPU mostly idle per trial, so four share one.
+GPUS_PER_TRIAL: dict[str, float] = {"paper": 0.5, "cpu": 0.25, "smoke": 0.25}
 
 
 def parse_value(text: str, like: Any) -> Any:

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 from data_io.datasets import check_target_name
 from sweep.config import (
+    EXECUTION_FIELDS,
     LABEL_FRACTIONS,
     PROFILES,
     SEGMENTATION_MODELS,
@@ -58,9 +59,6 @@ SEGMENTATION = "segmentation"
 TRANSFER = "transfer"
 TRANSLATOR_WARMUP = "translator_warmup"
 QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the target does not label
-
-# Fields that say where and how fast a run executes, not what it computes.
-EXECUTION_FIELDS = frozenset({"device", "num_threads"})
 
 # A hook that gives a Table I / II cell's config its tuned values (sweep.tuned.TuningRecord.adjust);
 # applied to cells only, never to translator warm-ups.

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from sweep.config import RunConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s
 
 # Columns that identify a trial; shared by both tables.
 KEY_COLUMNS: dict[str, pa.DataType] = {
@@ -50,6 +50,11 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "started_at": pa.float64(),  # Unix seconds when the trial's final attempt started (sweep only)
     "finished_at": pa.float64(),  # Unix seconds when it finished (sweep only)
     "device": pa.string(),
+    # Tune checkpoints the trial wrote over all its attempts (sweep only): how many, the bytes of
+    # their last.pt files, and the seconds spent writing and persisting them.
+    "checkpoint_count": pa.int64(),
+    "checkpoint_bytes": pa.int64(),
+    "checkpoint_s": pa.float64(),
     "config_json": pa.string(),  # the whole effective config, for exact reruns
     "schema_version": pa.int64(),
 }

@@ -22,9 +22,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA: bfloat16 on GPUs that compute it natively (Ampere and later: no loss
+    scaling needed), else float16. None on the CPU, where full precision is exact and deterministic."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
 def autocast_for(device: torch.device):
-    """Mixed precision on CUDA; full precision on the CPU, where it is exact and deterministic."""
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    dtype = amp_dtype(device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else nullcontext()
+
+
+def grad_scaler_for(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling where float16 needs it; a pass-through elsewhere (bfloat16 has float32's range)."""
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+
+
+def prepare_device(device: torch.device) -> None:
+    """Training inputs have fixed sizes: on CUDA let cuDNN time its kernels once and keep the fastest."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def compile_in_place(module: nn.Module) -> None:
+    """torch.compile the outermost submodules that define a forward (a translator's own methods
+    call its parts), in place, so state_dict keys stay those of the plain network."""
+    if type(module).forward is not nn.Module.forward:
+        module.compile()
+        return
+    for child in module.children():
+        compile_in_place(child)
 
 
 def memory_format_for(device: torch.device) -> torch.memory_format:
