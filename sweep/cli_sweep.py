@@ -28,6 +28,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--scr", help="SCR masks folder")
     data.add_argument("--montgomery", help="Montgomery set folder")
     data.add_argument("--shenzhen", help="Shenzhen set folder")
+    data.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
+                      help="a target set as a folder of radiographs (DICOM, PNG, ...) with optional masks/ "
+                           "(repeatable); a bare DIR belongs to the one folder target selected")
     data.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
 
 
@@ -86,8 +89,13 @@ def base_config(args):
 def data_paths(args):
     from sweep.runner import DataPaths
 
+    from data_io.datasets import is_folder_target, target_dirs
+
+    selected = getattr(args, "targets", None) or [getattr(args, "target", None)]
+    folder_targets = [t for t in selected if t and is_folder_target(t)]
+    default = folder_targets[0] if len(folder_targets) == 1 else None
     return DataPaths(jsrt=args.jsrt, scr=args.scr, montgomery=args.montgomery, shenzhen=args.shenzhen,
-                     cache_dir=args.cache_dir)
+                     cache_dir=args.cache_dir, target_dirs=target_dirs(args.target_dir, default))
 
 
 def sweep_options(args, **extra):
@@ -114,7 +122,8 @@ def register(subparsers) -> None:
     run.add_argument("--fractions", type=_csv(float),
                      help=f"target label fractions in percent (default {','.join(f'{f:g}' for f in LABEL_FRACTIONS)})")
     run.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
-    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery; choices {','.join(TARGETS)})")
+    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery): {','.join(TARGETS)} or the name of a "
+                          "--target-dir folder")
     add_data_flags(run)
     run.add_argument("--out", required=True, help="output folder or storage URI (s3://, gs://)")
     run.add_argument("--resume", action="store_true",
@@ -136,7 +145,8 @@ def register(subparsers) -> None:
     tune_parser.add_argument("--method", default="supervised", choices=("supervised", *TRANSFER_METHODS),
                              help="supervised (Table I) or a transfer method (Table II)")
     tune_parser.add_argument("--label-fraction", type=float, default=0.0, help="transfer: percent of target labels")
-    tune_parser.add_argument("--target", default="montgomery", choices=TARGETS)
+    tune_parser.add_argument("--target", default="montgomery",
+                             help=f"{', '.join(TARGETS)} or a --target-dir folder's name (default montgomery)")
     tune_parser.add_argument("--repetition", type=int, default=0, help="transfer: the repetition the config is for")
     tune_parser.add_argument("--repetitions", type=_csv(int), help="transfer: one search per repetition, e.g. 0,1,2,3,4")
     tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")
@@ -182,12 +192,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from data_io.datasets import check_target_name
     from sweep.tuning import run_tuning, tuned_cell
 
     base = base_config(args)
     if args.trials < 1:
         raise ValueError(f"--trials {args.trials}: must be at least 1")
     method = None if args.method == "supervised" else args.method
+    check_target_name(args.target)
     if method is None:
         folds = args.folds if args.folds is not None else [args.fold]
         bad = [f for f in folds if not 0 <= f < base.n_folds]

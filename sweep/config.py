@@ -11,12 +11,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from data_io.datasets import TARGET_DATASETS
+
 TASKS = ("lungs", "heart", "clavicles")
 SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
 TRANSFER_METHODS = ("proposed", "finetune", "scratch", "source_only")
 # Fractions of the target training split that keep their labels (paper, Table II), in percent.
 LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
-TARGETS = ("montgomery", "shenzhen")
+# Target sets known by name, declared with their layouts in data_io.datasets; any other valid
+# name is a folder target given with --target-dir (data_io.datasets.scan_folder_target).
+TARGETS = TARGET_DATASETS
 
 
 @dataclass

@@ -31,6 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from data_io.datasets import check_target_name
 from sweep.config import (
     EXECUTION_FIELDS,
     LABEL_FRACTIONS,
@@ -301,7 +302,8 @@ def build_grid(
         reps = list(range(base.n_folds)) if repetitions is None else list(repetitions)
         transfer_targets = list(targets or TARGETS[:1])
         _check_choice("--methods", transfer_methods, TRANSFER_METHODS)
-        _check_choice("--targets", transfer_targets, TARGETS)
+        for target in transfer_targets:
+            check_target_name(target)
         bad = [f for f in label_fractions if not 0 <= f <= 100]
         if bad:
             raise ValueError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import ray
 from ray import tune
 
+from data_io.datasets import TARGET_DATASETS
 from sweep.config import GPUS_PER_TRIAL
 from sweep.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from sweep.progress import ProgressRelay, SweepProgress, format_duration, report_progress_to
@@ -46,6 +47,10 @@ class DataPaths:
     montgomery: str | None = None
     shenzhen: str | None = None
     cache_dir: str | None = None
+    target_dirs: dict[str, str] = field(default_factory=dict)  # --target-dir NAME=DIR, any target
+
+    def target_dir(self, name: str) -> str | None:
+        return self.target_dirs.get(name) or (getattr(self, name) if name in TARGET_DATASETS else None)
 
 
 @dataclass
@@ -90,8 +95,9 @@ def check_data_flags(names: set[str], paths: DataPaths) -> None:
     if missing:
         raise ValueError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
     for name in sorted(names - {"jsrt"}):
-        if not getattr(paths, name):
-            raise ValueError(f"--{name} required: the grid has transfer trials with target {name}")
+        if not paths.target_dir(name):
+            flag = f"--{name} DIR or --target-dir {name}=DIR" if name in TARGET_DATASETS else f"--target-dir {name}=DIR"
+            raise ValueError(f"{flag} required: the grid has transfer trials with target {name}")
 
 
 def load_datasets(names: set[str], paths: DataPaths, image_size: int, crop_borders: bool = True) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def load_datasets(names: set[str], paths: DataPaths, image_size: int, crop_borde
             datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir,
                                        crop_borders=crop_borders)
         else:
-            datasets[name] = load_target(name, getattr(paths, name), image_size, cache_dir=paths.cache_dir,
+            datasets[name] = load_target(name, paths.target_dir(name), image_size, cache_dir=paths.cache_dir,
                                          crop_borders=crop_borders)
         log.info("data: %s, %d cases at %d px (fingerprint %s)", name, len(datasets[name].ids), image_size,
                  datasets[name].fingerprint)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -135,18 +136,28 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
                        image_size: int, normalisation: str, epoch: int,
-                       data: dict[str, str] | None = None, crop_borders: bool = False) -> dict[str, Any]:
-    """`data` (dataset name -> content fingerprint) records what the network was trained on; with
+                       data: dict[str, str] | None = None, crop_borders: bool = False,
+                       train_masks: Sequence[np.ndarray] = ()) -> dict[str, Any]:
+    """The network part of a checkpoint.
+
+    `data` (dataset name -> content fingerprint) records what the network was trained on; with
     the config's fold, n_folds and seed it says which images were its training images.
     `preprocessing` records how its images were prepared (data_io.preprocess.preprocessing_record),
     so `cxrsweep segment` prepares new ones alike (`crop_borders` False: the images were resized
-    whole, without the content crop)."""
+    whole, without the content crop). With `train_masks` (the masks it was trained on, in the
+    cropped frame) it also records `train_foreground_range`: the least and largest per-image
+    foreground share of the content, which `cxrsweep segment` compares new predictions against."""
     from data_io.preprocess import preprocessing_record
 
     state = state_copy(model)
-    return {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
-            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
-            "data": dict(data or {}), "preprocessing": preprocessing_record(crop_borders)}
+    checkpoint = {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
+                  "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
+                  "data": dict(data or {}), "preprocessing": preprocessing_record(crop_borders)}
+    fractions = [np.asarray(m).reshape(len(m), -1).mean(axis=1) for m in train_masks if len(m)]
+    if fractions:
+        every = np.concatenate(fractions)
+        checkpoint["train_foreground_range"] = [float(every.min()), float(every.max())]
+    return checkpoint
 
 
 def rng_state() -> dict[str, Any]:

@@ -133,7 +133,8 @@ class _Trainer(ckpt.RunDirectoryPaths):
     def _network_checkpoint(self) -> dict[str, Any]:
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
                                        self.data.task, self.data.image_size, self.data.normalisation, self.epoch,
-                                       self.data.fingerprints, crop_borders=self.data.crop_borders)
+                                       self.data.fingerprints, crop_borders=self.data.crop_borders,
+                                       train_masks=[self.data.train_masks])
 
     def _last_state(self) -> dict[str, Any]:
         state = ckpt.with_best(self._network_checkpoint, self.best, self.epoch)

@@ -392,7 +392,8 @@ class ProposedRun:
         state = ckpt.network_checkpoint(self.model.segmenter, self.source_model["arch"],
                                         self.source_model["arch_kwargs"], self.cfg.to_dict(), self.data.task,
                                         self.data.image_size, self.data.normalisation, self.epoch,
-                                        self.data.fingerprints, crop_borders=self.data.crop_borders)
+                                        self.data.fingerprints, crop_borders=self.data.crop_borders,
+                                        train_masks=[self.data.source_train_masks, self.data.target_labelled_masks])
         state["translator"] = {
             "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
             "state_dict": ckpt.state_copy(self.model.translator),
