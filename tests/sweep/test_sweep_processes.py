@@ -137,6 +137,7 @@ def test_cluster_yaml_passes_ray_launcher_validation(repo_root: Path):
     assert "2.58.0-py311-cu" in prepared["docker"]["worker_image"]
     # Shared memory holds the object store: at least its size, well under any worker's RAM.
     gib = {"g5.xlarge": 16, "g5.2xlarge": 32, "g5.12xlarge": 192, "m5.2xlarge": 32}  # AWS instance memory
+    vcpus = {"g5.xlarge": 4, "g5.2xlarge": 8, "g5.12xlarge": 48, "m5.2xlarge": 8}
     docker = prepared["docker"]
     for options, kind in ((docker["worker_run_options"], "worker"), (docker["head_run_options"], "head")):
         (shm,) = [int(o.split("=")[1].rstrip("g")) for o in options if o.startswith("--shm-size=")]
@@ -146,6 +147,18 @@ def test_cluster_yaml_passes_ray_launcher_validation(repo_root: Path):
         types = [t for name, t in prepared["available_node_types"].items()
                  if (name == prepared["head_node_type"]) == (kind == "head")]
         assert all(shm <= gib[t["node_config"]["InstanceType"]] / 4 for t in types)
+    # A worker declares its instance's vCPUs and holds the paper profile's packed trials (one CPU
+    # each) in its memory: per trial the host RSS budget of cluster.yaml (2.5 GB, above the 1.55 GB
+    # measured for a packed paper U-Net trial), plus shm and ~2 GB for Ray and the system.
+    from sweep.config import GPUS_PER_TRIAL
+
+    (worker_shm,) = [int(o.split("=")[1].rstrip("g")) for o in docker["worker_run_options"] if o.startswith("--shm-size=")]
+    for t in workers:
+        instance = t["node_config"]["InstanceType"]
+        assert t["resources"]["CPU"] == vcpus[instance]
+        trials = round(1 / GPUS_PER_TRIAL["paper"]) * t["resources"]["GPU"]
+        assert trials <= t["resources"]["CPU"]
+        assert trials * 2.5 + worker_shm + 2 <= gib[instance], instance
     # The CPU-only head installs the CPU build of torch; GPU workers the CUDA build, same version.
     head_torch = [c for c in prepared["head_setup_commands"] if "torch" in c]
     worker_torch = [c for c in prepared["worker_setup_commands"] if "torch" in c]
