@@ -21,56 +21,16 @@ DEST=$(cd "$DEST" && pwd)
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d /tmp/cxg.XXXXXX)  # short: Ray's socket paths live under it
 export RAY_TMPDIR=$WORK/ray RAY_USAGE_STATS_ENABLED=0 CXRSWEEP_CACHE=$WORK/cache PYTHONUNBUFFERED=1
-mkdir -p "$RAY_TMPDIR"
+export TMPDIR=$WORK/tmp  # temporary files (compile caches too) go with $WORK
+mkdir -p "$RAY_TMPDIR" "$TMPDIR"
 exec > >(tee -a "$DEST/gpu_check.log") 2>&1
 STARTED=$(date +%s)
 
-stamp() { echo "[gpu_check +$(( $(date +%s) - STARTED ))s] $*"; }
-
-# Processes this script started under $WORK (Ray's raylet, workers...) that outlived a part,
-# ended by process id.
-cleanup_ray() {
-  local pids="" pid
-  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    [ "$pid" = "$$" ] && continue
-    if { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "$WORK"; then pids="$pids $pid"; fi
-  done
-  [ -n "$pids" ] && kill $pids 2>/dev/null && sleep 2 && kill -9 $pids 2>/dev/null
-  return 0
-}
-
-# run_part NAME SECONDS COMMAND...: output to $DEST/NAME.log (and the console); a time limit.
-run_part() {
-  local name=$1 limit=$2 rc
-  shift 2
-  stamp "=== $name (limit ${limit}s) ==="
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$DEST/$name.log"
-  rc=${PIPESTATUS[0]}
-  cleanup_ray
-  case $rc in
-    0) stamp "=== $name: ok" ;;
-    124|137) stamp "=== $name: STOPPED at its time limit (${limit}s); what it printed is above" ;;
-    *) stamp "=== $name: FAILED (exit $rc)" ;;
-  esac
-  return 0
-}
+source benchmarks/gpu_check_common.sh
 
 # 1. Environment.
-{
-  date -u
-  nvidia-smi 2>&1 || echo "nvidia-smi: not available"
-  python - <<'EOF'
-import sys, torch
-print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
-      "| GPUs", torch.cuda.device_count(), [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
-try:
-    import ray
-    print("ray", ray.__version__)
-except ImportError as exc:
-    print("ray: not importable:", exc)
-EOF
-} 2>&1 | tee "$DEST/env.txt"
-if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+describe_environment 2>&1 | tee "$DEST/env.txt"
+if has_gpu; then
   GPU=1
   stamp "GPU found: full size"
   SYNTH=(--n-source 40 --n-target 30 --source-size 256 --target-size 256)
