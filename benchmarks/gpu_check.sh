@@ -15,18 +15,8 @@
 # OUTDIR gets gpu_check.log (everything), env.txt, bench.log + bench.json, sweep.log, the sweep's
 # results/*.parquet and small per-trial files under sweep/ (no checkpoints), summary.txt.
 set -u
-DEST=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
-mkdir -p "$DEST"
-DEST=$(cd "$DEST" && pwd)
-cd "$(dirname "$0")/.."
-WORK=$(mktemp -d /tmp/cxg.XXXXXX)  # short: Ray's socket paths live under it
-export RAY_TMPDIR=$WORK/ray RAY_USAGE_STATS_ENABLED=0 CXRSWEEP_CACHE=$WORK/cache PYTHONUNBUFFERED=1
-export TMPDIR=$WORK/tmp  # temporary files (compile caches too) go with $WORK
-mkdir -p "$RAY_TMPDIR" "$TMPDIR"
-exec > >(tee -a "$DEST/gpu_check.log") 2>&1
-STARTED=$(date +%s)
-
-source benchmarks/gpu_check_common.sh
+source "$(dirname "$0")/gpu_check_common.sh"
+start_check "${1:-}" gpu_check.log /tmp/cxg.XXXXXX || exit 2
 
 # 1. Environment.
 describe_environment 2>&1 | tee "$DEST/env.txt"
@@ -42,7 +32,7 @@ else
   stamp "no GPU: everything at reduced size on the CPU (64 px, narrow networks); the figures describe this CPU"
   SYNTH=(--n-source 15 --n-target 10 --source-size 128 --target-size 128)
   SIZE=(--set image_size=64 --set width=0.125 --set translator_width=8 --set num_threads=1)
-  BENCH=(--profiles paper --packing-seconds 1 --gpus 1,8)
+  BENCH=(--profiles paper --packings 1,2 --packing-seconds 1 --gpus 1,8 --skip compile)
   BENCH_LIMIT=600 SWEEP_LIMIT=600
 fi
 

@@ -1,6 +1,23 @@
-# Helpers shared by gpu_check.sh and gpu_check_short.sh (sourced, not run). They expect
-# $DEST (output folder), $WORK (scratch folder whose path marks the processes to clean up) and
-# $STARTED (the script's start, seconds since the epoch).
+# Helpers shared by gpu_check.sh and gpu_check_short.sh (sourced, not run).
+
+# start_check OUTDIR LOG TEMPLATE: $DEST (OUTDIR, made and absolute), the repository root as the
+# working folder, a scratch folder $WORK from the mktemp TEMPLATE (short: Ray's socket paths live
+# under it; its path marks the processes cleanup_ray ends), the environment every part runs in,
+# everything printed also appended to $DEST/LOG, and $STARTED.
+start_check() {
+  if [ -z "$1" ]; then
+    echo "usage: $0 OUTDIR" >&2
+    return 2
+  fi
+  mkdir -p "$1" && DEST=$(cd "$1" && pwd) || return 2
+  cd "$(dirname "$0")/.." || return 2
+  WORK=$(mktemp -d "$3")
+  export RAY_TMPDIR=$WORK/ray RAY_USAGE_STATS_ENABLED=0 CXRSWEEP_CACHE=$WORK/cache PYTHONUNBUFFERED=1
+  export TMPDIR=$WORK/tmp  # temporary files (compile caches too) go with $WORK
+  mkdir -p "$RAY_TMPDIR" "$TMPDIR"
+  exec > >(tee -a "$DEST/$2") 2>&1
+  STARTED=$(date +%s)
+}
 
 stamp() { echo "[gpu_check +$(( $(date +%s) - STARTED ))s] $*"; }
 

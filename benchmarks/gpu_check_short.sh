@@ -20,19 +20,9 @@
 # OUTDIR gets gpu_check_short.log (everything), env.txt, one log per part, bench.json,
 # smoke-result.json.
 set -u
-DEST=${1:?usage: benchmarks/gpu_check_short.sh OUTDIR}
-mkdir -p "$DEST"
-DEST=$(cd "$DEST" && pwd)
-cd "$(dirname "$0")/.."
-WORK=$(mktemp -d /tmp/cxs.XXXXXX)  # short: Ray's socket paths live under it
-export RAY_TMPDIR=$WORK/ray RAY_USAGE_STATS_ENABLED=0 CXRSWEEP_CACHE=$WORK/cache PYTHONUNBUFFERED=1
-export TMPDIR=$WORK/tmp  # temporary files (compile caches too) go with $WORK
-mkdir -p "$RAY_TMPDIR" "$TMPDIR"
-exec > >(tee -a "$DEST/gpu_check_short.log") 2>&1
-STARTED=$(date +%s)
+source "$(dirname "$0")/gpu_check_common.sh"
+start_check "${1:-}" gpu_check_short.log /tmp/cxs.XXXXXX || exit 2
 TOTAL=235  # seconds for everything on a GPU; the bench gets what the earlier parts left
-
-source benchmarks/gpu_check_common.sh
 
 # 1. Environment.
 describe_environment 2>&1 | tee "$DEST/env.txt"

@@ -144,6 +144,30 @@ def test_checkpoint_clock_waits_its_interval():
     assert CheckpointClock(0).due(final=False)
 
 
+def test_best_weights_are_a_snapshot_and_last_pt_stores_them_once(tmp_path):
+    """state_copy is a copy where the network lives (training on leaves it alone); save_atomic
+    writes a CPU-only state as it is, and last.pt's network and its "best", when they are one
+    epoch, as one set of tensors."""
+    from torch import nn
+
+    from sweep.engine.checkpoints import on_cpu, save_atomic, state_copy, with_best
+
+    model = nn.Linear(64, 64)
+    snapshot = state_copy(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not torch.equal(snapshot["weight"], model.weight)
+    best = {"epoch": 2, "state_dict": snapshot}
+    state = with_best(lambda: pytest.fail("the best epoch is this one: no second copy"), best, epoch=2)
+    assert on_cpu(state) is state and state["state_dict"] is state["best"]["state_dict"]
+    once = save_atomic(state, tmp_path / "once.pt").stat().st_size
+    twice = save_atomic(with_best(lambda: {"epoch": 3, "state_dict": state_copy(model)}, best, epoch=3),
+                        tmp_path / "twice.pt").stat().st_size
+    assert twice - once > 0.9 * 64 * 64 * 4  # a second weight matrix
+    loaded = torch.load(tmp_path / "once.pt", weights_only=True)
+    assert torch.equal(loaded["best"]["state_dict"]["weight"], snapshot["weight"])
+
+
 def test_best_weights_of_an_earlier_epoch_survive_a_crash_after_the_last_checkpoint(tmp_path, ellipse_data):
     # lr 0.01 makes epoch 1 better than epoch 2 on these ellipses (CPU runs are deterministic).
     cfg = smoke(epochs=2, lr=0.01, augment=True)
