@@ -11,6 +11,7 @@ the same folder are deleted when the new one is written.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -53,6 +54,14 @@ class CachedDataset:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What a trial trained on, by content: the ids, the arrays and their size. Unlike `key`
+        (file paths, sizes and times) it recognises the same data at another path or synthesised
+        again, and it tells apart any two sets whose arrays differ. Trial identity, checkpoints
+        and tuning records carry it (docs/ARCHITECTURE.md, "data identity")."""
+        return fingerprint_arrays(self.name, self.ids, self.images, self.masks)
 
 
 def default_cache_dir() -> Path:
@@ -97,6 +106,16 @@ def load_cache_file(path: str | Path) -> CachedDataset:
         path=path,
         normalisation=meta["normalisation"],
     )
+
+
+def fingerprint_arrays(name: str, ids: list[str], images: np.ndarray, masks: dict[str, np.ndarray]) -> str:
+    """A content hash of a dataset's preprocessed arrays (about 1 s per GB)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([name, list(ids), list(images.shape), str(images.dtype), sorted(masks)]).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    for task in sorted(masks):
+        digest.update(np.packbits(np.ascontiguousarray(masks[task], dtype=np.uint8).reshape(-1)).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_key(scan: Scan, image_size: int) -> str:

@@ -29,8 +29,14 @@ def register(subparsers) -> None:
     synth.add_argument("--target-size", type=int, default=512, help="long side of the target PNGs (default 512)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
-        "--target-inverted-fraction", type=float, default=1.0,
-        help="share of Montgomery-like images with an inverted response (default 1: every image, a consistent shift; 0: none; between: a bimodal target)",
+        "--target-shift", choices=("severe", "mild"), default="severe",
+        help="Montgomery-like regime: severe (default; inverted, gamma-bent detector) or mild (the source's polarity, "
+             "other exposure, noise, bias, collimation, framing and aspect ratio, padded to a square)",
+    )
+    synth.add_argument(
+        "--target-inverted-fraction", type=float, default=None,
+        help="severe only: share of Montgomery-like images with an inverted response (default 1: every image, a "
+             "consistent shift; 0: none; between: a bimodal target)",
     )
     synth.set_defaults(func=_run_synth)
 
@@ -63,6 +69,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         target_size=args.target_size,
         seed=args.seed,
         target_inverted_fraction=args.target_inverted_fraction,
+        target_shift=args.target_shift,
     )
     for name, folder in written.items():
         print(f"{name}: {folder}")

@@ -3,13 +3,21 @@
 The phantoms stand in for JSRT + SCR (source) and Montgomery / Shenzhen (targets) when the real
 data is not at hand: tests, the demo and CPU runs read them through exactly the same readers as
 the real files. Anatomy (two lungs, heart, two clavicles, ribs, spine, soft tissue) is drawn from
-one distribution for every domain; only the imaging differs. The target rendering is built to
-stay hard *after* per-image standardisation (method-notes.md): a strongly non-linear intensity
-response, inverted on every Montgomery-like image by default (one consistent domain shift), a
-low-frequency multiplicative bias field, black collimation borders, different noise, and a
-slightly wider field of view at Montgomery's aspect ratio. A segmenter trained on
-the source alone therefore loses accuracy on the target, while a translator that learns the
-intensity mapping can recover the anatomy.
+one distribution for every domain; only the imaging differs.
+
+The Montgomery-like target comes in two regimes (`TARGET_SHIFTS`):
+- "severe" (the default): built to stay hard *after* per-image standardisation
+  (method-notes.md): a strongly non-linear intensity response, inverted on every image by
+  default (one consistent domain shift), a low-frequency multiplicative bias field, black
+  collimation borders, different noise, and a slightly wider field of view at Montgomery's
+  aspect ratio. A source-only segmenter scores little; a translator that learns the intensity
+  mapping can recover the anatomy.
+- "mild": the regime the real JSRT -> Montgomery shift lives in (a source-only segmenter keeps
+  most of its accuracy): the source's polarity, another exposure curve, contrast and noise, a
+  low-frequency bias field, bright collimation bands, a wider field of view and other patient
+  scale, the film's 4020 x 4892 aspect ratio, and padding to a square with black bands (as the
+  popular 512 x 512 re-packaging of Montgomery). `MildShift` holds its knobs, so each factor can
+  be switched off to measure what it costs.
 
 Geometry convention: image coordinates run left to right and top to bottom; the patient's LEFT
 side is on the image's RIGHT (a posterior-anterior film viewed as displayed). "Left"/"right"
@@ -17,6 +25,7 @@ in structure names are always the patient's sides.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +80,55 @@ class Pose:
     zoom: float
     shift: tuple[float, float]
     angle: float
+
+
+TARGET_SHIFTS = ("severe", "mild")
+
+
+@dataclass(frozen=True)
+class MildShift:
+    """The knobs of the mild Montgomery-like target; each range is sampled per image.
+
+    The source (render_source) is a sigmoid of the attenuation with slope 5-7 and level
+    0.38-0.48, noise 0.006-0.012, no bias, no borders, a square film framed with zoom 0.93-1.04.
+    Setting a knob to its source-like value switches that factor off (see `neutral`).
+    """
+
+    # Exposure curve: a gamma on the attenuation, then a flatter sigmoid (lower contrast).
+    gamma: tuple[float, float] = (0.75, 1.35)
+    contrast: tuple[float, float] = (3.0, 4.5)
+    level: tuple[float, float] = (0.30, 0.46)
+    noise: tuple[float, float] = (0.02, 0.035)  # additive, display units
+    bias: float = 0.3  # strength of the multiplicative low-frequency field
+    # Geometry: a wider field of view (smaller patient in the film) and the film's aspect ratio.
+    zoom: tuple[float, float] = (0.74, 0.90)
+    shift: float = 0.06
+    angle_deg: float = 5.0
+    aspect: float = 4020 / 4892  # short / long side of the film (portrait or landscape)
+    landscape: float = 0.25  # share of landscape films
+    # Borders: bright collimation bands (unexposed film) and padding to a square.
+    collimation: float = 0.5  # probability of a band on each side
+    collimation_width: tuple[float, float] = (0.02, 0.07)  # fraction of the side
+    pad_to_square: bool = True
+    pad_one_side: float = 0.6  # share of padded films whose band lies on one side only
+
+    def neutral(self, *factors: str) -> "MildShift":
+        """This shift with the named factors made source-like: exposure, noise, bias, geometry,
+        aspect, collimation, padding."""
+        source_like = {
+            "exposure": {"gamma": (1.0, 1.0), "contrast": (5.0, 7.0), "level": (0.38, 0.48)},
+            "noise": {"noise": (0.006, 0.012)},
+            "bias": {"bias": 0.0},
+            "geometry": {"zoom": (0.93, 1.04), "shift": 0.04, "angle_deg": 3.0},
+            "aspect": {"aspect": 1.0},
+            "collimation": {"collimation": 0.0},
+            "padding": {"pad_to_square": False},
+        }
+        unknown = sorted(set(factors) - set(source_like))
+        if unknown:
+            raise ValueError(f"unknown mild-shift factor(s) {', '.join(unknown)}; choose from {', '.join(source_like)}")
+        changes = {key: value for factor in factors for key, value in source_like[factor].items()}
+        return dataclasses.replace(self, **changes)
 
 
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -288,6 +346,15 @@ def _montgomery_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
     )
 
 
+def _mild_pose(rng: np.random.Generator, shift: MildShift) -> Pose:
+    # Another department's framing: the patient smaller in a wider field of view, off-centre.
+    return Pose(
+        zoom=rng.uniform(*shift.zoom),
+        shift=(rng.uniform(-shift.shift, shift.shift), rng.uniform(-0.7 * shift.shift, shift.shift)),
+        angle=math.radians(rng.uniform(-shift.angle_deg, shift.angle_deg)),
+    )
+
+
 def _shenzhen_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
     # Wider field of view than JSRT: shoulders, neck and upper abdomen in view, off-centre.
     zoom = rng.uniform(0.62, 0.74) if width > height else rng.uniform(0.72, 0.86)
@@ -350,6 +417,40 @@ def render_target(
     return np.round(image).astype(np.uint16)
 
 
+def render_mild_target(attenuation: np.ndarray, rng: np.random.Generator, bits_max: int, shift: MildShift) -> np.ndarray:
+    """The mild target's detector: the source's polarity, another exposure curve, contrast, noise
+    and bias field, then bright collimation bands (unexposed film) on some sides."""
+    height, width = attenuation.shape
+    gamma, contrast, level = (rng.uniform(*shift.gamma), rng.uniform(*shift.contrast), rng.uniform(*shift.level))
+    noise_sigma = rng.uniform(*shift.noise)
+    # Drawn whatever the strength, so that switching one factor off leaves the others' draws alone.
+    field = _smooth_noise(rng, height, width, 3)
+    exposure = np.clip(attenuation * np.exp(shift.bias * field), 0.0, 1.0) ** gamma
+    display = 1 / (1 + np.exp(-contrast * (exposure - level)))
+    display += noise_sigma * rng.standard_normal(display.shape, dtype=np.float32)
+    for side in range(4):
+        present, fraction, brightness = rng.random() < shift.collimation, rng.uniform(*shift.collimation_width), rng.uniform(0.9, 0.98)
+        if not present:
+            continue
+        band = max(1, int(fraction * (height if side < 2 else width)))
+        region = (slice(0, band), slice(None)) if side == 0 else (slice(height - band, None), slice(None)) if side == 1 \
+            else (slice(None), slice(0, band)) if side == 2 else (slice(None), slice(width - band, None))
+        # Unexposed film: bright, with a little detector noise and no anatomy.
+        display[region] = brightness + 0.004 * rng.standard_normal(display[region].shape, dtype=np.float32)
+    return np.round(np.clip(display, 0, 1) * bits_max).astype(np.uint16)
+
+
+def pad_to_square(array: np.ndarray, rng: np.random.Generator, one_side: float) -> np.ndarray:
+    """Zero bands along the short side up to a square, as the 512 x 512 re-packaging of Montgomery
+    does: all on one side for a share `one_side` of the films, else split at random."""
+    height, width = array.shape
+    total = abs(height - width)
+    before = (total if rng.random() < 0.5 else 0) if rng.random() < one_side else int(rng.integers(0, total + 1))
+    if height > width:
+        return np.pad(array, ((0, 0), (before, total - before)))
+    return np.pad(array, ((before, total - before), (0, 0)))
+
+
 def _jsrt_ids(count: int) -> list[str]:
     """JSRT naming: nodule cases JPCLNnnn first (154 of 247), then non-nodule JPCNNnnn."""
     nodules = round(count * 154 / 247)
@@ -379,27 +480,63 @@ def _write_source(out: Path, count: int, size: int, rng: np.random.Generator) ->
     return jsrt_dir, scr_dir
 
 
-def _target_shape(rng: np.random.Generator, long_side: int) -> tuple[int, int]:
+def _target_shape(rng: np.random.Generator, long_side: int, aspect: float = 4020 / 4892) -> tuple[int, int]:
     # Montgomery: 4892 x 4020 portrait or landscape; keep that ratio at the requested size.
-    short_side = int(round(long_side * 4020 / 4892 / 4)) * 4
+    short_side = int(round(long_side * aspect / 4)) * 4
     return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
 
 
+def _montgomery_case_id(index: int, rng: np.random.Generator) -> str:
+    return f"MCUCXR_{index + 1:04d}_{int(rng.random() < 0.42)}"
+
+
+def _save_montgomery_case(root: Path, case_id: str, image: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+    # 12-bit values in a 16-bit PNG, as in the original release; one mask per lung.
+    _save_png(image, root / "CXR_png" / f"{case_id}.png")
+    _save_png(masks["left lung"].astype(np.uint8) * 255, root / "ManualMask" / "leftMask" / f"{case_id}.png")
+    _save_png(masks["right lung"].astype(np.uint8) * 255, root / "ManualMask" / "rightMask" / f"{case_id}.png")
+
+
 def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator, inverted_fraction: float) -> Path:
+    """The severe regime."""
     root = out / "montgomery"
     for index in range(count):
-        case_id = f"MCUCXR_{index + 1:04d}_{int(rng.random() < 0.42)}"
+        case_id = _montgomery_case_id(index, rng)
         height, width = _target_shape(rng, long_side)
         anatomy, pose = sample_anatomy(rng), _montgomery_pose(rng, height, width)
         attenuation = render_attenuation(anatomy, pose, height, width, rng)
-        # 12-bit values in a 16-bit PNG, as in the original release.
         image = render_target(
             attenuation, rng, bits_max=int(rng.uniform(3000, 4095)), style="montgomery", inverted_fraction=inverted_fraction
         )
-        _save_png(image, root / "CXR_png" / f"{case_id}.png")
+        _save_montgomery_case(root, case_id, image, render_masks(anatomy, pose, height, width))
+    return root
+
+
+def _write_mild_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator, shift: MildShift) -> Path:
+    """The mild regime. Each case draws anatomy, framing, detector and borders from streams of its
+    own, so switching one factor of `shift` off leaves everything else about the case unchanged."""
+    root = out / "montgomery"
+    for index in range(count):
+        case_id = _montgomery_case_id(index, rng)
+        anatomy_rng, frame_rng, detector_rng, border_rng = (
+            np.random.default_rng(child) for child in np.random.SeedSequence(int(rng.integers(2**63))).spawn(4)
+        )
+        anatomy = sample_anatomy(anatomy_rng)
+        height, width = _target_shape(frame_rng, long_side, shift.aspect)
+        pose = _mild_pose(frame_rng, shift)
+        attenuation = render_attenuation(anatomy, pose, height, width, detector_rng)
+        image = render_mild_target(attenuation, detector_rng, int(detector_rng.uniform(3000, 4095)), shift)
         masks = render_masks(anatomy, pose, height, width)
-        _save_png(masks["left lung"].astype(np.uint8) * 255, root / "ManualMask" / "leftMask" / f"{case_id}.png")
-        _save_png(masks["right lung"].astype(np.uint8) * 255, root / "ManualMask" / "rightMask" / f"{case_id}.png")
+        if shift.pad_to_square and height != width:
+            # One draw of the offsets for the image and its masks.
+            state = border_rng.bit_generator.state
+            image = pad_to_square(image, border_rng, shift.pad_one_side)
+            padded = {}
+            for name, mask in masks.items():
+                border_rng.bit_generator.state = state
+                padded[name] = pad_to_square(mask, border_rng, shift.pad_one_side)
+            masks = padded
+        _save_montgomery_case(root, case_id, image, masks)
     return root
 
 
@@ -429,22 +566,33 @@ def synthesize(
     source_size: int = 512,
     target_size: int = 512,
     seed: int = 0,
-    target_inverted_fraction: float = 1.0,
+    target_inverted_fraction: float | None = None,
+    target_shift: str | MildShift = "severe",
 ) -> dict[str, Path]:
     """Write phantom datasets under `out_dir`; returns {"jsrt", "scr", "montgomery"[, "shenzhen"]} folders.
 
     `source_size` is the side of the square JSRT-like `.IMG` (SCR masks are half of it, as in
     the real data); `target_size` is the long side of the Montgomery-like 16-bit PNGs (short
-    side at the real 4020 / 4892 ratio) and about the side of the Shenzhen-like 8-bit PNGs.
-    `target_inverted_fraction` of the Montgomery-like images get an inverted response (lungs
-    bright). The default 1 is a consistent shift a translator can learn; 0 keeps the display
-    polarity (an easier target); values in between make the target bimodal.
+    side at the real 4020 / 4892 ratio; the mild regime pads them to a target_size square) and
+    about the side of the Shenzhen-like 8-bit PNGs.
+    `target_shift` is "severe" (default), "mild", or a `MildShift` (the mild regime with other
+    knobs). `target_inverted_fraction` (severe only) of the Montgomery-like images get an
+    inverted response (lungs bright). The default 1 is a consistent shift a translator can
+    learn; 0 keeps the display polarity (an easier target); values in between make the target
+    bimodal.
     Each domain draws from its own random stream, so changing one count leaves the others' files unchanged.
     """
     if n_source < 1 or n_target < 0 or n_shenzhen < 0:
         raise ValueError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; got {n_source}, {n_target}, {n_shenzhen}")
-    if not 0 <= target_inverted_fraction <= 1:
-        raise ValueError(f"target_inverted_fraction must be in [0, 1], got {target_inverted_fraction}")
+    if isinstance(target_shift, str) and target_shift not in TARGET_SHIFTS:
+        raise ValueError(f"target_shift must be one of {', '.join(TARGET_SHIFTS)} (or a MildShift), got {target_shift!r}")
+    mild = MildShift() if target_shift == "mild" else target_shift if isinstance(target_shift, MildShift) else None
+    if mild is not None and target_inverted_fraction is not None:
+        raise ValueError("target_inverted_fraction applies to the severe target only; the mild target keeps the "
+                         "source's polarity")
+    inverted_fraction = 1.0 if target_inverted_fraction is None else target_inverted_fraction
+    if not 0 <= inverted_fraction <= 1:
+        raise ValueError(f"target_inverted_fraction must be in [0, 1], got {inverted_fraction}")
     if source_size < 32 or target_size < 32:
         raise ValueError(f"phantom sizes must be at least 32 px; got source {source_size}, target {target_size}")
     out = Path(out_dir)
@@ -452,8 +600,10 @@ def synthesize(
     jsrt_dir, scr_dir = _write_source(out, n_source, source_size, np.random.default_rng(streams[0]))
     written = {"jsrt": jsrt_dir, "scr": scr_dir}
     if n_target:
-        written["montgomery"] = _write_montgomery(
-            out, n_target, target_size, np.random.default_rng(streams[1]), target_inverted_fraction
+        target_rng = np.random.default_rng(streams[1])
+        written["montgomery"] = (
+            _write_montgomery(out, n_target, target_size, target_rng, inverted_fraction) if mild is None
+            else _write_mild_montgomery(out, n_target, target_size, target_rng, mild)
         )
     if n_shenzhen:
         written["shenzhen"] = _write_shenzhen(out, n_shenzhen, target_size, np.random.default_rng(streams[2]))

@@ -93,14 +93,21 @@ CHECKPOINT_KEYS = ("arch", "arch_kwargs", "state_dict", "config", "task", "image
 
 def load_torch_file(path, what: str = "checkpoint") -> Any:
     """torch.load on the CPU, with errors that name the file: missing -> FileNotFoundError, unreadable -> ValueError."""
-    import torch  # deferred: listing and building networks does not need it here
+    import pickle
     from pathlib import Path
+
+    import torch  # deferred: listing and building networks does not need it here
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is tensors and plain Python values, and a file from
+        # elsewhere (--segmenter, --init-weights, `cxrsweep segment`) must never run code on load.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: {what} holds more than tensors and plain values, which cxrsweep does not "
+                         f"load (it could run code): {str(exc).strip().splitlines()[0]}") from None
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise ValueError(f"{path}: not a readable PyTorch {what} ({exc})") from None
 

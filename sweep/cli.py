@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "sweep.cli_sweep",  # run, tune, demo
     "analysis.cli",  # report
 )
+# cxrsweep's own packages: a missing module among them is a bug, not a missing dependency.
+FIRST_PARTY = ("sweep", "models", "data_io", "analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,20 +27,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # While a feature area is being built its module may not exist yet; any other
-            # import failure (a missing dependency inside it) is a real error.
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        # No import error is swallowed: a broken install must not hide a command. A missing
+        # dependency is named by `main`; a missing cxrsweep module keeps its traceback.
+        importlib.import_module(name).register(sub)
     return parser
 
 
+def missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """The line to print when `exc` is a dependency that is not installed; None when the missing
+    module is cxrsweep's own (a bug, which keeps its traceback)."""
+    if exc.name is None or exc.name.split(".")[0] in FIRST_PARTY:
+        return None
+    return (f"cxrsweep: error: the Python package {exc.name.split('.')[0]!r} is not installed ({exc}); "
+            "install cxrsweep with its dependencies (pip install -e .)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        message = missing_dependency(exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -47,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        message = missing_dependency(exc)
+        if message is None:
+            raise
+        print(f"{message} (needed by `cxrsweep {args.command}`)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -50,14 +50,29 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="paper", choices=sorted(PROFILES), help="config profile (default paper)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any run-config field (repeatable)")
-    parser.add_argument("--config-from", metavar="FILE", help="JSON of config fields, e.g. written by `cxrsweep tune`")
+    parser.add_argument("--config-from", metavar="FILE",
+                        help="JSON of config fields for every trial, or the record `cxrsweep tune` writes: each "
+                             "fold / repetition of the tuned cell takes its own entry, and a trial whose test "
+                             "images the tuning used is refused")
+
+
+def tuning_record(args):
+    """The `cxrsweep tune` record given to --config-from, or None for a plain file of fields."""
+    from sweep.config import read_json_file
+    from sweep.tuned import is_tuning_record, record_from
+
+    path = getattr(args, "config_from", None)
+    if not path:
+        return None
+    values = read_json_file(path)
+    return record_from(path, values) if is_tuning_record(values) else None
 
 
 def base_config(args):
     from sweep.config import load_config_file, make_config, parse_overrides
 
     values: dict = {}
-    if args.config_from:
+    if args.config_from and tuning_record(args) is None:
         values.update(load_config_file(args.config_from))
     values.update(parse_overrides(args.overrides))
     return make_config(args.profile, values)
@@ -110,12 +125,16 @@ def register(subparsers) -> None:
     add_config_flags(tune_parser)
     tune_parser.add_argument("--model", default="unet", choices=SEGMENTATION_MODELS)
     tune_parser.add_argument("--task", default="lungs", choices=TASKS)
-    tune_parser.add_argument("--fold", type=int, default=0, help="JSRT test fold whose second-validation fold scores")
+    tune_parser.add_argument("--fold", type=int, default=0,
+                             help="the JSRT test fold whose runs the config is for (its second-validation fold scores)")
+    tune_parser.add_argument("--folds", type=_csv(int),
+                             help="one search per test fold, e.g. 0,1,2,3,4: one entry per fold in the record")
     tune_parser.add_argument("--method", default="supervised", choices=("supervised", *TRANSFER_METHODS),
                              help="supervised (Table I) or a transfer method (Table II)")
     tune_parser.add_argument("--label-fraction", type=float, default=0.0, help="transfer: percent of target labels")
     tune_parser.add_argument("--target", default="montgomery", choices=TARGETS)
-    tune_parser.add_argument("--repetition", type=int, default=0)
+    tune_parser.add_argument("--repetition", type=int, default=0, help="transfer: the repetition the config is for")
+    tune_parser.add_argument("--repetitions", type=_csv(int), help="transfer: one search per repetition, e.g. 0,1,2,3,4")
     tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")
     tune_parser.add_argument("--best-config", metavar="FILE", help="where to write the best config (default OUT/best-config.json)")
     add_data_flags(tune_parser)
@@ -141,12 +160,20 @@ def register(subparsers) -> None:
 
 def cmd_run(args) -> int:
     from sweep.grid import build_grid
-    from sweep.runner import run_grid
+    from sweep.runner import load_datasets, needed_datasets, run_grid
+    from sweep.tuned import check_grid
 
+    record = tuning_record(args)
     grid = build_grid(args.experiment, base_config(args), models=args.models, tasks=args.tasks, folds=args.folds,
                       methods=args.methods, fractions=args.fractions, repetitions=args.repetitions,
-                      targets=args.targets)
-    outcome = run_grid(grid, data_paths(args), sweep_options(args, resume=args.resume))
+                      targets=args.targets, tuned=record.adjust if record else None)
+    datasets = None
+    if record is not None and grid.runnable():
+        # Before Ray starts or anything trains: no trial may be configured with its own test images.
+        datasets = load_datasets(needed_datasets(grid.runnable()), data_paths(args),
+                                 grid.runnable()[0].config.image_size)
+        check_grid(record, grid, datasets)
+    outcome = run_grid(grid, data_paths(args), sweep_options(args, resume=args.resume), datasets=datasets)
     return 0 if outcome.ok else EXIT_TRIALS_FAILED
 
 
@@ -154,15 +181,23 @@ def cmd_tune(args) -> int:
     from sweep.tuning import run_tuning, tuned_cell
 
     base = base_config(args)
-    if not 0 <= args.fold < base.n_folds:
-        raise ValueError(f"--fold {args.fold}: outside 0..{base.n_folds - 1}")
     if args.trials < 1:
         raise ValueError(f"--trials {args.trials}: must be at least 1")
     method = None if args.method == "supervised" else args.method
-    specs = tuned_cell(base, args.model, args.task, args.fold, method, args.label_fraction, args.target,
-                       args.repetition)
+    if method is None:
+        folds = args.folds if args.folds is not None else [args.fold]
+        bad = [f for f in folds if not 0 <= f < base.n_folds]
+        if bad or not folds:
+            raise ValueError(f"--folds {bad or folds}: outside 0..{base.n_folds - 1}")
+        cells = [tuned_cell(base, args.model, args.task, fold, None, 0.0, args.target, 0) for fold in folds]
+    else:
+        repetitions = args.repetitions if args.repetitions is not None else [args.repetition]
+        if not repetitions or any(r < 0 for r in repetitions):
+            raise ValueError(f"--repetitions {repetitions}: must be >= 0")
+        cells = [tuned_cell(base, args.model, args.task, 0, method, args.label_fraction, args.target, repetition)
+                 for repetition in repetitions]
     best_file = Path(args.best_config) if args.best_config else Path(args.out) / "best-config.json"
-    run_tuning(specs, data_paths(args), sweep_options(args), args.trials, best_file)
+    run_tuning(cells, data_paths(args), sweep_options(args), args.trials, best_file)
     return 0
 
 
@@ -204,29 +239,14 @@ def cmd_demo(args) -> int:
                            progress_every_s=args.progress_every, object_store_memory=512 * 1024 * 1024)
     outcome = run_grid(grid, paths, options)
     report = _report(args.out, args.profile)
-    print(f"[demo] finished in {time.time() - started:.0f} s; results in {Path(args.out) / 'results'}"
-          + (f"; report {report}" if report else ""))
+    print(f"[demo] finished in {time.time() - started:.0f} s; results in {Path(args.out) / 'results'}; report {report}")
     return 0 if outcome.ok else EXIT_TRIALS_FAILED
 
 
-def _report(out: str, profile: str) -> Path | None:
-    """The analysis package's report when it provides one, else the result tables printed here."""
-    try:
-        from analysis.report import build_report
-    except ImportError:
-        build_report = None
-    if build_report is not None:
-        return build_report(out, profile=profile)
-    from sweep.results import read_trials
+def _report(out: str, profile: str) -> Path:
+    from analysis.report import build_report
 
-    trials = read_trials(out)
-    ok = trials[trials.status == "ok"]
-    seg = ok[ok.experiment == "segmentation"].groupby(["task", "model"]).test_jaccard_mean.agg(["mean", "std", "count"])
-    transfer = ok[ok.experiment == "transfer"].pivot_table(index="label_fraction", columns="method",
-                                                          values="test_jaccard_mean", aggfunc="mean")
-    print("Table I (test Jaccard across folds)\n" + seg.round(4).to_string())
-    print("Table II (target test Jaccard)\n" + transfer.round(4).to_string())
-    return None
+    return build_report(out, profile=profile)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -223,21 +223,36 @@ def _apply(cfg: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON file of field overrides (as written by `cxrsweep tune`)."""
+def read_json_file(path: str | Path, what: str = "config file") -> Any:
+    """A JSON file's value; a missing or malformed file is an error naming it."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
+        raise FileNotFoundError(f"{path}: {what} not found") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
-        data = data["config"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of config fields")
-    known = {f.name for f in fields(RunConfig)}
-    unknown = sorted(set(data) - known)
+
+
+def check_field_names(path: str | Path, names) -> None:
+    unknown = sorted(set(names) - {f.name for f in fields(RunConfig)})
     if unknown:
         raise ValueError(f"{path}: unknown config field(s): {', '.join(unknown)}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object of config fields (applied to every run; a `cxrsweep tune` record is
+    refused here: only `cxrsweep run --config-from` applies it, entry by entry)."""
+    from sweep.tuned import is_tuning_record
+
+    data = read_json_file(path)
+    if is_tuning_record(data):
+        # Its entries belong to particular folds or repetitions, and only `cxrsweep run` checks
+        # them against each run's test images.
+        raise ValueError(f"{path}: a tuning record written by `cxrsweep tune`; apply it with `cxrsweep run "
+                         "--config-from FILE`, which gives each fold / repetition its own entry and refuses a run "
+                         "whose test images the tuning used")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of config fields")
+    check_field_names(path, data)
     return data

@@ -25,10 +25,11 @@ trials are reused), while a changed config never silently reuses an old result. 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from sweep.config import (
     LABEL_FRACTIONS,
@@ -59,6 +60,10 @@ QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the ta
 
 # Fields that say where and how fast a run executes, not what it computes.
 EXECUTION_FIELDS = frozenset({"device", "num_threads"})
+
+# A hook that gives a Table I / II cell's config its tuned values (sweep.tuned.TuningRecord.adjust);
+# applied to cells only, never to translator warm-ups.
+Tuned = Callable[[RunConfig], RunConfig]
 
 # Translator and transfer-loss fields are recognised by prefix, so fields added later join
 # the right group without an edit here.
@@ -97,11 +102,20 @@ class TrialSpec:
     config: RunConfig
     depends_on: tuple[str, ...] = ()
     not_applicable: str | None = None  # why this cell has no number; None when it runs
+    # Sorted ((dataset name, content fingerprint), ...) of the data the trial reads, at its image size;
+    # empty until the driver has loaded the data (`Grid.with_data`). Part of the trial's
+    # identity: a finished trial is reused only for the same data (sweep.store).
+    data: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_row(self) -> bool:
         """Whether the trial is a cell of Table I / II (warm-ups and qualitative runs are not)."""
         return self.kind not in (TRANSLATOR_WARMUP, QUALITATIVE)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The datasets the trial reads: JSRT, plus the target of a transfer-side trial."""
+        return ("jsrt",) if self.kind == SEGMENTATION else ("jsrt", self.config.target)
 
 
 @dataclass
@@ -121,6 +135,20 @@ class Grid:
 
     def not_applicable(self) -> list[TrialSpec]:
         return [t for t in self.trials.values() if t.not_applicable is not None]
+
+    def with_data(self, fingerprints: dict[str, str]) -> "Grid":
+        """The same trials, each runnable one carrying the fingerprints of the datasets it reads
+        (a cell that is not applicable reads nothing: it is declared so by method and fraction)."""
+        missing = sorted({n for t in self.runnable() for n in t.datasets} - set(fingerprints))
+        if missing:
+            raise ValueError(f"no data loaded for {', '.join(missing)}")
+
+        def carrying(spec: TrialSpec) -> TrialSpec:
+            if spec.not_applicable is not None:
+                return spec
+            return dataclasses.replace(spec, data=tuple(sorted((n, fingerprints[n]) for n in spec.datasets)))
+
+        return Grid({trial_id: carrying(spec) for trial_id, spec in self.trials.items()})
 
     def stages(self) -> list[list[TrialSpec]]:
         """Runnable trials in dependency layers: every trial's dependencies sit in earlier layers."""
@@ -162,8 +190,10 @@ def segmentation_config(base: RunConfig, model: str, task: str, fold: int) -> Ru
     return base.replace(experiment=SEGMENTATION, model=model, task=task, fold=fold, **reset)
 
 
-def segmentation_trial(base: RunConfig, model: str, task: str, fold: int) -> TrialSpec:
+def segmentation_trial(base: RunConfig, model: str, task: str, fold: int, tuned: Tuned | None = None) -> TrialSpec:
     cfg = segmentation_config(base, model, task, fold)
+    if tuned is not None:
+        cfg = tuned(cfg)
     trial_id = f"segmentation-{model}-{task}-fold{fold}-{cfg.profile}-{config_hash(cfg)}"
     return TrialSpec(trial_id, SEGMENTATION, cfg)
 
@@ -187,17 +217,20 @@ def not_applicable_reason(method: str, label_fraction: float) -> str | None:
 
 
 def transfer_trials(base: RunConfig, method: str, task: str, target: str, repetition: int,
-                    label_fraction: float) -> list[TrialSpec]:
-    """A Table II cell followed by the dependency trials it needs (none when not applicable)."""
+                    label_fraction: float, tuned: Tuned | None = None) -> list[TrialSpec]:
+    """A Table II cell followed by the dependency trials it needs (none when not applicable).
+    `tuned` adjusts the cell and its M_A (the Table I trial, adjusted the same way there)."""
     fold = repetition % base.n_folds
     cfg = base.replace(
         experiment=TRANSFER, method=method, model=TRANSFER_SEGMENTER, task=task, target=target,
         repetition=repetition, fold=fold, label_fraction=float(label_fraction),
     )
+    if tuned is not None:
+        cfg = tuned(cfg)
     reason = not_applicable_reason(method, label_fraction)
     dependencies: list[TrialSpec] = []
     if reason is None and method in METHODS_NEEDING_SEGMENTER:
-        dependencies.append(segmentation_trial(base, TRANSFER_SEGMENTER, task, fold))
+        dependencies.append(segmentation_trial(base, TRANSFER_SEGMENTER, task, fold, tuned))
     if reason is None and method in METHODS_NEEDING_TRANSLATOR:
         dependencies.append(warmup_trial(base, target, repetition))
     trial_id = (
@@ -208,10 +241,11 @@ def transfer_trials(base: RunConfig, method: str, task: str, target: str, repeti
     return [cell, *dependencies]
 
 
-def qualitative_trials(base: RunConfig, task: str, target: str, repetition: int) -> list[TrialSpec]:
+def qualitative_trials(base: RunConfig, task: str, target: str, repetition: int,
+                       tuned: Tuned | None = None) -> list[TrialSpec]:
     """The Fig. 9 run of `task` on `target` (proposed, 0 % labels) followed by its dependencies:
     the same M_A and warm-up a lungs cell of that repetition uses."""
-    cell, *dependencies = transfer_trials(base, "proposed", task, target, repetition, 0.0)
+    cell, *dependencies = transfer_trials(base, "proposed", task, target, repetition, 0.0, tuned)
     trial_id = cell.trial_id.replace("transfer-", "qualitative-", 1)
     return [TrialSpec(trial_id, QUALITATIVE, cell.config, cell.depends_on), *dependencies]
 
@@ -232,6 +266,7 @@ def build_grid(
     fractions: Sequence[float] | None = None,
     repetitions: Sequence[int] | None = None,
     targets: Sequence[str] | None = None,
+    tuned: Tuned | None = None,
 ) -> Grid:
     """The trials of `segmentation`, `transfer` or `all`, restricted to the given selections.
 
@@ -239,6 +274,7 @@ def build_grid(
     fractions, lungs, repetitions 0..n_folds-1 and Montgomery for Table II, plus the Fig. 9
     runs of heart and clavicles. Selected tasks the targets do not label (heart, clavicles)
     give only those qualitative runs, which need `proposed` and 0 % in the selection.
+    `tuned` gives the cells (not the warm-ups) their tuned values (`cxrsweep run --config-from`).
     """
     _check_choice("experiment", [experiment], EXPERIMENTS)
     if base.profile not in PROFILES:
@@ -256,7 +292,7 @@ def build_grid(
         for task in seg_tasks:
             for model in seg_models:
                 for fold in folds:
-                    grid.add(segmentation_trial(base, model, task, fold))
+                    grid.add(segmentation_trial(base, model, task, fold, tuned))
     if experiment in ("transfer", "all"):
         transfer_methods = list(methods or TRANSFER_METHODS)
         label_fractions = [float(f) for f in (LABEL_FRACTIONS if fractions is None else fractions)]
@@ -278,11 +314,11 @@ def build_grid(
                 for method in transfer_methods:
                     for fraction in label_fractions:
                         for repetition in reps:
-                            for spec in transfer_trials(base, method, task, target, repetition, fraction):
+                            for spec in transfer_trials(base, method, task, target, repetition, fraction, tuned):
                                 grid.add(spec)
             if "proposed" in transfer_methods and 0.0 in label_fractions and reps:
                 for task in qualitative_tasks:
-                    for spec in qualitative_trials(base, task, target, reps[0]):
+                    for spec in qualitative_trials(base, task, target, reps[0], tuned):
                         grid.add(spec)
     return grid
 
@@ -300,12 +336,13 @@ def spec_to_dict(spec: TrialSpec) -> dict:
         "config": spec.config.to_dict(),
         "depends_on": list(spec.depends_on),
         "not_applicable": spec.not_applicable,
+        "data": dict(spec.data),
     }
 
 
 def spec_from_dict(values: dict) -> TrialSpec:
     return TrialSpec(
         values["trial_id"], values["kind"], config_of(values), tuple(values.get("depends_on", ())),
-        values.get("not_applicable"),
+        values.get("not_applicable"), tuple(sorted((values.get("data") or {}).items())),
     )
 

@@ -14,8 +14,9 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class SweepProgress(Callback):
-    """A Ray Tune callback shared by every stage of one sweep."""
+class SweepProgress:
+    """The progress of one sweep, shared by every stage; Tune's events reach it through a
+    `ProgressRelay` (see there)."""
 
     def __init__(self, total: int, say=print, every_s: float = 10.0):
         self.total, self.say, self.every_s = total, say, every_s
@@ -28,12 +29,6 @@ class SweepProgress(Callback):
         self.stage_started = self.started
         self.stage_done = 0
         self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
-
-    def __getstate__(self):
-        # Tune pickles its callbacks with the experiment; the live console function stays here.
-        state = dict(self.__dict__)
-        state["say"] = print
-        return state
 
     def begin_stage(self, index: int, n_stages: int, reused: int, failed_without_running: int,
                     to_run: set[str] = frozenset()) -> None:
@@ -99,3 +94,40 @@ class SweepProgress(Callback):
     def on_experiment_end(self, trials, **info):
         self._count(trials)
         self.say(self.line())
+
+
+# The sweep whose progress this driver process reports now (one at a time).
+_live: SweepProgress | None = None
+
+
+def report_progress_to(progress: SweepProgress | None) -> None:
+    """Make `progress` the target of every ProgressRelay in this process."""
+    global _live
+    _live = progress
+
+
+class ProgressRelay(Callback):
+    """The Tune callback of a sweep: it holds nothing and forwards each event to the progress
+    registered with `report_progress_to`. Tune pickles its callbacks with the experiment, so a
+    Tuner restored after a killed driver brings this relay back, and the relay reaches the new
+    driver's progress (no need to swap callbacks inside a restored Tuner)."""
+
+    def on_step_end(self, iteration, trials, **info):
+        if _live is not None:
+            _live.on_step_end(iteration, trials, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _live is not None:
+            _live.on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if _live is not None:
+            _live.on_trial_error(iteration, trials, trial, **info)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if _live is not None:
+            _live.on_trial_recover(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info):
+        if _live is not None:
+            _live.on_experiment_end(trials, **info)

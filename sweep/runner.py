@@ -17,9 +17,9 @@ from typing import Any, Iterable, Sequence
 import ray
 from ray import tune
 
-from sweep.grid import QUALITATIVE, TRANSFER, TRANSLATOR_WARMUP, Grid, TrialSpec, spec_to_dict
-from sweep.progress import SweepProgress, format_duration
-from sweep.store import RunStore, write_results
+from sweep.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
+from sweep.progress import ProgressRelay, SweepProgress, format_duration, report_progress_to
+from sweep.store import CurrentData, RunStore, write_results
 from sweep.trainables import run_trial
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ class SweepOutcome:
 
 
 def needed_datasets(specs: Iterable[TrialSpec]) -> set[str]:
-    names = {"jsrt"}
-    names.update(s.config.target for s in specs if s.kind in (TRANSFER, TRANSLATOR_WARMUP, QUALITATIVE))
-    return names
+    return {"jsrt"}.union(*(s.datasets for s in specs))
 
 
 def check_data_flags(names: set[str], paths: DataPaths) -> None:
@@ -100,9 +98,14 @@ def load_datasets(names: set[str], paths: DataPaths, image_size: int) -> dict[st
             datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir)
         else:
             datasets[name] = load_target(name, getattr(paths, name), image_size, cache_dir=paths.cache_dir)
-        log.info("data: %s, %d cases at %d px (cache key %s)", name, len(datasets[name].ids), image_size,
-                 datasets[name].key)
+        log.info("data: %s, %d cases at %d px (fingerprint %s)", name, len(datasets[name].ids), image_size,
+                 datasets[name].fingerprint)
     return datasets
+
+
+def data_identity(datasets: dict[str, Any], image_size: int) -> CurrentData:
+    """What the trials of this sweep read, by content: a finished trial is reused only for it."""
+    return CurrentData(image_size, {name: dataset.fingerprint for name, dataset in datasets.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,12 +207,12 @@ def _error_summary(error: BaseException) -> str:
 
 
 class _Runner:
-    def __init__(self, grid: Grid, datasets_loader, options: SweepOptions, say=print):
+    def __init__(self, grid: Grid, datasets: dict[str, Any], current: CurrentData | None, options: SweepOptions,
+                 say=print):
         self.grid, self.options, self.say = grid, options, say
         self.store = RunStore(options.out)
-        self.datasets_loader = datasets_loader
-        self.datasets: dict[str, Any] | None = None
-        self.resources: dict[str, float] = {}
+        self.datasets, self.current = datasets, current
+        self.resources: dict[str, float] | None = None
         self.outcome = SweepOutcome()
         self.started = time.time()
         self.injections = failure_injections(list(grid.trials.values()))
@@ -229,7 +232,10 @@ class _Runner:
                                       failed_without_running=len(self.outcome.failed) - failed_before,
                                       to_run={spec.trial_id for spec in todo})
             if todo:
-                self._run_stage(index, todo, resume=self.options.resume)
+                try:
+                    self._run_stage(index, todo, resume=self.options.resume)
+                finally:
+                    report_progress_to(None)
             self._gather()
         self.outcome.wall_s = time.time() - self.started
         return self.outcome
@@ -240,6 +246,8 @@ class _Runner:
             if self.store.is_complete(spec) or self.store.is_not_applicable(spec):
                 self.outcome.reused.append(spec.trial_id)
                 continue
+            if self.store.holds_other_data(spec):
+                self.say(f"[sweep] {spec.trial_id}: OUT holds it finished on other data; it runs again on this data")
             broken = [d for d in spec.depends_on if d in self.outcome.failed]
             if broken:
                 error = f"dependency {broken[0]} failed: {self.outcome.failed[broken[0]]}"
@@ -250,10 +258,9 @@ class _Runner:
         return todo
 
     def _trainable(self):
-        """The trainable with its resources; data and resources are settled on first use only,
-        so a sweep whose trials are all finished reads no dataset."""
-        if self.datasets is None:
-            self.datasets = self.datasets_loader()
+        """The trainable with its resources (settled on first use: a sweep whose trials are all
+        finished asks the cluster for nothing)."""
+        if self.resources is None:
             self.resources = trial_resources(self.options, self.say)
         return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets), self.resources)
 
@@ -270,12 +277,19 @@ class _Runner:
 
     def _run_stage(self, index: int, specs: list[TrialSpec], resume: bool) -> None:
         for spec in specs:
-            self.store.clear_failure(spec)
+            self.store.prepare_rerun(spec)
         trainable = self._trainable()
+        report_progress_to(self.progress)
         state_path = self.store.path("ray", STATE_FILE)
         state = self.store.read_json(state_path) if self.store.exists(state_path) else {}
         stage_key = f"stage{index}"
         tuner = None
+        data = self.current.fingerprints if self.current else {}
+        if resume and stage_key in state and state.get("data", {}) != data:
+            # Its checkpoints were trained on other data: continuing them would mix two datasets.
+            self.say(f"[sweep] stage {index}: the interrupted sweep ran on other data "
+                     f"({state.get('data') or 'not recorded'}; now {data}); its trials start afresh")
+            state = {}
         if resume and stage_key in state:
             experiment = self.store.uri("ray", state[stage_key])
             if tune.Tuner.can_restore(experiment):
@@ -285,6 +299,7 @@ class _Runner:
         if not restored:
             name = f"{stage_key}-{time.strftime('%Y%m%d-%H%M%S')}"
             state[stage_key] = name
+            state["data"] = data
             self.store.write_json(state_path, state)
             tuner = tune.Tuner(
                 trainable,
@@ -300,13 +315,9 @@ class _Runner:
                     name=name, storage_path=self.store.uri("ray"),
                     failure_config=tune.FailureConfig(max_failures=self.options.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[self.progress], verbose=0,
+                    callbacks=[ProgressRelay()], verbose=0,
                 ),
             )
-        else:
-            # A restored Tuner brings back the pickled callbacks of the killed run; Tuner.restore
-            # takes no RunConfig, so this run's progress reporter is swapped in here.
-            tuner._local_tuner.get_run_config().callbacks = [self.progress]
         results = tuner.fit()
         self._collect(results, specs)
         settled = set(self.outcome.failed) | set(self.outcome.not_applicable)
@@ -336,15 +347,18 @@ class _Runner:
             self.store.record_failure(spec, error)
 
     def _gather(self) -> None:
-        self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store)
+        self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store, self.current)
 
 
 def _trial_name(trial) -> str:
     return trial.config["trial"]["spec"]["trial_id"]
 
 
-def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> SweepOutcome:
-    """Run every trial of `grid` that OUT does not already hold; write the result tables."""
+def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
+             datasets: dict[str, Any] | None = None) -> SweepOutcome:
+    """Run every trial of `grid` that OUT does not already hold on the same data; write the
+    result tables. The data is read (`datasets`, or from `paths`) before Ray starts: its
+    fingerprints are part of every trial's identity."""
     # Experiment state saved every 2 s, so a killed driver loses almost nothing. (At 0, every
     # step, Tune's background sync races its own state writes and logs spurious errors.)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -354,9 +368,14 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print) -> 
     if len(sizes) > 1:
         raise ValueError(f"the grid mixes image sizes {sorted(sizes)}; run one sweep per size")
     image_size = sizes.pop() if sizes else 0
-    check_data_flags(needed_datasets(grid.runnable()), paths)
+    current = None
+    if grid.runnable():
+        if datasets is None:
+            datasets = load_datasets(needed_datasets(grid.runnable()), paths, image_size)
+        current = data_identity(datasets, image_size)
+        grid = grid.with_data(current.fingerprints)
     connect(options)
-    runner = _Runner(grid, lambda: load_datasets(needed_datasets(grid.runnable()), paths, image_size), options, say)
+    runner = _Runner(grid, datasets or {}, current, options, say)
     qualitative = sum(1 for s in grid.runnable() if s.kind == QUALITATIVE)
     say(f"[sweep] {len(grid.runnable())} trials to run or reuse"
         + (f" ({qualitative} qualitative Fig. 9 runs, no table rows)" if qualitative else "")

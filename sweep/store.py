@@ -18,14 +18,16 @@ a cell the method cannot fill leaves `not_applicable.json` (why).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -64,11 +66,16 @@ class RunStore:
 
     def __init__(self, out: str | Path):
         self.location = str(out)
+        # A URI's query (e.g. ?endpoint_override=HOST:PORT&scheme=http for MinIO) says how to
+        # reach the store: every URI derived from OUT keeps it, so Ray and the trials reach it too.
+        self.query = ""
         if is_uri(self.location):
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.location)
             except Exception as exc:
                 raise ValueError(f"--out {self.location}: not a storage URI pyarrow can open ({exc})") from None
+            if "?" in self.location:
+                self.query = "?" + self.location.split("?", 1)[1]
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(self.location).expanduser().resolve())
             # Trials run in Tune's trial folders and rebuild the store from `location`: a
@@ -90,7 +97,34 @@ class RunStore:
     def display(self, path: str) -> str:
         if self.is_local:
             return path
-        return f"{self.location.split('://', 1)[0]}://{path}"
+        return f"{self.location.split('://', 1)[0]}://{path}{self.query}"
+
+    def download(self, local_root: Path, *parts: str, suffixes: tuple[str, ...] = ()) -> int:
+        """Copy the files under OUT/<parts> (those ending in one of `suffixes`, or all) into
+        local_root/<parts>, keeping the layout; returns how many were copied."""
+        base = self.path(*parts)
+        if not self.exists(base):
+            return 0
+        copied = 0
+        for info in self.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+            if info.type != pafs.FileType.File or (suffixes and not info.path.endswith(suffixes)):
+                continue
+            local = Path(local_root).joinpath(*parts, info.path[len(base):].lstrip("/"))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(info.path, str(local), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+            copied += 1
+        return copied
+
+    def upload(self, local_dir: Path, *parts: str) -> str:
+        """Copy the folder local_dir to OUT/<parts> (replacing it); returns its URI."""
+        dest = self.path(*parts)
+        self.delete_dir(dest)
+        for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+            target = f"{dest}/{file.relative_to(local_dir).as_posix()}"
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(str(file), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        return self.uri(*parts)
 
     # --- small file operations ---
     def exists(self, path: str) -> bool:
@@ -136,11 +170,24 @@ class RunStore:
     def trial_dir(self, spec: TrialSpec) -> str:
         return self.path("translators" if spec.kind == TRANSLATOR_WARMUP else "runs", spec.trial_id)
 
+    def _recorded_spec(self, spec: TrialSpec, marker: str) -> dict | None:
+        path = f"{self.trial_dir(spec)}/{marker}"
+        return self.read_json(path)["spec"] if self.exists(path) else None
+
     def is_complete(self, spec: TrialSpec) -> bool:
-        return self.exists(f"{self.trial_dir(spec)}/{COMPLETE_MARKER}")
+        """Whether OUT holds this trial finished on the same data (`spec.data`): a result of
+        other data, or of unrecorded data, is never reused."""
+        recorded = self._recorded_spec(spec, COMPLETE_MARKER)
+        return recorded is not None and same_data(spec, recorded)
 
     def is_not_applicable(self, spec: TrialSpec) -> bool:
-        return self.exists(f"{self.trial_dir(spec)}/{NOT_APPLICABLE_MARKER}")
+        recorded = self._recorded_spec(spec, NOT_APPLICABLE_MARKER)
+        return recorded is not None and same_data(spec, recorded)
+
+    def holds_other_data(self, spec: TrialSpec) -> bool:
+        """Whether OUT holds this trial finished on data other than `spec.data`."""
+        recorded = self._recorded_spec(spec, COMPLETE_MARKER)
+        return recorded is not None and not same_data(spec, recorded)
 
     def publish(self, spec: TrialSpec, local_dir: Path, trial_info: dict) -> str:
         """Copy a finished run directory into OUT and mark it complete; returns where it lies."""
@@ -165,15 +212,34 @@ class RunStore:
         return dest
 
     def fetch_dir(self, spec: TrialSpec, local_root: Path) -> Path:
-        """A finished trial's folder on this machine (copied from a bucket when OUT is remote)."""
+        """A finished trial's folder on this machine (copied from a bucket when OUT is remote).
+
+        The copy is downloaded into a private folder and renamed into place in one step, so
+        concurrent fetchers on one node (trials sharing a dependency) never see a partial file:
+        the folder exists complete or not at all. Its name holds a hash of the trial's
+        trial.json, so a republished dependency (other data) never reuses an older copy."""
         source = self.trial_dir(spec)
-        if not self.exists(f"{source}/{COMPLETE_MARKER}"):
-            raise FileNotFoundError(f"{self.display(source)}: dependency {spec.trial_id} has not finished")
+        if not self.is_complete(spec):
+            state = "finished on other data" if self.holds_other_data(spec) else "not finished"
+            raise FileNotFoundError(f"{self.display(source)}: dependency {spec.trial_id} has {state}")
         if self.is_local:
             return Path(source)
-        local = Path(local_root) / spec.trial_id
-        if not (local / COMPLETE_MARKER).exists():
-            pafs.copy_files(source, str(local), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        stamp = hashlib.sha256(self.read_bytes(f"{source}/{COMPLETE_MARKER}")).hexdigest()[:16]
+        local = Path(local_root) / spec.trial_id / stamp
+        if local.is_dir():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{stamp}.fetching-", dir=local.parent))
+        try:
+            pafs.copy_files(source, str(staging), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+            try:
+                os.rename(staging, local)  # atomic; fails when another fetcher renamed its copy first
+            except OSError:
+                if not local.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return local
 
     def record_failure(self, spec: TrialSpec, error: str) -> None:
@@ -182,7 +248,12 @@ class RunStore:
             return  # a finished result is never overwritten by a later failure
         self.write_json(f"{dest}/{FAILED_MARKER}", {"spec": spec_to_dict(spec), "error": error})
 
-    def clear_failure(self, spec: TrialSpec) -> None:
+    def prepare_rerun(self, spec: TrialSpec) -> None:
+        """Before a trial (re)runs: forget its recorded failure, and remove a result it left on
+        other data, so that nothing of the old data is reported if the new run fails."""
+        if self.holds_other_data(spec):
+            self.delete_dir(self.trial_dir(spec))
+            return
         path = f"{self.trial_dir(spec)}/{FAILED_MARKER}"
         if self.exists(path):
             self.fs.delete_file(path)
@@ -217,14 +288,43 @@ def _outcome_row(spec: TrialSpec, status: str, error: str | None = None) -> dict
             "schema_version": SCHEMA_VERSION}
 
 
-def collect_rows(store: RunStore) -> tuple[list[dict], list[dict]]:
+def same_data(spec: TrialSpec, recorded: dict) -> bool:
+    """Whether a recorded trial (a serialised spec) ran on the data `spec` names."""
+    return dict(spec.data) == (recorded.get("data") or {})
+
+
+@dataclass(frozen=True)
+class CurrentData:
+    """The data of the sweep now running: its image size and each loaded dataset's fingerprint."""
+
+    image_size: int
+    fingerprints: dict[str, str]
+
+    def contradicts(self, spec: TrialSpec) -> bool:
+        """A recorded trial at this image size that read another version of a loaded dataset (or
+        did not record what it read): its numbers do not belong in today's tables."""
+        if spec.config.image_size != self.image_size or spec.not_applicable is not None:
+            return False
+        recorded = dict(spec.data)
+        return any(recorded.get(name) != self.fingerprints[name] for name in spec.datasets if name in self.fingerprints)
+
+
+def collect_rows(store: RunStore, current: CurrentData | None = None) -> tuple[list[dict], list[dict], list[str]]:
     """Trial rows and image rows from every run folder under OUT/runs, finished or not
-    (qualitative runs excepted: they are no table cell)."""
+    (qualitative runs excepted: they are no table cell), and the ids of the trials left out
+    because they ran on other data than `current`."""
     trial_rows: list[dict] = []
     image_rows: list[dict] = []
+    other_data: list[str] = []
     for trial_id in store.list_dirs(store.path("runs")):
         folder = store.path("runs", trial_id)
-        if store.exists(f"{folder}/{COMPLETE_MARKER}"):
+        marker = next((m for m in (COMPLETE_MARKER, FAILED_MARKER, NOT_APPLICABLE_MARKER)
+                       if store.exists(f"{folder}/{m}")), None)
+        if marker is not None and current is not None and current.contradicts(
+                spec_from_dict(store.read_json(f"{folder}/{marker}")["spec"])):
+            other_data.append(trial_id)
+            continue
+        if marker == COMPLETE_MARKER:
             info = store.read_json(f"{folder}/{COMPLETE_MARKER}")
             spec = spec_from_dict(info["spec"])
             if not spec.has_row:
@@ -239,12 +339,12 @@ def collect_rows(store: RunStore) -> tuple[list[dict], list[dict]]:
             with store.fs.open_input_file(f"{folder}/{ENGINE_IMAGES}") as handle:
                 images = pq.read_table(handle, columns=["image_id", "jaccard", "dice"]).to_pylist()
             image_rows.extend({**keys, **image} for image in images)
-        elif store.exists(f"{folder}/{FAILED_MARKER}"):
+        elif marker == FAILED_MARKER:
             record = store.read_json(f"{folder}/{FAILED_MARKER}")
             spec = spec_from_dict(record["spec"])
             if spec.has_row:  # a failed qualitative run is named by the command, not tabled
                 trial_rows.append(_outcome_row(spec, "failed", record["error"]))
-        elif store.exists(f"{folder}/{NOT_APPLICABLE_MARKER}"):
+        elif marker == NOT_APPLICABLE_MARKER:
             record = store.read_json(f"{folder}/{NOT_APPLICABLE_MARKER}")
             spec = spec_from_dict(record["spec"])
             if spec.has_row:
@@ -257,20 +357,17 @@ def collect_rows(store: RunStore) -> tuple[list[dict], list[dict]]:
 
     trial_rows.sort(key=sort_key)
     image_rows.sort(key=lambda r: (r["trial_id"], r["image_id"]))
-    return trial_rows, image_rows
+    return trial_rows, image_rows, other_data
 
 
-def write_results(store: RunStore) -> tuple[int, int]:
-    """Rebuild OUT/results/{trials,images}.parquet from the run folders; returns the row counts."""
-    trial_rows, image_rows = collect_rows(store)
+def write_results(store: RunStore, current: CurrentData | None = None) -> tuple[int, int]:
+    """Rebuild OUT/results/{trials,images}.parquet from the run folders; returns the row counts.
+    With `current`, trials that ran on other data than the sweep now running are left out
+    (and logged): one table never mixes two versions of a dataset."""
+    trial_rows, image_rows, other_data = collect_rows(store, current)
+    if other_data:
+        log.warning("%d trial folder(s) in %s ran on other data than this sweep and are left out of the tables: %s",
+                    len(other_data), store.uri("runs"), ", ".join(other_data[:5]) + (" ..." if len(other_data) > 5 else ""))
     store.write_table(to_table(trial_rows, TRIALS_SCHEMA), "results", "trials.parquet")
     store.write_table(to_table(image_rows, IMAGES_SCHEMA), "results", "images.parquet")
     return len(trial_rows), len(image_rows)
-
-
-def specs_by_status(store: RunStore, specs: Iterable[TrialSpec]) -> dict[str, list[TrialSpec]]:
-    """Split trials into finished ("complete") and still to run ("todo")."""
-    out: dict[str, list[TrialSpec]] = {"complete": [], "todo": []}
-    for spec in specs:
-        out["complete" if store.is_complete(spec) else "todo"].append(spec)
-    return out

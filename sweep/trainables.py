@@ -28,6 +28,7 @@ from ray import tune
 
 from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
 from sweep.store import RunStore
+from sweep.tuned import hide_test
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,8 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     `config["trial"]` holds `spec` (a serialised TrialSpec), `dependencies` (the specs it
     needs) and the optional test hook `inject_failure`; `config` also holds `out` (where the
     trial publishes), optionally `dependencies_out` (where its dependencies lie, default
-    `out`), `cpus` (the trial's CPU share) and `checkpoint_every`."""
+    `out`), `cpus` (the trial's CPU share), `checkpoint_every`, and `tuning` (a tuning trial:
+    its validation split stands in for its test split, sweep.tuned.hide_test)."""
     from sweep.engine.supervised import train_supervised
 
     started_at = time.time()
@@ -115,6 +117,10 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     store = RunStore(config["out"])
     cfg = spec.config
     cfg = cfg.replace(device=_device(cfg.device), num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
+    shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
+    if shipped != dict(spec.data):
+        # E.g. a Tune experiment restored with other data: never train a trial on data it does not name.
+        raise ValueError(f"{spec.trial_id}: the trial was planned for data {dict(spec.data)} but was given {shipped}")
     node_id = ray.get_runtime_context().get_node_id()
     run_dir = SCRATCH / "runs" / tune.get_context().get_experiment_name() / spec.trial_id
     resumed = _restore_run_dir(run_dir)
@@ -130,12 +136,13 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         hook.maybe_fail(hook.at_epoch if resumed else 0)
         callbacks.append(hook)
 
+    view = hide_test if config.get("tuning") else (lambda data: data)
     final: dict[str, Any] = {}
     engine_started = time.perf_counter()
     if spec.kind == SEGMENTATION:
         from sweep.engine.data import segmentation_data
 
-        result = train_supervised(cfg, segmentation_data(cfg, datasets["jsrt"]), run_dir, callbacks)
+        result = train_supervised(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
         final = _final_metrics(result)
     elif spec.kind == TRANSLATOR_WARMUP:
         from sweep.engine.translation import warmup_translator
@@ -147,7 +154,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         dependencies = [spec_from_dict(d) for d in trial.get("dependencies", [])]
         dependency_store = RunStore(config.get("dependencies_out", config["out"]))
         try:
-            result = _run_transfer(cfg, datasets, dependency_store, dependencies, run_dir, callbacks)
+            result = _run_transfer(cfg, datasets, dependency_store, dependencies, run_dir, callbacks, view)
         except NotApplicable as reason:
             if spec.kind == QUALITATIVE:
                 raise  # a Fig. 9 run the engine refuses is a failure, never a quiet gap
@@ -191,11 +198,11 @@ def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None,
     return segmenter, translator
 
 
-def _run_transfer(cfg, datasets, store: RunStore, dependencies: list, run_dir: Path, callbacks):
+def _run_transfer(cfg, datasets, store: RunStore, dependencies: list, run_dir: Path, callbacks, view):
     from sweep.engine.transfer import train_transfer
     from sweep.engine.transfer_data import transfer_data
 
     segmenter, translator = _dependency_files(store, dependencies)
-    data = transfer_data(cfg, datasets["jsrt"], datasets[cfg.target])
+    data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))
     return train_transfer(cfg, data, run_dir, segmenter_checkpoint=segmenter, translator_checkpoint=translator,
                           callbacks=callbacks)

@@ -1,12 +1,16 @@
-"""`cxrsweep tune`: Optuna search with ASHA early stopping over one grid cell.
+"""`cxrsweep tune`: Optuna search with ASHA early stopping over one grid cell, once per test fold
+(Table I) or repetition (Table II), so that no configuration is chosen with a test image of a
+run it configures (the protocol and the record: sweep.tuned).
 
-Trials are scored on the validation Jaccard only (the second-validation fold for Table I
-cells, the target validation split for transfer), never on the test fold. The best
-configuration is written as JSON that `cxrsweep run --config-from FILE` applies.
+Each search tunes the cell of one fold / repetition on that run's own splits: its trials train
+on the training images and are scored on the validation images (the second-validation fold, or
+the target validation split when the cell keeps target labels, else the source validation split
+through A -> B -> A); they predict no test image. The record, best-config.json, holds one entry
+per fold / repetition with the images it trained and scored on; `cxrsweep run --config-from`
+applies each entry to its own fold / repetition only.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +20,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sweep.config import RunConfig
-from sweep.grid import TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
+from sweep.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
 from sweep.runner import DataPaths, SweepOptions, connect, load_datasets, needed_datasets, run_grid, trial_resources
 from sweep.store import RunStore
 from sweep.trainables import run_trial
+from sweep.tuned import TunedEntry, TuningRecord, provenance, scope_of
 
 SCORE = "val_jaccard"
 
@@ -29,56 +34,86 @@ SUPERVISED_SPACE = {
     "weight_decay": tune.loguniform(1e-6, 1e-2),
     "batch_size": tune.choice([2, 4, 8]),
 }
-# Loss weights of the transfer phase of `proposed` (the warm-up keeps the base weights, so
-# every trial reuses one warmed translator).
+# `proposed` adds the weight of its supervised step. For a transfer cell every searched field acts
+# in the transfer phase only (lr, weight decay, batch size: M_A's fine-tuning and the transfer
+# batches), and a record changes the cell, never its M_A or warm-up. The translator's loss
+# weights (w_adv, w_cycle, w_recon, ...) are not searched: they shape the warm-up, which every
+# task and label fraction shares and the transfer phase continues from, so tuning them would
+# mean one warm-up per sample; and at 0 % labels the only score, source images through
+# A -> B -> A, rewards a translator that changes nothing rather than one that renders the target
+# well. They keep the literature's values (models/registry.py, sweep/config.py).
 PROPOSED_SPACE = {
     "w_seg": tune.loguniform(0.1, 10.0),
-    "w_adv": tune.loguniform(0.1, 10.0),
-    "w_cycle": tune.loguniform(1.0, 30.0),
-    "w_recon": tune.loguniform(1.0, 30.0),
 }
+
+
+def search_space(cfg: RunConfig) -> dict[str, Any]:
+    """The fields a search of this cell samples: each one acts in the cell's training."""
+    if cfg.method == "source_only":
+        raise ValueError("--method source_only trains nothing (M_A applied as it is): there is nothing to tune")
+    space = dict(SUPERVISED_SPACE)
+    if cfg.method == "proposed":
+        space.update(PROPOSED_SPACE)
+    return space
 
 
 def tuned_cell(base: RunConfig, model: str, task: str, fold: int, method: str | None, label_fraction: float,
                target: str, repetition: int) -> list[TrialSpec]:
-    """The cell being tuned, followed by its dependencies."""
+    """The cell being tuned at one fold (Table I) or repetition (Table II), then its dependencies."""
     if method in (None, "supervised"):
         return [segmentation_trial(base, model, task, fold)]
     specs = transfer_trials(base, method, task, target, repetition, label_fraction)
     if specs[0].not_applicable:
         raise ValueError(f"--method {method} at --label-fraction {label_fraction:g}: {specs[0].not_applicable}")
+    search_space(specs[0].config)  # refuses a cell with nothing to tune before anything runs
     return specs
 
 
 def _tune_trial(config: dict, datasets: dict) -> None:
-    """One Optuna sample: the cell's spec with the sampled fields, run like any sweep trial."""
+    """One Optuna sample: the cell's spec with the sampled fields, run like any sweep trial but
+    with its validation split in place of its test split (no test image is predicted)."""
     cell = dict(config["cell"])
     sampled = {name: config[name] for name in config["sampled"]}
     cfg = RunConfig.from_dict(cell["spec"]["config"]).replace(**sampled)
     cell["spec"] = {**cell["spec"], "config": cfg.to_dict(),
                     "trial_id": f"{cell['spec']['trial_id']}-tune-{config_hash(cfg)}"}
-    run_trial({**config, "trial": cell}, datasets)
+    run_trial({**config, "trial": cell, "tuning": True}, datasets)
 
 
-def run_tuning(specs: list[TrialSpec], paths: DataPaths, options: SweepOptions, n_trials: int,
-               best_file: Path, say=print) -> dict[str, Any]:
-    """Search the cell `specs[0]` after running its dependencies; write and return the best config."""
-    cell, dependencies = specs[0], specs[1:]
-    store = RunStore(options.out)
-    if dependencies:
-        from sweep.grid import Grid
-
-        grid = Grid()
-        for spec in dependencies:
-            grid.add(spec)
-        outcome = run_grid(grid, paths, options, say=say)
+def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOptions, n_trials: int,
+               best_file: Path, say=print) -> TuningRecord:
+    """Search each cell (`[cell, *dependencies]`, one per fold / repetition) after running the
+    dependencies; write the record (one entry per cell) to `best_file` and return it."""
+    everything = [spec for specs in cells for spec in specs]
+    sizes = {spec.config.image_size for spec in everything}
+    if len(sizes) != 1:
+        raise ValueError(f"the tuned cells mix image sizes {sorted(sizes)}")
+    datasets = load_datasets(needed_datasets(everything), paths, sizes.pop())
+    fingerprints = {name: dataset.fingerprint for name, dataset in datasets.items()}
+    grid = Grid()
+    for spec in everything:
+        grid.add(spec)
+    grid = grid.with_data(fingerprints)
+    dependencies = Grid({spec.trial_id: grid.trials[spec.trial_id] for specs in cells for spec in specs[1:]})
+    if dependencies.trials:
+        outcome = run_grid(dependencies, paths, options, say=say, datasets=datasets)
         if not outcome.ok:
-            raise RuntimeError(f"dependencies of {cell.trial_id} failed: {outcome.failed}")
+            raise RuntimeError(f"dependencies of the tuned cells failed: {outcome.failed}")
     connect(options)
-    datasets = load_datasets(needed_datasets([cell]), paths, cell.config.image_size)
-    space = dict(SUPERVISED_SPACE)
-    if cell.config.method == "proposed":
-        space.update(PROPOSED_SPACE)
+    entries = [_search(grid.trials[specs[0].trial_id], [grid.trials[s.trial_id] for s in specs[1:]], datasets,
+                       options, n_trials, say) for specs in cells]
+    record = TuningRecord(str(best_file), entries)
+    record.write(best_file)
+    say(f"[tune] wrote {best_file} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}); apply it with: "
+        f"cxrsweep run ... --config-from {best_file} (each fold / repetition takes its own entry)")
+    return record
+
+
+def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, options: SweepOptions, n_trials: int,
+            say) -> TunedEntry:
+    """One Optuna + ASHA search of `cell`; its best values with their provenance."""
+    store = RunStore(options.out)
+    space = search_space(cell.config)
     max_epochs = cell.config.transfer_epochs if cell.config.method == "proposed" else cell.config.epochs
     trainable = tune.with_resources(tune.with_parameters(_tune_trial, datasets=datasets),
                                     trial_resources(options, say))
@@ -101,7 +136,8 @@ def run_tuning(specs: list[TrialSpec], paths: DataPaths, options: SweepOptions, 
             scheduler=ASHAScheduler(time_attr="epoch", max_t=max_epochs + 1, grace_period=1, reduction_factor=2),
             max_concurrent_trials=options.max_concurrent or None,
         ),
-        run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=store.uri("ray"),
+        run_config=tune.RunConfig(name=f"tune-{cell.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=store.uri("ray"),
                                   failure_config=tune.FailureConfig(max_failures=options.retries), verbose=1),
     )
     results = tuner.fit()
@@ -111,15 +147,14 @@ def run_tuning(specs: list[TrialSpec], paths: DataPaths, options: SweepOptions, 
         raise RuntimeError(f"no tuning trial reported {SCORE}" + (f" (errors: {errors})" if errors else ""))
     best = results.get_best_result(metric=SCORE, mode="max", scope="all")
     chosen = {name: best.config[name] for name in space}
-    record = {
-        "config": chosen,
-        "score": {"metric": SCORE, "value": float(best.metrics_dataframe[SCORE].max()),
-                  "split": "validation (second-validation fold / target validation split), never test"},
-        "cell": cell.trial_id, "trials": len(results), "errors": len(results.errors),
-    }
-    best_file.parent.mkdir(parents=True, exist_ok=True)
-    best_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    say(f"[tune] best {SCORE} {record['score']['value']:.4f} over {len(results)} trials: "
+    entry = TunedEntry(
+        scope=scope_of(cell), values=chosen, cell=cell.trial_id, trials=len(results), errors=len(results.errors),
+        score={"metric": SCORE, "value": float(best.metrics_dataframe[SCORE].max()),
+               "split": "validation (second-validation fold / target validation split / source validation "
+                        "split through A -> B -> A), never test"},
+        **provenance(cell, datasets))
+    split_name, split_value = entry.split
+    say(f"[tune] {cell.trial_id} ({split_name} {split_value}): best {SCORE} {entry.score['value']:.4f} over "
+        f"{len(results)} trials: "
         + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(chosen.items())))
-    say(f"[tune] wrote {best_file}; apply it with: cxrsweep run ... --config-from {best_file}")
-    return record
+    return entry

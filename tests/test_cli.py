@@ -17,3 +17,26 @@ def test_console_script_help_runs():
     out = subprocess.run([sys.executable, "-m", "sweep.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "cxrsweep" in out.stdout
+
+
+def test_a_broken_command_module_is_not_hidden(monkeypatch):
+    """A command module that fails to import stops the command line with its error; it is
+    never silently left out (a broken install would otherwise lose a command without a word)."""
+    import pytest
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "sweep.no_such_module"))
+    with pytest.raises(ModuleNotFoundError, match="sweep.no_such_module"):
+        cli.main(["models"])
+
+
+def test_a_missing_dependency_is_named(monkeypatch, capsys):
+    def needs_absent_package(args):
+        import cxrsweep_absent_dependency  # noqa: F401
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sub.choices["models"].set_defaults(func=needs_absent_package)
+    assert cli.main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert "'cxrsweep_absent_dependency' is not installed" in err and "cxrsweep models" in err

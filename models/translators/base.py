@@ -70,6 +70,14 @@ class Translator(nn.Module):
         """A -> B -> A, the path the supervised step sends source images through."""
         return self.translate_ba(self.translate_ab(a))
 
+    def training_state(self) -> dict:
+        """State outside the parameters that training draws on (e.g. CycleGAN's pool of past
+        fakes and its random generator): saved in a run's last.pt so resuming is exact."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore what `training_state` returned."""
+
     def generator_losses(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Weighted terms of the generative step; key "total" is what is back-propagated."""
         raise NotImplementedError

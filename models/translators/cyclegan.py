@@ -5,8 +5,6 @@ so the cycle and identity terms alone keep the anatomy in place.
 """
 from __future__ import annotations
 
-import random
-
 import torch
 from torch import Tensor, nn
 
@@ -79,12 +77,15 @@ class PatchDiscriminator(nn.Module):
 
 
 class FakePool:
-    """Past translations shown to the discriminator, so it does not chase the latest generator."""
+    """Past translations shown to the discriminator, so it does not chase the latest generator.
+
+    Its images and its random generator are training state: `state_dict` / `load_state_dict`
+    carry both, so a resumed run draws exactly what an uninterrupted one would."""
 
     def __init__(self, size: int, seed: int = 0):
         self.size = size
         self.images: list[Tensor] = []
-        self._rng = random.Random(seed)
+        self._generator = torch.Generator().manual_seed(seed)
 
     def exchange(self, batch: Tensor) -> Tensor:
         if self.size == 0:
@@ -94,13 +95,20 @@ class FakePool:
             if len(self.images) < self.size:
                 self.images.append(image.clone())
                 out.append(image)
-            elif self._rng.random() < 0.5:
-                slot = self._rng.randrange(self.size)
-                out.append(self.images[slot])
+            elif float(torch.rand((), generator=self._generator)) < 0.5:
+                slot = int(torch.randint(self.size, (), generator=self._generator))
+                out.append(self.images[slot].to(image.device))
                 self.images[slot] = image.clone()
             else:
                 out.append(image)
         return torch.stack(out)
+
+    def state_dict(self) -> dict:
+        return {"images": [image.detach().cpu() for image in self.images], "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.images = [image.clone() for image in state["images"]]
+        self._generator.set_state(state["generator"])
 
 
 class CycleGANTranslator(Translator):
@@ -114,7 +122,7 @@ class CycleGANTranslator(Translator):
         self.dis_a = PatchDiscriminator(width)
         self.dis_b = PatchDiscriminator(width)
         self.regularise_discriminators(spectral_norm=spectral_norm, r1_gamma=r1_gamma, instance_noise=instance_noise)
-        self.pool_a, self.pool_b = FakePool(pool_size), FakePool(pool_size)
+        self.pool_a, self.pool_b = FakePool(pool_size, seed=0), FakePool(pool_size, seed=1)
 
     def generator_modules(self) -> list[nn.Module]:
         return [self.gen_ab, self.gen_ba]
@@ -139,6 +147,13 @@ class CycleGANTranslator(Translator):
         }
         terms["total"] = sum(terms.values())
         return terms
+
+    def training_state(self) -> dict:
+        return {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        self.pool_a.load_state_dict(state["pool_a"])
+        self.pool_b.load_state_dict(state["pool_b"])
 
     def discriminator_losses(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         with torch.no_grad():

@@ -57,10 +57,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
-                       image_size: int, normalisation: str, epoch: int) -> dict[str, Any]:
+                       image_size: int, normalisation: str, epoch: int,
+                       data: dict[str, str] | None = None) -> dict[str, Any]:
+    """`data` (dataset name -> content fingerprint) records what the network was trained on; with
+    the config's fold, n_folds and seed it says which images were its training images."""
     state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
     return {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
-            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch)}
+            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
+            "data": dict(data or {})}
 
 
 def rng_state() -> dict[str, Any]:

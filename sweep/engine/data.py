@@ -1,7 +1,7 @@
 """The arrays one supervised run trains, validates and tests on."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +31,8 @@ class SegmentationData:
     train_ids: list[str] | None = None
     dataset: str = "arrays"
     normalisation: str = PER_IMAGE_STANDARDISATION
+    # dataset name -> content fingerprint (CachedDataset.fingerprint); recorded in checkpoints
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for part in ("train", "val", "test"):
@@ -81,5 +83,5 @@ def segmentation_data(cfg: "RunConfig", dataset: "CachedDataset") -> Segmentatio
         val_images=dataset.images[split.val], val_masks=masks[split.val],
         test_images=dataset.images[split.test], test_masks=masks[split.test],
         test_ids=ids(split.test), val_ids=ids(split.val), train_ids=ids(split.train),
-        task=cfg.task, dataset=dataset.name,
+        task=cfg.task, dataset=dataset.name, fingerprints={dataset.name: dataset.fingerprint},
     )

@@ -126,7 +126,8 @@ class _Trainer(ckpt.RunDirectoryPaths):
     # --- checkpoints ---
     def _network_checkpoint(self) -> dict[str, Any]:
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
-                                       self.data.task, self.data.image_size, self.data.normalisation, self.epoch)
+                                       self.data.task, self.data.image_size, self.data.normalisation, self.epoch,
+                                       self.data.fingerprints)
 
     def save_last(self) -> None:
         state = self._network_checkpoint()

@@ -97,6 +97,7 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
     segmenter_checkpoint = Path(segmenter_checkpoint)
     source_model = read_segmenter_checkpoint(segmenter_checkpoint)
     _check_source_model(segmenter_checkpoint, source_model, data)
+    check_source_split(segmenter_checkpoint, source_model, cfg, data)
     if cfg.method == "proposed" and translator_checkpoint is None:
         raise ValueError("the proposed method needs a warmed translator checkpoint (warmup_translator)")
     run_dir = Path(run_dir)
@@ -124,6 +125,28 @@ def _check_source_model(path: Path, checkpoint: dict, data: TransferData) -> Non
                          f"{data.normalisation}")
 
 
+def check_source_split(path: Path, checkpoint: dict, cfg: RunConfig, data: TransferData) -> None:
+    """M_A must be the U-Net of fold `repetition % n_folds` (same seed) on the same source data.
+    Any other M_A may have trained on this run's source validation images, on which the epoch
+    of a 0 %-label run is chosen. A checkpoint that does not record its data is refused: what
+    it trained on cannot be checked, and a warning would not keep its number out of a table."""
+    trained = checkpoint.get("config") or {}
+    recorded = checkpoint.get("data") or {}
+    fold = cfg.repetition % cfg.n_folds
+    needed = f"fold {fold} of {cfg.n_folds} (seed {cfg.seed}) on {data.source_name} data " \
+             f"{data.fingerprints.get(data.source_name, 'unknown')}"
+    if data.source_name not in recorded:
+        raise ValueError(f"{path}: M_A does not record the data it was trained on (written before cxrsweep "
+                         f"recorded it), so its training images cannot be checked; repetition {cfg.repetition} "
+                         f"needs the U-Net of {needed}: train it with `cxrsweep train --model unet --task "
+                         f"{data.task} --fold {fold}`, or leave out --segmenter")
+    have = f"fold {trained.get('fold')} of {trained.get('n_folds')} (seed {trained.get('seed')}) on " \
+           f"{data.source_name} data {recorded[data.source_name]}"
+    if have != needed:
+        raise ValueError(f"{path}: M_A was trained on {have}, but repetition {cfg.repetition} needs the U-Net of "
+                         f"{needed}; its training images could be this run's source validation images")
+
+
 # ---------------------------------------------------------------------------------------------
 # finetune / scratch: the supervised engine on the labelled target images.
 
@@ -137,7 +160,7 @@ def _train_on_target_labels(cfg: RunConfig, data: TransferData, run_dir: Path, s
         train_images=data.target_labelled_images[repeat], train_masks=data.target_labelled_masks[repeat],
         val_images=data.target_val_images, val_masks=data.target_val_masks,
         test_images=data.target_test_images, test_masks=data.target_test_masks, test_ids=data.target_test_ids,
-        task=data.task, dataset=data.target_name, normalisation=data.normalisation,
+        task=data.task, dataset=data.target_name, normalisation=data.normalisation, fingerprints=data.fingerprints,
     )
     finetune = cfg.method == "finetune"
     inner = cfg.replace(
@@ -222,7 +245,8 @@ def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model
     device = resolve_device(cfg.device)
     model = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
     val_jaccard, val_on = validation_jaccard(data, model, device)
-    ckpt.save_atomic({**source_model, "config": cfg.to_dict()}, ckpt.best_checkpoint_path(run_dir))
+    ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints},
+                     ckpt.best_checkpoint_path(run_dir))
     log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
              data.task, val_on, val_jaccard)
     history = [{"epoch": 0, "val_jaccard": val_jaccard, "val_split": val_on}]
@@ -335,7 +359,8 @@ class ProposedRun:
         on target images the pair must be applied as M_A(G_BA(b)), see `load_transfer_model`."""
         state = ckpt.network_checkpoint(self.model.segmenter, self.source_model["arch"],
                                         self.source_model["arch_kwargs"], self.cfg.to_dict(), self.data.task,
-                                        self.data.image_size, self.data.normalisation, self.epoch)
+                                        self.data.image_size, self.data.normalisation, self.epoch,
+                                        self.data.fingerprints)
         state["translator"] = {
             "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.translator.state_dict().items()},
@@ -347,6 +372,7 @@ class ProposedRun:
         state = self.checkpoint()
         state.update(segmenter_optimizer=self.segmenter_optimizer.state_dict(),
                      translation_optimizers=self.translation.state_dict(), rng=ckpt.rng_state(),
+                     translator_training_state=self.model.translator.training_state(),
                      best_val_jaccard=self.best_val, best_epoch=self.best_epoch, history=self.history,
                      duration_s=self.duration_s, no_adaptation=self.no_adaptation,
                      best_plausibility=self.best_plausibility,
@@ -367,6 +393,7 @@ class ProposedRun:
         self.load_model_state(state)
         self.segmenter_optimizer.load_state_dict(state["segmenter_optimizer"])
         self.translation.load_state_dict(state["translation_optimizers"])
+        self.model.translator.load_training_state(state["translator_training_state"])
         ckpt.restore_rng_state(state["rng"])
         self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
         self.history, self.duration_s = list(state["history"]), float(state["duration_s"])

@@ -1,7 +1,7 @@
 """The arrays one transfer run sees: the source (A, JSRT) and target (B) splits of one repetition."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,9 +35,12 @@ class TransferData:
     target_test_masks: np.ndarray | None
     target_test_ids: list[str]
     label_fraction: float
+    target_val_ids: list[str] = field(default_factory=list)
     source_name: str = "source"
     target_name: str = "target"
     normalisation: str = PER_IMAGE_STANDARDISATION
+    # dataset name -> content fingerprint (CachedDataset.fingerprint) of source and target
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         arrays = {name: value for name, value in vars(self).items() if isinstance(value, np.ndarray)}
@@ -112,5 +115,7 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
         target_val_images=target.images[target_split.val], target_val_masks=masks_of(target_split.val),
         target_test_images=target.images[target_split.test], target_test_masks=masks_of(target_split.test),
         target_test_ids=[target.ids[i] for i in target_split.test],
+        target_val_ids=[target.ids[i] for i in target_split.val],
         label_fraction=fraction, source_name=source.name, target_name=target.name,
+        fingerprints={source.name: source.fingerprint, target.name: target.fingerprint},
     )

@@ -63,3 +63,16 @@ def test_decode_catches_pixels_damaged_after_the_header(phantom_dirs, tmp_path, 
     capsys.readouterr()
     assert main(["data", "check", "--montgomery", str(copy), "--json", "--decode"]) == 1
     assert damaged.name in json.loads(capsys.readouterr().out)["montgomery"]["error"]
+
+
+def test_synth_target_shift_mild_writes_square_padded_films(tmp_path, capsys):
+    from data_io.readers import image_size
+
+    out = tmp_path / "ph"
+    assert main(["data", "synth", str(out), "--n-source", "1", "--n-target", "3", "--source-size", "64",
+                 "--target-size", "80", "--target-shift", "mild"]) == 0
+    assert {image_size(p) for p in (out / "montgomery" / "CXR_png").glob("*.png")} == {(80, 80)}
+    capsys.readouterr()
+    assert main(["data", "synth", str(tmp_path / "x"), "--n-source", "1", "--n-target", "1", "--target-shift", "mild",
+                 "--target-inverted-fraction", "0.5"]) == 2
+    assert "severe target only" in capsys.readouterr().err

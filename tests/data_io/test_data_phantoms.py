@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from data_io.cache import load_jsrt, load_target
-from data_io.phantoms import synthesize
+from data_io.phantoms import MildShift, synthesize
 from data_io.readers import read_gray
 
 
@@ -115,3 +115,53 @@ def test_inverted_fraction_sets_the_lung_polarity_image_by_image(tmp_path, inver
 def test_inverted_fraction_out_of_range_is_refused(tmp_path):
     with pytest.raises(ValueError, match="target_inverted_fraction"):
         synthesize(tmp_path / "ph", n_source=1, n_target=1, source_size=64, target_size=64, target_inverted_fraction=1.5)
+
+
+# --- the mild regime ------------------------------------------------------------------------
+
+
+def test_mild_target_keeps_the_polarity_and_is_padded_to_a_square(tmp_path):
+    written = synthesize(tmp_path / "ph", n_source=1, n_target=8, source_size=64, target_size=96, seed=4,
+                         target_shift="mild")
+    pngs = sorted((written["montgomery"] / "CXR_png").glob("*.png"))
+    banded = 0
+    for png in pngs:
+        image = read_gray(png)
+        left = read_gray(written["montgomery"] / "ManualMask" / "leftMask" / png.name)
+        assert image.shape == left.shape == (96, 96)  # padded to a square, masks alike
+        # Zero padding: whole rows or columns at exactly 0 along at least one side.
+        edges = [image[0], image[-1], image[:, 0], image[:, -1]]
+        banded += any((edge == 0).all() for edge in edges)
+    assert banded == len(pngs)
+    target = load_target("montgomery", written["montgomery"], 48, cache_dir=tmp_path / "cache")
+    contrast = []
+    for image, lung in zip(target.images, target.masks["lungs"].astype(bool)):
+        # Against the mediastinum and heart between the lungs (the padding is darker than both).
+        rows, columns = np.nonzero(lung)
+        between = np.zeros_like(lung)
+        between[rows.min():rows.max() + 1, columns.min():columns.max() + 1] = True
+        contrast.append(image[lung].mean() - image[between & ~lung].mean())
+    assert all(c < 0 for c in contrast), contrast  # lungs dark, as in the source
+
+
+def test_a_mild_factor_switched_off_leaves_the_rest_of_each_case_alone(tmp_path):
+    kwargs = dict(n_source=1, n_target=3, source_size=64, target_size=96, seed=2)
+    full = synthesize(tmp_path / "full", target_shift="mild", **kwargs)["montgomery"]
+    quiet = synthesize(tmp_path / "quiet", target_shift=MildShift().neutral("noise", "bias"), **kwargs)["montgomery"]
+    for png in sorted((full / "CXR_png").glob("*.png")):
+        # Same anatomy, framing and padding; another detector.
+        for side in ("leftMask", "rightMask"):
+            assert (read_gray(full / "ManualMask" / side / png.name) == read_gray(quiet / "ManualMask" / side / png.name)).all()
+        assert not (read_gray(png) == read_gray(quiet / "CXR_png" / png.name)).all()
+    unpadded = synthesize(tmp_path / "unpadded", target_shift=MildShift().neutral("padding"), **kwargs)["montgomery"]
+    assert any(read_gray(p).shape[0] != read_gray(p).shape[1] for p in (unpadded / "CXR_png").glob("*.png"))
+
+
+def test_mild_shift_refuses_unknown_factors_and_the_inverted_fraction(tmp_path):
+    with pytest.raises(ValueError, match="unknown mild-shift factor"):
+        MildShift().neutral("contrast-ish")
+    with pytest.raises(ValueError, match="severe target only"):
+        synthesize(tmp_path / "ph", n_source=1, n_target=1, source_size=64, target_size=64, target_shift="mild",
+                   target_inverted_fraction=0.5)
+    with pytest.raises(ValueError, match="target_shift"):
+        synthesize(tmp_path / "ph", n_source=1, n_target=1, source_size=64, target_size=64, target_shift="medium")

@@ -9,6 +9,12 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Credentials for the local S3 endpoint (moto accepts any), set before the shared Ray runtime
+# starts so its workers inherit them; and no lookup of cloud instance metadata, which would
+# stall every S3 client for seconds.
+for _name, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                      ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_name, _value)
 
 # Small enough that a smoke trial takes seconds on 2 shared cores.
 N_SOURCE, N_TARGET, PHANTOM_SIZE = 15, 10, 128
@@ -39,6 +45,33 @@ def ray_runtime():
                  include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 HTTP endpoint on localhost (moto's server); yields "HOST:PORT"."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the local endpoint: (bucket name, "HOST:PORT")."""
+    import re
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    boto3.client("s3", endpoint_url=f"http://{s3_server}").create_bucket(Bucket=name)
+    return name, s3_server
 
 
 @pytest.fixture

@@ -141,19 +141,67 @@ def test_resources_fall_back_to_cpu_only_when_no_gpu_can_appear():
         plan_resources(0, 8, 0, 4)
 
 
-def test_tune_writes_a_best_config_that_run_applies(ray_runtime, data_paths, tmp_path):
-    from sweep.config import load_config_file
-    from sweep.tuning import SCORE, run_tuning, tuned_cell
+def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_images(
+        ray_runtime, data_flags, sweep_phantoms, tmp_path, monkeypatch, capsys):
+    """`cxrsweep tune --folds 0,1` (real Optuna + ASHA on Ray) writes one entry per fold, scored
+    on that fold's second-validation fold; its trials predict no test image. `run --config-from`
+    gives each fold its own entry, and refuses, before Ray or any training, a fold the record
+    does not hold or a trial whose test images the tuning used (`tune --fold 0`, then `--folds 1`)."""
+    import sweep.runner
+    from data_io.splits import cv_split
+    from sweep.cli import main
+    from sweep.tuned import read_record
 
-    base = make_config("smoke", {"num_threads": 1})
-    specs = tuned_cell(base, "unet", "lungs", 0, None, 0.0, "montgomery", 0)
-    best_file = tmp_path / "best.json"
-    record = run_tuning(specs, data_paths, _options(tmp_path), n_trials=2, best_file=best_file, say=lambda line: None)
-    assert set(record["config"]) == {"lr", "weight_decay", "batch_size"} and record["trials"] == 2
-    # The score is the best validation Jaccard a tuning trial reported, never a test figure.
-    published = [json.loads(p.read_text()) for p in (tmp_path / "tune" / "runs").glob("*/result.json")]
-    assert published and any(record["score"]["value"] == pytest.approx(p["val_jaccard"]) for p in published)
-    assert record["score"]["metric"] == SCORE
-    applied = make_config("smoke", load_config_file(best_file))
-    assert applied.lr == record["config"]["lr"] and applied.batch_size == record["config"]["batch_size"]
-    assert not (tmp_path / "results").exists()  # tuning trials never enter the result tables
+    common = ["--profile", "smoke", "--set", "num_threads=1", *data_flags, "--progress-every", "2"]
+    tune_out = tmp_path / "tune"
+    assert main(["tune", "--folds", "0,1", "--trials", "2", "--out", str(tune_out), *common]) == 0
+    record = read_record(tune_out / "best-config.json")
+    assert [e.scope["fold"] for e in record.entries] == [0, 1]
+    from data_io.cache import load_jsrt
+
+    jsrt = load_jsrt(sweep_phantoms["jsrt"], sweep_phantoms["scr"], 64, cache_dir=sweep_phantoms["cache_dir"])
+    for entry in record.entries:
+        split = cv_split(len(jsrt.ids), entry.scope["fold"])
+        assert set(entry.values) == {"lr", "weight_decay", "batch_size"} and entry.trials == 2
+        assert entry.scored == {"jsrt": [jsrt.ids[i] for i in split.val]}
+        assert entry.trained == {"jsrt": [jsrt.ids[i] for i in split.train]}
+        assert entry.data == {"jsrt": jsrt.fingerprint} and entry.score["metric"] == "val_jaccard"
+        # Tuning trials put the validation split where the test split goes: no test image predicted.
+        fold_ids = {jsrt.ids[i] for i in split.test}
+        for images in (tune_out / "tune" / "runs").glob(f"*fold{entry.scope['fold']}*/images.parquet"):
+            predicted = set(pd.read_parquet(images).image_id)
+            assert predicted == set(entry.scored["jsrt"]) and not predicted & fold_ids
+        published = [json.loads(p.read_text())["val_jaccard"]
+                     for p in (tune_out / "tune" / "runs").glob(f"*fold{entry.scope['fold']}*/result.json")]
+        assert any(entry.score["value"] == pytest.approx(v) for v in published)
+    assert not (tune_out / "results").exists()  # tuning trials never enter the result tables
+
+    run_out = tmp_path / "run"
+    run = ["run", "segmentation", "--models", "unet", "--tasks", "lungs", "--out", str(run_out),
+           "--config-from", str(tune_out / "best-config.json"), *common]
+    assert main([*run, "--folds", "0,1"]) == 0
+    trials = read_trials(run_out).set_index("fold")
+    for entry in record.entries:
+        assert trials.loc[entry.scope["fold"], "cfg_lr"] == pytest.approx(entry.values["lr"])
+    capsys.readouterr()
+
+    def no_ray(options):
+        raise AssertionError("Ray must not start for a refused config")
+
+    monkeypatch.setattr(sweep.runner, "connect", no_ray)
+    assert main([*run, "--folds", "2"]) == 2
+    assert "fold 2 has no tuned config" in capsys.readouterr().err
+
+    single = tmp_path / "tune-fold0"
+    monkeypatch.undo()
+    assert main(["tune", "--fold", "0", "--trials", "1", "--out", str(single), *common]) == 0
+    monkeypatch.setattr(sweep.runner, "connect", no_ray)
+    capsys.readouterr()
+    refused_out = tmp_path / "refused"
+    assert main(["run", "segmentation", "--models", "unet", "--tasks", "lungs", "--folds", "1", "--out",
+                 str(refused_out), "--config-from", str(single / "best-config.json"), *common]) == 2
+    err = capsys.readouterr().err
+    fold1 = [jsrt.ids[i] for i in cv_split(len(jsrt.ids), 1).test]
+    assert "segmentation-unet-lungs-fold1-" in err and "used to tune the config of fold 0" in err
+    assert f"{len(fold1)} of its {len(fold1)} jsrt test images" in err and all(i in err for i in fold1)
+    assert not refused_out.exists()

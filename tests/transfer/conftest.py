@@ -78,17 +78,25 @@ def make_cfg():
     return tiny_config
 
 
-@pytest.fixture(scope="session")
-def segmenter_checkpoint(tmp_path_factory):
-    """An M_A checkpoint in the engine's format (random weights: the tests check plumbing, not skill)."""
+def save_m_a(path, source: CachedDataset, task: str = "lungs", **changes):
+    """An M_A checkpoint in the engine's format, recording fold 0 of `source` (random weights: the
+    tests check plumbing, not skill)."""
     torch.manual_seed(0)
-    cfg = tiny_config()
+    cfg = tiny_config(**changes)
     kwargs = {"width": cfg.width, "in_channels": 1, "num_classes": 2}
     model = build_segmenter("unet", **kwargs)
-    path = tmp_path_factory.mktemp("m_a") / "best.pt"
-    save_atomic(network_checkpoint(model, "unet", kwargs, cfg.to_dict(), "lungs", SIZE, PER_IMAGE_STANDARDISATION, 1),
-                path)
-    return path
+    return save_atomic(network_checkpoint(model, "unet", kwargs, cfg.to_dict(), task, SIZE, PER_IMAGE_STANDARDISATION,
+                                          1, data={source.name: source.fingerprint}), path)
+
+
+@pytest.fixture
+def make_m_a():
+    return save_m_a
+
+
+@pytest.fixture(scope="session")
+def segmenter_checkpoint(tmp_path_factory, source):
+    return save_m_a(tmp_path_factory.mktemp("m_a") / "best.pt", source)
 
 
 @pytest.fixture(scope="session")

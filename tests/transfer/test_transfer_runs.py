@@ -2,10 +2,16 @@
 divergence, resumption."""
 import json
 import logging
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sweep.engine.transfer import NotApplicable, train_transfer, warmup_translator
 from sweep.engine.transfer_data import transfer_data
@@ -77,15 +83,10 @@ def test_validation_never_uses_the_test_split(make_cfg, data_for, segmenter_chec
     assert [h["val_jaccard"] for h in clean.history] == [h["val_jaccard"] for h in other.history]
 
 
-def test_unlabelled_target_task_gives_overlays_and_no_numbers(make_cfg, source, target, tmp_path, warmed_translator):
-    from models.registry import build_segmenter
-    from sweep.engine.checkpoints import network_checkpoint, save_atomic
-
+def test_unlabelled_target_task_gives_overlays_and_no_numbers(make_cfg, source, target, tmp_path, warmed_translator,
+                                                              make_m_a):
     cfg = make_cfg(task="heart", label_fraction=0.0, method="proposed")
-    kwargs = {"width": cfg.width, "in_channels": 1, "num_classes": 2}
-    heart_model = save_atomic(network_checkpoint(build_segmenter("unet", **kwargs), "unet", kwargs, cfg.to_dict(),
-                                                 "heart", cfg.image_size, "per_image_standardisation", 1),
-                              tmp_path / "m_a_heart.pt")
+    heart_model = make_m_a(tmp_path / "m_a_heart.pt", source, task="heart")
     result = train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "run", heart_model, warmed_translator)
     assert result.n_test_images == 0 and np.isnan(result.test_jaccard_mean)
     assert len(list((tmp_path / "run" / "overlays").glob("*.png"))) > 0
@@ -116,3 +117,89 @@ def test_m_a_for_another_task_is_refused_naming_the_file(make_cfg, source, targe
     cfg = make_cfg(task="heart", method="source_only")
     with pytest.raises(ValueError, match=str(segmenter_checkpoint)):
         train_transfer(cfg, transfer_data(cfg, source, target), tmp_path, segmenter_checkpoint)
+
+
+# A child process that runs a proposed transfer and SIGKILLs itself once epoch `kill_after` is on disk.
+KILLED_TRANSFER = textwrap.dedent("""
+    import os, pickle, signal, sys
+    from sweep.engine.transfer import train_transfer
+
+    with open(sys.argv[1], "rb") as handle:
+        cfg, data, segmenter, translator = pickle.load(handle)
+    kill_after = int(sys.argv[3])
+
+    def die(epoch, metrics, run_dir):
+        if epoch == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_transfer(cfg, data, sys.argv[2], segmenter, translator, callbacks=[die])
+""")
+
+
+@pytest.mark.parametrize("translator", ["munit", "cyclegan"])
+def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, make_cfg, source, target, data_for,
+                                                                    segmenter_checkpoint, tmp_path):
+    cfg = make_cfg(translator=translator, transfer_epochs=3)
+    warmed = warmup_translator(cfg, source, target, tmp_path / "translators")
+    if translator == "cyclegan":
+        # A pool of two past fakes is full after the first step, so from then on every
+        # discriminative step draws from the pool and its random generator: exactly the state a
+        # resumed run must get back.
+        payload = torch.load(warmed, weights_only=True)
+        payload["kwargs"]["pool_size"] = 2
+        torch.save(payload, warmed)
+    inputs = tmp_path / "inputs.pkl"
+    inputs.write_bytes(pickle.dumps((cfg, data_for(cfg), segmenter_checkpoint, warmed)))
+    killed = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", KILLED_TRANSFER, str(inputs), str(killed), "1"],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (killed / "result.json").exists()
+
+    resumed = train_transfer(cfg, data_for(cfg), killed, segmenter_checkpoint, warmed)
+    straight = train_transfer(cfg, data_for(cfg), tmp_path / "straight", segmenter_checkpoint, warmed)
+    assert resumed.epochs_trained == 2 and straight.epochs_trained == 3
+    losses = [name for name in straight.history[0] if name.startswith(("D_", "G_", "S_")) and not name.endswith("_s")]
+    assert "D_total" in losses
+    for name in losses:
+        assert [h[name] for h in resumed.history] == [h[name] for h in straight.history], name
+    assert [h["val_jaccard"] for h in resumed.history] == [h["val_jaccard"] for h in straight.history]
+    assert (resumed.best_epoch, resumed.test_jaccard_mean) == (straight.best_epoch, straight.test_jaccard_mean)
+
+
+def test_m_a_of_another_fold_seed_or_data_is_refused_naming_both(make_cfg, source, target, segmenter_checkpoint,
+                                                                make_m_a, tmp_path):
+    """--segmenter must be the U-Net of fold repetition % n_folds on the same source data: any
+    other may have trained on the source validation images that choose the 0 % epoch."""
+    from sweep.engine.transfer_data import transfer_data as split
+
+    cfg = make_cfg(method="source_only", repetition=1)
+    with pytest.raises(ValueError, match=rf"{segmenter_checkpoint}: M_A was trained on fold 0 of 5 .*repetition 1 "
+                                         r"needs the U-Net of fold 1 of 5"):
+        train_transfer(cfg, split(cfg, source, target), tmp_path / "r1", segmenter_checkpoint)
+    # Repetition 5 uses fold 5 % 5 = 0 again: accepted.
+    repeated = make_cfg(method="source_only", repetition=5)
+    assert train_transfer(repeated, split(repeated, source, target), tmp_path / "r5", segmenter_checkpoint).n_test_images
+    other_seed = make_m_a(tmp_path / "seed1.pt", source, seed=1)
+    with pytest.raises(ValueError, match=r"\(seed 1\).*needs the U-Net of fold 0 of 5 \(seed 0\)"):
+        train_transfer(make_cfg(method="source_only"), split(make_cfg(), source, target), tmp_path / "s", other_seed)
+
+
+def test_m_a_trained_on_other_source_data_or_without_a_record_is_refused(make_cfg, source, target, make_m_a,
+                                                                         tmp_path):
+    import dataclasses
+
+    cfg = make_cfg(method="source_only")
+    resynthesised = dataclasses.replace(source, images=source.images[::-1].copy())  # same ids, other pixels
+    assert resynthesised.fingerprint != source.fingerprint
+    m_a = make_m_a(tmp_path / "m_a.pt", resynthesised)
+    with pytest.raises(ValueError, match=rf"on jsrt data {resynthesised.fingerprint}, but .* on jsrt data "
+                                         rf"{source.fingerprint}"):
+        train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "run", m_a)
+    old = torch.load(m_a, weights_only=True)
+    del old["data"]  # as written before checkpoints recorded their data
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt: M_A does not record the data .* `cxrsweep train --model unet "
+                                         r"--task lungs --fold 0`"):
+        train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "run", tmp_path / "old.pt")

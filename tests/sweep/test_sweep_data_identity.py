@@ -1,0 +1,82 @@
+"""A trial's identity includes its data: a sweep into an OUT that holds results of other data
+reruns them (and --resume does not continue their checkpoints), the result tables never mix two
+versions of a dataset, and the same data at another path is recognised by its content."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from sweep.cli import main
+from sweep.results import read_trials
+from sweep.runner import INJECT_FAILURE_ENV
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SLICE = ["run", "segmentation", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet", "--tasks",
+         "lungs", "--folds", "0", "--progress-every", "2", "--retries", "0"]
+
+
+def _synth(root, seed: int) -> list[str]:
+    """`cxrsweep data synth ROOT --seed S` at test size; returns the data flags of `cxrsweep run`."""
+    assert main(["data", "synth", str(root), "--n-source", "15", "--n-target", "10", "--source-size", "128",
+                 "--target-size", "128", "--seed", str(seed)]) == 0
+    return ["--jsrt", str(root / "jsrt"), "--scr", str(root / "scr"), "--cache-dir", str(root.parent / "cache")]
+
+
+def _summary(printed: str) -> str:
+    return next(line for line in printed.splitlines() if line.startswith("[sweep] finished"))
+
+
+def test_other_data_into_the_same_out_reruns_and_replaces_the_numbers(ray_runtime, tmp_path, capsys):
+    out = tmp_path / "out"
+    data_a, data_b = _synth(tmp_path / "A", seed=0), _synth(tmp_path / "B", seed=1)
+    capsys.readouterr()
+
+    assert main([*SLICE, *data_a, "--out", str(out)]) == 0
+    assert "1 completed, 0 reused" in _summary(capsys.readouterr().out)
+    first = read_trials(out)
+    trial_id = first.trial_id.item()
+    recorded_a = json.loads((out / "runs" / trial_id / "trial.json").read_text())["spec"]["data"]
+
+    assert main([*SLICE, *data_b, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 completed, 0 reused" in _summary(printed)
+    assert f"{trial_id}: OUT holds it finished on other data" in printed
+    second = read_trials(out)
+    assert list(second.trial_id) == [trial_id]  # same cell, same config: one row, the new one
+    summary = json.loads((out / "runs" / trial_id / "result.json").read_text())
+    assert second.test_jaccard_mean.item() == pytest.approx(summary["test_jaccard_mean"])
+    assert second.test_jaccard_mean.item() != first.test_jaccard_mean.item()
+    recorded_b = json.loads((out / "runs" / trial_id / "trial.json").read_text())["spec"]["data"]
+    assert set(recorded_b) == {"jsrt"} and recorded_b != recorded_a
+
+    # The same content at another path (and so another cache key) is the same data: reused.
+    moved = tmp_path / "B-moved"
+    shutil.copytree(tmp_path / "B", moved)
+    moved_flags = ["--jsrt", str(moved / "jsrt"), "--scr", str(moved / "scr"), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*SLICE, *moved_flags, "--out", str(out)]) == 0
+    assert "0 completed, 1 reused" in _summary(capsys.readouterr().out)
+    pd.testing.assert_frame_equal(read_trials(out), second)
+
+
+def test_resume_with_other_data_starts_the_interrupted_trials_afresh(ray_runtime, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    data_a, data_b = _synth(tmp_path / "A", seed=0), _synth(tmp_path / "B", seed=1)
+    # An interrupted sweep on A: its trial has a Tune experiment and a checkpoint of epoch 1.
+    monkeypatch.setenv(INJECT_FAILURE_ENV, "segmentation-*:always:1")
+    assert main([*SLICE, *data_a, "--out", str(out)]) == 1
+    state = json.loads((out / "ray" / "sweep-state.json").read_text())
+    assert "stage1" in state and set(state["data"]) == {"jsrt"}
+    monkeypatch.delenv(INJECT_FAILURE_ENV)
+    capsys.readouterr()
+
+    assert main([*SLICE, *data_b, "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "the interrupted sweep ran on other data" in printed and "resuming Ray Tune experiment" not in printed
+    trial_id = read_trials(out).trial_id.item()
+    summary = json.loads((out / "runs" / trial_id / "result.json").read_text())
+    assert summary["epochs_trained"] == 2  # both epochs on B, nothing continued from A's checkpoint
+    assert read_trials(out).status.item() == "ok"
