@@ -1,13 +1,15 @@
-"""Decode, orient, resize and normalise each dataset once per image size; every trial reuses it.
+"""Decode, orient, crop, resize and normalise each dataset once per image size; every trial reuses it.
 
-Normalisation is per-image standardisation: after resizing, each image has mean 0 and std 1.
-That removes the datasets' different bit depths, windowing and exposure, which on the real
-data is most of the JSRT -> Montgomery gap (method-notes.md).
+Each radiograph goes through `data_io.preprocess.prepare_radiograph` (the per-image pipeline,
+shared with `cxrsweep segment`): orientation, the content crop (padding and collimation bands
+trimmed, on by default, `crop_borders`), resizing and per-image standardisation (mean 0, std 1).
+Standardisation removes the datasets' different bit depths, windowing and exposure, which on the
+real data is most of the JSRT -> Montgomery gap (method-notes.md).
 
-The cache is one `.npz` per (dataset, folder, image size) under `$CXRSWEEP_CACHE` or
-`~/.cache/cxrsweep`. Its key hashes every source file's path, size and modification time with
-the preprocessing version, so editing, adding or removing a file rebuilds it; stale entries of
-the same folder are deleted when the new one is written.
+The cache is one `.npz` per (dataset, folder, image size, crop setting) under `$CXRSWEEP_CACHE`
+or `~/.cache/cxrsweep`. Its key hashes every source file's path, size and modification time with
+the preprocessing version and the crop setting, so editing, adding or removing a file rebuilds
+it; stale entries of the same folder are deleted when the new one is written.
 """
 from __future__ import annotations
 
@@ -23,17 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from data_io import datasets
 from data_io.datasets import Case, Scan
-from data_io.readers import read_gray, read_jsrt_img, read_mask
+from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, CropBox, crop_statistics,
+                                decode_radiograph, describe_crop_statistics, prepare_radiograph, resize,
+                                resize_mask, standardise)
+from data_io.readers import read_mask
+
+__all__ = ["CachedDataset", "NORMALISATION", "PREPROCESS_VERSION", "cache_key", "default_cache_dir",
+           "fingerprint_arrays", "load_cache_file", "load_jsrt", "load_target", "prepare_case", "preprocess",
+           "resize", "resize_mask", "standardise"]
 
 log = logging.getLogger(__name__)
-
-# Bump when decoding, orientation, resizing or normalisation changes: old caches then miss.
-PREPROCESS_VERSION = 1
-NORMALISATION = "per_image_standardisation"
 # Below this many cases a process pool costs more than it saves.
 POOL_MIN_CASES = 32
 # float16 halves the cache; standardised values keep about three significant digits.
@@ -44,24 +48,42 @@ CACHE_IMAGE_DTYPE = np.float16
 class CachedDataset:
     name: str  # "jsrt" | "montgomery" | "shenzhen"
     ids: list[str]  # sorted case ids
-    images: np.ndarray  # float32 [N, S, S], per-image standardised
-    masks: dict[str, np.ndarray]  # task -> uint8 [N, S, S] in {0, 1}
+    images: np.ndarray  # float32 [N, S, S], the content crop of each image, per-image standardised
+    masks: dict[str, np.ndarray]  # task -> uint8 [N, S, S] in {0, 1}, in the cropped frame (training)
     image_size: int
     key: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{id, reason}] left out by the scan
     path: Path | None = None  # the cache file, e.g. to ship to Ray workers
     normalisation: str = NORMALISATION
+    # Whether the content crop ran (padding and collimation bands trimmed); the default suits
+    # arrays made by hand, where there is nothing to trim (crop_boxes None).
+    crop_borders: bool = True
+    # task -> uint8 [N, S, S]: the masks of the whole frame (scores are computed there); None = `masks`
+    full_masks: dict[str, np.ndarray] | None = None
+    crop_boxes: np.ndarray | None = None  # int32 [N, 6] CropBox rows (CROP_FIELDS); None = nothing trimmed
+
+    def __post_init__(self) -> None:
+        if self.full_masks is None:
+            self.full_masks = self.masks
+        if self.crop_boxes is None:
+            # Nothing trimmed: each box is the whole frame (its original size is then unknown, and unneeded).
+            size = self.image_size
+            self.crop_boxes = np.tile(np.array([0, 0, size, size, size, size], np.int32), (len(self.ids), 1))
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def crop(self, index: int) -> CropBox:
+        return CropBox.from_row(self.crop_boxes[index])
+
     @functools.cached_property
     def fingerprint(self) -> str:
-        """What a trial trained on, by content: the ids, the arrays and their size. Unlike `key`
+        """What a trial trained on, by content: the ids, the arrays and their size, and where
+        something was trimmed, the crop boxes and whole-frame masks it is scored on. Unlike `key`
         (file paths, sizes and times) it recognises the same data at another path or synthesised
         again, and it tells apart any two sets whose arrays differ. Trial identity, checkpoints
         and tuning records carry it (docs/ARCHITECTURE.md, "data identity")."""
-        return fingerprint_arrays(self.name, self.ids, self.images, self.masks)
+        return fingerprint_arrays(self.name, self.ids, self.images, self.masks, self.crop_boxes, self.full_masks)
 
 
 def default_cache_dir() -> Path:
@@ -69,14 +91,16 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "cxrsweep"
 
 
-def load_jsrt(jsrt_dir: str | Path, scr_dir: str | Path, image_size: int, cache_dir: str | Path | None = None) -> CachedDataset:
+def load_jsrt(jsrt_dir: str | Path, scr_dir: str | Path, image_size: int, cache_dir: str | Path | None = None,
+              crop_borders: bool = True) -> CachedDataset:
     """JSRT images with SCR masks for the tasks lungs, heart and clavicles."""
-    return _load(datasets.scan_jsrt(jsrt_dir, scr_dir), image_size, cache_dir)
+    return _load(datasets.scan_jsrt(jsrt_dir, scr_dir), image_size, cache_dir, crop_borders)
 
 
-def load_target(name: str, root: str | Path, image_size: int, cache_dir: str | Path | None = None) -> CachedDataset:
+def load_target(name: str, root: str | Path, image_size: int, cache_dir: str | Path | None = None,
+                crop_borders: bool = True) -> CachedDataset:
     """Montgomery or Shenzhen with lung masks; Shenzhen images without a mask are skipped and listed."""
-    return _load(datasets.scan_target(name, root), image_size, cache_dir)
+    return _load(datasets.scan_target(name, root), image_size, cache_dir, crop_borders)
 
 
 def load_cache_file(path: str | Path) -> CachedDataset:
@@ -87,10 +111,14 @@ def load_cache_file(path: str | Path) -> CachedDataset:
             meta = json.loads(str(archive["meta"]))
             images = archive["images"].astype(np.float32)
             count, size = meta["count"], meta["image_size"]
-            masks = {
-                task: np.unpackbits(archive[f"mask_{task}"], count=count * size * size).reshape(count, size, size)
-                for task in meta["tasks"]
-            }
+
+            def unpack(name: str) -> np.ndarray:
+                return np.unpackbits(archive[name], count=count * size * size).reshape(count, size, size)
+
+            masks = {task: unpack(f"mask_{task}") for task in meta["tasks"]}
+            # Files written before the content crop hold neither: nothing was trimmed then.
+            full_masks = {task: unpack(f"full_mask_{task}") for task in meta.get("full_mask_tasks", [])} or None
+            crop_boxes = archive["crop_boxes"].astype(np.int32) if "crop_boxes" in archive.files else None
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: cache file not found") from None
     except (KeyError, ValueError, OSError) as exc:
@@ -105,23 +133,35 @@ def load_cache_file(path: str | Path) -> CachedDataset:
         skipped=list(meta["skipped"]),
         path=path,
         normalisation=meta["normalisation"],
+        crop_borders=bool(meta.get("crop_borders", False)),
+        full_masks=full_masks,
+        crop_boxes=crop_boxes,
     )
 
 
-def fingerprint_arrays(name: str, ids: list[str], images: np.ndarray, masks: dict[str, np.ndarray]) -> str:
-    """A content hash of a dataset's preprocessed arrays (about 1 s per GB)."""
+def fingerprint_arrays(name: str, ids: list[str], images: np.ndarray, masks: dict[str, np.ndarray],
+                       crop_boxes: np.ndarray | None = None, full_masks: dict[str, np.ndarray] | None = None) -> str:
+    """A content hash of a dataset's preprocessed arrays (about 1 s per GB). Crop boxes and
+    whole-frame masks count only where an image was trimmed, so a set without borders hashes the
+    same whether the content crop ran or not (its arrays are the same)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([name, list(ids), list(images.shape), str(images.dtype), sorted(masks)]).encode())
     digest.update(np.ascontiguousarray(images).tobytes())
     for task in sorted(masks):
         digest.update(np.packbits(np.ascontiguousarray(masks[task], dtype=np.uint8).reshape(-1)).tobytes())
+    if crop_boxes is not None and any(CropBox.from_row(row).trimmed for row in crop_boxes):
+        digest.update(np.ascontiguousarray(crop_boxes, dtype=np.int64).tobytes())
+        for task in sorted(full_masks or {}):
+            digest.update(np.packbits(np.ascontiguousarray(full_masks[task], dtype=np.uint8).reshape(-1)).tobytes())
     return digest.hexdigest()[:16]
 
 
-def cache_key(scan: Scan, image_size: int) -> str:
-    """Hash of the preprocessing recipe and every source file's identity (path, size, mtime)."""
+def cache_key(scan: Scan, image_size: int, crop_borders: bool = True) -> str:
+    """Hash of the preprocessing recipe (version, normalisation, size, content crop on or off)
+    and every source file's identity (path, size, mtime)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([scan.name, PREPROCESS_VERSION, NORMALISATION, image_size, scan.skipped]).encode())
+    recipe = [scan.name, PREPROCESS_VERSION, NORMALISATION, image_size, scan.skipped, {"crop_borders": bool(crop_borders)}]
+    digest.update(json.dumps(recipe).encode())
     for path in scan.files():
         # abspath, not resolve(): no per-file symlink walk, which would dominate a cache hit.
         name = os.path.abspath(path)
@@ -133,19 +173,20 @@ def cache_key(scan: Scan, image_size: int) -> str:
     return digest.hexdigest()
 
 
-def _cache_prefix(scan: Scan, image_size: int) -> str:
-    """Entries of the same folders and size share this prefix; only the newest key is kept."""
+def _cache_prefix(scan: Scan, image_size: int, crop_borders: bool) -> str:
+    """Entries of the same folders, size and crop setting share this prefix; only the newest key is kept."""
     roots = f"{scan.image_root.resolve()}\0{scan.mask_root.resolve()}"
-    return f"{scan.name}-{image_size}px-{hashlib.sha256(roots.encode()).hexdigest()[:10]}"
+    crop = "" if crop_borders else "-uncropped"
+    return f"{scan.name}-{image_size}px{crop}-{hashlib.sha256(roots.encode()).hexdigest()[:10]}"
 
 
-def _load(scan: Scan, image_size: int, cache_dir: str | Path | None) -> CachedDataset:
+def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_borders: bool) -> CachedDataset:
     if not isinstance(image_size, (int, np.integer)) or image_size < 8:
         raise ValueError(f"image_size must be an integer of at least 8, got {image_size!r}")
-    image_size = int(image_size)
+    image_size, crop_borders = int(image_size), bool(crop_borders)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = cache_key(scan, image_size)
-    prefix = _cache_prefix(scan, image_size)
+    key = cache_key(scan, image_size, crop_borders)
+    prefix = _cache_prefix(scan, image_size, crop_borders)
     path = folder / f"{prefix}-{key[:16]}.npz"
     if path.exists():
         try:
@@ -155,19 +196,25 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None) -> CachedDa
         except ValueError as exc:
             log.warning("rebuilding unreadable cache entry: %s", exc)
     started = time.perf_counter()
-    log.info("preprocessing %s: %d cases from %s at %d px", scan.name, len(scan.cases), scan.image_root, image_size)
-    images, masks = preprocess(scan, image_size)
+    log.info("preprocessing %s: %d cases from %s at %d px, content crop %s", scan.name, len(scan.cases),
+             scan.image_root, image_size, "on" if crop_borders else "off")
+    prepared = preprocess(scan, image_size, crop_borders=crop_borders)
+    if crop_borders:
+        log.info(describe_crop_statistics(scan.name, crop_statistics(prepared.crop_boxes)))
     # Return exactly what a cache hit returns, so the run that builds the cache is reproducible.
-    images = images.astype(CACHE_IMAGE_DTYPE).astype(np.float32)
+    images = prepared.images.astype(CACHE_IMAGE_DTYPE).astype(np.float32)
     dataset = CachedDataset(
         name=scan.name,
         ids=[case.id for case in scan.cases],
         images=images,
-        masks=masks,
+        masks=prepared.masks,
         image_size=image_size,
         key=key,
         skipped=list(scan.skipped),
         path=path,
+        crop_borders=crop_borders,
+        full_masks=prepared.full_masks,
+        crop_boxes=prepared.crop_boxes,
     )
     _write(dataset, folder, prefix)
     log.info("cached %s (%d cases) in %.1f s: %s", scan.name, len(dataset), time.perf_counter() - started, path)
@@ -186,8 +233,16 @@ def _write(dataset: CachedDataset, folder: Path, prefix: str) -> None:
         "skipped": dataset.skipped,
         "normalisation": dataset.normalisation,
         "version": PREPROCESS_VERSION,
+        "crop_borders": dataset.crop_borders,
+        "crop_fields": list(CROP_FIELDS),
+        "crop_statistics": crop_statistics(dataset.crop_boxes),
     }
     arrays = {f"mask_{task}": np.packbits(mask.reshape(-1)) for task, mask in dataset.masks.items()}
+    # Whole-frame masks only where they differ from the cropped ones (something was trimmed).
+    full = {task: mask for task, mask in dataset.full_masks.items() if mask is not dataset.masks.get(task)}
+    meta["full_mask_tasks"] = list(full)
+    arrays.update({f"full_mask_{task}": np.packbits(mask.reshape(-1)) for task, mask in full.items()})
+    arrays["crop_boxes"] = dataset.crop_boxes.astype(np.int32)
     arrays["images"] = dataset.images.astype(CACHE_IMAGE_DTYPE)
     arrays["meta"] = np.array(json.dumps(meta))
     # Write then rename, so concurrent trials never read a half-written cache.
@@ -211,70 +266,55 @@ def _worker_count(n_cases: int) -> int:
     return min(2, os.cpu_count() or 1) if n_cases >= POOL_MIN_CASES else 1
 
 
-def preprocess(scan: Scan, image_size: int, workers: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+@dataclass
+class PreparedDataset:
+    """A scan's arrays: `masks` in each image's cropped frame, `full_masks` in its whole frame."""
+
+    images: np.ndarray
+    masks: dict[str, np.ndarray]
+    full_masks: dict[str, np.ndarray]
+    crop_boxes: np.ndarray
+
+
+def preprocess(scan: Scan, image_size: int, workers: int | None = None, crop_borders: bool = True) -> PreparedDataset:
     """Decode every case of a scan into standardised images and task masks at `image_size`."""
     workers = workers or _worker_count(len(scan.cases))
-    jobs = [(scan, case, image_size) for case in scan.cases]
+    jobs = [(scan, case, image_size, crop_borders) for case in scan.cases]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_prepare_case_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
     else:
         results = [_prepare_case_job(job) for job in jobs]
-    mirrored = [case.id for case, (_, _, flipped) in zip(scan.cases, results) if flipped]
+    mirrored = [case.id for case, result in zip(scan.cases, results) if result.mirrored]
     if mirrored:
         log.warning("%s: %d mirrored case(s) flipped to the display convention: %s", scan.name, len(mirrored), ", ".join(mirrored[:10]))
-    images = np.stack([image for image, _, _ in results])
-    masks = {task: np.stack([case_masks[task] for _, case_masks, _ in results]) for task in scan.tasks}
-    return images, masks
+    masks = {task: np.stack([result.masks[task] for result in results]) for task in scan.tasks}
+    trimmed = any(result.crop.trimmed for result in results)
+    full_masks = {task: np.stack([result.full_masks[task] for result in results]) for task in scan.tasks} if trimmed else masks
+    return PreparedDataset(
+        images=np.stack([result.image for result in results]),
+        masks=masks,
+        full_masks=full_masks,
+        crop_boxes=np.array([result.crop.as_row() for result in results], dtype=np.int32).reshape(-1, len(CROP_FIELDS)),
+    )
 
 
-def _prepare_case_job(job: tuple[Scan, Case, int]):
+def _prepare_case_job(job: tuple[Scan, Case, int, bool]):
     return prepare_case(*job)
 
 
-def prepare_case(scan: Scan, case: Case, image_size: int) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
-    """One case: (standardised float32 image [S, S], task -> uint8 mask [S, S], was it mirrored).
-
-    Everything is resized before orientation and merging: inversion and mirroring commute with
-    area averaging, and working at S x S instead of 2048 x 2048 is most of the speed.
-    """
-    raw = read_jsrt_img(case.image) if scan.image_format == "jsrt-img" else read_gray(case.image)
-    if raw.ndim != 2:
-        raise ValueError(f"{case.image}: expected a single-channel image, got shape {raw.shape}")
+def prepare_case(scan: Scan, case: Case, image_size: int, crop_borders: bool = True):
+    """One case through `prepare_radiograph`: a PreparedRadiograph whose masks are the scan's
+    tasks (uint8) instead of SCR structures, and without the full-size display image."""
+    raw, white_is_zero = decode_radiograph(case.image, scan.image_format)
     structures = {name: read_mask(path) for name, path in case.masks.items()}
     datasets.check_sizes(scan, case, raw.shape, {name: mask.shape for name, mask in structures.items()})
-    small_image = resize(raw, image_size)
-    small_structures = {name: resize_mask(mask, image_size) for name, mask in structures.items()}
-    pixels, small_structures, mirrored = datasets.to_display_convention(
-        small_image, small_structures, white_is_zero=scan.image_format == "jsrt-img"
-    )
-    image = standardise(pixels, case.image)
-    masks = {task: mask.astype(np.uint8) for task, mask in datasets.task_masks(small_structures, scan.tasks).items()}
-    return image, masks, mirrored
+    prepared = prepare_radiograph(raw, image_size, source=case.image, crop_borders=crop_borders,
+                                  white_is_zero=white_is_zero, structures=structures)
 
+    def tasks(structure_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {task: mask.astype(np.uint8) for task, mask in datasets.task_masks(structure_masks, scan.tasks).items()}
 
-def _resample_filter(source_shape: tuple[int, int], size: int) -> int:
-    # Area averaging when shrinking (no aliasing of ribs and noise); bilinear when enlarging.
-    return Image.BOX if min(source_shape) >= size else Image.BILINEAR
-
-
-def resize(array: np.ndarray, size: int) -> np.ndarray:
-    """Resize gray levels to float32 [size, size] (aspect ratio not kept, as in the paper)."""
-    resample = _resample_filter(array.shape, size)
-    resized = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32)).resize((size, size), resample)
-    return np.asarray(resized, dtype=np.float32)
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a binary mask to bool [size, size]: a pixel is foreground when at least half of it was."""
-    resample = _resample_filter(mask.shape, size)
-    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), resample)
-    return np.asarray(resized) >= 128
-
-
-def standardise(image: np.ndarray, source: Path) -> np.ndarray:
-    """Per-image standardisation: mean 0, std 1."""
-    std = float(image.std())
-    if not np.isfinite(std) or std < 1e-6:
-        raise ValueError(f"{source}: image has a single gray level; nothing to segment")
-    return ((image - image.mean()) / std).astype(np.float32)
+    prepared.masks, prepared.display = tasks(prepared.masks), None
+    prepared.full_masks = tasks(prepared.full_masks) if prepared.crop.trimmed else prepared.masks
+    return prepared

@@ -96,10 +96,10 @@ class MildShift:
 
     # Exposure curve: a gamma on the attenuation, then a flatter sigmoid (lower contrast).
     gamma: tuple[float, float] = (0.75, 1.35)
-    contrast: tuple[float, float] = (3.0, 4.5)
+    contrast: tuple[float, float] = (2.5, 4.0)
     level: tuple[float, float] = (0.30, 0.46)
     noise: tuple[float, float] = (0.02, 0.035)  # additive, display units
-    bias: float = 0.3  # strength of the multiplicative low-frequency field
+    bias: float = 0.25  # strength of the multiplicative low-frequency field
     # Geometry: a wider field of view (smaller patient in the film) and the film's aspect ratio.
     zoom: tuple[float, float] = (0.74, 0.90)
     shift: float = 0.06
@@ -480,10 +480,11 @@ def _write_source(out: Path, count: int, size: int, rng: np.random.Generator) ->
     return jsrt_dir, scr_dir
 
 
-def _target_shape(rng: np.random.Generator, long_side: int, aspect: float = 4020 / 4892) -> tuple[int, int]:
+def _target_shape(rng: np.random.Generator, long_side: int, aspect: float = 4020 / 4892,
+                  landscape: float = 0.25) -> tuple[int, int]:
     # Montgomery: 4892 x 4020 portrait or landscape; keep that ratio at the requested size.
     short_side = int(round(long_side * aspect / 4)) * 4
-    return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
+    return (long_side, short_side) if rng.random() < 1 - landscape else (short_side, long_side)
 
 
 def _montgomery_case_id(index: int, rng: np.random.Generator) -> str:
@@ -522,7 +523,7 @@ def _write_mild_montgomery(out: Path, count: int, long_side: int, rng: np.random
             np.random.default_rng(child) for child in np.random.SeedSequence(int(rng.integers(2**63))).spawn(4)
         )
         anatomy = sample_anatomy(anatomy_rng)
-        height, width = _target_shape(frame_rng, long_side, shift.aspect)
+        height, width = _target_shape(frame_rng, long_side, shift.aspect, shift.landscape)
         pose = _mild_pose(frame_rng, shift)
         attenuation = render_attenuation(anatomy, pose, height, width, detector_rng)
         image = render_mild_target(attenuation, detector_rng, int(detector_rng.uniform(3000, 4095)), shift)

@@ -171,7 +171,7 @@ def cmd_run(args) -> int:
     if record is not None and grid.runnable():
         # Before Ray starts or anything trains: no trial may be configured with its own test images.
         datasets = load_datasets(needed_datasets(grid.runnable()), data_paths(args),
-                                 grid.runnable()[0].config.image_size)
+                                 grid.runnable()[0].config.image_size, grid.runnable()[0].config.crop_borders)
         check_grid(record, grid, datasets)
     outcome = run_grid(grid, data_paths(args), sweep_options(args, resume=args.resume), datasets=datasets)
     return 0 if outcome.ok else EXIT_TRIALS_FAILED

@@ -58,7 +58,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.init_weights is not None:
         overrides["init_weights"] = str(args.init_weights)
     cfg = make_config(args.profile, overrides, model=args.model, task=args.task, fold=args.fold, seed=args.seed)
-    dataset = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir)
+    dataset = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir, crop_borders=cfg.crop_borders)
     data = segmentation_data(cfg, dataset)
     result = train_supervised(cfg, data, args.out)
     print(f"{cfg.model} {cfg.task} fold {cfg.fold} ({cfg.profile}): best epoch {result.best_epoch}, "

@@ -60,8 +60,9 @@ def run_train_transfer(args: argparse.Namespace) -> int:
     cfg = make_config(args.profile, overrides, experiment="transfer", method=args.method, task=args.task,
                       label_fraction=args.label_fraction, target=args.target, repetition=args.repetition,
                       seed=args.seed)
-    source = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir)
-    target = load_target(args.target, target_dir, cfg.image_size, cache_dir=args.cache_dir)
+    source = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir, crop_borders=cfg.crop_borders)
+    target = load_target(args.target, target_dir, cfg.image_size, cache_dir=args.cache_dir,
+                         crop_borders=cfg.crop_borders)
     data = transfer_data(cfg, source, target)
     try:
         check_applicable(cfg, data)  # before spending minutes on M_A or the warm-up

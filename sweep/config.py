@@ -42,6 +42,9 @@ class RunConfig:
     # --- data ---
     image_size: int = 256
     augment: bool = False  # off in the paper
+    # Trim padding and collimation bands before resizing, score in the whole frame
+    # (data_io.preprocess); false: resize whole images, the behaviour before the content crop.
+    crop_borders: bool = True
 
     # --- segmentation network and optimisation (paper §V-B) ---
     width: float = 1.0  # channel multiplier of the segmentation network

@@ -82,7 +82,7 @@ def _is_warmup_field(name: str) -> bool:
     if name == "w_seg":
         return False
     return name.startswith(_TRANSLATION_PREFIXES) or name in {
-        "profile", "seed", "image_size", "augment", "batch_size", "n_folds", "repetition", "target",
+        "profile", "seed", "image_size", "crop_borders", "augment", "batch_size", "n_folds", "repetition", "target",
         "style_dim", "warmup_epochs"}
 
 

@@ -87,7 +87,7 @@ def check_data_flags(names: set[str], paths: DataPaths) -> None:
             raise ValueError(f"--{name} required: the grid has transfer trials with target {name}")
 
 
-def load_datasets(names: set[str], paths: DataPaths, image_size: int) -> dict[str, Any]:
+def load_datasets(names: set[str], paths: DataPaths, image_size: int, crop_borders: bool = True) -> dict[str, Any]:
     """The cached arrays of each dataset the trials need, keyed by dataset name."""
     from data_io.cache import load_jsrt, load_target
 
@@ -95,9 +95,11 @@ def load_datasets(names: set[str], paths: DataPaths, image_size: int) -> dict[st
     datasets: dict[str, Any] = {}
     for name in sorted(names):
         if name == "jsrt":
-            datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir)
+            datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir,
+                                       crop_borders=crop_borders)
         else:
-            datasets[name] = load_target(name, getattr(paths, name), image_size, cache_dir=paths.cache_dir)
+            datasets[name] = load_target(name, getattr(paths, name), image_size, cache_dir=paths.cache_dir,
+                                         crop_borders=crop_borders)
         log.info("data: %s, %d cases at %d px (fingerprint %s)", name, len(datasets[name].ids), image_size,
                  datasets[name].fingerprint)
     return datasets
@@ -368,10 +370,14 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
     if len(sizes) > 1:
         raise ValueError(f"the grid mixes image sizes {sorted(sizes)}; run one sweep per size")
     image_size = sizes.pop() if sizes else 0
+    crops = {s.config.crop_borders for s in grid.runnable()}
+    if len(crops) > 1:
+        raise ValueError("the grid mixes crop_borders true and false; run one sweep per setting")
+    crop_borders = crops.pop() if crops else True
     current = None
     if grid.runnable():
         if datasets is None:
-            datasets = load_datasets(needed_datasets(grid.runnable()), paths, image_size)
+            datasets = load_datasets(needed_datasets(grid.runnable()), paths, image_size, crop_borders)
         current = data_identity(datasets, image_size)
         grid = grid.with_data(current.fingerprints)
     connect(options)

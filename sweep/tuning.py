@@ -88,7 +88,10 @@ def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOpt
     sizes = {spec.config.image_size for spec in everything}
     if len(sizes) != 1:
         raise ValueError(f"the tuned cells mix image sizes {sorted(sizes)}")
-    datasets = load_datasets(needed_datasets(everything), paths, sizes.pop())
+    crops = {spec.config.crop_borders for spec in everything}
+    if len(crops) != 1:
+        raise ValueError("the tuned cells mix crop_borders true and false")
+    datasets = load_datasets(needed_datasets(everything), paths, sizes.pop(), crops.pop())
     fingerprints = {name: dataset.fingerprint for name, dataset in datasets.items()}
     grid = Grid()
     for spec in everything:

@@ -58,13 +58,18 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
                        image_size: int, normalisation: str, epoch: int,
-                       data: dict[str, str] | None = None) -> dict[str, Any]:
+                       data: dict[str, str] | None = None, crop_borders: bool = False) -> dict[str, Any]:
     """`data` (dataset name -> content fingerprint) records what the network was trained on; with
-    the config's fold, n_folds and seed it says which images were its training images."""
+    the config's fold, n_folds and seed it says which images were its training images.
+    `preprocessing` records how its images were prepared (data_io.preprocess.preprocessing_record),
+    so `cxrsweep segment` prepares new ones alike (`crop_borders` False: the images were resized
+    whole, without the content crop)."""
+    from data_io.preprocess import preprocessing_record
+
     state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
     return {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
             "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
-            "data": dict(data or {})}
+            "data": dict(data or {}), "preprocessing": preprocessing_record(crop_borders)}
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Applying a trained segmenter: batched prediction (shared with training) and `cxrsweep segment`."""
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 EVAL_BATCH_SIZE = 16
 
@@ -59,34 +62,40 @@ def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device,
     return np.concatenate(out)
 
 
-def read_radiograph(path: Path) -> np.ndarray:
-    """A radiograph file as displayed (bone bright), float32 at its own size."""
-    from data_io.datasets import to_display_convention
-    from data_io.readers import read_gray, read_jsrt_img
-
-    is_jsrt_raw = path.suffix.lower() == ".img"
-    raw = read_jsrt_img(path) if is_jsrt_raw else read_gray(path)
-    if raw.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel radiograph, got shape {raw.shape}")
-    pixels, _, _ = to_display_convention(raw, {}, white_is_zero=is_jsrt_raw)
-    return pixels
+@torch.no_grad()
+def predict_foreground(model: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """Foreground probability float32 [N, S, S] for normalised images [N, S, S] (model in eval mode)."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), EVAL_BATCH_SIZE):
+        with autocast_for(device):
+            logits = model(as_batch(images[start:start + EVAL_BATCH_SIZE], device))
+        out.append((1 - torch.softmax(logits.float(), dim=1)[:, 0]).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
 
 
 class Segmenter:
     """A checkpoint's network plus what it needs to prepare new images as its training data was."""
 
-    def __init__(self, model: nn.Module, arch: str, task: str, image_size: int, device: torch.device):
+    def __init__(self, model: nn.Module, arch: str, task: str, image_size: int, device: torch.device,
+                 crop_borders: bool = False):
         self.model, self.arch, self.task, self.image_size, self.device = model, arch, task, image_size, device
+        self.crop_borders = crop_borders
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "auto") -> "Segmenter":
-        from data_io.cache import NORMALISATION
+        from data_io.preprocess import NORMALISATION
         from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 
         checkpoint = read_segmenter_checkpoint(path)
         if checkpoint["normalisation"] != NORMALISATION:
             raise ValueError(f"{path}: trained on {checkpoint['normalisation']!r} images; this cxrsweep prepares "
                              f"{NORMALISATION!r}")
+        record = checkpoint.get("preprocessing")
+        if record is None:
+            log.warning("%s records no preprocessing (written before the content crop): radiographs are resized "
+                        "whole, as its training images were", path)
+        crop_borders = bool(record["crop_borders"]) if record else False
         torch_device = resolve_device(device)
         arch = checkpoint["arch"]
         if "translator" in checkpoint:
@@ -98,25 +107,31 @@ class Segmenter:
         else:
             model = segmenter_from_checkpoint(checkpoint)
         model = model.to(torch_device, memory_format=memory_format_for(torch_device))
-        return cls(model.eval(), arch, checkpoint["task"], int(checkpoint["image_size"]), torch_device)
+        return cls(model.eval(), arch, checkpoint["task"], int(checkpoint["image_size"]), torch_device, crop_borders)
 
-    def segment_array(self, pixels: np.ndarray, source: Path) -> np.ndarray:
-        """Mask uint8 {0, 1} at the radiograph's own size."""
-        from data_io.cache import resize, standardise
+    def prepare(self, path: Path):
+        """One radiograph file as this network's training images were prepared (data_io.preprocess)."""
+        from data_io.preprocess import preprocess_file
 
-        image = standardise(resize(pixels, self.image_size), source)
-        return predict_masks(self.model, image[None], self.device, output_size=pixels.shape)[0]
+        return preprocess_file(path, self.image_size, crop_borders=self.crop_borders)
+
+    def segment_prepared(self, prepared) -> np.ndarray:
+        """Mask uint8 {0, 1} of a PreparedRadiograph at the radiograph's own size, placed at its crop."""
+        from data_io.preprocess import mask_to_full_frame
+
+        probability = predict_foreground(self.model, prepared.image[None], self.device)[0]
+        return mask_to_full_frame(probability, prepared.crop)
 
     def segment_file(self, path: Path, out_dir: Path) -> tuple[Path, Path, float]:
         """Write OUT/masks/<name>.png and OUT/overlays/<name>.png; returns both paths and the foreground fraction."""
         from sweep.engine.overlays import render_overlay, safe_name
 
-        pixels = read_radiograph(path)
-        mask = self.segment_array(pixels, path)
+        prepared = self.prepare(path)
+        mask = self.segment_prepared(prepared)
         name = safe_name(path.stem) + ".png"
         mask_path, overlay_path = out_dir / "masks" / name, out_dir / "overlays" / name
         mask_path.parent.mkdir(parents=True, exist_ok=True)
         overlay_path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask * 255).save(mask_path)
-        render_overlay(pixels, mask).save(overlay_path)
+        render_overlay(prepared.display, mask).save(overlay_path)
         return mask_path, overlay_path, float(mask.mean())

@@ -24,9 +24,8 @@ from models.losses import build_loss
 from models.registry import build_segmenter
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
-from sweep.engine.data import SegmentationData
+from sweep.engine.data import SegmentationData, score_per_image
 from sweep.engine.inference import as_batch, autocast_for, memory_format_for, predict_masks, resolve_device
-from sweep.engine.metrics import dice_per_image, jaccard_per_image
 from sweep.engine.overlays import save_overlays
 from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
 
@@ -127,7 +126,7 @@ class _Trainer(ckpt.RunDirectoryPaths):
     def _network_checkpoint(self) -> dict[str, Any]:
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
                                        self.data.task, self.data.image_size, self.data.normalisation, self.epoch,
-                                       self.data.fingerprints)
+                                       self.data.fingerprints, crop_borders=self.data.crop_borders)
 
     def save_last(self) -> None:
         state = self._network_checkpoint()
@@ -188,9 +187,8 @@ class _Trainer(ckpt.RunDirectoryPaths):
             metrics: dict[str, Any] = {"epoch": self.epoch, "train_loss": loss, "train_s": train_s,
                                        "train_images_per_s": len(data.train_images) / max(train_s, 1e-9)}
             if self.epoch % max(cfg.eval_every, 1) == 0 or self.epoch == cfg.epochs:
-                predictions = self.predict(data.val_images)
-                metrics["val_jaccard"] = float(jaccard_per_image(predictions, data.val_masks).mean())
-                metrics["val_dice"] = float(dice_per_image(predictions, data.val_masks).mean())
+                jaccards, dices = score_per_image(self.predict(data.val_images), data.val_masks, data.val_frame)
+                metrics["val_jaccard"], metrics["val_dice"] = float(jaccards.mean()), float(dices.mean())
                 if metrics["val_jaccard"] > self.best_val:
                     self.best_val, self.best_epoch = metrics["val_jaccard"], self.epoch
                     ckpt.save_atomic(self._network_checkpoint(), self.best_path)
@@ -213,8 +211,8 @@ class _Trainer(ckpt.RunDirectoryPaths):
         ckpt.unwrap(self.model).load_state_dict(best["state_dict"])
         data = self.data
         predictions = self.predict(data.test_images)
-        jaccards = jaccard_per_image(predictions, data.test_masks)
-        dices = dice_per_image(predictions, data.test_masks)
+        # Scored in each image's whole frame when the images are content crops.
+        jaccards, dices = score_per_image(predictions, data.test_masks, data.test_frame)
         keys = key_values(self.cfg, trial_id=self.run_dir.name)
         rows = [{**keys, "image_id": image_id, "jaccard": float(j), "dice": float(d)}
                 for image_id, j, d in zip(data.test_ids, jaccards, dices)]

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from data_io.preprocess import preprocessing_record
 from models.losses import build_loss
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from models.translators.base import Translator
 from sweep.config import TRANSFER_METHODS, RunConfig
 from sweep.engine import checkpoints as ckpt
-from sweep.engine.data import SegmentationData
-from sweep.engine.metrics import dice_per_image, jaccard_per_image
+from sweep.engine.data import SegmentationData, score_per_image
 from sweep.engine.overlays import save_overlays
 from sweep.engine.inference import as_batch, predict_masks, resolve_device
 from sweep.engine.supervised import N_OVERLAYS, EpochCallback, RunResult, epoch_seed, train_supervised
@@ -161,6 +161,7 @@ def _train_on_target_labels(cfg: RunConfig, data: TransferData, run_dir: Path, s
         val_images=data.target_val_images, val_masks=data.target_val_masks,
         test_images=data.target_test_images, test_masks=data.target_test_masks, test_ids=data.target_test_ids,
         task=data.task, dataset=data.target_name, normalisation=data.normalisation, fingerprints=data.fingerprints,
+        crop_borders=data.crop_borders, val_frame=data.target_val_frame, test_frame=data.target_test_frame,
     )
     finetune = cfg.method == "finetune"
     inner = cfg.replace(
@@ -181,12 +182,12 @@ def validation_jaccard(data: TransferData, model: TranslateThenSegment, device: 
     source validation split (through A -> B -> A when there is a translator). Never the test split."""
     if data.target_val_masks is not None and data.n_labelled > 0:
         predictions = predict_masks(model, data.target_val_images, device)
-        return float(jaccard_per_image(predictions, data.target_val_masks).mean()), "target"
+        return float(score_per_image(predictions, data.target_val_masks, data.target_val_frame)[0].mean()), "target"
     source_path: nn.Module = model.segmenter
     if model.translator is not None:
         source_path = nn.Sequential(_CycleABA(model.translator), model.segmenter)
     predictions = predict_masks(source_path, data.source_val_images, device)
-    return float(jaccard_per_image(predictions, data.source_val_masks).mean()), "source"
+    return float(score_per_image(predictions, data.source_val_masks, data.source_val_frame)[0].mean()), "source"
 
 
 class _CycleABA(nn.Module):
@@ -208,8 +209,8 @@ def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: Transla
     started = time.perf_counter()
     predictions = predict_masks(model, data.target_test_images, device)
     if data.target_has_labels:
-        jaccards = jaccard_per_image(predictions, data.target_test_masks)
-        dices = dice_per_image(predictions, data.target_test_masks)
+        # Scored in each image's whole frame when the images are content crops.
+        jaccards, dices = score_per_image(predictions, data.target_test_masks, data.target_test_frame)
     else:  # heart / clavicles on a lungs-only target: overlays for the eye, no numbers
         jaccards = dices = np.zeros(0)
     keys = key_values(cfg, trial_id=run_dir.name)
@@ -245,7 +246,9 @@ def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model
     device = resolve_device(cfg.device)
     model = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
     val_jaccard, val_on = validation_jaccard(data, model, device)
-    ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints},
+    # M_A as it is, applied to target images prepared as this run's were.
+    ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
+                      "preprocessing": preprocessing_record(data.crop_borders)},
                      ckpt.best_checkpoint_path(run_dir))
     log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
              data.task, val_on, val_jaccard)
@@ -360,7 +363,7 @@ class ProposedRun:
         state = ckpt.network_checkpoint(self.model.segmenter, self.source_model["arch"],
                                         self.source_model["arch_kwargs"], self.cfg.to_dict(), self.data.task,
                                         self.data.image_size, self.data.normalisation, self.epoch,
-                                        self.data.fingerprints)
+                                        self.data.fingerprints, crop_borders=self.data.crop_borders)
         state["translator"] = {
             "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.translator.state_dict().items()},

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sweep.engine.data import PER_IMAGE_STANDARDISATION
+from sweep.engine.data import PER_IMAGE_STANDARDISATION, FullFrame, check_preprocessing
 
 if TYPE_CHECKING:
     from data_io.cache import CachedDataset
@@ -18,7 +18,9 @@ class TransferData:
     """Images float32 [N, S, S] (already normalised), masks uint8 [N, S, S] in {0, 1}.
 
     Target masks are None where the target dataset has no labels for the task (heart and
-    clavicles on Montgomery): such runs give overlays, never numbers.
+    clavicles on Montgomery): such runs give overlays, never numbers. With content crops
+    (`crop_borders`), masks are in the cropped frame and the `*_frame`s hold the whole frame,
+    where validation and test scores are computed (sweep.engine.data.FullFrame).
     """
 
     task: str
@@ -39,6 +41,10 @@ class TransferData:
     source_name: str = "source"
     target_name: str = "target"
     normalisation: str = PER_IMAGE_STANDARDISATION
+    crop_borders: bool = False
+    source_val_frame: FullFrame | None = None  # None: nothing trimmed there
+    target_val_frame: FullFrame | None = None
+    target_test_frame: FullFrame | None = None
     # dataset name -> content fingerprint (CachedDataset.fingerprint) of source and target
     fingerprints: dict[str, str] = field(default_factory=dict)
 
@@ -92,8 +98,7 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
     if cfg.task not in source.masks:
         raise ValueError(f"{source.name}: no {cfg.task!r} masks (it labels {', '.join(sorted(source.masks))})")
     for dataset in (source, target):
-        if dataset.image_size != cfg.image_size:
-            raise ValueError(f"{dataset.name}: cached at {dataset.image_size} px but the config asks for {cfg.image_size} px")
+        check_preprocessing(cfg, dataset)
     fraction = 0.0 if cfg.label_fraction is None else float(cfg.label_fraction)
     source_split, target_split = transfer_splits(cfg, len(source.ids), len(target.ids))
     source_masks = source.masks[cfg.task]
@@ -103,6 +108,9 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
 
     def masks_of(index: np.ndarray) -> np.ndarray | None:
         return None if target_masks is None else target_masks[index]
+
+    def target_frame(index: np.ndarray) -> FullFrame | None:
+        return None if target_masks is None else FullFrame.of(target, cfg.task, index)
 
     return TransferData(
         task=cfg.task,
@@ -117,5 +125,7 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
         target_test_ids=[target.ids[i] for i in target_split.test],
         target_val_ids=[target.ids[i] for i in target_split.val],
         label_fraction=fraction, source_name=source.name, target_name=target.name,
+        crop_borders=cfg.crop_borders, source_val_frame=FullFrame.of(source, cfg.task, source_split.val),
+        target_val_frame=target_frame(target_split.val), target_test_frame=target_frame(target_split.test),
         fingerprints={source.name: source.fingerprint, target.name: target.fingerprint},
     )

@@ -1,5 +1,6 @@
 """segmentation_data: the cross-validation arrays of one fold and task, from the real cache."""
 import numpy as np
+import torch
 import pytest
 
 from data_io.cache import load_jsrt
@@ -42,3 +43,57 @@ def test_mismatches_are_reported(jsrt):
     with pytest.raises(ValueError, match="no validation images"):
         SegmentationData(jsrt.images, jsrt.masks["lungs"], empty, empty.astype(np.uint8), empty,
                          empty.astype(np.uint8), test_ids=[], task="lungs")
+
+
+def test_a_cache_made_with_another_crop_setting_is_refused(jsrt):
+    with pytest.raises(ValueError, match="cached with crop_borders=true but the config asks for crop_borders=false"):
+        segmentation_data(make_config("smoke", {"crop_borders": False}), jsrt)
+
+
+def test_scores_are_computed_in_the_whole_frame():
+    """A prediction perfect in the cropped frame still misses the lung a bad crop cut away."""
+    from data_io.preprocess import CropBox, resize_mask
+    from sweep.engine.data import FullFrame, score_per_image
+
+    whole = np.zeros((64, 64), np.uint8)
+    whole[16:48, 8:56] = 1
+    good, bad = CropBox(0, 0, 64, 64, 64, 64), CropBox(0, 32, 64, 64, 64, 64)  # bad: left half cut away
+    predictions = np.stack([whole, resize_mask(whole, 64, bad.region_in(whole.shape)).astype(np.uint8)])
+    frame = FullFrame(masks=np.stack([whole, whole]), crop_boxes=np.array([good.as_row(), bad.as_row()]))
+    jaccards, dices = score_per_image(predictions, predictions, frame)
+    assert jaccards[0] == 1.0 and abs(jaccards[1] - 0.5) < 0.03 and dices[1] < 0.7
+    # Without the frame, each prediction matches its cropped truth perfectly: the crop would hide the error.
+    assert (score_per_image(predictions, predictions)[0] == 1.0).all()
+
+
+def test_a_supervised_run_scores_validation_and_test_in_the_whole_frame(ellipse_data, tmp_path):
+    """The engine routes both scores through the frame: with whole-frame truth that differs
+    from the cropped truth, the recorded numbers follow the whole frame."""
+    import dataclasses
+
+    import pandas as pd
+
+    from models.registry import load_segmenter
+    from sweep.engine.data import FullFrame, score_per_image
+    from sweep.engine.inference import predict_masks
+    from sweep.engine.supervised import train_supervised
+
+    size = ellipse_data.image_size
+    box = np.array([4, 8, 60, 56, size, size])  # the content crop covered rows 4-59, columns 8-55
+
+    def frame(masks: np.ndarray) -> FullFrame:
+        shifted = np.roll(masks, 3, axis=2)  # whole-frame truth: not what the cropped masks say
+        return FullFrame(masks=shifted, crop_boxes=np.tile(box, (len(masks), 1)))
+
+    data = dataclasses.replace(ellipse_data, crop_borders=True, val_frame=frame(ellipse_data.val_masks),
+                               test_frame=frame(ellipse_data.test_masks))
+    cfg = make_config("smoke", {"image_size": size, "epochs": 1, "num_threads": 1, "device": "cpu"})
+    result = train_supervised(cfg, data, tmp_path / "run")
+    model = load_segmenter(tmp_path / "run" / "best.pt")
+    for images, masks, part_frame, recorded in [
+            (data.val_images, data.val_masks, data.val_frame, result.val_jaccard),
+            (data.test_images, data.test_masks, data.test_frame, pd.read_parquet(tmp_path / "run" / "images.parquet").jaccard.mean())]:
+        predictions = predict_masks(model, images, torch.device("cpu"))
+        expected = score_per_image(predictions, masks, part_frame)[0].mean()
+        assert np.isclose(recorded, expected)
+        assert not np.isclose(recorded, score_per_image(predictions, masks)[0].mean())
