@@ -76,7 +76,7 @@ class RunConfig:
     w_seg: float = 1.0
     w_identity: float = 0.5  # identity term (both translators), as a multiple of w_cycle (Zhu et al.)
     # Keeping the adversarial game balanced (issue 9; PAPER_TRANSFER switches these off):
-    residual_generators: bool = False  # generators add a correction to their input, starting at the identity
+    residual_generators: bool = True  # generators add a correction to their input, starting at the identity
     spectral_norm: bool = True  # spectral normalisation of the discriminators' layers
     r1_gamma: float = 0.0  # zero-centred gradient penalty on real discriminator inputs; 0 = off
     instance_noise: float = 0.0  # std of Gaussian noise on discriminator inputs; 0 = off

@@ -165,8 +165,8 @@ class CycleGANTranslator(Translator):
 @register_translator(
     "cyclegan",
     # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT;
-    # the adversarial weight and the discriminators' regularisers as for the MUNIT.
-    defaults=dict(width=32, n_residual=2, w_adv=10.0, w_cycle=10.0, w_identity=0.5, pool_size=50, residual=False,
+    # residual generators, the adversarial weight and the discriminators' regularisers as for the MUNIT.
+    defaults=dict(width=32, n_residual=2, w_adv=10.0, w_cycle=10.0, w_identity=0.5, pool_size=50, residual=True,
                   spectral_norm=True, r1_gamma=0.0, instance_noise=0.0),
     description="CycleGAN-style: shallow ResNet generators, PatchGAN discriminators, LSGAN, fake pool",
 )

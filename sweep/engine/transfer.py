@@ -294,7 +294,8 @@ class ProposedRun:
         self.selection = (TargetSelection(data.source_train_masks, data.target_val_images, cfg.selection_margin)
                           if self.criterion == TARGET_PLAUSIBILITY else None)
         self.no_adaptation: dict[str, Any] | None = None  # its val Jaccard and per-image plausibility
-        self.best_plausibility: list[float] | None = None  # per target validation image, best epoch
+        self.best_plausibility: list[float] | None = None  # per target validation image, kept epoch
+        self.leading_plausibility: list[float] | None = None  # the most plausible epoch so far
 
     # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
     def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None) -> dict[str, float]:
@@ -378,7 +379,7 @@ class ProposedRun:
                      translator_training_state=self.model.translator.training_state(),
                      best_val_jaccard=self.best_val, best_epoch=self.best_epoch, history=self.history,
                      duration_s=self.duration_s, no_adaptation=self.no_adaptation,
-                     best_plausibility=self.best_plausibility,
+                     best_plausibility=self.best_plausibility, leading_plausibility=self.leading_plausibility,
                      semantic=self.semantic.state_dict() if self.semantic is not None else None)
         ckpt.save_atomic(state, self.last_path)
 
@@ -401,6 +402,7 @@ class ProposedRun:
         self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
         self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
         self.no_adaptation, self.best_plausibility = state["no_adaptation"], state["best_plausibility"]
+        self.leading_plausibility = state["leading_plausibility"]
         if self.semantic is not None:
             self.semantic.load_state_dict(state["semantic"])
         log.info("resuming %s from epoch %d", self.run_dir, self.epoch)
@@ -434,12 +436,21 @@ class ProposedRun:
             self.epoch += 1
             trained += 1
             val_jaccard, val_on = validation_jaccard(data, self.model, self.device)
-            plausibility = self.selection.plausibility(self.model, self.device) if self.selection is not None else None
-            scores = {"target_score": float(plausibility.mean())} if plausibility is not None else {}
-            score = scores["target_score"] if scores else val_jaccard
-            if score > self.best_val:
+            if self.selection is not None:
+                plausibility = self.selection.plausibility(self.model, self.device)
+                score = float(plausibility.mean())
+                scores = {"target_score": score}
+                leader = np.array(self.leading_plausibility) if self.leading_plausibility is not None else None
+                keep = self.selection.follows(plausibility, leader)
+                if leader is None or score > leader.mean():
+                    self.leading_plausibility = plausibility.tolist()
+                if keep:
+                    self.best_plausibility = plausibility.tolist()
+            else:
+                score, scores = val_jaccard, {}
+                keep = score > self.best_val
+            if keep:
                 self.best_val, self.best_epoch = score, self.epoch
-                self.best_plausibility = plausibility.tolist() if plausibility is not None else None
                 ckpt.save_atomic(self.checkpoint(), self.best_path)
             metrics = {"epoch": self.epoch, **losses, **balance, "val_jaccard": val_jaccard, "val_split": val_on,
                        **scores, "selection_score": score, "best_selection_score": self.best_val,
@@ -447,7 +458,7 @@ class ProposedRun:
             self.duration_s += metrics["epoch_s"]
             self.history.append(metrics)
             self.save_last()
-            chosen_by = f" | target plausibility {score:.4f} (best {self.best_val:.4f} @ {self.best_epoch})" \
+            chosen_by = f" | target plausibility {score:.4f} (kept {self.best_val:.4f} @ {self.best_epoch})" \
                 if scores else f" (best {self.best_val:.4f} @ {self.best_epoch})"
             log.info("proposed %s %g%% epoch %d/%d: %s | %s | val Jaccard (%s) %.4f%s | D %.1fs G %.1fs S %.1fs, "
                      "%.1fs", data.task, data.label_fraction, self.epoch, cfg.transfer_epochs,
@@ -461,7 +472,7 @@ class ProposedRun:
         model, best_epoch, val_jaccard = self.model, self.best_epoch, self.history[self.best_epoch - 1]["val_jaccard"]
         if summary["selected_model"] == NO_ADAPTATION:
             decision = summary["selection_decision"]
-            log.warning("target-aware selection: the best adapted epoch (%d, plausibility %.4f) is not clearly better "
+            log.warning("target-aware selection: the kept adapted epoch (%d, plausibility %.4f) is not clearly better "
                         "than no adaptation (%.4f): mean gain %+.4f (margin %.3f), lower confidence bound %+.4f. The "
                         "run falls back to M_A on %s as it is, the source_only model", self.best_epoch, self.best_val,
                         self.no_adaptation["target_score"], decision["mean_gain"], cfg.selection_margin,
@@ -491,8 +502,9 @@ class ProposedRun:
             "selected_model": ADAPTED if keeps else NO_ADAPTATION,
             "selection_score": self.best_val if keeps else self.no_adaptation["target_score"],
             "no_adaptation_score": self.no_adaptation["target_score"] if self.no_adaptation else None,
-            "best_adapted_epoch": self.best_epoch,
+            "adapted_epoch": self.best_epoch,
             "selection_decision": decision.to_dict() if decision is not None else None,
+            "selection_margin": self.cfg.selection_margin if decision is not None else None,
             "discriminators_saturated": bool(saturation),
             "saturation": saturation,
         }

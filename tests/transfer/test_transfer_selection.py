@@ -44,6 +44,14 @@ def test_adaptation_is_kept_only_when_clearly_and_consistently_more_plausible(so
     assert decision.mean_gain > 0.02 and decision.lower_bound < 0 and not decision.keep_adaptation
 
 
+def test_the_kept_epoch_is_the_latest_not_significantly_less_plausible_than_the_leader():
+    leader = np.array([0.80, 0.75, 0.78, 0.70, 0.77, 0.74])
+    assert TargetSelection.follows(leader, None)
+    assert TargetSelection.follows(leader + 0.01, leader)  # a new leader
+    assert TargetSelection.follows(leader + np.array([0.02, -0.03, 0.01, -0.02, 0.0, -0.01]), leader)  # within noise
+    assert not TargetSelection.follows(leader - 0.1, leader)  # clearly worse on every image
+
+
 def test_a_translation_that_destroys_its_input_falls_back_to_no_adaptation(make_cfg, source, mild_target, tmp_path,
                                                                            trained_segmenter_checkpoint, monkeypatch,
                                                                            caplog):
