@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweep.config import SELECTIONS
-from sweep.engine.inference import EVAL_BATCH_SIZE, as_batch, autocast_for
+from sweep.engine.inference import predict_foreground
 
 if TYPE_CHECKING:
     from sweep.config import RunConfig
@@ -100,18 +100,6 @@ class ShapePrior:
         return pairwise_jaccard(coarse_masks(masks), self.atlas).max(axis=1)
 
 
-@torch.no_grad()
-def foreground_probabilities(model: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
-    """Softmax probability of the foreground class, float32 [N, S, S] (model in eval mode)."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), EVAL_BATCH_SIZE):
-        with autocast_for(device):
-            logits = model(as_batch(images[start:start + EVAL_BATCH_SIZE], device))
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
-
-
 def lower_confidence_bound(gain: np.ndarray) -> float:
     """One-sided lower confidence bound (SELECTION_CONFIDENCE, paired t) of the mean of per-image
     differences; the mean itself when they do not vary."""
@@ -155,7 +143,7 @@ class TargetSelection:
 
     def plausibility(self, model: nn.Module, device: torch.device) -> np.ndarray:
         """Per target validation image, the plausibility of `model`'s predicted mask."""
-        return self.prior.plausibility(foreground_probabilities(model, self.images, device) >= 0.5)
+        return self.prior.plausibility(predict_foreground(model, self.images, device) >= 0.5)
 
     @staticmethod
     def follows(epoch: np.ndarray, leader: np.ndarray | None) -> bool:
