@@ -49,7 +49,7 @@ def per_image_jaccard(run_dir):
 
 @pytest.mark.parametrize("shift", ["mild", "severe"])
 def test_proposed_is_never_below_source_only_at_zero_labels(shift, phantoms, source, m_a, tmp_path):
-    cfg = make_config("smoke", {**SMALL, "warmup_epochs": 6, "transfer_epochs": 3}, experiment="transfer",
+    cfg = make_config("smoke", {**SMALL, "warmup_epochs": 15, "transfer_epochs": 4}, experiment="transfer",
                       method="proposed", task="lungs", label_fraction=0.0, repetition=0)
     target = load_target("montgomery", phantoms[shift]["montgomery"], cfg.image_size, cache_dir=phantoms["cache"])
     data = transfer_data(cfg, source, target)
