@@ -3,7 +3,8 @@ wall time of a smoke grid. Prints its figures; run `python benchmarks/bench_swee
 
 - Overhead ratio: the same supervised run (smoke profile, more epochs) called directly and run
   as a Tune trial; ratio = direct engine time / engine time inside the trial (per-epoch
-  `tune.report` with a checkpoint included). 1.0 means Ray costs nothing inside the trial.
+  `tune.report` and the checkpoints of the interval policy included). 1.0 means Ray costs
+  nothing inside the trial.
 - Scheduling latency: trials run one at a time; latency per trial = (sweep wall time - time
   spent inside the trainables) / trials: actor start, data hand-over, result handling.
 - Smoke grid wall time: a smoke-profile grid run as `cxrsweep run` would (default: Table I at

@@ -46,10 +46,11 @@ CACHE_IMAGE_DTYPE = np.float16
 
 @dataclass
 class CachedDataset:
-    name: str  # "jsrt" | "montgomery" | "shenzhen"
+    name: str  # "jsrt" | "montgomery" | "shenzhen" | a folder target's name
     ids: list[str]  # sorted case ids
     images: np.ndarray  # float32 [N, S, S], the content crop of each image, per-image standardised
-    masks: dict[str, np.ndarray]  # task -> uint8 [N, S, S] in {0, 1}, in the cropped frame (training)
+    # task -> uint8 [N, S, S] in {0, 1}, in the cropped frame (training); empty for an unlabelled target
+    masks: dict[str, np.ndarray]
     image_size: int
     key: str
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{id, reason}] left out by the scan
@@ -99,7 +100,9 @@ def load_jsrt(jsrt_dir: str | Path, scr_dir: str | Path, image_size: int, cache_
 
 def load_target(name: str, root: str | Path, image_size: int, cache_dir: str | Path | None = None,
                 crop_borders: bool = True) -> CachedDataset:
-    """Montgomery or Shenzhen with lung masks; Shenzhen images without a mask are skipped and listed."""
+    """Montgomery or Shenzhen with lung masks (Shenzhen images without a mask are skipped and
+    listed), or any other name: a folder of radiographs with optional lung masks
+    (`datasets.scan_folder_target`)."""
     return _load(datasets.scan_target(name, root), image_size, cache_dir, crop_borders)
 
 
@@ -175,7 +178,7 @@ def cache_key(scan: Scan, image_size: int, crop_borders: bool = True) -> str:
 
 def _cache_prefix(scan: Scan, image_size: int, crop_borders: bool) -> str:
     """Entries of the same folders, size and crop setting share this prefix; only the newest key is kept."""
-    roots = f"{scan.image_root.resolve()}\0{scan.mask_root.resolve()}"
+    roots = f"{scan.image_root.resolve()}\0{scan.mask_root.resolve() if scan.mask_root else ''}"
     crop = "" if crop_borders else "-uncropped"
     return f"{scan.name}-{image_size}px{crop}-{hashlib.sha256(roots.encode()).hexdigest()[:10]}"
 
@@ -305,16 +308,16 @@ def _prepare_case_job(job: tuple[Scan, Case, int, bool]):
 
 def prepare_case(scan: Scan, case: Case, image_size: int, crop_borders: bool = True):
     """One case through `prepare_radiograph`: a PreparedRadiograph whose masks are the scan's
-    tasks (uint8) instead of SCR structures, and without the full-size display image."""
-    raw, white_is_zero = decode_radiograph(case.image, scan.image_format)
+    tasks (uint8) instead of SCR structures."""
+    radiograph = decode_radiograph(case.image, scan.image_format)
     structures = {name: read_mask(path) for name, path in case.masks.items()}
-    datasets.check_sizes(scan, case, raw.shape, {name: mask.shape for name, mask in structures.items()})
-    prepared = prepare_radiograph(raw, image_size, source=case.image, crop_borders=crop_borders,
-                                  white_is_zero=white_is_zero, structures=structures)
+    datasets.check_sizes(scan, case, radiograph.pixels.shape, {name: mask.shape for name, mask in structures.items()})
+    prepared = prepare_radiograph(radiograph, image_size, source=case.image, crop_borders=crop_borders,
+                                  structures=structures)
 
     def tasks(structure_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {task: mask.astype(np.uint8) for task, mask in datasets.task_masks(structure_masks, scan.tasks).items()}
 
-    prepared.masks, prepared.display = tasks(prepared.masks), None
+    prepared.masks = tasks(prepared.masks)
     prepared.full_masks = tasks(prepared.full_masks) if prepared.crop.trimmed else prepared.masks
     return prepared

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from data_io import datasets
-from data_io.readers import image_size, jsrt_img_side
+from data_io.readers import image_size, radiograph_size
 
 DECODE_CHECK_SIZE = 32  # `check --decode` runs the real preprocessing, small, for every case
 
@@ -40,6 +40,17 @@ def register(subparsers) -> None:
     )
     synth.set_defaults(func=_run_synth)
 
+    to_dicom = data_sub.add_parser(
+        "to-dicom", help="convert a folder of PNG (etc.) radiographs into DICOM files",
+        description="Writes OUT/<id>.dcm for every picture radiograph in SOURCE (e.g. phantom CXR_png/), as "
+                    "single-frame DX DICOM with the same gray levels; some MONOCHROME1 with --monochrome1-every. "
+                    "Masks are not copied.")
+    to_dicom.add_argument("source", type=Path, help="folder of PNG / JPEG / TIFF radiographs")
+    to_dicom.add_argument("out", type=Path, help="output folder")
+    to_dicom.add_argument("--monochrome1-every", type=int, default=0, metavar="N",
+                          help="store every Nth file as MONOCHROME1 (inverted values; default 0: none)")
+    to_dicom.set_defaults(func=_run_to_dicom)
+
     check = data_sub.add_parser(
         "check",
         help="validate and summarise dataset folders",
@@ -49,6 +60,10 @@ def register(subparsers) -> None:
     check.add_argument("--scr", type=Path, help="SCR masks for JSRT (needed with --jsrt)")
     check.add_argument("--montgomery", type=Path, help="Montgomery set (CXR_png/ + ManualMask/)")
     check.add_argument("--shenzhen", type=Path, help="Shenzhen set (CXR_png/ + mask/)")
+    check.add_argument("--target", help="name of the --target-dir folder target (default 'folder')")
+    check.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
+                       help="a folder target: radiographs (DICOM, PNG, ...) in DIR (or DIR/images/), optional lung "
+                            "masks in DIR/masks/ matched by name (repeatable)")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     check.add_argument(
         "--decode", action="store_true",
@@ -78,6 +93,15 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_to_dicom(args: argparse.Namespace) -> int:
+    from data_io.dicom import convert_folder
+
+    written = convert_folder(args.source, args.out, monochrome1_every=args.monochrome1_every)
+    inverted = len(range(0, len(written), args.monochrome1_every)) if args.monochrome1_every > 0 else 0
+    print(f"wrote {len(written)} DICOM file(s) to {args.out} ({inverted} MONOCHROME1)")
+    return 0
+
+
 def check_dataset(scan: datasets.Scan, decode: bool = False) -> dict:
     """Validate every case's sizes from the file headers (and its pixels with `decode`); summarise."""
     from data_io.cache import prepare_case
@@ -86,11 +110,7 @@ def check_dataset(scan: datasets.Scan, decode: bool = False) -> dict:
     for case in scan.cases:
         if decode:
             prepare_case(scan, case, DECODE_CHECK_SIZE)
-        if scan.image_format == "jsrt-img":
-            side = jsrt_img_side(case.image)
-            shape = (side, side)
-        else:
-            shape = image_size(case.image)
+        shape = radiograph_size(case.image)
         datasets.check_sizes(scan, case, shape, {name: image_size(path) for name, path in case.masks.items()})
         shapes.append(shape)
     return datasets.summarise(scan, shapes)
@@ -106,8 +126,10 @@ def _run_check(args: argparse.Namespace) -> int:
         folder = getattr(args, name)
         if folder is not None:
             requested[name] = lambda name=name, folder=folder: datasets.scan_target(name, folder)
+    for name, folder in datasets.target_dirs(args.target_dir, args.target or "folder").items():
+        requested[name] = lambda name=name, folder=folder: datasets.scan_target(name, folder)
     if not requested:
-        raise ValueError("nothing to check: give --jsrt/--scr, --montgomery and/or --shenzhen")
+        raise ValueError("nothing to check: give --jsrt/--scr, --montgomery, --shenzhen and/or --target-dir")
     report, broken = {}, False
     for name, scan in requested.items():
         try:
@@ -127,12 +149,12 @@ def _print_text(report: dict) -> None:
         if "error" in summary:
             print(f"{name}: BROKEN: {summary['error']}", file=sys.stderr)
             continue
-        masks = ", ".join(f"{structure} {count}" for structure, count in summary["masks"].items())
+        masks = ", ".join(f"{structure} {count}" for structure, count in summary["masks"].items()) or "none (unlabelled)"
         sizes = ", ".join(f"{size} ({count})" for size, count in summary["image_sizes"].items())
         print(f"{name}: {summary['cases']} cases in {summary['root']} ({summary['image_format']}, {summary['mask_layout']} masks)")
         print(f"  masks: {masks}")
         print(f"  image sizes: {sizes}")
-        print(f"  tasks: {', '.join(summary['tasks'])}")
+        print(f"  tasks: {', '.join(summary['tasks']) or 'none (transfer at 0 % labels only)'}")
         if summary["skipped"]:
             print(f"  skipped {len(summary['skipped'])}:")
             for item in summary["skipped"]:

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data_io.readers import (DICOM_SUFFIXES, JSRT_SUFFIXES, PICTURE_SUFFIXES, RADIOGRAPH_SUFFIXES, is_radiograph_file,
+                             radiograph_id)
+
 DATASETS = ("jsrt", "montgomery", "shenzhen")
+# The target sets known by name (their layouts below); any other valid name is a folder target.
 TARGET_DATASETS = ("montgomery", "shenzhen")
+TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 # SCR structure names as in the original folders; "left"/"right" are the PATIENT's sides.
 SCR_STRUCTURES = ("left lung", "right lung", "heart", "left clavicle", "right clavicle")
@@ -30,6 +35,7 @@ LAYOUT_STRUCTURES = {
     "scr": SCR_STRUCTURES,
     "left-right": ("left lung", "right lung"),  # Montgomery ManualMask/leftMask + rightMask
     "merged": (MERGED_LUNGS,),
+    "none": (),  # an unlabelled folder target
 }
 
 JSRT_MAX_VALUE = 4095  # 12 bits
@@ -54,9 +60,9 @@ class Scan:
 
     name: str
     image_root: Path
-    mask_root: Path
-    image_format: str  # "jsrt-img" | "png"
-    mask_layout: str  # "scr" | "left-right" | "merged"
+    mask_root: Path | None  # None: an unlabelled folder target
+    image_format: str  # "jsrt-img" | "png" | for folder targets the formats found, e.g. "dicom+png"
+    mask_layout: str  # "scr" | "left-right" | "merged" | "none"
     cases: list[Case]
     skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -66,6 +72,8 @@ class Scan:
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        if self.mask_layout == "none":
+            return ()
         return tuple(TASK_STRUCTURES) if self.mask_layout == "scr" else ("lungs",)
 
     def files(self) -> list[Path]:
@@ -210,34 +218,56 @@ def _mask_id(path: Path) -> str:
     return stem[: -len("_mask")] if stem.endswith("_mask") else stem
 
 
-def scan_target(name: str, root: str | Path) -> Scan:
-    """Pair Montgomery / Shenzhen images (`CXR_png/`) with left/right or merged lung masks."""
-    if name not in TARGET_DATASETS:
-        raise ValueError(f"unknown target dataset {name!r}; choose from {', '.join(TARGET_DATASETS)}")
-    data_root, image_folder = _here_or_one_below(
-        _require_folder(root, f"--{name}"), _target_image_folder, f"{name} images (a CXR_png/ folder of PNGs)"
-    )
-    images = {p.stem: p for p in _pngs(image_folder)}
+def is_folder_target(name: str) -> bool:
+    """A target that is not one of the known sets: any folder of radiographs (`--target-dir`)."""
+    return name not in TARGET_DATASETS
+
+
+def check_target_name(name: str) -> str:
+    """A target name goes into trial ids, cache and file names: short, lower case, no path characters."""
+    if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
+        raise ValueError(f"target name {name!r}: use lower-case letters, digits, '-' and '_' (e.g. 'hospital-a')")
+    if name == "jsrt":
+        raise ValueError("target name 'jsrt': JSRT is the source; name the target set something else")
+    return name
+
+
+def target_dirs(values: list[str] | None, default_name: str | None = None) -> dict[str, str]:
+    """`--target-dir` values, each `NAME=DIR` or a bare `DIR` for `default_name`, as {name: dir}."""
+    out: dict[str, str] = {}
+    for value in values or ():
+        name, sep, folder = value.partition("=")
+        if not (sep and TARGET_NAME.fullmatch(name)):
+            if default_name is None:
+                raise ValueError(f"--target-dir {value}: say which target it holds, as NAME=DIR")
+            name, folder = default_name, value
+        check_target_name(name)
+        if name in out and out[name] != folder:
+            raise ValueError(f"--target-dir: two folders for target {name!r} ({out[name]} and {folder})")
+        out[name] = folder
+    return out
+
+
+def _lung_mask_files(data_root: Path) -> tuple[str, Path, dict[str, list[Path]]] | None:
+    """(layout, mask root, structure -> files) of the lung masks under a target's folder, or None."""
     left, right = data_root / "ManualMask" / "leftMask", data_root / "ManualMask" / "rightMask"
     if left.is_dir() and right.is_dir():
-        layout, mask_root = "left-right", data_root / "ManualMask"
-        structure_files = {"left lung": _pngs(left), "right lung": _pngs(right)}
-    else:
-        merged = [data_root / f for f in MERGED_MASK_FOLDERS if (data_root / f).is_dir() and _pngs(data_root / f)]
-        if not merged:
-            raise ValueError(
-                f"{data_root}: no lung masks (expected ManualMask/leftMask + ManualMask/rightMask, "
-                f"or merged masks in one of {', '.join(MERGED_MASK_FOLDERS)}/)"
-            )
-        layout, mask_root = "merged", merged[0]
-        structure_files = {MERGED_LUNGS: _pngs(merged[0])}
+        return "left-right", data_root / "ManualMask", {"left lung": _pngs(left), "right lung": _pngs(right)}
+    merged = [data_root / f for f in MERGED_MASK_FOLDERS if (data_root / f).is_dir() and _pngs(data_root / f)]
+    if not merged:
+        return None
+    return "merged", merged[0], {MERGED_LUNGS: _pngs(merged[0])}
+
+
+def _pair_masks(name: str, images: dict[str, Path], image_folder: Path, mask_root: Path,
+                structure_files: dict[str, list[Path]], skip_unmasked: bool) -> tuple[list[Case], list[dict]]:
     masks: dict[str, dict[str, Path]] = {}
     for structure, paths in structure_files.items():
         by_id = {}
         for path in paths:
             case_id = _mask_id(path)
             if case_id not in images:
-                raise ValueError(f"{path}: mask without an image ({case_id}.png is not in {image_folder})")
+                raise ValueError(f"{path}: mask without an image ({case_id} is not in {image_folder})")
             by_id[case_id] = path
         masks[structure] = by_id
     cases, skipped = [], []
@@ -247,12 +277,81 @@ def scan_target(name: str, root: str | Path) -> Scan:
             cases.append(Case(case_id, images[case_id], {s: masks[s][case_id] for s in masks}))
             continue
         reason = f"no {' / '.join(absent)} mask in {mask_root}"
-        if not SKIP_UNMASKED[name] or len(absent) < len(masks):
+        if not skip_unmasked or len(absent) < len(masks):
             raise ValueError(f"{images[case_id]}: image without its mask ({reason})")
         skipped.append({"id": case_id, "reason": reason})
+    return cases, skipped
+
+
+def scan_target(name: str, root: str | Path) -> Scan:
+    """Pair a target set's images with their lung masks.
+
+    Montgomery / Shenzhen: `CXR_png/` with left/right or merged lung masks, as distributed. Any
+    other name is a folder target (`scan_folder_target`)."""
+    if is_folder_target(name):
+        return scan_folder_target(name, root)
+    data_root, image_folder = _here_or_one_below(
+        _require_folder(root, f"--{name}"), _target_image_folder, f"{name} images (a CXR_png/ folder of PNGs)"
+    )
+    images = {p.stem: p for p in _pngs(image_folder)}
+    found = _lung_mask_files(data_root)
+    if found is None:
+        raise ValueError(
+            f"{data_root}: no lung masks (expected ManualMask/leftMask + ManualMask/rightMask, "
+            f"or merged masks in one of {', '.join(MERGED_MASK_FOLDERS)}/)"
+        )
+    layout, mask_root, structure_files = found
+    cases, skipped = _pair_masks(name, images, image_folder, mask_root, structure_files, SKIP_UNMASKED[name])
     if not cases:
         raise ValueError(f"{data_root}: no {name} image has a lung mask")
     return Scan(name, image_folder, mask_root, "png", layout, cases, skipped)
+
+
+def radiograph_files(folder: Path) -> list[Path]:
+    """The radiographs among a folder's own files (any format `data_io.preprocess.decode_radiograph`
+    decodes), sorted."""
+    return [p for p in _files(folder) if is_radiograph_file(p)]
+
+
+def _image_format(path: Path) -> str:
+    if path.suffix.lower() in JSRT_SUFFIXES:
+        return "jsrt-img"
+    if path.suffix.lower() in DICOM_SUFFIXES or path.suffix.lower() not in RADIOGRAPH_SUFFIXES:
+        return "dicom"
+    return path.suffix.lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
+
+
+def scan_folder_target(name: str, root: str | Path) -> Scan:
+    """A target set that is just a folder of radiographs (`--target NAME --target-dir DIR`).
+
+    Images: DIR's own radiograph files (DICOM with or without a suffix, PNG, JPEG, TIFF, ...), or
+    those of DIR/CXR_png/ or DIR/images/. Lung masks, optional: PNGs matched by name
+    (`<id>.png` or `<id>_mask.png`) in DIR/masks/, DIR/mask/ or DIR/ManualMask/ (or
+    ManualMask/leftMask + rightMask); with masks, every image needs one. Without, the set is
+    unlabelled: it serves transfer at 0 % labels and is never scored.
+    """
+    check_target_name(name)
+    data_root = _require_folder(root, "--target-dir")
+    image_folder = next((data_root / sub for sub in IMAGE_FOLDERS
+                         if (data_root / sub).is_dir() and radiograph_files(data_root / sub)), data_root)
+    images: dict[str, Path] = {}
+    for path in radiograph_files(image_folder):
+        case_id = radiograph_id(path)
+        if case_id in images:
+            raise ValueError(f"{path}: two radiographs named {case_id} ({images[case_id].name} and {path.name}); "
+                             "masks are matched by name, so names must be unique")
+        images[case_id] = path
+    if not images:
+        raise ValueError(f"{data_root}: no radiographs (DICOM, {', '.join(PICTURE_SUFFIXES)}) here or in "
+                         f"{' or '.join(IMAGE_FOLDERS)}/")
+    image_format = "+".join(sorted({_image_format(p) for p in images.values()}))
+    found = _lung_mask_files(data_root)
+    if found is None:
+        cases = [Case(case_id, images[case_id], {}) for case_id in sorted(images)]
+        return Scan(name, image_folder, None, image_format, "none", cases)
+    layout, mask_root, structure_files = found
+    cases, skipped = _pair_masks(name, images, image_folder, mask_root, structure_files, skip_unmasked=False)
+    return Scan(name, image_folder, mask_root, image_format, layout, cases, skipped)
 
 
 # --- sizes, orientation, tasks ----------------------------------------------------------------
@@ -283,19 +382,31 @@ def check_sizes(scan: Scan, case: Case, image_shape: tuple[int, int], mask_shape
             )
 
 
-def to_display_convention(
-    image: np.ndarray, masks: dict[str, np.ndarray], white_is_zero: bool
-) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
-    """The one place for orientation: bone bright, patient's left on the image's right.
+def display_polarity(image: np.ndarray, white_is_zero: bool, inversion_sum: float | None = None) -> np.ndarray:
+    """Gray levels as float32 with bone bright: a 'white is zero' image is inverted.
 
-    JSRT `.IMG` stores optical density ("white is zero") and is inverted here. When the masks
-    name the patient's sides, a case whose left lung lies on the image's left half is a mirrored
-    copy and is flipped back (image and all masks). Returns (image float32, masks, mirrored).
+    JSRT `.IMG` stores optical density; DICOM MONOCHROME1 displays its highest value black.
+    The inversion is `inversion_sum - value` (DICOM: the sum of the output range's ends, which
+    maps that range onto itself); without one, JSRT's rule, 12 bits unless the file holds more.
+    Any constant would do (standardisation follows): an exact one keeps integer values exact.
     """
     pixels = image.astype(np.float32)
     if white_is_zero:
-        # Any constant works (standardisation follows); 12 bits unless the file holds more.
-        pixels = max(JSRT_MAX_VALUE, float(pixels.max())) - pixels
+        total = inversion_sum if inversion_sum is not None else max(JSRT_MAX_VALUE, float(pixels.max()))
+        pixels = np.float32(total) - pixels
+    return pixels
+
+
+def to_display_convention(
+    image: np.ndarray, masks: dict[str, np.ndarray], white_is_zero: bool, inversion_sum: float | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
+    """The one place for orientation: bone bright, patient's left on the image's right.
+
+    Polarity: see `display_polarity`. When the masks name the patient's sides, a case whose left
+    lung lies on the image's left half is a mirrored copy and is flipped back (image and all
+    masks). Returns (image float32, masks, mirrored).
+    """
+    pixels = display_polarity(image, white_is_zero, inversion_sum)
     mirrored = False
     if "left lung" in masks and "right lung" in masks:
         left_x, right_x = _centroid_x(masks["left lung"]), _centroid_x(masks["right lung"])
@@ -335,7 +446,7 @@ def summarise(scan: Scan, image_shapes: list[tuple[int, int]]) -> dict:
     counts = Counter(f"{h}x{w}" for h, w in image_shapes)
     return {
         "root": str(scan.image_root),
-        "mask_root": str(scan.mask_root),
+        "mask_root": None if scan.mask_root is None else str(scan.mask_root),
         "image_format": scan.image_format,
         "mask_layout": scan.mask_layout,
         "cases": len(scan.cases),

@@ -3,9 +3,11 @@
 This module is the one home of the per-image pipeline, shared by the preprocessing cache
 (`data_io.cache`, training and evaluation) and by `cxrsweep segment`:
 
-    decode_radiograph    file -> raw pixels (JSRT .IMG or any gray image Pillow reads)
+    decode_radiograph    file -> raw pixels and their polarity (JSRT .IMG, DICOM through its
+                         modality and VOI LUTs, or any gray picture Pillow reads)
     prepare_radiograph   raw pixels -> orient -> find the content -> crop -> resize -> standardise
     preprocess_file      decode_radiograph + prepare_radiograph, for one file without masks
+    display_radiograph   decode_radiograph + orientation: the file as displayed, for overlays
     mask_to_full_frame   a mask (or foreground probability) predicted on the cropped S x S image
                          -> the radiograph's full frame, at its own size or any other
 
@@ -28,10 +30,12 @@ import numpy as np
 from PIL import Image
 
 from data_io import datasets
-from data_io.readers import read_gray, read_jsrt_img
+from data_io.readers import JSRT_SUFFIXES, Radiograph, is_dicom_path, read_dicom, read_gray, read_jsrt_img
 
 # Bump when decoding, orientation, the content crop, resizing or normalisation changes: old caches then miss.
-PREPROCESS_VERSION = 2
+# 2: orientation at full resolution, then the content crop. 3: DICOM decoded here too (MONOCHROME1
+# inverted over its output range), one pipeline for the cache and `cxrsweep segment`.
+PREPROCESS_VERSION = 3
 NORMALISATION = "per_image_standardisation"
 
 # The content crop. Lengths are fractions of the image's gray-level range R (its 0.5th to 99.5th
@@ -240,44 +244,62 @@ class PreparedRadiograph:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # structure -> bool [S, S], cropped frame
     full_masks: dict[str, np.ndarray] = field(default_factory=dict)  # structure -> bool [S, S], full frame
     mirrored: bool = False  # flipped back to the display convention (masks said it was mirrored)
-    display: np.ndarray | None = None  # float32: the oriented radiograph at its own size (overlays)
 
 
-def decode_radiograph(path: Path, image_format: str | None = None) -> tuple[np.ndarray, bool]:
-    """(raw pixels, white_is_zero) of one file. `image_format` "jsrt-img" reads JSRT's raw
-    12-bit `.IMG`; None decides by the suffix (.img); anything else is read with Pillow."""
+def decode_radiograph(path: Path | str, image_format: str | None = None) -> Radiograph:
+    """The raw pixels of one file and their polarity, by its format: JSRT's raw 12-bit `.IMG`
+    (`image_format` "jsrt-img", or the .img suffix; white is zero), DICOM (a .dcm / .dicom
+    suffix, or no known suffix and DICOM's marker: `readers.read_dicom`), else a picture read
+    with Pillow. Errors name the file."""
     path = Path(path)
-    jsrt_raw = image_format == "jsrt-img" or (image_format is None and path.suffix.lower() == ".img")
-    raw = read_jsrt_img(path) if jsrt_raw else read_gray(path)
+    if image_format == "jsrt-img" or path.suffix.lower() in JSRT_SUFFIXES:
+        return Radiograph(read_jsrt_img(path), white_is_zero=True)
+    if is_dicom_path(path):
+        return read_dicom(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    raw = read_gray(path)
     if raw.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel radiograph, got shape {raw.shape}")
-    return raw, jsrt_raw
+    return Radiograph(raw)
 
 
-def prepare_radiograph(raw: np.ndarray, image_size: int, *, source: Path | str, crop_borders: bool = True,
-                       white_is_zero: bool = False,
+def prepare_radiograph(radiograph: Radiograph | np.ndarray, image_size: int, *, source: Path | str,
+                       crop_borders: bool = True,
                        structures: Mapping[str, np.ndarray] | None = None) -> PreparedRadiograph:
     """Orient -> find the content -> crop -> resize to `image_size` -> standardise one radiograph.
 
+    `radiograph` comes from `decode_radiograph` (a bare array: gray levels already bone bright).
+    Orientation, at full resolution: polarity (a white-is-zero image is inverted,
+    `datasets.display_polarity`), and a mirrored case flipped back when its masks say so.
     `structures` (optional) are its masks by SCR structure name, at the image's size or any
     other covering the same frame (SCR masks are half the JSRT side); they follow the image
     through orientation and crop, and come back both cropped (`masks`, what training uses) and
     whole (`full_masks`, what scores are computed on). With `crop_borders=False` the whole
     frame is kept (the behaviour before the content crop). `source` names the file in errors.
     """
-    pixels, oriented, mirrored = datasets.to_display_convention(raw, dict(structures or {}), white_is_zero=white_is_zero)
+    if not isinstance(radiograph, Radiograph):
+        radiograph = Radiograph(np.asarray(radiograph))
+    pixels, oriented, mirrored = datasets.to_display_convention(
+        radiograph.pixels, dict(structures or {}), white_is_zero=radiograph.white_is_zero,
+        inversion_sum=radiograph.inversion_sum)
     crop = find_content_box(pixels, source) if crop_borders else CropBox.full(*pixels.shape)
     image = standardise(resize(pixels, image_size, crop.region_in(pixels.shape)), source)
     masks = {name: resize_mask(mask, image_size, crop.region_in(mask.shape)) for name, mask in oriented.items()}
     full_masks = {name: resize_mask(mask, image_size) for name, mask in oriented.items()} if crop.trimmed else masks
-    return PreparedRadiograph(image=image, crop=crop, masks=masks, full_masks=full_masks, mirrored=mirrored,
-                              display=pixels)
+    return PreparedRadiograph(image=image, crop=crop, masks=masks, full_masks=full_masks, mirrored=mirrored)
 
 
-def preprocess_file(path: Path, image_size: int, crop_borders: bool = True) -> PreparedRadiograph:
-    """One radiograph file (no masks) as a network trained on cached data expects it."""
-    raw, white_is_zero = decode_radiograph(path)
-    return prepare_radiograph(raw, image_size, source=path, crop_borders=crop_borders, white_is_zero=white_is_zero)
+def preprocess_file(path: Path | str, image_size: int, crop_borders: bool = True) -> PreparedRadiograph:
+    """One radiograph file (no masks) as a network trained on cached data expects it; its full
+    frame's size is (crop.height, crop.width)."""
+    return prepare_radiograph(decode_radiograph(path), image_size, source=path, crop_borders=crop_borders)
+
+
+def display_radiograph(path: Path | str) -> np.ndarray:
+    """One radiograph file as displayed (oriented, bone bright), float32 at its own size."""
+    radiograph = decode_radiograph(path)
+    return datasets.display_polarity(radiograph.pixels, radiograph.white_is_zero, radiograph.inversion_sum)
 
 
 def _resample_filter(source_shape: tuple[float, float], size: int) -> int:

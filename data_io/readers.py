@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 JSRT_BYTES_PER_PIXEL = 2
+
+# Radiograph files by suffix: JSRT's raw .IMG, DICOM, and the common picture formats. A file
+# without a suffix is a radiograph when it is DICOM (archives often drop the suffix).
+JSRT_SUFFIXES = (".img",)
+DICOM_SUFFIXES = (".dcm", ".dicom")
+PICTURE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+RADIOGRAPH_SUFFIXES = JSRT_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES
+DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 
 
 def jsrt_img_side(path: str | Path) -> int:
@@ -94,3 +103,137 @@ def read_mask(path: str | Path) -> np.ndarray:
     if peak == 0:
         return np.zeros(values.shape, dtype=bool)
     return values > peak / 2
+
+
+# --- DICOM ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Radiograph:
+    """A decoded radiograph before orientation: values as the file means them, and their polarity.
+
+    `white_is_zero`: high values display dark (JSRT `.IMG`, DICOM MONOCHROME1); the orientation
+    step inverts them as `inversion_sum - value` (`None`: the JSRT rule, see
+    `data_io.datasets.display_polarity`).
+    """
+
+    pixels: np.ndarray  # [H, W]: uint8 / uint16 as stored, or float32 after DICOM's LUTs
+    white_is_zero: bool = False
+    inversion_sum: float | None = None
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether the file carries DICOM's 'DICM' marker after its 128-byte preamble."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC))
+    except OSError:
+        return False
+    return head[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
+
+
+def is_radiograph_file(path: Path) -> bool:
+    return path.suffix.lower() in RADIOGRAPH_SUFFIXES or is_dicom_file(path)
+
+
+def radiograph_id(path: Path) -> str:
+    """A radiograph's case id: its name without a known suffix (DICOM names like 1.2.840.5 keep their dots)."""
+    return path.stem if path.suffix.lower() in RADIOGRAPH_SUFFIXES else path.name
+
+
+def is_dicom_path(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix in DICOM_SUFFIXES or (suffix not in RADIOGRAPH_SUFFIXES and is_dicom_file(path))
+
+
+def _read_dicom_dataset(path: Path, header_only: bool = False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except InvalidDicomError as exc:
+        raise ValueError(f"{path}: not a readable DICOM file ({exc})") from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: damaged DICOM file ({type(exc).__name__}: {exc})") from None
+
+
+def _check_dicom_radiograph(path: Path, ds, with_pixels: bool = True) -> str:
+    if "Rows" not in ds or "Columns" not in ds or (with_pixels and "PixelData" not in ds):
+        raise ValueError(f"{path}: DICOM file without an image (no Rows / Columns / Pixel Data)")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"{path}: photometric interpretation {photometric or 'missing'!r}; a radiograph is "
+                         "MONOCHROME1 or MONOCHROME2")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise ValueError(f"{path}: {frames} frame(s) of {ds.get('SamplesPerPixel', 1)} sample(s); a radiograph is "
+                         "one frame of one sample")
+    return photometric
+
+
+def dicom_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a DICOM radiograph from its header."""
+    path = Path(path)
+    ds = _read_dicom_dataset(path, header_only=True)
+    _check_dicom_radiograph(path, ds, with_pixels=False)
+    return int(ds.Rows), int(ds.Columns)
+
+
+def read_dicom(path: str | Path) -> Radiograph:
+    """A DICOM radiograph through its modality LUT (rescale slope / intercept) and its first VOI
+    LUT or window when present, as float32; MONOCHROME1 is reported as `white_is_zero` with the
+    inversion that maps the output range onto itself. Compressed pixel data needs a decoder
+    pydicom can use (RLE and, through Pillow, baseline JPEG and JPEG 2000 come with it; JPEG
+    lossless and JPEG-LS need pylibjpeg-libjpeg or gdcm): otherwise the error names the file,
+    the transfer syntax and the missing decoder."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    path = Path(path)
+    ds = _read_dicom_dataset(path)
+    photometric = _check_dicom_radiograph(path, ds)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        stored = ds.pixel_array
+    except (NotImplementedError, RuntimeError, ImportError) as exc:
+        name = getattr(syntax, "name", syntax)
+        raise ValueError(f"{path}: cannot decode pixel data compressed as {name} ({syntax}): no installed "
+                         f"decoder handles it ({exc})") from None
+    except (ValueError, AttributeError, KeyError, TypeError, OSError, EOFError) as exc:
+        raise ValueError(f"{path}: damaged DICOM pixel data ({type(exc).__name__}: {exc})") from None
+    if stored.ndim != 2:
+        raise ValueError(f"{path}: pixel data has shape {stored.shape}, expected one 2-D frame")
+    bits = int(ds.get("BitsStored", stored.dtype.itemsize * 8))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    extremes = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1],
+                        dtype=stored.dtype)
+
+    def display_values(values: np.ndarray) -> np.ndarray:
+        return apply_voi_lut(apply_modality_lut(values, ds), ds)
+
+    try:
+        pixels = np.asarray(display_values(stored), dtype=np.float32)
+        span = np.asarray(display_values(extremes), dtype=np.float64)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"{path}: unusable modality / VOI LUT ({exc})") from None
+    if not np.all(np.isfinite(pixels)):
+        raise ValueError(f"{path}: rescaled pixel values are not finite")
+    monochrome1 = photometric == "MONOCHROME1"
+    return Radiograph(pixels, white_is_zero=monochrome1,
+                      inversion_sum=float(span.min() + span.max()) if monochrome1 else None)
+
+
+# --- any radiograph file (decoding by format: data_io.preprocess.decode_radiograph) ----------
+
+
+def radiograph_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of any radiograph file from its header (JSRT: from the file length)."""
+    path = Path(path)
+    if path.suffix.lower() in JSRT_SUFFIXES:
+        side = jsrt_img_side(path)
+        return side, side
+    if is_dicom_path(path):
+        return dicom_image_size(path)
+    return image_size(path)

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from sweep.config import LABEL_FRACTIONS, PROFILES, SEGMENTATION_MODELS, TARGETS, TASKS, TRANSFER_METHODS
+from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, PROFILES, SEGMENTATION_MODELS, TARGETS, TASKS,
+                          TRANSFER_METHODS, RunConfig)
 
 EXIT_TRIALS_FAILED = 1
 
@@ -27,21 +28,26 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--scr", help="SCR masks folder")
     data.add_argument("--montgomery", help="Montgomery set folder")
     data.add_argument("--shenzhen", help="Shenzhen set folder")
+    data.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
+                      help="a target set as a folder of radiographs (DICOM, PNG, ...) with optional masks/ "
+                           "(repeatable); a bare DIR belongs to the one folder target selected")
     data.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
-    ray_group.add_argument("--gpus-per-trial", type=float, default=0.25,
-                           help="GPU share per trial; fractions pack several trials on one GPU (default 0.25); "
-                                "ignored with a message when the cluster has no GPUs")
+    ray_group.add_argument("--gpus-per-trial", type=float, default=None,
+                           help="GPU share per trial; fractions pack several trials on one GPU (default per profile: "
+                                + ", ".join(f"{p} {g:g}" for p, g in GPUS_PER_TRIAL.items())
+                                + "); ignored with a message when the cluster has no GPUs")
     ray_group.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     ray_group.add_argument("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: no limit)")
     ray_group.add_argument("--retries", type=int, default=1, help="retries of a failed trial, from its last checkpoint (default 1)")
-    ray_group.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
-                           help="attach a checkpoint to every Nth epoch report (default 1); a resumed trial "
-                                "repeats at most N-1 epochs")
+    ray_group.add_argument("--checkpoint-every-s", type=float, default=None, metavar="SECONDS",
+                           help="a trial checkpoints (last.pt only) at most this often, and after its last epoch; "
+                                f"0: every epoch (default {RunConfig.checkpoint_every_s:g}, the config field "
+                                "checkpoint_every_s); a resumed trial repeats at most that much training")
     ray_group.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                            help="seconds between progress lines (default 10)")
 
@@ -75,14 +81,21 @@ def base_config(args):
     if args.config_from and tuning_record(args) is None:
         values.update(load_config_file(args.config_from))
     values.update(parse_overrides(args.overrides))
+    if getattr(args, "checkpoint_every_s", None) is not None:
+        values["checkpoint_every_s"] = args.checkpoint_every_s
     return make_config(args.profile, values)
 
 
 def data_paths(args):
     from sweep.runner import DataPaths
 
+    from data_io.datasets import is_folder_target, target_dirs
+
+    selected = getattr(args, "targets", None) or [getattr(args, "target", None)]
+    folder_targets = [t for t in selected if t and is_folder_target(t)]
+    default = folder_targets[0] if len(folder_targets) == 1 else None
     return DataPaths(jsrt=args.jsrt, scr=args.scr, montgomery=args.montgomery, shenzhen=args.shenzhen,
-                     cache_dir=args.cache_dir)
+                     cache_dir=args.cache_dir, target_dirs=target_dirs(args.target_dir, default))
 
 
 def sweep_options(args, **extra):
@@ -90,8 +103,7 @@ def sweep_options(args, **extra):
 
     return SweepOptions(out=args.out, address=args.address, gpus_per_trial=args.gpus_per_trial,
                         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
-                        retries=args.retries, progress_every_s=args.progress_every,
-                        checkpoint_every=args.checkpoint_every, **extra)
+                        retries=args.retries, progress_every_s=args.progress_every, **extra)
 
 
 def register(subparsers) -> None:
@@ -110,7 +122,8 @@ def register(subparsers) -> None:
     run.add_argument("--fractions", type=_csv(float),
                      help=f"target label fractions in percent (default {','.join(f'{f:g}' for f in LABEL_FRACTIONS)})")
     run.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
-    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery; choices {','.join(TARGETS)})")
+    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery): {','.join(TARGETS)} or the name of a "
+                          "--target-dir folder")
     add_data_flags(run)
     run.add_argument("--out", required=True, help="output folder or storage URI (s3://, gs://)")
     run.add_argument("--resume", action="store_true",
@@ -132,7 +145,8 @@ def register(subparsers) -> None:
     tune_parser.add_argument("--method", default="supervised", choices=("supervised", *TRANSFER_METHODS),
                              help="supervised (Table I) or a transfer method (Table II)")
     tune_parser.add_argument("--label-fraction", type=float, default=0.0, help="transfer: percent of target labels")
-    tune_parser.add_argument("--target", default="montgomery", choices=TARGETS)
+    tune_parser.add_argument("--target", default="montgomery",
+                             help=f"{', '.join(TARGETS)} or a --target-dir folder's name (default montgomery)")
     tune_parser.add_argument("--repetition", type=int, default=0, help="transfer: the repetition the config is for")
     tune_parser.add_argument("--repetitions", type=_csv(int), help="transfer: one search per repetition, e.g. 0,1,2,3,4")
     tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")
@@ -178,12 +192,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from data_io.datasets import check_target_name
     from sweep.tuning import run_tuning, tuned_cell
 
     base = base_config(args)
     if args.trials < 1:
         raise ValueError(f"--trials {args.trials}: must be at least 1")
     method = None if args.method == "supervised" else args.method
+    check_target_name(args.target)
     if method is None:
         folds = args.folds if args.folds is not None else [args.fold]
         bad = [f for f in folds if not 0 <= f < base.n_folds]
@@ -235,7 +251,7 @@ def cmd_demo(args) -> int:
                       cache_dir=args.cache_dir)
     grid = build_grid("all", make_config(args.profile), folds=args.folds, repetitions=args.repetitions,
                       fractions=args.fractions)
-    options = SweepOptions(out=args.out, gpus_per_trial=0.25, cpus_per_trial=args.cpus_per_trial,
+    options = SweepOptions(out=args.out, cpus_per_trial=args.cpus_per_trial,
                            progress_every_s=args.progress_every, object_store_memory=512 * 1024 * 1024)
     outcome = run_grid(grid, paths, options)
     report = _report(args.out, args.profile)

@@ -9,9 +9,6 @@ from sweep.config import PROFILES, SEGMENTATION_MODELS, TASKS
 
 log = logging.getLogger(__name__)
 
-# File types `cxrsweep segment` reads; .IMG is JSRT's raw 12-bit format.
-IMAGE_SUFFIXES = (".img", ".png", ".gif", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
 
 def register(subparsers) -> None:
     train = subparsers.add_parser(
@@ -36,14 +33,35 @@ def register(subparsers) -> None:
     train.set_defaults(func=run_train)
 
     segment = subparsers.add_parser(
-        "segment", help="apply a trained checkpoint to radiographs; write masks and overlays",
-        description="Reads JSRT .IMG or PNG/GIF/JPEG/TIFF/BMP radiographs (files or folders), prepares them as the "
-                    "checkpoint's training data was (size, normalisation), and writes OUT/masks/<name>.png "
-                    "(0/255, at the input's size) and OUT/overlays/<name>.png.")
+        "segment", help="apply a trained checkpoint to radiographs (files or folders), on Ray Data; resumable",
+        description="Reads DICOM, JSRT .IMG, PNG/GIF/JPEG/TIFF/BMP radiographs (folders searched recursively), "
+                    "prepares each exactly as the checkpoint's training data (orientation, the content crop if it "
+                    "was trained with it, size, standardisation), applies the network (M_A, or M_A(G_BA(.)) for a "
+                    "transfer run) and writes OUT/masks/<name>.png (0/255, in the input's full frame at its size), "
+                    "OUT/segmentations.parquet (one row per image: size, content box, area fractions, components, "
+                    "confidence, QC flag and reason; unreadable files with the reason) and overlays. Streams "
+                    "through Ray Data (a local runtime, or --address); --local runs a plain loop in this process. "
+                    "Re-running skips images already done.")
     segment.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) of a cxrsweep run")
     segment.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
     segment.add_argument("--out", type=Path, required=True)
-    segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    segment.add_argument("--batch-size", type=int, default=16, help="images per batch at every stage (default 16)")
+    segment.add_argument("--overlays", choices=("flagged", "all", "none"), default="flagged",
+                         help="write OUT/overlays/<name>.png for QC-flagged images (default), all or none")
+    segment.add_argument("--retry-unreadable", action="store_true",
+                         help="try again the files an earlier run listed as unreadable (e.g. after installing a decoder)")
+    segment.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS")
+    ray_group = segment.add_argument_group("Ray Data")
+    ray_group.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
+    ray_group.add_argument("--workers", type=int, default=0,
+                           help="model workers (default: one per GPU share; without GPUs one per --cpus-per-worker CPUs, "
+                                "each reading, segmenting and encoding)")
+    ray_group.add_argument("--gpus-per-worker", type=float, default=0.0,
+                           help="GPU share of each model worker (default 0: on the CPU)")
+    ray_group.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs of each model worker (default 1)")
+    local = segment.add_argument_group("without Ray")
+    local.add_argument("--local", action="store_true", help="a plain loop in this process instead of Ray Data")
+    local.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of --local")
     segment.set_defaults(func=run_segment)
 
 
@@ -69,32 +87,38 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def image_files(inputs: list[Path]) -> list[Path]:
-    """The radiographs named by files and folders (a folder's own files, sorted)."""
-    files: list[Path] = []
-    for path in inputs:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"{path}: no radiographs ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            files += found
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"{path}: unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)}")
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return files
-
-
 def run_segment(args: argparse.Namespace) -> int:
-    from sweep.engine.inference import Segmenter
+    from sweep.engine.segment import Progress, SegmentOutput, checkpoint_info, list_inputs, segment_local
 
-    files = image_files(args.inputs)
-    segmenter = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
-    log.info("segmenting %d image(s) with %s (%s, %s at %d px) on %s", len(files), args.checkpoint,
-             segmenter.arch, segmenter.task, segmenter.image_size, segmenter.device)
-    for path in files:
-        mask_path, overlay_path, fraction = segmenter.segment_file(path, args.out)
-        print(f"{path}: {segmenter.task} covers {100 * fraction:.1f}% -> {mask_path}, {overlay_path}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    info = checkpoint_info(args.checkpoint)
+    items = list_inputs(args.inputs)
+    output = SegmentOutput(args.out, info, args.checkpoint)
+    todo = output.pending(items, retry_unreadable=args.retry_unreadable)
+    print(f"segment: {len(items)} image(s), {len(items) - len(todo)} already done, {len(todo)} to do; "
+          f"{info.arch} ({info.task}, {info.image_size} px, content crop {'on' if info.crop_borders else 'off'}) "
+          f"-> {args.out}", flush=True)
+    if info.foreground_range is None:
+        log.warning("%s records no training area range (an older checkpoint): QC checks empty masks and "
+                    "components only", args.checkpoint)
+    progress = Progress(len(todo), args.progress_every)
+    if todo:
+        if args.local:
+            segment_local(todo, output, args.checkpoint, device=args.device, batch_size=args.batch_size,
+                          overlays=args.overlays, progress=progress)
+        else:
+            from sweep.segment_ray import RayOptions, segment_with_ray
+
+            options = RayOptions(address=args.address, batch_size=args.batch_size, workers=args.workers,
+                                 gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+            segment_with_ray(todo, output, args.checkpoint, options, overlays=args.overlays, progress=progress)
+        progress.print(final=True)
+    rows = output.gather()
+    ok = rows[rows.status == "ok"]
+    unreadable = rows[rows.status == "unreadable"]
+    print(f"segment: {len(ok)} mask(s) in {args.out / 'masks'}, {int(ok.qc_flag.sum())} flagged for review, "
+          f"{len(unreadable)} unreadable; table {output.parquet}")
+    for path, error in zip(unreadable.path, unreadable.error):
+        print(f"  unreadable: {path}: {error}")
     return 0

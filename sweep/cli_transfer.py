@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--task", choices=TASKS, default="lungs")
     parser.add_argument("--label-fraction", type=float, default=0.0, metavar="PERCENT",
                         help="percent of the target training split that keeps its labels (default 0)")
-    parser.add_argument("--target", choices=TARGETS, default="montgomery")
+    parser.add_argument("--target", default="montgomery",
+                        help=f"{', '.join(TARGETS)} (their folders by --montgomery / --shenzhen) or the name of a "
+                             "--target-dir folder of your own (default montgomery)")
     parser.add_argument("--repetition", type=int, default=0, help="which seeded 60/20/20 split (default 0)")
     parser.add_argument("--translator", choices=("munit", "cyclegan"), help="default: the config's (munit)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="scale of the run (default cpu)")
@@ -33,6 +35,10 @@ def register(subparsers) -> None:
     parser.add_argument("--scr", type=Path, required=True, help="SCR masks for JSRT")
     parser.add_argument("--montgomery", type=Path, help="Montgomery set folder (needed for --target montgomery)")
     parser.add_argument("--shenzhen", type=Path, help="Shenzhen set folder (needed for --target shenzhen)")
+    parser.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
+                        help="the --target set as a folder of radiographs (DICOM, PNG, ...; or DIR/images/) with "
+                             "optional lung masks in DIR/masks/ matched by name; without masks only 0 %% labels "
+                             "apply and the run writes overlays, no scores")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--segmenter", type=Path, help="M_A checkpoint (best.pt of a `cxrsweep train` run on JSRT)")
     parser.add_argument("--translator-cache", type=Path,
@@ -51,9 +57,7 @@ def run_train_transfer(args: argparse.Namespace) -> int:
     from sweep.engine.transfer_data import transfer_data
     from sweep.engine.translation import warmup_translator
 
-    target_dir = getattr(args, args.target)
-    if target_dir is None:
-        raise ValueError(f"--target {args.target} needs --{args.target} DIR (the dataset's folder)")
+    target_dir = target_folder(args)
     overrides: dict = dict(load_config_file(args.config)) if args.config else {}
     overrides.update(parse_overrides(args.overrides))
     if args.translator:
@@ -101,6 +105,22 @@ def proposed_outcome(summary: dict) -> str:
         kept = f"kept the adapted epoch (chosen by {summary['selection_criterion']})"
     saturated = "; the discriminators saturated (see the log and result.json)" if summary["discriminators_saturated"] else ""
     return kept + saturated
+
+
+def target_folder(args: argparse.Namespace) -> Path:
+    """The --target set's folder: --target-dir, or --montgomery / --shenzhen for the known sets."""
+    from data_io.datasets import TARGET_DATASETS, check_target_name, target_dirs
+
+    check_target_name(args.target)
+    folders = target_dirs(args.target_dir, args.target)
+    other = sorted(set(folders) - {args.target})
+    if other:
+        raise ValueError(f"--target-dir {other[0]}=...: this run transfers to --target {args.target}")
+    folder = folders.get(args.target) or (getattr(args, args.target) if args.target in TARGET_DATASETS else None)
+    if folder is None:
+        known = f"--{args.target} DIR or " if args.target in TARGET_DATASETS else ""
+        raise ValueError(f"--target {args.target} needs {known}--target-dir DIR (the target set's folder)")
+    return Path(folder)
 
 
 def train_source_model(cfg, source, run_dir: Path) -> Path:

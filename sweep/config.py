@@ -11,12 +11,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from data_io.datasets import TARGET_DATASETS
+
 TASKS = ("lungs", "heart", "clavicles")
 SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
 TRANSFER_METHODS = ("proposed", "finetune", "scratch", "source_only")
 # Fractions of the target training split that keep their labels (paper, Table II), in percent.
 LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
-TARGETS = ("montgomery", "shenzhen")
+# Target sets known by name, declared with their layouts in data_io.datasets; any other valid
+# name is a folder target given with --target-dir (data_io.datasets.scan_folder_target).
+TARGETS = TARGET_DATASETS
 # How a proposed run at 0 % target labels picks its epoch (sweep/engine/selection.py).
 SELECTIONS = ("target", "source")
 
@@ -91,9 +95,13 @@ class RunConfig:
     # source masks), a difference datasets show without any segmentation being better.
     selection_margin: float = 0.04
 
-    # --- execution ---
+    # --- execution (EXECUTION_FIELDS: how a run executes, not what it computes) ---
     device: str = "auto"  # "auto", "cpu", "cuda"
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    # checkpoints/last.pt is written at most this often, and after the last epoch; <= 0: every epoch.
+    # Paper-size last.pt (U-Net + Adam state) is ~0.37 GB and a GPU epoch ~1 s, so not every epoch.
+    checkpoint_every_s: float = 300.0
+    compile: bool = False  # torch.compile the networks (in place; checkpoints keep their keys)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -136,6 +144,11 @@ def transfer_variant(values: Mapping[str, Any]) -> str:
     return "custom: " + ", ".join(f"{name}={ran[name]}" for name in ran if ran[name] != getattr(defaults, name))
 
 
+# Fields that say where and how fast a run executes, not what it computes: they are left out of
+# trial ids (sweep/grid.py) and may change when a run is resumed (sweep/engine/checkpoints.py).
+EXECUTION_FIELDS = frozenset({"device", "num_threads", "checkpoint_every_s", "compile"})
+
+
 # Each profile is a set of overrides of the paper defaults, declared here and nowhere else.
 PROFILES: dict[str, dict[str, Any]] = {
     # The paper's protocol: 256 px, full-width networks, 150 epochs, batch 4.
@@ -165,6 +178,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "translator_width": 8,
     },
 }
+
+
+# `cxrsweep run --gpus-per-trial` default per profile: the GPU share of one trial, so 1 / share
+# trials run on a GPU at once. Set from `benchmarks/bench_gpu.py`'s packing measurement (aggregate
+# images/s with 1, 2, 4, 8 trials on one GPU). Until that ran on the target GPU: paper 0.5, two
+# 256 px trials per GPU, which fit a 24 GB A10G with room (one U-Net at batch 4 under AMP needs a
+# few GB) and overlap one trial's host-side gaps (validation, checkpoints) with the other's
+# compute; smaller profiles leave a GPU mostly idle per trial, so four share one.
+GPUS_PER_TRIAL: dict[str, float] = {"paper": 0.5, "cpu": 0.25, "smoke": 0.25}
 
 
 def parse_value(text: str, like: Any) -> Any:

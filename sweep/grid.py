@@ -31,7 +31,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from data_io.datasets import check_target_name
 from sweep.config import (
+    EXECUTION_FIELDS,
     LABEL_FRACTIONS,
     PROFILES,
     SEGMENTATION_MODELS,
@@ -57,9 +59,6 @@ SEGMENTATION = "segmentation"
 TRANSFER = "transfer"
 TRANSLATOR_WARMUP = "translator_warmup"
 QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the target does not label
-
-# Fields that say where and how fast a run executes, not what it computes.
-EXECUTION_FIELDS = frozenset({"device", "num_threads"})
 
 # A hook that gives a Table I / II cell's config its tuned values (sweep.tuned.TuningRecord.adjust);
 # applied to cells only, never to translator warm-ups.
@@ -303,7 +302,8 @@ def build_grid(
         reps = list(range(base.n_folds)) if repetitions is None else list(repetitions)
         transfer_targets = list(targets or TARGETS[:1])
         _check_choice("--methods", transfer_methods, TRANSFER_METHODS)
-        _check_choice("--targets", transfer_targets, TARGETS)
+        for target in transfer_targets:
+            check_target_name(target)
         bad = [f for f in label_fractions if not 0 <= f <= 100]
         if bad:
             raise ValueError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")

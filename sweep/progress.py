@@ -1,5 +1,6 @@
 """Live progress of a sweep: one line every few seconds with trials done / running / pending /
-failed, elapsed time and an estimate of the time left, plus a line per finished or failed trial."""
+failed, elapsed time and an estimate of the time left, plus a line per finished or failed trial
+(and per trial left unrun because a dependency failed)."""
 from __future__ import annotations
 
 import time
@@ -15,46 +16,48 @@ def format_duration(seconds: float | None) -> str:
 
 
 class SweepProgress:
-    """The progress of one sweep, shared by every stage; Tune's events reach it through a
-    `ProgressRelay` (see there)."""
+    """The progress of one sweep (its Tuner, and any Tuner run after it); Tune's events reach it
+    through a `ProgressRelay` (see there)."""
 
     def __init__(self, total: int, say=print, every_s: float = 10.0):
         self.total, self.say, self.every_s = total, say, every_s
         self.started = time.time()
-        self.finished_before = 0  # trials done or reused in earlier stages
-        self.failed_before = 0  # trials failed in earlier stages
-        self.stage_label = ""
+        self.finished_before = 0  # trials reused from OUT, or done under an earlier Tuner
+        self.failed_before = 0  # trials failed under an earlier Tuner
+        self.dropped = 0  # trials not run: a dependency failed
         self.to_run: set[str] = set()
         self.last_line = 0.0
-        self.stage_started = self.started
-        self.stage_done = 0
+        self.settled_here = 0
         self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
 
-    def begin_stage(self, index: int, n_stages: int, reused: int, failed_without_running: int,
-                    to_run: set[str] = frozenset()) -> None:
-        """Start counting a stage: the trials `to_run` (ids); `reused` trials are already in
-        OUT, and `failed_without_running` trials lost a dependency."""
-        self.to_run = set(to_run)
+    def begin(self, to_run: set[str], reused: int = 0) -> None:
+        """Count the trials `to_run` (ids) of the next Tuner; `reused` trials are already in OUT."""
+        self.to_run |= set(to_run)
         self.finished_before += self.counts["done"] + reused
-        self.failed_before += self.counts["failed"] + failed_without_running
+        self.failed_before += self.counts["failed"]
         self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
-        self.stage_label = f"stage {index}/{n_stages}"
-        self.stage_started, self.stage_done = time.time(), 0
         if reused:
-            self.say(f"[sweep] {self.stage_label}: {reused} trial(s) already finished in OUT, reused")
-        if failed_without_running:
-            self.say(f"[sweep] {self.stage_label}: {failed_without_running} trial(s) not run: a dependency failed")
+            self.say(f"[sweep] {reused} trial(s) already finished in OUT, reused")
+
+    def dropped_trials(self, trial_ids: list[str], failed_dependency: str) -> None:
+        """Trials the scheduler will not run because `failed_dependency` failed."""
+        self.dropped += len(trial_ids)
+        for trial_id in trial_ids:
+            self.say(f"[sweep] not running {trial_id}: its dependency {failed_dependency} failed")
 
     def line(self) -> str:
         c = self.counts
-        settled = self.finished_before + self.failed_before + c["done"] + c["failed"]
+        failed = self.failed_before + c["failed"] + self.dropped
+        settled = self.finished_before + c["done"] + failed
         elapsed = time.time() - self.started
-        rate_elapsed = time.time() - self.stage_started
         remaining = self.total - settled
-        eta = rate_elapsed / self.stage_done * remaining if self.stage_done else None
-        return (f"[sweep {format_duration(elapsed)}] {self.stage_label}: {settled}/{self.total} settled | "
+        eta = elapsed / self.settled_here * remaining if self.settled_here else None
+        # Not released yet: their dependencies are still running (sweep.scheduling).
+        waiting = max(0, remaining - c["running"] - c["pending"])
+        return (f"[sweep {format_duration(elapsed)}] {settled}/{self.total} settled | "
                 f"done {self.finished_before + c['done']} | running {c['running']} | pending {c['pending']} | "
-                f"failed {self.failed_before + c['failed']} | elapsed {format_duration(elapsed)} | ETA {format_duration(eta) if remaining else '0:00:00'}")
+                f"waiting {waiting} | failed {failed} | elapsed {format_duration(elapsed)} | "
+                f"ETA {format_duration(eta) if remaining else '0:00:00'}")
 
     def _count(self, trials) -> None:
         counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
@@ -73,7 +76,7 @@ class SweepProgress:
             self.say(self.line())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.stage_done += 1
+        self.settled_here += 1
         self._count(trials)
         result = trial.last_result or {}
         score = result.get("test_jaccard_mean")
@@ -84,7 +87,7 @@ class SweepProgress:
                  + f" (node {node})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.stage_done += 1
+        self.settled_here += 1
         self._count(trials)
         self.say(f"[sweep] FAILED {trial} after {trial.num_failures} attempt(s); see the summary below")
 
@@ -131,3 +134,9 @@ class ProgressRelay(Callback):
     def on_experiment_end(self, trials, **info):
         if _live is not None:
             _live.on_experiment_end(trials, **info)
+
+
+def relay_dropped(trial_ids: list[str], failed_dependency: str) -> None:
+    """Tell the registered progress about trials the scheduler drops because a dependency failed."""
+    if _live is not None:
+        _live.dropped_trials(trial_ids, failed_dependency)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from sweep.config import RunConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection
 
 # Columns that identify a trial; shared by both tables.
 KEY_COLUMNS: dict[str, pa.DataType] = {
@@ -56,6 +56,11 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "selection_score": pa.float64(),  # target plausibility of the kept model (target_plausibility criterion)
     "no_adaptation_score": pa.float64(),  # the same score of M_A on b as it is
     "discriminators_saturated": pa.bool_(),  # saturated during the warm-up or the transfer epochs
+    # Tune checkpoints the trial wrote over all its attempts (sweep only): how many, the bytes of
+    # their last.pt files, and the seconds spent writing and persisting them.
+    "checkpoint_count": pa.int64(),
+    "checkpoint_bytes": pa.int64(),
+    "checkpoint_s": pa.float64(),
     "config_json": pa.string(),  # the whole effective config, for exact reruns
     "schema_version": pa.int64(),
 }
@@ -158,3 +163,44 @@ def read_trials(out_dir: str | Path) -> pd.DataFrame:
 
 def read_images(out_dir: str | Path) -> pd.DataFrame:
     return _read(Path(out_dir) / "results" / "images.parquet", IMAGES_SCHEMA)
+
+
+# `cxrsweep segment`: OUT/segmentations.parquet, one row per input radiograph (sweep.engine.segment).
+SEGMENTATION_STATUSES = ("ok", "unreadable")
+SEGMENTATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string()),  # the input file, absolute
+        pa.field("mask", pa.string()),  # the mask PNG relative to OUT (null when unreadable)
+        pa.field("status", pa.string()),  # see SEGMENTATION_STATUSES
+        pa.field("error", pa.string()),  # why the file could not be read ("" when ok)
+        pa.field("height", pa.int64()),  # the input's full frame (the mask's size)
+        pa.field("width", pa.int64()),
+        # The content the network saw (data_io.preprocess.CropBox): rows content_top ..
+        # content_bottom - 1, columns content_left .. content_right - 1; the whole frame when the
+        # checkpoint's content crop is off or found nothing to trim. The mask is 0 outside it.
+        pa.field("content_top", pa.int64()),
+        pa.field("content_left", pa.int64()),
+        pa.field("content_bottom", pa.int64()),
+        pa.field("content_right", pa.int64()),
+        pa.field("file_bytes", pa.int64()),  # the file's size and modification time when it was segmented:
+        pa.field("file_mtime_ns", pa.int64()),  # a changed file is segmented again
+        pa.field("task", pa.string()),
+        # Areas are shares of the content box, as the training range (train_foreground_range) is.
+        pa.field("area_fraction", pa.float64()),  # predicted foreground / content area
+        pa.field("left_area_fraction", pa.float64()),  # patient's left: the image's right of the mask's midline
+        pa.field("right_area_fraction", pa.float64()),
+        pa.field("n_components", pa.int64()),
+        pa.field("n_large_components", pa.int64()),  # components of at least LARGE_COMPONENT_FRACTION of the content
+        pa.field("mean_confidence", pa.float64()),  # mean foreground probability over predicted foreground pixels
+        pa.field("qc_flag", pa.bool_()),
+        pa.field("qc_reason", pa.string()),  # "; "-joined reasons ("" when not flagged)
+        pa.field("checkpoint_sha256", pa.string()),
+        pa.field("segmented_at", pa.float64()),  # Unix seconds
+        pa.field("schema_version", pa.int64()),
+    ],
+    metadata={"cxrsweep_schema_version": str(SCHEMA_VERSION), "table": "segmentations"},
+)
+
+
+def read_segmentations(out_dir: str | Path) -> pd.DataFrame:
+    return _read(Path(out_dir) / "segmentations.parquet", SEGMENTATIONS_SCHEMA)

@@ -1,12 +1,14 @@
-"""Runs a grid on Ray Tune: one Tuner per dependency stage, data loaded once on the driver,
-fractional GPUs, retries, live progress, resume, and the result tables rebuilt after each stage.
+"""Runs a grid on Ray Tune: one Tuner for all its trials, data loaded once on the driver,
+fractional GPUs, retries, live progress, resume, and the result tables rebuilt at the end.
 
-Stage k holds the trials whose dependencies all lie in earlier stages, so a trial never holds
-a GPU while it waits for an unscheduled dependency. A trial whose outputs are already in OUT
-is reused, not rerun; a trial whose dependency failed is recorded as failed without running.
+There is no stage barrier: the Tuner's searcher (sweep.scheduling.DependencyRelease) releases a
+trial as soon as its own dependencies are published, so no trial holds a GPU while it waits for
+one, and no trial waits for unrelated ones. A trial whose outputs are already in OUT is reused,
+not rerun; a trial whose dependency failed is recorded as failed without running.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -17,8 +19,11 @@ from typing import Any, Iterable, Sequence
 import ray
 from ray import tune
 
+from data_io.datasets import TARGET_DATASETS
+from sweep.config import GPUS_PER_TRIAL
 from sweep.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from sweep.progress import ProgressRelay, SweepProgress, format_duration, report_progress_to
+from sweep.scheduling import DependencyRelease
 from sweep.store import CurrentData, RunStore, write_results
 from sweep.trainables import run_trial
 
@@ -28,7 +33,11 @@ log = logging.getLogger(__name__)
 # by ";" (TIMES may be "always"), e.g. "segmentation-unet-lungs-fold0-*:1:1" fails that trial
 # once, at epoch 1.
 INJECT_FAILURE_ENV = "CXRSWEEP_INJECT_FAILURE"
+# Environment variable of the hold test hook: "GLOB:EPOCH" rules joined by ";"; a matching trial
+# stops after reporting that epoch and waits to be killed (once), see sweep.trainables._HoldHook.
+HOLD_ENV = "CXRSWEEP_HOLD"
 STATE_FILE = "sweep-state.json"
+STATE_KEY = "experiment"  # in STATE_FILE: the name of the sweep's Tune experiment under OUT/ray
 
 
 @dataclass
@@ -38,18 +47,21 @@ class DataPaths:
     montgomery: str | None = None
     shenzhen: str | None = None
     cache_dir: str | None = None
+    target_dirs: dict[str, str] = field(default_factory=dict)  # --target-dir NAME=DIR, any target
+
+    def target_dir(self, name: str) -> str | None:
+        return self.target_dirs.get(name) or (getattr(self, name) if name in TARGET_DATASETS else None)
 
 
 @dataclass
 class SweepOptions:
     out: str
     address: str | None = None  # None: start a local Ray runtime (or use the one already initialised)
-    gpus_per_trial: float = 0.25
+    gpus_per_trial: float | None = None  # None: the profile's share (sweep.config.GPUS_PER_TRIAL)
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0  # 0: as many as the resources allow
     retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
     resume: bool = False
-    checkpoint_every: int = 1
     progress_every_s: float = 10.0
     object_store_memory: int | None = None  # bytes, for a runtime started here
 
@@ -83,8 +95,9 @@ def check_data_flags(names: set[str], paths: DataPaths) -> None:
     if missing:
         raise ValueError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
     for name in sorted(names - {"jsrt"}):
-        if not getattr(paths, name):
-            raise ValueError(f"--{name} required: the grid has transfer trials with target {name}")
+        if not paths.target_dir(name):
+            flag = f"--{name} DIR or --target-dir {name}=DIR" if name in TARGET_DATASETS else f"--target-dir {name}=DIR"
+            raise ValueError(f"{flag} required: the grid has transfer trials with target {name}")
 
 
 def load_datasets(names: set[str], paths: DataPaths, image_size: int, crop_borders: bool = True) -> dict[str, Any]:
@@ -98,7 +111,7 @@ def load_datasets(names: set[str], paths: DataPaths, image_size: int, crop_borde
             datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir,
                                        crop_borders=crop_borders)
         else:
-            datasets[name] = load_target(name, getattr(paths, name), image_size, cache_dir=paths.cache_dir,
+            datasets[name] = load_target(name, paths.target_dir(name), image_size, cache_dir=paths.cache_dir,
                                          crop_borders=crop_borders)
         log.info("data: %s, %d cases at %d px (fingerprint %s)", name, len(datasets[name].ids), image_size,
                  datasets[name].fingerprint)
@@ -156,19 +169,37 @@ def plan_resources(gpus: float, cpus: float, cluster_gpus: float, largest_node_c
     return {"cpu": float(cpus), "gpu": float(gpus)}
 
 
-def trial_resources(options: SweepOptions, say=print) -> dict[str, float]:
+def gpus_per_trial(options: SweepOptions, profile: str) -> float:
+    """--gpus-per-trial, or the profile's default share (sweep.config.GPUS_PER_TRIAL)."""
+    return float(options.gpus_per_trial if options.gpus_per_trial is not None else GPUS_PER_TRIAL[profile])
+
+
+def trial_resources(options: SweepOptions, profile: str, say=print) -> dict[str, float]:
     """`plan_resources` for the connected cluster; logs what each node offers."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     for node in nodes:
         offered = {k: v for k, v in node["Resources"].items() if k in ("CPU", "GPU")}
         say(f"[sweep] node {node['NodeID'][:12]} ({node['NodeManagerAddress']}): {offered}")
     largest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    return plan_resources(float(options.gpus_per_trial), float(options.cpus_per_trial),
+    return plan_resources(gpus_per_trial(options, profile), float(options.cpus_per_trial),
                           ray.cluster_resources().get("GPU", 0), largest, autoscaler_gpu_node_types(), say)
 
 
 # --------------------------------------------------------------------------------------------
-# The test hook.
+# The test hooks.
+
+
+def _first_match(specs: Sequence[TrialSpec], rules: list[tuple[str, Any]]) -> dict[str, Any]:
+    """trial_id -> the value of the first (glob, value) rule whose glob matches it."""
+    from fnmatch import fnmatchcase
+
+    chosen = {}
+    for spec in specs:
+        for pattern, value in rules:
+            if fnmatchcase(spec.trial_id, pattern):
+                chosen[spec.trial_id] = value
+                break
+    return chosen
 
 
 def failure_injections(specs: Sequence[TrialSpec], setting: str | None = None) -> dict[str, dict]:
@@ -177,8 +208,6 @@ def failure_injections(specs: Sequence[TrialSpec], setting: str | None = None) -
     The setting is one or more `GLOB:TIMES[:EPOCH]` rules separated by `;`; the first rule
     whose glob matches a trial id applies to it.
     """
-    from fnmatch import fnmatchcase
-
     setting = os.environ.get(INJECT_FAILURE_ENV, "") if setting is None else setting
     rules = []
     for rule in filter(None, (r.strip() for r in setting.split(";"))):
@@ -187,17 +216,24 @@ def failure_injections(specs: Sequence[TrialSpec], setting: str | None = None) -
             raise ValueError(f"{INJECT_FAILURE_ENV}={setting!r}: expected GLOB:TIMES[:EPOCH] rules separated by ';'")
         times = -1 if parts[1] == "always" else int(parts[1])
         rules.append((parts[0], {"times": times, "at_epoch": int(parts[2]) if len(parts) == 3 else 1}))
-    chosen = {}
-    for spec in specs:
-        for pattern, injection in rules:
-            if fnmatchcase(spec.trial_id, pattern):
-                chosen[spec.trial_id] = injection
-                break
-    return chosen
+    return _first_match(specs, rules)
+
+
+def holds(specs: Sequence[TrialSpec], setting: str | None = None) -> dict[str, int]:
+    """Trials that the CXRSWEEP_HOLD test hook stops after an epoch: trial_id -> epoch
+    (`GLOB:EPOCH` rules separated by `;`)."""
+    setting = os.environ.get(HOLD_ENV, "") if setting is None else setting
+    rules = []
+    for rule in filter(None, (r.strip() for r in setting.split(";"))):
+        parts = rule.split(":")
+        if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
+            raise ValueError(f"{HOLD_ENV}={setting!r}: expected GLOB:EPOCH rules (EPOCH >= 1) separated by ';'")
+        rules.append((parts[0], int(parts[1])))
+    return _first_match(specs, rules)
 
 
 # --------------------------------------------------------------------------------------------
-# Running stages.
+# Running the trials.
 
 
 def _error_summary(error: BaseException) -> str:
@@ -217,96 +253,87 @@ class _Runner:
         self.resources: dict[str, float] | None = None
         self.outcome = SweepOutcome()
         self.started = time.time()
-        self.injections = failure_injections(list(grid.trials.values()))
+        trials = list(grid.trials.values())
+        self.injections = failure_injections(trials)
+        self.holds = holds(trials)
+        profiles = {s.config.profile for s in grid.runnable()}
+        self.profile = profiles.pop() if len(profiles) == 1 else "paper"
 
-    # --- the stages ---
     def run(self) -> SweepOutcome:
         for spec in self.grid.not_applicable():
             self.store.record_not_applicable(spec)
             self.outcome.not_applicable.append(spec.trial_id)
-        stages = self.grid.stages()
-        total = sum(len(s) for s in stages)
-        self.progress = SweepProgress(total=total, say=self.say, every_s=self.options.progress_every_s)
-        for index, stage in enumerate(stages, start=1):
-            reused_before, failed_before = len(self.outcome.reused), len(self.outcome.failed)
-            todo = self._stage_todo(stage)
-            self.progress.begin_stage(index, len(stages), reused=len(self.outcome.reused) - reused_before,
-                                      failed_without_running=len(self.outcome.failed) - failed_before,
-                                      to_run={spec.trial_id for spec in todo})
-            if todo:
-                try:
-                    self._run_stage(index, todo, resume=self.options.resume)
-                finally:
-                    report_progress_to(None)
-            self._gather()
-        self.outcome.wall_s = time.time() - self.started
-        return self.outcome
-
-    def _stage_todo(self, stage: list[TrialSpec]) -> list[TrialSpec]:
-        todo = []
-        for spec in stage:
+        todo, published = [], set()
+        for spec in self.grid.runnable():
             if self.store.is_complete(spec) or self.store.is_not_applicable(spec):
                 self.outcome.reused.append(spec.trial_id)
+                published.add(spec.trial_id)
                 continue
             if self.store.holds_other_data(spec):
                 self.say(f"[sweep] {spec.trial_id}: OUT holds it finished on other data; it runs again on this data")
-            broken = [d for d in spec.depends_on if d in self.outcome.failed]
-            if broken:
-                error = f"dependency {broken[0]} failed: {self.outcome.failed[broken[0]]}"
-                self.store.record_failure(spec, error)
-                self.outcome.failed[spec.trial_id] = error
-                continue
             todo.append(spec)
-        return todo
+        self.progress = SweepProgress(total=len(self.grid.runnable()), say=self.say,
+                                      every_s=self.options.progress_every_s)
+        self.progress.begin({s.trial_id for s in todo}, reused=len(self.outcome.reused))
+        if todo:
+            try:
+                self._run(todo, published, resume=self.options.resume)
+            finally:
+                report_progress_to(None)
+        self._gather()
+        self.outcome.wall_s = time.time() - self.started
+        return self.outcome
 
     def _trainable(self):
         """The trainable with its resources (settled on first use: a sweep whose trials are all
         finished asks the cluster for nothing)."""
         if self.resources is None:
-            self.resources = trial_resources(self.options, self.say)
+            self.resources = trial_resources(self.options, self.profile, self.say)
         return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets), self.resources)
 
-    def _param_space(self, specs: list[TrialSpec]) -> dict:
-        entries = []
-        for spec in specs:
-            entry: dict[str, Any] = {"spec": spec_to_dict(spec),
-                                     "dependencies": [spec_to_dict(self.grid.trials[d]) for d in spec.depends_on]}
-            if spec.trial_id in self.injections:
-                entry["inject_failure"] = self.injections[spec.trial_id]
-            entries.append(entry)
-        return {"trial": tune.grid_search(entries), "out": self.store.location,
-                "cpus": self.options.cpus_per_trial, "checkpoint_every": self.options.checkpoint_every}
+    def _entry(self, spec: TrialSpec) -> dict[str, Any]:
+        """What the trainable gets for `spec` (see sweep.trainables.run_trial)."""
+        entry: dict[str, Any] = {"spec": spec_to_dict(spec),
+                                 "dependencies": [spec_to_dict(self.grid.trials[d]) for d in spec.depends_on]}
+        if spec.trial_id in self.injections:
+            entry["inject_failure"] = self.injections[spec.trial_id]
+        if spec.trial_id in self.holds:
+            entry["hold_at_epoch"] = self.holds[spec.trial_id]
+        return entry
 
-    def _run_stage(self, index: int, specs: list[TrialSpec], resume: bool) -> None:
+    def _run(self, specs: list[TrialSpec], published: set[str], resume: bool) -> None:
         for spec in specs:
             self.store.prepare_rerun(spec)
         trainable = self._trainable()
         report_progress_to(self.progress)
         state_path = self.store.path("ray", STATE_FILE)
         state = self.store.read_json(state_path) if self.store.exists(state_path) else {}
-        stage_key = f"stage{index}"
         tuner = None
         data = self.current.fingerprints if self.current else {}
-        if resume and stage_key in state and state.get("data", {}) != data:
+        if resume and STATE_KEY in state and state.get("data", {}) != data:
             # Its checkpoints were trained on other data: continuing them would mix two datasets.
-            self.say(f"[sweep] stage {index}: the interrupted sweep ran on other data "
-                     f"({state.get('data') or 'not recorded'}; now {data}); its trials start afresh")
+            self.say(f"[sweep] the interrupted sweep ran on other data ({state.get('data') or 'not recorded'}; "
+                     f"now {data}); its trials start afresh")
             state = {}
-        if resume and stage_key in state:
-            experiment = self.store.uri("ray", state[stage_key])
+        if resume and STATE_KEY in state:
+            experiment = self.store.uri("ray", state[STATE_KEY])
             if tune.Tuner.can_restore(experiment):
-                self.say(f"[sweep] stage {index}: resuming Ray Tune experiment {experiment}")
+                self.say(f"[sweep] resuming Ray Tune experiment {experiment}")
+                # The experiment brings back its searcher (with the trials it had released) and
+                # its ProgressRelay, which reports to this driver's progress.
                 tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
         restored = tuner is not None
         if not restored:
-            name = f"{stage_key}-{time.strftime('%Y%m%d-%H%M%S')}"
-            state[stage_key] = name
-            state["data"] = data
+            name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+            state = {STATE_KEY: name, "data": data}
             self.store.write_json(state_path, state)
+            searcher = DependencyRelease(specs, {s.trial_id: self._entry(s) for s in specs}, self.store.location,
+                                         finished=published)
             tuner = tune.Tuner(
                 trainable,
-                param_space=self._param_space(specs),
+                param_space={"out": self.store.location, "cpus": self.options.cpus_per_trial},
                 tune_config=tune.TuneConfig(
+                    search_alg=searcher, num_samples=len(specs),
                     max_concurrent_trials=self.options.max_concurrent or None,
                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                     # Trials share resources, so one worker process runs trial after trial:
@@ -320,13 +347,31 @@ class _Runner:
                     callbacks=[ProgressRelay()], verbose=0,
                 ),
             )
-        results = tuner.fit()
+        with _pending_trials(self._slots()):
+            results = tuner.fit()
         self._collect(results, specs)
+        self._record_unrun(specs, restored)
         settled = set(self.outcome.failed) | set(self.outcome.not_applicable)
         leftover = [s for s in specs if s.trial_id not in settled and not self.store.is_complete(s)]
         if leftover and restored:
-            # The restored experiment did not hold every trial of this stage (the plan grew).
-            self._run_stage(index, leftover, resume=False)
+            # The restored experiment did not hold every trial asked for now (the plan grew).
+            self.progress.begin({s.trial_id for s in leftover})
+            done = {s.trial_id for s in self.grid.runnable() if self.store.is_complete(s)}
+            self._run(leftover, done, resume=False)
+
+    def _slots(self) -> int:
+        """How many trials Tune may keep pending (their actors starting at once). Tune allows a
+        custom searcher one, which would start a GPU's trials one after another; more than
+        the trials the cluster can run at once would fix the order of later trials early (the
+        searcher picks the best ready trial when asked). An autoscaler sizes the cluster from
+        pending demand, so there a few GPU nodes' worth."""
+        if autoscaler_gpu_node_types():
+            return 16
+        total = ray.cluster_resources()
+        fits = [total.get("CPU", 0) / self.resources["cpu"]]
+        if self.resources.get("gpu"):
+            fits.append(total.get("GPU", 0) / self.resources["gpu"])
+        return max(1, int(min(fits) + 1e-9))
 
     def _collect(self, results, specs: list[TrialSpec]) -> None:
         by_id = {s.trial_id: s for s in specs}
@@ -334,7 +379,7 @@ class _Runner:
             trial_id = result.config["trial"]["spec"]["trial_id"]
             spec = by_id.get(trial_id)
             if spec is None:
-                continue  # a restored experiment also holds trials settled before (or no longer asked for)
+                continue  # a restored experiment may hold trials no longer asked for
             if result.error is not None:
                 error = _error_summary(result.error)
             elif self.store.is_not_applicable(spec):
@@ -348,8 +393,42 @@ class _Runner:
             self.outcome.failed[trial_id] = error
             self.store.record_failure(spec, error)
 
+    def _record_unrun(self, specs: list[TrialSpec], restored: bool) -> None:
+        """Trials the searcher never released: those whose dependency failed are recorded as
+        failed with its error; any other is a trial the sweep stopped before (restored: left
+        for the next Tuner)."""
+        ran = set(self.outcome.completed) | set(self.outcome.failed) | set(self.outcome.not_applicable)
+        unrun = {s.trial_id for s in specs if s.trial_id not in ran and not self.store.is_complete(s)}
+        for layer in self.grid.stages():  # dependencies before their dependants
+            for spec in layer:
+                if spec.trial_id not in unrun:
+                    continue
+                broken = [d for d in spec.depends_on if d in self.outcome.failed]
+                if broken:
+                    error = f"dependency {broken[0]} failed: {self.outcome.failed[broken[0]]}"
+                elif restored:
+                    continue
+                else:
+                    error = "not started: the sweep stopped before its dependencies were published"
+                self.store.record_failure(spec, error)
+                self.outcome.failed[spec.trial_id] = error
+
     def _gather(self) -> None:
         self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store, self.current)
+
+
+@contextlib.contextmanager
+def _pending_trials(count: int):
+    """TUNE_MAX_PENDING_TRIALS_PG for one Tuner.fit, unless the user has set it."""
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = str(count)
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def _trial_name(trial) -> str:

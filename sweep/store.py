@@ -8,7 +8,7 @@ Layout under OUT:
                              also the qualitative (Fig. 9) runs, kept for their overlays but
                              never a table row
     translators/<trial_id>/  one finished translator warm-up (a dependency, not a table row)
-    results/trials.parquet   one row per trial  } rebuilt from runs/ after every stage,
+    results/trials.parquet   one row per trial  } rebuilt from runs/ at the end of a run,
     results/images.parquet   one row per image  } written atomically
     ray/                     Ray Tune's experiment folders (checkpoints, resume state)
 
@@ -332,8 +332,10 @@ def collect_rows(store: RunStore, current: CurrentData | None = None) -> tuple[l
             summary = store.read_json(f"{folder}/{ENGINE_SUMMARY}")
             row = _outcome_row(spec, "ok")
             row.update({name: summary.get(name) for name in RESULT_FIELDS})
+            checkpoints = info.get("checkpoints") or {}
             row.update(node_id=info.get("node_id"), started_at=info.get("started_at"),
-                       finished_at=info.get("finished_at"))
+                       finished_at=info.get("finished_at"), checkpoint_count=checkpoints.get("count"),
+                       checkpoint_bytes=checkpoints.get("bytes"), checkpoint_s=checkpoints.get("seconds"))
             trial_rows.append(row)
             keys = key_values(spec.config, spec.trial_id)
             with store.fs.open_input_file(f"{folder}/{ENGINE_IMAGES}") as handle:

@@ -1,25 +1,33 @@
 """Ray Tune trainables: thin adapters from a trial spec to a call of a Ray-free engine.
 
 A trial trains in a local run directory named after its trial id. After every epoch the
-engine's callback reports the metrics to Tune together with the run directory as a checkpoint;
-a retried or resumed trial restores that checkpoint into a clean run directory, and the engine
-continues from `checkpoints/last.pt`. When the engine returns, the run directory is published
-to OUT (see sweep.store), which is what the result tables and later trials read.
+engine's callback reports the metrics to Tune; when the engine has just written
+`checkpoints/last.pt` (at most every `checkpoint_every_s` seconds, and after the last epoch:
+sweep.engine.checkpoints.CheckpointClock), that folder, holding only what a resume needs, goes
+with the report as the Tune checkpoint. A retried or resumed trial restores it into a clean run
+directory and the engine continues from it. When the engine returns, the run directory is
+published to OUT (see sweep.store), which is what the result tables and later trials read; the
+trial's checkpoint count, bytes and seconds go into its trial.json.
 
 Trials never open dataset paths: the arrays arrive through the object store
 (`tune.with_parameters`), and dependencies (M_A, warmed translators) are read from OUT.
 
-Test hook: the runner copies `CXRSWEEP_INJECT_FAILURE` into matching trials (see
+Test hooks: the runner copies `CXRSWEEP_INJECT_FAILURE` into matching trials (see
 `sweep.runner.failure_injections`); such a trial raises at the given epoch, a given number of
 times (counted in OUT/ray/injected-failures/, so retries on other nodes see the count).
+`CXRSWEEP_HOLD` (see `sweep.runner.holds`) makes a trial stop after the report of an epoch,
+write OUT/ray/held/<trial_id> and wait there until killed, once: a test kills the driver at a
+known point instead of racing it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import socket
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +44,19 @@ log = logging.getLogger(__name__)
 # on its own schedule) and dependency folders copied from a bucket.
 SCRATCH = Path(tempfile.gettempdir()) / "cxrsweep"
 DEPENDENCY_CACHE = SCRATCH / "dependencies"
+# Beside last.pt in a Tune checkpoint: the trial's checkpoint count, bytes and seconds so far.
+CHECKPOINT_STATS = "checkpoint-stats.json"
 
 
 class InjectedFailure(RuntimeError):
     """Raised by the failure-injection test hook."""
+
+
+def _checkpoint_folder(run_dir: Path) -> Path:
+    """The engine's checkpoints/ folder: what a Tune checkpoint of the trial holds."""
+    from sweep.engine.checkpoints import last_checkpoint_path
+
+    return last_checkpoint_path(run_dir).parent
 
 
 def _restore_run_dir(run_dir: Path) -> bool:
@@ -51,8 +68,26 @@ def _restore_run_dir(run_dir: Path) -> bool:
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as saved:
-        shutil.copytree(saved, run_dir, dirs_exist_ok=True)
+        shutil.copytree(saved, _checkpoint_folder(run_dir), dirs_exist_ok=True)
     return True
+
+
+@dataclass
+class CheckpointStats:
+    """How many Tune checkpoints a trial wrote, their bytes (last.pt) and seconds (the engine's
+    write plus the `tune.report` call that persists it to storage), over all its attempts."""
+
+    count: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def restored(cls, run_dir: Path) -> "CheckpointStats":
+        path = _checkpoint_folder(run_dir) / CHECKPOINT_STATS
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class _FailureHook:
@@ -78,18 +113,45 @@ class _FailureHook:
         self.maybe_fail(epoch)
 
 
-class _EpochReporter:
-    """The engine's EpochCallback turned into `tune.report`, with the run directory as checkpoint."""
+class _HoldHook:
+    """The test hook: after the report of `at_epoch`, mark OUT/ray/held/<trial_id> and wait to be
+    killed. Once per trial: a resumed trial finds the mark and goes on."""
 
-    def __init__(self, checkpoint_every: int):
-        self.checkpoint_every = max(1, int(checkpoint_every))
+    def __init__(self, store: RunStore, trial_id: str, at_epoch: int):
+        self.store, self.at_epoch = store, at_epoch
+        self.mark = store.path("ray", "held", trial_id)
 
     def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
+        if epoch != self.at_epoch or self.store.exists(self.mark):
+            return
+        self.store.write_json(self.mark, {"epoch": epoch, "at": time.time()})
+        while True:
+            time.sleep(1)
+
+
+class _EpochReporter:
+    """The engine's EpochCallback turned into `tune.report`; an epoch whose last.pt the engine
+    has just written reports the checkpoints/ folder as the Tune checkpoint."""
+
+    def __init__(self, stats: CheckpointStats):
+        self.stats = stats
+
+    def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
+        from sweep.engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+
         reported = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         checkpoint = None
-        if epoch % self.checkpoint_every == 0:
-            checkpoint = tune.Checkpoint.from_directory(str(run_dir))
+        if CHECKPOINT_BYTES in metrics:
+            self.stats.count += 1
+            self.stats.bytes += int(metrics[CHECKPOINT_BYTES])
+            self.stats.seconds += float(metrics[CHECKPOINT_SECONDS])
+            folder = _checkpoint_folder(run_dir)
+            (folder / CHECKPOINT_STATS).write_text(json.dumps(self.stats.as_dict()))
+            checkpoint = tune.Checkpoint.from_directory(str(folder))
+        started = time.perf_counter()
         tune.report(reported, checkpoint=checkpoint)
+        if checkpoint is not None:
+            self.stats.seconds += time.perf_counter() - started
 
 
 def _device(requested: str) -> str:
@@ -105,16 +167,21 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     """One Table I / II trial, translator warm-up or qualitative (Fig. 9) transfer run.
 
     `config["trial"]` holds `spec` (a serialised TrialSpec), `dependencies` (the specs it
-    needs) and the optional test hook `inject_failure`; `config` also holds `out` (where the
-    trial publishes), optionally `dependencies_out` (where its dependencies lie, default
-    `out`), `cpus` (the trial's CPU share), `checkpoint_every`, and `tuning` (a tuning trial:
-    its validation split stands in for its test split, sweep.tuned.hide_test)."""
+    needs) and the optional test hooks `inject_failure` and `hold_at_epoch`; `config` also holds
+    `out` (where the trial publishes), optionally `dependencies_out` (where its dependencies
+    lie, default `out`), `cpus` (the trial's CPU share) and `tuning` (a tuning trial: its
+    validation split stands in for its test split, sweep.tuned.hide_test)."""
     from sweep.engine.supervised import train_supervised
 
     started_at = time.time()
     trial = config["trial"]
     spec = spec_from_dict(trial["spec"])
     store = RunStore(config["out"])
+    if store.is_complete(spec):
+        # Published before a driver was killed, but not yet recorded as complete by Tune.
+        print(f"[trial {spec.trial_id}] already published in OUT; nothing to do", flush=True)
+        tune.report({"published": 1})
+        return
     cfg = spec.config
     cfg = cfg.replace(device=_device(cfg.device), num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
     shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
@@ -128,13 +195,16 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
           f"on node {node_id[:12]} ({socket.gethostname()}), device {cfg.device}, {cfg.num_threads} thread(s)",
           flush=True)
 
-    callbacks: list = [_EpochReporter(config.get("checkpoint_every", 1))]
+    checkpoints = CheckpointStats.restored(run_dir)
+    callbacks: list = [_EpochReporter(checkpoints)]
     injection = trial.get("inject_failure")
     if injection:
         hook = _FailureHook(store, spec.trial_id, int(injection["times"]), int(injection["at_epoch"]))
         # A resumed attempt starts past the failing epoch: it fails at once if it still must.
         hook.maybe_fail(hook.at_epoch if resumed else 0)
         callbacks.append(hook)
+    if trial.get("hold_at_epoch"):
+        callbacks.append(_HoldHook(store, spec.trial_id, int(trial["hold_at_epoch"])))
 
     view = hide_test if config.get("tuning") else (lambda data: data)
     final: dict[str, Any] = {}
@@ -171,7 +241,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     store.publish(spec, run_dir, {
         "trial_id": spec.trial_id, "node_id": node_id, "host": socket.gethostname(), "device": cfg.device,
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s, "started_at": started_at,
-        "finished_at": finished_at})
+        "finished_at": finished_at, "checkpoints": checkpoints.as_dict()})
     shutil.rmtree(run_dir, ignore_errors=True)  # published; the worker's scratch copy is not needed any more
     tune.report({**final, "published": 1})
 

@@ -119,13 +119,12 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
     space = search_space(cell.config)
     max_epochs = cell.config.transfer_epochs if cell.config.method == "proposed" else cell.config.epochs
     trainable = tune.with_resources(tune.with_parameters(_tune_trial, datasets=datasets),
-                                    trial_resources(options, say))
+                                    trial_resources(options, cell.config.profile, say))
     param_space = {
         # Tuning trials publish under OUT/tune (never into the result tables); M_A and the
         # warm-up are ordinary sweep trials under OUT.
         **space, "sampled": sorted(space), "out": store.uri("tune"), "dependencies_out": store.location,
         "cpus": options.cpus_per_trial,
-        "checkpoint_every": options.checkpoint_every,
         "cell": {"spec": spec_to_dict(cell), "dependencies": [spec_to_dict(d) for d in dependencies]},
     }
     tuner = tune.Tuner(

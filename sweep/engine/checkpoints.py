@@ -6,30 +6,77 @@ is read by `models.registry.load_segmenter`.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from models.registry import load_torch_file, read_segmenter_checkpoint
+from sweep.config import EXECUTION_FIELDS
 from sweep.results import replace_atomically
 
 log = logging.getLogger(__name__)
 
 # Fields that may differ between a run and its resumption without changing what it computes
 # (or, for epochs, that only extend it).
-RESUMABLE_DIFFERENCES = frozenset({"epochs", "device", "num_threads"})
+RESUMABLE_DIFFERENCES = EXECUTION_FIELDS | {"epochs"}
+
+
+# Metrics of an epoch whose checkpoint was written: seconds it took (state gathered on the CPU and
+# saved) and the bytes of last.pt. The sweep's trainable turns them into a Tune checkpoint.
+CHECKPOINT_SECONDS = "checkpoint_s"
+CHECKPOINT_BYTES = "checkpoint_bytes"
 
 
 def last_checkpoint_path(run_dir: Path) -> Path:
-    """Written after every epoch; a run directory holding it is resumed."""
+    """What a resume needs (see CheckpointClock for when it is written); a run directory holding it is resumed."""
     return Path(run_dir) / "checkpoints" / "last.pt"
 
 
 def best_checkpoint_path(run_dir: Path) -> Path:
-    """The network of the best epoch by validation Jaccard."""
+    """The network of the best epoch by validation Jaccard, written when the run ends."""
     return Path(run_dir) / "best.pt"
+
+
+class CheckpointClock:
+    """When a run writes `checkpoints/last.pt`: once `every_s` seconds have passed since the last
+    write (or since this session of the run began) and after the last epoch; every epoch when
+    `every_s <= 0`. That bounds the cost: a paper-size last.pt (U-Net + Adam state) is ~0.37 GB
+    while a GPU epoch takes about a second. A killed run loses at most `every_s` of training."""
+
+    def __init__(self, every_s: float):
+        self.every_s = float(every_s)
+        self.since = time.monotonic()
+
+    def due(self, final: bool) -> bool:
+        return final or self.every_s <= 0 or time.monotonic() - self.since >= self.every_s
+
+    def write(self, build_state: Callable[[], dict], path: Path) -> dict[str, float]:
+        """Save `build_state()` atomically at `path`; returns the epoch metrics that record it."""
+        started = time.perf_counter()
+        save_atomic(build_state(), path)
+        self.since = time.monotonic()
+        return {CHECKPOINT_SECONDS: time.perf_counter() - started, CHECKPOINT_BYTES: Path(path).stat().st_size}
+
+
+def with_best(network: Callable[[], dict[str, Any]], best: dict[str, Any] | None, epoch: int) -> dict[str, Any]:
+    """The network part of last.pt with the best epoch's checkpoint under "best" (kept in memory
+    between checkpoints). When the best epoch is this one both share their tensors, which
+    torch.save stores once."""
+    current = best if best is not None and best["epoch"] == epoch else network()
+    return {**current, "best": best}
+
+
+def best_of(last: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """The best epoch's checkpoint a last.pt carries (or, for a run directory from before best
+    weights travelled in last.pt, its best.pt)."""
+    if "best" in last:
+        return last["best"]
+    legacy = best_checkpoint_path(run_dir)
+    return read_checkpoint(legacy) if legacy.is_file() else None
 
 
 class RunDirectoryPaths:
@@ -58,18 +105,28 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
                        image_size: int, normalisation: str, epoch: int,
-                       data: dict[str, str] | None = None, crop_borders: bool = False) -> dict[str, Any]:
-    """`data` (dataset name -> content fingerprint) records what the network was trained on; with
+                       data: dict[str, str] | None = None, crop_borders: bool = False,
+                       train_masks: Sequence[np.ndarray] = ()) -> dict[str, Any]:
+    """The network part of a checkpoint.
+
+    `data` (dataset name -> content fingerprint) records what the network was trained on; with
     the config's fold, n_folds and seed it says which images were its training images.
     `preprocessing` records how its images were prepared (data_io.preprocess.preprocessing_record),
     so `cxrsweep segment` prepares new ones alike (`crop_borders` False: the images were resized
-    whole, without the content crop)."""
+    whole, without the content crop). With `train_masks` (the masks it was trained on, in the
+    cropped frame) it also records `train_foreground_range`: the least and largest per-image
+    foreground share of the content, which `cxrsweep segment` compares new predictions against."""
     from data_io.preprocess import preprocessing_record
 
     state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-    return {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
-            "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
-            "data": dict(data or {}), "preprocessing": preprocessing_record(crop_borders)}
+    checkpoint = {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
+                  "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
+                  "data": dict(data or {}), "preprocessing": preprocessing_record(crop_borders)}
+    fractions = [np.asarray(m).reshape(len(m), -1).mean(axis=1) for m in train_masks if len(m)]
+    if fractions:
+        every = np.concatenate(fractions)
+        checkpoint["train_foreground_range"] = [float(every.min()), float(every.max())]
+    return checkpoint
 
 
 def rng_state() -> dict[str, Any]:

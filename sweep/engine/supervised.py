@@ -1,10 +1,11 @@
 """Supervised training of one segmentation network: the paper's protocol (§V-B), without Ray.
 
 Adam (lr 1e-4, weight decay 5e-4, betas 0.9 / 0.999), batch 4, cross-entropy; after every
-epoch the second-validation fold picks the best epoch, whose weights are then evaluated per
-image on the test fold. Every epoch ends with `checkpoints/last.pt` on disk, and a run
-directory that already holds one is resumed from it, so a killed run loses at most an epoch
-and ends exactly where an uninterrupted one would (CPU).
+epoch the second-validation fold picks the best epoch, whose weights are kept in memory (on the
+CPU) and evaluated per image on the test fold at the end. `checkpoints/last.pt` (network,
+optimiser, random state, best weights) is written at most every `cfg.checkpoint_every_s` seconds
+and after the last epoch; a run directory that holds one is resumed from it and ends exactly
+where an uninterrupted run would (CPU). `best.pt` and the overlays are written once, at the end.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from models.registry import build_segmenter
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData, score_per_image
-from sweep.engine.inference import as_batch, autocast_for, memory_format_for, predict_masks, resolve_device
+from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, memory_format_for,
+                                    predict_masks, prepare_device, resolve_device)
 from sweep.engine.overlays import save_overlays
 from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
 
@@ -103,14 +105,14 @@ class _Trainer(ckpt.RunDirectoryPaths):
         model = build_segmenter(cfg.model, **arch_kwargs(cfg))
         if cfg.init_weights:
             ckpt.load_init_weights(model, cfg.init_weights)
-        if self.cuda:
-            # Fixed input sizes: let cuDNN pick its fastest kernels once.
-            torch.backends.cudnn.benchmark = True
+        prepare_device(self.device)
         self.memory_format = memory_format_for(self.device)
         self.model = model.to(self.device, memory_format=self.memory_format)
+        if cfg.compile:
+            compile_in_place(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           betas=(cfg.beta1, cfg.beta2))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.scaler = grad_scaler_for(self.device)
         self.loss_fn = build_loss(cfg.loss, foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
         self.train_images = as_batch(data.train_images, self.device)
         # uint8 until a batch is drawn: int64 masks of a 256 px dataset would take 8x the memory.
@@ -119,21 +121,24 @@ class _Trainer(ckpt.RunDirectoryPaths):
         self.epoch = 0
         self.best_val = -math.inf
         self.best_epoch = 0
+        self.best: dict[str, Any] | None = None  # the best epoch's network checkpoint, CPU tensors
         self.history: list[dict] = []
         self.duration_s = 0.0
+        self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
 
     # --- checkpoints ---
     def _network_checkpoint(self) -> dict[str, Any]:
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
                                        self.data.task, self.data.image_size, self.data.normalisation, self.epoch,
-                                       self.data.fingerprints, crop_borders=self.data.crop_borders)
+                                       self.data.fingerprints, crop_borders=self.data.crop_borders,
+                                       train_masks=[self.data.train_masks])
 
-    def save_last(self) -> None:
-        state = self._network_checkpoint()
+    def _last_state(self) -> dict[str, Any]:
+        state = ckpt.with_best(self._network_checkpoint, self.best, self.epoch)
         state.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(), rng=ckpt.rng_state(),
                      best_val_jaccard=self.best_val, best_epoch=self.best_epoch, history=self.history,
                      duration_s=self.duration_s)
-        ckpt.save_atomic(state, self.last_path)
+        return state
 
     def resume(self) -> bool:
         if not self.last_path.exists():
@@ -142,9 +147,11 @@ class _Trainer(ckpt.RunDirectoryPaths):
         ckpt.check_resumable(self.last_path, state["config"], self.cfg.to_dict())
         ckpt.unwrap(self.model).load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved where no loss scaling ran (CPU, bfloat16)
+            self.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"])
         self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
+        self.best = ckpt.best_of(state, self.run_dir)
         self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
         log.info("resuming %s from epoch %d (best val Jaccard %.4f at epoch %d)",
                  self.run_dir, self.epoch, self.best_val, self.best_epoch)
@@ -191,12 +198,13 @@ class _Trainer(ckpt.RunDirectoryPaths):
                 metrics["val_jaccard"], metrics["val_dice"] = float(jaccards.mean()), float(dices.mean())
                 if metrics["val_jaccard"] > self.best_val:
                     self.best_val, self.best_epoch = metrics["val_jaccard"], self.epoch
-                    ckpt.save_atomic(self._network_checkpoint(), self.best_path)
+                    self.best = self._network_checkpoint()
             metrics.update(best_val_jaccard=self.best_val, best_epoch=self.best_epoch)
             metrics["epoch_s"] = time.perf_counter() - started
             self.duration_s += metrics["epoch_s"]
             self.history.append(metrics)
-            self.save_last()
+            if self.clock.due(final=self.epoch == cfg.epochs):
+                metrics.update(self.clock.write(self._last_state, self.last_path))
             log.info("%s %s fold %d epoch %d/%d: loss %.4f, val Jaccard %s (best %.4f @ %d), %.1fs",
                      cfg.model, cfg.task, cfg.fold, self.epoch, cfg.epochs, loss,
                      f"{metrics['val_jaccard']:.4f}" if "val_jaccard" in metrics else "-",
@@ -207,8 +215,8 @@ class _Trainer(ckpt.RunDirectoryPaths):
 
     def evaluate_best(self, epochs_trained: int) -> RunResult:
         started = time.perf_counter()
-        best = ckpt.read_checkpoint(self.best_path)
-        ckpt.unwrap(self.model).load_state_dict(best["state_dict"])
+        ckpt.save_atomic(self.best, self.best_path)
+        ckpt.unwrap(self.model).load_state_dict(self.best["state_dict"])
         data = self.data
         predictions = self.predict(data.test_images)
         # Scored in each image's whole frame when the images are content crops.

@@ -36,15 +36,16 @@ from sweep.config import TRANSFER_METHODS, RunConfig
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData, score_per_image
 from sweep.engine.overlays import save_overlays
-from sweep.engine.inference import as_batch, predict_masks, resolve_device
+from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, memory_format_for,
+                                    predict_masks, prepare_device, resolve_device)
 from sweep.engine.supervised import N_OVERLAYS, EpochCallback, RunResult, epoch_seed, train_supervised
 from sweep.engine.selection import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TargetSelection,
                                     selection_criterion)
 from sweep.engine.transfer_data import TransferData
-from sweep.engine.translation import (SemanticAdversary, TranslationTrainer, adversarial_balance, check_finite, format_balance,
-                                      format_losses, load_translator, mean_of, paired_batches,
-                                      save_translation_samples, saturation_message, saturation_report,
-                                      set_trainable, warmup_translator, watch_saturation)
+from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTrainer, adversarial_balance,
+                                      check_finite, device_batches, format_balance, format_losses, load_translator,
+                                      paired_batches, save_translation_samples, saturation_message,
+                                      saturation_report, set_trainable, warmup_translator, watch_saturation)
 from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
 
 __all__ = ["NotApplicable", "TranslateThenSegment", "train_transfer", "warmup_translator", "check_applicable"]
@@ -261,33 +262,78 @@ def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model
 # The proposed method.
 
 
+class _StepClock:
+    """Seconds spent in each kind of step over an epoch. On CUDA, events recorded between the
+    steps are read once, at the epoch's end: reading a clock after each step would wait for the GPU."""
+
+    def __init__(self, device: torch.device, names: Sequence[str]):
+        self.cuda = device.type == "cuda"
+        self.spans: list[tuple[str, Any, Any]] = []
+        self.names = names
+
+    def now(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def add(self, name: str, start: Any, end: Any) -> None:
+        self.spans.append((name, start, end))
+
+    def seconds(self) -> dict[str, float]:
+        totals = dict.fromkeys(self.names, 0.0)
+        if self.cuda and self.spans:
+            self.spans[-1][2].synchronize()
+        for name, start, end in self.spans:
+            totals[name] += start.elapsed_time(end) / 1000 if self.cuda else end - start
+        return totals
+
+
 class ProposedRun:
-    """State of one proposed-method run: M_A, the translator, their optimisers, best-so-far."""
+    """State of one proposed-method run: M_A, the translator, their optimisers, best-so-far.
+
+    The training arrays live on the device for the whole run (a batch is an index, not a copy);
+    the steps run under mixed precision on CUDA (bfloat16, or float16 with loss scaling) in
+    channels-last layout; losses are summed on the device and read, and checked, once per epoch.
+    Checkpoints follow the supervised engine's policy (ckpt.CheckpointClock, best in memory)."""
 
     def __init__(self, cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
                  translator_path: Path):
         if cfg.transfer_epochs < 1:
             raise ValueError(f"transfer_epochs must be at least 1, got {cfg.transfer_epochs}")
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
-        self.device = resolve_device(cfg.device)
+        self.device = device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.source_model = source_model
         translator, self.translator_payload = load_translator(translator_path)
         if self.translator_payload.get("image_size", data.image_size) != data.image_size:
             raise ValueError(f"{translator_path}: translator warmed at {self.translator_payload['image_size']} px, "
                              f"the data is {data.image_size} px")
-        self.model = TranslateThenSegment(segmenter_from_checkpoint(source_model), translator).to(self.device)
+        prepare_device(device)
+        self.model = TranslateThenSegment(segmenter_from_checkpoint(source_model), translator).to(
+            device, memory_format=memory_format_for(device))
+        if cfg.compile:  # the parts the steps call, not the inference-time wrapper
+            compile_in_place(self.model.segmenter)
+            compile_in_place(self.model.translator)
         self.translation = TranslationTrainer(self.model.translator, cfg)
         self.semantic = SemanticAdversary(cfg, self.device) if cfg.w_semantic > 0 else None
         self.segmenter_optimizer = torch.optim.Adam(self.model.segmenter.parameters(), lr=cfg.lr,
                                                     betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.scaler = grad_scaler_for(device)
         foreground = float(data.source_train_masks.mean())
         self.loss_fn = build_loss(cfg.loss, foreground_fraction=foreground if cfg.loss == "weighted_ce" else None)
-        self.source_masks = torch.from_numpy(np.ascontiguousarray(data.source_train_masks)).long()
-        self.labelled_masks = torch.from_numpy(np.ascontiguousarray(data.target_labelled_masks)).long()
+        # On the device once; masks stay uint8 until a batch is drawn (int64 would take 8x the memory).
+        self.source_images = as_batch(data.source_train_images, device)
+        self.target_images = as_batch(data.target_train_images, device)
+        self.source_masks = _device_masks(data.source_train_masks, device)
+        self.labelled_images = as_batch(data.target_labelled_images, device) if data.n_labelled else None
+        self.labelled_masks = _device_masks(data.target_labelled_masks, device) if data.n_labelled else None
         self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
+        self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, CPU tensors
         self.history: list[dict] = []
         self.duration_s = 0.0
+        self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
         # What picks the epoch (sweep/engine/selection.py); at 0 % labels the default scores the
         # unlabelled target validation images, and M_A on b as it is competes as "no adaptation".
         self.criterion = selection_criterion(cfg, data)
@@ -298,21 +344,23 @@ class ProposedRun:
         self.leading_plausibility: list[float] | None = None  # the most plausible epoch so far
 
     # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
-    def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None) -> dict[str, float]:
+    def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None) -> dict[str, Tensor]:
         """Discriminators frozen; M_A and both generators trained on the segmentation loss."""
         translator, segmenter = self.model.translator, self.model.segmenter
         set_trainable(translator.discriminator_modules(), False)
         set_trainable(translator.generator_modules(), True)
         self.translation.generator_optimizer.zero_grad(set_to_none=True)
         self.segmenter_optimizer.zero_grad(set_to_none=True)
-        losses = {"S_source": self.loss_fn(segmenter(translator.cycle_aba(a)), a_masks)}
-        if b is not None:
-            losses["S_target"] = self.loss_fn(segmenter(translator.translate_ba(b)), b_masks)
-        total = self.cfg.w_seg * sum(losses.values())
-        total.backward()
-        self.translation.generator_optimizer.step()
-        self.segmenter_optimizer.step()
-        return {name: float(value.detach()) for name, value in losses.items()}
+        with autocast_for(self.device):
+            losses = {"S_source": self.loss_fn(segmenter(translator.cycle_aba(a)), a_masks)}
+            if b is not None:
+                losses["S_target"] = self.loss_fn(segmenter(translator.translate_ba(b)), b_masks)
+            total = self.cfg.w_seg * sum(losses.values())
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.translation.generator_optimizer)
+        self.scaler.step(self.segmenter_optimizer)
+        self.scaler.update()
+        return {name: value.detach() for name, value in losses.items()}
 
     def train_epoch(self) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.device
@@ -320,34 +368,38 @@ class ProposedRun:
         seed = epoch_seed(cfg.seed, self.epoch)
         torch.manual_seed(seed)  # MUNIT draws random styles: a function of (seed, epoch) so resuming is exact
         rng = np.random.default_rng(seed)
-        records, seconds = [], {"D_s": 0.0, "G_s": 0.0, "S_s": 0.0}
-        for index_a, index_b in paired_batches(len(data.source_train_images), len(data.target_train_images),
-                                               cfg.batch_size, rng):
-            a = as_batch(data.source_train_images[index_a], device)
-            b = as_batch(data.target_train_images[index_b], device)
-            record: dict[str, float] = {}
-            for step_name, step in (("D_s", self.translation.discriminative_step),
-                                    ("G_s", self.translation.generative_step)):
-                started = time.perf_counter()
-                record.update(step(a, b))
-                seconds[step_name] += time.perf_counter() - started
-            started = time.perf_counter()
+        # Index draws in the order the engine has always made them: every permutation of the
+        # epoch first, then one labelled draw per step.
+        pairs = list(paired_batches(len(data.source_train_images), len(data.target_train_images), cfg.batch_size,
+                                    rng))
+        labelled = [rng.integers(0, data.n_labelled, size=len(index_b)) for _, index_b in pairs] \
+            if data.n_labelled else [np.zeros(0, np.int64)] * len(pairs)
+        batches = [(index_a, index_b, index_l) for (index_a, index_b), index_l in zip(pairs, labelled)]
+        sums, clock = LossSums(), _StepClock(device, ("D_s", "G_s", "S_s") + (("SEM_s",) if self.semantic else ()))
+        for index_a, index_b, index_l in device_batches(batches, device):
+            a, b = self.source_images[index_a], self.target_images[index_b]
+            start = clock.now()
+            record = self.translation.discriminative_step(a, b)
+            after_d = clock.now()
+            record.update(self.translation.generative_step(a, b))
+            after_g = clock.now()
             labelled_b = labelled_masks = None
             if data.n_labelled:
-                index = rng.integers(0, data.n_labelled, size=len(index_b))
-                labelled_b = as_batch(data.target_labelled_images[index], device)
-                labelled_masks = self.labelled_masks[index].to(device)
-            a_masks = self.source_masks[index_a].to(device)
+                labelled_b, labelled_masks = self.labelled_images[index_l], self.labelled_masks[index_l].long()
+            a_masks = self.source_masks[index_a].long()
             record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks))
-            seconds["S_s"] += time.perf_counter() - started
+            after_s = clock.now()
+            clock.add("D_s", start, after_d)
+            clock.add("G_s", after_d, after_g)
+            clock.add("S_s", after_g, after_s)
             if self.semantic is not None:
-                started = time.perf_counter()
                 record.update(self.semantic.step(self.model.translator, self.model.segmenter,
                                                  self.translation.generator_optimizer, b, a_masks))
-                seconds["SEM_s"] = seconds.get("SEM_s", 0.0) + time.perf_counter() - started
-            check_finite(record, f"{self.run_dir}: proposed epoch {self.epoch + 1}")
-            records.append(record)
-        return {**mean_of(records), **seconds}
+                clock.add("SEM_s", after_s, clock.now())
+            sums.add(record)
+        losses = sums.means()  # the epoch's one host sync
+        check_finite(losses, f"{self.run_dir}: proposed epoch {self.epoch + 1}")
+        return {**losses, **clock.seconds()}
 
     # --- checkpoints ---
     @property
@@ -364,7 +416,8 @@ class ProposedRun:
         state = ckpt.network_checkpoint(self.model.segmenter, self.source_model["arch"],
                                         self.source_model["arch_kwargs"], self.cfg.to_dict(), self.data.task,
                                         self.data.image_size, self.data.normalisation, self.epoch,
-                                        self.data.fingerprints, crop_borders=self.data.crop_borders)
+                                        self.data.fingerprints, crop_borders=self.data.crop_borders,
+                                        train_masks=[self.data.source_train_masks, self.data.target_labelled_masks])
         state["translator"] = {
             "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.translator.state_dict().items()},
@@ -372,16 +425,16 @@ class ProposedRun:
         state["inference"] = "segmenter(translator.translate_ba(image))"
         return state
 
-    def save_last(self) -> None:
-        state = self.checkpoint()
+    def _last_state(self) -> dict[str, Any]:
+        state = ckpt.with_best(self.checkpoint, self.best, self.epoch)
         state.update(segmenter_optimizer=self.segmenter_optimizer.state_dict(),
-                     translation_optimizers=self.translation.state_dict(), rng=ckpt.rng_state(),
+                     translation_optimizers=self.translation.state_dict(), scaler=self.scaler.state_dict(),
                      translator_training_state=self.model.translator.training_state(),
-                     best_val_jaccard=self.best_val, best_epoch=self.best_epoch, history=self.history,
-                     duration_s=self.duration_s, no_adaptation=self.no_adaptation,
+                     rng=ckpt.rng_state(), best_val_jaccard=self.best_val, best_epoch=self.best_epoch,
+                     history=self.history, duration_s=self.duration_s, no_adaptation=self.no_adaptation,
                      best_plausibility=self.best_plausibility, leading_plausibility=self.leading_plausibility,
                      semantic=self.semantic.state_dict() if self.semantic is not None else None)
-        ckpt.save_atomic(state, self.last_path)
+        return state
 
     def load_model_state(self, state: dict) -> None:
         self.model.segmenter.load_state_dict(state["state_dict"])
@@ -397,9 +450,12 @@ class ProposedRun:
         self.load_model_state(state)
         self.segmenter_optimizer.load_state_dict(state["segmenter_optimizer"])
         self.translation.load_state_dict(state["translation_optimizers"])
+        if state.get("scaler"):  # empty where no loss scaling ran (CPU, bfloat16)
+            self.scaler.load_state_dict(state["scaler"])
         self.model.translator.load_training_state(state["translator_training_state"])
         ckpt.restore_rng_state(state["rng"])
         self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
+        self.best = ckpt.best_of(state, self.run_dir)
         self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
         self.no_adaptation, self.best_plausibility = state["no_adaptation"], state["best_plausibility"]
         self.leading_plausibility = state["leading_plausibility"]
@@ -451,13 +507,14 @@ class ProposedRun:
                 keep = score > self.best_val
             if keep:
                 self.best_val, self.best_epoch = score, self.epoch
-                ckpt.save_atomic(self.checkpoint(), self.best_path)
+                self.best = self.checkpoint()
             metrics = {"epoch": self.epoch, **losses, **balance, "val_jaccard": val_jaccard, "val_split": val_on,
                        **scores, "selection_score": score, "best_selection_score": self.best_val,
                        "best_epoch": self.best_epoch, "epoch_s": time.perf_counter() - started}
             self.duration_s += metrics["epoch_s"]
             self.history.append(metrics)
-            self.save_last()
+            if self.clock.due(final=self.epoch == cfg.transfer_epochs):
+                metrics.update(self.clock.write(self._last_state, self.last_path))
             chosen_by = f" | target plausibility {score:.4f} (kept {self.best_val:.4f} @ {self.best_epoch})" \
                 if scores else f" (best {self.best_val:.4f} @ {self.best_epoch})"
             log.info("proposed %s %g%% epoch %d/%d: %s | %s | val Jaccard (%s) %.4f%s | D %.1fs G %.1fs S %.1fs, "
@@ -467,7 +524,7 @@ class ProposedRun:
             watch_saturation(self.history, "transfer")
             for callback in callbacks:
                 callback(self.epoch, dict(metrics), self.run_dir)
-        self.load_model_state(ckpt.read_checkpoint(self.best_path))
+        self.load_model_state(self.best)
         summary = self.summary()
         model, best_epoch, val_jaccard = self.model, self.best_epoch, self.history[self.best_epoch - 1]["val_jaccard"]
         if summary["selected_model"] == NO_ADAPTATION:
@@ -481,6 +538,8 @@ class ProposedRun:
             best_epoch, val_jaccard = 0, self.no_adaptation["val_jaccard"]
             ckpt.save_atomic({**self.source_model, "config": cfg.to_dict(), "selected_model": NO_ADAPTATION},
                              self.best_path)
+        else:
+            ckpt.save_atomic(self.best, self.best_path)
         return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch,
                           val_jaccard=val_jaccard, duration_s=self.duration_s, epochs_trained=trained,
                           history=self.history, summary_extra=summary, sample_translator=self.model.translator)
@@ -508,6 +567,10 @@ class ProposedRun:
             "discriminators_saturated": bool(saturation),
             "saturation": saturation,
         }
+
+
+def _device_masks(masks: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)).to(device)
 
 
 def load_transfer_model(path: str | Path) -> TranslateThenSegment:

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from models.registry import build_translator, load_torch_file, translator_defaults
 from models.translators.base import N_ADVERSARIAL_TERMS, Translator
 from sweep.engine.checkpoints import save_atomic
-from sweep.engine.inference import as_batch, resolve_device
+from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, prepare_device,
+                                    resolve_device)
 
 if TYPE_CHECKING:
     from data_io.cache import CachedDataset
@@ -60,55 +61,90 @@ def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
 
 
 def check_finite(losses: dict[str, float], where: str) -> None:
+    """Raise TrainingDiverged naming the terms that are NaN or infinite (an epoch's mean losses)."""
     bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
     if bad:
         terms = ", ".join(f"{name}={value}" for name, value in bad.items())
         raise TrainingDiverged(f"{where}: loss is not finite ({terms}); lower gan_lr / lr or check the input data")
 
 
+class LossSums:
+    """Each loss term summed over an epoch on the device: one host sync per epoch (`means`),
+    not one per term and step."""
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+
+    def add(self, record: dict[str, Tensor]) -> None:
+        for name, value in record.items():
+            value = value.detach().to(torch.float64)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        totals = torch.stack(list(self.sums.values())).cpu().tolist()
+        return {name: total / self.steps for name, total in zip(self.sums, totals)}
+
+
 class TranslationTrainer:
     """One translator with its two optimisers; the generator optimiser is shared with the
-    supervised step of the proposed method, which also updates the generators."""
+    supervised step of the proposed method, which also updates the generators. Steps run under
+    the device's mixed precision (sweep.engine.inference.autocast_for) and return their loss
+    terms as tensors on the device, so that a step never waits for the GPU."""
 
     def __init__(self, translator: Translator, cfg: "RunConfig"):
         self.translator = translator
+        self.device = next(translator.parameters()).device
         adam = dict(betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
         self.generator_optimizer = torch.optim.Adam(translator.generator_parameters(), lr=cfg.gan_lr, **adam)
         # Two time scales (Heusel et al., 2017): the discriminators may learn at another rate.
         self.discriminator_optimizer = torch.optim.Adam(translator.discriminator_parameters(),
                                                         lr=cfg.gan_lr * cfg.d_lr_ratio, **adam)
+        # One loss scaler per step (float16 only): the generator optimiser is stepped twice per batch.
+        self.generator_scaler = grad_scaler_for(self.device)
+        self.discriminator_scaler = grad_scaler_for(self.device)
 
-    def discriminative_step(self, a: Tensor, b: Tensor) -> dict[str, float]:
+    def discriminative_step(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Generators frozen, both discriminators trained."""
         t = self.translator
         return self._adversarial_step(t.discriminator_modules(), t.generator_modules(), self.discriminator_optimizer,
-                                      lambda: t.discriminator_losses(a, b), prefix="D")
+                                      self.discriminator_scaler, lambda: t.discriminator_losses(a, b), prefix="D")
 
-    def generative_step(self, a: Tensor, b: Tensor) -> dict[str, float]:
+    def generative_step(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Discriminators frozen, both generators trained on adversarial and reconstruction terms."""
         t = self.translator
         return self._adversarial_step(t.generator_modules(), t.discriminator_modules(), self.generator_optimizer,
-                                      lambda: t.generator_losses(a, b), prefix="G")
+                                      self.generator_scaler, lambda: t.generator_losses(a, b), prefix="G")
 
-    @staticmethod
-    def _adversarial_step(trained, frozen, optimizer: torch.optim.Optimizer,
-                          compute_losses: Callable[[], dict[str, Tensor]], prefix: str) -> dict[str, float]:
+    def _adversarial_step(self, trained, frozen, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                          compute_losses: Callable[[], dict[str, Tensor]], prefix: str) -> dict[str, Tensor]:
         # Freeze before the forward pass, so the frozen side builds no graph and gets no gradient.
         set_trainable(frozen, False)
         set_trainable(trained, True)
         optimizer.zero_grad(set_to_none=True)
-        losses = compute_losses()
-        losses["total"].backward()
-        optimizer.step()
-        return {f"{prefix}_{name}": float(value.detach()) for name, value in losses.items()}
+        with autocast_for(self.device):
+            losses = compute_losses()
+        scaler.scale(losses["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return {f"{prefix}_{name}": value.detach() for name, value in losses.items()}
 
     def state_dict(self) -> dict:
         return {"generator_optimizer": self.generator_optimizer.state_dict(),
-                "discriminator_optimizer": self.discriminator_optimizer.state_dict()}
+                "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
+                "generator_scaler": self.generator_scaler.state_dict(),
+                "discriminator_scaler": self.discriminator_scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator_optimizer.load_state_dict(state["generator_optimizer"])
         self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
+        for name, scaler in (("generator_scaler", self.generator_scaler),
+                             ("discriminator_scaler", self.discriminator_scaler)):
+            if state.get(name):  # empty where no loss scaling ran (CPU, bfloat16)
+                scaler.load_state_dict(state[name])
 
 
 class SemanticAdversary:
@@ -116,22 +152,24 @@ class SemanticAdversary:
     a mask discriminator D_M learns to tell source label masks from M_A's predictions on G_BA(b),
     and G_BA is trained to make those predictions look like real lung masks. As in SeUDA the
     segmenter is frozen for this term (it cannot satisfy D_M by ignoring its input); only the
-    generators move. Transfer phase only: the warm-up has no segmenter."""
+    generators move. Transfer phase only: the warm-up has no segmenter. Like TranslationTrainer,
+    steps run under the device's mixed precision and return their losses as tensors."""
 
     def __init__(self, cfg: "RunConfig", device: torch.device):
         from models.translators.semantic import MaskDiscriminator
 
-        self.weight = cfg.w_semantic
+        self.weight, self.device = cfg.w_semantic, device
         self.discriminator = MaskDiscriminator(cfg.translator_width, cfg.spectral_norm).to(device)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr * cfg.d_lr_ratio,
                                           betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
+        self.discriminator_scaler, self.generator_scaler = grad_scaler_for(device), grad_scaler_for(device)
 
     @staticmethod
     def _foreground(segmenter: nn.Module, images: Tensor) -> Tensor:
-        return torch.softmax(segmenter(images), dim=1)[:, 1:2]
+        return torch.softmax(segmenter(images).float(), dim=1)[:, 1:2]
 
     def step(self, translator: Translator, segmenter: nn.Module, generator_optimizer: torch.optim.Optimizer,
-             b: Tensor, source_masks: Tensor) -> dict[str, float]:
+             b: Tensor, source_masks: Tensor) -> dict[str, Tensor]:
         from models.translators.losses import lsgan_discriminator_loss, lsgan_generator_loss
 
         was_training = segmenter.training
@@ -139,30 +177,40 @@ class SemanticAdversary:
         set_trainable([segmenter, *translator.generator_modules()], False)
         set_trainable([self.discriminator], True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            predicted = self._foreground(segmenter, translator.translate_ba(b))
-        real = source_masks[:, None].float()
-        d_loss = self.weight * lsgan_discriminator_loss(self.discriminator(real), self.discriminator(predicted))
-        d_loss.backward()
-        self.optimizer.step()
+        with autocast_for(self.device):
+            with torch.no_grad():
+                predicted = self._foreground(segmenter, translator.translate_ba(b))
+            real = source_masks[:, None].to(predicted.dtype)
+            d_loss = self.weight * lsgan_discriminator_loss(self.discriminator(real), self.discriminator(predicted))
+        self.discriminator_scaler.scale(d_loss).backward()
+        self.discriminator_scaler.step(self.optimizer)
+        self.discriminator_scaler.update()
 
         set_trainable([self.discriminator], False)
         set_trainable(translator.generator_modules(), True)
         generator_optimizer.zero_grad(set_to_none=True)
-        g_loss = self.weight * lsgan_generator_loss(
-            self.discriminator(self._foreground(segmenter, translator.translate_ba(b))))
-        g_loss.backward()
-        generator_optimizer.step()
+        with autocast_for(self.device):
+            g_loss = self.weight * lsgan_generator_loss(
+                self.discriminator(self._foreground(segmenter, translator.translate_ba(b))))
+        self.generator_scaler.scale(g_loss).backward()
+        self.generator_scaler.step(generator_optimizer)
+        self.generator_scaler.update()
         set_trainable([segmenter], True)
         segmenter.train(was_training)
-        return {"SEM_d": float(d_loss.detach()), "SEM_g": float(g_loss.detach())}
+        return {"SEM_d": d_loss.detach(), "SEM_g": g_loss.detach()}
 
     def state_dict(self) -> dict:
-        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "discriminator_scaler": self.discriminator_scaler.state_dict(),
+                "generator_scaler": self.generator_scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for name, scaler in (("discriminator_scaler", self.discriminator_scaler),
+                             ("generator_scaler", self.generator_scaler)):
+            if state.get(name):  # empty where no loss scaling ran (CPU, bfloat16)
+                scaler.load_state_dict(state[name])
 
 
 def paired_batches(n_a: int, n_b: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -175,8 +223,13 @@ def paired_batches(n_a: int, n_b: int, batch_size: int, rng: np.random.Generator
         yield order_a[window], order_b[window]
 
 
-def mean_of(records: Sequence[dict[str, float]]) -> dict[str, float]:
-    return {name: float(np.mean([r[name] for r in records])) for name in records[0]} if records else {}
+def device_batches(batches: Iterable[tuple[np.ndarray, ...]], device: torch.device) -> list[tuple[Tensor, ...]]:
+    """An epoch's index batches (drawn as before, all at once) moved to the device in one copy."""
+    drawn = list(batches)
+    if not drawn:
+        return []
+    stacked = [torch.from_numpy(np.stack(column)).to(device) for column in zip(*drawn)]
+    return list(zip(*(column.unbind(0) for column in stacked)))
 
 
 def format_losses(losses: dict[str, float]) -> str:
@@ -298,23 +351,28 @@ def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "Cached
 
 def train_translation(cfg: "RunConfig", images_a: np.ndarray, images_b: np.ndarray,
                       device: torch.device) -> tuple[Translator, list[dict[str, float]]]:
-    """The discriminative and generative steps alternated for `cfg.warmup_epochs` epochs."""
+    """The discriminative and generative steps alternated for `cfg.warmup_epochs` epochs (the
+    images moved to the device once; losses read once per epoch)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    prepare_device(device)
     translator = build_translator_from_config(cfg).to(device).train()
+    if cfg.compile:
+        compile_in_place(translator)
     trainer = TranslationTrainer(translator, cfg)
     log.info("warming up %s (width %d) on %s: %d source / %d target images, %d epochs", cfg.translator,
              cfg.translator_width, device, len(images_a), len(images_b), cfg.warmup_epochs)
+    all_a, all_b = as_batch(images_a, device), as_batch(images_b, device)
     history = []
     for epoch in range(1, cfg.warmup_epochs + 1):
         started = time.perf_counter()
-        records = []
-        for index_a, index_b in paired_batches(len(images_a), len(images_b), cfg.batch_size, rng):
-            a, b = as_batch(images_a[index_a], device), as_batch(images_b[index_b], device)
-            record = {**trainer.discriminative_step(a, b), **trainer.generative_step(a, b)}
-            check_finite(record, f"translator warm-up epoch {epoch}")
-            records.append(record)
-        losses = mean_of(records)
+        sums = LossSums()
+        for index_a, index_b in device_batches(paired_batches(len(images_a), len(images_b), cfg.batch_size, rng),
+                                               device):
+            a, b = all_a[index_a], all_b[index_b]
+            sums.add({**trainer.discriminative_step(a, b), **trainer.generative_step(a, b)})
+        losses = sums.means()
+        check_finite(losses, f"translator warm-up epoch {epoch}")
         balance = adversarial_balance(losses, cfg.w_adv)
         history.append({"epoch": epoch, **losses, **balance, "seconds": time.perf_counter() - started})
         log.info("warm-up epoch %d/%d  %s | %s  %.1f s", epoch, cfg.warmup_epochs, format_losses(losses),

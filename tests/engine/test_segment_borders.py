@@ -1,5 +1,6 @@
 """`cxrsweep segment` with the content crop: checkpoints record it, masks come back at each
-input's size placed at its crop, and a padded copy of a film gets the same mask as the film."""
+input's size placed at its crop, and a padded copy of a film gets the same mask as the film, on
+the plain loop (--local) and through Ray Data alike."""
 import logging
 
 import numpy as np
@@ -11,7 +12,7 @@ from data_io.phantoms import MildShift, synthesize
 from data_io.readers import read_gray
 from models.registry import load_torch_file
 from sweep import cli
-from sweep.engine.inference import Segmenter
+from sweep.engine.segment import checkpoint_info, item_columns, list_inputs, read_batch
 
 # Zero bands (top, bottom, left, right) added to each unpadded film: on one side, on two, on all four.
 PADDINGS = [(0, 0, 23, 0), (31, 0, 0, 0), (0, 17, 0, 40), (9, 12, 14, 6)]
@@ -44,6 +45,19 @@ def films(tmp_path_factory):
     return plain, padded_dir
 
 
+@pytest.fixture(scope="module")
+def ray_here():
+    """A small local Ray runtime for the Ray Data variant (segment uses it rather than start its own)."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     return float((a & b).sum() / max((a | b).sum(), 1))
@@ -52,23 +66,26 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
 def test_checkpoints_record_the_preprocessing(lung_model, phantom_folders, tmp_path):
     record = load_torch_file(lung_model)["preprocessing"]
     assert record["crop_borders"] is True and record["normalisation"] == "per_image_standardisation"
-    assert Segmenter.from_checkpoint(lung_model, device="cpu").crop_borders
+    assert checkpoint_info(lung_model).crop_borders
     out = tmp_path / "uncropped"
     assert cli.main(["train", "--model", "unet", "--task", "lungs", "--fold", "0", "--profile", "smoke",
                      "--jsrt", str(phantom_folders["jsrt"]), "--scr", str(phantom_folders["scr"]), "--out", str(out),
                      "--cache-dir", str(phantom_folders["cache"]), "--set", "epochs=1", "--set", "num_threads=1",
                      "--set", "crop_borders=false"]) == 0
     assert load_torch_file(out / "best.pt")["preprocessing"]["crop_borders"] is False
-    assert not Segmenter.from_checkpoint(out / "best.pt", device="cpu").crop_borders
+    assert not checkpoint_info(out / "best.pt").crop_borders
 
 
-def test_a_padded_copy_gets_the_same_mask_as_the_film(lung_model, films, tmp_path, capsys):
-    """Acceptance (issue 9): masks of padded and unpadded copies agree after mapping back (J >= 0.98)."""
+@pytest.mark.parametrize("path", ["local", "ray"])
+def test_a_padded_copy_gets_the_same_mask_as_the_film(lung_model, films, tmp_path, request, path):
+    """Acceptance (issue 9): masks of padded and unpadded copies agree after mapping back (J >= 0.98),
+    on the plain loop and through Ray Data (each reader applies the checkpoint's crop)."""
     plain, padded_dir = films
-    assert cli.main(["segment", str(lung_model), *map(str, plain), "--out", str(tmp_path / "plain"),
-                     "--device", "cpu"]) == 0
-    assert cli.main(["segment", str(lung_model), str(padded_dir), "--out", str(tmp_path / "padded"),
-                     "--device", "cpu"]) == 0
+    if path == "ray":
+        request.getfixturevalue("ray_here")
+    how = ["--local", "--device", "cpu"] if path == "local" else ["--workers", "1"]
+    assert cli.main(["segment", str(lung_model), *map(str, plain), "--out", str(tmp_path / "plain"), *how]) == 0
+    assert cli.main(["segment", str(lung_model), str(padded_dir), "--out", str(tmp_path / "padded"), *how]) == 0
     for path, (top, bottom, left, right) in zip(plain, PADDINGS):
         film_mask = np.asarray(Image.open(tmp_path / "plain" / "masks" / path.name))
         padded_mask = np.asarray(Image.open(tmp_path / "padded" / "masks" / path.name))
@@ -81,15 +98,20 @@ def test_a_padded_copy_gets_the_same_mask_as_the_film(lung_model, films, tmp_pat
         assert (inner > 0).sum() == (padded_mask > 0).sum()  # nothing painted on the padding
 
 
-def test_without_the_crop_padding_changes_the_masks(lung_model, films):
-    """The control: the same model, resizing whole images, does not give padded copies the same masks."""
+def test_without_the_crop_padding_changes_the_masks(lung_model, films, tmp_path):
+    """The control: the same network, its record saying the crop was off, resizes whole images,
+    and padded copies do not get the film's masks."""
     plain, padded_dir = films
-    segmenter = Segmenter.from_checkpoint(lung_model, device="cpu")
-    segmenter.crop_borders = False
+    uncropped = load_torch_file(lung_model)
+    uncropped["preprocessing"]["crop_borders"] = False
+    torch.save(uncropped, tmp_path / "uncropped.pt")
+    for name, inputs in (("plain", list(map(str, plain))), ("padded", [str(padded_dir)])):
+        assert cli.main(["segment", str(tmp_path / "uncropped.pt"), *inputs, "--out", str(tmp_path / name),
+                         "--local", "--device", "cpu", "--overlays", "none"]) == 0
     scores = []
     for path, (top, bottom, left, right) in zip(plain, PADDINGS):
-        film_mask = segmenter.segment_prepared(segmenter.prepare(path))
-        padded_mask = segmenter.segment_prepared(segmenter.prepare(padded_dir / path.name))
+        film_mask = np.asarray(Image.open(tmp_path / "plain" / "masks" / path.name))
+        padded_mask = np.asarray(Image.open(tmp_path / "padded" / "masks" / path.name))
         scores.append(_jaccard(padded_mask[top:top + film_mask.shape[0], left:left + film_mask.shape[1]], film_mask))
     assert min(scores) < 0.95, scores
 
@@ -98,9 +120,12 @@ def test_a_checkpoint_without_the_record_resizes_whole_images(lung_model, films,
     legacy = load_torch_file(lung_model)
     del legacy["preprocessing"]
     torch.save(legacy, tmp_path / "old.pt")
-    with caplog.at_level(logging.WARNING, logger="sweep.engine.inference"):
-        segmenter = Segmenter.from_checkpoint(tmp_path / "old.pt", device="cpu")
-    assert not segmenter.crop_borders
+    with caplog.at_level(logging.WARNING, logger="sweep.engine.segment"):
+        info = checkpoint_info(tmp_path / "old.pt")
+    assert not info.crop_borders
     assert "records no preprocessing" in caplog.text and "old.pt" in caplog.text
-    padded = films[1] / films[0][0].name
-    assert not segmenter.prepare(padded).crop.trimmed
+    padded = item_columns(list_inputs([films[1] / films[0][0].name]))
+    height, width = read_gray(padded["path"][0]).shape
+    whole = [0, 0, height, width, height, width]
+    assert read_batch(padded, info)["crop"][0].tolist() == whole
+    assert read_batch(padded, checkpoint_info(lung_model))["crop"][0].tolist() != whole  # the crop trims it

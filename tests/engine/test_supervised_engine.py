@@ -26,14 +26,18 @@ def test_run_directory_layout(tmp_path, ellipse_data):
     seen = []
 
     def callback(epoch, metrics, run_dir):
-        last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
-        seen.append((epoch, last["epoch"], metrics["val_jaccard"]))
+        last = run_dir / "checkpoints" / "last.pt"
+        saved = torch.load(last, weights_only=False)["epoch"] if last.exists() else None
+        seen.append((epoch, saved, "checkpoint_bytes" in metrics, (run_dir / "best.pt").exists(),
+                     metrics["val_jaccard"]))
 
     result = train_supervised(smoke(), ellipse_data, tmp_path, callbacks=[callback])
-    # The callback sees each epoch once its checkpoint is on disk.
-    assert [(e, saved) for e, saved, _ in seen] == [(1, 1), (2, 2)]
-    assert result.best_epoch == max(seen, key=lambda s: s[2])[0]
-    assert result.val_jaccard == pytest.approx(max(s[2] for s in seen))
+    # Default policy (a checkpoint at most every checkpoint_every_s = 300 s, and after the last
+    # epoch): a seconds-long run writes last.pt once, before the callback of its last epoch
+    # sees it; best.pt only when the run ends.
+    assert [s[:4] for s in seen] == [(1, None, False, False), (2, 2, True, False)]
+    assert result.best_epoch == max(seen, key=lambda s: s[4])[0]
+    assert result.val_jaccard == pytest.approx(max(s[4] for s in seen))
 
     images = pd.read_parquet(tmp_path / "images.parquet")
     assert list(images.columns) == IMAGES_SCHEMA.names
@@ -77,7 +81,7 @@ CHILD = textwrap.dedent("""
     data = SegmentationData(*(arrays[k] for k in ("xt", "yt", "xv", "yv", "xs", "ys")),
                             test_ids=[f"case{i:02d}" for i in range(len(arrays["xs"]))], task="lungs")
     cfg = make_config("smoke", overrides={"epochs": int(sys.argv[3]), "device": "cpu", "num_threads": 1,
-                                                 "augment": True})
+                                          "augment": True, "checkpoint_every_s": 0})
     kill_after = int(sys.argv[4])
 
     def die(epoch, metrics, run_dir):
@@ -100,7 +104,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, ellipse_data):
     assert torch.load(killed_dir / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
     assert not (killed_dir / "result.json").exists()
 
-    cfg = smoke(epochs=3, augment=True)
+    cfg = smoke(epochs=3, augment=True, checkpoint_every_s=0)
     resumed = train_supervised(cfg, d, killed_dir)
     straight = train_supervised(cfg, d, tmp_path / "straight")
     assert resumed.epochs_trained == 2 and straight.epochs_trained == 3
@@ -108,6 +112,54 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, ellipse_data):
     assert [h["val_jaccard"] for h in resumed.history] == [h["val_jaccard"] for h in straight.history]
     assert (resumed.best_epoch, resumed.test_jaccard_mean, resumed.test_dice_mean) == \
         (straight.best_epoch, straight.test_jaccard_mean, straight.test_dice_mean)
+
+
+def test_checkpoints_are_bounded_in_time_and_hold_what_a_resume_needs(tmp_path, ellipse_data):
+    written = {}
+    for every_s in (0, 3600):
+        seen = []
+        result = train_supervised(smoke(epochs=3, checkpoint_every_s=every_s), ellipse_data, tmp_path / str(every_s),
+                                  callbacks=[lambda epoch, metrics, run_dir: seen.append(metrics.get("checkpoint_bytes"))])
+        written[every_s] = seen
+    # Every epoch at 0 s; at 3600 s only after the last epoch (seconds-long run).
+    assert all(size and size > 0 for size in written[0])
+    assert written[3600][:2] == [None, None] and written[3600][2] > 0
+    run_dir = tmp_path / "3600"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.pt"]
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 3 and {"optimizer", "rng", "history", "best"} <= set(last)
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    assert last["best"]["epoch"] == best["epoch"] == result.best_epoch
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in last["best"]["state_dict"].items())
+    assert written[3600][2] == (run_dir / "checkpoints" / "last.pt").stat().st_size
+
+
+def test_checkpoint_clock_waits_its_interval():
+    from sweep.engine.checkpoints import CheckpointClock
+
+    clock = CheckpointClock(60)
+    assert not clock.due(final=False) and clock.due(final=True)
+    clock.since -= 61  # as if a minute had passed since the last write
+    assert clock.due(final=False)
+    assert CheckpointClock(0).due(final=False)
+
+
+def test_best_weights_of_an_earlier_epoch_survive_a_crash_after_the_last_checkpoint(tmp_path, ellipse_data):
+    # lr 0.01 makes epoch 1 better than epoch 2 on these ellipses (CPU runs are deterministic).
+    cfg = smoke(epochs=2, lr=0.01, augment=True)
+    straight = train_supervised(cfg, ellipse_data, tmp_path / "straight")
+    assert straight.best_epoch == 1
+
+    def crash(epoch, metrics, run_dir):
+        if epoch == 2:  # last.pt (with epoch 1's weights as "best") is on disk; best.pt is not
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_supervised(cfg, ellipse_data, tmp_path / "crashed", callbacks=[crash])
+    assert not (tmp_path / "crashed" / "best.pt").exists()
+    resumed = train_supervised(cfg, ellipse_data, tmp_path / "crashed")
+    assert resumed.epochs_trained == 0 and resumed.best_epoch == 1
+    assert (resumed.test_jaccard_mean, resumed.test_dice_mean) == (straight.test_jaccard_mean, straight.test_dice_mean)
 
 
 def test_finished_run_is_not_retrained(tmp_path, ellipse_data):

@@ -38,9 +38,9 @@ def test_segment_writes_masks_at_the_input_size(trained_run, phantom_folders, tm
 
     out = tmp_path / "seg"
     assert cli.main(["segment", str(trained_run / "best.pt"), str(jsrt_file), str(png.parent), "--out", str(out),
-                     "--device", "cpu"]) == 0
+                     "--local", "--device", "cpu", "--overlays", "all"]) == 0
     printed = capsys.readouterr().out
-    assert jsrt_file.name in printed and "heart covers" in printed
+    assert "2 image(s), 0 already done, 2 to do" in printed and "2 mask(s)" in printed
     mask = np.asarray(Image.open(out / "masks" / f"{jsrt_file.stem}.png"))
     assert mask.shape == pixels.shape and set(np.unique(mask)) <= {0, 255}
     assert np.asarray(Image.open(out / "masks" / "radiograph.png")).shape == (120, 100)
@@ -55,6 +55,11 @@ def test_bad_inputs_name_the_file(trained_run, tmp_path, capsys):
     notes.write_text("x")
     assert cli.main(["segment", str(trained_run / "best.pt"), str(notes), "--out", str(tmp_path)]) == 2
     assert "notes.txt: unsupported file type" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no radiographs here")
+    assert cli.main(["segment", str(trained_run / "best.pt"), str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "empty: no radiographs" in capsys.readouterr().err
     assert cli.main(["segment", str(notes), str(trained_run / "overlays"), "--out", str(tmp_path)]) == 2
     assert "notes.txt" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ import pytest
 
 from sweep.cli import main
 from sweep.results import read_trials
-from sweep.runner import INJECT_FAILURE_ENV
+from sweep.runner import INJECT_FAILURE_ENV, STATE_KEY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -67,9 +67,10 @@ def test_resume_with_other_data_starts_the_interrupted_trials_afresh(ray_runtime
     data_a, data_b = _synth(tmp_path / "A", seed=0), _synth(tmp_path / "B", seed=1)
     # An interrupted sweep on A: its trial has a Tune experiment and a checkpoint of epoch 1.
     monkeypatch.setenv(INJECT_FAILURE_ENV, "segmentation-*:always:1")
-    assert main([*SLICE, *data_a, "--out", str(out)]) == 1
+    assert main([*SLICE, *data_a, "--out", str(out), "--checkpoint-every-s", "0"]) == 1
     state = json.loads((out / "ray" / "sweep-state.json").read_text())
-    assert "stage1" in state and set(state["data"]) == {"jsrt"}
+    assert STATE_KEY in state and set(state["data"]) == {"jsrt"}
+    assert list((out / "ray").glob(f"{state[STATE_KEY]}/*/checkpoint_*"))
     monkeypatch.delenv(INJECT_FAILURE_ENV)
     capsys.readouterr()
 

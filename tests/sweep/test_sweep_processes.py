@@ -42,39 +42,42 @@ def _wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | N
 
 
 def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp_path):
+    """SIGKILL the driver while one trial is mid-run, at a point the test controls: the hold test
+    hook stops that trial after its epoch-3 checkpoint until the driver is gone. --resume must
+    continue it from that checkpoint (exactly 3 epochs left), reuse the finished trials and
+    duplicate no row."""
+    from sweep.runner import HOLD_ENV
+
     out = tmp_path / "out"
-    epochs = 30
+    epochs, held_epoch = 6, 3
     run = ["run", "segmentation", "--profile", "smoke", "--set", f"epochs={epochs}", "--set", "num_threads=1",
            "--models", "unet", "--tasks", "lungs", "--folds", "0,1,2", "--out", str(out), "--progress-every", "2",
-           *data_flags]
-    driver = _cxrsweep(run, _env(ray_temp_dirs()), start_new_session=True)
+           "--checkpoint-every-s", "0", "--cpus-per-trial", "0.5", *data_flags]  # two slots even on one core
+    env = {**_env(ray_temp_dirs()), HOLD_ENV: f"segmentation-unet-lungs-fold0-*:{held_epoch}"}
+    driver = _cxrsweep(run, env, start_new_session=True)
 
     def finished() -> set[str]:
         return {p.parent.name for p in (out / "runs").glob("*/trial.json")}
 
-    def checkpointed_unfinished() -> set[str]:
-        return {p.parent.name for p in (out / "ray").glob("stage1-*/*/checkpoint_*")} - finished()
+    def held() -> list[Path]:
+        return list((out / "ray" / "held").glob("*"))
 
-    # The state is read inside the wait and kept: Tune rotates checkpoints (num_to_keep=1), so a
-    # glob taken after the kill can land between two checkpoints and see none.
-    seen: dict[str, set[str]] = {}
-
-    def one_done_one_checkpointed() -> bool:
-        seen["done"], seen["checkpointed"] = finished(), checkpointed_unfinished()
-        return bool(seen["done"] and seen["checkpointed"])
+    def state_saved_after_the_hold() -> bool:
+        # The held trial's checkpoint is resumable once Tune has saved its experiment state
+        # after the trial reported it (the mark is written after that report returned).
+        marks, others_done = held(), len(finished()) == 2
+        states = list((out / "ray").glob("sweep-*/experiment_state-*.json"))
+        return bool(marks and others_done and any(s.stat().st_mtime_ns > marks[0].stat().st_mtime_ns for s in states))
 
     try:
-        _wait_for(one_done_one_checkpointed, 240, "one trial done and one checkpointed", driver)
-        # Tune records trial checkpoints in its experiment state every TUNE_GLOBAL_CHECKPOINT_S
-        # (2 s, sweep/runner.py): a checkpoint younger than that is not yet resumable.
-        time.sleep(3)
-        _wait_for(one_done_one_checkpointed, 60, "a checkpointed trial still running", driver)
+        _wait_for(state_saved_after_the_hold, 300, "the held trial checkpointed and the others finished", driver)
     finally:
+        killed_at = time.time()
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started in its session
         driver.wait()
+    held_trial = held()[0].name
     done_before = finished()
-    interrupted = seen["checkpointed"] - done_before
-    assert interrupted and done_before
+    assert held_trial not in done_before and len(done_before) == 2
 
     resumed = _cxrsweep([*run, "--resume"], _env(ray_temp_dirs()))
     log, _ = resumed.communicate(timeout=300)
@@ -83,9 +86,13 @@ def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp
     trials, images = read_trials(out), read_images(out)
     assert len(trials) == 3 and trials.trial_id.is_unique and (trials.status == "ok").all()
     assert len(images) == trials.n_test_images.sum() and not images.duplicated(["trial_id", "image_id"]).any()
-    for trial_id in interrupted - done_before:
-        summary = json.loads((out / "runs" / trial_id / "result.json").read_text())
-        assert summary["epochs_trained"] < epochs, f"{trial_id} restarted from scratch instead of its checkpoint"
+    summary = json.loads((out / "runs" / held_trial / "result.json").read_text())
+    assert summary["epochs_trained"] == epochs - held_epoch, "the held trial did not continue from its checkpoint"
+    # Finished trials were not run again: their outputs are the ones published before the kill.
+    for trial_id in done_before:
+        assert json.loads((out / "runs" / trial_id / "trial.json").read_text())["finished_at"] < killed_at
+    rows = trials.set_index("trial_id")
+    assert rows.loc[held_trial, "checkpoint_count"] == epochs  # one per epoch across both attempts
 
 
 def _free_port() -> int:
@@ -128,4 +135,22 @@ def test_cluster_yaml_passes_ray_launcher_validation(repo_root: Path):
     assert all(t["resources"].get("GPU", 0) >= 1 for t in workers)
     assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in workers)
     assert "2.58.0-py311-cu" in prepared["docker"]["worker_image"]
-    assert any("--shm-size" in option for option in prepared["docker"]["worker_run_options"])
+    # Shared memory holds the object store: at least its size, well under any worker's RAM.
+    gib = {"g5.xlarge": 16, "g5.2xlarge": 32, "g5.12xlarge": 192, "m5.2xlarge": 32}  # AWS instance memory
+    docker = prepared["docker"]
+    for options, kind in ((docker["worker_run_options"], "worker"), (docker["head_run_options"], "head")):
+        (shm,) = [int(o.split("=")[1].rstrip("g")) for o in options if o.startswith("--shm-size=")]
+        starts = " ".join(prepared[f"{kind}_start_ray_commands"])
+        store_gb = int(starts.split("--object-store-memory=")[1].split()[0]) / 1e9
+        assert store_gb <= shm
+        types = [t for name, t in prepared["available_node_types"].items()
+                 if (name == prepared["head_node_type"]) == (kind == "head")]
+        assert all(shm <= gib[t["node_config"]["InstanceType"]] / 4 for t in types)
+    # The CPU-only head installs the CPU build of torch; GPU workers the CUDA build, same version.
+    head_torch = [c for c in prepared["head_setup_commands"] if "torch" in c]
+    worker_torch = [c for c in prepared["worker_setup_commands"] if "torch" in c]
+    assert len(head_torch) == 1 and "download.pytorch.org/whl/cpu" in head_torch[0]
+    assert len(worker_torch) == 1 and "whl/cpu" not in worker_torch[0]
+    version = lambda command: command.split("torch==")[1].split()[0]  # noqa: E731
+    assert version(head_torch[0]) == version(worker_torch[0])
+    assert not any("torch" in c for c in prepared["setup_commands"])

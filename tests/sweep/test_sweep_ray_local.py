@@ -36,9 +36,11 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     monkeypatch.chdir(tmp_path.parent)
     command = ["run", "all", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet,fcn",
                "--tasks", "lungs", "--folds", "0", "--repetitions", "0", "--methods", "proposed,finetune,source_only",
-               "--fractions", "0", "--out", tmp_path.name, "--retries", "1", "--progress-every", "2", *data_flags]
-    grid = build_grid("all", make_config("smoke", {"num_threads": 1}), models=["unet", "fcn"], tasks=["lungs"],
-                      folds=[0], repetitions=[0], methods=["proposed", "finetune", "source_only"], fractions=[0])
+               "--fractions", "0", "--out", tmp_path.name, "--retries", "1", "--progress-every", "2",
+               "--checkpoint-every-s", "0", *data_flags]  # a checkpoint every epoch: the retry resumes from epoch 1
+    base = make_config("smoke", ["num_threads=1", "checkpoint_every_s=0"])  # as the command line sets them
+    grid = build_grid("all", base, models=["unet", "fcn"], tasks=["lungs"], folds=[0], repetitions=[0],
+                      methods=["proposed", "finetune", "source_only"], fractions=[0])
     m_a = next(t for t in grid.trials.values() if t.config.experiment == "segmentation" and t.config.model == "unet")
     broken = next(t for t in grid.trials.values() if t.config.model == "fcn")
     warmup = next(t for t in grid.trials.values() if not t.has_row)
@@ -82,7 +84,7 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     # for the Fig. 9 runs (heart, clavicles): they reuse the lungs warm-up, add their Table I
     # M_A rows and no transfer row.
     monkeypatch.delenv(INJECT_FAILURE_ENV)
-    fig9 = build_grid("all", make_config("smoke", {"num_threads": 1}), models=["unet"], tasks=["heart", "clavicles"],
+    fig9 = build_grid("all", base, models=["unet"], tasks=["heart", "clavicles"],
                       folds=[0], repetitions=[0], methods=["proposed"], fractions=[0])
     wider = Grid(dict(grid.trials))
     for spec in fig9.trials.values():
@@ -205,3 +207,67 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
     assert "segmentation-unet-lungs-fold1-" in err and "used to tune the config of fold 0" in err
     assert f"{len(fold1)} of its {len(fold1)} jsrt test images" in err and all(i in err for i in fold1)
     assert not refused_out.exists()
+
+
+def test_no_stage_barrier_and_bounded_checkpoints(ray_runtime, data_flags, tmp_path):
+    """`cxrsweep run all --max-concurrent 2`: a transfer trial starts as soon as its own
+    dependencies are published, before the Table I trials it does not need have ended; and at
+    the default checkpoint interval each trial writes one Tune checkpoint, holding only last.pt."""
+    from sweep.cli import main
+
+    selection = dict(models=["unet", "fcn"], tasks=["lungs"], folds=[0, 1], repetitions=[0],
+                     methods=["proposed", "source_only"], fractions=[0])
+    command = ["run", "all", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet,fcn", "--tasks", "lungs",
+               "--folds", "0,1", "--repetitions", "0", "--methods", "proposed,source_only", "--fractions", "0",
+               "--max-concurrent", "2", "--out", str(tmp_path), "--progress-every", "5", *data_flags]
+    assert main(command) == 0
+    grid = build_grid("all", make_config("smoke", ["num_threads=1"]), **selection)
+    trials = read_trials(tmp_path).set_index("trial_id")
+    assert (trials.status == "ok").all() and len(trials) == 6
+    warmup = next(t for t in grid.trials.values() if not t.has_row)
+    finished_at = dict(trials.finished_at)
+    finished_at[warmup.trial_id] = json.loads(
+        (tmp_path / "translators" / warmup.trial_id / "trial.json").read_text())["finished_at"]
+    table1 = trials[trials.experiment == "segmentation"]
+    early = []
+    for trial_id, row in trials[trials.experiment == "transfer"].iterrows():
+        needs = grid.trials[trial_id].depends_on
+        assert row.started_at >= max(finished_at[d] for d in needs)  # its own dependencies first
+        unrelated = table1[~table1.index.isin(needs)]
+        if row.started_at < unrelated.finished_at.max():
+            early.append(trial_id)
+    assert early, trials[["started_at", "finished_at"]]
+
+    # Checkpoints: one per trial (the end; a smoke trial lasts seconds), holding last.pt only.
+    trained = trials[trials.method != "source_only"]  # source_only trains nothing: no checkpoint
+    assert (trained.checkpoint_count == 1).all() and (trained.checkpoint_s > 0).all()
+    for trial_id, row in trained.iterrows():
+        trial_dir = next((tmp_path / "ray").glob(f"sweep-*/{trial_id}"))
+        reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert sum(1 for r in reports if r.get("checkpoint_dir_name")) == 1
+        (kept,) = trial_dir.glob("checkpoint_*")
+        assert sorted(p.name for p in kept.iterdir()) == ["checkpoint-stats.json", "last.pt"]
+        assert (kept / "last.pt").stat().st_size == row.checkpoint_bytes
+    assert trials.loc[trials.method == "source_only", "checkpoint_count"].eq(0).all()
+
+
+def test_a_failed_dependency_fails_its_dependants_without_running_them(ray_runtime, data_paths, tmp_path,
+                                                                       monkeypatch):
+    base = make_config("smoke", ["num_threads=1"])
+    grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
+                      methods=["source_only", "proposed"], fractions=[0])
+    m_a = next(t for t in grid.trials.values() if t.config.experiment == "segmentation")
+    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{m_a.trial_id}:always:1")
+    lines: list[str] = []
+    outcome = run_grid(grid, data_paths, _options(tmp_path, retries=0), say=lines.append)
+    dependants = [t.trial_id for t in grid.runnable() if m_a.trial_id in t.depends_on]
+    assert len(dependants) == 2 and set(outcome.failed) == {m_a.trial_id, *dependants}
+    for trial_id in dependants:
+        assert outcome.failed[trial_id].startswith(f"dependency {m_a.trial_id} failed: InjectedFailure")
+        assert any(line == f"[sweep] not running {trial_id}: its dependency {m_a.trial_id} failed" for line in lines)
+        assert not list((tmp_path / "ray").glob(f"sweep-*/{trial_id}"))  # never a Tune trial
+    trials = read_trials(tmp_path).set_index("trial_id")
+    assert (trials.loc[dependants, "status"] == "failed").all()
+    assert trials.loc[dependants, "test_jaccard_mean"].isna().all()
+    warmup = next(t for t in grid.trials.values() if not t.has_row)
+    assert warmup.trial_id in outcome.completed  # what does not need M_A still ran

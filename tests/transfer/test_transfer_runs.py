@@ -119,6 +119,110 @@ def test_m_a_for_another_task_is_refused_naming_the_file(make_cfg, source, targe
         train_transfer(cfg, transfer_data(cfg, source, target), tmp_path, segmenter_checkpoint)
 
 
+def test_proposed_checkpoints_are_bounded_and_carry_the_best_epoch(make_cfg, data_for, segmenter_checkpoint,
+                                                                   warmed_translator, tmp_path):
+    # The paper's selection always keeps an adapted epoch: best.pt is then that epoch's checkpoint.
+    cfg = make_cfg(transfer_epochs=3, checkpoint_every_s=3600, selection="source")
+    seen = []
+
+    def callback(epoch, metrics, run_dir):
+        seen.append((epoch, metrics.get("checkpoint_bytes"), (run_dir / "best.pt").exists()))
+
+    result = train_transfer(cfg, data_for(cfg), tmp_path / "run", segmenter_checkpoint, warmed_translator,
+                            callbacks=[callback])
+    # One checkpoint, after the last epoch; best.pt only when the run ends.
+    assert [(epoch, size is not None, best) for epoch, size, best in seen] == \
+        [(1, False, False), (2, False, False), (3, True, False)]
+    last_path = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert [p.name for p in last_path.parent.iterdir()] == ["last.pt"] and seen[-1][1] == last_path.stat().st_size
+    import torch
+
+    last = torch.load(last_path, weights_only=False)
+    assert {"segmenter_optimizer", "translation_optimizers", "rng", "translator", "best"} <= set(last)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert best["epoch"] == last["best"]["epoch"] == result.best_epoch
+    assert all(torch.equal(v, last["best"]["translator"]["state_dict"][k])
+               for k, v in best["translator"]["state_dict"].items())
+    every_epoch = []
+    train_transfer(cfg.replace(checkpoint_every_s=0), data_for(cfg), tmp_path / "every", segmenter_checkpoint,
+                   warmed_translator, callbacks=[lambda e, m, d: every_epoch.append("checkpoint_bytes" in m)])
+    assert every_epoch == [True, True, True]
+
+
+def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, data_for, segmenter_checkpoint,
+                                                                       warmed_translator, tmp_path):
+    """The engine keeps the arrays on the device, draws an epoch's indices at once and sums the
+    losses on the device; a loop that copies every batch and reads every loss, as the engine
+    did before, must end with the same weights and the same epoch losses (CPU)."""
+    import torch
+
+    from models.registry import read_segmenter_checkpoint
+    from sweep.engine.inference import as_batch
+    from sweep.engine.supervised import epoch_seed
+    from sweep.engine.transfer import ProposedRun
+    from sweep.engine.translation import paired_batches
+
+    cfg = make_cfg(label_fraction=50.0)
+    data = data_for(cfg)
+    runs = [ProposedRun(cfg, data, tmp_path / name, read_segmenter_checkpoint(segmenter_checkpoint), warmed_translator)
+            for name in ("engine", "plain")]
+    losses = runs[0].train_epoch()
+
+    plain = runs[1]
+    plain.model.train()
+    torch.manual_seed(epoch_seed(cfg.seed, 0))
+    rng = np.random.default_rng(epoch_seed(cfg.seed, 0))
+    records = []
+    for index_a, index_b in paired_batches(len(data.source_train_images), len(data.target_train_images),
+                                           cfg.batch_size, rng):
+        a, b = as_batch(data.source_train_images[index_a], plain.device), as_batch(data.target_train_images[index_b],
+                                                                                   plain.device)
+        record = {k: float(v) for k, v in plain.translation.discriminative_step(a, b).items()}
+        record.update({k: float(v) for k, v in plain.translation.generative_step(a, b).items()})
+        index = rng.integers(0, data.n_labelled, size=len(index_b))
+        masks = torch.from_numpy(data.source_train_masks[index_a]).long()
+        labelled = as_batch(data.target_labelled_images[index], plain.device)
+        labelled_masks = torch.from_numpy(data.target_labelled_masks[index]).long()
+        record.update({k: float(v) for k, v in plain.supervised_step(a, masks, labelled, labelled_masks).items()})
+        records.append(record)
+    assert set(losses) == set(records[0]) | {"D_s", "G_s", "S_s"}
+    for name in records[0]:
+        assert losses[name] == pytest.approx(np.mean([r[name] for r in records]), rel=1e-12, abs=1e-15)
+    engine_state, plain_state = runs[0].model.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(engine_state[k], plain_state[k]) for k in plain_state)
+
+
+def test_compile_option_trains_both_kinds_of_run(make_cfg, data_for, segmenter_checkpoint, warmed_translator,
+                                                 tmp_path, monkeypatch):
+    """compile=true goes through torch.compile (dynamo + AOTAutograd); the aot_eager backend
+    stands in for inductor, whose C++ build takes about a minute here (it ran: same losses to 1e-6)."""
+    import torch
+
+    original = torch.nn.Module.compile
+    compiled = []
+
+    def aot_eager(module, *args, **kwargs):
+        compiled.append(type(module).__name__)
+        return original(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", aot_eager)
+    torch._dynamo.reset()
+    results = {}
+    for method, fraction in (("proposed", 50.0), ("finetune", 50.0)):
+        for compile_ in (False, True):
+            cfg = make_cfg(method=method, label_fraction=fraction, compile=compile_)
+            results[method, compile_] = train_transfer(cfg, data_for(cfg), tmp_path / f"{method}-{compile_}",
+                                                       segmenter_checkpoint, warmed_translator)
+    assert "UNet" in compiled and any("Discriminator" in name for name in compiled)
+    for method in ("proposed", "finetune"):
+        plain, fast = results[method, False], results[method, True]
+        assert fast.test_jaccard_mean == pytest.approx(plain.test_jaccard_mean, abs=1e-4)
+        # Checkpoints keep the plain network's keys: a compiled run's best.pt loads into a fresh model.
+        best = torch.load(fast.run_dir / "best.pt", weights_only=False)
+        assert not any("_orig_mod" in key for key in best["state_dict"])
+    torch._dynamo.reset()
+
+
 # A child process that runs a proposed transfer and SIGKILLs itself once epoch `kill_after` is on disk.
 KILLED_TRANSFER = textwrap.dedent("""
     import os, pickle, signal, sys
@@ -139,7 +243,7 @@ KILLED_TRANSFER = textwrap.dedent("""
 @pytest.mark.parametrize("translator", ["munit", "cyclegan"])
 def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, make_cfg, source, target, data_for,
                                                                     segmenter_checkpoint, tmp_path):
-    cfg = make_cfg(translator=translator, transfer_epochs=3)
+    cfg = make_cfg(translator=translator, transfer_epochs=3, checkpoint_every_s=0)  # last.pt every epoch
     warmed = warmup_translator(cfg, source, target, tmp_path / "translators")
     if translator == "cyclegan":
         # A pool of two past fakes is full after the first step, so from then on every

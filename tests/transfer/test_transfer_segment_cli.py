@@ -27,7 +27,7 @@ def test_segment_with_a_proposed_checkpoint_translates_first(tmp_path, capsys):
 
     image = sorted((folders["montgomery"] / "CXR_png").glob("*.png"))[0]
     out = tmp_path / "seg"
-    assert main(["segment", str(run / "best.pt"), str(image), "--out", str(out)]) == 0
+    assert main(["segment", str(run / "best.pt"), str(image), "--out", str(out), "--local"]) == 0
     mask = np.asarray(Image.open(out / "masks" / f"{image.stem}.png"))
     assert mask.shape == np.asarray(Image.open(image)).shape
     assert set(np.unique(mask)) <= {0, 255}

@@ -1,0 +1,93 @@
+"""Any target set: a folder of radiographs (DICOM and pictures), with or without lung masks."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_io.cache import load_cache_file, load_target
+from data_io.datasets import check_target_name, scan_folder_target, scan_target, target_dirs
+from data_io.dicom import convert_folder
+from data_io.phantoms import synthesize
+from data_io.readers import read_mask
+from sweep.cli import main
+
+
+@pytest.fixture(scope="module")
+def montgomery(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("ph"), n_source=1, n_target=5, source_size=32, target_size=48,
+                      seed=4)["montgomery"]
+
+
+@pytest.fixture
+def archive(montgomery, tmp_path):
+    """Unlabelled: three DICOM files (one MONOCHROME1), two PNGs, a note that is not an image."""
+    folder = tmp_path / "archive"
+    pngs = sorted((montgomery / "CXR_png").glob("*.png"))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for png in pngs[:3]:
+        shutil.copy(png, staging)
+    convert_folder(staging, folder, monochrome1_every=3)
+    for png in pngs[3:]:
+        shutil.copy(png, folder)
+    (folder / "notes.txt").write_text("not a radiograph")
+    return folder
+
+
+def test_an_unlabelled_folder_is_a_target_without_tasks(archive, montgomery, tmp_path):
+    scan = scan_target("hospital-a", archive)
+    assert scan.mask_root is None and scan.mask_layout == "none" and scan.tasks == ()
+    assert scan.image_format == "dicom+png" and len(scan.cases) == 5
+    assert all(case.masks == {} for case in scan.cases)
+    dataset = load_target("hospital-a", archive, 16, cache_dir=tmp_path / "cache")
+    assert dataset.masks == {} and dataset.images.shape == (5, 16, 16)
+    again = load_cache_file(dataset.path)
+    assert again.masks == {} and again.ids == dataset.ids
+    # The DICOM and PNG copies of a Montgomery image prepare to the same array as the PNG itself.
+    labelled = load_target("montgomery", montgomery, 16, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(dataset.images, labelled.images)
+
+
+def test_masks_in_the_folder_are_matched_by_name(montgomery, tmp_path):
+    folder = tmp_path / "site"
+    shutil.copytree(montgomery / "CXR_png", folder / "images")
+    (folder / "masks").mkdir()
+    for left in sorted((montgomery / "ManualMask" / "leftMask").glob("*.png")):
+        merged = read_mask(left) | read_mask(left.parent.parent / "rightMask" / left.name)
+        Image.fromarray(merged.astype(np.uint8) * 255).save(folder / "masks" / f"{left.stem}_mask.png")
+    dataset = load_target("site", folder, 16, cache_dir=tmp_path / "cache")
+    reference = load_target("montgomery", montgomery, 16, cache_dir=tmp_path / "cache")
+    assert dataset.masks.keys() == {"lungs"}
+    np.testing.assert_array_equal(dataset.masks["lungs"], reference.masks["lungs"])
+
+    first = sorted((folder / "masks").glob("*.png"))[0]
+    first.unlink()
+    with pytest.raises(ValueError, match="image without its mask"):
+        scan_folder_target("site", folder)
+
+
+def test_bad_folders_and_names_are_refused(archive, tmp_path):
+    shutil.copy(next(archive.glob("*.png")), archive / f"{next(archive.glob('*.dcm')).stem}.png")
+    with pytest.raises(ValueError, match="two radiographs named"):
+        scan_folder_target("site", archive)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no radiographs"):
+        scan_folder_target("site", empty)
+    for bad in ("Site A", "../x", "jsrt", ""):
+        with pytest.raises(ValueError):
+            check_target_name(bad)
+    assert target_dirs(["a=/x", "/y"], "b") == {"a": "/x", "b": "/y"}
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        target_dirs(["/y"])
+    with pytest.raises(ValueError, match="two folders"):
+        target_dirs(["a=/x", "a=/z"])
+
+
+def test_data_check_reads_a_folder_target(archive, capsys):
+    assert main(["data", "check", "--target", "site", "--target-dir", str(archive), "--decode"]) == 0
+    printed = capsys.readouterr().out
+    assert "site: 5 cases" in printed and "unlabelled" in printed

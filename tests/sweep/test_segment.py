@@ -1,0 +1,147 @@
+"""`cxrsweep segment`'s stages without Ray: inputs, masks placed in the full frame, statistics,
+QC, the resumable output folder, and the plain loop (`--local`)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from models.registry import build_segmenter
+from sweep.cli import main
+from sweep.engine.checkpoints import network_checkpoint, save_atomic
+from data_io.preprocess import CropBox
+from sweep.engine.segment import (CheckpointInfo, SegmentOutput, checkpoint_info, full_frame_mask, list_inputs,
+                                  mask_statistics, quality_flags)
+from sweep.results import read_segmentations
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A smoke-size U-Net (random weights) whose checkpoint records a training area range and the content crop."""
+    torch.manual_seed(0)
+    model = build_segmenter("unet", width=0.125)
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[0, :2] = 1  # 25 %
+    masks[1, :4] = 1  # 50 %
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_atomic(network_checkpoint(model, "unet", {"width": 0.125}, {}, "lungs", 32, "per_image_standardisation", 1,
+                                   crop_borders=True, train_masks=[masks]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def radiographs(tmp_path_factory):
+    from data_io.phantoms import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("ph"), n_source=1, n_target=4, source_size=32, target_size=48,
+                      seed=5)["montgomery"] / "CXR_png"
+
+
+def test_the_checkpoint_records_the_training_area_range(checkpoint):
+    info = checkpoint_info(checkpoint)
+    assert info.foreground_range == (0.25, 0.5) and info.task == "lungs" and info.image_size == 32
+    assert info.crop_borders
+
+
+def test_inputs_are_found_recursively_and_named_after_their_path(radiographs, tmp_path):
+    root = tmp_path / "archive"
+    (root / "patient1" / "study").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    pngs = sorted(radiographs.glob("*.png"))
+    shutil.copy(pngs[0], root / "a.png")
+    shutil.copy(pngs[1], root / "patient1" / "study" / "b.png")
+    shutil.copy(pngs[2], root / ".hidden" / "c.png")
+    (root / "readme.txt").write_text("not a radiograph")
+    items = list_inputs([root, pngs[3]])
+    assert [i.mask_name for i in items] == ["a.png", "patient1/study/b.png", pngs[3].name]
+    assert all(i.file_bytes > 0 for i in items)
+    # Two inputs whose masks would share a name are refused before any work.
+    shutil.copy(pngs[1], root / "c.png")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(pngs[2], tmp_path / "elsewhere" / "c.png")
+    with pytest.raises(ValueError, match="its mask would be masks/c.png"):
+        list_inputs([root, tmp_path / "elsewhere" / "c.png"])
+
+
+def test_the_mask_is_placed_at_the_crop_in_the_full_frame():
+    """A prediction on the cropped 16 x 16 image lands on the crop's place in a 40 x 30 frame:
+    a block over the left half of the crop covers the left half of the box, nothing outside it."""
+    foreground = np.full((16, 16), 0.2, np.float32)
+    foreground[:, :8] = 0.9
+    crop = CropBox(top=4, left=6, bottom=36, right=26, height=40, width=30)
+    mask, confidence = full_frame_mask(foreground, crop)
+    assert mask.shape == (40, 30) and mask.dtype == np.uint8
+    expected = np.zeros((40, 30), np.uint8)
+    expected[4:36, 6:16] = 1
+    np.testing.assert_array_equal(mask, expected)
+    assert confidence == pytest.approx(0.9)
+    assert np.isnan(full_frame_mask(np.zeros((16, 16), np.float32), crop)[1])
+
+
+def test_statistics_and_quality_flags_on_hand_made_masks():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[20:80, 10:40] = 1  # the patient's right lung: the image's left
+    mask[20:80, 60:85] = 1  # the patient's left lung
+    stats = mask_statistics(mask)
+    assert stats["area_fraction"] == pytest.approx(0.33)
+    assert stats["right_area_fraction"] == pytest.approx(0.18) and stats["left_area_fraction"] == pytest.approx(0.15)
+    assert stats["n_components"] == 2 and stats["n_large_components"] == 2
+    assert quality_flags(stats, (0.2, 0.5)) == []
+    assert quality_flags(stats, (0.4, 0.5)) == ["area 33.00% outside the training range 40.00-50.00%"]
+    mask[90:95, 90:95] = 1  # 0.25 %: a speck, not a large component
+    mask[0:10, 45:55] = 1  # 1 %: a third large component
+    stats = mask_statistics(mask)
+    assert stats["n_components"] == 4 and stats["n_large_components"] == 3
+    assert quality_flags(stats, None) == ["3 large components (more than 2)"]
+    assert quality_flags(mask_statistics(np.zeros((10, 10), np.uint8)), (0.2, 0.5)) == ["nothing segmented"]
+
+
+def test_an_out_folder_belongs_to_one_checkpoint(tmp_path):
+    info = CheckpointInfo("a" * 64, "lungs", 32, "unet", None, crop_borders=True)
+    SegmentOutput(tmp_path, info, tmp_path / "best.pt")
+    SegmentOutput(tmp_path, info, tmp_path / "best.pt")  # the same checkpoint continues
+    with pytest.raises(ValueError, match="another checkpoint"):
+        SegmentOutput(tmp_path, CheckpointInfo("b" * 64, "lungs", 32, "unet", None, crop_borders=True), tmp_path / "other.pt")
+
+
+def test_local_segment_lists_bad_files_resumes_and_redoes_changed_ones(checkpoint, radiographs, tmp_path, capsys):
+    folder = tmp_path / "in"
+    shutil.copytree(radiographs, folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    command = ["segment", str(checkpoint), str(folder), "--out", str(out), "--local", "--device", "cpu",
+               "--batch-size", "3", "--progress-every", "0"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "5 image(s), 0 already done, 5 to do" in printed and "1 unreadable" in printed
+    assert "broken.png: not a readable image" in printed
+    rows = read_segmentations(out).set_index("path")
+    assert len(rows) == 5 and not list((out / ".parts").glob("*.parquet"))
+    broken = rows.loc[str(folder / "broken.png")]
+    assert broken.status == "unreadable" and pd.isna(broken["mask"]) and broken.qc_flag
+    for png in sorted(radiographs.glob("*.png")):
+        row = rows.loc[str(folder / png.name)]
+        mask = np.asarray(Image.open(out / row["mask"]))
+        assert row.status == "ok" and mask.shape == (row.height, row.width) == np.asarray(Image.open(png)).shape
+        assert set(np.unique(mask)) <= {0, 255}
+        top, left, bottom, right = (int(row[f"content_{side}"]) for side in ("top", "left", "bottom", "right"))
+        content = mask[top:bottom, left:right]
+        assert (content > 0).sum() == (mask > 0).sum()  # nothing outside the content box
+        assert row.area_fraction == pytest.approx((content > 0).mean())
+        assert 0.5 <= row.mean_confidence <= 1 or row.area_fraction == 0
+        assert row.qc_flag == bool(row.qc_reason)
+
+    # A second run does no work; a changed file is done again, and only it.
+    written = {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
+    assert main(command) == 0
+    assert "0 to do" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir()} == written
+    changed = folder / sorted(radiographs.glob("*.png"))[0].name
+    Image.fromarray(np.asarray(Image.open(changed))[::-1].copy()).save(changed)
+    assert main(command) == 0
+    assert "5 image(s), 4 already done, 1 to do" in capsys.readouterr().out
+    assert len(read_segmentations(out)) == 5

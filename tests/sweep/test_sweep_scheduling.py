@@ -1,0 +1,113 @@
+"""Dependency release without a stage barrier: the order ready trials go out in, what a failed
+dependency does to its dependants, and the searcher's state across a resume (no Ray runtime)."""
+from __future__ import annotations
+
+from ray.tune.search import Searcher
+
+from sweep.config import make_config
+from sweep.grid import SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, build_grid
+from sweep.progress import SweepProgress, report_progress_to
+from sweep.scheduling import DependencyQueue, DependencyRelease, release_order
+from sweep.store import RunStore
+
+
+def _grid():
+    """U-Net and FCN on lungs, folds 0 and 1; proposed and source_only at 0 % for repetition 0."""
+    return build_grid("all", make_config("smoke"), models=["unet", "fcn"], tasks=["lungs"], folds=[0, 1],
+                      repetitions=[0], methods=["proposed", "source_only"], fractions=[0])
+
+
+def _named(grid):
+    specs = grid.runnable()
+    m_a = next(s for s in specs if s.kind == SEGMENTATION and s.config.model == "unet" and s.config.fold == 0)
+    warmup = next(s for s in specs if s.kind == TRANSLATOR_WARMUP)
+    proposed = next(s for s in specs if s.kind == TRANSFER and s.config.method == "proposed")
+    source_only = next(s for s in specs if s.kind == TRANSFER and s.config.method == "source_only")
+    others = [s for s in specs if s.kind == SEGMENTATION and s is not m_a]
+    return specs, m_a, warmup, proposed, source_only, others
+
+
+def test_ready_trials_go_out_dependencies_first_then_the_deepest():
+    specs, m_a, warmup, proposed, source_only, others = _named(_grid())
+    order = release_order(specs)
+    # What others wait for comes first; transfer trials (deeper) before Table I trials nothing needs.
+    assert set(order[:2]) == {m_a.trial_id, warmup.trial_id}
+    assert order.index(proposed.trial_id) < min(order.index(s.trial_id) for s in others)
+
+
+def test_a_trial_is_released_when_its_own_dependencies_are_done():
+    specs, m_a, warmup, proposed, source_only, others = _named(_grid())
+    queue = DependencyQueue(specs)
+    first, second = queue.pop_ready(), queue.pop_ready()
+    assert {first.trial_id, second.trial_id} == {m_a.trial_id, warmup.trial_id}
+    queue.finish(m_a.trial_id)
+    # source_only needs M_A only: it goes out now, ahead of the Table I trials nothing needs,
+    # while the warm-up (proposed's other dependency) still runs.
+    assert queue.pop_ready().trial_id == source_only.trial_id
+    assert queue.pop_ready().trial_id in {s.trial_id for s in others}
+    queue.finish(warmup.trial_id)
+    assert queue.pop_ready().trial_id == proposed.trial_id
+
+
+def test_a_failed_dependency_drops_its_dependants_unrun():
+    specs, m_a, warmup, proposed, source_only, others = _named(_grid())
+    queue = DependencyQueue(specs)
+    queue.pop_ready(), queue.pop_ready()
+    assert queue.fail(warmup.trial_id) == [proposed.trial_id]
+    queue.finish(m_a.trial_id)
+    released = []
+    while (spec := queue.pop_ready()) is not None:
+        released.append(spec.trial_id)
+        queue.finish(spec.trial_id)
+    assert proposed.trial_id not in released and source_only.trial_id in released
+    assert queue.exhausted and queue.failed == {proposed.trial_id: warmup.trial_id}
+
+
+def test_dependencies_already_in_out_count_as_done():
+    specs, m_a, warmup, proposed, source_only, others = _named(_grid())
+    queue = DependencyQueue([proposed, source_only], finished={m_a.trial_id, warmup.trial_id})
+    assert {queue.pop_ready().trial_id, queue.pop_ready().trial_id} == {proposed.trial_id, source_only.trial_id}
+
+
+def test_a_trial_whose_dependency_is_neither_planned_nor_done_is_dropped_not_waited_for():
+    specs, m_a, warmup, proposed, source_only, others = _named(_grid())
+    queue = DependencyQueue([proposed, source_only])  # M_A and the warm-up: not planned, not in OUT
+    assert queue.pop_ready() is None and queue.exhausted
+    assert queue.failed == {proposed.trial_id: m_a.trial_id, source_only.trial_id: m_a.trial_id}
+
+
+def test_searcher_waits_releases_and_resumes_from_its_saved_state(tmp_path):
+    grid = _grid()
+    specs, m_a, warmup, proposed, source_only, others = _named(grid)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    report_progress_to(SweepProgress(total=len(specs), say=lines.append))
+    searcher = DependencyRelease(specs, {s.trial_id: {"spec": s.trial_id} for s in specs}, str(out))
+    handed = {f"t{i}": searcher.suggest(f"t{i}") for i in range(2)}
+    assert sorted(c["trial"]["spec"] for c in handed.values()) == sorted([m_a.trial_id, warmup.trial_id])
+    assert searcher.suggest("t2")["trial"]["spec"] in {s.trial_id for s in others}
+    tune_id = {c["trial"]["spec"]: t for t, c in handed.items()}
+
+    # M_A ends without publishing anything: a failure, which drops both transfer trials.
+    try:
+        searcher.on_trial_complete(tune_id[m_a.trial_id])
+    finally:
+        report_progress_to(None)
+    assert sorted(lines) == sorted(f"[sweep] not running {t}: its dependency {m_a.trial_id} failed"
+                                   for t in (proposed.trial_id, source_only.trial_id))
+
+    # Saved, restored into a fresh searcher (as Tune does on --resume), it goes on where it was.
+    searcher.save(str(tmp_path / "state.pkl"))
+    again = DependencyRelease(specs, {s.trial_id: {"spec": s.trial_id} for s in specs}, str(out))
+    again.restore(str(tmp_path / "state.pkl"))
+    store = RunStore(out)
+    (tmp_path / "run").mkdir()
+    store.publish(warmup, tmp_path / "run", {})
+    again.on_trial_complete(tune_id[warmup.trial_id])  # published: done
+    assert again.queue.finished == {warmup.trial_id}
+    rest = [again.suggest(f"r{i}") for i in range(3)]
+    assert [c is None for c in rest] == [False, False, True]  # the last two Table I trials; "t2" still runs
+    for tune_trial in ("t2", "r0", "r1"):
+        store.publish(again.queue.specs[again.handed_out[tune_trial]], tmp_path / "run", {})
+        again.on_trial_complete(tune_trial)
+    assert again.suggest("last") == Searcher.FINISHED
