@@ -17,7 +17,7 @@ from analysis import paper_values
 from analysis.loading import Results
 from analysis.render import Cell, DisplayTable, Section
 from analysis.stats import interval, mean_std, wilcoxon_paired
-from sweep.config import LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS
+from sweep.config import LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, transfer_variant
 
 SEGMENTATION = "segmentation"
 TRANSFER = "transfer"
@@ -330,7 +330,38 @@ def not_applicable_reasons(trials: pd.DataFrame) -> list[str]:
     return sorted(set(cells["error"].dropna()))
 
 
-def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str] = ()) -> DisplayTable:
+VARIANT_TEXT = {
+    "default": "the default variant (balanced adversarial training; at 0 % labels the epoch is chosen by the "
+               "plausibility of its target masks, with no adaptation as a candidate)",
+    "paper": "the paper-faithful variant (sweep.config.PAPER_TRANSFER: the follow-up code's loss weights, "
+             "epoch chosen on source images through A → B → A)",
+}
+
+
+def proposed_variant_notes(trials: pd.DataFrame) -> list[str]:
+    """Which variant of the proposed method the finished trials ran (read from their cfg_* columns),
+    and how many of them fell back to no adaptation."""
+    proposed = trials[(trials["experiment"] == TRANSFER) & (trials["method"] == PROPOSED) & (trials["status"] == "ok")]
+    if proposed.empty:
+        return []
+    variants = proposed.apply(lambda row: transfer_variant({name: row[f"cfg_{name}"] for name in PAPER_TRANSFER}),
+                              axis=1)
+    notes = []
+    for variant, rows in proposed.groupby(variants, sort=True):
+        fell_back = int((rows["selected_model"] == "no_adaptation").sum())
+        note = f"The proposed method ran {VARIANT_TEXT.get(variant, 'a custom variant (' + variant + ')')} in " \
+               f"{len(rows)} finished trial(s)"
+        if "target_plausibility" in set(rows["selection_criterion"].dropna()):
+            note += f"; {fell_back} of them kept no adaptation (M_A on the target as it is, the source_only model)"
+        saturated = int(rows["discriminators_saturated"].fillna(False).astype(bool).sum())
+        if saturated:
+            note += f"; in {saturated} the discriminators saturated (see their result.json)"
+        notes.append(note + ".")
+    return notes
+
+
+def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str] = (),
+                   variant_notes: list[str] = ()) -> DisplayTable:
     methods = list(dict.fromkeys(frame["method"]))
     paper_methods = [m for m in methods if any(k[1] == m for k in paper_values.TABLE_II)]
     header = ["Labels (%)"] + methods + [f"Paper {m}" for m in paper_methods]
@@ -364,6 +395,7 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
                  "Paper values are the paper's Table II (Montgomery, U-Net, lungs; it has no source_only column).")
     if reasons:
         notes.append("'n/a', as the sweep recorded it: " + "; ".join(reasons) + ".")
+    notes.extend(variant_notes)
     notes.extend(_paired_notes(paired))
     return DisplayTable("table2", "Table II: cross-dataset transfer, target Jaccard (%) by fraction of "
                         "target training labels", header, rows, notes)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -89,8 +90,21 @@ def run_train_transfer(args: argparse.Namespace) -> int:
           f"best epoch {result.best_epoch}, val Jaccard {result.val_jaccard:.4f}; {outcome}; "
           f"{result.duration_s:.1f}s on {result.device}")
     extra = ", translations/" if cfg.method == "proposed" else ""
+    if cfg.method == "proposed":
+        print(proposed_outcome(json.loads((Path(args.out) / "result.json").read_text())))
     print(f"wrote {args.out}/best.pt, images.parquet, result.json, overlays/{extra}")
     return 0
+
+
+def proposed_outcome(summary: dict) -> str:
+    """One line on what the proposed run kept and whether its discriminators saturated."""
+    if summary["selected_model"] == "no_adaptation":
+        kept = (f"kept no adaptation (M_A on the target as it is): the adapted epoch {summary['adapted_epoch']} "
+                f"was not clearly more plausible ({summary['selection_score']:.4f} without adaptation)")
+    else:
+        kept = f"kept the adapted epoch (chosen by {summary['selection_criterion']})"
+    saturated = "; the discriminators saturated (see the log and result.json)" if summary["discriminators_saturated"] else ""
+    return kept + saturated
 
 
 def target_folder(args: argparse.Namespace) -> Path:

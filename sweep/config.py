@@ -21,11 +21,14 @@ LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
 # Target sets known by name, declared with their layouts in data_io.datasets; any other valid
 # name is a folder target given with --target-dir (data_io.datasets.scan_folder_target).
 TARGETS = TARGET_DATASETS
+# How a proposed run at 0 % target labels picks its epoch (sweep/engine/selection.py).
+SELECTIONS = ("target", "source")
 
 
 @dataclass
 class RunConfig:
-    """Everything that determines one training run. Defaults are the paper's settings."""
+    """Everything that determines one training run. Defaults are the paper's settings, except
+    the transfer settings PAPER_TRANSFER lists (the proposed method's balance and selection)."""
 
     # --- identity of the run (the keys of a Parquet row) ---
     experiment: str = "segmentation"  # "segmentation" (Table I) or "transfer" (Table II)
@@ -69,13 +72,28 @@ class RunConfig:
     gan_beta1: float = 0.5
     gan_beta2: float = 0.999
     gan_weight_decay: float = 1e-4
-    w_adv: float = 1.0
+    w_adv: float = 10.0  # the follow-up code's 1 let the discriminators win outright (PAPER_TRANSFER)
     w_recon: float = 10.0
     w_cycle: float = 10.0
     w_style: float = 1.0
     w_content: float = 1.0
     w_seg: float = 1.0
-    w_identity: float = 0.5  # CycleGAN identity term, as a multiple of w_cycle (Zhu et al.)
+    w_identity: float = 0.5  # identity term (both translators), as a multiple of w_cycle (Zhu et al.)
+    # Keeping the adversarial game balanced (issue 9; PAPER_TRANSFER switches these off):
+    residual_generators: bool = True  # generators add a correction to their input, starting at the identity
+    spectral_norm: bool = True  # spectral normalisation of the discriminators' layers
+    r1_gamma: float = 0.0  # zero-centred gradient penalty on real discriminator inputs; 0 = off
+    instance_noise: float = 0.0  # std of Gaussian noise on discriminator inputs; 0 = off
+    d_lr_ratio: float = 1.0  # discriminator learning rate as a multiple of gan_lr
+    w_semantic: float = 0.0  # semantic-aware adversarial term on predicted target masks (SeUDA); 0 = off
+    # Which transfer epoch is kept at 0 % target labels (sweep/engine/selection.py): "target" scores
+    # target validation images without labels, with "no adaptation" as a candidate; "source" is the
+    # paper's validation on source images through A -> B -> A.
+    selection: str = "target"
+    # The smallest mean gain in target plausibility that may replace no adaptation: about what a
+    # correct lung mask's plausibility changes with a 5 % change of field of view (measured on the
+    # source masks), a difference datasets show without any segmentation being better.
+    selection_margin: float = 0.04
 
     # --- execution (EXECUTION_FIELDS: how a run executes, not what it computes) ---
     device: str = "auto"  # "auto", "cpu", "cuda"
@@ -101,6 +119,29 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+# The proposed method as the paper ran it (loss weights of the authors' follow-up code, epoch chosen
+# on source images through A -> B -> A): `--set` each of these to get it back. The defaults differ
+# where measurement showed the paper's settings let the discriminators win outright, the
+# generators learn an inversion and the run select it (README, "Cross-dataset transfer").
+PAPER_TRANSFER: dict[str, Any] = {
+    "w_adv": 1.0, "w_identity": 0.0, "spectral_norm": False, "residual_generators": False, "r1_gamma": 0.0,
+    "instance_noise": 0.0, "d_lr_ratio": 1.0, "w_semantic": 0.0, "selection": "source",
+}
+
+
+def transfer_variant(values: Mapping[str, Any]) -> str:
+    """Which variant of the proposed method a config (or a trials row's cfg_* values, prefix
+    stripped) ran: "default", "paper" (PAPER_TRANSFER), or "custom: field=value, ..." naming
+    the fields that differ from the defaults."""
+    defaults = RunConfig()
+    ran = {name: values[name] for name in PAPER_TRANSFER}
+    if all(ran[name] == getattr(defaults, name) for name in ran):
+        return "default"
+    if all(ran[name] == paper for name, paper in PAPER_TRANSFER.items()):
+        return "paper"
+    return "custom: " + ", ".join(f"{name}={ran[name]}" for name in ran if ran[name] != getattr(defaults, name))
 
 
 # Fields that say where and how fast a run executes, not what it computes: they are left out of

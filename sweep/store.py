@@ -53,7 +53,8 @@ NOT_APPLICABLE_MARKER = "not_applicable.json"
 ENGINE_SUMMARY = "result.json"
 ENGINE_IMAGES = "images.parquet"
 RESULT_FIELDS = ("best_epoch", "val_jaccard", "test_jaccard_mean", "test_jaccard_std", "test_dice_mean",
-                 "test_dice_std", "n_test_images", "duration_s", "device")
+                 "test_dice_std", "n_test_images", "duration_s", "device", "selection_criterion", "selected_model",
+                 "selection_score", "no_adaptation_score", "discriminators_saturated")
 
 
 def is_uri(location: str) -> bool:

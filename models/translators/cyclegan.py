@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from models.registry import register_translator
-from models.translators.base import Translator
+from models.translators.base import Translator, zero_output_layer
 from models.translators.losses import l1, lsgan_generator_loss
 
 
@@ -33,7 +33,10 @@ class ResidualBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    def __init__(self, width: int, n_residual: int):
+    """With `residual`, the network renders a correction added to its input and starts at zero:
+    the generator is the identity until training moves it."""
+
+    def __init__(self, width: int, n_residual: int, residual: bool = False):
         super().__init__()
         self.layers = nn.Sequential(
             *_conv_block(1, width, 7),
@@ -43,9 +46,13 @@ class ResnetGenerator(nn.Module):
             *_conv_block(2 * width, width, 3),
             nn.Conv2d(width, 1, 7, padding=3, padding_mode="reflect"),
         )
+        self.residual = residual
+        if residual:
+            zero_output_layer(self.layers[-1])
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.layers(image)
+        rendered = self.layers(image)
+        return image + rendered if self.residual else rendered
 
 
 class PatchDiscriminator(nn.Module):
@@ -107,13 +114,14 @@ class FakePool:
 class CycleGANTranslator(Translator):
     # Defaults live in the registry entry below, as data.
     def __init__(self, *, width: int, n_residual: int, w_adv: float, w_cycle: float, w_identity: float,
-                 pool_size: int):
+                 pool_size: int, residual: bool, spectral_norm: bool, r1_gamma: float, instance_noise: float):
         super().__init__()
         self.weights = dict(adv=w_adv, cycle=w_cycle, identity=w_identity)
-        self.gen_ab = ResnetGenerator(width, n_residual)
-        self.gen_ba = ResnetGenerator(width, n_residual)
+        self.gen_ab = ResnetGenerator(width, n_residual, residual)
+        self.gen_ba = ResnetGenerator(width, n_residual, residual)
         self.dis_a = PatchDiscriminator(width)
         self.dis_b = PatchDiscriminator(width)
+        self.regularise_discriminators(spectral_norm=spectral_norm, r1_gamma=r1_gamma, instance_noise=instance_noise)
         self.pool_a, self.pool_b = FakePool(pool_size, seed=0), FakePool(pool_size, seed=1)
 
     def generator_modules(self) -> list[nn.Module]:
@@ -156,8 +164,10 @@ class CycleGANTranslator(Translator):
 
 @register_translator(
     "cyclegan",
-    # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT.
-    defaults=dict(width=32, n_residual=2, w_adv=1.0, w_cycle=10.0, w_identity=0.5, pool_size=50),
+    # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT;
+    # residual generators, the adversarial weight and the discriminators' regularisers as for the MUNIT.
+    defaults=dict(width=32, n_residual=2, w_adv=10.0, w_cycle=10.0, w_identity=0.5, pool_size=50, residual=True,
+                  spectral_norm=True, r1_gamma=0.0, instance_noise=0.0),
     description="CycleGAN-style: shallow ResNet generators, PatchGAN discriminators, LSGAN, fake pool",
 )
 def build_cyclegan(**kwargs) -> CycleGANTranslator:

@@ -40,10 +40,13 @@ from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_pla
                                     memory_format_for, prepare_device, resolve_device)
 from sweep.engine.scoring import predict_and_score, score_split
 from sweep.engine.supervised import N_OVERLAYS, EpochCallback, RunResult, epoch_seed, train_supervised
+from sweep.engine.selection import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TargetSelection,
+                                    selection_criterion)
 from sweep.engine.transfer_data import TransferData
-from sweep.engine.translation import (LossSums, TranslationTrainer, check_finite, device_batches, format_losses,
-                                      load_translator, paired_batches, save_translation_samples, set_trainable,
-                                      warmup_translator)
+from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTrainer, adversarial_balance,
+                                      check_finite, device_batches, format_balance, format_losses, load_translator,
+                                      paired_batches, save_translation_samples, saturation_message,
+                                      saturation_report, set_trainable, warmup_translator, watch_saturation)
 from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
 
 __all__ = ["NotApplicable", "TranslateThenSegment", "train_transfer", "warmup_translator", "check_applicable"]
@@ -200,8 +203,11 @@ class _CycleABA(nn.Module):
 
 def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: TranslateThenSegment, device: torch.device,
                best_epoch: int, val_jaccard: float, duration_s: float, epochs_trained: int,
-               history: list[dict]) -> RunResult:
-    """Evaluate `model` on the target test split and write images.parquet, overlays/, result.json."""
+               history: list[dict], summary_extra: dict | None = None,
+               sample_translator: Translator | None = None) -> RunResult:
+    """Evaluate `model` on the target test split and write images.parquet, overlays/, result.json
+    (`summary_extra` joins its fields). Translation samples show `sample_translator`, by default
+    the model's own (a run that fell back to no adaptation still shows what it rejected)."""
     started = time.perf_counter()
     # Scored in each image's whole frame when the images are content crops; a task the target
     # does not label (heart / clavicles on Montgomery) gives overlays for the eye, no numbers.
@@ -213,8 +219,9 @@ def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: Transla
     write_atomic(to_table(rows, IMAGES_SCHEMA), run_dir / "images.parquet")
     save_overlays(run_dir / "overlays", data.target_test_ids, data.target_test_images, predictions,
                   data.target_test_masks, limit=N_OVERLAYS)
-    if model.translator is not None:
-        save_translation_samples(model.translator, data.source_val_images, data.target_test_images,
+    sample_translator = sample_translator or model.translator
+    if sample_translator is not None:
+        save_translation_samples(sample_translator, data.source_val_images, data.target_test_images,
                                  run_dir / "translations", n=N_TRANSLATION_SAMPLES)
 
     def stat(values: np.ndarray, how: Callable) -> float:
@@ -228,6 +235,7 @@ def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: Transla
         epochs_trained=epochs_trained, history=history,
     )
     summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+    summary.update(summary_extra or {})
     summary["config"] = cfg.to_dict()
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return result
@@ -308,6 +316,7 @@ class ProposedRun:
             compile_in_place(self.model.segmenter)
             compile_in_place(self.model.translator)
         self.translation = TranslationTrainer(self.model.translator, cfg)
+        self.semantic = SemanticAdversary(cfg, self.device) if cfg.w_semantic > 0 else None
         self.segmenter_optimizer = adam(self.model.segmenter.parameters(), device, lr=cfg.lr,
                                         betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         self.scaler = grad_scaler_for(device)
@@ -324,6 +333,14 @@ class ProposedRun:
         self.history: list[dict] = []
         self.duration_s = 0.0
         self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
+        # What picks the epoch (sweep/engine/selection.py); at 0 % labels the default scores the
+        # unlabelled target validation images, and M_A on b as it is competes as "no adaptation".
+        self.criterion = selection_criterion(cfg, data)
+        self.selection = (TargetSelection(data.source_train_masks, data.target_val_images, cfg.selection_margin)
+                          if self.criterion == TARGET_PLAUSIBILITY else None)
+        self.no_adaptation: dict[str, Any] | None = None  # its val Jaccard and per-image plausibility
+        self.best_plausibility: list[float] | None = None  # per target validation image, kept epoch
+        self.leading_plausibility: list[float] | None = None  # the most plausible epoch so far
 
     # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
     def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None) -> dict[str, Tensor]:
@@ -357,7 +374,7 @@ class ProposedRun:
         labelled = [rng.integers(0, data.n_labelled, size=len(index_b)) for _, index_b in pairs] \
             if data.n_labelled else [np.zeros(0, np.int64)] * len(pairs)
         batches = [(index_a, index_b, index_l) for (index_a, index_b), index_l in zip(pairs, labelled)]
-        sums, clock = LossSums(), _StepClock(device, ("D_s", "G_s", "S_s"))
+        sums, clock = LossSums(), _StepClock(device, ("D_s", "G_s", "S_s") + (("SEM_s",) if self.semantic else ()))
         for index_a, index_b, index_l in device_batches(batches, device):
             a, b = self.source_images[index_a], self.target_images[index_b]
             start = clock.now()
@@ -368,10 +385,16 @@ class ProposedRun:
             labelled_b = labelled_masks = None
             if data.n_labelled:
                 labelled_b, labelled_masks = self.labelled_images[index_l], self.labelled_masks[index_l].long()
-            record.update(self.supervised_step(a, self.source_masks[index_a].long(), labelled_b, labelled_masks))
+            a_masks = self.source_masks[index_a].long()
+            record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks))
+            after_s = clock.now()
             clock.add("D_s", start, after_d)
             clock.add("G_s", after_d, after_g)
-            clock.add("S_s", after_g, clock.now())
+            clock.add("S_s", after_g, after_s)
+            if self.semantic is not None:
+                record.update(self.semantic.step(self.model.translator, self.model.segmenter,
+                                                 self.translation.generator_optimizer, b, a_masks))
+                clock.add("SEM_s", after_s, clock.now())
             sums.add(record)
         losses = sums.means()  # the epoch's one host sync
         check_finite(losses, f"{self.run_dir}: proposed epoch {self.epoch + 1}")
@@ -407,7 +430,9 @@ class ProposedRun:
                      translation_optimizers=self.translation.state_dict(), scaler=self.scaler.state_dict(),
                      translator_training_state=self.model.translator.training_state(),
                      rng=ckpt.rng_state(), best_val_jaccard=self.best_val, best_epoch=self.best_epoch,
-                     history=self.history, duration_s=self.duration_s)
+                     history=self.history, duration_s=self.duration_s, no_adaptation=self.no_adaptation,
+                     best_plausibility=self.best_plausibility, leading_plausibility=self.leading_plausibility,
+                     semantic=self.semantic.state_dict() if self.semantic is not None else None)
         return state
 
     def load_model_state(self, state: dict) -> None:
@@ -431,46 +456,116 @@ class ProposedRun:
         self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
         self.best = ckpt.best_of(state, self.run_dir)
         self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
+        self.no_adaptation, self.best_plausibility = state["no_adaptation"], state["best_plausibility"]
+        self.leading_plausibility = state["leading_plausibility"]
+        if self.semantic is not None:
+            self.semantic.load_state_dict(state["semantic"])
         log.info("resuming %s from epoch %d", self.run_dir, self.epoch)
         return True
 
     # --- the run ---
+    def score_no_adaptation(self) -> dict[str, Any]:
+        """The "no adaptation" candidate: M_A as trained on the source, applied to b as it is."""
+        model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
+        plausibility = self.selection.plausibility(model, self.device)
+        return {"target_score": float(plausibility.mean()), "plausibility": plausibility.tolist(),
+                "val_jaccard": validation_jaccard(self.data, model, self.device)[0]}
+
     def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
         cfg, data = self.cfg, self.data
         self.resume()
         log.info("proposed %s -> %s %s at %g %% labels on %s: %d source / %d target (%d labelled) training images, "
-                 "%d epochs after a %d-epoch warm-up, writing to %s", data.source_name, data.target_name, data.task,
-                 data.label_fraction, self.device, len(data.source_train_images), len(data.target_train_images),
-                 data.n_labelled, cfg.transfer_epochs, self.translator_payload.get("warmup_epochs", 0), self.run_dir)
+                 "%d epochs after a %d-epoch warm-up, epoch chosen by %s, writing to %s", data.source_name,
+                 data.target_name, data.task, data.label_fraction, self.device, len(data.source_train_images),
+                 len(data.target_train_images), data.n_labelled, cfg.transfer_epochs,
+                 self.translator_payload.get("warmup_epochs", 0), self.criterion, self.run_dir)
+        if self.selection is not None and self.no_adaptation is None:
+            self.no_adaptation = self.score_no_adaptation()
+            log.info("no adaptation (M_A on %s as it is): target plausibility %.4f", data.target_name,
+                     self.no_adaptation["target_score"])
         trained = 0
         while self.epoch < cfg.transfer_epochs:
             started = time.perf_counter()
             losses = self.train_epoch()
+            balance = adversarial_balance(losses, cfg.w_adv)
             self.epoch += 1
             trained += 1
             val_jaccard, val_on = validation_jaccard(data, self.model, self.device)
-            if val_jaccard > self.best_val:
-                self.best_val, self.best_epoch = val_jaccard, self.epoch
+            if self.selection is not None:
+                plausibility = self.selection.plausibility(self.model, self.device)
+                score = float(plausibility.mean())
+                scores = {"target_score": score}
+                leader = np.array(self.leading_plausibility) if self.leading_plausibility is not None else None
+                keep = self.selection.follows(plausibility, leader)
+                if leader is None or score > leader.mean():
+                    self.leading_plausibility = plausibility.tolist()
+                if keep:
+                    self.best_plausibility = plausibility.tolist()
+            else:
+                score, scores = val_jaccard, {}
+                keep = score > self.best_val
+            if keep:
+                self.best_val, self.best_epoch = score, self.epoch
                 self.best = self.checkpoint()
-            metrics = {"epoch": self.epoch, **losses, "val_jaccard": val_jaccard, "val_split": val_on,
-                       "best_val_jaccard": self.best_val, "best_epoch": self.best_epoch,
-                       "epoch_s": time.perf_counter() - started}
+            metrics = {"epoch": self.epoch, **losses, **balance, "val_jaccard": val_jaccard, "val_split": val_on,
+                       **scores, "selection_score": score, "best_selection_score": self.best_val,
+                       "best_epoch": self.best_epoch, "epoch_s": time.perf_counter() - started}
             self.duration_s += metrics["epoch_s"]
             self.history.append(metrics)
             if self.clock.due(final=self.epoch == cfg.transfer_epochs):
                 metrics.update(self.clock.write(self._last_state, self.last_path))
-            log.info("proposed %s %g%% epoch %d/%d: %s | val Jaccard (%s) %.4f (best %.4f @ %d) | "
-                     "D %.1fs G %.1fs S %.1fs, %.1fs", data.task, data.label_fraction, self.epoch,
-                     cfg.transfer_epochs, format_losses({k: v for k, v in losses.items() if not k.endswith("_s")}),
-                     val_on, val_jaccard, self.best_val, self.best_epoch, losses["D_s"], losses["G_s"], losses["S_s"],
-                     metrics["epoch_s"])
+            chosen_by = f" | target plausibility {score:.4f} (kept {self.best_val:.4f} @ {self.best_epoch})" \
+                if scores else f" (best {self.best_val:.4f} @ {self.best_epoch})"
+            log.info("proposed %s %g%% epoch %d/%d: %s | %s | val Jaccard (%s) %.4f%s | D %.1fs G %.1fs S %.1fs, "
+                     "%.1fs", data.task, data.label_fraction, self.epoch, cfg.transfer_epochs,
+                     format_losses({k: v for k, v in losses.items() if not k.endswith("_s")}), format_balance(balance),
+                     val_on, val_jaccard, chosen_by, losses["D_s"], losses["G_s"], losses["S_s"], metrics["epoch_s"])
+            watch_saturation(self.history, "transfer")
             for callback in callbacks:
                 callback(self.epoch, dict(metrics), self.run_dir)
-        ckpt.save_atomic(self.best, self.best_path)
         self.load_model_state(self.best)
-        return finish_run(cfg, data, self.run_dir, self.model, self.device, best_epoch=self.best_epoch,
-                          val_jaccard=self.best_val, duration_s=self.duration_s, epochs_trained=trained,
-                          history=self.history)
+        summary = self.summary()
+        model, best_epoch, val_jaccard = self.model, self.best_epoch, self.history[self.best_epoch - 1]["val_jaccard"]
+        if summary["selected_model"] == NO_ADAPTATION:
+            decision = summary["selection_decision"]
+            log.warning("target-aware selection: the kept adapted epoch (%d, plausibility %.4f) is not clearly better "
+                        "than no adaptation (%.4f): mean gain %+.4f (margin %.3f), lower confidence bound %+.4f. The "
+                        "run falls back to M_A on %s as it is, the source_only model", self.best_epoch, self.best_val,
+                        self.no_adaptation["target_score"], decision["mean_gain"], cfg.selection_margin,
+                        decision["lower_bound"], data.target_name)
+            model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
+            best_epoch, val_jaccard = 0, self.no_adaptation["val_jaccard"]
+            ckpt.save_atomic({**self.source_model, "config": cfg.to_dict(), "selected_model": NO_ADAPTATION},
+                             self.best_path)
+        else:
+            ckpt.save_atomic(self.best, self.best_path)
+        return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch,
+                          val_jaccard=val_jaccard, duration_s=self.duration_s, epochs_trained=trained,
+                          history=self.history, summary_extra=summary, sample_translator=self.model.translator)
+
+    def summary(self) -> dict[str, Any]:
+        """What result.json adds for the proposed method: which model was kept and why, and whether
+        the discriminators saturated during the warm-up or the transfer epochs."""
+        saturation = {phase: report for phase, report in (
+            ("warmup", self.translator_payload.get("saturation")),
+            ("transfer", saturation_report(self.history, "transfer"))) if report}
+        for report in saturation.values():
+            log.warning(saturation_message(report))
+        decision = None
+        if self.selection is not None:
+            decision = self.selection.decide(np.array(self.best_plausibility), np.array(self.no_adaptation["plausibility"]))
+        keeps = decision is None or decision.keep_adaptation
+        return {
+            "selection_criterion": self.criterion,
+            "selected_model": ADAPTED if keeps else NO_ADAPTATION,
+            "selection_score": self.best_val if keeps else self.no_adaptation["target_score"],
+            "no_adaptation_score": self.no_adaptation["target_score"] if self.no_adaptation else None,
+            "adapted_epoch": self.best_epoch,
+            "selection_decision": decision.to_dict() if decision is not None else None,
+            "selection_margin": self.cfg.selection_margin if decision is not None else None,
+            "discriminators_saturated": bool(saturation),
+            "saturation": saturation,
+        }
 
 
 def _device_masks(masks: np.ndarray, device: torch.device) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from models.registry import build_translator, load_torch_file, translator_defaults
-from models.translators.base import Translator
+from models.translators.base import N_ADVERSARIAL_TERMS, Translator
 from sweep.engine.checkpoints import save_atomic
 from sweep.engine.inference import adam as adam_for
 from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, prepare_device,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the warm-up's meaning changes, so that cached translators are not reused wrongly.
-WARMUP_VERSION = 1
+WARMUP_VERSION = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,6 +45,8 @@ def translator_kwargs(cfg: "RunConfig") -> dict:
     from_config = {
         "width": cfg.translator_width, "style_dim": cfg.style_dim, "w_adv": cfg.w_adv, "w_recon": cfg.w_recon,
         "w_cycle": cfg.w_cycle, "w_style": cfg.w_style, "w_content": cfg.w_content, "w_identity": cfg.w_identity,
+        "residual": cfg.residual_generators, "spectral_norm": cfg.spectral_norm, "r1_gamma": cfg.r1_gamma,
+        "instance_noise": cfg.instance_noise,
     }
     return {name: from_config.get(name, default) for name, default in translator_defaults(cfg.translator).items()}
 
@@ -97,9 +99,11 @@ class TranslationTrainer:
     def __init__(self, translator: Translator, cfg: "RunConfig"):
         self.translator = translator
         self.device = next(translator.parameters()).device
-        adam = dict(lr=cfg.gan_lr, betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
-        self.generator_optimizer = adam_for(translator.generator_parameters(), self.device, **adam)
-        self.discriminator_optimizer = adam_for(translator.discriminator_parameters(), self.device, **adam)
+        adam = dict(betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
+        self.generator_optimizer = adam_for(translator.generator_parameters(), self.device, lr=cfg.gan_lr, **adam)
+        # Two time scales (Heusel et al., 2017): the discriminators may learn at another rate.
+        self.discriminator_optimizer = adam_for(translator.discriminator_parameters(), self.device,
+                                                lr=cfg.gan_lr * cfg.d_lr_ratio, **adam)
         # One loss scaler per step (float16 only): the generator optimiser is stepped twice per batch.
         self.generator_scaler = grad_scaler_for(self.device)
         self.discriminator_scaler = grad_scaler_for(self.device)
@@ -144,6 +148,72 @@ class TranslationTrainer:
                 scaler.load_state_dict(state[name])
 
 
+class SemanticAdversary:
+    """The optional semantic-aware adversarial term (SeUDA, Chen et al., 2018), `w_semantic` > 0:
+    a mask discriminator D_M learns to tell source label masks from M_A's predictions on G_BA(b),
+    and G_BA is trained to make those predictions look like real lung masks. As in SeUDA the
+    segmenter is frozen for this term (it cannot satisfy D_M by ignoring its input); only the
+    generators move. Transfer phase only: the warm-up has no segmenter. Like TranslationTrainer,
+    steps run under the device's mixed precision and return their losses as tensors."""
+
+    def __init__(self, cfg: "RunConfig", device: torch.device):
+        from models.translators.semantic import MaskDiscriminator
+
+        self.weight, self.device = cfg.w_semantic, device
+        self.discriminator = MaskDiscriminator(cfg.translator_width, cfg.spectral_norm).to(device)
+        self.optimizer = adam_for(self.discriminator.parameters(), device, lr=cfg.gan_lr * cfg.d_lr_ratio,
+                                  betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
+        self.discriminator_scaler, self.generator_scaler = grad_scaler_for(device), grad_scaler_for(device)
+
+    @staticmethod
+    def _foreground(segmenter: nn.Module, images: Tensor) -> Tensor:
+        return torch.softmax(segmenter(images).float(), dim=1)[:, 1:2]
+
+    def step(self, translator: Translator, segmenter: nn.Module, generator_optimizer: torch.optim.Optimizer,
+             b: Tensor, source_masks: Tensor) -> dict[str, Tensor]:
+        from models.translators.losses import lsgan_discriminator_loss, lsgan_generator_loss
+
+        was_training = segmenter.training
+        segmenter.eval()  # frozen: no batch-norm statistics from translated target images either
+        set_trainable([segmenter, *translator.generator_modules()], False)
+        set_trainable([self.discriminator], True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_for(self.device):
+            with torch.no_grad():
+                predicted = self._foreground(segmenter, translator.translate_ba(b))
+            real = source_masks[:, None].to(predicted.dtype)
+            d_loss = self.weight * lsgan_discriminator_loss(self.discriminator(real), self.discriminator(predicted))
+        self.discriminator_scaler.scale(d_loss).backward()
+        self.discriminator_scaler.step(self.optimizer)
+        self.discriminator_scaler.update()
+
+        set_trainable([self.discriminator], False)
+        set_trainable(translator.generator_modules(), True)
+        generator_optimizer.zero_grad(set_to_none=True)
+        with autocast_for(self.device):
+            g_loss = self.weight * lsgan_generator_loss(
+                self.discriminator(self._foreground(segmenter, translator.translate_ba(b))))
+        self.generator_scaler.scale(g_loss).backward()
+        self.generator_scaler.step(generator_optimizer)
+        self.generator_scaler.update()
+        set_trainable([segmenter], True)
+        segmenter.train(was_training)
+        return {"SEM_d": d_loss.detach(), "SEM_g": g_loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "discriminator_scaler": self.discriminator_scaler.state_dict(),
+                "generator_scaler": self.generator_scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, scaler in (("discriminator_scaler", self.discriminator_scaler),
+                             ("generator_scaler", self.generator_scaler)):
+            if state.get(name):  # empty where no loss scaling ran (CPU, bfloat16)
+                scaler.load_state_dict(state[name])
+
+
 def paired_batches(n_a: int, n_b: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of unpaired (A, B) index batches: a pass over the larger set, the smaller one cycled."""
     steps = math.ceil(max(n_a, n_b) / batch_size)
@@ -164,7 +234,70 @@ def device_batches(batches: Iterable[tuple[np.ndarray, ...]], device: torch.devi
 
 
 def format_losses(losses: dict[str, float]) -> str:
-    return " ".join(f"{name} {value:.3f}" for name, value in losses.items() if not name.endswith("_total"))
+    return " ".join(f"{name} {value:.3f}" for name, value in losses.items()
+                    if not name.endswith("_total") and not name.startswith("balance_") and name != "saturated")
+
+
+# ---------------------------------------------------------------------------------------------
+# The balance of the adversarial game, watched every epoch (warm-up and transfer).
+#
+# Both numbers are per discriminator and per unit of w_adv. LSGAN: at chance (every score 0.5)
+# the discriminator loss is 0.25 and G_adv 0.25; discriminators that win outright (real 1,
+# translated 0) give 0 and 1. Discriminators "saturate" when they stay near that corner: the
+# generators then get no useful adversarial signal and only the cycle and reconstruction terms
+# shape the translation, which an inversion satisfies as well as the right answer.
+SATURATION_D_LOSS = 0.01
+SATURATION_G_ADV = 0.9
+SATURATION_EPOCHS = 3  # consecutive epochs before the warning
+
+
+def adversarial_balance(losses: dict[str, float], w_adv: float) -> dict[str, float | bool]:
+    """{"balance_d", "balance_g", "saturated"} from one epoch's mean losses ({} without an adversarial term)."""
+    if w_adv <= 0 or not {"D_d_a", "D_d_b", "G_adv"} <= set(losses):
+        return {}
+    d_loss = (losses["D_d_a"] + losses["D_d_b"]) / (N_ADVERSARIAL_TERMS * w_adv)
+    g_adv = losses["G_adv"] / (N_ADVERSARIAL_TERMS * w_adv)
+    return {"balance_d": d_loss, "balance_g": g_adv,
+            "saturated": bool(d_loss < SATURATION_D_LOSS and g_adv > SATURATION_G_ADV)}
+
+
+def format_balance(balance: dict) -> str:
+    if not balance:
+        return "D/G balance n/a (w_adv 0)"
+    flag = " SATURATED" if balance["saturated"] else ""
+    return f"D/G balance: D {balance['balance_d']:.3f} G_adv {balance['balance_g']:.3f} (chance 0.25/0.25, lost 0/1){flag}"
+
+
+def saturation_report(history: Sequence[dict], phase: str) -> dict | None:
+    """The longest stretch of consecutive saturated epochs in `history`, if it lasts at least
+    SATURATION_EPOCHS epochs; None for a healthy run."""
+    longest: list[dict] = []
+    stretch: list[dict] = []
+    for record in history:
+        stretch = stretch + [record] if record.get("saturated") else []
+        if len(stretch) > len(longest):
+            longest = stretch
+    if len(longest) < SATURATION_EPOCHS:
+        return None
+    return {"phase": phase, "first_epoch": int(longest[0]["epoch"]), "last_epoch": int(longest[-1]["epoch"]),
+            "epochs": len(longest), "d_loss": float(np.mean([r["balance_d"] for r in longest])),
+            "g_adv": float(np.mean([r["balance_g"] for r in longest]))}
+
+
+def saturation_message(report: dict) -> str:
+    return (f"discriminators saturated during the {report['phase']} (epochs {report['first_epoch']}-"
+            f"{report['last_epoch']}): D loss {report['d_loss']:.4f} < {SATURATION_D_LOSS} with G_adv "
+            f"{report['g_adv']:.3f} of its maximum 1 (per discriminator and unit w_adv); the generators got no "
+            f"adversarial signal, so nothing but the cycle term shaped the translation. Look at the translation "
+            f"samples; keep spectral_norm on, or try r1_gamma / instance_noise / a lower d_lr_ratio")
+
+
+def watch_saturation(history: Sequence[dict], phase: str) -> None:
+    """Warn in the log the epoch a stretch of saturated epochs reaches SATURATION_EPOCHS."""
+    recent = history[-SATURATION_EPOCHS:]
+    if len(recent) == SATURATION_EPOCHS and all(r.get("saturated") for r in recent) and (
+            len(history) == SATURATION_EPOCHS or not history[-SATURATION_EPOCHS - 1].get("saturated")):
+        log.warning(saturation_message(saturation_report(recent, phase)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +310,7 @@ def translator_key(cfg: "RunConfig", source_key: str, target_key: str) -> str:
     identity = {
         "version": WARMUP_VERSION, "translator": cfg.translator, "kwargs": translator_kwargs(cfg),
         "gan_lr": cfg.gan_lr, "gan_betas": [cfg.gan_beta1, cfg.gan_beta2], "gan_weight_decay": cfg.gan_weight_decay,
+        "d_lr_ratio": cfg.d_lr_ratio,
         "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
         "seed": cfg.seed, "repetition": cfg.repetition, "n_folds": cfg.n_folds,
         "source": source_key, "target": target_key,
@@ -240,17 +374,21 @@ def train_translation(cfg: "RunConfig", images_a: np.ndarray, images_b: np.ndarr
             sums.add({**trainer.discriminative_step(a, b), **trainer.generative_step(a, b)})
         losses = sums.means()
         check_finite(losses, f"translator warm-up epoch {epoch}")
-        history.append({"epoch": epoch, **losses, "seconds": time.perf_counter() - started})
-        log.info("warm-up epoch %d/%d  %s  %.1f s", epoch, cfg.warmup_epochs, format_losses(losses),
-                 history[-1]["seconds"])
+        balance = adversarial_balance(losses, cfg.w_adv)
+        history.append({"epoch": epoch, **losses, **balance, "seconds": time.perf_counter() - started})
+        log.info("warm-up epoch %d/%d  %s | %s  %.1f s", epoch, cfg.warmup_epochs, format_losses(losses),
+                 format_balance(balance), history[-1]["seconds"])
+        watch_saturation(history, "warm-up")
     return translator.eval(), history
 
 
 def save_translator(path: Path, translator: Translator, cfg: "RunConfig", key: str, history: list[dict]) -> Path:
+    """The warm-up's checkpoint; `saturation` is saturation_report(history) (None when healthy),
+    which every transfer run that starts from it carries into its result.json."""
     payload = {
         "translator": cfg.translator, "kwargs": translator_kwargs(cfg), "state_dict": translator.state_dict(),
         "key": key, "warmup_epochs": cfg.warmup_epochs, "image_size": cfg.image_size, "history": history,
-        "config": cfg.to_dict(),
+        "config": cfg.to_dict(), "saturation": saturation_report(history, "warm-up"),
     }
     return save_atomic(payload, path)
 

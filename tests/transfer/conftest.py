@@ -112,3 +112,23 @@ def data_for(source, target):
         return transfer_data(cfg, source, target)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def mild_target() -> CachedDataset:
+    """A target rendered like the source (no shift): M_A works on it as it is."""
+    return make_domain("montgomery", 10, seed=3, target_style=False, with_heart=False)
+
+
+@pytest.fixture(scope="session")
+def trained_segmenter_checkpoint(tmp_path_factory, source):
+    """An M_A that has learnt the tiny source (a few seconds of training): what the selection tests need,
+    since a random M_A's masks are implausible with or without adaptation."""
+    from sweep.engine.data import segmentation_data
+    from sweep.engine.supervised import train_supervised
+
+    cfg = tiny_config(experiment="segmentation", method="supervised", label_fraction=None, epochs=40, batch_size=2,
+                      lr=3e-3)
+    run_dir = tmp_path_factory.mktemp("m_a_trained")
+    train_supervised(cfg, segmentation_data(cfg, source), run_dir)
+    return run_dir / "best.pt"

@@ -30,8 +30,12 @@ def test_train_transfer_trains_m_a_on_demand_and_writes_a_run(phantom_folders, t
     assert len(list((tmp_path / "cache" / "translators").glob("translator-munit-*.pt"))) == 1
     for name in ("best.pt", "images.parquet", "result.json", "translations/a_to_b.png", "translations/b_to_a.png"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "result.json").read_text())["config"]["label_fraction"] == 0.0
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["config"]["label_fraction"] == 0.0
     assert set(pd.read_parquet(out / "images.parquet")["method"]) == {"proposed"}
+    # What the run kept is printed, as result.json records it.
+    kept = "kept no adaptation" if summary["selected_model"] == "no_adaptation" else "kept the adapted epoch"
+    assert kept in printed
 
 
 def test_train_transfer_reports_a_not_applicable_cell_without_training(phantom_folders, tmp_path, capsys):

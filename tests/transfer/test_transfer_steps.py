@@ -93,7 +93,7 @@ def test_supervised_step_moves_g_ba_and_m_a_with_discriminators_frozen(run, with
 
 def test_inference_on_target_images_goes_through_g_ba_then_m_a(make_cfg, data_for, segmenter_checkpoint,
                                                                  warmed_translator, tmp_path):
-    cfg = make_cfg()
+    cfg = make_cfg(selection="source")  # keeps the adapted model: the translate-first path under test
     result = train_transfer(cfg, data_for(cfg), tmp_path / "run", segmenter_checkpoint, warmed_translator)
     model = load_transfer_model(result.run_dir / "best.pt")
     calls = []

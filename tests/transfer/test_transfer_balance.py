@@ -1,0 +1,56 @@
+"""The D/G balance is logged every epoch, and saturated discriminators are reported in the log,
+the warm-up checkpoint and result.json."""
+import json
+import logging
+
+import pytest
+import torch
+
+from sweep.engine.transfer import train_transfer, warmup_translator
+from sweep.engine.translation import SATURATION_EPOCHS, adversarial_balance, saturation_report
+
+# Generators stuck at the identity (residual, learning rate ~0) against discriminators with a huge
+# one and no spectral norm: the "translations" are the other domain's images as they are, and the
+# discriminators learn to separate the two domains perfectly within a few epochs.
+FORCED_SATURATION = dict(warmup_epochs=10, transfer_epochs=6, gan_lr=1e-8, d_lr_ratio=1e5, spectral_norm=False,
+                         residual_generators=True)
+
+
+def epochs(flags):
+    return [{"epoch": i + 1, "saturated": flag, "balance_d": 0.001 if flag else 0.2, "balance_g": 0.99 if flag else 0.4}
+            for i, flag in enumerate(flags)]
+
+
+def test_saturation_needs_consecutive_epochs_near_the_discriminators_corner():
+    assert adversarial_balance({"D_d_a": 0.002, "D_d_b": 0.004, "G_adv": 1.99}, w_adv=1.0)["saturated"]
+    assert not adversarial_balance({"D_d_a": 0.002, "D_d_b": 0.004, "G_adv": 1.2}, w_adv=1.0)["saturated"]
+    # Per unit of w_adv: the same game at w_adv 10 is just as saturated.
+    assert adversarial_balance({"D_d_a": 0.02, "D_d_b": 0.04, "G_adv": 19.9}, w_adv=10.0)["saturated"]
+    assert adversarial_balance({"D_d_a": 0.0, "D_d_b": 0.0, "G_adv": 0.0}, w_adv=0.0) == {}
+    assert saturation_report(epochs([True] * (SATURATION_EPOCHS - 1) + [False] * 3), "warm-up") is None
+    report = saturation_report(epochs([False, True, False] + [True] * (SATURATION_EPOCHS + 1)), "warm-up")
+    assert (report["first_epoch"], report["epochs"]) == (4, SATURATION_EPOCHS + 1)
+
+
+@pytest.mark.parametrize("forced", [True, False], ids=["forced-saturated", "healthy"])
+def test_the_saturation_warning_fires_on_a_saturated_run_and_not_on_a_healthy_one(forced, make_cfg, data_for, source,
+                                                                                   target, segmenter_checkpoint,
+                                                                                   tmp_path, caplog):
+    cfg = make_cfg(**(FORCED_SATURATION if forced else dict(warmup_epochs=8, transfer_epochs=4)))
+    with caplog.at_level(logging.INFO):
+        translator = warmup_translator(cfg, source, target, tmp_path / "translators")
+        train_transfer(cfg, data_for(cfg), tmp_path / "run", segmenter_checkpoint, translator)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "saturated" in r.getMessage()]
+    balance_lines = [r.getMessage() for r in caplog.records if "D/G balance" in r.getMessage()]
+    assert len(balance_lines) == cfg.warmup_epochs + cfg.transfer_epochs  # every epoch of both phases
+    warmup = torch.load(translator, weights_only=False)
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert all("balance_d" in epoch for epoch in warmup["history"])
+    if forced:
+        assert warmup["saturation"]["phase"] == "warm-up" and warmup["saturation"]["d_loss"] < 0.01
+        assert summary["discriminators_saturated"] and set(summary["saturation"]) == {"warmup", "transfer"}
+        assert any("during the warm-up" in w for w in warnings) and any("during the transfer" in w for w in warnings)
+    else:
+        assert warmup["saturation"] is None
+        assert summary["discriminators_saturated"] is False and summary["saturation"] == {}
+        assert not warnings
