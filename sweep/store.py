@@ -61,6 +61,16 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
+def _small_writes_in_one_put(location: str) -> str:
+    """For s3:// the URI pyarrow opens, with writes that fit one part sent as a single PutObject
+    (`allow_delayed_open`): result.json, trial.json and the sweep state appear whole or not at all,
+    in one request rather than a three-request multipart upload, whose completion some
+    S3-compatible servers answer badly. A query that already sets it is left as the user wrote it."""
+    if not location.startswith("s3://") or "allow_delayed_open=" in location:
+        return location
+    return location + ("&" if "?" in location else "?") + "allow_delayed_open=true"
+
+
 class RunStore:
     """OUT as a pyarrow filesystem plus a root path, so local folders and buckets work alike."""
 
@@ -71,7 +81,7 @@ class RunStore:
         self.query = ""
         if is_uri(self.location):
             try:
-                self.fs, self.root = pafs.FileSystem.from_uri(self.location)
+                self.fs, self.root = pafs.FileSystem.from_uri(_small_writes_in_one_put(self.location))
             except Exception as exc:
                 raise ValueError(f"--out {self.location}: not a storage URI pyarrow can open ({exc})") from None
             if "?" in self.location:

@@ -117,3 +117,16 @@ def test_concurrent_fetchers_never_see_a_partial_dependency(s3_bucket, tmp_path,
     again = RunStore(out).fetch_dir(spec, root)
     assert str(again) != results[0][0] and json.loads((again / "trial.json").read_text())["again"]
     assert isinstance(RunStore(out).fs, pafs.S3FileSystem)
+
+
+def test_a_small_json_reaches_the_bucket_in_one_put(s3_bucket):
+    """result.json, trial.json and the sweep state go up as one PutObject each (all or nothing, one
+    request), not as a multipart upload: S3 gives a multipart object an ETag ending in "-<parts>"."""
+    import boto3
+
+    bucket, endpoint = s3_bucket
+    store = RunStore(f"s3://{bucket}/sweep?endpoint_override={endpoint}&scheme=http")
+    store.write_json(store.path("state.json"), {"trials": 3})
+    assert store.read_json(store.path("state.json")) == {"trials": 3}
+    head = boto3.client("s3", endpoint_url=f"http://{endpoint}").head_object(Bucket=bucket, Key="sweep/state.json")
+    assert "-" not in head["ETag"].strip('"'), head["ETag"]
