@@ -25,16 +25,26 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-KINDS = ("overlays", "translations")
+from sweep.engine.overlays import PREDICTION_RGB, TRUTH_RGB  # noqa: E402
+from sweep.engine.run_dir import OVERLAYS_DIR, RESULT_JSON, TRANSLATIONS_DIR  # noqa: E402
+from sweep.grid import TRANSFER  # noqa: E402
+
+KINDS = (OVERLAYS_DIR, TRANSLATIONS_DIR)
 # The page shows at most this many images of each kind; the rest stay in the run directories.
 MAX_COPIED_PER_KIND = 48
 MONTAGE_COLUMNS = 4
 MONTAGE_ROWS = 2
 PANEL_INCHES = 3.3
 TITLE_INCHES = 0.45
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(value):02x}" for value in rgb)
+
+
 # The colours sweep/engine/overlays.py draws with (prediction filled red, truth outlined green).
-PREDICTION_COLOUR = "#ff2828"
-TRUTH_COLOUR = "#28ff28"
+PREDICTION_COLOUR = _hex(PREDICTION_RGB)
+TRUTH_COLOUR = _hex(TRUTH_RGB)
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class SavedImage:
         run = self.run
         what = [str(run[k]) for k in ("task", "model") if run.get(k)]
         which = [self.path.stem]
-        if run.get("experiment") == "transfer":
+        if run.get("experiment") == TRANSFER:
             what.append(f"{run.get('method', '?')} → {run.get('target', '?')}")
             if run.get("label_fraction") is not None:
                 which.insert(0, f"{float(run['label_fraction']):g} % labels")
@@ -62,12 +72,12 @@ class SavedImage:
 
     @property
     def is_transfer(self) -> bool:
-        return self.run.get("experiment") == "transfer"
+        return self.run.get("experiment") == TRANSFER
 
     def fig9_rank(self) -> tuple:
         """Images like the paper's Fig. 9 first: proposed transfer with 0 % target labels."""
         run = self.run
-        is_transfer = run.get("experiment") == "transfer"
+        is_transfer = run.get("experiment") == TRANSFER
         zero_labels = is_transfer and run.get("label_fraction") in (0, 0.0)
         return (not zero_labels, not is_transfer, run.get("method") != "proposed", str(self.path))
 
@@ -86,7 +96,7 @@ def find_saved_images(out_dir: Path, trials: pd.DataFrame) -> list[SavedImage]:
 
 
 def _run_identity(run_dir: Path, runs_dir: Path, trials_by_id: dict) -> dict:
-    result_file = run_dir / "result.json"
+    result_file = run_dir / RESULT_JSON
     if result_file.is_file():
         try:
             config = json.loads(result_file.read_text()).get("config", {})
@@ -130,7 +140,7 @@ def in_fig9_order(images: list[SavedImage]) -> list[SavedImage]:
 
 def figure9(images: list[SavedImage]) -> Figure | None:
     """A montage of the saved overlays, Fig. 9 candidates first; None when no run saved any."""
-    overlays = in_fig9_order([i for i in images if i.kind == "overlays"])
+    overlays = in_fig9_order([i for i in images if i.kind == OVERLAYS_DIR])
     # Fig. 9 shows target images; JSRT overlays only stand in when no transfer run saved any.
     if any(i.is_transfer for i in overlays):
         overlays = [i for i in overlays if i.is_transfer]

@@ -18,9 +18,7 @@ from analysis.loading import Results
 from analysis.render import Cell, DisplayTable, Section
 from analysis.stats import interval, mean_std, wilcoxon_paired
 from sweep.config import LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, transfer_variant
-
-SEGMENTATION = "segmentation"
-TRANSFER = "transfer"
+from sweep.grid import SEGMENTATION, TRANSFER  # noqa: F401  (the experiments' names, which the grid declares)
 PROPOSED = "proposed"
 MISSING = "—"
 NOT_APPLICABLE = "n/a"

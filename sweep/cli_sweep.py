@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, PROFILES, SEGMENTATION_MODELS, TARGETS, TASKS,
+from data_io.datasets import TARGET_DATASETS
+from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, PROFILES, SEGMENTATION_MODELS, TASKS,
                           TRANSFER_METHODS, RunConfig)
 
 EXIT_TRIALS_FAILED = 1
@@ -122,7 +123,7 @@ def register(subparsers) -> None:
     run.add_argument("--fractions", type=_csv(float),
                      help=f"target label fractions in percent (default {','.join(f'{f:g}' for f in LABEL_FRACTIONS)})")
     run.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
-    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery): {','.join(TARGETS)} or the name of a "
+    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery): {','.join(TARGET_DATASETS)} or the name of a "
                           "--target-dir folder")
     add_data_flags(run)
     run.add_argument("--out", required=True, help="output folder or storage URI (s3://, gs://)")
@@ -146,7 +147,7 @@ def register(subparsers) -> None:
                              help="supervised (Table I) or a transfer method (Table II)")
     tune_parser.add_argument("--label-fraction", type=float, default=0.0, help="transfer: percent of target labels")
     tune_parser.add_argument("--target", default="montgomery",
-                             help=f"{', '.join(TARGETS)} or a --target-dir folder's name (default montgomery)")
+                             help=f"{', '.join(TARGET_DATASETS)} or a --target-dir folder's name (default montgomery)")
     tune_parser.add_argument("--repetition", type=int, default=0, help="transfer: the repetition the config is for")
     tune_parser.add_argument("--repetitions", type=_csv(int), help="transfer: one search per repetition, e.g. 0,1,2,3,4")
     tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")

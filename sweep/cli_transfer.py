@@ -6,7 +6,8 @@ import json
 import logging
 from pathlib import Path
 
-from sweep.config import PROFILES, TARGETS, TASKS, TRANSFER_METHODS
+from data_io.datasets import TARGET_DATASETS
+from sweep.config import PROFILES, TASKS, TRANSFER_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--label-fraction", type=float, default=0.0, metavar="PERCENT",
                         help="percent of the target training split that keeps its labels (default 0)")
     parser.add_argument("--target", default="montgomery",
-                        help=f"{', '.join(TARGETS)} (their folders by --montgomery / --shenzhen) or the name of a "
+                        help=f"{', '.join(TARGET_DATASETS)} (their folders by --montgomery / --shenzhen) or the name of a "
                              "--target-dir folder of your own (default montgomery)")
     parser.add_argument("--repetition", type=int, default=0, help="which seeded 60/20/20 split (default 0)")
     parser.add_argument("--translator", choices=("munit", "cyclegan"), help="default: the config's (munit)")
@@ -53,6 +54,7 @@ def register(subparsers) -> None:
 def run_train_transfer(args: argparse.Namespace) -> int:
     from data_io.cache import default_cache_dir, load_jsrt, load_target
     from sweep.config import load_config_file, make_config, parse_overrides
+    from sweep.engine.run_dir import BEST_CHECKPOINT, IMAGES_PARQUET, OVERLAYS_DIR, RESULT_JSON, TRANSLATIONS_DIR
     from sweep.engine.transfer import NotApplicable, check_applicable, train_transfer
     from sweep.engine.transfer_data import transfer_data
     from sweep.engine.translation import warmup_translator
@@ -89,10 +91,10 @@ def run_train_transfer(args: argparse.Namespace) -> int:
     print(f"{cfg.method} {cfg.task} jsrt -> {cfg.target} at {cfg.label_fraction:g} % labels ({cfg.profile}): "
           f"best epoch {result.best_epoch}, val Jaccard {result.val_jaccard:.4f}; {outcome}; "
           f"{result.duration_s:.1f}s on {result.device}")
-    extra = ", translations/" if cfg.method == "proposed" else ""
+    extra = f", {TRANSLATIONS_DIR}/" if cfg.method == "proposed" else ""
     if cfg.method == "proposed":
-        print(proposed_outcome(json.loads((Path(args.out) / "result.json").read_text())))
-    print(f"wrote {args.out}/best.pt, images.parquet, result.json, overlays/{extra}")
+        print(proposed_outcome(json.loads((Path(args.out) / RESULT_JSON).read_text())))
+    print(f"wrote {args.out}/{BEST_CHECKPOINT}, {IMAGES_PARQUET}, {RESULT_JSON}, {OVERLAYS_DIR}/{extra}")
     return 0
 
 
@@ -126,10 +128,11 @@ def target_folder(args: argparse.Namespace) -> Path:
 def train_source_model(cfg, source, run_dir: Path) -> Path:
     """M_A: the paper's U-Net on the JSRT fold that matches the repetition (resumed if already there)."""
     from sweep.engine.data import segmentation_data
+    from sweep.engine.run_dir import best_checkpoint_path
     from sweep.engine.supervised import train_supervised
+    from sweep.grid import source_model_config
 
-    seg_cfg = cfg.replace(experiment="segmentation", method="supervised", label_fraction=None, model="unet",
-                          fold=cfg.repetition % cfg.n_folds)
+    seg_cfg = source_model_config(cfg)
     log.info("no --segmenter given: training M_A (unet, %s, fold %d) into %s", cfg.task, seg_cfg.fold, run_dir)
     train_supervised(seg_cfg, segmentation_data(seg_cfg, source), run_dir)
-    return run_dir / "best.pt"
+    return best_checkpoint_path(run_dir)

@@ -11,16 +11,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from data_io.datasets import TARGET_DATASETS
+from models.translator_defaults import DEFAULT_TRANSLATOR, TRANSLATOR_DEFAULTS, config_default, config_field
 
 TASKS = ("lungs", "heart", "clavicles")
 SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
 TRANSFER_METHODS = ("proposed", "finetune", "scratch", "source_only")
+# Transfer methods that train on labelled target images: not applicable at 0 % labels.
+METHODS_NEEDING_TARGET_LABELS = ("finetune", "scratch")
 # Fractions of the target training split that keep their labels (paper, Table II), in percent.
 LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
-# Target sets known by name, declared with their layouts in data_io.datasets; any other valid
-# name is a folder target given with --target-dir (data_io.datasets.scan_folder_target).
-TARGETS = TARGET_DATASETS
 # How a proposed run at 0 % target labels picks its epoch (sweep/engine/selection.py).
 SELECTIONS = ("target", "source")
 
@@ -63,27 +62,29 @@ class RunConfig:
     eval_every: int = 1
 
     # --- transfer (paper §IV-C, §V-C; loss weights from the authors' follow-up code) ---
-    translator: str = "munit"  # "munit" or "cyclegan"
-    translator_width: int = 32
-    style_dim: int = 8
+    # The translator's own fields default to the default translator's registry entry
+    # (models/translator_defaults.py); translator_arguments() passes them on.
+    translator: str = DEFAULT_TRANSLATOR  # "munit" or "cyclegan"
+    translator_width: int = config_default("translator_width")
+    style_dim: int = config_default("style_dim")
     warmup_epochs: int = 20  # translator trained alone before M_A joins
     transfer_epochs: int = 30
     gan_lr: float = 1e-4
     gan_beta1: float = 0.5
     gan_beta2: float = 0.999
     gan_weight_decay: float = 1e-4
-    w_adv: float = 10.0  # the follow-up code's 1 let the discriminators win outright (PAPER_TRANSFER)
-    w_recon: float = 10.0
-    w_cycle: float = 10.0
-    w_style: float = 1.0
-    w_content: float = 1.0
+    w_adv: float = config_default("w_adv")  # the follow-up code's 1 let the discriminators win outright (PAPER_TRANSFER)
+    w_recon: float = config_default("w_recon")
+    w_cycle: float = config_default("w_cycle")
+    w_style: float = config_default("w_style")
+    w_content: float = config_default("w_content")
     w_seg: float = 1.0
-    w_identity: float = 0.5  # identity term (both translators), as a multiple of w_cycle (Zhu et al.)
-    # Keeping the adversarial game balanced (issue 9; PAPER_TRANSFER switches these off):
-    residual_generators: bool = True  # generators add a correction to their input, starting at the identity
-    spectral_norm: bool = True  # spectral normalisation of the discriminators' layers
-    r1_gamma: float = 0.0  # zero-centred gradient penalty on real discriminator inputs; 0 = off
-    instance_noise: float = 0.0  # std of Gaussian noise on discriminator inputs; 0 = off
+    w_identity: float = config_default("w_identity")  # identity term (both translators), as a multiple of w_cycle
+    # Keeping the adversarial game balanced (PAPER_TRANSFER switches these off):
+    residual_generators: bool = config_default("residual_generators")  # generators start at the identity
+    spectral_norm: bool = config_default("spectral_norm")  # spectral normalisation of the discriminators' layers
+    r1_gamma: float = config_default("r1_gamma")  # zero-centred gradient penalty on real discriminator inputs; 0 = off
+    instance_noise: float = config_default("instance_noise")  # std of Gaussian noise on discriminator inputs; 0 = off
     d_lr_ratio: float = 1.0  # discriminator learning rate as a multiple of gan_lr
     w_semantic: float = 0.0  # semantic-aware adversarial term on predicted target masks (SeUDA); 0 = off
     # Which transfer epoch is kept at 0 % target labels (sweep/engine/selection.py): "target" scores
@@ -142,6 +143,32 @@ def transfer_variant(values: Mapping[str, Any]) -> str:
     if all(ran[name] == paper for name, paper in PAPER_TRANSFER.items()):
         return "paper"
     return "custom: " + ", ".join(f"{name}={ran[name]}" for name in ran if ran[name] != getattr(defaults, name))
+
+
+def translator_arguments(cfg: RunConfig) -> dict[str, Any]:
+    """The translator's constructor arguments: its registry defaults, overridden by the config."""
+    if cfg.translator not in TRANSLATOR_DEFAULTS:
+        raise ValueError(f"unknown translator {cfg.translator!r}; available: {', '.join(sorted(TRANSLATOR_DEFAULTS))}")
+    return {name: getattr(cfg, config_field(name), default)
+            for name, default in TRANSLATOR_DEFAULTS[cfg.translator].items()}
+
+
+def warmup_identity(cfg: RunConfig) -> dict[str, Any]:
+    """Everything of a config that a translator warm-up computes from: the translator and its
+    arguments, the GAN optimiser, the warm-up's length and batches, the images (size, content
+    crop, which target) and the splits (seed, repetition, n_folds). Task, method and label
+    fraction are absent (every task and fraction of a repetition reuses one warm-up), and so is
+    what only the segmentation or the transfer epochs read (augment, w_seg, w_semantic, the
+    selection) or what merely names a scale (profile: the fields it sets are here themselves).
+    The sweep's warm-up trial ids (sweep.grid) and the engine's cache key of warmed translators
+    (sweep.engine.translation.translator_key) both hash it."""
+    return {
+        "translator": cfg.translator, "kwargs": translator_arguments(cfg),
+        "gan_lr": cfg.gan_lr, "gan_betas": [cfg.gan_beta1, cfg.gan_beta2], "gan_weight_decay": cfg.gan_weight_decay,
+        "d_lr_ratio": cfg.d_lr_ratio, "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.batch_size,
+        "image_size": cfg.image_size, "crop_borders": cfg.crop_borders, "target": cfg.target,
+        "seed": cfg.seed, "repetition": cfg.repetition, "n_folds": cfg.n_folds,
+    }
 
 
 # Fields that say where and how fast a run executes, not what it computes: they are left out of

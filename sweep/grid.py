@@ -31,17 +31,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from data_io.datasets import check_target_name
+from data_io.datasets import TARGET_DATASETS, check_target_name
 from sweep.config import (
     EXECUTION_FIELDS,
     LABEL_FRACTIONS,
+    METHODS_NEEDING_TARGET_LABELS,
     PROFILES,
     SEGMENTATION_MODELS,
-    TARGETS,
     TASKS,
     TRANSFER_METHODS,
     RunConfig,
     make_config,
+    warmup_identity,
 )
 
 EXPERIMENTS = ("segmentation", "transfer", "all")
@@ -76,20 +77,10 @@ def _is_transfer_only(name: str) -> bool:
         "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs"}
 
 
-def _is_warmup_field(name: str) -> bool:
-    """Fields a translator warm-up depends on (it sees no labels and no segmentation network)."""
-    if name == "w_seg":
-        return False
-    return name.startswith(_TRANSLATION_PREFIXES) or name in {
-        "profile", "seed", "image_size", "crop_borders", "augment", "batch_size", "n_folds", "repetition", "target",
-        "style_dim", "warmup_epochs"}
-
-
 # Methods that read M_A (scratch: its architecture only), and the one that also needs the
 # warmed translator.
 METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "finetune", "scratch", "source_only"})
 METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
-METHODS_NEEDING_LABELS = frozenset({"finetune", "scratch"})
 
 
 @dataclass(frozen=True)
@@ -173,8 +164,11 @@ def config_hash(cfg: RunConfig, only: Iterable[str] | None = None) -> str:
     """Eight hex digits that change whenever a field that affects the result changes."""
     values = cfg.to_dict()
     names = sorted(only) if only is not None else sorted(n for n in values if n not in EXECUTION_FIELDS)
-    text = json.dumps({n: values[n] for n in names}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
+    return _hash({n: values[n] for n in names})
+
+
+def _hash(values: dict) -> str:
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _fraction_text(fraction: float) -> str:
@@ -189,11 +183,20 @@ def segmentation_config(base: RunConfig, model: str, task: str, fold: int) -> Ru
     return base.replace(experiment=SEGMENTATION, model=model, task=task, fold=fold, **reset)
 
 
+def source_model_config(cfg: RunConfig) -> RunConfig:
+    """M_A of a transfer config: the Table I U-Net of its task on JSRT fold `repetition % n_folds`
+    (the sweep's dependency trial and `cxrsweep train-transfer`'s own M_A alike)."""
+    return segmentation_config(cfg, TRANSFER_SEGMENTER, cfg.task, cfg.repetition % cfg.n_folds)
+
+
 def segmentation_trial(base: RunConfig, model: str, task: str, fold: int, tuned: Tuned | None = None) -> TrialSpec:
-    cfg = segmentation_config(base, model, task, fold)
+    return _segmentation_spec(segmentation_config(base, model, task, fold), tuned)
+
+
+def _segmentation_spec(cfg: RunConfig, tuned: Tuned | None) -> TrialSpec:
     if tuned is not None:
         cfg = tuned(cfg)
-    trial_id = f"segmentation-{model}-{task}-fold{fold}-{cfg.profile}-{config_hash(cfg)}"
+    trial_id = f"segmentation-{cfg.model}-{cfg.task}-fold{cfg.fold}-{cfg.profile}-{config_hash(cfg)}"
     return TrialSpec(trial_id, SEGMENTATION, cfg)
 
 
@@ -202,13 +205,13 @@ def warmup_trial(base: RunConfig, target: str, repetition: int) -> TrialSpec:
         experiment=TRANSFER, method="proposed", model=TRANSFER_SEGMENTER, task=TRANSFER_TASKS[0],
         label_fraction=None, target=target, repetition=repetition, fold=repetition % base.n_folds,
     )
-    key = config_hash(cfg, only=[n for n in cfg.to_dict() if _is_warmup_field(n)])
+    key = _hash(warmup_identity(cfg))
     trial_id = f"warmup-{cfg.translator}-{target}-rep{repetition}-{cfg.profile}-{key}"
     return TrialSpec(trial_id, TRANSLATOR_WARMUP, cfg)
 
 
 def not_applicable_reason(method: str, label_fraction: float) -> str | None:
-    if method in METHODS_NEEDING_LABELS and label_fraction == 0:
+    if method in METHODS_NEEDING_TARGET_LABELS and label_fraction == 0:
         return f"{method} needs target labels and this cell has 0 %"
     if method == "source_only" and label_fraction != 0:
         return "source_only uses no target labels: its result is the 0 % row"
@@ -219,17 +222,15 @@ def transfer_trials(base: RunConfig, method: str, task: str, target: str, repeti
                     label_fraction: float, tuned: Tuned | None = None) -> list[TrialSpec]:
     """A Table II cell followed by the dependency trials it needs (none when not applicable).
     `tuned` adjusts the cell and its M_A (the Table I trial, adjusted the same way there)."""
-    fold = repetition % base.n_folds
-    cfg = base.replace(
+    untuned = base.replace(
         experiment=TRANSFER, method=method, model=TRANSFER_SEGMENTER, task=task, target=target,
-        repetition=repetition, fold=fold, label_fraction=float(label_fraction),
+        repetition=repetition, fold=repetition % base.n_folds, label_fraction=float(label_fraction),
     )
-    if tuned is not None:
-        cfg = tuned(cfg)
+    cfg = tuned(untuned) if tuned is not None else untuned
     reason = not_applicable_reason(method, label_fraction)
     dependencies: list[TrialSpec] = []
     if reason is None and method in METHODS_NEEDING_SEGMENTER:
-        dependencies.append(segmentation_trial(base, TRANSFER_SEGMENTER, task, fold, tuned))
+        dependencies.append(_segmentation_spec(source_model_config(untuned), tuned))
     if reason is None and method in METHODS_NEEDING_TRANSLATOR:
         dependencies.append(warmup_trial(base, target, repetition))
     trial_id = (
@@ -300,7 +301,7 @@ def build_grid(
         transfer_tasks = [t for t in selected_tasks if t in TRANSFER_TASKS]
         qualitative_tasks = [t for t in selected_tasks if t in QUALITATIVE_TASKS]
         reps = list(range(base.n_folds)) if repetitions is None else list(repetitions)
-        transfer_targets = list(targets or TARGETS[:1])
+        transfer_targets = list(targets or TARGET_DATASETS[:1])
         _check_choice("--methods", transfer_methods, TRANSFER_METHODS)
         for target in transfer_targets:
             check_target_name(target)

@@ -32,6 +32,8 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sweep.engine.run_dir import (CHECKPOINTS_DIR, COMPLETE_MARKER, FAILED_MARKER, IMAGES_PARQUET,
+                                  NOT_APPLICABLE_MARKER, RESULT_JSON, TABLED_FIELDS)
 from sweep.grid import TRANSLATOR_WARMUP, TrialSpec, spec_from_dict, spec_to_dict
 from sweep.results import (
     IMAGES_SCHEMA,
@@ -47,14 +49,6 @@ from sweep.results import (
 
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "trial.json"
-FAILED_MARKER = "failed.json"
-NOT_APPLICABLE_MARKER = "not_applicable.json"
-ENGINE_SUMMARY = "result.json"
-ENGINE_IMAGES = "images.parquet"
-RESULT_FIELDS = ("best_epoch", "val_jaccard", "test_jaccard_mean", "test_jaccard_std", "test_dice_mean",
-                 "test_dice_std", "n_test_images", "duration_s", "device", "selection_criterion", "selected_model",
-                 "selection_score", "no_adaptation_score", "discriminators_saturated")
 
 
 def is_uri(location: str) -> bool:
@@ -206,14 +200,14 @@ class RunStore:
         if self.is_local:
             # Build the folder beside its final place and swap it in with one rename.
             staging = Path(f"{dest}.partial-{uuid.uuid4().hex[:8]}")
-            shutil.copytree(local_dir, staging, ignore=shutil.ignore_patterns("checkpoints"))
+            shutil.copytree(local_dir, staging, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR))
             (staging / COMPLETE_MARKER).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
             if Path(dest).exists():
                 shutil.rmtree(dest)
             os.replace(staging, dest)
         else:
             self.delete_dir(dest)
-            for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file() and "checkpoints" not in p.parts):
+            for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file() and CHECKPOINTS_DIR not in p.parts):
                 relative = file.relative_to(local_dir).as_posix()
                 self.fs.create_dir(f"{dest}/{relative}".rsplit("/", 1)[0], recursive=True)
                 pafs.copy_files(str(file), f"{dest}/{relative}", source_filesystem=pafs.LocalFileSystem(),
@@ -339,16 +333,16 @@ def collect_rows(store: RunStore, current: CurrentData | None = None) -> tuple[l
             spec = spec_from_dict(info["spec"])
             if not spec.has_row:
                 continue
-            summary = store.read_json(f"{folder}/{ENGINE_SUMMARY}")
+            summary = store.read_json(f"{folder}/{RESULT_JSON}")
             row = _outcome_row(spec, "ok")
-            row.update({name: summary.get(name) for name in RESULT_FIELDS})
+            row.update({name: summary.get(name) for name in TABLED_FIELDS})
             checkpoints = info.get("checkpoints") or {}
             row.update(node_id=info.get("node_id"), started_at=info.get("started_at"),
                        finished_at=info.get("finished_at"), checkpoint_count=checkpoints.get("count"),
                        checkpoint_bytes=checkpoints.get("bytes"), checkpoint_s=checkpoints.get("seconds"))
             trial_rows.append(row)
             keys = key_values(spec.config, spec.trial_id)
-            with store.fs.open_input_file(f"{folder}/{ENGINE_IMAGES}") as handle:
+            with store.fs.open_input_file(f"{folder}/{IMAGES_PARQUET}") as handle:
                 images = pq.read_table(handle, columns=["image_id", "jaccard", "dice"]).to_pylist()
             image_rows.extend({**keys, **image} for image in images)
         elif marker == FAILED_MARKER:

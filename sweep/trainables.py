@@ -34,6 +34,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from sweep.engine.run_dir import TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
 from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
 from sweep.store import RunStore
 from sweep.tuned import hide_test
@@ -54,8 +55,6 @@ class InjectedFailure(RuntimeError):
 
 def _checkpoint_folder(run_dir: Path) -> Path:
     """The engine's checkpoints/ folder: what a Tune checkpoint of the trial holds."""
-    from sweep.engine.checkpoints import last_checkpoint_path
-
     return last_checkpoint_path(run_dir).parent
 
 
@@ -259,11 +258,11 @@ def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None,
     for dependency in dependencies:
         folder = store.fetch_dir(dependency, DEPENDENCY_CACHE)
         if dependency.kind == SEGMENTATION:
-            segmenter = folder / "best.pt"
+            segmenter = best_checkpoint_path(folder)
         elif dependency.kind == TRANSLATOR_WARMUP:
-            found = sorted(folder.glob("translator-*.pt"))
+            found = sorted(folder.glob(TRANSLATOR_GLOB))
             if not found:
-                raise FileNotFoundError(f"{folder}: the translator warm-up {dependency.trial_id} left no translator-*.pt")
+                raise FileNotFoundError(f"{folder}: the translator warm-up {dependency.trial_id} left no {TRANSLATOR_GLOB}")
             translator = found[0]
     return segmenter, translator
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from models.registry import register_translator
+from models.translator_defaults import TRANSLATOR_DEFAULTS
 from models.translators.base import Translator, zero_output_layer
 from models.translators.losses import l1, lsgan_generator_loss
 
@@ -164,10 +165,7 @@ class CycleGANTranslator(Translator):
 
 @register_translator(
     "cyclegan",
-    # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT;
-    # residual generators, the adversarial weight and the discriminators' regularisers as for the MUNIT.
-    defaults=dict(width=32, n_residual=2, w_adv=10.0, w_cycle=10.0, w_identity=0.5, pool_size=50, residual=True,
-                  spectral_norm=True, r1_gamma=0.0, instance_noise=0.0),
+    defaults=TRANSLATOR_DEFAULTS["cyclegan"],
     description="CycleGAN-style: shallow ResNet generators, PatchGAN discriminators, LSGAN, fake pool",
 )
 def build_cyclegan(**kwargs) -> CycleGANTranslator:

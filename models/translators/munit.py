@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.registry import register_translator
+from models.translator_defaults import TRANSLATOR_DEFAULTS
 from models.translators.base import Translator, zero_output_layer
 from models.translators.losses import l1, lsgan_generator_loss
 
@@ -187,13 +188,7 @@ class MUNITTranslator(Translator):
 
 @register_translator(
     "munit",
-    # The authors' follow-up code: 32 channels, style 8, image reconstruction 10, style and content 1;
-    # cycle 10 because the outputs must stay pixel-aligned. Generators that start at the identity,
-    # adversarial 10 (theirs: 1), the identity term and spectral normalisation keep the game balanced
-    # and the translation from rewriting what needs no rewriting (README, "Cross-dataset transfer");
-    # sweep.config.PAPER_TRANSFER restores the paper's settings.
-    defaults=dict(width=32, style_dim=8, w_adv=10.0, w_recon=10.0, w_cycle=10.0, w_style=1.0, w_content=1.0,
-                  w_identity=0.5, residual=True, spectral_norm=True, r1_gamma=0.0, instance_noise=0.0),
+    defaults=TRANSLATOR_DEFAULTS["munit"],
     description="shallow MUNIT: content/style split, 2+2-layer generators, 2-conv+FC discriminators, LSGAN",
 )
 def build_munit(**kwargs) -> MUNITTranslator:

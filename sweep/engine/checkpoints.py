@@ -16,6 +16,7 @@ from torch import nn
 
 from models.registry import load_torch_file, read_segmenter_checkpoint
 from sweep.config import EXECUTION_FIELDS
+from sweep.engine.run_dir import best_checkpoint_path
 from sweep.results import replace_atomically
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,6 @@ RESUMABLE_DIFFERENCES = EXECUTION_FIELDS | {"epochs"}
 # saved) and the bytes of last.pt. The sweep's trainable turns them into a Tune checkpoint.
 CHECKPOINT_SECONDS = "checkpoint_s"
 CHECKPOINT_BYTES = "checkpoint_bytes"
-
-
-def last_checkpoint_path(run_dir: Path) -> Path:
-    """What a resume needs (see CheckpointClock for when it is written); a run directory holding it is resumed."""
-    return Path(run_dir) / "checkpoints" / "last.pt"
-
-
-def best_checkpoint_path(run_dir: Path) -> Path:
-    """The network of the best epoch by validation Jaccard, written when the run ends."""
-    return Path(run_dir) / "best.pt"
 
 
 class CheckpointClock:
@@ -77,20 +68,6 @@ def best_of(last: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
         return last["best"]
     legacy = best_checkpoint_path(run_dir)
     return read_checkpoint(legacy) if legacy.is_file() else None
-
-
-class RunDirectoryPaths:
-    """For a trainer with a `run_dir`: where its checkpoints live."""
-
-    run_dir: Path
-
-    @property
-    def last_path(self) -> Path:
-        return last_checkpoint_path(self.run_dir)
-
-    @property
-    def best_path(self) -> Path:
-        return best_checkpoint_path(self.run_dir)
 
 
 def save_atomic(obj: Any, path: Path) -> Path:

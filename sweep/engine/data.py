@@ -6,15 +6,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from data_io.preprocess import NORMALISATION
 from sweep.engine.metrics import dice_per_image, jaccard_per_image
 
 if TYPE_CHECKING:
     from data_io.cache import CachedDataset
     from sweep.config import RunConfig
 
-# What the cache does to intensities (data_io.cache); recorded in checkpoints so that
-# `cxrsweep segment` prepares new images the same way.
-PER_IMAGE_STANDARDISATION = "per_image_standardisation"
+# What the per-image pipeline does to intensities (its one home: data_io.preprocess.NORMALISATION);
+# recorded in checkpoints so that `cxrsweep segment` prepares new images the same way.
+PER_IMAGE_STANDARDISATION = NORMALISATION
 
 
 @dataclass

@@ -9,13 +9,11 @@ where an uninterrupted run would (CPU). `best.pt` and the overlays are written o
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,44 +27,16 @@ from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
 from sweep.engine.scoring import SplitScorer, predict_and_score
-from sweep.engine.overlays import save_overlays
-from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
+from sweep.engine.run_dir import RunDirectoryPaths, RunResult, write_test_outputs
 
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 2  # background + the task's structure
 IN_CHANNELS = 1
-N_OVERLAYS = 4
 
 
 class EpochCallback(Protocol):
     def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None: ...
-
-
-@dataclass
-class RunResult:
-    """Summary of a finished run; also written to `run_dir/result.json` (plus the config).
-
-    Field names match the trials.parquet outcome columns of sweep/results.py.
-    """
-
-    run_dir: Path
-    best_epoch: int
-    val_jaccard: float
-    test_jaccard_mean: float
-    test_jaccard_std: float
-    test_dice_mean: float
-    test_dice_std: float
-    n_test_images: int
-    duration_s: float  # training + evaluation time over all sessions of the run (resumes add up)
-    device: str
-    epochs_trained: int  # epochs trained by this call; 0 when it found the run already finished
-    history: list[dict] = field(default_factory=list)  # the metrics dict of every epoch
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["run_dir"] = str(self.run_dir)
-        return out
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -93,7 +63,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     return warped, warped_masks[:, 0].long()
 
 
-class _Trainer(ckpt.RunDirectoryPaths):
+class _Trainer(RunDirectoryPaths):
     """The state of one run: network, optimiser, tensors on the device, best-so-far bookkeeping."""
 
     def __init__(self, cfg: RunConfig, data: SegmentationData, run_dir: Path):
@@ -221,28 +191,10 @@ class _Trainer(ckpt.RunDirectoryPaths):
         # Scored in each image's whole frame when the images are content crops.
         predictions, jaccards, dices = predict_and_score(self.model, data.test_images, data.test_masks,
                                                          data.test_frame, self.device)
-        keys = key_values(self.cfg, trial_id=self.run_dir.name)
-        rows = [{**keys, "image_id": image_id, "jaccard": float(j), "dice": float(d)}
-                for image_id, j, d in zip(data.test_ids, jaccards, dices)]
-        write_atomic(to_table(rows, IMAGES_SCHEMA), self.run_dir / "images.parquet")
-        save_overlays(self.run_dir / "overlays", data.test_ids, data.test_images, predictions, data.test_masks,
-                      limit=N_OVERLAYS)
-        self.duration_s += time.perf_counter() - started
-
-        def stat(values: np.ndarray, how: Callable) -> float:
-            return float(how(values)) if len(values) else float("nan")
-
-        result = RunResult(
-            run_dir=self.run_dir, best_epoch=self.best_epoch, val_jaccard=float(self.best_val),
-            test_jaccard_mean=stat(jaccards, np.mean), test_jaccard_std=stat(jaccards, np.std),
-            test_dice_mean=stat(dices, np.mean), test_dice_std=stat(dices, np.std),
-            n_test_images=len(jaccards), duration_s=self.duration_s, device=str(self.device),
-            epochs_trained=epochs_trained, history=self.history,
-        )
-        summary = {k: v for k, v in result.to_dict().items() if k != "history"}
-        summary["config"] = self.cfg.to_dict()
-        (self.run_dir / "result.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        return result
+        return write_test_outputs(self.run_dir, self.cfg, data.test_ids, data.test_images, predictions,
+                                  data.test_masks, jaccards, dices, best_epoch=self.best_epoch,
+                                  val_jaccard=self.best_val, duration_s=self.duration_s, device=self.device,
+                                  epochs_trained=epochs_trained, history=self.history, started=started)
 
 
 def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,

@@ -17,12 +17,11 @@ records as status "not_applicable", never as a number.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,14 +31,15 @@ from data_io.preprocess import preprocessing_record
 from models.losses import build_loss
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from models.translators.base import Translator
-from sweep.config import TRANSFER_METHODS, RunConfig
+from sweep.config import METHODS_NEEDING_TARGET_LABELS, TRANSFER_METHODS, RunConfig
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData
-from sweep.engine.overlays import save_overlays
 from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
 from sweep.engine.scoring import predict_and_score, score_split
-from sweep.engine.supervised import N_OVERLAYS, EpochCallback, RunResult, epoch_seed, train_supervised
+from sweep.engine.run_dir import (TRANSLATIONS_DIR, RunDirectoryPaths, RunResult, best_checkpoint_path,
+                                  write_test_outputs)
+from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
 from sweep.engine.selection import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TargetSelection,
                                     selection_criterion)
 from sweep.engine.transfer_data import TransferData
@@ -47,13 +47,11 @@ from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTr
                                       check_finite, device_batches, format_balance, format_losses, load_translator,
                                       paired_batches, save_translation_samples, saturation_message,
                                       saturation_report, set_trainable, warmup_translator, watch_saturation)
-from sweep.results import IMAGES_SCHEMA, key_values, to_table, write_atomic
 
 __all__ = ["NotApplicable", "TranslateThenSegment", "train_transfer", "warmup_translator", "check_applicable"]
 
 log = logging.getLogger(__name__)
 
-NEEDS_TARGET_LABELS = ("finetune", "scratch")
 N_TRANSLATION_SAMPLES = 4
 
 
@@ -82,7 +80,7 @@ def check_applicable(cfg: RunConfig, data: TransferData) -> None:
     if not data.target_has_labels and data.label_fraction > 0:
         raise NotApplicable(f"{data.target_name} has no {data.task} labels, so {data.label_fraction:g} % of them "
                             "cannot be kept; only 0 % (qualitative overlays) applies")
-    if cfg.method in NEEDS_TARGET_LABELS and data.n_labelled == 0:
+    if cfg.method in METHODS_NEEDING_TARGET_LABELS and data.n_labelled == 0:
         raise NotApplicable(f"{cfg.method} trains on labelled {data.target_name} images and "
                             f"{data.label_fraction:g} % of the {data.task} labels leaves none")
 
@@ -108,7 +106,7 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
-        if cfg.method in NEEDS_TARGET_LABELS:
+        if cfg.method in METHODS_NEEDING_TARGET_LABELS:
             return _train_on_target_labels(cfg, data, run_dir, segmenter_checkpoint, source_model, callbacks)
         if cfg.method == "source_only":
             return _source_only(cfg, data, run_dir, source_model)
@@ -205,40 +203,23 @@ def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: Transla
                best_epoch: int, val_jaccard: float, duration_s: float, epochs_trained: int,
                history: list[dict], summary_extra: dict | None = None,
                sample_translator: Translator | None = None) -> RunResult:
-    """Evaluate `model` on the target test split and write images.parquet, overlays/, result.json
-    (`summary_extra` joins its fields). Translation samples show `sample_translator`, by default
-    the model's own (a run that fell back to no adaptation still shows what it rejected)."""
+    """Evaluate `model` on the target test split and write the run's test outputs
+    (`write_test_outputs`; `summary_extra` joins result.json). Translation samples show
+    `sample_translator`, by default the model's own (a run that fell back to no adaptation still
+    shows what it rejected)."""
     started = time.perf_counter()
     # Scored in each image's whole frame when the images are content crops; a task the target
     # does not label (heart / clavicles on Montgomery) gives overlays for the eye, no numbers.
     predictions, jaccards, dices = predict_and_score(model, data.target_test_images, data.target_test_masks,
                                                      data.target_test_frame, device)
-    keys = key_values(cfg, trial_id=run_dir.name)
-    rows = [{**keys, "image_id": image_id, "jaccard": float(j), "dice": float(d)}
-            for image_id, j, d in zip(data.target_test_ids, jaccards, dices)]
-    write_atomic(to_table(rows, IMAGES_SCHEMA), run_dir / "images.parquet")
-    save_overlays(run_dir / "overlays", data.target_test_ids, data.target_test_images, predictions,
-                  data.target_test_masks, limit=N_OVERLAYS)
     sample_translator = sample_translator or model.translator
     if sample_translator is not None:
         save_translation_samples(sample_translator, data.source_val_images, data.target_test_images,
-                                 run_dir / "translations", n=N_TRANSLATION_SAMPLES)
-
-    def stat(values: np.ndarray, how: Callable) -> float:
-        return float(how(values)) if len(values) else float("nan")
-
-    result = RunResult(
-        run_dir=run_dir, best_epoch=best_epoch, val_jaccard=float(val_jaccard),
-        test_jaccard_mean=stat(jaccards, np.mean), test_jaccard_std=stat(jaccards, np.std),
-        test_dice_mean=stat(dices, np.mean), test_dice_std=stat(dices, np.std),
-        n_test_images=len(jaccards), duration_s=duration_s + time.perf_counter() - started, device=str(device),
-        epochs_trained=epochs_trained, history=history,
-    )
-    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
-    summary.update(summary_extra or {})
-    summary["config"] = cfg.to_dict()
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return result
+                                 Path(run_dir) / TRANSLATIONS_DIR, n=N_TRANSLATION_SAMPLES)
+    return write_test_outputs(run_dir, cfg, data.target_test_ids, data.target_test_images, predictions,
+                              data.target_test_masks, jaccards, dices, best_epoch=best_epoch, val_jaccard=val_jaccard,
+                              duration_s=duration_s, device=device, epochs_trained=epochs_trained, history=history,
+                              started=started, summary_extra=summary_extra)
 
 
 def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict) -> RunResult:
@@ -249,7 +230,7 @@ def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model
     # M_A as it is, applied to target images prepared as this run's were.
     ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
                       "preprocessing": preprocessing_record(data.crop_borders)},
-                     ckpt.best_checkpoint_path(run_dir))
+                     best_checkpoint_path(run_dir))
     log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
              data.task, val_on, val_jaccard)
     history = [{"epoch": 0, "val_jaccard": val_jaccard, "val_split": val_on}]
@@ -289,7 +270,7 @@ class _StepClock:
         return totals
 
 
-class ProposedRun:
+class ProposedRun(RunDirectoryPaths):
     """State of one proposed-method run: M_A, the translator, their optimisers, best-so-far.
 
     The training arrays live on the device for the whole run (a batch is an index, not a copy);
@@ -401,14 +382,6 @@ class ProposedRun:
         return {**losses, **clock.seconds()}
 
     # --- checkpoints ---
-    @property
-    def last_path(self) -> Path:
-        return ckpt.last_checkpoint_path(self.run_dir)
-
-    @property
-    def best_path(self) -> Path:
-        return ckpt.best_checkpoint_path(self.run_dir)
-
     def checkpoint(self) -> dict[str, Any]:
         """A segmenter checkpoint (load_segmenter reads it) that also carries the translator;
         on target images the pair must be applied as M_A(G_BA(b)), see `load_transfer_model`."""

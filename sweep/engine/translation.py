@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.registry import build_translator, load_torch_file, translator_defaults
+from models.registry import build_translator, load_torch_file
 from models.translators.base import N_ADVERSARIAL_TERMS, Translator
+from sweep.config import translator_arguments, warmup_identity
 from sweep.engine.checkpoints import save_atomic
+from sweep.engine.run_dir import translator_checkpoint_name, translator_samples_name
 from sweep.engine.inference import adam as adam_for
 from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, prepare_device,
                                     resolve_device)
@@ -40,15 +42,8 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run fails with this reason rather than going on."""
 
 
-def translator_kwargs(cfg: "RunConfig") -> dict:
-    """The translator's constructor arguments: its registry defaults, overridden by the config."""
-    from_config = {
-        "width": cfg.translator_width, "style_dim": cfg.style_dim, "w_adv": cfg.w_adv, "w_recon": cfg.w_recon,
-        "w_cycle": cfg.w_cycle, "w_style": cfg.w_style, "w_content": cfg.w_content, "w_identity": cfg.w_identity,
-        "residual": cfg.residual_generators, "spectral_norm": cfg.spectral_norm, "r1_gamma": cfg.r1_gamma,
-        "instance_noise": cfg.instance_noise,
-    }
-    return {name: from_config.get(name, default) for name, default in translator_defaults(cfg.translator).items()}
+# The translator's constructor arguments: its registry defaults, overridden by the config.
+translator_kwargs = translator_arguments
 
 
 def build_translator_from_config(cfg: "RunConfig") -> Translator:
@@ -305,16 +300,10 @@ def watch_saturation(history: Sequence[dict], phase: str) -> None:
 
 
 def translator_key(cfg: "RunConfig", source_key: str, target_key: str) -> str:
-    """What determines a warmed translator. Task and label fraction are deliberately absent:
-    every task and fraction of a repetition reuses the same warm-up (paper §V-C)."""
-    identity = {
-        "version": WARMUP_VERSION, "translator": cfg.translator, "kwargs": translator_kwargs(cfg),
-        "gan_lr": cfg.gan_lr, "gan_betas": [cfg.gan_beta1, cfg.gan_beta2], "gan_weight_decay": cfg.gan_weight_decay,
-        "d_lr_ratio": cfg.d_lr_ratio,
-        "warmup_epochs": cfg.warmup_epochs, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
-        "seed": cfg.seed, "repetition": cfg.repetition, "n_folds": cfg.n_folds,
-        "source": source_key, "target": target_key,
-    }
+    """The cache key of a warmed translator: its config (sweep.config.warmup_identity; task and
+    label fraction are absent, so every task and fraction of a repetition reuses one warm-up,
+    paper §V-C) and the cache keys of the source and target data it trains on."""
+    identity = {"version": WARMUP_VERSION, **warmup_identity(cfg), "source": source_key, "target_data": target_key}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:16]
 
@@ -330,7 +319,7 @@ def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "Cached
 
     key = translator_key(cfg, source.key, target.key)
     out_dir = Path(out_dir)
-    path = out_dir / f"translator-{cfg.translator}-{key}.pt"
+    path = out_dir / translator_checkpoint_name(cfg.translator, key)
     if path.is_file():
         log.info("warm-up %s: reusing %s", key, path)
         return path
@@ -346,7 +335,7 @@ def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "Cached
         torch.set_num_threads(threads_before)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_translator(path, translator, cfg, key, history)
-    save_translation_samples(translator, images_a, images_b, out_dir / f"translator-{cfg.translator}-{key}-samples")
+    save_translation_samples(translator, images_a, images_b, out_dir / translator_samples_name(cfg.translator, key))
     return path
 
 
