@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from data_io.datasets import TARGET_DATASETS
-from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, PROFILES, SEGMENTATION_MODELS, TASKS,
+from sweep.cli_common import add_config_flags, add_data_flags, add_profile_flag, config_from_args
+from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS,
                           TRANSFER_METHODS, RunConfig)
 
 EXIT_TRIALS_FAILED = 1
@@ -21,18 +22,6 @@ def _csv(kind):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
 
     return parse
-
-
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data (read on the driver only; workers get arrays through Ray)")
-    data.add_argument("--jsrt", help="JSRT images folder (All247images or its parent)")
-    data.add_argument("--scr", help="SCR masks folder")
-    data.add_argument("--montgomery", help="Montgomery set folder")
-    data.add_argument("--shenzhen", help="Shenzhen set folder")
-    data.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
-                      help="a target set as a folder of radiographs (DICOM, PNG, ...) with optional masks/ "
-                           "(repeatable); a bare DIR belongs to the one folder target selected")
-    data.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,22 +42,18 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
                            help="seconds between progress lines (default 10)")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="paper", choices=sorted(PROFILES), help="config profile (default paper)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any run-config field (repeatable)")
-    parser.add_argument("--config-from", metavar="FILE",
-                        help="JSON of config fields for every trial, or the record `cxrsweep tune` writes: each "
-                             "fold / repetition of the tuned cell takes its own entry, and a trial whose test "
-                             "images the tuning used is refused")
+# `cxrsweep run --config` (and tune's) also takes the record `cxrsweep tune` writes.
+RUN_CONFIG_HELP = ("JSON of config fields for every trial, or the record `cxrsweep tune` writes: each fold / "
+                   "repetition of the tuned cell takes its own entry, and a trial whose test images the tuning "
+                   "used is refused (--config-from: its former name)")
 
 
 def tuning_record(args):
-    """The `cxrsweep tune` record given to --config-from, or None for a plain file of fields."""
+    """The `cxrsweep tune` record given to --config, or None for a plain file of fields."""
     from sweep.config import read_json_file
     from sweep.tuned import is_tuning_record, record_from
 
-    path = getattr(args, "config_from", None)
+    path = getattr(args, "config", None)
     if not path:
         return None
     values = read_json_file(path)
@@ -76,15 +61,7 @@ def tuning_record(args):
 
 
 def base_config(args):
-    from sweep.config import load_config_file, make_config, parse_overrides
-
-    values: dict = {}
-    if args.config_from and tuning_record(args) is None:
-        values.update(load_config_file(args.config_from))
-    values.update(parse_overrides(args.overrides))
-    if getattr(args, "checkpoint_every_s", None) is not None:
-        values["checkpoint_every_s"] = args.checkpoint_every_s
-    return make_config(args.profile, values)
+    return config_from_args(args, tuning_record_allowed=True)
 
 
 def data_paths(args):
@@ -113,7 +90,7 @@ def register(subparsers) -> None:
         description="Schedules every trial of the grid on a Ray cluster (or locally), dependencies first, "
                     "and writes OUT/results/trials.parquet and images.parquet. Exits 1 if a trial failed.")
     run.add_argument("experiment", choices=("segmentation", "transfer", "all"))
-    add_config_flags(run)
+    add_config_flags(run, "run", RUN_CONFIG_HELP)
     run.add_argument("--models", type=_csv(str), help=f"segmentation models (default {','.join(SEGMENTATION_MODELS)})")
     run.add_argument("--tasks", type=_csv(str),
                      help=f"tasks (default {','.join(TASKS)}; transfer: lungs in Table II, heart and clavicles "
@@ -135,8 +112,8 @@ def register(subparsers) -> None:
     tune_parser = subparsers.add_parser(
         "tune", help="search lr, weight decay, batch size (and proposed's loss weights) with Optuna + ASHA",
         description="Optuna search with ASHA early stopping over one grid cell, scored on validation Jaccard only; "
-                    "writes the best config as JSON for `cxrsweep run --config-from FILE`.")
-    add_config_flags(tune_parser)
+                    "writes the best config as JSON for `cxrsweep run --config FILE`.")
+    add_config_flags(tune_parser, "tune", RUN_CONFIG_HELP)
     tune_parser.add_argument("--model", default="unet", choices=SEGMENTATION_MODELS)
     tune_parser.add_argument("--task", default="lungs", choices=TASKS)
     tune_parser.add_argument("--fold", type=int, default=0,
@@ -162,7 +139,7 @@ def register(subparsers) -> None:
         description="Synthesises phantom datasets once (cached), runs `all` at the smoke profile on a local Ray "
                     "runtime and writes the report (or prints the result tables).")
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    add_profile_flag(demo, "demo")
     demo.add_argument("--folds", type=_csv(int), help="JSRT folds (default all)")
     demo.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
     demo.add_argument("--fractions", type=_csv(float), help="label fractions in percent (default all of Table II)")

@@ -5,7 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from sweep.config import PROFILES, SEGMENTATION_MODELS, TASKS
+from sweep.cli_common import add_config_flags, add_data_flags, config_from_args
+from sweep.config import SEGMENTATION_MODELS, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -20,16 +21,11 @@ def register(subparsers) -> None:
     train.add_argument("--model", choices=SEGMENTATION_MODELS, default="unet")
     train.add_argument("--task", choices=TASKS, default="lungs")
     train.add_argument("--fold", type=int, default=0, help="test fold of the 5-fold cross-validation (default 0)")
-    train.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="scale of the run (default cpu)")
+    add_config_flags(train, "train", "JSON object of config fields (--config-from: its former name)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--jsrt", type=Path, required=True, help="JSRT images (.IMG files or re-packaged PNGs)")
-    train.add_argument("--scr", type=Path, required=True, help="SCR masks for JSRT")
+    add_data_flags(train, required=True, targets=False)
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--init-weights", type=Path, help="local weights (a cxrsweep checkpoint or a state_dict) to start from")
-    train.add_argument("--config", type=Path, help="JSON file of config fields (e.g. written by `cxrsweep tune`)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config field, e.g. --set epochs=5 --set augment=true (repeatable)")
-    train.add_argument("--cache-dir", type=Path, help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
     train.set_defaults(func=run_train)
 
     segment = subparsers.add_parser(
@@ -67,15 +63,12 @@ def register(subparsers) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from data_io.cache import load_jsrt
-    from sweep.config import load_config_file, make_config, parse_overrides
     from sweep.engine.data import segmentation_data
+    from sweep.engine.run_dir import BEST_CHECKPOINT, IMAGES_PARQUET, OVERLAYS_DIR, RESULT_JSON
     from sweep.engine.supervised import train_supervised
 
-    overrides: dict = dict(load_config_file(args.config)) if args.config else {}
-    overrides.update(parse_overrides(args.overrides))
-    if args.init_weights is not None:
-        overrides["init_weights"] = str(args.init_weights)
-    cfg = make_config(args.profile, overrides, model=args.model, task=args.task, fold=args.fold, seed=args.seed)
+    flags = {"init_weights": str(args.init_weights)} if args.init_weights is not None else {}
+    cfg = config_from_args(args, flags=flags, model=args.model, task=args.task, fold=args.fold, seed=args.seed)
     dataset = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir, crop_borders=cfg.crop_borders)
     data = segmentation_data(cfg, dataset)
     result = train_supervised(cfg, data, args.out)
@@ -83,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
           f"val Jaccard {result.val_jaccard:.4f}; test Jaccard {result.test_jaccard_mean:.4f} ± "
           f"{result.test_jaccard_std:.4f}, Dice {result.test_dice_mean:.4f} ± {result.test_dice_std:.4f} "
           f"on {result.n_test_images} images; {result.duration_s:.1f}s on {result.device}")
-    print(f"wrote {args.out}/best.pt, images.parquet, result.json, overlays/")
+    print(f"wrote {args.out}/{BEST_CHECKPOINT}, {IMAGES_PARQUET}, {RESULT_JSON}, {OVERLAYS_DIR}/")
     return 0
 
 

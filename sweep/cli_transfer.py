@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 
 from data_io.datasets import TARGET_DATASETS
-from sweep.config import PROFILES, TASKS, TRANSFER_METHODS
+from models.translator_defaults import DEFAULT_TRANSLATOR, TRANSLATOR_DEFAULTS
+from sweep.cli_common import add_config_flags, add_data_flags, config_from_args
+from sweep.config import TASKS, TRANSFER_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -29,44 +31,30 @@ def register(subparsers) -> None:
                         help=f"{', '.join(TARGET_DATASETS)} (their folders by --montgomery / --shenzhen) or the name of a "
                              "--target-dir folder of your own (default montgomery)")
     parser.add_argument("--repetition", type=int, default=0, help="which seeded 60/20/20 split (default 0)")
-    parser.add_argument("--translator", choices=("munit", "cyclegan"), help="default: the config's (munit)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="scale of the run (default cpu)")
+    parser.add_argument("--translator", choices=sorted(TRANSLATOR_DEFAULTS),
+                        help=f"default: the config's ({DEFAULT_TRANSLATOR})")
+    add_config_flags(parser, "train-transfer")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jsrt", type=Path, required=True, help="JSRT images (.IMG files or re-packaged PNGs)")
-    parser.add_argument("--scr", type=Path, required=True, help="SCR masks for JSRT")
-    parser.add_argument("--montgomery", type=Path, help="Montgomery set folder (needed for --target montgomery)")
-    parser.add_argument("--shenzhen", type=Path, help="Shenzhen set folder (needed for --target shenzhen)")
-    parser.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
-                        help="the --target set as a folder of radiographs (DICOM, PNG, ...; or DIR/images/) with "
-                             "optional lung masks in DIR/masks/ matched by name; without masks only 0 %% labels "
-                             "apply and the run writes overlays, no scores")
+    add_data_flags(parser, required=True)
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--segmenter", type=Path, help="M_A checkpoint (best.pt of a `cxrsweep train` run on JSRT)")
     parser.add_argument("--translator-cache", type=Path,
                         help="where warmed translators are kept (default: CACHE_DIR/translators)")
-    parser.add_argument("--config", type=Path, help="JSON file of config fields")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. --set transfer_epochs=5 (repeatable)")
-    parser.add_argument("--cache-dir", type=Path, help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
     parser.set_defaults(func=run_train_transfer)
 
 
 def run_train_transfer(args: argparse.Namespace) -> int:
     from data_io.cache import default_cache_dir, load_jsrt, load_target
-    from sweep.config import load_config_file, make_config, parse_overrides
     from sweep.engine.run_dir import BEST_CHECKPOINT, IMAGES_PARQUET, OVERLAYS_DIR, RESULT_JSON, TRANSLATIONS_DIR
     from sweep.engine.transfer import NotApplicable, check_applicable, train_transfer
     from sweep.engine.transfer_data import transfer_data
     from sweep.engine.translation import warmup_translator
 
     target_dir = target_folder(args)
-    overrides: dict = dict(load_config_file(args.config)) if args.config else {}
-    overrides.update(parse_overrides(args.overrides))
-    if args.translator:
-        overrides["translator"] = args.translator
-    cfg = make_config(args.profile, overrides, experiment="transfer", method=args.method, task=args.task,
-                      label_fraction=args.label_fraction, target=args.target, repetition=args.repetition,
-                      seed=args.seed)
+    flags = {"translator": args.translator} if args.translator else {}
+    cfg = config_from_args(args, flags=flags, experiment="transfer", method=args.method, task=args.task,
+                           label_fraction=args.label_fraction, target=args.target, repetition=args.repetition,
+                           seed=args.seed)
     source = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir, crop_borders=cfg.crop_borders)
     target = load_target(args.target, target_dir, cfg.image_size, cache_dir=args.cache_dir,
                          crop_borders=cfg.crop_borders)

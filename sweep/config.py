@@ -297,7 +297,7 @@ def check_field_names(path: str | Path, names) -> None:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON object of config fields (applied to every run; a `cxrsweep tune` record is
-    refused here: only `cxrsweep run --config-from` applies it, entry by entry)."""
+    refused here: only `cxrsweep run --config` applies it, entry by entry)."""
     from sweep.tuned import is_tuning_record
 
     data = read_json_file(path)
@@ -305,7 +305,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         # Its entries belong to particular folds or repetitions, and only `cxrsweep run` checks
         # them against each run's test images.
         raise ValueError(f"{path}: a tuning record written by `cxrsweep tune`; apply it with `cxrsweep run "
-                         "--config-from FILE`, which gives each fold / repetition its own entry and refuses a run "
+                         "--config FILE`, which gives each fold / repetition its own entry and refuses a run "
                          "whose test images the tuning used")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of config fields")

@@ -274,7 +274,7 @@ def build_grid(
     fractions, lungs, repetitions 0..n_folds-1 and Montgomery for Table II, plus the Fig. 9
     runs of heart and clavicles. Selected tasks the targets do not label (heart, clavicles)
     give only those qualitative runs, which need `proposed` and 0 % in the selection.
-    `tuned` gives the cells (not the warm-ups) their tuned values (`cxrsweep run --config-from`).
+    `tuned` gives the cells (not the warm-ups) their tuned values (`cxrsweep run --config`).
     """
     _check_choice("experiment", [experiment], EXPERIMENTS)
     if base.profile not in PROFILES:

@@ -5,7 +5,7 @@ The protocol: a configuration is tuned per test fold (Table I) or per repetition
 that run's own training and validation images; the tuning trials never predict a test image
 (`hide_test`: their "test" split is the validation split). A record holds one entry per
 fold / repetition with its provenance: the data fingerprints, and the ids of every image the
-tuning trained on and scored on. `cxrsweep run --config-from RECORD` applies an entry only to
+tuning trained on and scored on. `cxrsweep run --config RECORD` applies an entry only to
 the trials of the cell it tuned (same model and task, or same method, task and target; any
 label fraction), each trial taking the entry of its own fold / repetition, and refuses a trial
 whose test images the tuning used (`check_grid`). Dependencies a tuned cell reads (M_A, the
@@ -139,7 +139,7 @@ class TuningRecord:
     def to_dict(self) -> dict:
         return {"kind": RECORD_KIND, "version": RECORD_VERSION, "entries": [e.to_dict() for e in self.entries],
                 "protocol": "tuned per fold / repetition on that run's training and validation images; tuning "
-                            "trials predict no test image; `cxrsweep run --config-from` refuses a trial whose "
+                            "trials predict no test image; `cxrsweep run --config` refuses a trial whose "
                             "test images the tuning trained or scored on"}
 
     def write(self, path: Path) -> None:
@@ -176,7 +176,7 @@ def record_from(path: str | Path, values: Any) -> TuningRecord:
 
 
 # ---------------------------------------------------------------------------------------------
-# The check `cxrsweep run --config-from` makes before Ray starts.
+# The check `cxrsweep run --config` makes before Ray starts.
 
 
 def check_grid(record: TuningRecord, grid: Grid, datasets: dict, say=print) -> None:

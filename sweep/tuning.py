@@ -6,7 +6,7 @@ Each search tunes the cell of one fold / repetition on that run's own splits: it
 on the training images and are scored on the validation images (the second-validation fold, or
 the target validation split when the cell keeps target labels, else the source validation split
 through A -> B -> A); they predict no test image. The record, best-config.json, holds one entry
-per fold / repetition with the images it trained and scored on; `cxrsweep run --config-from`
+per fold / repetition with the images it trained and scored on; `cxrsweep run --config`
 applies each entry to its own fold / repetition only.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOpt
     record = TuningRecord(str(best_file), entries)
     record.write(best_file)
     say(f"[tune] wrote {best_file} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}); apply it with: "
-        f"cxrsweep run ... --config-from {best_file} (each fold / repetition takes its own entry)")
+        f"cxrsweep run ... --config {best_file} (each fold / repetition takes its own entry)")
     return record
 
 

@@ -40,3 +40,24 @@ def test_a_missing_dependency_is_named(monkeypatch, capsys):
     assert cli.main(["models"]) == 2
     err = capsys.readouterr().err
     assert "'cxrsweep_absent_dependency' is not installed" in err and "cxrsweep models" in err
+
+
+def test_training_commands_share_one_set_of_config_and_data_flags(tmp_path):
+    """train, train-transfer, run and tune spell the config flags alike, default the profile by one
+    rule, and read --config (or its former name --config-from) into the same config."""
+    from sweep.cli_common import DEFAULT_PROFILE, config_from_args
+
+    fields = tmp_path / "fields.json"
+    fields.write_text('{"lr": 0.5}')
+    parser = cli.build_parser()
+    data = ["--jsrt", "J", "--scr", "S", "--out", str(tmp_path)]
+    commands = {"train": data, "train-transfer": data, "run": ["segmentation", *data], "tune": data}
+    for command, rest in commands.items():
+        for spelling in ("--config", "--config-from"):
+            args = parser.parse_args([command, spelling, str(fields), "--set", "epochs=3", *rest])
+            assert args.profile == DEFAULT_PROFILE[command]
+            assert (args.jsrt, args.scr, args.cache_dir) == ("J", "S", None)
+            cfg = config_from_args(args)
+            assert (cfg.profile, cfg.lr, cfg.epochs) == (DEFAULT_PROFILE[command], 0.5, 3), command
+    assert parser.parse_args(["demo", "--out", str(tmp_path)]).profile == DEFAULT_PROFILE["demo"] == "smoke"
+    assert (DEFAULT_PROFILE["train"], DEFAULT_PROFILE["run"]) == ("cpu", "paper")  # unchanged defaults

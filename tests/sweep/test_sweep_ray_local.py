@@ -146,7 +146,7 @@ def test_resources_fall_back_to_cpu_only_when_no_gpu_can_appear():
 def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_images(
         ray_runtime, data_flags, sweep_phantoms, tmp_path, monkeypatch, capsys):
     """`cxrsweep tune --folds 0,1` (real Optuna + ASHA on Ray) writes one entry per fold, scored
-    on that fold's second-validation fold; its trials predict no test image. `run --config-from`
+    on that fold's second-validation fold; its trials predict no test image. `run --config`
     gives each fold its own entry, and refuses, before Ray or any training, a fold the record
     does not hold or a trial whose test images the tuning used (`tune --fold 0`, then `--folds 1`)."""
     import sweep.runner
@@ -180,7 +180,7 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
 
     run_out = tmp_path / "run"
     run = ["run", "segmentation", "--models", "unet", "--tasks", "lungs", "--out", str(run_out),
-           "--config-from", str(tune_out / "best-config.json"), *common]
+           "--config", str(tune_out / "best-config.json"), *common]
     assert main([*run, "--folds", "0,1"]) == 0
     trials = read_trials(run_out).set_index("fold")
     for entry in record.entries:
@@ -201,7 +201,7 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
     capsys.readouterr()
     refused_out = tmp_path / "refused"
     assert main(["run", "segmentation", "--models", "unet", "--tasks", "lungs", "--folds", "1", "--out",
-                 str(refused_out), "--config-from", str(single / "best-config.json"), *common]) == 2
+                 str(refused_out), "--config", str(single / "best-config.json"), *common]) == 2
     err = capsys.readouterr().err
     fold1 = [jsrt.ids[i] for i in cv_split(len(jsrt.ids), 1).test]
     assert "segmentation-unet-lungs-fold1-" in err and "used to tune the config of fold 0" in err

@@ -1,5 +1,5 @@
 """Tuning records without Ray: which trials an entry configures, what it leaves alone, and the
-test-image check `cxrsweep run --config-from` makes before Ray starts."""
+test-image check `cxrsweep run --config` makes before Ray starts."""
 from __future__ import annotations
 
 import json
@@ -83,7 +83,7 @@ def test_records_round_trip_and_only_run_applies_them(datasets, tmp_path):
     path = tmp_path / "best-config.json"
     TuningRecord(str(path), [_entry(spec, datasets, lr=1e-3)]).write(path)
     assert read_record(path).entries == [_entry(spec, datasets, lr=1e-3)]
-    with pytest.raises(ValueError, match="apply it with `cxrsweep run --config-from FILE`"):
+    with pytest.raises(ValueError, match="apply it with `cxrsweep run --config FILE`"):
         load_config_file(path)  # train / train-transfer --config
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"config": {"lr": 1e-3}, "cell": spec.trial_id, "score": {}}))

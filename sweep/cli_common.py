@@ -1,0 +1,64 @@
+"""Flags every training command shares, declared once: the config flags (`--profile`, `--config`,
+`--set`), the data flags, and how they become a RunConfig. No Ray, nothing heavy at import."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from data_io.datasets import TARGET_DATASETS
+from sweep.config import PROFILES, RunConfig
+
+# The one default-profile rule: a single run on this machine defaults to the CPU-sized profile,
+# a sweep (which may use a GPU cluster) to the paper's, the demo to the smoke profile.
+DEFAULT_PROFILE = {"train": "cpu", "train-transfer": "cpu", "run": "paper", "tune": "paper", "demo": "smoke"}
+PROFILE_RULE = "default: cpu for one run on this machine (train, train-transfer), paper for a sweep (run, tune), " \
+               "smoke for the demo"
+
+
+def add_profile_flag(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE[command],
+                        help=f"scale of the runs ({PROFILE_RULE}; here {DEFAULT_PROFILE[command]})")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, command: str, config_help: str | None = None) -> None:
+    add_profile_flag(parser, command)
+    parser.add_argument("--config", "--config-from", dest="config", metavar="FILE",
+                        help=config_help or "JSON object of config fields (--config-from: its former name)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any run-config field, e.g. --set epochs=5 --set augment=true (repeatable)")
+
+
+def add_data_flags(parser: argparse.ArgumentParser, *, required: bool = False, targets: bool = True) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--jsrt", required=required, help="JSRT images (.IMG files or re-packaged PNGs; All247images "
+                                                        "or its parent)")
+    data.add_argument("--scr", required=required, help="SCR masks for JSRT")
+    if targets:
+        for name in TARGET_DATASETS:
+            data.add_argument(f"--{name}", help=f"{name.capitalize()} set folder (for the target {name})")
+        data.add_argument("--target-dir", action="append", metavar="[NAME=]DIR",
+                          help="a target set as a folder of radiographs (DICOM, PNG, ...; or DIR/images/) with "
+                               "optional lung masks in DIR/masks/ matched by name (repeatable); a bare DIR belongs "
+                               "to the one folder target selected; without masks only 0 %% labels apply and runs "
+                               "write overlays, no scores")
+    data.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+
+
+def config_from_args(args: argparse.Namespace, *, tuning_record_allowed: bool = False,
+                     flags: dict[str, Any] | None = None, **keys: Any) -> RunConfig:
+    """The profile, then `keys` (the command's own run keys), then the --config file's fields, then
+    --set, then `flags` (config fields the command has flags of, e.g. --init-weights) and
+    --checkpoint-every-s where the command has it. With `tuning_record_allowed`, a
+    `cxrsweep tune` record given to --config is left to the caller, which applies it per trial;
+    otherwise it is refused with a message."""
+    from sweep.config import load_config_file, make_config, parse_overrides, read_json_file
+    from sweep.tuned import is_tuning_record
+
+    values: dict = {}
+    if args.config and not (tuning_record_allowed and is_tuning_record(read_json_file(args.config))):
+        values.update(load_config_file(args.config))
+    values.update(parse_overrides(args.overrides))
+    values.update(flags or {})
+    if getattr(args, "checkpoint_every_s", None) is not None:
+        values["checkpoint_every_s"] = args.checkpoint_every_s
+    return make_config(args.profile, values, **keys)
