@@ -1,11 +1,49 @@
 """Live progress of a sweep: one line every few seconds with trials done / running / pending /
 failed, elapsed time and an estimate of the time left, plus a line per finished or failed trial
-(and per trial left unrun because a dependency failed)."""
+(and per trial left unrun because a dependency failed), then the summary. Ray's own messages
+(e.g. "Checkpoint successfully created at: ..." for every Tune checkpoint of every trial) go to
+a log file under OUT instead (`ray_log_path`, `send_ray_messages_to`)."""
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 
 from ray.tune import Callback
+
+# Ray Tune's and Ray Train's loggers: the per-checkpoint and per-experiment chatter of a sweep;
+# and the trial wrapper's own (which trial starts or resumes where), at INFO.
+RAY_LOGGERS = ("ray.tune", "ray.train", "sweep.trainables")
+RAY_LOG = ("logs", "ray.log")
+
+
+def ray_log_path(store) -> Path:
+    """Where a process of the sweep writes Ray's messages: OUT/logs/ray.log for a local OUT, else
+    the same name under the node's scratch folder (a bucket takes no appends)."""
+    if store.is_local:
+        return Path(store.path(*RAY_LOG))
+    return Path(tempfile.gettempdir()) / "cxrsweep" / Path(*RAY_LOG)
+
+
+def send_ray_messages_to(path: Path) -> None:
+    """Ray's loggers in this process (driver or trial worker) write to `path` and no longer reach
+    the console (a worker's stderr is what Ray forwards to the driver's). Idempotent: a worker
+    process runs trial after trial."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve())
+                   for h in logger.handlers):
+            handler = logging.FileHandler(path)
+            handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s pid {os.getpid()} %(name)s: "
+                                                   "%(message)s"))
+            logger.addHandler(handler)
+        logger.propagate = False
+        if name.startswith("sweep."):
+            logger.setLevel(logging.INFO)
 
 
 def format_duration(seconds: float | None) -> str:

@@ -22,7 +22,8 @@ from ray import tune
 from data_io.datasets import TARGET_DATASETS
 from sweep.config import GPUS_PER_TRIAL
 from sweep.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
-from sweep.progress import ProgressRelay, SweepProgress, format_duration, report_progress_to
+from sweep.progress import (ProgressRelay, SweepProgress, format_duration, ray_log_path, report_progress_to,
+                            send_ray_messages_to)
 from sweep.scheduling import DependencyRelease
 from sweep.store import CurrentData, RunStore, write_results
 from sweep.trainables import run_trial
@@ -347,7 +348,7 @@ class _Runner:
                     callbacks=[ProgressRelay()], verbose=0,
                 ),
             )
-        with _pending_trials(self._slots()):
+        with _pending_trials(self._slots()), _tune_output_off():
             results = tuner.fit()
         self._collect(results, specs)
         self._record_unrun(specs, restored)
@@ -418,6 +419,21 @@ class _Runner:
 
 
 @contextlib.contextmanager
+def _tune_output_off():
+    """Tune's reporter prints its experiment table, result folder and TensorBoard hint even at
+    verbose=0; its legacy reporter (RAY_AIR_NEW_OUTPUT=0), at verbose=0, prints nothing."""
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+
+
+@contextlib.contextmanager
 def _pending_trials(count: int):
     """TUNE_MAX_PENDING_TRIALS_PG for one Tuner.fit, unless the user has set it."""
     key = "TUNE_MAX_PENDING_TRIALS_PG"
@@ -433,6 +449,16 @@ def _pending_trials(count: int):
 
 def _trial_name(trial) -> str:
     return trial.config["trial"]["spec"]["trial_id"]
+
+
+def quiet_ray_console(store: RunStore, say=print) -> None:
+    """The console of a sweep shows its progress lines, one line per finished or failed trial and
+    the summary; Ray's own messages go to a log file under OUT (the trials' too: see run_trial).
+    Tune's own progress output is off while the sweep's Tuner runs (`_tune_output_off`)."""
+    path = ray_log_path(store)
+    send_ray_messages_to(path)
+    say(f"[sweep] Ray's own messages (checkpoints, experiment state): {path}"
+        + ("" if store.is_local else " on each node"))
 
 
 def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
@@ -461,6 +487,7 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
         grid = grid.with_data(current.fingerprints)
     connect(options)
     runner = _Runner(grid, datasets or {}, current, options, say)
+    quiet_ray_console(runner.store, say)
     qualitative = sum(1 for s in grid.runnable() if s.kind == QUALITATIVE)
     say(f"[sweep] {len(grid.runnable())} trials to run or reuse"
         + (f" ({qualitative} qualitative Fig. 9 runs, no table rows)" if qualitative else "")

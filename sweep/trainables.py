@@ -36,6 +36,7 @@ from ray import tune
 
 from sweep.engine.run_dir import TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
 from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
+from sweep.progress import ray_log_path, send_ray_messages_to
 from sweep.store import RunStore
 from sweep.tuned import hide_test
 
@@ -176,6 +177,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     trial = config["trial"]
     spec = spec_from_dict(trial["spec"])
     store = RunStore(config["out"])
+    send_ray_messages_to(ray_log_path(store))
     if store.is_complete(spec):
         # Published before a driver was killed, but not yet recorded as complete by Tune.
         print(f"[trial {spec.trial_id}] already published in OUT; nothing to do", flush=True)
@@ -190,9 +192,9 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     run_dir = SCRATCH / "runs" / tune.get_context().get_experiment_name() / spec.trial_id
     resumed = _restore_run_dir(run_dir)
-    print(f"[trial {spec.trial_id}] {'resuming from its checkpoint' if resumed else 'starting'} "
-          f"on node {node_id[:12]} ({socket.gethostname()}), device {cfg.device}, {cfg.num_threads} thread(s)",
-          flush=True)
+    log.info("[trial %s] %s on node %s (%s), device %s, %d thread(s)", spec.trial_id,
+             "resuming from its checkpoint" if resumed else "starting", node_id[:12], socket.gethostname(),
+             cfg.device, cfg.num_threads)
 
     checkpoints = CheckpointStats.restored(run_dir)
     callbacks: list = [_EpochReporter(checkpoints)]

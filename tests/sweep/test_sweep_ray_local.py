@@ -49,6 +49,11 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     printed = capsys.readouterr().out
     assert f"FAILED {broken.trial_id}: InjectedFailure: injected failure 2 of always" in printed
     assert "running" in printed and "pending" in printed and "ETA" in printed
+    # Ray's per-checkpoint chatter and Tune's own tables are off the console, kept in OUT/logs/ray.log.
+    ray_log = tmp_path / "logs" / "ray.log"
+    assert f"Ray's own messages (checkpoints, experiment state): {ray_log}" in printed
+    assert "Checkpoint successfully created" not in printed and "Configuration for experiment" not in printed
+    assert "Checkpoint successfully created at" in ray_log.read_text()
 
     trials, images = read_trials(tmp_path), read_images(tmp_path)
     rows = {(r.experiment, r.model, r.method): r for r in trials.itertuples()}
