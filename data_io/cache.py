@@ -4,7 +4,7 @@ Each radiograph goes through `data_io.preprocess.prepare_radiograph` (the per-im
 shared with `cxrsweep segment`): orientation, the content crop (padding and collimation bands
 trimmed, on by default, `crop_borders`), resizing and per-image standardisation (mean 0, std 1).
 Standardisation removes the datasets' different bit depths, windowing and exposure, which on the
-real data is most of the JSRT -> Montgomery gap (method-notes.md).
+real data is most of the JSRT -> Montgomery gap.
 
 The cache is one `.npz` per (dataset, folder, image size, crop setting) under `$CXRSWEEP_CACHE`
 or `~/.cache/cxrsweep`. Its key hashes every source file's path, size and modification time with

@@ -6,8 +6,8 @@ the real files. Anatomy (two lungs, heart, two clavicles, ribs, spine, soft tiss
 one distribution for every domain; only the imaging differs.
 
 The Montgomery-like target comes in two regimes (`TARGET_SHIFTS`):
-- "severe" (the default): built to stay hard *after* per-image standardisation
-  (method-notes.md): a strongly non-linear intensity response, inverted on every image by
+- "severe" (the default): built to stay hard *after* per-image standardisation (which on
+  real data removes most of the JSRT -> Montgomery gap): a strongly non-linear intensity response, inverted on every image by
   default (one consistent domain shift), a low-frequency multiplicative bias field, black
   collimation borders, different noise, and a slightly wider field of view at Montgomery's
   aspect ratio. A source-only segmenter scores little; a translator that learns the intensity
