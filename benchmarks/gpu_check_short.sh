@@ -7,7 +7,9 @@
 #      (sweep/engine/scoring.py) against the numpy reference, on the GPU, on those phantoms,
 #   4. a 2-epoch CUDA run of the proposed method at the paper profile with the transfer engine's
 #      defaults (mixed precision; whatever adversarial regularisers and epoch selection are the
-#      default), M_A trained first for 2 epochs; prints its result.json and effective config,
+#      default), M_A trained first for 2 epochs; prints its result.json and effective config;
+#      then one transfer epoch with the options that are off by default (R1, instance noise, the
+#      semantic term),
 #   5. benchmarks/bench_gpu.py, short: (a) one trial of each segmenter and the proposed step,
 #      (c) checkpoints, (b) U-Net and proposed trials packed 1, 2 and 4 per GPU through Ray,
 #      (d) the paper grid's projected wall time, (a') the U-Net trial and the proposed step with
@@ -115,6 +117,15 @@ EOF
 else
   stamp "smoke: no result.json"
 fi
+
+# 4b. The adversarial options that are off by default (R1 penalty, instance noise, the semantic
+# term) through the same CUDA loop for one transfer epoch: they run under mixed precision too.
+run_part options "$SMOKE_LIMIT" python -m sweep.cli train-transfer --method proposed --task lungs --label-fraction 0 \
+  "${SMOKE[@]}" --set transfer_epochs=1 --set r1_gamma=1 --set instance_noise=0.3 --set w_semantic=1 \
+  "${DATA[@]}" --out "$WORK/options"
+[ -f "$WORK/options/result.json" ] && python -c "import json,sys; r=json.load(open(sys.argv[1])); \
+print('options result:', {k: r.get(k) for k in ('best_epoch', 'selected_model', 'discriminators_saturated', 'duration_s')})" \
+  "$WORK/options/result.json"
 
 # 5. The benchmark, with the time the earlier parts left.
 LEFT=$(( TOTAL - ($(date +%s) - STARTED) ))

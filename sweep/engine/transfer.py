@@ -222,15 +222,22 @@ def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: Transla
                               started=started, summary_extra=summary_extra)
 
 
+def save_source_model_as_best(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
+                              **extra: Any) -> None:
+    """best.pt of a run whose model is M_A as it is (`source_only`, or a proposed run that fell
+    back to no adaptation): M_A's weights with this run's config, the data it saw (source and
+    target, by content) and how the target images were prepared."""
+    ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
+                      "preprocessing": preprocessing_record(data.crop_borders), **extra},
+                     best_checkpoint_path(run_dir))
+
+
 def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict) -> RunResult:
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     model = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
     val_jaccard, val_on = validation_jaccard(data, model, device)
-    # M_A as it is, applied to target images prepared as this run's were.
-    ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
-                      "preprocessing": preprocessing_record(data.crop_borders)},
-                     best_checkpoint_path(run_dir))
+    save_source_model_as_best(cfg, data, run_dir, source_model)
     log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
              data.task, val_on, val_jaccard)
     history = [{"epoch": 0, "val_jaccard": val_jaccard, "val_split": val_on}]
@@ -508,8 +515,7 @@ class ProposedRun(RunDirectoryPaths):
                         decision["lower_bound"], data.target_name)
             model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
             best_epoch, val_jaccard = 0, self.no_adaptation["val_jaccard"]
-            ckpt.save_atomic({**self.source_model, "config": cfg.to_dict(), "selected_model": NO_ADAPTATION},
-                             self.best_path)
+            save_source_model_as_best(cfg, data, self.run_dir, self.source_model, selected_model=NO_ADAPTATION)
         else:
             ckpt.save_atomic(self.best, self.best_path)
         return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch,

@@ -68,12 +68,19 @@ def test_a_translation_that_destroys_its_input_falls_back_to_no_adaptation(make_
     assert summary["selection_decision"]["mean_gain"] < -0.3  # the criterion saw the destruction
     assert any("falls back" in r.getMessage() for r in caplog.records)
     # What is kept and evaluated is exactly the source_only model: M_A on b, no translator.
-    assert "translator" not in read_segmenter_checkpoint(tmp_path / "run" / "best.pt")
+    kept_checkpoint = read_segmenter_checkpoint(tmp_path / "run" / "best.pt")
+    assert "translator" not in kept_checkpoint and kept_checkpoint["selected_model"] == NO_ADAPTATION
     baseline = train_transfer(cfg.replace(method="source_only"), data, tmp_path / "source_only",
                               trained_segmenter_checkpoint)
     assert result.test_jaccard_mean == baseline.test_jaccard_mean > 0.9
     kept = pd.read_parquet(tmp_path / "run" / "images.parquet")["jaccard"]
     assert kept.tolist() == pd.read_parquet(tmp_path / "source_only" / "images.parquet")["jaccard"].tolist()
+    # ...and its best.pt records what source_only's does: the data this run saw (the target too,
+    # which chose the fallback) and how the target images were prepared.
+    baseline_checkpoint = read_segmenter_checkpoint(tmp_path / "source_only" / "best.pt")
+    for record in ("data", "preprocessing"):
+        assert kept_checkpoint[record] == baseline_checkpoint[record]
+    assert set(kept_checkpoint["data"]) == set(data.fingerprints) and len(data.fingerprints) == 2
     # The samples still show the translation that was rejected.
     assert (tmp_path / "run" / "translations" / "b_to_a.png").is_file()
 
