@@ -16,7 +16,7 @@ from torch import nn
 
 from models.registry import load_torch_file, read_segmenter_checkpoint
 from sweep.config import EXECUTION_FIELDS
-from sweep.engine.run_dir import best_checkpoint_path
+from sweep.engine.run_dir import RunDirectoryPaths, best_checkpoint_path
 from sweep.results import replace_atomically
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,29 @@ def best_of(last: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
         return last["best"]
     legacy = best_checkpoint_path(run_dir)
     return read_checkpoint(legacy) if legacy.is_file() else None
+
+
+class ResumableRun(RunDirectoryPaths):
+    """The resume steps both engines share, for a trainer with `cfg`, `run_dir`, `scaler` and the
+    best-so-far bookkeeping (`epoch`, `best_val`, `best_epoch`, `best`, `history`, `duration_s`)."""
+
+    def read_last(self, comparable: Callable[[dict], dict] = dict) -> dict[str, Any] | None:
+        """The run directory's last.pt, or None; refused when the run was started with another
+        config (as `comparable` sees both)."""
+        if not self.last_path.exists():
+            return None
+        state = read_checkpoint(self.last_path)
+        check_resumable(self.last_path, comparable(state["config"]), comparable(self.cfg.to_dict()))
+        return state
+
+    def restore_progress(self, state: dict[str, Any]) -> None:
+        """The loss scaler, the random state and the best-so-far bookkeeping a last.pt holds."""
+        if state.get("scaler"):  # empty where no loss scaling ran (CPU, bfloat16)
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
+        self.best = best_of(state, self.run_dir)
+        self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
 
 
 def save_atomic(obj: Any, path: Path) -> Path:

@@ -27,7 +27,7 @@ from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
 from sweep.engine.scoring import SplitScorer, predict_and_score
-from sweep.engine.run_dir import RunDirectoryPaths, RunResult, write_test_outputs
+from sweep.engine.run_dir import RunResult, write_test_outputs
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     return warped, warped_masks[:, 0].long()
 
 
-class _Trainer(RunDirectoryPaths):
+class _Trainer(ckpt.ResumableRun):
     """The state of one run: network, optimiser, tensors on the device, best-so-far bookkeeping."""
 
     def __init__(self, cfg: RunConfig, data: SegmentationData, run_dir: Path):
@@ -114,18 +114,12 @@ class _Trainer(RunDirectoryPaths):
         return state
 
     def resume(self) -> bool:
-        if not self.last_path.exists():
+        state = self.read_last()
+        if state is None:
             return False
-        state = ckpt.read_checkpoint(self.last_path)
-        ckpt.check_resumable(self.last_path, state["config"], self.cfg.to_dict())
         ckpt.unwrap(self.model).load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # empty when saved where no loss scaling ran (CPU, bfloat16)
-            self.scaler.load_state_dict(state["scaler"])
-        ckpt.restore_rng_state(state["rng"])
-        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
-        self.best = ckpt.best_of(state, self.run_dir)
-        self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
+        self.restore_progress(state)
         log.info("resuming %s from epoch %d (best val Jaccard %.4f at epoch %d)",
                  self.run_dir, self.epoch, self.best_val, self.best_epoch)
         return True

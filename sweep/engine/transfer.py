@@ -37,8 +37,7 @@ from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
 from sweep.engine.scoring import predict_and_score, score_split
-from sweep.engine.run_dir import (TRANSLATIONS_DIR, RunDirectoryPaths, RunResult, best_checkpoint_path,
-                                  write_test_outputs)
+from sweep.engine.run_dir import TRANSLATIONS_DIR, RunResult, best_checkpoint_path, write_test_outputs
 from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
 from sweep.engine.selection import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TargetSelection,
                                     selection_criterion)
@@ -277,7 +276,7 @@ class _StepClock:
         return totals
 
 
-class ProposedRun(RunDirectoryPaths):
+class ProposedRun(ckpt.ResumableRun):
     """State of one proposed-method run: M_A, the translator, their optimisers, best-so-far.
 
     The training arrays live on the device for the whole run (a batch is an index, not a copy);
@@ -420,22 +419,15 @@ class ProposedRun(RunDirectoryPaths):
         self.model.translator.load_state_dict(state["translator"]["state_dict"])
 
     def resume(self) -> bool:
-        if not self.last_path.exists():
-            return False
-        state = ckpt.read_checkpoint(self.last_path)
         # Extending a run with more transfer epochs is a resumption, like `epochs` for supervised runs.
-        extendable = lambda config: {k: v for k, v in config.items() if k != "transfer_epochs"}  # noqa: E731
-        ckpt.check_resumable(self.last_path, extendable(state["config"]), extendable(self.cfg.to_dict()))
+        state = self.read_last(lambda config: {k: v for k, v in config.items() if k != "transfer_epochs"})
+        if state is None:
+            return False
         self.load_model_state(state)
         self.segmenter_optimizer.load_state_dict(state["segmenter_optimizer"])
         self.translation.load_state_dict(state["translation_optimizers"])
-        if state.get("scaler"):  # empty where no loss scaling ran (CPU, bfloat16)
-            self.scaler.load_state_dict(state["scaler"])
         self.model.translator.load_training_state(state["translator_training_state"])
-        ckpt.restore_rng_state(state["rng"])
-        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
-        self.best = ckpt.best_of(state, self.run_dir)
-        self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
+        self.restore_progress(state)
         self.no_adaptation, self.best_plausibility = state["no_adaptation"], state["best_plausibility"]
         self.leading_plausibility = state["leading_plausibility"]
         if self.semantic is not None:
