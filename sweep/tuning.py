@@ -21,6 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweep.config import RunConfig
 from sweep.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
+from sweep.progress import ray_log_path
 from sweep.runner import DataPaths, SweepOptions, connect, load_datasets, needed_datasets, run_grid, trial_resources
 from sweep.store import RunStore
 from sweep.trainables import run_trial
@@ -142,6 +143,8 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
                                   storage_path=store.uri("ray"),
                                   failure_config=tune.FailureConfig(max_failures=options.retries), verbose=1),
     )
+    say(f"[tune] Ray's own messages of the tuning trials (checkpoints): {ray_log_path(RunStore(store.uri('tune')))}"
+        + ("" if store.is_local else " on each node"))
     results = tuner.fit()
     scored = [r for r in results if r.error is None and r.metrics and SCORE in r.metrics]
     if not scored:
