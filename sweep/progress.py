@@ -35,9 +35,15 @@ def send_ray_messages_to(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve())
-                   for h in logger.handlers):
+        # A process that runs one sweep after another (a notebook, a test session, a reused
+        # worker) writes only to the latest sweep's file.
+        for old in [h for h in logger.handlers if getattr(h, "cxrsweep_ray_log", False)
+                    and h.baseFilename != str(path.resolve())]:
+            logger.removeHandler(old)
+            old.close()
+        if not any(getattr(h, "cxrsweep_ray_log", False) for h in logger.handlers):
             handler = logging.FileHandler(path)
+            handler.cxrsweep_ray_log = True
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s pid {os.getpid()} %(name)s: "
                                                    "%(message)s"))
             logger.addHandler(handler)

@@ -111,3 +111,33 @@ def test_searcher_waits_releases_and_resumes_from_its_saved_state(tmp_path):
         store.publish(again.queue.specs[again.handed_out[tune_trial]], tmp_path / "run", {})
         again.on_trial_complete(tune_trial)
     assert again.suggest("last") == Searcher.FINISHED
+
+
+def test_ray_messages_go_to_the_latest_sweeps_log_only(tmp_path):
+    """A process that runs two sweeps (a notebook, a reused Ray worker) sends Ray's messages to the
+    second sweep's log file from then on, not to both, and none of them to the console."""
+    import logging
+
+    from sweep.progress import RAY_LOGGERS, send_ray_messages_to
+
+    saved = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+             for name in RAY_LOGGERS}
+    try:
+        first, second = tmp_path / "a" / "ray.log", tmp_path / "b" / "ray.log"
+        send_ray_messages_to(first)
+        send_ray_messages_to(first)  # idempotent
+        logging.getLogger("ray.tune").warning("one")
+        send_ray_messages_to(second)
+        logging.getLogger("ray.tune").warning("two")
+        assert len([h for h in logging.getLogger("ray.tune").handlers if isinstance(h, logging.FileHandler)]) == 1
+        assert "one" in first.read_text() and "two" not in first.read_text()
+        assert "two" in second.read_text() and "one" not in second.read_text()
+        assert not logging.getLogger("ray.tune").propagate
+    finally:
+        for name, (handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
