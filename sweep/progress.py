@@ -16,7 +16,17 @@ from ray.tune import Callback
 # Ray Tune's and Ray Train's loggers: the per-checkpoint and per-experiment chatter of a sweep;
 # and the trial wrapper's own (which trial starts or resumes where), at INFO.
 RAY_LOGGERS = ("ray.tune", "ray.train", "sweep.trainables")
+# In a trial worker also the engines' own lines (epochs, D/G balance, selection decisions): the
+# console gets one line per trial, which says what a user must know (sweep.trainables.trial_notes).
+ENGINE_LOGGERS = ("sweep.engine", "data_io")
 RAY_LOG = ("logs", "ray.log")
+
+
+# Flags a trial's last report may carry (sweep.trainables.trial_notes) and what the console says.
+TRIAL_NOTES = {
+    "fell_back": "kept no adaptation (M_A as it is: the adapted epochs were not clearly better)",
+    "saturated": "discriminators saturated (look at its translation samples)",
+}
 
 
 def ray_log_path(store) -> Path:
@@ -27,13 +37,13 @@ def ray_log_path(store) -> Path:
     return Path(tempfile.gettempdir()) / "cxrsweep" / Path(*RAY_LOG)
 
 
-def send_ray_messages_to(path: Path) -> None:
+def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> None:
     """Ray's loggers in this process (driver or trial worker) write to `path` and no longer reach
     the console (a worker's stderr is what Ray forwards to the driver's). Idempotent: a worker
-    process runs trial after trial."""
+    process runs trial after trial. `loggers`: whose messages (and their children's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for name in RAY_LOGGERS:
+    for name in loggers:
         logger = logging.getLogger(name)
         # A process that runs one sweep after another (a notebook, a test session, a reused
         # worker) writes only to the latest sweep's file.
@@ -48,7 +58,7 @@ def send_ray_messages_to(path: Path) -> None:
                                                    "%(message)s"))
             logger.addHandler(handler)
         logger.propagate = False
-        if name.startswith("sweep."):
+        if not name.startswith("ray."):
             logger.setLevel(logging.INFO)
 
 
@@ -127,8 +137,9 @@ class SweepProgress:
         node = (result.get("node_ip") or "?")
         # A qualitative (Fig. 9) run has no test labels: its score is NaN and not shown.
         shown = isinstance(score, float) and score == score
+        notes = [note for flag, note in TRIAL_NOTES.items() if result.get(flag)]
         self.say(f"[sweep] done {trial}" + (f": test Jaccard {score:.4f}" if shown else "")
-                 + f" (node {node})")
+                 + f" (node {node})" + "".join(f"; {note}" for note in notes))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.settled_here += 1

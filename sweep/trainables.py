@@ -34,9 +34,9 @@ from typing import Any
 import ray
 from ray import tune
 
-from sweep.engine.run_dir import TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
+from sweep.engine.run_dir import RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
 from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
-from sweep.progress import ray_log_path, send_ray_messages_to
+from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
 from sweep.store import RunStore
 from sweep.tuned import hide_test
 
@@ -177,7 +177,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     trial = config["trial"]
     spec = spec_from_dict(trial["spec"])
     store = RunStore(config["out"])
-    send_ray_messages_to(ray_log_path(store))
+    send_ray_messages_to(ray_log_path(store), RAY_LOGGERS + ENGINE_LOGGERS)
     if store.is_complete(spec):
         # Published before a driver was killed, but not yet recorded as complete by Tune.
         print(f"[trial {spec.trial_id}] already published in OUT; nothing to do", flush=True)
@@ -233,7 +233,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
             store.record_not_applicable(spec, str(reason))
             tune.report({"not_applicable": 1})
             return
-        final = _final_metrics(result)
+        final = {**_final_metrics(result), **trial_notes(run_dir)}
     else:
         raise ValueError(f"{spec.trial_id}: unknown trial kind {spec.kind!r}")
 
@@ -245,6 +245,17 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         "finished_at": finished_at, "checkpoints": checkpoints.as_dict()})
     shutil.rmtree(run_dir, ignore_errors=True)  # published; the worker's scratch copy is not needed any more
     tune.report({**final, "published": 1})
+
+
+def trial_notes(run_dir: Path) -> dict[str, int]:
+    """What the console's line for a finished transfer trial must say (sweep.progress.TRIAL_NOTES):
+    a proposed run that kept no adaptation, discriminators that saturated. The engine's own
+    warnings about them go to the log file with the rest of its lines."""
+    from sweep.engine.selection import NO_ADAPTATION
+
+    summary = json.loads((run_dir / RESULT_JSON).read_text())
+    return {"fell_back": int(summary.get("selected_model") == NO_ADAPTATION),
+            "saturated": int(bool(summary.get("discriminators_saturated")))}
 
 
 def _final_metrics(result) -> dict[str, Any]:

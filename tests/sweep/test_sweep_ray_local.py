@@ -62,6 +62,13 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
                             ("transfer", "unet", "source_only")]
     failed = rows["segmentation", "fcn", "supervised"]
     assert failed.status == "failed" and "InjectedFailure" in failed.error and pd.isna(failed.test_jaccard_mean)
+    # The engines' own lines (epochs, the selection's decision) are in the trials' log file; the
+    # console's line for the proposed trial says whether it kept no adaptation.
+    logged = ray_log.read_text()
+    assert "unet lungs fold 0 epoch 1/" in logged and "proposed lungs 0% epoch 1/" in logged
+    proposed = rows["transfer", "unet", "proposed"]
+    done = next(line for line in printed.splitlines() if line.startswith(f"[sweep] done {proposed.trial_id}"))
+    assert ("kept no adaptation" in done) == (proposed.selected_model == "no_adaptation"), done
     not_applicable = rows["transfer", "unet", "finetune"]
     assert not_applicable.status == "not_applicable" and "0 %" in not_applicable.error
     ok = trials[trials.status == "ok"]
