@@ -36,7 +36,7 @@ from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
-from sweep.engine.scoring import predict_and_score, score_split
+from sweep.engine.scoring import SplitScorer, predict_and_score
 from sweep.engine.run_dir import TRANSLATIONS_DIR, RunResult, best_checkpoint_path, write_test_outputs
 from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
 from sweep.engine.selection import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TargetSelection,
@@ -176,17 +176,31 @@ def _train_on_target_labels(cfg: RunConfig, data: TransferData, run_dir: Path, s
 # Evaluation and the files every transfer run leaves, whatever its method.
 
 
-def validation_jaccard(data: TransferData, model: TranslateThenSegment, device: torch.device) -> tuple[float, str]:
+class ValidationScorer:
     """Mean Jaccard on the target validation split when the run has target labels, else on the
-    source validation split (through A -> B -> A when there is a translator). Never the test split."""
-    if data.target_val_masks is not None and data.n_labelled > 0:
-        return float(score_split(model, data.target_val_images, data.target_val_masks, data.target_val_frame,
-                                 device)[0].mean()), "target"
-    source_path: nn.Module = model.segmenter
-    if model.translator is not None:
-        source_path = nn.Sequential(_CycleABA(model.translator), model.segmenter)
-    return float(score_split(source_path, data.source_val_images, data.source_val_masks, data.source_val_frame,
-                             device)[0].mean()), "source"
+    source validation split (through A -> B -> A when there is a translator). Never the test split.
+    The split goes to the device once; each call scores the model as it is now."""
+
+    def __init__(self, data: TransferData, device: torch.device):
+        self.on_target = data.target_val_masks is not None and data.n_labelled > 0
+        self.split = "target" if self.on_target else "source"
+        if self.on_target:
+            self.scorer = SplitScorer(data.target_val_images, data.target_val_masks, data.target_val_frame, device)
+        else:
+            self.scorer = SplitScorer(data.source_val_images, data.source_val_masks, data.source_val_frame, device)
+
+    def __call__(self, model: TranslateThenSegment) -> tuple[float, str]:
+        scored: nn.Module = model
+        if not self.on_target:
+            scored = model.segmenter
+            if model.translator is not None:
+                scored = nn.Sequential(_CycleABA(model.translator), model.segmenter)
+        return float(self.scorer(scored)[0].mean()), self.split
+
+
+def validation_jaccard(data: TransferData, model: TranslateThenSegment, device: torch.device) -> tuple[float, str]:
+    """One validation pass (ValidationScorer) for a run that scores once."""
+    return ValidationScorer(data, device)(model)
 
 
 class _CycleABA(nn.Module):
@@ -315,6 +329,7 @@ class ProposedRun(ckpt.ResumableRun):
         self.source_masks = _device_masks(data.source_train_masks, device)
         self.labelled_images = as_batch(data.target_labelled_images, device) if data.n_labelled else None
         self.labelled_masks = _device_masks(data.target_labelled_masks, device) if data.n_labelled else None
+        self.validate = ValidationScorer(data, device)
         self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
         self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, on the device
         self.history: list[dict] = []
@@ -441,7 +456,7 @@ class ProposedRun(ckpt.ResumableRun):
         model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
         plausibility = self.selection.plausibility(model, self.device)
         return {"target_score": float(plausibility.mean()), "plausibility": plausibility.tolist(),
-                "val_jaccard": validation_jaccard(self.data, model, self.device)[0]}
+                "val_jaccard": self.validate(model)[0]}
 
     def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
         cfg, data = self.cfg, self.data
@@ -462,7 +477,7 @@ class ProposedRun(ckpt.ResumableRun):
             balance = adversarial_balance(losses, cfg.w_adv)
             self.epoch += 1
             trained += 1
-            val_jaccard, val_on = validation_jaccard(data, self.model, self.device)
+            val_jaccard, val_on = self.validate(self.model)
             if self.selection is not None:
                 plausibility = self.selection.plausibility(self.model, self.device)
                 score = float(plausibility.mean())
