@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 def make_checkpoint(path: Path, profile: str) -> Path:
     from models.registry import build_segmenter
     from sweep.config import make_config
-    from sweep.engine.checkpoints import network_checkpoint, save_atomic
+    from sweep.engine.checkpoints import foreground_range, network_checkpoint, save_atomic
     from sweep.engine.data import PER_IMAGE_STANDARDISATION
     from sweep.engine.supervised import arch_kwargs
 
@@ -44,7 +44,8 @@ def make_checkpoint(path: Path, profile: str) -> Path:
     # A training range as a real checkpoint has one, so QC runs as in use.
     masks = [np.zeros((1, 4, 4), np.uint8) + np.array([[0, 1, 1, 0]] * 4, np.uint8)]
     save_atomic(network_checkpoint(model, "unet", arch_kwargs(cfg), cfg.to_dict(), "lungs", cfg.image_size,
-                                   PER_IMAGE_STANDARDISATION, 0, crop_borders=cfg.crop_borders, train_masks=masks), path)
+                                   PER_IMAGE_STANDARDISATION, 0, crop_borders=cfg.crop_borders,
+                                   train_foreground_range=foreground_range(masks)), path)
     return path
 
 

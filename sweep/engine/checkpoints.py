@@ -16,6 +16,7 @@ from torch import nn
 
 from models.registry import load_torch_file, read_segmenter_checkpoint
 from sweep.config import EXECUTION_FIELDS
+from sweep.engine.inference import load_scaler_state
 from sweep.engine.run_dir import RunDirectoryPaths, best_checkpoint_path
 from sweep.results import replace_atomically
 
@@ -85,8 +86,7 @@ class ResumableRun(RunDirectoryPaths):
 
     def restore_progress(self, state: dict[str, Any]) -> None:
         """The loss scaler, the random state and the best-so-far bookkeeping a last.pt holds."""
-        if state.get("scaler"):  # empty where no loss scaling ran (CPU, bfloat16)
-            self.scaler.load_state_dict(state["scaler"])
+        load_scaler_state(self.scaler, state.get("scaler"))
         restore_rng_state(state["rng"])
         self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
         self.best = best_of(state, self.run_dir)
@@ -137,27 +137,35 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: dict, task: str,
                        image_size: int, normalisation: str, epoch: int,
                        data: dict[str, str] | None = None, crop_borders: bool = False,
-                       train_masks: Sequence[np.ndarray] = ()) -> dict[str, Any]:
+                       train_foreground_range: list[float] | None = None) -> dict[str, Any]:
     """The network part of a checkpoint.
 
     `data` (dataset name -> content fingerprint) records what the network was trained on; with
     the config's fold, n_folds and seed it says which images were its training images.
     `preprocessing` records how its images were prepared (data_io.preprocess.preprocessing_record),
     so `cxrsweep segment` prepares new ones alike (`crop_borders` False: the images were resized
-    whole, without the content crop). With `train_masks` (the masks it was trained on, in the
-    cropped frame) it also records `train_foreground_range`: the least and largest per-image
-    foreground share of the content, which `cxrsweep segment` compares new predictions against."""
+    whole, without the content crop). `train_foreground_range` (`foreground_range` of the masks
+    it was trained on, computed once per run) is recorded as it is, for `cxrsweep segment` to
+    compare new predictions against."""
     from data_io.preprocess import preprocessing_record
 
     state = state_copy(model)
     checkpoint = {"arch": arch, "arch_kwargs": dict(arch_kwargs), "state_dict": state, "config": dict(config),
                   "task": task, "image_size": int(image_size), "normalisation": normalisation, "epoch": int(epoch),
                   "data": dict(data or {}), "preprocessing": preprocessing_record(crop_borders)}
-    fractions = [np.asarray(m).reshape(len(m), -1).mean(axis=1) for m in train_masks if len(m)]
-    if fractions:
-        every = np.concatenate(fractions)
-        checkpoint["train_foreground_range"] = [float(every.min()), float(every.max())]
+    if train_foreground_range is not None:
+        checkpoint["train_foreground_range"] = list(train_foreground_range)
     return checkpoint
+
+
+def foreground_range(train_masks: Sequence[np.ndarray]) -> list[float] | None:
+    """The least and largest per-image foreground share of the training masks (in the cropped
+    frame), or None without any."""
+    fractions = [np.asarray(m).reshape(len(m), -1).mean(axis=1) for m in train_masks if len(m)]
+    if not fractions:
+        return None
+    every = np.concatenate(fractions)
+    return [float(every.min()), float(every.max())]
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Supervised training of one segmentation network: the paper's protocol (§V-B), without Ray.
 
 Adam (lr 1e-4, weight decay 5e-4, betas 0.9 / 0.999), batch 4, cross-entropy; after every
-epoch the second-validation fold picks the best epoch, whose weights are kept in memory (on the
-CPU) and evaluated per image on the test fold at the end. `checkpoints/last.pt` (network,
+epoch the second-validation fold picks the best epoch, whose weights are kept in memory (where
+the network lives) and evaluated per image on the test fold at the end. `checkpoints/last.pt` (network,
 optimiser, random state, best weights) is written at most every `cfg.checkpoint_every_s` seconds
 and after the last epoch; a run directory that holds one is resumed from it and ends exactly
 where an uninterrupted run would (CPU). `best.pt` and the overlays are written once, at the end.
@@ -71,7 +71,6 @@ class _Trainer(ckpt.ResumableRun):
             raise ValueError(f"{data.dataset}: data is {data.image_size} px but the config asks for {cfg.image_size} px")
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.device = resolve_device(cfg.device)
-        self.cuda = self.device.type == "cuda"
         torch.manual_seed(cfg.seed)
         model = build_segmenter(cfg.model, **arch_kwargs(cfg))
         if cfg.init_weights:
@@ -90,6 +89,7 @@ class _Trainer(ckpt.ResumableRun):
         self.train_masks = torch.from_numpy(np.ascontiguousarray(data.train_masks, dtype=np.uint8)).to(self.device)
         # The validation split stays on the device too, and is scored there (sweep/engine/scoring.py).
         self.val_scorer = SplitScorer(data.val_images, data.val_masks, data.val_frame, self.device)
+        self.foreground_range = ckpt.foreground_range([data.train_masks])
         # Bookkeeping carried across resumes.
         self.epoch = 0
         self.best_val = -math.inf
@@ -104,7 +104,7 @@ class _Trainer(ckpt.ResumableRun):
         return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
                                        self.data.task, self.data.image_size, self.data.normalisation, self.epoch,
                                        self.data.fingerprints, crop_borders=self.data.crop_borders,
-                                       train_masks=[self.data.train_masks])
+                                       train_foreground_range=self.foreground_range)
 
     def _last_state(self) -> dict[str, Any]:
         state = ckpt.with_best(self._network_checkpoint, self.best, self.epoch)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from models.registry import build_segmenter
 from sweep.cli import main
-from sweep.engine.checkpoints import network_checkpoint, save_atomic
+from sweep.engine.checkpoints import foreground_range, network_checkpoint, save_atomic
 from data_io.preprocess import CropBox
 from sweep.engine.segment import (CheckpointInfo, SegmentOutput, checkpoint_info, full_frame_mask, list_inputs,
                                   mask_statistics, quality_flags)
@@ -29,7 +29,7 @@ def checkpoint(tmp_path_factory):
     masks[1, :4] = 1  # 50 %
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     save_atomic(network_checkpoint(model, "unet", {"width": 0.125}, {}, "lungs", 32, "per_image_standardisation", 1,
-                                   crop_borders=True, train_masks=[masks]), path)
+                                   crop_borders=True, train_foreground_range=foreground_range([masks])), path)
     return path
 
 
