@@ -44,6 +44,12 @@ def grad_scaler_for(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
 
 
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict | None) -> None:
+    """Restore a loss scaler; its saved state is empty where no loss scaling ran (CPU, bfloat16)."""
+    if state:
+        scaler.load_state_dict(state)
+
+
 def prepare_device(device: torch.device) -> None:
     """Training inputs have fixed sizes: on CUDA let cuDNN time its kernels once and keep the fastest."""
     if device.type == "cuda":
@@ -107,6 +113,14 @@ def predict_foreground(model: nn.Module, images: np.ndarray, device: torch.devic
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
 
 
+def checkpoint_arch(checkpoint: dict) -> str:
+    """What network a checkpoint holds, in words: M_A's architecture, behind G_BA for a transfer
+    run's best.pt."""
+    if "translator" in checkpoint:
+        return f"{checkpoint['translator']['translator']} G_BA + {checkpoint['arch']}"
+    return checkpoint["arch"]
+
+
 class Segmenter:
     """A checkpoint's network (M_A, or M_A(G_BA(.)) for a transfer run) ready to apply; how new
     images are prepared for it is `sweep.engine.segment.checkpoint_info`'s part."""
@@ -124,13 +138,12 @@ class Segmenter:
             raise ValueError(f"{path}: trained on {checkpoint['normalisation']!r} images; this cxrsweep prepares "
                              f"{NORMALISATION!r}")
         torch_device = resolve_device(device)
-        arch = checkpoint["arch"]
+        arch = checkpoint_arch(checkpoint)
         if "translator" in checkpoint:
             # A transfer run's best.pt: target images go through G_BA before M_A, as in training.
             from sweep.engine.transfer import load_transfer_model
 
             model = load_transfer_model(path)
-            arch = f"{checkpoint['translator']['translator']} G_BA + {arch}"
         else:
             model = segmenter_from_checkpoint(checkpoint)
         model = model.to(torch_device, memory_format=memory_format_for(torch_device))

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from sweep.config import translator_arguments, warmup_identity
 from sweep.engine.checkpoints import save_atomic
 from sweep.engine.run_dir import translator_checkpoint_name, translator_samples_name
 from sweep.engine.inference import adam as adam_for
-from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, prepare_device,
-                                    resolve_device)
+from sweep.engine.inference import (as_batch, autocast_for, compile_in_place, grad_scaler_for, load_scaler_state,
+                                    prepare_device, resolve_device)
 
 if TYPE_CHECKING:
     from data_io.cache import CachedDataset
@@ -42,12 +42,8 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run fails with this reason rather than going on."""
 
 
-# The translator's constructor arguments: its registry defaults, overridden by the config.
-translator_kwargs = translator_arguments
-
-
 def build_translator_from_config(cfg: "RunConfig") -> Translator:
-    return build_translator(cfg.translator, **translator_kwargs(cfg))
+    return build_translator(cfg.translator, **translator_arguments(cfg))
 
 
 def set_trainable(modules: Iterable[nn.Module], trainable: bool) -> None:
@@ -94,11 +90,9 @@ class TranslationTrainer:
     def __init__(self, translator: Translator, cfg: "RunConfig"):
         self.translator = translator
         self.device = next(translator.parameters()).device
-        adam = dict(betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
-        self.generator_optimizer = adam_for(translator.generator_parameters(), self.device, lr=cfg.gan_lr, **adam)
-        # Two time scales (Heusel et al., 2017): the discriminators may learn at another rate.
-        self.discriminator_optimizer = adam_for(translator.discriminator_parameters(), self.device,
-                                                lr=cfg.gan_lr * cfg.d_lr_ratio, **adam)
+        self.generator_optimizer = gan_adam(translator.generator_parameters(), self.device, cfg)
+        self.discriminator_optimizer = gan_adam(translator.discriminator_parameters(), self.device, cfg,
+                                                discriminator=True)
         # One loss scaler per step (float16 only): the generator optimiser is stepped twice per batch.
         self.generator_scaler = grad_scaler_for(self.device)
         self.discriminator_scaler = grad_scaler_for(self.device)
@@ -106,27 +100,17 @@ class TranslationTrainer:
     def discriminative_step(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Generators frozen, both discriminators trained."""
         t = self.translator
-        return self._adversarial_step(t.discriminator_modules(), t.generator_modules(), self.discriminator_optimizer,
-                                      self.discriminator_scaler, lambda: t.discriminator_losses(a, b), prefix="D")
+        losses = adversarial_step(self.device, t.discriminator_modules(), t.generator_modules(),
+                                  self.discriminator_optimizer, self.discriminator_scaler,
+                                  lambda: t.discriminator_losses(a, b))
+        return {f"D_{name}": value for name, value in losses.items()}
 
     def generative_step(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
         """Discriminators frozen, both generators trained on adversarial and reconstruction terms."""
         t = self.translator
-        return self._adversarial_step(t.generator_modules(), t.discriminator_modules(), self.generator_optimizer,
-                                      self.generator_scaler, lambda: t.generator_losses(a, b), prefix="G")
-
-    def _adversarial_step(self, trained, frozen, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                          compute_losses: Callable[[], dict[str, Tensor]], prefix: str) -> dict[str, Tensor]:
-        # Freeze before the forward pass, so the frozen side builds no graph and gets no gradient.
-        set_trainable(frozen, False)
-        set_trainable(trained, True)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_for(self.device):
-            losses = compute_losses()
-        scaler.scale(losses["total"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return {f"{prefix}_{name}": value.detach() for name, value in losses.items()}
+        losses = adversarial_step(self.device, t.generator_modules(), t.discriminator_modules(),
+                                  self.generator_optimizer, self.generator_scaler, lambda: t.generator_losses(a, b))
+        return {f"G_{name}": value for name, value in losses.items()}
 
     def state_dict(self) -> dict:
         return {"generator_optimizer": self.generator_optimizer.state_dict(),
@@ -137,10 +121,31 @@ class TranslationTrainer:
     def load_state_dict(self, state: dict) -> None:
         self.generator_optimizer.load_state_dict(state["generator_optimizer"])
         self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
-        for name, scaler in (("generator_scaler", self.generator_scaler),
-                             ("discriminator_scaler", self.discriminator_scaler)):
-            if state.get(name):  # empty where no loss scaling ran (CPU, bfloat16)
-                scaler.load_state_dict(state[name])
+        load_scaler_state(self.generator_scaler, state.get("generator_scaler"))
+        load_scaler_state(self.discriminator_scaler, state.get("discriminator_scaler"))
+
+
+def gan_adam(parameters, device: torch.device, cfg: "RunConfig", discriminator: bool = False) -> torch.optim.Optimizer:
+    """The adversarial game's Adam (gan_lr, gan_beta1/2, gan_weight_decay). Two time scales
+    (Heusel et al., 2017): a discriminator may learn at `d_lr_ratio` times the generators' rate."""
+    lr = cfg.gan_lr * (cfg.d_lr_ratio if discriminator else 1.0)
+    return adam_for(parameters, device, lr=lr, betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
+
+
+def adversarial_step(device: torch.device, trained, frozen, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, compute_losses: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """One step of one side of an adversarial game under the device's mixed precision: `frozen`
+    frozen before the forward pass (it builds no graph and gets no gradient), `trained` trained
+    on `compute_losses()["total"]`. Returns the detached loss terms."""
+    set_trainable(frozen, False)
+    set_trainable(trained, True)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_for(device):
+        losses = compute_losses()
+    scaler.scale(losses["total"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {name: value.detach() for name, value in losses.items()}
 
 
 class SemanticAdversary:
@@ -156,8 +161,7 @@ class SemanticAdversary:
 
         self.weight, self.device = cfg.w_semantic, device
         self.discriminator = MaskDiscriminator(cfg.translator_width, cfg.spectral_norm).to(device)
-        self.optimizer = adam_for(self.discriminator.parameters(), device, lr=cfg.gan_lr * cfg.d_lr_ratio,
-                                  betas=(cfg.gan_beta1, cfg.gan_beta2), weight_decay=cfg.gan_weight_decay)
+        self.optimizer = gan_adam(self.discriminator.parameters(), device, cfg, discriminator=True)
         self.discriminator_scaler, self.generator_scaler = grad_scaler_for(device), grad_scaler_for(device)
 
     @staticmethod
@@ -170,30 +174,26 @@ class SemanticAdversary:
 
         was_training = segmenter.training
         segmenter.eval()  # frozen: no batch-norm statistics from translated target images either
-        set_trainable([segmenter, *translator.generator_modules()], False)
-        set_trainable([self.discriminator], True)
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast_for(self.device):
+
+        def discriminator_loss() -> dict[str, Tensor]:
             with torch.no_grad():
                 predicted = self._foreground(segmenter, translator.translate_ba(b))
             real = source_masks[:, None].to(predicted.dtype)
-            d_loss = self.weight * lsgan_discriminator_loss(self.discriminator(real), self.discriminator(predicted))
-        self.discriminator_scaler.scale(d_loss).backward()
-        self.discriminator_scaler.step(self.optimizer)
-        self.discriminator_scaler.update()
+            return {"total": self.weight * lsgan_discriminator_loss(self.discriminator(real),
+                                                                    self.discriminator(predicted))}
 
-        set_trainable([self.discriminator], False)
-        set_trainable(translator.generator_modules(), True)
-        generator_optimizer.zero_grad(set_to_none=True)
-        with autocast_for(self.device):
-            g_loss = self.weight * lsgan_generator_loss(
-                self.discriminator(self._foreground(segmenter, translator.translate_ba(b))))
-        self.generator_scaler.scale(g_loss).backward()
-        self.generator_scaler.step(generator_optimizer)
-        self.generator_scaler.update()
+        def generator_loss() -> dict[str, Tensor]:
+            return {"total": self.weight * lsgan_generator_loss(
+                self.discriminator(self._foreground(segmenter, translator.translate_ba(b))))}
+
+        d_loss = adversarial_step(self.device, [self.discriminator], [segmenter, *translator.generator_modules()],
+                                  self.optimizer, self.discriminator_scaler, discriminator_loss)["total"]
+        # The segmenter stays frozen: only the generators move.
+        g_loss = adversarial_step(self.device, translator.generator_modules(), [self.discriminator],
+                                  generator_optimizer, self.generator_scaler, generator_loss)["total"]
         set_trainable([segmenter], True)
         segmenter.train(was_training)
-        return {"SEM_d": d_loss.detach(), "SEM_g": g_loss.detach()}
+        return {"SEM_d": d_loss, "SEM_g": g_loss}
 
     def state_dict(self) -> dict:
         return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -203,10 +203,8 @@ class SemanticAdversary:
     def load_state_dict(self, state: dict) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for name, scaler in (("discriminator_scaler", self.discriminator_scaler),
-                             ("generator_scaler", self.generator_scaler)):
-            if state.get(name):  # empty where no loss scaling ran (CPU, bfloat16)
-                scaler.load_state_dict(state[name])
+        load_scaler_state(self.discriminator_scaler, state.get("discriminator_scaler"))
+        load_scaler_state(self.generator_scaler, state.get("generator_scaler"))
 
 
 def paired_batches(n_a: int, n_b: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -229,8 +227,7 @@ def device_batches(batches: Iterable[tuple[np.ndarray, ...]], device: torch.devi
 
 
 def format_losses(losses: dict[str, float]) -> str:
-    return " ".join(f"{name} {value:.3f}" for name, value in losses.items()
-                    if not name.endswith("_total") and not name.startswith("balance_") and name != "saturated")
+    return " ".join(f"{name} {value:.3f}" for name, value in losses.items() if not name.endswith("_total"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +372,7 @@ def save_translator(path: Path, translator: Translator, cfg: "RunConfig", key: s
     """The warm-up's checkpoint; `saturation` is saturation_report(history) (None when healthy),
     which every transfer run that starts from it carries into its result.json."""
     payload = {
-        "translator": cfg.translator, "kwargs": translator_kwargs(cfg), "state_dict": translator.state_dict(),
+        "translator": cfg.translator, "kwargs": translator_arguments(cfg), "state_dict": translator.state_dict(),
         "key": key, "warmup_epochs": cfg.warmup_epochs, "image_size": cfg.image_size, "history": history,
         "config": cfg.to_dict(), "saturation": saturation_report(history, "warm-up"),
     }
