@@ -176,12 +176,11 @@ def checkpoint_info(path: str | Path) -> CheckpointInfo:
     checkpoint without the record predates the content crop: its images were resized whole, so
     new ones are too (with a warning)."""
     from models.registry import read_segmenter_checkpoint
+    from sweep.engine.inference import checkpoint_arch
 
     path = Path(path)
     checkpoint = read_segmenter_checkpoint(path)
-    arch = checkpoint["arch"]
-    if "translator" in checkpoint:
-        arch = f"{checkpoint['translator']['translator']} G_BA + {arch}"
+    arch = checkpoint_arch(checkpoint)
     span = checkpoint.get("train_foreground_range")
     record = checkpoint.get("preprocessing")
     if record is None:
