@@ -330,6 +330,7 @@ class ProposedRun(ckpt.ResumableRun):
         self.labelled_images = as_batch(data.target_labelled_images, device) if data.n_labelled else None
         self.labelled_masks = _device_masks(data.target_labelled_masks, device) if data.n_labelled else None
         self.validate = ValidationScorer(data, device)
+        self.foreground_range = ckpt.foreground_range([data.source_train_masks, data.target_labelled_masks])
         self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
         self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, on the device
         self.history: list[dict] = []
@@ -410,7 +411,7 @@ class ProposedRun(ckpt.ResumableRun):
                                         self.source_model["arch_kwargs"], self.cfg.to_dict(), self.data.task,
                                         self.data.image_size, self.data.normalisation, self.epoch,
                                         self.data.fingerprints, crop_borders=self.data.crop_borders,
-                                        train_masks=[self.data.source_train_masks, self.data.target_labelled_masks])
+                                        train_foreground_range=self.foreground_range)
         state["translator"] = {
             "translator": self.translator_payload["translator"], "kwargs": self.translator_payload["kwargs"],
             "state_dict": ckpt.state_copy(self.model.translator),
