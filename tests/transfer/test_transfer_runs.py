@@ -240,10 +240,12 @@ KILLED_TRANSFER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("translator", ["munit", "cyclegan"])
-def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, make_cfg, source, target, data_for,
-                                                                    segmenter_checkpoint, tmp_path):
-    cfg = make_cfg(translator=translator, transfer_epochs=3, checkpoint_every_s=0)  # last.pt every epoch
+@pytest.mark.parametrize("translator,w_semantic", [("munit", 0.0), ("cyclegan", 0.0), ("munit", 0.5)],
+                         ids=["munit", "cyclegan", "munit-semantic"])
+def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, w_semantic, make_cfg, source, target,
+                                                                    data_for, segmenter_checkpoint, tmp_path):
+    # last.pt every epoch; the semantic term's discriminator, optimiser and scalers travel in it too.
+    cfg = make_cfg(translator=translator, transfer_epochs=3, checkpoint_every_s=0, w_semantic=w_semantic)
     warmed = warmup_translator(cfg, source, target, tmp_path / "translators")
     if translator == "cyclegan":
         # A pool of two past fakes is full after the first step, so from then on every
@@ -264,8 +266,9 @@ def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, m
     resumed = train_transfer(cfg, data_for(cfg), killed, segmenter_checkpoint, warmed)
     straight = train_transfer(cfg, data_for(cfg), tmp_path / "straight", segmenter_checkpoint, warmed)
     assert resumed.epochs_trained == 2 and straight.epochs_trained == 3
-    losses = [name for name in straight.history[0] if name.startswith(("D_", "G_", "S_")) and not name.endswith("_s")]
-    assert "D_total" in losses
+    losses = [name for name in straight.history[0]
+              if name.startswith(("D_", "G_", "S_", "SEM_")) and not name.endswith("_s")]
+    assert "D_total" in losses and ("SEM_d" in losses) == (w_semantic > 0)
     for name in losses:
         assert [h[name] for h in resumed.history] == [h[name] for h in straight.history], name
     assert [h["val_jaccard"] for h in resumed.history] == [h["val_jaccard"] for h in straight.history]

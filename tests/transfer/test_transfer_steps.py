@@ -72,6 +72,28 @@ def g_ba_modules(translator):
     return [translator.auto_b.content, translator.auto_a.decoder]
 
 
+def test_semantic_term_moves_its_discriminator_and_the_generators_never_the_segmenter(run):
+    """The optional SeUDA term (w_semantic > 0): D_M learns source masks vs M_A(G_BA(b)); then
+    G_BA learns to fool it through a frozen M_A, whose weights and mode are left as they were."""
+    from sweep.engine.translation import SemanticAdversary
+
+    semantic = SemanticAdversary(run.cfg.replace(w_semantic=1.0), run.device)
+    translator, segmenter = run.model.translator, run.model.segmenter
+    segmenter.train()
+    generators_before = snapshot(translator.generator_modules())
+    discriminator_before = snapshot([semantic.discriminator])
+    segmenter_before = snapshot([segmenter])
+    a, b = batch(run)
+    masks = torch.from_numpy(run.data.source_train_masks[:4]).to(run.device)
+    losses = semantic.step(translator, segmenter, run.translation.generator_optimizer, b, masks)
+    assert set(losses) == {"SEM_d", "SEM_g"} and all(torch.isfinite(v) for v in losses.values())
+    assert changed(discriminator_before, [semantic.discriminator])
+    assert changed(generators_before, translator.generator_modules())
+    assert not changed(segmenter_before, [segmenter])
+    assert segmenter.training and all(p.requires_grad for p in segmenter.parameters())
+    assert all(p.grad is None for p in segmenter.parameters())
+
+
 @pytest.mark.parametrize("with_target_labels", [False, True])
 def test_supervised_step_moves_g_ba_and_m_a_with_discriminators_frozen(run, with_target_labels):
     translator = run.model.translator
