@@ -54,3 +54,37 @@ def test_the_saturation_warning_fires_on_a_saturated_run_and_not_on_a_healthy_on
         assert warmup["saturation"] is None
         assert summary["discriminators_saturated"] is False and summary["saturation"] == {}
         assert not warnings
+
+
+@pytest.mark.parametrize("translator", ["munit", "cyclegan"])
+def test_r1_penalty_and_instance_noise_act_on_the_discriminators(translator):
+    """r1_gamma adds gamma/2 E|grad D(x)|^2 on real inputs, a term the discriminators' step
+    back-propagates; instance_noise perturbs their inputs while training and never in eval()."""
+    from models.registry import build_translator
+    from models.translators.base import r1_penalty
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32)
+    plain = build_translator(translator, width=8, r1_gamma=0.0, instance_noise=0.0)
+    assert "r1" not in plain.discriminator_losses(a, b)
+
+    # Without spectral normalisation, whose power iteration moves with every forward pass in train().
+    penalised = build_translator(translator, width=8, r1_gamma=2.0, instance_noise=0.0, spectral_norm=False)
+    losses = penalised.discriminator_losses(a, b)
+    real_a = a.clone().requires_grad_(True)
+    real_b = b.clone().requires_grad_(True)
+    expected = (r1_penalty(penalised.dis_a(real_a), real_a) + r1_penalty(penalised.dis_b(real_b), real_b)).detach()
+    assert float(losses["r1"]) == pytest.approx(float(expected), rel=1e-5) and float(losses["r1"]) > 0
+    penalised.zero_grad(set_to_none=True)
+    losses["r1"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in penalised.dis_a.parameters())
+
+    noisy = build_translator(translator, width=8, r1_gamma=0.0, instance_noise=0.5)
+    noisy.eval()
+    first, second = (float(noisy.discriminator_losses(a, b)["total"]) for _ in range(2))
+    assert first == second  # no noise in eval()
+    noisy.train()
+    torch.manual_seed(1)
+    noised = float(noisy.discriminator_losses(a, b)["total"])
+    torch.manual_seed(2)
+    assert noised != float(noisy.discriminator_losses(a, b)["total"])
