@@ -29,13 +29,11 @@ import numpy as np
 from data_io import datasets
 from data_io.datasets import Case, Scan
 from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, CropBox, crop_statistics,
-                                decode_radiograph, describe_crop_statistics, prepare_radiograph, resize,
-                                resize_mask, standardise)
+                                decode_radiograph, describe_crop_statistics, prepare_radiograph)
 from data_io.readers import read_mask
 
-__all__ = ["CachedDataset", "NORMALISATION", "PREPROCESS_VERSION", "cache_key", "default_cache_dir",
-           "fingerprint_arrays", "load_cache_file", "load_jsrt", "load_target", "prepare_case", "preprocess",
-           "resize", "resize_mask", "standardise"]
+__all__ = ["CachedDataset", "cache_key", "default_cache_dir", "fingerprint_arrays", "load_cache_file", "load_jsrt",
+           "load_target", "prepare_case", "preprocess"]
 
 log = logging.getLogger(__name__)
 # Below this many cases a process pool costs more than it saves.
