@@ -200,8 +200,9 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
     log.info("preprocessing %s: %d cases from %s at %d px, content crop %s", scan.name, len(scan.cases),
              scan.image_root, image_size, "on" if crop_borders else "off")
     prepared = preprocess(scan, image_size, crop_borders=crop_borders)
+    statistics = crop_statistics(prepared.crop_boxes)
     if crop_borders:
-        log.info(describe_crop_statistics(scan.name, crop_statistics(prepared.crop_boxes)))
+        log.info(describe_crop_statistics(scan.name, statistics))
     # Return exactly what a cache hit returns, so the run that builds the cache is reproducible.
     images = prepared.images.astype(CACHE_IMAGE_DTYPE).astype(np.float32)
     dataset = CachedDataset(
@@ -217,12 +218,13 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
         full_masks=prepared.full_masks,
         crop_boxes=prepared.crop_boxes,
     )
-    _write(dataset, folder, prefix)
+    _write(dataset, folder, prefix, statistics)
     log.info("cached %s (%d cases) in %.1f s: %s", scan.name, len(dataset), time.perf_counter() - started, path)
     return dataset
 
 
-def _write(dataset: CachedDataset, folder: Path, prefix: str) -> None:
+def _write(dataset: CachedDataset, folder: Path, prefix: str, statistics: dict) -> None:
+    """Write the cache entry; `statistics` is crop_statistics(dataset.crop_boxes), computed once by the caller."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
         "name": dataset.name,
@@ -236,7 +238,7 @@ def _write(dataset: CachedDataset, folder: Path, prefix: str) -> None:
         "version": PREPROCESS_VERSION,
         "crop_borders": dataset.crop_borders,
         "crop_fields": list(CROP_FIELDS),
-        "crop_statistics": crop_statistics(dataset.crop_boxes),
+        "crop_statistics": statistics,
     }
     arrays = {f"mask_{task}": np.packbits(mask.reshape(-1)) for task, mask in dataset.masks.items()}
     # Whole-frame masks only where they differ from the cropped ones (something was trimmed).
