@@ -332,10 +332,19 @@ def scan_folder_target(name: str, root: str | Path) -> Scan:
     """
     check_target_name(name)
     data_root = _require_folder(root, "--target-dir")
-    image_folder = next((data_root / sub for sub in IMAGE_FOLDERS
-                         if (data_root / sub).is_dir() and radiograph_files(data_root / sub)), data_root)
+    # The first image sub-folder with radiographs, else DIR itself; each folder listed once, since
+    # listing may open every suffix-less file to look for the DICOM marker.
+    image_folder = data_root
+    for sub in IMAGE_FOLDERS:
+        if (data_root / sub).is_dir():
+            files = radiograph_files(data_root / sub)
+            if files:
+                image_folder = data_root / sub
+                break
+    else:
+        files = radiograph_files(data_root)
     images: dict[str, Path] = {}
-    for path in radiograph_files(image_folder):
+    for path in files:
         case_id = radiograph_id(path)
         if case_id in images:
             raise ValueError(f"{path}: two radiographs named {case_id} ({images[case_id].name} and {path.name}); "
