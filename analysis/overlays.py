@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from analysis.tables import PROPOSED  # noqa: E402
 from sweep.engine.overlays import PREDICTION_RGB, TRUTH_RGB  # noqa: E402
 from sweep.engine.run_dir import OVERLAYS_DIR, RESULT_JSON, TRANSLATIONS_DIR  # noqa: E402
 from sweep.grid import TRANSFER  # noqa: E402
@@ -60,7 +61,7 @@ class SavedImage:
         run = self.run
         what = [str(run[k]) for k in ("task", "model") if run.get(k)]
         which = [self.path.stem]
-        if run.get("experiment") == TRANSFER:
+        if self.is_transfer:
             what.append(f"{run.get('method', '?')} → {run.get('target', '?')}")
             if run.get("label_fraction") is not None:
                 which.insert(0, f"{float(run['label_fraction']):g} % labels")
@@ -77,9 +78,8 @@ class SavedImage:
     def fig9_rank(self) -> tuple:
         """Images like the paper's Fig. 9 first: proposed transfer with 0 % target labels."""
         run = self.run
-        is_transfer = run.get("experiment") == TRANSFER
-        zero_labels = is_transfer and run.get("label_fraction") in (0, 0.0)
-        return (not zero_labels, not is_transfer, run.get("method") != "proposed", str(self.path))
+        zero_labels = self.is_transfer and run.get("label_fraction") in (0, 0.0)
+        return (not zero_labels, not self.is_transfer, run.get("method") != PROPOSED, str(self.path))
 
 
 def find_saved_images(out_dir: Path, trials: pd.DataFrame) -> list[SavedImage]:

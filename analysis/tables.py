@@ -18,7 +18,9 @@ from analysis.loading import Results
 from analysis.render import Cell, DisplayTable, Section
 from analysis.stats import interval, mean_std, wilcoxon_paired
 from sweep.config import LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, transfer_variant
-from sweep.grid import SEGMENTATION, TRANSFER  # noqa: F401  (the experiments' names, which the grid declares)
+from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
+from sweep.grid import SEGMENTATION, TRANSFER  # the experiments' names, which the grid declares
+
 PROPOSED = "proposed"
 MISSING = "—"
 NOT_APPLICABLE = "n/a"
@@ -346,10 +348,10 @@ def proposed_variant_notes(trials: pd.DataFrame) -> list[str]:
                               axis=1)
     notes = []
     for variant, rows in proposed.groupby(variants, sort=True):
-        fell_back = int((rows["selected_model"] == "no_adaptation").sum())
+        fell_back = int((rows["selected_model"] == NO_ADAPTATION).sum())
         note = f"The proposed method ran {VARIANT_TEXT.get(variant, 'a custom variant (' + variant + ')')} in " \
                f"{len(rows)} finished trial(s)"
-        if "target_plausibility" in set(rows["selection_criterion"].dropna()):
+        if TARGET_PLAUSIBILITY in set(rows["selection_criterion"].dropna()):
             note += f"; {fell_back} of them kept no adaptation (M_A on the target as it is, the source_only model)"
         saturated = int(rows["discriminators_saturated"].fillna(False).astype(bool).sum())
         if saturated:

@@ -29,13 +29,11 @@ import numpy as np
 from data_io import datasets
 from data_io.datasets import Case, Scan
 from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, CropBox, crop_statistics,
-                                decode_radiograph, describe_crop_statistics, prepare_radiograph, resize,
-                                resize_mask, standardise)
+                                decode_radiograph, describe_crop_statistics, prepare_radiograph)
 from data_io.readers import read_mask
 
-__all__ = ["CachedDataset", "NORMALISATION", "PREPROCESS_VERSION", "cache_key", "default_cache_dir",
-           "fingerprint_arrays", "load_cache_file", "load_jsrt", "load_target", "prepare_case", "preprocess",
-           "resize", "resize_mask", "standardise"]
+__all__ = ["CachedDataset", "cache_key", "default_cache_dir", "fingerprint_arrays", "load_cache_file", "load_jsrt",
+           "load_target", "prepare_case", "preprocess"]
 
 log = logging.getLogger(__name__)
 # Below this many cases a process pool costs more than it saves.
@@ -202,8 +200,9 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
     log.info("preprocessing %s: %d cases from %s at %d px, content crop %s", scan.name, len(scan.cases),
              scan.image_root, image_size, "on" if crop_borders else "off")
     prepared = preprocess(scan, image_size, crop_borders=crop_borders)
+    statistics = crop_statistics(prepared.crop_boxes)
     if crop_borders:
-        log.info(describe_crop_statistics(scan.name, crop_statistics(prepared.crop_boxes)))
+        log.info(describe_crop_statistics(scan.name, statistics))
     # Return exactly what a cache hit returns, so the run that builds the cache is reproducible.
     images = prepared.images.astype(CACHE_IMAGE_DTYPE).astype(np.float32)
     dataset = CachedDataset(
@@ -219,12 +218,13 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
         full_masks=prepared.full_masks,
         crop_boxes=prepared.crop_boxes,
     )
-    _write(dataset, folder, prefix)
+    _write(dataset, folder, prefix, statistics)
     log.info("cached %s (%d cases) in %.1f s: %s", scan.name, len(dataset), time.perf_counter() - started, path)
     return dataset
 
 
-def _write(dataset: CachedDataset, folder: Path, prefix: str) -> None:
+def _write(dataset: CachedDataset, folder: Path, prefix: str, statistics: dict) -> None:
+    """Write the cache entry; `statistics` is crop_statistics(dataset.crop_boxes), computed once by the caller."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {
         "name": dataset.name,
@@ -238,7 +238,7 @@ def _write(dataset: CachedDataset, folder: Path, prefix: str) -> None:
         "version": PREPROCESS_VERSION,
         "crop_borders": dataset.crop_borders,
         "crop_fields": list(CROP_FIELDS),
-        "crop_statistics": crop_statistics(dataset.crop_boxes),
+        "crop_statistics": statistics,
     }
     arrays = {f"mask_{task}": np.packbits(mask.reshape(-1)) for task, mask in dataset.masks.items()}
     # Whole-frame masks only where they differ from the cropped ones (something was trimmed).

@@ -96,9 +96,8 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _run_to_dicom(args: argparse.Namespace) -> int:
     from data_io.dicom import convert_folder
 
-    written = convert_folder(args.source, args.out, monochrome1_every=args.monochrome1_every)
-    inverted = len(range(0, len(written), args.monochrome1_every)) if args.monochrome1_every > 0 else 0
-    print(f"wrote {len(written)} DICOM file(s) to {args.out} ({inverted} MONOCHROME1)")
+    converted = convert_folder(args.source, args.out, monochrome1_every=args.monochrome1_every)
+    print(f"wrote {len(converted.written)} DICOM file(s) to {args.out} ({len(converted.monochrome1)} MONOCHROME1)")
     return 0
 
 

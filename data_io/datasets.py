@@ -259,7 +259,7 @@ def _lung_mask_files(data_root: Path) -> tuple[str, Path, dict[str, list[Path]]]
     return "merged", merged[0], {MERGED_LUNGS: _pngs(merged[0])}
 
 
-def _pair_masks(name: str, images: dict[str, Path], image_folder: Path, mask_root: Path,
+def _pair_masks(images: dict[str, Path], image_folder: Path, mask_root: Path,
                 structure_files: dict[str, list[Path]], skip_unmasked: bool) -> tuple[list[Case], list[dict]]:
     masks: dict[str, dict[str, Path]] = {}
     for structure, paths in structure_files.items():
@@ -301,7 +301,7 @@ def scan_target(name: str, root: str | Path) -> Scan:
             f"or merged masks in one of {', '.join(MERGED_MASK_FOLDERS)}/)"
         )
     layout, mask_root, structure_files = found
-    cases, skipped = _pair_masks(name, images, image_folder, mask_root, structure_files, SKIP_UNMASKED[name])
+    cases, skipped = _pair_masks(images, image_folder, mask_root, structure_files, SKIP_UNMASKED[name])
     if not cases:
         raise ValueError(f"{data_root}: no {name} image has a lung mask")
     return Scan(name, image_folder, mask_root, "png", layout, cases, skipped)
@@ -332,10 +332,19 @@ def scan_folder_target(name: str, root: str | Path) -> Scan:
     """
     check_target_name(name)
     data_root = _require_folder(root, "--target-dir")
-    image_folder = next((data_root / sub for sub in IMAGE_FOLDERS
-                         if (data_root / sub).is_dir() and radiograph_files(data_root / sub)), data_root)
+    # The first image sub-folder with radiographs, else DIR itself; each folder listed once, since
+    # listing may open every suffix-less file to look for the DICOM marker.
+    image_folder = data_root
+    for sub in IMAGE_FOLDERS:
+        if (data_root / sub).is_dir():
+            files = radiograph_files(data_root / sub)
+            if files:
+                image_folder = data_root / sub
+                break
+    else:
+        files = radiograph_files(data_root)
     images: dict[str, Path] = {}
-    for path in radiograph_files(image_folder):
+    for path in files:
         case_id = radiograph_id(path)
         if case_id in images:
             raise ValueError(f"{path}: two radiographs named {case_id} ({images[case_id].name} and {path.name}); "
@@ -350,7 +359,7 @@ def scan_folder_target(name: str, root: str | Path) -> Scan:
         cases = [Case(case_id, images[case_id], {}) for case_id in sorted(images)]
         return Scan(name, image_folder, None, image_format, "none", cases)
     layout, mask_root, structure_files = found
-    cases, skipped = _pair_masks(name, images, image_folder, mask_root, structure_files, skip_unmasked=False)
+    cases, skipped = _pair_masks(images, image_folder, mask_root, structure_files, skip_unmasked=False)
     return Scan(name, image_folder, mask_root, image_format, layout, cases, skipped)
 
 

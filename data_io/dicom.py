@@ -9,6 +9,7 @@ a window is recorded for the reader to apply.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,7 +88,13 @@ def write_dicom(pixels: np.ndarray, path: str | Path, *, monochrome1: bool = Fal
     return path
 
 
-def convert_folder(source: str | Path, out: str | Path, monochrome1_every: int = 0) -> list[Path]:
+class Converted(NamedTuple):
+    """What `convert_folder` wrote: every file, and those of them stored as MONOCHROME1."""
+    written: list[Path]
+    monochrome1: list[Path]
+
+
+def convert_folder(source: str | Path, out: str | Path, monochrome1_every: int = 0) -> Converted:
     """Every picture radiograph of `source` (PNG, ...) as OUT/<id>.dcm; every Nth one (1st, N+1th, ...)
     stored as MONOCHROME1 when `monochrome1_every` is N > 0."""
     from data_io.datasets import radiograph_files
@@ -97,11 +104,14 @@ def convert_folder(source: str | Path, out: str | Path, monochrome1_every: int =
     files = [p for p in radiograph_files(source) if p.suffix.lower() in PICTURE_SUFFIXES]
     if not files:
         raise ValueError(f"{source}: no picture files ({', '.join(PICTURE_SUFFIXES)}) to convert")
-    written = []
+    converted = Converted([], [])
     for index, path in enumerate(files):
         pixels = read_gray(path)
         if pixels.ndim != 2:
             raise ValueError(f"{path}: expected a single-channel radiograph, got shape {pixels.shape}")
         flip = monochrome1_every > 0 and index % monochrome1_every == 0
-        written.append(write_dicom(pixels, Path(out) / f"{radiograph_id(path)}.dcm", monochrome1=flip))
-    return written
+        dicom = write_dicom(pixels, Path(out) / f"{radiograph_id(path)}.dcm", monochrome1=flip)
+        converted.written.append(dicom)
+        if flip:
+            converted.monochrome1.append(dicom)
+    return converted

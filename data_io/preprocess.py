@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from data_io import datasets
-from data_io.readers import JSRT_SUFFIXES, Radiograph, is_dicom_path, read_dicom, read_gray, read_jsrt_img
+from data_io.readers import Radiograph, radiograph_kind, read_dicom, read_gray, read_jsrt_img
 
 # Bump when decoding, orientation, the content crop, resizing or normalisation changes: old caches then miss.
 # 2: orientation at full resolution, then the content crop. 3: DICOM decoded here too (MONOCHROME1
@@ -252,9 +252,10 @@ def decode_radiograph(path: Path | str, image_format: str | None = None) -> Radi
     suffix, or no known suffix and DICOM's marker: `readers.read_dicom`), else a picture read
     with Pillow. Errors name the file."""
     path = Path(path)
-    if image_format == "jsrt-img" or path.suffix.lower() in JSRT_SUFFIXES:
+    kind = "jsrt-img" if image_format == "jsrt-img" else radiograph_kind(path)
+    if kind == "jsrt-img":
         return Radiograph(read_jsrt_img(path), white_is_zero=True)
-    if is_dicom_path(path):
+    if kind == "dicom":
         return read_dicom(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")

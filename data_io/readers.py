@@ -228,12 +228,21 @@ def read_dicom(path: str | Path) -> Radiograph:
 # --- any radiograph file (decoding by format: data_io.preprocess.decode_radiograph) ----------
 
 
+def radiograph_kind(path: Path) -> str:
+    """Which decoder reads a radiograph file: "jsrt-img" (JSRT's raw .IMG, by its suffix), "dicom"
+    (a DICOM suffix, or no known suffix and DICOM's marker) or "picture" (read with Pillow)."""
+    if path.suffix.lower() in JSRT_SUFFIXES:
+        return "jsrt-img"
+    return "dicom" if is_dicom_path(path) else "picture"
+
+
 def radiograph_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of any radiograph file from its header (JSRT: from the file length)."""
     path = Path(path)
-    if path.suffix.lower() in JSRT_SUFFIXES:
+    kind = radiograph_kind(path)
+    if kind == "jsrt-img":
         side = jsrt_img_side(path)
         return side, side
-    if is_dicom_path(path):
+    if kind == "dicom":
         return dicom_image_size(path)
     return image_size(path)

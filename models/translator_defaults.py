@@ -6,18 +6,22 @@ from __future__ import annotations
 
 from typing import Any
 
+# What both translators share: residual generators that start at the identity, the adversarial,
+# cycle and identity weights, and the discriminators' regularisers (spectral normalisation, R1,
+# instance noise).
+SHARED: dict[str, Any] = dict(width=32, w_adv=10.0, w_cycle=10.0, w_identity=0.5, residual=True, spectral_norm=True,
+                              r1_gamma=0.0, instance_noise=0.0)
+
 TRANSLATOR_DEFAULTS: dict[str, dict[str, Any]] = {
     # The authors' follow-up code: 32 channels, style 8, image reconstruction 10, style and content 1;
     # cycle 10 because the outputs must stay pixel-aligned. Generators that start at the identity,
     # adversarial 10 (theirs: 1), the identity term and spectral normalisation keep the game balanced
     # and the translation from rewriting what needs no rewriting (README, "Cross-dataset transfer");
     # sweep.config.PAPER_TRANSFER restores the paper's settings.
-    "munit": dict(width=32, style_dim=8, w_adv=10.0, w_recon=10.0, w_cycle=10.0, w_style=1.0, w_content=1.0,
-                  w_identity=0.5, residual=True, spectral_norm=True, r1_gamma=0.0, instance_noise=0.0),
+    "munit": {**SHARED, "style_dim": 8, "w_recon": 10.0, "w_style": 1.0, "w_content": 1.0},
     # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT;
     # residual generators, the adversarial weight and the discriminators' regularisers as for the MUNIT.
-    "cyclegan": dict(width=32, n_residual=2, w_adv=10.0, w_cycle=10.0, w_identity=0.5, pool_size=50, residual=True,
-                     spectral_norm=True, r1_gamma=0.0, instance_noise=0.0),
+    "cyclegan": {**SHARED, "n_residual": 2, "pool_size": 50},
 }
 
 DEFAULT_TRANSLATOR = "munit"

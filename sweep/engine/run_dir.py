@@ -39,6 +39,14 @@ COMPLETE_MARKER = "trial.json"
 FAILED_MARKER = "failed.json"
 NOT_APPLICABLE_MARKER = "not_applicable.json"
 
+# result.json "selected_model" (the proposed method's kept model) / trials.parquet column of the same name.
+NO_ADAPTATION = "no_adaptation"
+ADAPTED = "adapted"
+# result.json "selection_criterion": what ranked the epochs of a proposed run (sweep.engine.selection).
+TARGET_JACCARD = "target_val_jaccard"  # labelled target validation images (label fraction > 0)
+TARGET_PLAUSIBILITY = "target_plausibility"  # unlabelled target validation images, no-adaptation fallback
+SOURCE_JACCARD = "source_val_jaccard"  # source validation images through A -> B -> A (the paper's)
+
 # A translator warm-up's folder: its checkpoint and, beside it, samples of its translations.
 TRANSLATOR_GLOB = "translator-*.pt"
 

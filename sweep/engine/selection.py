@@ -35,6 +35,10 @@ from torch import nn
 
 from sweep.config import SELECTIONS
 from sweep.engine.inference import predict_foreground
+# The result.json values of "selected_model" and "selection_criterion" are declared with the run
+# directory's contract (the report reads them without torch); re-exported here for the engine.
+from sweep.engine.run_dir import (ADAPTED, NO_ADAPTATION, SOURCE_JACCARD, TARGET_JACCARD,  # noqa: F401
+                                  TARGET_PLAUSIBILITY)
 
 if TYPE_CHECKING:
     from sweep.config import RunConfig
@@ -48,13 +52,6 @@ SHAPE_GRID = 32
 # images). 0.9 rather than 0.95: with the phantoms' 6 validation images, 0.95 refused a
 # translation that lifted 4 of them from about 0.1 to 0.6 Jaccard (and cost 2 of them a little).
 SELECTION_CONFIDENCE = 0.9
-# result.json "selected_model" / trials.parquet column of the same name.
-NO_ADAPTATION = "no_adaptation"
-ADAPTED = "adapted"
-# result.json "selection_criterion": what ranked the epochs of a proposed run.
-TARGET_JACCARD = "target_val_jaccard"  # labelled target validation images (label fraction > 0)
-TARGET_PLAUSIBILITY = "target_plausibility"  # unlabelled target validation images, no-adaptation fallback
-SOURCE_JACCARD = "source_val_jaccard"  # source validation images through A -> B -> A (the paper's)
 
 
 def selection_criterion(cfg: "RunConfig", data: "TransferData") -> str:

@@ -150,7 +150,7 @@ def test_dicom_without_a_suffix_is_recognised(phantom_pngs, tmp_path):
 def test_the_project_writer_round_trips(phantom_pngs, tmp_path):
     """data_io.dicom (`cxrsweep data to-dicom`) against the reader: same arrays as the PNGs."""
     folder = phantom_pngs["16"].parent
-    written = convert_folder(folder, tmp_path / "dicom", monochrome1_every=1)
+    written = convert_folder(folder, tmp_path / "dicom", monochrome1_every=1).written
     assert [p.name for p in written] == [p.stem + ".dcm" for p in sorted(folder.glob("*.png"))]
     assert pydicom.dcmread(written[0]).PhotometricInterpretation == "MONOCHROME1"
     assert_prepared_alike(written[0], phantom_pngs["16"])

@@ -112,6 +112,20 @@ def test_mapping_an_uncropped_mask_back_changes_nothing():
     assert (mask_to_full_frame(probability, CropBox.full(32, 32)) == mask).all()
 
 
+def test_an_uncropped_mask_is_stretched_to_a_larger_frame():
+    """An untrimmed box at another size than the mask's goes through the interpolation path: a 32 x 32
+    mask onto a 64 x 48 frame. Its columns come in equal pairs, so the half-way samples of the 1.5x
+    width stretch fall between equal pixels and the thresholded bilinear result is the nearest-neighbour
+    enlargement, computed here by PIL."""
+    rng = np.random.default_rng(5)
+    mask = np.repeat(rng.random((32, 16)) > 0.5, 2, axis=1).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(mask * 255).resize((48, 64), Image.NEAREST)) >= 128
+    for values in (mask, mask * 0.8 + 0.1):
+        stretched = mask_to_full_frame(values, CropBox.full(64, 48), (64, 48))
+        assert stretched.shape == (64, 48) and stretched.dtype == np.uint8
+        assert (stretched == expected).all()
+
+
 def test_a_crop_that_cuts_lung_away_shows_in_the_whole_frame():
     """A perfect prediction inside a crop that cut lung off still misses that lung in the whole frame."""
     whole = np.zeros((100, 100), bool)
