@@ -122,13 +122,17 @@ class RunStore:
 
     def upload(self, local_dir: Path, *parts: str) -> str:
         """Copy the folder local_dir to OUT/<parts> (replacing it); returns its URI."""
-        dest = self.path(*parts)
+        self._put_tree(Path(local_dir), self.path(*parts))
+        return self.uri(*parts)
+
+    def _put_tree(self, local_dir: Path, dest: str, skip: tuple[str, ...] = ()) -> None:
+        """Replace the folder dest with a copy of local_dir, leaving out files under a folder named
+        in `skip`."""
         self.delete_dir(dest)
-        for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        for file in sorted(p for p in local_dir.rglob("*") if p.is_file() and not set(skip) & set(p.parts)):
             target = f"{dest}/{file.relative_to(local_dir).as_posix()}"
             self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             pafs.copy_files(str(file), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
-        return self.uri(*parts)
 
     # --- small file operations ---
     def exists(self, path: str) -> bool:
@@ -206,12 +210,7 @@ class RunStore:
                 shutil.rmtree(dest)
             os.replace(staging, dest)
         else:
-            self.delete_dir(dest)
-            for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file() and CHECKPOINTS_DIR not in p.parts):
-                relative = file.relative_to(local_dir).as_posix()
-                self.fs.create_dir(f"{dest}/{relative}".rsplit("/", 1)[0], recursive=True)
-                pafs.copy_files(str(file), f"{dest}/{relative}", source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
+            self._put_tree(Path(local_dir), dest, skip=(CHECKPOINTS_DIR,))
             self.write_json(f"{dest}/{COMPLETE_MARKER}", info)
         return dest
 
