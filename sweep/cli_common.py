@@ -41,7 +41,21 @@ def add_data_flags(parser: argparse.ArgumentParser, *, required: bool = False, t
                                "optional lung masks in DIR/masks/ matched by name (repeatable); a bare DIR belongs "
                                "to the one folder target selected; without masks only 0 %% labels apply and runs "
                                "write overlays, no scores")
-    data.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+    add_cache_dir_flag(data)
+
+
+def add_cache_dir_flag(parser) -> None:
+    parser.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+
+
+def add_address_flag(parser) -> None:
+    """--address of the commands that run on Ray (a parser or an argument group)."""
+    parser.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
+
+
+def add_progress_flag(parser) -> None:
+    parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds between progress lines (default 10)")
 
 
 def config_from_args(args: argparse.Namespace, *, record_applied: bool = False,

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from data_io.datasets import TARGET_DATASETS
-from sweep.cli_common import add_config_flags, add_data_flags, add_profile_flag, config_from_args
+from sweep.cli_common import (add_address_flag, add_cache_dir_flag, add_config_flags, add_data_flags,
+                              add_profile_flag, add_progress_flag, config_from_args)
 from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS,
                           TRANSFER_METHODS, RunConfig)
 
@@ -26,7 +27,7 @@ def _csv(kind):
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     ray_group = parser.add_argument_group("Ray")
-    ray_group.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
+    add_address_flag(ray_group)
     ray_group.add_argument("--gpus-per-trial", type=float, default=None,
                            help="GPU share per trial; fractions pack several trials on one GPU (default per profile: "
                                 + ", ".join(f"{p} {g:g}" for p, g in GPUS_PER_TRIAL.items())
@@ -38,8 +39,7 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
                            help="a trial checkpoints (last.pt only) at most this often, and after its last epoch; "
                                 f"0: every epoch (default {RunConfig.checkpoint_every_s:g}, the config field "
                                 "checkpoint_every_s); a resumed trial repeats at most that much training")
-    ray_group.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
-                           help="seconds between progress lines (default 10)")
+    add_progress_flag(ray_group)
 
 
 # `cxrsweep run --config` also takes the record `cxrsweep tune` writes (tune's --config does not).
@@ -147,9 +147,9 @@ def register(subparsers) -> None:
     demo.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
     demo.add_argument("--fractions", type=_csv(float), help="label fractions in percent (default all of Table II)")
     demo.add_argument("--phantoms", help="phantom folder (default: a cached one under the preprocessing cache)")
-    demo.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+    add_cache_dir_flag(demo)
     demo.add_argument("--cpus-per-trial", type=float, default=1.0)
-    demo.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS")
+    add_progress_flag(demo)
     demo.set_defaults(func=cmd_demo)
 
 
