@@ -69,9 +69,20 @@ def test_the_report_draws_the_overlay_colours_the_engine_uses():
     assert TRUTH_COLOUR == "#%02x%02x%02x" % tuple(int(v) for v in TRUTH_RGB)
 
 
-def test_m_a_of_train_transfer_is_the_sweeps_dependency():
+def test_m_a_of_train_transfer_is_the_sweeps_dependency(monkeypatch, tmp_path):
+    """`cxrsweep train-transfer` without --segmenter trains the very M_A the sweep's grid depends on."""
+    import sweep.engine.data
+    import sweep.engine.supervised
+    from sweep.cli_transfer import train_source_model
     from sweep.grid import source_model_config, transfer_trials
 
     cell, m_a, _ = transfer_trials(make_config("smoke"), "proposed", "lungs", "montgomery", 3, 0.0)
     assert source_model_config(cell.config) == m_a.config
+    trained = {}
+    # train_source_model looks both up in their modules when it runs: nothing loads or trains here.
+    monkeypatch.setattr(sweep.engine.data, "segmentation_data", lambda cfg, source: ("data of", cfg, source))
+    monkeypatch.setattr(sweep.engine.supervised, "train_supervised",
+                        lambda cfg, data, run_dir: trained.update(cfg=cfg, data=data, run_dir=run_dir))
+    train_source_model(cell.config, "jsrt", tmp_path)
+    assert trained == {"cfg": m_a.config, "data": ("data of", m_a.config, "jsrt"), "run_dir": tmp_path}
     assert (m_a.config.fold, m_a.config.model, m_a.config.experiment) == (3, "unet", "segmentation")
