@@ -41,21 +41,34 @@ def add_data_flags(parser: argparse.ArgumentParser, *, required: bool = False, t
                                "optional lung masks in DIR/masks/ matched by name (repeatable); a bare DIR belongs "
                                "to the one folder target selected; without masks only 0 %% labels apply and runs "
                                "write overlays, no scores")
-    data.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+    add_cache_dir_flag(data)
 
 
-def config_from_args(args: argparse.Namespace, *, tuning_record_allowed: bool = False,
+def add_cache_dir_flag(parser) -> None:
+    parser.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+
+
+def add_address_flag(parser) -> None:
+    """--address of the commands that run on Ray (a parser or an argument group)."""
+    parser.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
+
+
+def add_progress_flag(parser) -> None:
+    parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds between progress lines (default 10)")
+
+
+def config_from_args(args: argparse.Namespace, *, record_applied: bool = False,
                      flags: dict[str, Any] | None = None, **keys: Any) -> RunConfig:
     """The profile, then `keys` (the command's own run keys), then the --config file's fields, then
     --set, then `flags` (config fields the command has flags of, e.g. --init-weights) and
-    --checkpoint-every-s where the command has it. With `tuning_record_allowed`, a
-    `cxrsweep tune` record given to --config is left to the caller, which applies it per trial;
-    otherwise it is refused with a message."""
-    from sweep.config import load_config_file, make_config, parse_overrides, read_json_file
-    from sweep.tuned import is_tuning_record
+    --checkpoint-every-s where the command has it. With `record_applied`, the --config file is a
+    `cxrsweep tune` record the caller has read and applies per trial, so no fields are read from it
+    here; otherwise a record given to --config is refused with a message (load_config_file)."""
+    from sweep.config import load_config_file, make_config, parse_overrides
 
     values: dict = {}
-    if args.config and not (tuning_record_allowed and is_tuning_record(read_json_file(args.config))):
+    if args.config and not record_applied:
         values.update(load_config_file(args.config))
     values.update(parse_overrides(args.overrides))
     values.update(flags or {})

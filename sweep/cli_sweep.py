@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from data_io.datasets import TARGET_DATASETS
-from sweep.cli_common import add_config_flags, add_data_flags, add_profile_flag, config_from_args
+from sweep.cli_common import (add_address_flag, add_cache_dir_flag, add_config_flags, add_data_flags,
+                              add_profile_flag, add_progress_flag, config_from_args)
 from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS,
                           TRANSFER_METHODS, RunConfig)
 
@@ -26,7 +27,7 @@ def _csv(kind):
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     ray_group = parser.add_argument_group("Ray")
-    ray_group.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
+    add_address_flag(ray_group)
     ray_group.add_argument("--gpus-per-trial", type=float, default=None,
                            help="GPU share per trial; fractions pack several trials on one GPU (default per profile: "
                                 + ", ".join(f"{p} {g:g}" for p, g in GPUS_PER_TRIAL.items())
@@ -38,11 +39,10 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
                            help="a trial checkpoints (last.pt only) at most this often, and after its last epoch; "
                                 f"0: every epoch (default {RunConfig.checkpoint_every_s:g}, the config field "
                                 "checkpoint_every_s); a resumed trial repeats at most that much training")
-    ray_group.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
-                           help="seconds between progress lines (default 10)")
+    add_progress_flag(ray_group)
 
 
-# `cxrsweep run --config` (and tune's) also takes the record `cxrsweep tune` writes.
+# `cxrsweep run --config` also takes the record `cxrsweep tune` writes (tune's --config does not).
 RUN_CONFIG_HELP = ("JSON of config fields for every trial, or the record `cxrsweep tune` writes: each fold / "
                    "repetition of the tuned cell takes its own entry, and a trial whose test images the tuning "
                    "used is refused (--config-from: its former name)")
@@ -60,8 +60,11 @@ def tuning_record(args):
     return record_from(path, values) if is_tuning_record(values) else None
 
 
-def base_config(args):
-    return config_from_args(args, tuning_record_allowed=True)
+def run_config(args):
+    """`cxrsweep run`'s base config and the tuning record given to --config (None for a plain file
+    of fields, which becomes part of the config); a record is read once and applied per trial."""
+    record = tuning_record(args)
+    return config_from_args(args, record_applied=record is not None), record
 
 
 def data_paths(args):
@@ -113,7 +116,7 @@ def register(subparsers) -> None:
         "tune", help="search lr, weight decay, batch size (and proposed's loss weights) with Optuna + ASHA",
         description="Optuna search with ASHA early stopping over one grid cell, scored on validation Jaccard only; "
                     "writes the best config as JSON for `cxrsweep run --config FILE`.")
-    add_config_flags(tune_parser, "tune", RUN_CONFIG_HELP)
+    add_config_flags(tune_parser, "tune")
     tune_parser.add_argument("--model", default="unet", choices=SEGMENTATION_MODELS)
     tune_parser.add_argument("--task", default="lungs", choices=TASKS)
     tune_parser.add_argument("--fold", type=int, default=0,
@@ -144,9 +147,9 @@ def register(subparsers) -> None:
     demo.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
     demo.add_argument("--fractions", type=_csv(float), help="label fractions in percent (default all of Table II)")
     demo.add_argument("--phantoms", help="phantom folder (default: a cached one under the preprocessing cache)")
-    demo.add_argument("--cache-dir", help="preprocessing cache (default $CXRSWEEP_CACHE or ~/.cache/cxrsweep)")
+    add_cache_dir_flag(demo)
     demo.add_argument("--cpus-per-trial", type=float, default=1.0)
-    demo.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS")
+    add_progress_flag(demo)
     demo.set_defaults(func=cmd_demo)
 
 
@@ -155,8 +158,8 @@ def cmd_run(args) -> int:
     from sweep.runner import load_datasets, needed_datasets, run_grid
     from sweep.tuned import check_grid
 
-    record = tuning_record(args)
-    grid = build_grid(args.experiment, base_config(args), models=args.models, tasks=args.tasks, folds=args.folds,
+    base, record = run_config(args)
+    grid = build_grid(args.experiment, base, models=args.models, tasks=args.tasks, folds=args.folds,
                       methods=args.methods, fractions=args.fractions, repetitions=args.repetitions,
                       targets=args.targets, tuned=record.adjust if record else None)
     datasets = None
@@ -173,7 +176,9 @@ def cmd_tune(args) -> int:
     from data_io.datasets import check_target_name
     from sweep.tuning import run_tuning, tuned_cell
 
-    base = base_config(args)
+    # A tuning record given to --config is refused here, before Ray starts: its entries belong to
+    # particular folds / repetitions, and only `cxrsweep run` applies and checks them.
+    base = config_from_args(args)
     if args.trials < 1:
         raise ValueError(f"--trials {args.trials}: must be at least 1")
     method = None if args.method == "supervised" else args.method

@@ -5,7 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from sweep.cli_common import add_config_flags, add_data_flags, config_from_args
+from sweep.cli_common import (add_address_flag, add_config_flags, add_data_flags, add_progress_flag,
+                              config_from_args)
 from sweep.config import SEGMENTATION_MODELS, TASKS
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def register(subparsers) -> None:
     train.add_argument("--model", choices=SEGMENTATION_MODELS, default="unet")
     train.add_argument("--task", choices=TASKS, default="lungs")
     train.add_argument("--fold", type=int, default=0, help="test fold of the 5-fold cross-validation (default 0)")
-    add_config_flags(train, "train", "JSON object of config fields (--config-from: its former name)")
+    add_config_flags(train, "train")
     train.add_argument("--seed", type=int, default=0)
     add_data_flags(train, required=True, targets=False)
     train.add_argument("--out", type=Path, required=True, help="run directory")
@@ -46,9 +47,9 @@ def register(subparsers) -> None:
                          help="write OUT/overlays/<name>.png for QC-flagged images (default), all or none")
     segment.add_argument("--retry-unreadable", action="store_true",
                          help="try again the files an earlier run listed as unreadable (e.g. after installing a decoder)")
-    segment.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS")
+    add_progress_flag(segment)
     ray_group = segment.add_argument_group("Ray Data")
-    ray_group.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
+    add_address_flag(ray_group)
     ray_group.add_argument("--workers", type=int, default=0,
                            help="model workers (default: one per GPU share; without GPUs one per --cpus-per-worker CPUs, "
                                 "each reading, segmenting and encoding)")

@@ -88,7 +88,9 @@ def run_train_transfer(args: argparse.Namespace) -> int:
 
 def proposed_outcome(summary: dict) -> str:
     """One line on what the proposed run kept and whether its discriminators saturated."""
-    if summary["selected_model"] == "no_adaptation":
+    from sweep.engine.selection import NO_ADAPTATION
+
+    if summary["selected_model"] == NO_ADAPTATION:
         kept = (f"kept no adaptation (M_A on the target as it is): the adapted epoch {summary['adapted_epoch']} "
                 f"was not clearly more plausible ({summary['selection_score']:.4f} without adaptation)")
     else:
@@ -99,7 +101,7 @@ def proposed_outcome(summary: dict) -> str:
 
 def target_folder(args: argparse.Namespace) -> Path:
     """The --target set's folder: --target-dir, or --montgomery / --shenzhen for the known sets."""
-    from data_io.datasets import TARGET_DATASETS, check_target_name, target_dirs
+    from data_io.datasets import check_target_name, target_dirs
 
     check_target_name(args.target)
     folders = target_dirs(args.target_dir, args.target)

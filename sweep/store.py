@@ -122,13 +122,17 @@ class RunStore:
 
     def upload(self, local_dir: Path, *parts: str) -> str:
         """Copy the folder local_dir to OUT/<parts> (replacing it); returns its URI."""
-        dest = self.path(*parts)
+        self._put_tree(Path(local_dir), self.path(*parts))
+        return self.uri(*parts)
+
+    def _put_tree(self, local_dir: Path, dest: str, skip: tuple[str, ...] = ()) -> None:
+        """Replace the folder dest with a copy of local_dir, leaving out files under a folder named
+        in `skip`."""
         self.delete_dir(dest)
-        for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        for file in sorted(p for p in local_dir.rglob("*") if p.is_file() and not set(skip) & set(p.parts)):
             target = f"{dest}/{file.relative_to(local_dir).as_posix()}"
             self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             pafs.copy_files(str(file), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
-        return self.uri(*parts)
 
     # --- small file operations ---
     def exists(self, path: str) -> bool:
@@ -206,12 +210,7 @@ class RunStore:
                 shutil.rmtree(dest)
             os.replace(staging, dest)
         else:
-            self.delete_dir(dest)
-            for file in sorted(p for p in Path(local_dir).rglob("*") if p.is_file() and CHECKPOINTS_DIR not in p.parts):
-                relative = file.relative_to(local_dir).as_posix()
-                self.fs.create_dir(f"{dest}/{relative}".rsplit("/", 1)[0], recursive=True)
-                pafs.copy_files(str(file), f"{dest}/{relative}", source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
+            self._put_tree(Path(local_dir), dest, skip=(CHECKPOINTS_DIR,))
             self.write_json(f"{dest}/{COMPLETE_MARKER}", info)
         return dest
 
@@ -324,21 +323,22 @@ def collect_rows(store: RunStore, current: CurrentData | None = None) -> tuple[l
         folder = store.path("runs", trial_id)
         marker = next((m for m in (COMPLETE_MARKER, FAILED_MARKER, NOT_APPLICABLE_MARKER)
                        if store.exists(f"{folder}/{m}")), None)
-        if marker is not None and current is not None and current.contradicts(
-                spec_from_dict(store.read_json(f"{folder}/{marker}")["spec"])):
+        if marker is None:
+            continue  # a run still in progress (or killed): not reported
+        record = store.read_json(f"{folder}/{marker}")  # read once: its spec, and what the marker says
+        spec = spec_from_dict(record["spec"])
+        if current is not None and current.contradicts(spec):
             other_data.append(trial_id)
             continue
+        if not spec.has_row:
+            continue  # a qualitative run (failed or not) is named by the command, not tabled
         if marker == COMPLETE_MARKER:
-            info = store.read_json(f"{folder}/{COMPLETE_MARKER}")
-            spec = spec_from_dict(info["spec"])
-            if not spec.has_row:
-                continue
             summary = store.read_json(f"{folder}/{RESULT_JSON}")
             row = _outcome_row(spec, "ok")
             row.update({name: summary.get(name) for name in TABLED_FIELDS})
-            checkpoints = info.get("checkpoints") or {}
-            row.update(node_id=info.get("node_id"), started_at=info.get("started_at"),
-                       finished_at=info.get("finished_at"), checkpoint_count=checkpoints.get("count"),
+            checkpoints = record.get("checkpoints") or {}
+            row.update(node_id=record.get("node_id"), started_at=record.get("started_at"),
+                       finished_at=record.get("finished_at"), checkpoint_count=checkpoints.get("count"),
                        checkpoint_bytes=checkpoints.get("bytes"), checkpoint_s=checkpoints.get("seconds"))
             trial_rows.append(row)
             keys = key_values(spec.config, spec.trial_id)
@@ -346,16 +346,9 @@ def collect_rows(store: RunStore, current: CurrentData | None = None) -> tuple[l
                 images = pq.read_table(handle, columns=["image_id", "jaccard", "dice"]).to_pylist()
             image_rows.extend({**keys, **image} for image in images)
         elif marker == FAILED_MARKER:
-            record = store.read_json(f"{folder}/{FAILED_MARKER}")
-            spec = spec_from_dict(record["spec"])
-            if spec.has_row:  # a failed qualitative run is named by the command, not tabled
-                trial_rows.append(_outcome_row(spec, "failed", record["error"]))
-        elif marker == NOT_APPLICABLE_MARKER:
-            record = store.read_json(f"{folder}/{NOT_APPLICABLE_MARKER}")
-            spec = spec_from_dict(record["spec"])
-            if spec.has_row:
-                trial_rows.append(_outcome_row(spec, "not_applicable", record["reason"]))
-        # Anything else is a run still in progress (or killed): not reported.
+            trial_rows.append(_outcome_row(spec, "failed", record["error"]))
+        else:
+            trial_rows.append(_outcome_row(spec, "not_applicable", record["reason"]))
     order = [name for name in KEY_COLUMNS if name != "trial_id"] + ["trial_id"]
 
     def sort_key(row: dict) -> tuple:

@@ -13,13 +13,15 @@ def test_the_engine_packages_never_import_ray():
     engine = [f"sweep.engine.{m.name}" for m in pkgutil.iter_modules(sweep.engine.__path__)]
     assert "sweep.engine.transfer" in engine and "sweep.engine.segment" in engine
     modules = ["models.registry", "models.translators", "models.segmenters", "data_io.cache", "data_io.preprocess",
-               "data_io.phantoms", "sweep.config", "sweep.grid", "sweep.results", *engine]
+               "data_io.phantoms", "sweep.config", "sweep.grid", "sweep.results", "sweep.tuned", "sweep.store",
+               "sweep.cli_common", "sweep.cli", *engine]
     code = ("import importlib, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
+            "sys.modules['sweep.cli'].build_parser()\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]", f"Ray imported by the engine: {done.stdout}"
+    assert done.stdout.strip() == "[]", f"Ray imported by a Ray-free module: {done.stdout}"
 
 
 def test_the_grid_and_the_engine_key_warm_ups_by_one_identity():
@@ -67,9 +69,20 @@ def test_the_report_draws_the_overlay_colours_the_engine_uses():
     assert TRUTH_COLOUR == "#%02x%02x%02x" % tuple(int(v) for v in TRUTH_RGB)
 
 
-def test_m_a_of_train_transfer_is_the_sweeps_dependency():
+def test_m_a_of_train_transfer_is_the_sweeps_dependency(monkeypatch, tmp_path):
+    """`cxrsweep train-transfer` without --segmenter trains the very M_A the sweep's grid depends on."""
+    import sweep.engine.data
+    import sweep.engine.supervised
+    from sweep.cli_transfer import train_source_model
     from sweep.grid import source_model_config, transfer_trials
 
     cell, m_a, _ = transfer_trials(make_config("smoke"), "proposed", "lungs", "montgomery", 3, 0.0)
     assert source_model_config(cell.config) == m_a.config
+    trained = {}
+    # train_source_model looks both up in their modules when it runs: nothing loads or trains here.
+    monkeypatch.setattr(sweep.engine.data, "segmentation_data", lambda cfg, source: ("data of", cfg, source))
+    monkeypatch.setattr(sweep.engine.supervised, "train_supervised",
+                        lambda cfg, data, run_dir: trained.update(cfg=cfg, data=data, run_dir=run_dir))
+    train_source_model(cell.config, "jsrt", tmp_path)
+    assert trained == {"cfg": m_a.config, "data": ("data of", m_a.config, "jsrt"), "run_dir": tmp_path}
     assert (m_a.config.fold, m_a.config.model, m_a.config.experiment) == (3, "unet", "segmentation")

@@ -89,3 +89,27 @@ def test_records_round_trip_and_only_run_applies_them(datasets, tmp_path):
     old.write_text(json.dumps({"config": {"lr": 1e-3}, "cell": spec.trial_id, "score": {}}))
     with pytest.raises(ValueError, match="older `cxrsweep tune` that did not record"):
         read_record(old)
+
+
+def test_tune_refuses_a_tuning_record_as_config_before_ray(datasets, tmp_path, monkeypatch, capsys):
+    """`cxrsweep tune --config RECORD` stops with the refusal train and train-transfer give (exit 2),
+    before any tuning starts: a record's entries belong to particular folds or repetitions."""
+    import sweep.tuning
+    from sweep import cli
+
+    spec = next(iter(build_grid("segmentation", make_config("smoke"), models=["unet"], tasks=["lungs"],
+                                folds=[0]).trials.values()))
+    path = tmp_path / "best-config.json"
+    TuningRecord(str(path), [_entry(spec, datasets, lr=1e-3)]).write(path)
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("tuning started with a tuning record as --config")
+
+    monkeypatch.setattr(sweep.tuning, "run_tuning", no_tuning)
+    code = cli.main(["tune", "--config", str(path), "--profile", "smoke", "--jsrt", "J", "--scr", "S",
+                     "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}: a tuning record written by `cxrsweep tune`" in err
+    assert "apply it with `cxrsweep run --config FILE`" in err
+    assert not (tmp_path / "out").exists()
