@@ -62,6 +62,24 @@ def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> 
             logger.setLevel(logging.INFO)
 
 
+# The log file of the sweep's worker processes, handed to them in their environment.
+WORKER_LOG_ENV = "CXRSWEEP_RAY_LOG"
+
+
+def worker_log_env(path: Path) -> dict:
+    """The runtime_env of a Ray runtime a sweep starts: every worker process sends Ray's and the
+    engines' messages to `path` from its start (`quiet_worker`), before any trial code runs."""
+    return {"env_vars": {WORKER_LOG_ENV: str(path)}, "worker_process_setup_hook": "sweep.progress.quiet_worker"}
+
+
+def quiet_worker() -> None:
+    """Ray's worker_process_setup_hook: Ray logs some messages in a trial's worker before the trial
+    itself runs (e.g. "Restored on ... from checkpoint" on --resume); they go to the sweep's log."""
+    path = os.environ.get(WORKER_LOG_ENV)
+    if path:
+        send_ray_messages_to(Path(path), RAY_LOGGERS + ENGINE_LOGGERS)
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
