@@ -28,8 +28,9 @@ import numpy as np
 
 from data_io import datasets
 from data_io.datasets import Case, Scan
-from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, CropBox, crop_statistics,
-                                decode_radiograph, describe_crop_statistics, prepare_radiograph)
+from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, UNREADABLE_ERRORS, CropBox,
+                                crop_statistics, decode_radiograph, describe_crop_statistics, prepare_radiograph,
+                                unreadable_reason)
 from data_io.readers import read_mask
 
 __all__ = ["CachedDataset", "cache_key", "default_cache_dir", "fingerprint_arrays", "load_cache_file", "load_jsrt",
@@ -200,6 +201,11 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
     log.info("preprocessing %s: %d cases from %s at %d px, content crop %s", scan.name, len(scan.cases),
              scan.image_root, image_size, "on" if crop_borders else "off")
     prepared = preprocess(scan, image_size, crop_borders=crop_borders)
+    if prepared.unreadable:
+        listed = "; ".join(f"{entry['id']} ({entry['reason']})" for entry in prepared.unreadable[:5])
+        more = len(prepared.unreadable) - 5
+        log.warning("%s: %d of %d image(s) unreadable, left out: %s%s", scan.name, len(prepared.unreadable),
+                    len(scan.cases), listed, f"; and {more} more (the cache entry lists them)" if more > 0 else "")
     statistics = crop_statistics(prepared.crop_boxes)
     if crop_borders:
         log.info(describe_crop_statistics(scan.name, statistics))
@@ -207,12 +213,12 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
     images = prepared.images.astype(CACHE_IMAGE_DTYPE).astype(np.float32)
     dataset = CachedDataset(
         name=scan.name,
-        ids=[case.id for case in scan.cases],
+        ids=prepared.ids,
         images=images,
         masks=prepared.masks,
         image_size=image_size,
         key=key,
-        skipped=list(scan.skipped),
+        skipped=list(scan.skipped) + prepared.unreadable,
         path=path,
         crop_borders=crop_borders,
         full_masks=prepared.full_masks,
@@ -273,43 +279,68 @@ def _worker_count(n_cases: int) -> int:
 class PreparedDataset:
     """A scan's arrays: `masks` in each image's cropped frame, `full_masks` in its whole frame."""
 
+    ids: list[str]  # the cases read, in the scan's order
     images: np.ndarray
     masks: dict[str, np.ndarray]
     full_masks: dict[str, np.ndarray]
     crop_boxes: np.ndarray
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # [{id, reason}] left out
 
 
 def preprocess(scan: Scan, image_size: int, workers: int | None = None, crop_borders: bool = True) -> PreparedDataset:
-    """Decode every case of a scan into standardised images and task masks at `image_size`."""
+    """Decode every case of a scan into standardised images and task masks at `image_size`.
+
+    A folder target (an archive, `datasets.is_folder_target`) leaves out the images that cannot be
+    decoded and lists them (`unreadable`); in the known sets, which the tables are computed on, a
+    damaged file stops the job with its name and the problem."""
     workers = workers or _worker_count(len(scan.cases))
-    jobs = [(scan, case, image_size, crop_borders) for case in scan.cases]
+    skip_unreadable = datasets.is_folder_target(scan.name)
+    jobs = [(scan, case, image_size, crop_borders, skip_unreadable) for case in scan.cases]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_prepare_case_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+            outcomes = list(pool.map(_prepare_case_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
     else:
-        results = [_prepare_case_job(job) for job in jobs]
-    mirrored = [case.id for case, result in zip(scan.cases, results) if result.mirrored]
+        outcomes = [_prepare_case_job(job) for job in jobs]
+    unreadable = [{"id": case.id, "reason": f"unreadable: {outcome}"}
+                  for case, outcome in zip(scan.cases, outcomes) if isinstance(outcome, str)]
+    if len(unreadable) == len(scan.cases):
+        raise ValueError(f"{scan.image_root}: none of its {len(scan.cases)} image(s) could be read "
+                         f"({scan.cases[0].image.name}: {outcomes[0]})")
+    read = [(case, outcome) for case, outcome in zip(scan.cases, outcomes) if not isinstance(outcome, str)]
+    cases, results = [case for case, _ in read], [result for _, result in read]
+    mirrored = [case.id for case, result in read if result.mirrored]
     if mirrored:
         log.warning("%s: %d mirrored case(s) flipped to the display convention: %s", scan.name, len(mirrored), ", ".join(mirrored[:10]))
     masks = {task: np.stack([result.masks[task] for result in results]) for task in scan.tasks}
     trimmed = any(result.crop.trimmed for result in results)
     full_masks = {task: np.stack([result.full_masks[task] for result in results]) for task in scan.tasks} if trimmed else masks
     return PreparedDataset(
+        ids=[case.id for case in cases],
         images=np.stack([result.image for result in results]),
         masks=masks,
         full_masks=full_masks,
         crop_boxes=np.array([result.crop.as_row() for result in results], dtype=np.int32).reshape(-1, len(CROP_FIELDS)),
+        unreadable=unreadable,
     )
 
 
-def _prepare_case_job(job: tuple[Scan, Case, int, bool]):
-    return prepare_case(*job)
+def _prepare_case_job(job: tuple[Scan, Case, int, bool, bool]):
+    """prepare_case's result, or (with skip_unreadable) the reason its image could not be decoded."""
+    scan, case, image_size, crop_borders, skip_unreadable = job
+    try:
+        radiograph = decode_radiograph(case.image, scan.image_format)
+    except UNREADABLE_ERRORS as exc:
+        if not skip_unreadable:
+            raise
+        return unreadable_reason(case.image, exc)
+    return prepare_case(scan, case, image_size, crop_borders, radiograph=radiograph)
 
 
-def prepare_case(scan: Scan, case: Case, image_size: int, crop_borders: bool = True):
+def prepare_case(scan: Scan, case: Case, image_size: int, crop_borders: bool = True, radiograph=None):
     """One case through `prepare_radiograph`: a PreparedRadiograph whose masks are the scan's
-    tasks (uint8) instead of SCR structures."""
-    radiograph = decode_radiograph(case.image, scan.image_format)
+    tasks (uint8) instead of SCR structures. `radiograph`: the case's image already decoded."""
+    if radiograph is None:
+        radiograph = decode_radiograph(case.image, scan.image_format)
     structures = {name: read_mask(path) for name, path in case.masks.items()}
     datasets.check_sizes(scan, case, radiograph.pixels.shape, {name: mask.shape for name, mask in structures.items()})
     prepared = prepare_radiograph(radiograph, image_size, source=case.image, crop_borders=crop_borders,

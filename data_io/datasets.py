@@ -219,8 +219,9 @@ def _mask_id(path: Path) -> str:
 
 
 def is_folder_target(name: str) -> bool:
-    """A target that is not one of the known sets: any folder of radiographs (`--target-dir`)."""
-    return name not in TARGET_DATASETS
+    """A target that is not one of the known sets: any folder of radiographs (`--target-dir`).
+    The source, JSRT, is never one."""
+    return name != "jsrt" and name not in TARGET_DATASETS
 
 
 def check_target_name(name: str) -> str:

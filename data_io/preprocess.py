@@ -246,6 +246,18 @@ class PreparedRadiograph:
     mirrored: bool = False  # flipped back to the display convention (masks said it was mirrored)
 
 
+# What decoding one file may raise when the file (not the program) is at fault: the readers turn
+# known damage into ValueError naming the file; the rest covers decoders that fail in their own
+# ways. A job over an archive lists such files with the reason and goes on.
+UNREADABLE_ERRORS = (ValueError, OSError, EOFError, RuntimeError, MemoryError, Image.DecompressionBombError)
+
+
+def unreadable_reason(path: Path | str, exc: BaseException) -> str:
+    """The reason a file could not be read, without the file name the readers put first."""
+    text, path = str(exc) or type(exc).__name__, str(path)
+    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+
+
 def decode_radiograph(path: Path | str, image_format: str | None = None) -> Radiograph:
     """The raw pixels of one file and their polarity, by its format: JSRT's raw 12-bit `.IMG`
     (`image_format` "jsrt-img", or the .img suffix; white is zero), DICOM (a .dcm / .dicom

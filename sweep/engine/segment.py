@@ -44,9 +44,6 @@ PART_ROWS = 256  # rows per part file: a killed run loses at most this many rows
 LARGE_COMPONENT_FRACTION = 0.005
 MAX_LARGE_COMPONENTS = 2
 OVERLAY_CHOICES = ("flagged", "all", "none")
-# What reading one file may raise and still leave the job sound: the readers turn known damage
-# into ValueError naming the file; the rest covers decoders that fail in their own ways.
-READ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, MemoryError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -130,7 +127,7 @@ def read_batch(batch: dict[str, np.ndarray], info: "CheckpointInfo") -> dict[str
     image size, and the content crop when `info.crop_borders`), `crop` int64 [B, 6] (its `data_io.preprocess.CropBox` row, which holds
     the full frame's size) and `error` ("" when the file was read; else the reason, a zero image
     and a zero crop row)."""
-    from data_io.preprocess import CROP_FIELDS, preprocess_file
+    from data_io.preprocess import CROP_FIELDS, UNREADABLE_ERRORS, preprocess_file, unreadable_reason
 
     count, image_size = len(batch["path"]), info.image_size
     images = np.zeros((count, image_size, image_size), np.float32)
@@ -139,17 +136,11 @@ def read_batch(batch: dict[str, np.ndarray], info: "CheckpointInfo") -> dict[str
     for index, path in enumerate(batch["path"]):
         try:
             prepared = preprocess_file(path, image_size, crop_borders=info.crop_borders)
-        except READ_ERRORS as exc:
-            errors[index] = _reason(path, exc)
+        except UNREADABLE_ERRORS as exc:
+            errors[index] = unreadable_reason(path, exc)  # the row holds the path already
             continue
         images[index], crops[index] = prepared.image, prepared.crop.as_row()
     return {**batch, "image": images, "crop": crops, "error": errors}
-
-
-def _reason(path: str, exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    # Readers name the file first; the row already holds the path.
-    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,6 +51,36 @@ def test_an_unlabelled_folder_is_a_target_without_tasks(archive, montgomery, tmp
     np.testing.assert_array_equal(dataset.images, labelled.images)
 
 
+def test_an_archive_leaves_out_its_unreadable_images_and_lists_them(archive, montgomery, tmp_path, caplog):
+    """A hospital archive has damaged files: training on it leaves them out, with the reason, as
+    `cxrsweep segment` does. A known set's damaged file still stops the job, naming the file."""
+    dicom = sorted(archive.glob("*.dcm"))[0]
+    dicom.write_bytes(dicom.read_bytes()[:400])  # truncated in its pixel data
+    (archive / "garbled.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with caplog.at_level("WARNING", logger="data_io.cache"):
+        dataset = load_target("hospital-a", archive, 16, cache_dir=tmp_path / "cache")
+    assert len(dataset) == 4 and dataset.images.shape == (4, 16, 16)
+    assert dicom.stem not in dataset.ids and "garbled" not in dataset.ids
+    left_out = {entry["id"]: entry["reason"] for entry in dataset.skipped}
+    assert set(left_out) == {dicom.stem, "garbled"} and all(r.startswith("unreadable: ") for r in left_out.values())
+    assert str(dicom) not in left_out[dicom.stem]  # the reason, not the file name again
+    assert "2 of 6 image(s) unreadable" in caplog.text and "garbled" in caplog.text
+    cached = load_target("hospital-a", archive, 16, cache_dir=tmp_path / "cache")  # a cache hit
+    assert cached.ids == dataset.ids and cached.skipped == dataset.skipped
+
+    for readable in [p for p in archive.iterdir() if p.suffix in (".dcm", ".png") and p.stem not in left_out]:
+        readable.write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="none of its 6 image"):
+        load_target("hospital-a", archive, 16, cache_dir=tmp_path / "cache")
+
+    known = tmp_path / "montgomery"
+    shutil.copytree(montgomery, known)
+    broken = sorted((known / "CXR_png").glob("*.png"))[0]
+    broken.write_bytes(b"damaged")
+    with pytest.raises(ValueError, match=str(broken)):
+        load_target("montgomery", known, 16, cache_dir=tmp_path / "cache")
+
+
 def test_masks_in_the_folder_are_matched_by_name(montgomery, tmp_path):
     folder = tmp_path / "site"
     shutil.copytree(montgomery / "CXR_png", folder / "images")

@@ -1,7 +1,7 @@
 """The archive workflow end to end on a real Ray runtime: phantom radiographs converted to DICOM
-(some MONOCHROME1) are an unlabelled --target-dir for the proposed method at 0 % labels; its
-checkpoint then segments the folder through Ray Data, with a corrupt file in it, twice; and the
-same images as PNG give the same masks."""
+(some MONOCHROME1) plus a corrupt file are an unlabelled --target-dir for the proposed method at
+0 % labels; its checkpoint then segments the folder through Ray Data, twice; and the same images
+as PNG give the same masks."""
 from __future__ import annotations
 
 import json
@@ -29,6 +29,9 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
     photometric = [pydicom.dcmread(f, stop_before_pixels=True).PhotometricInterpretation for f in files]
     assert len(files) == len(list(pngs.glob("*.png"))) and {"MONOCHROME1", "MONOCHROME2"} == set(photometric)
 
+    # A corrupt file among the DICOMs: training leaves it out (listed in the log), segmenting lists it.
+    (dicoms / "corrupt.dcm").write_bytes(files[0].read_bytes()[:1000])
+
     # The proposed method on the unlabelled folder: warm-up + transfer, no labels, no scores.
     run = tmp_path / "run"
     assert main(["train-transfer", "--method", "proposed", "--label-fraction", "0", "--profile", "smoke",
@@ -46,8 +49,7 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
     # Both records: what it was trained on (the folder target by its content) and how it was prepared.
     assert set(checkpoint["data"]) == {"jsrt", "hospital"} and checkpoint["preprocessing"]["crop_borders"]
 
-    # Segment the folder through Ray Data, with a corrupt file among the DICOMs.
-    (dicoms / "corrupt.dcm").write_bytes(files[0].read_bytes()[:1000])
+    # Segment the folder through Ray Data.
     out = tmp_path / "segmented"
     command = ["segment", str(run / "best.pt"), str(dicoms), "--out", str(out), "--batch-size", "4",
                "--progress-every", "0"]
