@@ -148,9 +148,10 @@ def _read(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    expected = int(schema.metadata[b"cxrsweep_schema_version"])
     version = (table.schema.metadata or {}).get(b"cxrsweep_schema_version")
-    if version is None or int(version) != SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {version!r}, this cxrsweep reads version {SCHEMA_VERSION}")
+    if version is None or int(version) != expected:
+        raise ValueError(f"{path}: schema version {version!r}, this cxrsweep reads version {expected}")
     missing = [n for n in schema.names if n not in table.schema.names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -166,6 +167,8 @@ def read_images(out_dir: str | Path) -> pd.DataFrame:
 
 
 # `cxrsweep segment`: OUT/segmentations.parquet, one row per input radiograph (sweep.engine.segment).
+# Its version moves on its own, apart from the sweep's tables (it started at their 3).
+SEGMENTATIONS_SCHEMA_VERSION = 3
 SEGMENTATION_STATUSES = ("ok", "unreadable")
 SEGMENTATIONS_SCHEMA = pa.schema(
     [
@@ -198,7 +201,7 @@ SEGMENTATIONS_SCHEMA = pa.schema(
         pa.field("segmented_at", pa.float64()),  # Unix seconds
         pa.field("schema_version", pa.int64()),
     ],
-    metadata={"cxrsweep_schema_version": str(SCHEMA_VERSION), "table": "segmentations"},
+    metadata={"cxrsweep_schema_version": str(SEGMENTATIONS_SCHEMA_VERSION), "table": "segmentations"},
 )
 
 

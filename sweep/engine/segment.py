@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sweep.results import SCHEMA_VERSION, SEGMENTATIONS_SCHEMA, replace_atomically, to_table, write_atomic
+from sweep.results import SEGMENTATIONS_SCHEMA, SEGMENTATIONS_SCHEMA_VERSION, replace_atomically, to_table, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def encode_batch(batch: dict[str, np.ndarray], info: CheckpointInfo, overlays: s
     for index, path in enumerate(batch["path"]):
         row = {"path": path, "file_bytes": int(batch["file_bytes"][index]), "file_mtime_ns": int(batch["mtime_ns"][index]),
                "task": info.task, "checkpoint_sha256": info.sha256, "segmented_at": now,
-               "schema_version": SCHEMA_VERSION}
+               "schema_version": SEGMENTATIONS_SCHEMA_VERSION}
         error = batch["error"][index]
         if error:
             rows.append({**row, "status": "unreadable", "error": error, "qc_flag": True,

@@ -145,3 +145,21 @@ def test_local_segment_lists_bad_files_resumes_and_redoes_changed_ones(checkpoin
     assert main(command) == 0
     assert "5 image(s), 4 already done, 1 to do" in capsys.readouterr().out
     assert len(read_segmentations(out)) == 5
+
+
+def test_segmentations_parquet_checks_its_own_schema_version(tmp_path):
+    """segmentations.parquet carries the version of its own schema, apart from the sweep's tables."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sweep.results import SEGMENTATIONS_SCHEMA, SEGMENTATIONS_SCHEMA_VERSION
+
+    path = tmp_path / "segmentations.parquet"
+    empty = pa.table({f.name: pa.array([], type=f.type) for f in SEGMENTATIONS_SCHEMA}, schema=SEGMENTATIONS_SCHEMA)
+    pq.write_table(empty, path)
+    assert len(read_segmentations(tmp_path)) == 0
+    newer = str(SEGMENTATIONS_SCHEMA_VERSION + 1).encode()
+    pq.write_table(empty.replace_schema_metadata({b"cxrsweep_schema_version": newer}), path)
+    with pytest.raises(ValueError, match=f"segmentations.parquet: schema version .*reads version "
+                                         f"{SEGMENTATIONS_SCHEMA_VERSION}"):
+        read_segmentations(tmp_path)
