@@ -155,7 +155,7 @@ def register(subparsers) -> None:
 
 def cmd_run(args) -> int:
     from sweep.grid import build_grid
-    from sweep.runner import load_datasets, needed_datasets, run_grid
+    from sweep.runner import load_trial_datasets, run_grid
     from sweep.tuned import check_grid
 
     base, record = run_config(args)
@@ -165,8 +165,7 @@ def cmd_run(args) -> int:
     datasets = None
     if record is not None and grid.runnable():
         # Before Ray starts or anything trains: no trial may be configured with its own test images.
-        datasets = load_datasets(needed_datasets(grid.runnable()), data_paths(args),
-                                 grid.runnable()[0].config.image_size, grid.runnable()[0].config.crop_borders)
+        datasets = load_trial_datasets(grid.runnable(), data_paths(args))
         check_grid(record, grid, datasets)
     outcome = run_grid(grid, data_paths(args), sweep_options(args, resume=args.resume), datasets=datasets)
     return 0 if outcome.ok else EXIT_TRIALS_FAILED

@@ -101,6 +101,23 @@ def check_data_flags(names: set[str], paths: DataPaths) -> None:
             raise ValueError(f"{flag} required: the grid has transfer trials with target {name}")
 
 
+def data_settings(specs: Sequence[TrialSpec]) -> tuple[int, bool]:
+    """The one image size and content-crop setting that `specs` share: what their datasets are
+    prepared at ((0, True) for none). A mix is refused: one sweep per setting."""
+    sizes = {spec.config.image_size for spec in specs}
+    if len(sizes) > 1:
+        raise ValueError(f"the trials mix image sizes {sorted(sizes)}; run one sweep per size")
+    crops = {spec.config.crop_borders for spec in specs}
+    if len(crops) > 1:
+        raise ValueError("the trials mix crop_borders true and false; run one sweep per setting")
+    return (sizes.pop() if sizes else 0), (crops.pop() if crops else True)
+
+
+def load_trial_datasets(specs: Sequence[TrialSpec], paths: DataPaths) -> dict[str, Any]:
+    """The datasets `specs` read, prepared at their shared settings (`data_settings`)."""
+    return load_datasets(needed_datasets(specs), paths, *data_settings(specs))
+
+
 def load_datasets(names: set[str], paths: DataPaths, image_size: int, crop_borders: bool = True) -> dict[str, Any]:
     """The cached arrays of each dataset the trials need, keyed by dataset name."""
     from data_io.cache import load_jsrt, load_target
@@ -476,18 +493,11 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     # That frequent saving is deliberate; Tune would warn about it on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    sizes = {s.config.image_size for s in grid.runnable()}
-    if len(sizes) > 1:
-        raise ValueError(f"the grid mixes image sizes {sorted(sizes)}; run one sweep per size")
-    image_size = sizes.pop() if sizes else 0
-    crops = {s.config.crop_borders for s in grid.runnable()}
-    if len(crops) > 1:
-        raise ValueError("the grid mixes crop_borders true and false; run one sweep per setting")
-    crop_borders = crops.pop() if crops else True
+    image_size, _ = data_settings(grid.runnable())
     current = None
     if grid.runnable():
         if datasets is None:
-            datasets = load_datasets(needed_datasets(grid.runnable()), paths, image_size, crop_borders)
+            datasets = load_trial_datasets(grid.runnable(), paths)
         current = data_identity(datasets, image_size)
         grid = grid.with_data(current.fingerprints)
     connect(options)

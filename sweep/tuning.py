@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweep.config import RunConfig
 from sweep.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
 from sweep.progress import ray_log_path
-from sweep.runner import DataPaths, SweepOptions, connect, load_datasets, needed_datasets, run_grid, trial_resources
+from sweep.runner import DataPaths, SweepOptions, connect, load_trial_datasets, run_grid, trial_resources
 from sweep.store import RunStore
 from sweep.trainables import run_trial
 from sweep.tuned import TunedEntry, TuningRecord, provenance, scope_of
@@ -86,13 +86,7 @@ def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOpt
     """Search each cell (`[cell, *dependencies]`, one per fold / repetition) after running the
     dependencies; write the record (one entry per cell) to `best_file` and return it."""
     everything = [spec for specs in cells for spec in specs]
-    sizes = {spec.config.image_size for spec in everything}
-    if len(sizes) != 1:
-        raise ValueError(f"the tuned cells mix image sizes {sorted(sizes)}")
-    crops = {spec.config.crop_borders for spec in everything}
-    if len(crops) != 1:
-        raise ValueError("the tuned cells mix crop_borders true and false")
-    datasets = load_datasets(needed_datasets(everything), paths, sizes.pop(), crops.pop())
+    datasets = load_trial_datasets(everything, paths)
     fingerprints = {name: dataset.fingerprint for name, dataset in datasets.items()}
     grid = Grid()
     for spec in everything:

@@ -113,3 +113,20 @@ def test_fig9_runs_follow_the_selection(kwargs, tasks):
                     and t.config.experiment == "transfer"]
     with pytest.raises(ValueError, match="--tasks"):
         build_grid("transfer", make_config("smoke"), tasks=["ribs"])
+
+
+def test_trials_share_one_image_size_and_crop_setting():
+    from sweep.runner import data_settings
+
+    base = make_config("smoke")
+    grid = build_grid("segmentation", base, models=["unet"], tasks=["lungs"], folds=[0, 1])
+    assert data_settings(grid.runnable()) == (base.image_size, base.crop_borders)
+    assert data_settings([]) == (0, True)
+    other_size = build_grid("segmentation", make_config("smoke", image_size=base.image_size * 2), models=["unet"],
+                            tasks=["lungs"], folds=[0])
+    with pytest.raises(ValueError, match="mix image sizes"):
+        data_settings(grid.runnable() + other_size.runnable())
+    uncropped = build_grid("segmentation", make_config("smoke", crop_borders=not base.crop_borders), models=["unet"],
+                           tasks=["lungs"], folds=[0])
+    with pytest.raises(ValueError, match="mix crop_borders"):
+        data_settings(grid.runnable() + uncropped.runnable())
