@@ -5,6 +5,7 @@ failed, elapsed time and an estimate of the time left, plus a line per finished 
 a log file under OUT instead (`ray_log_path`, `send_ray_messages_to`)."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -62,22 +63,20 @@ def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> 
             logger.setLevel(logging.INFO)
 
 
-# The log file of the sweep's worker processes, handed to them in their environment.
-WORKER_LOG_ENV = "CXRSWEEP_RAY_LOG"
+# Ray Tune's logger that says, in a trial's worker before the trial's own code runs (and so before
+# it redirects Ray's loggers), "Restored on <ip> from checkpoint: ..." on --resume. The trial then
+# logs where it resumes from itself, in ray.log.
+RESTORE_LOGGER = "ray.tune.trainable.trainable"
 
 
-def worker_log_env(path: Path) -> dict:
-    """The runtime_env of a Ray runtime a sweep starts: every worker process sends Ray's and the
-    engines' messages to `path` from its start (`quiet_worker`), before any trial code runs."""
-    return {"env_vars": {WORKER_LOG_ENV: str(path)}, "worker_process_setup_hook": "sweep.progress.quiet_worker"}
-
-
-def quiet_worker() -> None:
-    """Ray's worker_process_setup_hook: Ray logs some messages in a trial's worker before the trial
-    itself runs (e.g. "Restored on ... from checkpoint" on --resume); they go to the sweep's log."""
-    path = os.environ.get(WORKER_LOG_ENV)
-    if path:
-        send_ray_messages_to(Path(path), RAY_LOGGERS + ENGINE_LOGGERS)
+def worker_runtime_env() -> dict:
+    """The runtime_env of a Ray runtime a sweep starts: each worker process raises the restore
+    logger to WARNING from its start. The hook is made of the standard library only (a logger
+    pickles as its name), so a worker that cannot import cxrsweep yet (its code path not set up
+    when the hook runs) still starts."""
+    quiet = functools.partial(logging.Logger.setLevel, logging.getLogger(RESTORE_LOGGER), logging.WARNING)
+    quiet.__name__ = "cxrsweep_quiet_restore_messages"  # Ray names a callable hook by it
+    return {"worker_process_setup_hook": quiet}
 
 
 def format_duration(seconds: float | None) -> str:

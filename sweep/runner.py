@@ -23,7 +23,7 @@ from data_io.datasets import TARGET_DATASETS
 from sweep.config import GPUS_PER_TRIAL
 from sweep.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from sweep.progress import (ProgressRelay, SweepProgress, format_duration, ray_log_path, report_progress_to,
-                            send_ray_messages_to, worker_log_env)
+                            send_ray_messages_to, worker_runtime_env)
 from sweep.scheduling import DependencyRelease
 from sweep.store import CurrentData, RunStore, write_results
 from sweep.trainables import run_trial
@@ -146,14 +146,12 @@ def data_identity(datasets: dict[str, Any], image_size: int) -> CurrentData:
 
 
 def connect(options: SweepOptions) -> None:
-    """Start (or join, with options.address) the Ray runtime of this sweep. Each of its worker
-    processes sends Ray's and the engines' messages to the sweep's log file from its start: Ray
-    logs some (e.g. "Restored on ... from checkpoint") before a trial's own code runs. A runtime
-    already initialised in this process is used as it is."""
+    """Start (or join, with options.address) the Ray runtime of this sweep, its workers quiet
+    about restores (`worker_runtime_env`). A runtime already initialised in this process is used
+    as it is."""
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                              "runtime_env": worker_log_env(ray_log_path(RunStore(options.out)))}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "runtime_env": worker_runtime_env()}
     if options.address:
         kwargs["address"] = options.address
     elif options.object_store_memory:

@@ -83,9 +83,10 @@ def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log
     assert "resuming Ray Tune experiment" in log
-    # Ray's restore message comes from the trial's worker before the trial runs: it goes to the
-    # log file with Ray's other messages, not to the console.
+    # Ray's own restore message (logged in the trial's worker before the trial runs) stays off the
+    # console; the trial says where it resumes from in ray.log.
     assert "from checkpoint:" not in log, log
+    assert "resuming from its checkpoint" in (out / "logs" / "ray.log").read_text()
     trials, images = read_trials(out), read_images(out)
     assert len(trials) == 3 and trials.trial_id.is_unique and (trials.status == "ok").all()
     assert len(images) == trials.n_test_images.sum() and not images.duplicated(["trial_id", "image_id"]).any()
