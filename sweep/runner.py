@@ -147,11 +147,13 @@ def data_identity(datasets: dict[str, Any], image_size: int) -> CurrentData:
 
 def connect(options: SweepOptions) -> None:
     """Start (or join, with options.address) the Ray runtime of this sweep, its workers quiet
-    about restores (`worker_runtime_env`). A runtime already initialised in this process is used
-    as it is."""
+    about restores (`worker_runtime_env`; not through Ray Client, a `ray://` address, whose job
+    config takes no callable hook). A runtime already initialised in this process is used as it is."""
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "runtime_env": worker_runtime_env()}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if "://" not in (options.address or os.environ.get("RAY_ADDRESS", "")):
+        kwargs["runtime_env"] = worker_runtime_env()
     if options.address:
         kwargs["address"] = options.address
     elif options.object_store_memory:
