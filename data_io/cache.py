@@ -193,7 +193,8 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
     if path.exists():
         try:
             cached = load_cache_file(path)
-            if cached.key == key:
+            if cached.key == key and not _now_readable(scan, cached, image_size, crop_borders):
+                _warn_unreadable(scan, _unreadable_entries(cached.skipped))
                 return cached
         except ValueError as exc:
             log.warning("rebuilding unreadable cache entry: %s", exc)
@@ -201,11 +202,7 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
     log.info("preprocessing %s: %d cases from %s at %d px, content crop %s", scan.name, len(scan.cases),
              scan.image_root, image_size, "on" if crop_borders else "off")
     prepared = preprocess(scan, image_size, crop_borders=crop_borders)
-    if prepared.unreadable:
-        listed = "; ".join(f"{entry['id']} ({entry['reason']})" for entry in prepared.unreadable[:5])
-        more = len(prepared.unreadable) - 5
-        log.warning("%s: %d of %d image(s) unreadable, left out: %s%s", scan.name, len(prepared.unreadable),
-                    len(scan.cases), listed, f"; and {more} more (the cache entry lists them)" if more > 0 else "")
+    _warn_unreadable(scan, prepared.unreadable)
     statistics = crop_statistics(prepared.crop_boxes)
     if crop_borders:
         log.info(describe_crop_statistics(scan.name, statistics))
@@ -227,6 +224,36 @@ def _load(scan: Scan, image_size: int, cache_dir: str | Path | None, crop_border
     _write(dataset, folder, prefix, statistics)
     log.info("cached %s (%d cases) in %.1f s: %s", scan.name, len(dataset), time.perf_counter() - started, path)
     return dataset
+
+
+UNREADABLE = "unreadable: "  # how a `skipped` entry of an image left out as unreadable begins
+
+
+def _unreadable_entries(skipped: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [entry for entry in skipped if entry["reason"].startswith(UNREADABLE)]
+
+
+def _warn_unreadable(scan: Scan, unreadable: list[dict[str, str]]) -> None:
+    """Say, on every load, which images of a folder target were left out and why."""
+    if not unreadable:
+        return
+    listed = "; ".join(f"{entry['id']} ({entry['reason'][len(UNREADABLE):]})" for entry in unreadable[:5])
+    more = len(unreadable) - 5
+    log.warning("%s: %d of %d image(s) unreadable, left out: %s%s", scan.name, len(unreadable), len(scan.cases),
+                listed, f"; and {more} more (the cache entry's skipped list has them all)" if more > 0 else "")
+
+
+def _now_readable(scan: Scan, cached: CachedDataset, image_size: int, crop_borders: bool) -> bool:
+    """Whether an image the cache entry left out as unreadable reads now. The entry's key knows the
+    files, not the machine: a decoder installed since, a permission fixed or memory freed changes
+    no file, so the left-out images (few) are tried again on every load."""
+    by_id = {case.id: case for case in scan.cases}
+    for entry in _unreadable_entries(cached.skipped):
+        case = by_id.get(entry["id"])
+        if case is not None and not isinstance(prepare_case(scan, case, image_size, crop_borders, True), str):
+            log.info("%s: %s reads now: preparing the dataset again", scan.name, case.image)
+            return True
+    return False
 
 
 def _write(dataset: CachedDataset, folder: Path, prefix: str, statistics: dict) -> None:
@@ -301,9 +328,9 @@ def preprocess(scan: Scan, image_size: int, workers: int | None = None, crop_bor
             outcomes = list(pool.map(_prepare_case_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
     else:
         outcomes = [_prepare_case_job(job) for job in jobs]
-    unreadable = [{"id": case.id, "reason": f"unreadable: {outcome}"}
+    unreadable = [{"id": case.id, "reason": f"{UNREADABLE}{outcome}"}
                   for case, outcome in zip(scan.cases, outcomes) if isinstance(outcome, str)]
-    if len(unreadable) == len(scan.cases):
+    if unreadable and len(unreadable) == len(scan.cases):
         raise ValueError(f"{scan.image_root}: none of its {len(scan.cases)} image(s) could be read "
                          f"({scan.cases[0].image.name}: {outcomes[0]})")
     read = [(case, outcome) for case, outcome in zip(scan.cases, outcomes) if not isinstance(outcome, str)]
@@ -325,26 +352,32 @@ def preprocess(scan: Scan, image_size: int, workers: int | None = None, crop_bor
 
 
 def _prepare_case_job(job: tuple[Scan, Case, int, bool, bool]):
-    """prepare_case's result, or (with skip_unreadable) the reason its image could not be decoded."""
-    scan, case, image_size, crop_borders, skip_unreadable = job
-    try:
-        radiograph = decode_radiograph(case.image, scan.image_format)
-    except UNREADABLE_ERRORS as exc:
-        if not skip_unreadable:
-            raise
-        return unreadable_reason(case.image, exc)
-    return prepare_case(scan, case, image_size, crop_borders, radiograph=radiograph)
+    return prepare_case(*job)
 
 
-def prepare_case(scan: Scan, case: Case, image_size: int, crop_borders: bool = True, radiograph=None):
+def prepare_case(scan: Scan, case: Case, image_size: int, crop_borders: bool = True, skip_unreadable: bool = False):
     """One case through `prepare_radiograph`: a PreparedRadiograph whose masks are the scan's
-    tasks (uint8) instead of SCR structures. `radiograph`: the case's image already decoded."""
-    if radiograph is None:
-        radiograph = decode_radiograph(case.image, scan.image_format)
+    tasks (uint8) instead of SCR structures. With `skip_unreadable`, an image that cannot be
+    decoded or prepared (damaged, uniform, ...: what `cxrsweep segment` lists as unreadable) gives
+    the reason (a str) instead; a bad mask still raises."""
+
+    def image_step(step, *args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except UNREADABLE_ERRORS as exc:
+            if not skip_unreadable:
+                raise
+            return unreadable_reason(case.image, exc)
+
+    radiograph = image_step(decode_radiograph, case.image, scan.image_format)
+    if isinstance(radiograph, str):
+        return radiograph
     structures = {name: read_mask(path) for name, path in case.masks.items()}
     datasets.check_sizes(scan, case, radiograph.pixels.shape, {name: mask.shape for name, mask in structures.items()})
-    prepared = prepare_radiograph(radiograph, image_size, source=case.image, crop_borders=crop_borders,
-                                  structures=structures)
+    prepared = image_step(prepare_radiograph, radiograph, image_size, source=case.image, crop_borders=crop_borders,
+                          structures=structures)
+    if isinstance(prepared, str):
+        return prepared
 
     def tasks(structure_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {task: mask.astype(np.uint8) for task, mask in datasets.task_masks(structure_masks, scan.tasks).items()}
