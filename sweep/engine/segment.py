@@ -353,7 +353,8 @@ class SegmentOutput:
         return self.out / PARQUET_NAME
 
     def existing(self):
-        """Every row recorded so far (the gathered table and the parts), the latest per path."""
+        """Every row recorded so far (the gathered table and the parts), the latest per path. Rows
+        of another schema version are left out: their images are segmented again."""
         import pandas as pd
         import pyarrow.parquet as pq
 
@@ -367,6 +368,11 @@ class SegmentOutput:
         if not frames:
             return pd.DataFrame(columns=SEGMENTATIONS_SCHEMA.names)
         rows = pd.concat(frames, ignore_index=True)
+        current = rows["schema_version"] == SEGMENTATIONS_SCHEMA_VERSION
+        if not current.all():
+            log.warning("%s: %d row(s) of another schema version; their images are segmented again", self.out,
+                        int((~current).sum()))
+            rows = rows[current]
         return rows.sort_values("segmented_at", kind="stable").drop_duplicates("path", keep="last")
 
     def pending(self, items: Sequence[ImageItem], retry_unreadable: bool = False) -> list[ImageItem]:

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +17,7 @@ from sweep.engine.checkpoints import foreground_range, network_checkpoint, save_
 from data_io.preprocess import CropBox
 from sweep.engine.segment import (CheckpointInfo, SegmentOutput, checkpoint_info, full_frame_mask, list_inputs,
                                   mask_statistics, quality_flags)
-from sweep.results import read_segmentations
+from sweep.results import SEGMENTATIONS_SCHEMA_VERSION, read_segmentations
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,19 @@ def test_local_segment_lists_bad_files_resumes_and_redoes_changed_ones(checkpoin
     assert main(command) == 0
     assert "5 image(s), 4 already done, 1 to do" in capsys.readouterr().out
     assert len(read_segmentations(out)) == 5
+
+    # A row of another schema version is not taken as done.
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "segmentations.parquet")
+    versions = table.column("schema_version").to_pylist()
+    versions[0] -= 1
+    pq.write_table(table.set_column(table.schema.get_field_index("schema_version"), "schema_version",
+                                    pa.array(versions, pa.int64())), out / "segmentations.parquet")
+    assert main(command) == 0
+    assert "5 image(s), 4 already done, 1 to do" in capsys.readouterr().out
+    again = read_segmentations(out)
+    assert len(again) == 5 and (again.schema_version == SEGMENTATIONS_SCHEMA_VERSION).all()
 
 
 def test_segmentations_parquet_checks_its_own_schema_version(tmp_path):
