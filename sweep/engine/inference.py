@@ -89,6 +89,12 @@ def as_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.contiguous(memory_format=memory_format_for(device))
 
 
+def as_mask_batch(masks: np.ndarray, device: torch.device) -> torch.Tensor:
+    """[N, S, S] masks -> uint8 tensor on `device` (int64 masks of a 256 px dataset would take 8x
+    the memory; a drawn batch is widened when the loss needs it)."""
+    return torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)).to(device)
+
+
 def _logits(model: nn.Module, images: np.ndarray, device: torch.device):
     """The model's logits [B, 2, S, S] for normalised images [N, S, S], batch after batch (eval mode)."""
     model.eval()

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +23,7 @@ from models.registry import build_segmenter
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData
-from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
+from sweep.engine.inference import (adam, as_batch, as_mask_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
 from sweep.engine.scoring import SplitScorer, predict_and_score
 from sweep.engine.run_dir import RunResult, write_test_outputs
@@ -85,8 +84,7 @@ class _Trainer(ckpt.ResumableRun):
         self.scaler = grad_scaler_for(self.device)
         self.loss_fn = build_loss(cfg.loss, foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
         self.train_images = as_batch(data.train_images, self.device)
-        # uint8 until a batch is drawn: int64 masks of a 256 px dataset would take 8x the memory.
-        self.train_masks = torch.from_numpy(np.ascontiguousarray(data.train_masks, dtype=np.uint8)).to(self.device)
+        self.train_masks = as_mask_batch(data.train_masks, self.device)
         # The validation split stays on the device too, and is scored there (sweep/engine/scoring.py).
         self.val_scorer = SplitScorer(data.val_images, data.val_masks, data.val_frame, self.device)
         self.foreground_range = ckpt.foreground_range([data.train_masks])

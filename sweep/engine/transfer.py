@@ -34,13 +34,13 @@ from models.translators.base import Translator
 from sweep.config import METHODS_NEEDING_TARGET_LABELS, TRANSFER_METHODS, RunConfig
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData
-from sweep.engine.inference import (adam, as_batch, autocast_for, compile_in_place, grad_scaler_for,
+from sweep.engine.inference import (adam, as_batch, as_mask_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
 from sweep.engine.scoring import SplitScorer, predict_and_score
-from sweep.engine.run_dir import TRANSLATIONS_DIR, RunResult, best_checkpoint_path, write_test_outputs
+from sweep.engine.run_dir import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TRANSLATIONS_DIR, RunResult,
+                                  best_checkpoint_path, write_test_outputs)
 from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
-from sweep.engine.selection import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TargetSelection,
-                                    selection_criterion)
+from sweep.engine.selection import TargetSelection, selection_criterion
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTrainer, adversarial_balance,
                                       check_finite, device_batches, format_balance, format_losses, load_translator,
@@ -326,9 +326,9 @@ class ProposedRun(ckpt.ResumableRun):
         # On the device once; masks stay uint8 until a batch is drawn (int64 would take 8x the memory).
         self.source_images = as_batch(data.source_train_images, device)
         self.target_images = as_batch(data.target_train_images, device)
-        self.source_masks = _device_masks(data.source_train_masks, device)
+        self.source_masks = as_mask_batch(data.source_train_masks, device)
         self.labelled_images = as_batch(data.target_labelled_images, device) if data.n_labelled else None
-        self.labelled_masks = _device_masks(data.target_labelled_masks, device) if data.n_labelled else None
+        self.labelled_masks = as_mask_batch(data.target_labelled_masks, device) if data.n_labelled else None
         self.validate = ValidationScorer(data, device)
         self.foreground_range = ckpt.foreground_range([data.source_train_masks, data.target_labelled_masks])
         self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
@@ -553,10 +553,6 @@ class ProposedRun(ckpt.ResumableRun):
             "discriminators_saturated": bool(saturation),
             "saturation": saturation,
         }
-
-
-def _device_masks(masks: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)).to(device)
 
 
 def load_transfer_model(path: str | Path) -> TranslateThenSegment:
