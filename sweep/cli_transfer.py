@@ -88,7 +88,7 @@ def run_train_transfer(args: argparse.Namespace) -> int:
 
 def proposed_outcome(summary: dict) -> str:
     """One line on what the proposed run kept and whether its discriminators saturated."""
-    from sweep.engine.selection import NO_ADAPTATION
+    from sweep.engine.run_dir import NO_ADAPTATION
 
     if summary["selected_model"] == NO_ADAPTATION:
         kept = (f"kept no adaptation (M_A on the target as it is): the adapted epoch {summary['adapted_epoch']} "

@@ -34,7 +34,8 @@ from typing import Any
 import ray
 from ray import tune
 
-from sweep.engine.run_dir import RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
+from sweep.engine.run_dir import (NO_ADAPTATION, RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path,
+                                  last_checkpoint_path)
 from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
 from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
 from sweep.store import RunStore
@@ -251,8 +252,6 @@ def trial_notes(run_dir: Path) -> dict[str, int]:
     """What the console's line for a finished transfer trial must say (sweep.progress.TRIAL_NOTES):
     a proposed run that kept no adaptation, discriminators that saturated. The engine's own
     warnings about them go to the log file with the rest of its lines."""
-    from sweep.engine.selection import NO_ADAPTATION
-
     summary = json.loads((run_dir / RESULT_JSON).read_text())
     return {"fell_back": int(summary.get("selected_model") == NO_ADAPTATION),
             "saturated": int(bool(summary.get("discriminators_saturated")))}

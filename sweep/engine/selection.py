@@ -35,10 +35,8 @@ from torch import nn
 
 from sweep.config import SELECTIONS
 from sweep.engine.inference import predict_foreground
-# The result.json values of "selected_model" and "selection_criterion" are declared with the run
-# directory's contract (the report reads them without torch); re-exported here for the engine.
-from sweep.engine.run_dir import (ADAPTED, NO_ADAPTATION, SOURCE_JACCARD, TARGET_JACCARD,  # noqa: F401
-                                  TARGET_PLAUSIBILITY)
+# The result.json values of "selection_criterion" live with the run directory's contract.
+from sweep.engine.run_dir import SOURCE_JACCARD, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
 if TYPE_CHECKING:
     from sweep.config import RunConfig

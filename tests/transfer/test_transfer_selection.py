@@ -10,7 +10,8 @@ import torch
 
 from models.registry import read_segmenter_checkpoint
 from models.translators.munit import MUNITTranslator
-from sweep.engine.selection import NO_ADAPTATION, TARGET_PLAUSIBILITY, ShapePrior, TargetSelection
+from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
+from sweep.engine.selection import ShapePrior, TargetSelection
 from sweep.engine.transfer import train_transfer, warmup_translator
 from sweep.engine.transfer_data import transfer_data
 
