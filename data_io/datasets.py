@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_io.readers import (DICOM_SUFFIXES, JSRT_SUFFIXES, PICTURE_SUFFIXES, RADIOGRAPH_SUFFIXES, is_radiograph_file,
-                             radiograph_id)
+from data_io.readers import PICTURE_SUFFIXES, is_radiograph_file, radiograph_id, radiograph_kind
 
 DATASETS = ("jsrt", "montgomery", "shenzhen")
 # The target sets known by name (their layouts below); any other valid name is a folder target.
@@ -315,11 +314,10 @@ def radiograph_files(folder: Path) -> list[Path]:
 
 
 def _image_format(path: Path) -> str:
-    if path.suffix.lower() in JSRT_SUFFIXES:
-        return "jsrt-img"
-    if path.suffix.lower() in DICOM_SUFFIXES or path.suffix.lower() not in RADIOGRAPH_SUFFIXES:
-        return "dicom"
-    return path.suffix.lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
+    """A radiograph file's format name for Scan.image_format: its decoder (`radiograph_kind`), or
+    for a picture its normalised suffix."""
+    kind = radiograph_kind(path)
+    return kind if kind != "picture" else path.suffix.lower().lstrip(".").replace("jpeg", "jpg").replace("tiff", "tif")
 
 
 def scan_folder_target(name: str, root: str | Path) -> Scan:

@@ -98,7 +98,8 @@ def convert_folder(source: str | Path, out: str | Path, monochrome1_every: int =
     """Every picture radiograph of `source` (PNG, ...) as OUT/<id>.dcm; every Nth one (1st, N+1th, ...)
     stored as MONOCHROME1 when `monochrome1_every` is N > 0."""
     from data_io.datasets import radiograph_files
-    from data_io.readers import PICTURE_SUFFIXES, radiograph_id, read_gray
+    from data_io.preprocess import decode_radiograph
+    from data_io.readers import PICTURE_SUFFIXES, radiograph_id
 
     source = Path(source)
     files = [p for p in radiograph_files(source) if p.suffix.lower() in PICTURE_SUFFIXES]
@@ -106,9 +107,7 @@ def convert_folder(source: str | Path, out: str | Path, monochrome1_every: int =
         raise ValueError(f"{source}: no picture files ({', '.join(PICTURE_SUFFIXES)}) to convert")
     converted = Converted([], [])
     for index, path in enumerate(files):
-        pixels = read_gray(path)
-        if pixels.ndim != 2:
-            raise ValueError(f"{path}: expected a single-channel radiograph, got shape {pixels.shape}")
+        pixels = decode_radiograph(path).pixels  # a picture: its gray levels as stored
         flip = monochrome1_every > 0 and index % monochrome1_every == 0
         dicom = write_dicom(pixels, Path(out) / f"{radiograph_id(path)}.dcm", monochrome1=flip)
         converted.written.append(dicom)
