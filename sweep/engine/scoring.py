@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sweep.engine.data import FullFrame
-from sweep.engine.inference import as_batch, autocast_for, eval_batch_size
+from sweep.engine.inference import as_batch, logits_batches
 from sweep.engine.metrics import as_bool, dice_from_counts, jaccard_from_counts
 
 
@@ -96,11 +96,7 @@ class SplitScorer:
     @torch.no_grad()
     def predict(self, model: nn.Module) -> Tensor:
         """Foreground masks uint8 [N, S, S], left on the device (model put in eval mode)."""
-        model.eval()
-        out = []
-        for batch in self.images.split(eval_batch_size(self.device)):
-            with autocast_for(self.device):
-                out.append(model(batch).argmax(dim=1).to(torch.uint8))
+        out = [logits.argmax(dim=1).to(torch.uint8) for logits in logits_batches(model, self.images, self.device)]
         if not out:
             return torch.zeros((0, *self.images.shape[2:]), dtype=torch.uint8, device=self.device)
         return torch.cat(out)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweep.config import SELECTIONS
-from sweep.engine.inference import predict_foreground
+from sweep.engine.inference import as_batch, foreground_masks
 # The result.json values of "selection_criterion" live with the run directory's contract.
 from sweep.engine.run_dir import SOURCE_JACCARD, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
@@ -135,10 +135,13 @@ class TargetSelection:
         self.prior = ShapePrior.from_masks(source_masks)
         self.images = target_images
         self.margin = float(margin)
+        self._on_device: tuple[str, torch.Tensor] | None = None  # the images, uploaded once per device
 
     def plausibility(self, model: nn.Module, device: torch.device) -> np.ndarray:
         """Per target validation image, the plausibility of `model`'s predicted mask."""
-        return self.prior.plausibility(predict_foreground(model, self.images, device) >= 0.5)
+        if self._on_device is None or self._on_device[0] != str(device):
+            self._on_device = (str(device), as_batch(self.images, device))
+        return self.prior.plausibility(foreground_masks(model, self._on_device[1], device))
 
     @staticmethod
     def follows(epoch: np.ndarray, leader: np.ndarray | None) -> bool:

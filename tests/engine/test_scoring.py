@@ -91,3 +91,18 @@ def test_truth_that_is_not_binary_is_refused():
     images = np.zeros((2, 32, 32), np.float32)
     with pytest.raises(ValueError, match="truth: expected a binary mask"):
         SplitScorer(images, np.full((2, 32, 32), 2, np.uint8), None, CPU)
+
+
+def test_foreground_masks_on_the_device_match_the_host_threshold():
+    """The target selection's masks: thresholded on the device, from host images or from images
+    uploaded once, equal the host threshold of the foreground probability."""
+    from sweep.engine.inference import as_batch, foreground_masks, predict_foreground
+
+    torch.manual_seed(0)
+    model = build_segmenter("unet", width=0.125)
+    images = np.random.default_rng(0).normal(size=(5, 32, 32)).astype(np.float32)
+    device = torch.device("cpu")
+    expected = predict_foreground(model, images, device) >= 0.5
+    assert 0 < expected.mean() < 1  # both classes present: the comparison means something
+    np.testing.assert_array_equal(foreground_masks(model, images, device), expected)
+    np.testing.assert_array_equal(foreground_masks(model, as_batch(images, device), device), expected)
