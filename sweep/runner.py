@@ -373,9 +373,8 @@ class _Runner:
         with _pending_trials(self._slots()), _tune_output_off():
             results = tuner.fit()
         self._collect(results, specs)
-        self._record_unrun(specs, restored)
-        settled = set(self.outcome.failed) | set(self.outcome.not_applicable)
-        leftover = [s for s in specs if s.trial_id not in settled and not self.store.is_complete(s)]
+        left = self._record_unrun(specs, restored)
+        leftover = [s for s in specs if s.trial_id in left]
         if leftover and restored:
             # The restored experiment did not hold every trial asked for now (the plan grew).
             self.progress.begin({s.trial_id for s in leftover})
@@ -416,12 +415,13 @@ class _Runner:
             self.outcome.failed[trial_id] = error
             self.store.record_failure(spec, error)
 
-    def _record_unrun(self, specs: list[TrialSpec], restored: bool) -> None:
+    def _record_unrun(self, specs: list[TrialSpec], restored: bool) -> set[str]:
         """Trials the searcher never released: those whose dependency failed are recorded as
         failed with its error; any other is a trial the sweep stopped before (restored: left
-        for the next Tuner)."""
+        for the next Tuner, and returned)."""
         ran = set(self.outcome.completed) | set(self.outcome.failed) | set(self.outcome.not_applicable)
         unrun = {s.trial_id for s in specs if s.trial_id not in ran and not self.store.is_complete(s)}
+        left: set[str] = set()
         for layer in self.grid.stages():  # dependencies before their dependants
             for spec in layer:
                 if spec.trial_id not in unrun:
@@ -430,11 +430,13 @@ class _Runner:
                 if broken:
                     error = f"dependency {broken[0]} failed: {self.outcome.failed[broken[0]]}"
                 elif restored:
+                    left.add(spec.trial_id)
                     continue
                 else:
                     error = "not started: the sweep stopped before its dependencies were published"
                 self.store.record_failure(spec, error)
                 self.outcome.failed[spec.trial_id] = error
+        return left
 
     def _gather(self) -> None:
         self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store, self.current)

@@ -81,3 +81,21 @@ def test_resume_with_other_data_starts_the_interrupted_trials_afresh(ray_runtime
     summary = json.loads((out / "runs" / trial_id / "result.json").read_text())
     assert summary["epochs_trained"] == 2  # both epochs on B, nothing continued from A's checkpoint
     assert read_trials(out).status.item() == "ok"
+
+
+def test_resume_with_a_grown_plan_runs_the_trials_the_experiment_did_not_hold(ray_runtime, tmp_path, capsys,
+                                                                              monkeypatch):
+    out = tmp_path / "out"
+    data = _synth(tmp_path / "A", seed=0)
+    monkeypatch.setenv(INJECT_FAILURE_ENV, "segmentation-*:1:1")  # the first attempt fails
+    assert main([*SLICE, *data, "--out", str(out), "--checkpoint-every-s", "0"]) == 1
+    monkeypatch.delenv(INJECT_FAILURE_ENV)
+    capsys.readouterr()
+
+    # Fold 1 is not in the restored Tune experiment: it runs in a Tuner of its own after it.
+    grown = [*SLICE[:SLICE.index("--folds") + 1], "0,1", *SLICE[SLICE.index("--folds") + 2:]]
+    assert main([*grown, *data, "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming Ray Tune experiment" in printed and "2 completed" in _summary(printed)
+    trials = read_trials(out)
+    assert sorted(trials.fold) == [0, 1] and (trials.status == "ok").all()
