@@ -29,8 +29,8 @@ import numpy as np
 from data_io import datasets
 from data_io.datasets import Case, Scan
 from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, UNREADABLE_ERRORS, CropBox,
-                                crop_statistics, decode_radiograph, describe_crop_statistics, prepare_radiograph,
-                                unreadable_reason)
+                                any_trimmed, crop_statistics, decode_radiograph, describe_crop_statistics,
+                                prepare_radiograph, unreadable_reason)
 from data_io.readers import read_mask
 
 __all__ = ["CachedDataset", "cache_key", "default_cache_dir", "fingerprint_arrays", "load_cache_file", "load_jsrt",
@@ -151,7 +151,7 @@ def fingerprint_arrays(name: str, ids: list[str], images: np.ndarray, masks: dic
     digest.update(np.ascontiguousarray(images).tobytes())
     for task in sorted(masks):
         digest.update(np.packbits(np.ascontiguousarray(masks[task], dtype=np.uint8).reshape(-1)).tobytes())
-    if crop_boxes is not None and any(CropBox.from_row(row).trimmed for row in crop_boxes):
+    if crop_boxes is not None and any_trimmed(crop_boxes):
         digest.update(np.ascontiguousarray(crop_boxes, dtype=np.int64).tobytes())
         for task in sorted(full_masks or {}):
             digest.update(np.packbits(np.ascontiguousarray(full_masks[task], dtype=np.uint8).reshape(-1)).tobytes())
@@ -274,8 +274,8 @@ def _write(dataset: CachedDataset, folder: Path, prefix: str, statistics: dict) 
         "crop_statistics": statistics,
     }
     arrays = {f"mask_{task}": np.packbits(mask.reshape(-1)) for task, mask in dataset.masks.items()}
-    # Whole-frame masks only where they differ from the cropped ones (something was trimmed).
-    full = {task: mask for task, mask in dataset.full_masks.items() if mask is not dataset.masks.get(task)}
+    # Whole-frame masks only where they differ from the cropped ones: when something was trimmed.
+    full = dataset.full_masks if statistics["trimmed"] else {}
     meta["full_mask_tasks"] = list(full)
     arrays.update({f"full_mask_{task}": np.packbits(mask.reshape(-1)) for task, mask in full.items()})
     arrays["crop_boxes"] = dataset.crop_boxes.astype(np.int32)

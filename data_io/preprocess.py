@@ -413,6 +413,11 @@ def mask_to_full_frame(mask: np.ndarray, crop: CropBox, size: tuple[int, int] | 
     return out
 
 
+def any_trimmed(boxes: np.ndarray) -> bool:
+    """Whether any of these crop boxes (rows of CROP_FIELDS) trimmed its image."""
+    return any(CropBox.from_row(row).trimmed for row in boxes)
+
+
 def crop_statistics(boxes: np.ndarray) -> dict:
     """Summary of a dataset's crop boxes (rows of CROP_FIELDS): how many were trimmed, on which
     sides, and how much of the frame was kept."""

@@ -35,10 +35,10 @@ class FullFrame:
     def of(cls, dataset: "CachedDataset", task: str, index: np.ndarray) -> "FullFrame | None":
         """The whole frame of `dataset`'s images `index`; None when none of them was trimmed
         (the cropped frame is then the whole frame)."""
-        from data_io.preprocess import CropBox
+        from data_io.preprocess import any_trimmed
 
         boxes = dataset.crop_boxes[index]
-        if not any(CropBox.from_row(row).trimmed for row in boxes):
+        if not any_trimmed(boxes):
             return None
         return cls(masks=dataset.full_masks[task][index], crop_boxes=boxes)
 
