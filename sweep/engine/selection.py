@@ -144,10 +144,16 @@ class TargetSelection:
         return self.prior.plausibility(foreground_masks(model, self._on_device[1], device))
 
     @staticmethod
+    def leads(epoch: np.ndarray, leader: np.ndarray | None) -> bool:
+        """Whether an epoch with per-image plausibility `epoch` is the most plausible so far, given
+        the most plausible earlier epoch's `leader` (None before the first)."""
+        return leader is None or epoch.mean() > leader.mean()
+
+    @staticmethod
     def follows(epoch: np.ndarray, leader: np.ndarray | None) -> bool:
         """Whether an epoch with per-image plausibility `epoch` becomes the kept adapted epoch, given
         the most plausible earlier epoch's `leader` (None before the first)."""
-        if leader is None or epoch.mean() > leader.mean():
+        if TargetSelection.leads(epoch, leader):
             return True
         return lower_confidence_bound(leader - epoch) <= 0
 

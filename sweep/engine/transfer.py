@@ -485,7 +485,7 @@ class ProposedRun(ckpt.ResumableRun):
                 scores = {"target_score": score}
                 leader = np.array(self.leading_plausibility) if self.leading_plausibility is not None else None
                 keep = self.selection.follows(plausibility, leader)
-                if leader is None or score > leader.mean():
+                if self.selection.leads(plausibility, leader):
                     self.leading_plausibility = plausibility.tolist()
                 if keep:
                     self.best_plausibility = plausibility.tolist()
