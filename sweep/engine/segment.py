@@ -393,10 +393,6 @@ class SegmentOutput:
                     target = self.out / folder / columns["mask_name"][index]
                     replace_atomically(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
             rows.append({name: _plain(columns[name][index]) for name in SEGMENTATIONS_SCHEMA.names})
-        for row in rows:  # columns that crossed Arrow may carry NaN for a missing value
-            for name in _NON_FLOAT_COLUMNS:
-                if isinstance(row[name], float) and row[name] != row[name]:
-                    row[name] = None
         self.buffer += rows
         if len(self.buffer) >= PART_ROWS:
             self.flush()
@@ -420,14 +416,12 @@ class SegmentOutput:
         return rows
 
 
-_NON_FLOAT_COLUMNS = [f.name for f in SEGMENTATIONS_SCHEMA if not str(f.type).startswith("double")]
-
-
 def _plain(value):
-    """numpy scalars -> Python values for pyarrow; NaN stays NaN, None stays None."""
+    """numpy scalars -> Python values for pyarrow; a missing value (None, or the NaN a column that
+    crossed Arrow carries for one) -> None, as gather() writes it."""
     if isinstance(value, np.generic):
-        return value.item()
-    return value
+        value = value.item()
+    return None if isinstance(value, float) and value != value else value
 
 
 class Progress:
