@@ -25,7 +25,7 @@ def add_config_flags(parser: argparse.ArgumentParser, command: str, config_help:
     parser.add_argument("--config", "--config-from", dest="config", metavar="FILE",
                         help=config_help or "JSON object of config fields (--config-from: its former name)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any run-config field, e.g. --set epochs=5 --set augment=true (repeatable)")
+                        help="override any run-config field, e.g. --set epochs=5 --set augmentation=none (repeatable)")
 
 
 def add_data_flags(parser: argparse.ArgumentParser, *, required: bool = False, targets: bool = True) -> None:

@@ -15,11 +15,14 @@ from models.translator_defaults import DEFAULT_TRANSLATOR, TRANSLATOR_DEFAULTS, 
 
 TASKS = ("lungs", "heart", "clavicles")
 SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
-TRANSFER_METHODS = ("proposed", "finetune", "scratch", "source_only")
+TRANSFER_METHODS = ("proposed", "self_training", "finetune", "scratch", "source_only")
 # Transfer methods that train on labelled target images: not applicable at 0 % labels.
 METHODS_NEEDING_TARGET_LABELS = ("finetune", "scratch")
 # Fractions of the target training split that keep their labels (paper, Table II), in percent.
 LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
+# Training-time augmentation recipes (sweep/engine/augmentation.py): "none" is the paper's protocol,
+# "affine" the small warps of earlier versions' augment=true, "robust" the default.
+AUGMENTATIONS = ("none", "affine", "robust")
 # How a proposed run at 0 % target labels picks its epoch (sweep/engine/selection.py).
 SELECTIONS = ("target", "source")
 
@@ -27,7 +30,8 @@ SELECTIONS = ("target", "source")
 @dataclass
 class RunConfig:
     """Everything that determines one training run. Defaults are the paper's settings, except
-    the transfer settings PAPER_TRANSFER lists (the proposed method's balance and selection)."""
+    the training augmentation (PAPER_PROTOCOL: the paper trains without) and the transfer settings
+    PAPER_TRANSFER lists (the proposed method's balance and selection)."""
 
     # --- identity of the run (the keys of a Parquet row) ---
     experiment: str = "segmentation"  # "segmentation" (Table I) or "transfer" (Table II)
@@ -44,7 +48,11 @@ class RunConfig:
 
     # --- data ---
     image_size: int = 256
-    augment: bool = False  # off in the paper
+    # Every segmenter trains with the robust recipe (rotation, zoom, aspect, shift, noise, blur,
+    # brightness, contrast, low resolution, gamma; sweep/engine/augmentation.py) unless told
+    # otherwise: a source model trained to expect other scanners decides most of a transfer.
+    # "none" is the paper's protocol (PAPER_PROTOCOL), "affine" earlier versions' augment=true.
+    augmentation: str = "robust"
     # Trim padding and collimation bands before resizing, score in the whole frame
     # (data_io.preprocess); false: resize whole images, the behaviour before the content crop.
     crop_borders: bool = True
@@ -95,6 +103,10 @@ class RunConfig:
     # correct lung mask's plausibility changes with a 5 % change of field of view (measured on the
     # source masks), a difference datasets show without any segmentation being better.
     selection_margin: float = 0.04
+    # Self-training (method "self_training"): the share of the unlabelled target training images
+    # whose pseudo-labels (M_A's predictions) are kept, the most plausible first (selection.py's
+    # shape prior), as in curriculum pseudo-labelling; the student trains transfer_epochs epochs.
+    pseudo_label_keep: float = 0.8
 
     # --- execution (EXECUTION_FIELDS: how a run executes, not what it computes) ---
     device: str = "auto"  # "auto", "cpu", "cuda"
@@ -104,6 +116,12 @@ class RunConfig:
     checkpoint_every_s: float = 300.0
     compile: bool = False  # torch.compile the networks (in place; checkpoints keep their keys)
 
+    def __post_init__(self) -> None:
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
+        if not 0 < self.pseudo_label_keep <= 1:
+            raise ValueError(f"pseudo_label_keep must be in (0, 1], got {self.pseudo_label_keep}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -112,6 +130,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        values = _upgrade(values)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -120,6 +139,20 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _upgrade(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config written before `augmentation` replaced the boolean `augment` (false: the paper's
+    protocol, true: the small affine warps), read as the run it was."""
+    values = dict(values)
+    if "augment" in values and "augmentation" not in values:
+        values["augmentation"] = "affine" if values.pop("augment") else "none"
+    return values
+
+
+# The paper's training protocol for segmenters (§V-B: no augmentation): `--set` it, or sweep both
+# with `cxrsweep run --augmentations none,robust`.
+PAPER_PROTOCOL: dict[str, Any] = {"augmentation": "none"}
 
 
 # The proposed method as the paper ran it (loss weights of the authors' follow-up code, epoch chosen
@@ -158,7 +191,7 @@ def warmup_identity(cfg: RunConfig) -> dict[str, Any]:
     arguments, the GAN optimiser, the warm-up's length and batches, the images (size, content
     crop, which target) and the splits (seed, repetition, n_folds). Task, method and label
     fraction are absent (every task and fraction of a repetition reuses one warm-up), and so is
-    what only the segmentation or the transfer epochs read (augment, w_seg, w_semantic, the
+    what only the segmentation or the transfer epochs read (augmentation, w_seg, w_semantic, the
     selection) or what merely names a scale (profile: the fields it sets are here themselves).
     The sweep's warm-up trial ids (sweep.grid) and the engine's cache key of warmed translators
     (sweep.engine.translation.translator_key) both hash it."""
@@ -268,6 +301,10 @@ def make_config(profile: str = "paper", overrides: Mapping[str, Any] | Iterable[
 
 
 def _apply(cfg: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    if "augment" in values and "augmentation" not in values:  # the flag of earlier versions
+        values = {**values, "augment": parse_value(values["augment"], False)
+                  if isinstance(values["augment"], str) else values["augment"]}
+        values = _upgrade(values)
     known = {f.name: f for f in fields(RunConfig)}
     changes: dict[str, Any] = {}
     for key, value in values.items():

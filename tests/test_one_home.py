@@ -26,7 +26,7 @@ def test_the_engine_packages_never_import_ray():
 
 def test_the_grid_and_the_engine_key_warm_ups_by_one_identity():
     """What a warm-up computes from changes both its trial id and its cache key; what it never
-    reads changes neither (the grid once hashed augment and profile and missed d_lr_ratio)."""
+    reads changes neither (the grid once hashed augment(ation) and profile and missed d_lr_ratio)."""
     from sweep.engine.translation import translator_key
     from sweep.grid import warmup_trial
 
@@ -39,7 +39,7 @@ def test_the_grid_and_the_engine_key_warm_ups_by_one_identity():
                     {"batch_size": 2}, {"gan_lr": 1e-3}):
         grid_key, engine_key = keys(base.replace(**changed))
         assert grid_key != keys(base)[0] and engine_key != keys(base)[1], changed
-    for unread in ({"augment": True}, {"w_seg": 2.0}, {"w_semantic": 1.0}, {"selection": "source"},
+    for unread in ({"augmentation": "none"}, {"w_seg": 2.0}, {"w_semantic": 1.0}, {"selection": "source"},
                    {"task": "heart"}, {"label_fraction": 50.0}, {"epochs": 7}):
         assert keys(base.replace(**unread)) == keys(base), unread
     # profile names a scale; the fields it sets are in the identity themselves.

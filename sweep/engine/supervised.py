@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from models.losses import build_loss
 from models.registry import build_segmenter
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
+from sweep.engine.augmentation import augment
 from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, as_mask_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
@@ -47,22 +48,7 @@ def arch_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return {"width": cfg.width, "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES}
 
 
-def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Small random affine warps (rotation ±10°, scale ±10 %, shift ±5 %), no flips: anatomy is not mirror-symmetric."""
-    n = images.shape[0]
-    draw = torch.rand(n, 4, generator=generator).to(images.device, non_blocking=True)  # staged at once: no wait
-    angle = (draw[:, 0] * 2 - 1) * math.radians(10)
-    scale = 1 + (draw[:, 1] * 2 - 1) * 0.1
-    shift = (draw[:, 2:] * 2 - 1) * 0.1  # in [-1, 1] grid units: 0.1 is 5 % of the image
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    warped_masks = F.grid_sample(masks[:, None].to(images.dtype), grid, mode="nearest", align_corners=False)
-    return warped, warped_masks[:, 0].long()
-
-
-class _Trainer(ckpt.ResumableRun):
+class Trainer(ckpt.ResumableRun):
     """The state of one run: network, optimiser, tensors on the device, best-so-far bookkeeping."""
 
     def __init__(self, cfg: RunConfig, data: SegmentationData, run_dir: Path):
@@ -98,8 +84,13 @@ class _Trainer(ckpt.ResumableRun):
         self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
 
     # --- checkpoints ---
-    def _network_checkpoint(self) -> dict[str, Any]:
-        return ckpt.network_checkpoint(self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
+    def candidate(self) -> nn.Module:
+        """The network an epoch is judged by and, when kept, saved as: the one being trained (a
+        subclass may judge another, e.g. an average of its weights)."""
+        return self.model
+
+    def _network_checkpoint(self, model: nn.Module | None = None) -> dict[str, Any]:
+        return ckpt.network_checkpoint(model or self.model, self.cfg.model, arch_kwargs(self.cfg), self.cfg.to_dict(),
                                        self.data.task, self.data.image_size, self.data.normalisation, self.epoch,
                                        self.data.fingerprints, crop_borders=self.data.crop_borders,
                                        train_foreground_range=self.foreground_range)
@@ -113,8 +104,9 @@ class _Trainer(ckpt.ResumableRun):
 
     def resume(self) -> bool:
         state = self.read_last()
-        if state is None:
-            return False
+        return state is not None and self.resume_from(state)
+
+    def resume_from(self, state: dict[str, Any]) -> bool:
         ckpt.unwrap(self.model).load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.restore_progress(state)
@@ -131,8 +123,7 @@ class _Trainer(ckpt.ResumableRun):
         for start in range(0, len(order), self.cfg.batch_size):
             index = order[start:start + self.cfg.batch_size]
             images, masks = self.train_images[index], self.train_masks[index].long()
-            if self.cfg.augment:
-                images, masks = augment_batch(images, masks, generator)
+            images, masks = augment(self.cfg.augmentation, images, masks, generator)
             images = images.contiguous(memory_format=self.memory_format)
             with autocast_for(self.device):
                 loss = self.loss_fn(self.model(images), masks)
@@ -143,6 +134,11 @@ class _Trainer(ckpt.ResumableRun):
             # Summed on the device: one host sync per epoch, not per step.
             total += loss.detach() * len(index)
         return float(total) / len(order)
+
+    def select(self, metrics: dict[str, Any]) -> tuple[bool, float]:
+        """Whether the epoch just validated becomes the kept one, and its selection score (here its
+        validation Jaccard; a subclass may score otherwise and add to `metrics`)."""
+        return metrics["val_jaccard"] > self.best_val, metrics["val_jaccard"]
 
     def fit(self, callbacks: Sequence[EpochCallback]) -> int:
         cfg, data = self.cfg, self.data
@@ -156,11 +152,12 @@ class _Trainer(ckpt.ResumableRun):
             metrics: dict[str, Any] = {"epoch": self.epoch, "train_loss": loss, "train_s": train_s,
                                        "train_images_per_s": len(data.train_images) / max(train_s, 1e-9)}
             if self.epoch % max(cfg.eval_every, 1) == 0 or self.epoch == cfg.epochs:
-                jaccards, dices = self.val_scorer(self.model)
+                jaccards, dices = self.val_scorer(self.candidate())
                 metrics["val_jaccard"], metrics["val_dice"] = float(jaccards.mean()), float(dices.mean())
-                if metrics["val_jaccard"] > self.best_val:
-                    self.best_val, self.best_epoch = metrics["val_jaccard"], self.epoch
-                    self.best = self._network_checkpoint()
+                keep, score = self.select(metrics)
+                if keep:
+                    self.best_val, self.best_epoch = score, self.epoch
+                    self.best = self._network_checkpoint(self.candidate())
             metrics.update(best_val_jaccard=self.best_val, best_epoch=self.best_epoch)
             metrics["epoch_s"] = time.perf_counter() - started
             self.duration_s += metrics["epoch_s"]
@@ -189,6 +186,9 @@ class _Trainer(ckpt.ResumableRun):
                                   epochs_trained=epochs_trained, history=self.history, started=started)
 
 
+_Trainer = Trainer  # the name benchmarks/bench_gpu.py knows
+
+
 def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
                      callbacks: Sequence[EpochCallback] = ()) -> RunResult:
     """Train `cfg.model` on `data`, pick the best epoch on the validation images, evaluate it on the test images."""
@@ -201,7 +201,7 @@ def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
-        trainer = _Trainer(cfg, data, run_dir)
+        trainer = Trainer(cfg, data, run_dir)
         resumed = trainer.resume()
         threads = f", {torch.get_num_threads()} threads" if trainer.device.type == "cpu" else ""
         log.info("%s %s %s on %s%s: %d train / %d val / %d test images at %d px, %d epochs, writing to %s",

@@ -25,51 +25,37 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from data_io.preprocess import preprocessing_record
 from models.losses import build_loss
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
-from models.translators.base import Translator
 from sweep.config import METHODS_NEEDING_TARGET_LABELS, TRANSFER_METHODS, RunConfig
 from sweep.engine import checkpoints as ckpt
+from sweep.engine.augmentation import NONE as NO_AUGMENTATION
+from sweep.engine.augmentation import augment
 from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, as_mask_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
-from sweep.engine.scoring import SplitScorer, predict_and_score
-from sweep.engine.run_dir import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TRANSLATIONS_DIR, RunResult,
-                                  best_checkpoint_path, write_test_outputs)
-from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
+from sweep.engine.run_dir import ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, RunResult
 from sweep.engine.selection import TargetSelection, selection_criterion
+from sweep.engine.self_training import train_self_training
+from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
+from sweep.engine.transfer_common import (TranslateThenSegment, ValidationScorer, finish_run,
+                                          save_source_model_as_best, validation_jaccard)
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTrainer, adversarial_balance,
                                       check_finite, device_batches, format_balance, format_losses, load_translator,
-                                      paired_batches, save_translation_samples, saturation_message,
-                                      saturation_report, set_trainable, warmup_translator, watch_saturation)
+                                      paired_batches, saturation_message, saturation_report, set_trainable,
+                                      warmup_translator, watch_saturation)
 
-__all__ = ["NotApplicable", "TranslateThenSegment", "train_transfer", "warmup_translator", "check_applicable"]
+__all__ = ["NotApplicable", "TranslateThenSegment", "train_transfer", "warmup_translator", "check_applicable",
+           "validation_jaccard"]
 
 log = logging.getLogger(__name__)
-
-N_TRANSLATION_SAMPLES = 4
 
 
 class NotApplicable(Exception):
     """The method cannot run in this cell of the grid; the sweep records status "not_applicable"."""
-
-
-class TranslateThenSegment(nn.Module):
-    """The model applied to target images: M_A(G_BA(b)), or M_A(b) when there is no translator."""
-
-    def __init__(self, segmenter: nn.Module, translator: Translator | None = None):
-        super().__init__()
-        self.segmenter = segmenter
-        self.translator = translator
-
-    def forward(self, target_images: Tensor) -> Tensor:
-        if self.translator is not None:
-            target_images = self.translator.translate_ba(target_images)
-        return self.segmenter(target_images)
 
 
 def check_applicable(cfg: RunConfig, data: TransferData) -> None:
@@ -109,6 +95,8 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
             return _train_on_target_labels(cfg, data, run_dir, segmenter_checkpoint, source_model, callbacks)
         if cfg.method == "source_only":
             return _source_only(cfg, data, run_dir, source_model)
+        if cfg.method == "self_training":
+            return train_self_training(cfg, data, run_dir, segmenter_checkpoint, source_model, callbacks)
         return ProposedRun(cfg, data, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
     finally:
         torch.set_num_threads(threads_before)
@@ -170,79 +158,6 @@ def _train_on_target_labels(cfg: RunConfig, data: TransferData, run_dir: Path, s
         epochs=cfg.transfer_epochs if finetune else cfg.epochs,
     )
     return train_supervised(inner, target, run_dir, callbacks)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation and the files every transfer run leaves, whatever its method.
-
-
-class ValidationScorer:
-    """Mean Jaccard on the target validation split when the run has target labels, else on the
-    source validation split (through A -> B -> A when there is a translator). Never the test split.
-    The split goes to the device once; each call scores the model as it is now."""
-
-    def __init__(self, data: TransferData, device: torch.device):
-        self.on_target = data.target_val_masks is not None and data.n_labelled > 0
-        self.split = "target" if self.on_target else "source"
-        if self.on_target:
-            self.scorer = SplitScorer(data.target_val_images, data.target_val_masks, data.target_val_frame, device)
-        else:
-            self.scorer = SplitScorer(data.source_val_images, data.source_val_masks, data.source_val_frame, device)
-
-    def __call__(self, model: TranslateThenSegment) -> tuple[float, str]:
-        scored: nn.Module = model
-        if not self.on_target:
-            scored = model.segmenter
-            if model.translator is not None:
-                scored = nn.Sequential(_CycleABA(model.translator), model.segmenter)
-        return float(self.scorer(scored)[0].mean()), self.split
-
-
-def validation_jaccard(data: TransferData, model: TranslateThenSegment, device: torch.device) -> tuple[float, str]:
-    """One validation pass (ValidationScorer) for a run that scores once."""
-    return ValidationScorer(data, device)(model)
-
-
-class _CycleABA(nn.Module):
-    def __init__(self, translator: Translator):
-        super().__init__()
-        self.translator = translator
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.translator.cycle_aba(images)
-
-
-def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: TranslateThenSegment, device: torch.device,
-               best_epoch: int, val_jaccard: float, duration_s: float, epochs_trained: int,
-               history: list[dict], summary_extra: dict | None = None,
-               sample_translator: Translator | None = None) -> RunResult:
-    """Evaluate `model` on the target test split and write the run's test outputs
-    (`write_test_outputs`; `summary_extra` joins result.json). Translation samples show
-    `sample_translator`, by default the model's own (a run that fell back to no adaptation still
-    shows what it rejected)."""
-    started = time.perf_counter()
-    # Scored in each image's whole frame when the images are content crops; a task the target
-    # does not label (heart / clavicles on Montgomery) gives overlays for the eye, no numbers.
-    predictions, jaccards, dices = predict_and_score(model, data.target_test_images, data.target_test_masks,
-                                                     data.target_test_frame, device)
-    sample_translator = sample_translator or model.translator
-    if sample_translator is not None:
-        save_translation_samples(sample_translator, data.source_val_images, data.target_test_images,
-                                 Path(run_dir) / TRANSLATIONS_DIR, n=N_TRANSLATION_SAMPLES)
-    return write_test_outputs(run_dir, cfg, data.target_test_ids, data.target_test_images, predictions,
-                              data.target_test_masks, jaccards, dices, best_epoch=best_epoch, val_jaccard=val_jaccard,
-                              duration_s=duration_s, device=device, epochs_trained=epochs_trained, history=history,
-                              started=started, summary_extra=summary_extra)
-
-
-def save_source_model_as_best(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
-                              **extra: Any) -> None:
-    """best.pt of a run whose model is M_A as it is (`source_only`, or a proposed run that fell
-    back to no adaptation): M_A's weights with this run's config, the data it saw (source and
-    target, by content) and how the target images were prepared."""
-    ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
-                      "preprocessing": preprocessing_record(data.crop_borders), **extra},
-                     best_checkpoint_path(run_dir))
 
 
 def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict) -> RunResult:
@@ -346,9 +261,16 @@ class ProposedRun(ckpt.ResumableRun):
         self.leading_plausibility: list[float] | None = None  # the most plausible epoch so far
 
     # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
-    def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None) -> dict[str, Tensor]:
-        """Discriminators frozen; M_A and both generators trained on the segmentation loss."""
+    def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None,
+                        generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Discriminators frozen; M_A and both generators trained on the segmentation loss, on
+        images augmented by the run's recipe (`generator`: the epoch's), as M_A was trained: an
+        unaugmented step pulls a robust M_A back towards the source's own look."""
         translator, segmenter = self.model.translator, self.model.segmenter
+        if generator is not None:
+            a, a_masks = augment(self.cfg.augmentation, a, a_masks, generator)
+            if b is not None:
+                b, b_masks = augment(self.cfg.augmentation, b, b_masks, generator)
         set_trainable(translator.discriminator_modules(), False)
         set_trainable(translator.generator_modules(), True)
         self.translation.generator_optimizer.zero_grad(set_to_none=True)
@@ -370,6 +292,9 @@ class ProposedRun(ckpt.ResumableRun):
         seed = epoch_seed(cfg.seed, self.epoch)
         torch.manual_seed(seed)  # MUNIT draws random styles: a function of (seed, epoch) so resuming is exact
         rng = np.random.default_rng(seed)
+        # The supervised step's augmentation draws from a generator of its own, so that the
+        # paper's protocol (no augmentation) leaves every other draw where it always was.
+        augmentation = torch.Generator().manual_seed(seed) if cfg.augmentation != NO_AUGMENTATION else None
         # Index draws in the order the engine has always made them: every permutation of the
         # epoch first, then one labelled draw per step.
         pairs = list(paired_batches(len(data.source_train_images), len(data.target_train_images), cfg.batch_size,
@@ -389,7 +314,7 @@ class ProposedRun(ckpt.ResumableRun):
             if data.n_labelled:
                 labelled_b, labelled_masks = self.labelled_images[index_l], self.labelled_masks[index_l].long()
             a_masks = self.source_masks[index_a].long()
-            record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks))
+            record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks, augmentation))
             after_s = clock.now()
             clock.add("D_s", start, after_d)
             clock.add("G_s", after_d, after_g)

@@ -47,6 +47,9 @@ class TransferData:
     target_test_frame: FullFrame | None = None
     # dataset name -> content fingerprint (CachedDataset.fingerprint) of source and target
     fingerprints: dict[str, str] = field(default_factory=dict)
+    # Positions in target_train_images of the labelled ones (target_labelled_images); None: not
+    # recorded, which only a run without target labels may leave so (all training images unlabelled).
+    target_labelled_positions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         arrays = {name: value for name, value in vars(self).items() if isinstance(value, np.ndarray)}
@@ -80,6 +83,17 @@ class TransferData:
     @property
     def n_labelled(self) -> int:
         return int(len(self.target_labelled_images))
+
+    @property
+    def target_unlabelled_images(self) -> np.ndarray:
+        """The target training images whose labels the run does not keep."""
+        if self.target_labelled_positions is None:
+            if self.n_labelled:
+                raise ValueError(f"{self.target_name}: which target training images are labelled is not recorded")
+            return self.target_train_images
+        unlabelled = np.ones(len(self.target_train_images), bool)
+        unlabelled[list(self.target_labelled_positions)] = False
+        return self.target_train_images[unlabelled]
 
 
 def transfer_splits(cfg: "RunConfig", n_source: int, n_target: int):
@@ -128,4 +142,5 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
         crop_borders=cfg.crop_borders, source_val_frame=FullFrame.of(source, cfg.task, source_split.val),
         target_val_frame=target_frame(target_split.val), target_test_frame=target_frame(target_split.test),
         fingerprints={source.name: source.fingerprint, target.name: target.fingerprint},
+        target_labelled_positions=tuple(int(i) for i in np.flatnonzero(np.isin(target_split.train, labelled))),
     )

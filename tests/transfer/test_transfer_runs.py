@@ -54,7 +54,7 @@ def test_a_fraction_of_labels_the_target_does_not_have_is_not_applicable(make_cf
 
 @pytest.mark.parametrize("method,fraction,val_split", [
     ("proposed", 0.0, "source"), ("proposed", 50.0, "target"), ("source_only", 0.0, "source"),
-    ("finetune", 50.0, None), ("scratch", 50.0, None)])
+    ("self_training", 0.0, None), ("finetune", 50.0, None), ("scratch", 50.0, None)])
 def test_each_method_writes_the_supervised_run_layout(method, fraction, val_split, make_cfg, data_for,
                                                       segmenter_checkpoint, warmed_translator, tmp_path):
     cfg = make_cfg(method=method, label_fraction=fraction)
@@ -172,6 +172,7 @@ def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, 
     plain.model.train()
     torch.manual_seed(epoch_seed(cfg.seed, 0))
     rng = np.random.default_rng(epoch_seed(cfg.seed, 0))
+    augmentation = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))  # the supervised step's recipe
     records = []
     for index_a, index_b in paired_batches(len(data.source_train_images), len(data.target_train_images),
                                            cfg.batch_size, rng):
@@ -183,7 +184,8 @@ def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, 
         masks = torch.from_numpy(data.source_train_masks[index_a]).long()
         labelled = as_batch(data.target_labelled_images[index], plain.device)
         labelled_masks = torch.from_numpy(data.target_labelled_masks[index]).long()
-        record.update({k: float(v) for k, v in plain.supervised_step(a, masks, labelled, labelled_masks).items()})
+        record.update({k: float(v) for k, v in plain.supervised_step(a, masks, labelled, labelled_masks,
+                                                                     augmentation).items()})
         records.append(record)
     assert set(losses) == set(records[0]) | {"D_s", "G_s", "S_s"}
     for name in records[0]:

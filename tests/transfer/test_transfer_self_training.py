@@ -1,0 +1,69 @@
+"""Self-training (sweep/engine/self_training.py): pseudo-labels from M_A on the unlabelled target
+training images only, a student guarded against no adaptation, exact resume."""
+import json
+
+import numpy as np
+import pytest
+
+from sweep.engine.run_dir import NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
+from sweep.engine.self_training import pseudo_labels
+from sweep.engine.transfer import train_transfer
+from sweep.engine.transfer_data import transfer_data
+from models.registry import read_segmenter_checkpoint
+
+
+def test_pseudo_labels_come_from_the_unlabelled_training_images_only(make_cfg, source, target,
+                                                                    trained_segmenter_checkpoint):
+    import torch
+
+    cfg = make_cfg(method="self_training", label_fraction=50.0)
+    data = transfer_data(cfg, source, target)
+    unlabelled = data.target_unlabelled_images
+    assert len(unlabelled) == len(data.target_train_images) - data.n_labelled > 0
+    # None of them is a labelled image, a validation or a test image.
+    for other in (data.target_labelled_images, data.target_val_images, data.target_test_images):
+        assert not any(np.array_equal(u, o) for u in unlabelled for o in other)
+    images, masks, record = pseudo_labels(read_segmenter_checkpoint(trained_segmenter_checkpoint), data, 0.5,
+                                          torch.device("cpu"))
+    assert record["n_candidates"] == len(unlabelled) and record["n_kept"] == len(images) == round(0.5 * len(unlabelled))
+    assert all(any(np.array_equal(i, u) for u in unlabelled) for i in images)
+    assert masks.shape == images.shape and set(np.unique(masks)) <= {0, 1}
+
+
+def test_a_student_no_better_than_m_a_falls_back_to_it(make_cfg, source, mild_target, segmenter_checkpoint,
+                                                       tmp_path):
+    """M_A with random weights: its pseudo-labels, and so the student's masks, are implausible;
+    the run must keep no adaptation and score exactly as source_only does."""
+    cfg = make_cfg(method="self_training", transfer_epochs=2)
+    data = transfer_data(cfg, source, mild_target)
+    result = train_transfer(cfg, data, tmp_path / "st", segmenter_checkpoint)
+    baseline = train_transfer(make_cfg(method="source_only"), data, tmp_path / "so", segmenter_checkpoint)
+    summary = json.loads((tmp_path / "st" / "result.json").read_text())
+    assert summary["selection_criterion"] == TARGET_PLAUSIBILITY
+    assert summary["pseudo_labels"]["n_candidates"] == len(data.target_train_images)
+    if summary["selected_model"] == NO_ADAPTATION:
+        assert summary["best_epoch"] == 0
+        assert result.test_jaccard_mean == pytest.approx(baseline.test_jaccard_mean)
+    else:  # kept only when clearly more plausible than no adaptation
+        decision = summary["selection_decision"]
+        assert decision["mean_gain"] >= cfg.selection_margin and decision["lower_bound"] > 0
+
+
+def test_with_target_labels_the_epoch_is_chosen_on_them(make_cfg, source, target, segmenter_checkpoint, tmp_path):
+    cfg = make_cfg(method="self_training", label_fraction=50.0)
+    train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "st", segmenter_checkpoint)
+    summary = json.loads((tmp_path / "st" / "result.json").read_text())
+    assert summary["selection_criterion"] == TARGET_JACCARD and summary["val_split"] == "target"
+    assert summary["selected_model"] == "adapted"
+
+
+def test_self_training_resumes_exactly(make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
+    cfg = make_cfg(method="self_training", transfer_epochs=2, augmentation="robust")
+    data = transfer_data(cfg, source, mild_target)
+    straight = train_transfer(cfg, data, tmp_path / "straight", trained_segmenter_checkpoint)
+    train_transfer(cfg.replace(transfer_epochs=1), data, tmp_path / "resumed", trained_segmenter_checkpoint)
+    resumed = train_transfer(cfg, data, tmp_path / "resumed", trained_segmenter_checkpoint)
+    assert resumed.epochs_trained == 1
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    assert [h.get("target_score") for h in resumed.history] == [h.get("target_score") for h in straight.history]
+    assert resumed.test_jaccard_mean == straight.test_jaccard_mean
