@@ -20,7 +20,8 @@ from analysis.tables import format_fraction  # noqa: E402
 
 # The paper trims Fig. 7 at 75 %; we do the same whenever every plotted value clears it.
 PAPER_TRIM_PCT = 75.0
-METHOD_COLOURS = {"proposed": "tab:blue", "finetune": "tab:orange", "scratch": "tab:green", "source_only": "tab:red"}
+METHOD_COLOURS = {"proposed": "tab:blue", "self_training": "tab:purple", "finetune": "tab:orange", "scratch": "tab:green",
+                  "source_only": "tab:red"}
 CI_DESCRIPTIONS = {
     ("t", "folds"): "t-interval across folds",
     ("t", "repetitions"): "t-interval across repetitions",
@@ -76,10 +77,12 @@ def figure7(table1: pd.DataFrame) -> Figure:
         bottom = _lower_limit(list(low) + list(mean[~has_ci]) + list(paper))
         ax.set_ylim(bottom, 100.0)
         # A cell without a number says why under its tick, where no marker can cover it.
-        ax.set_xticks(x, [model if status == "ok" else f"{model}\n({STATUS_WORDS.get(status, 'missing')})"
-                          for model, status in zip(rows["model"], rows["status"])])
+        several = rows["augmentation"].nunique() > 1
+        names = [f"{model}\n{recipe}" if several else model for model, recipe in zip(rows["model"], rows["augmentation"])]
+        ax.set_xticks(x, [name if status == "ok" else f"{name}\n({STATUS_WORDS.get(status, 'missing')})"
+                          for name, status in zip(names, rows["status"])])
         ax.set_xlim(-0.6, len(rows) - 0.4)
-        ax.set_xlabel("segmentation network")
+        ax.set_xlabel("segmentation network" + (" and training" if several else ""))
         ax.set_ylabel("Jaccard (%)" + (f", axis trimmed at {bottom:g} %" if bottom > 0 else ""))
         ax.set_title(task)
         ax.grid(axis="y", alpha=0.3)
@@ -101,10 +104,11 @@ def _figure_legend(fig: Figure, axes) -> None:
 
 def figure8(table2: pd.DataFrame) -> Figure:
     """Target Jaccard against label fraction, one line and 95 % CI band per method; paper dashed."""
-    groups = list(dict.fromkeys(zip(table2["target"], table2["task"], table2["model"])))
+    groups = list(dict.fromkeys(zip(table2["target"], table2["task"], table2["model"], table2["augmentation"])))
     fig, axes = plt.subplots(1, len(groups), figsize=(9.5 * len(groups), 4.8), squeeze=False)
-    for ax, (target, task, model) in zip(axes[0], groups):
-        rows = table2[(table2["target"] == target) & (table2["task"] == task) & (table2["model"] == model)]
+    for ax, (target, task, model, recipe) in zip(axes[0], groups):
+        rows = table2[(table2["target"] == target) & (table2["task"] == task) & (table2["model"] == model)
+                      & (table2["augmentation"] == recipe)]
         fractions = list(dict.fromkeys(rows["label_fraction"]))
         # Fractions span 0 to 100 unevenly (1.25, 2.5, 5, ...): evenly spaced positions, as in the paper.
         position = {f: i for i, f in enumerate(fractions)}
@@ -137,7 +141,7 @@ def figure8(table2: pd.DataFrame) -> Figure:
         ax.set_xlabel("target training labels kept (%)")
         ax.set_ylabel("target Jaccard (%)")
         ax.set_ylim(_lower_limit(plotted), 100.0)
-        ax.set_title(f"{target}, {task}, {model}")
+        ax.set_title(f"{target}, {task}, {model}, training: {recipe}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)})",

@@ -17,7 +17,8 @@ from analysis import paper_values
 from analysis.loading import Results
 from analysis.render import Cell, DisplayTable, Section
 from analysis.stats import interval, mean_std, wilcoxon_paired
-from sweep.config import LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, transfer_variant
+from sweep.config import (AUGMENTATIONS, LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS,
+                          RunConfig, transfer_variant)
 from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
 from sweep.grid import SEGMENTATION, TRANSFER  # the experiments' names, which the grid declares
 
@@ -45,6 +46,26 @@ def _ordered(declared, present) -> list:
     return list(declared) + extra
 
 
+# How each training recipe (cfg_augmentation) is named in the report's notes.
+RECIPE_TEXT = {
+    "none": "none = the paper's protocol (no augmentation)",
+    "affine": "affine = small affine warps (rotation ±10°, scale ±10 %, shift ±5 %)",
+    "robust": "robust = cxrsweep's default (rotation, zoom, aspect, shift, noise, blur, brightness, contrast, "
+              "low resolution, gamma; sweep/engine/augmentation.py)",
+}
+RECIPE = "cfg_augmentation"
+
+
+def recipes(trials: pd.DataFrame) -> list[str]:
+    """The training recipes the trials ran, in AUGMENTATIONS order."""
+    present = trials[RECIPE].dropna().unique() if RECIPE in trials else []
+    return [r for r in _ordered(AUGMENTATIONS, present) if r in set(present)]
+
+
+def recipe_note(names) -> str:
+    return "Training (augmentation) of every segmenter: " + "; ".join(RECIPE_TEXT.get(n, n) for n in names) + "."
+
+
 def _percent(values) -> np.ndarray:
     return np.asarray(values, dtype=float) * PERCENT
 
@@ -53,52 +74,56 @@ def _percent(values) -> np.ndarray:
 
 
 def table1_frame(results: Results, ci: str = "t") -> pd.DataFrame:
-    """One row per (task, model): fold-level and image-level Jaccard / Dice, CI, paper values."""
+    """One row per (task, training recipe, model): fold-level and image-level Jaccard / Dice, CI, paper values."""
     segmentation = results.trials[results.trials["experiment"] == SEGMENTATION]
     images = results.images
     rows = []
-    for task in _ordered(TASKS, segmentation["task"].dropna()):
-        for model in _ordered(SEGMENTATION_MODELS, segmentation["model"].dropna()):
-            cell = segmentation[(segmentation["task"] == task) & (segmentation["model"] == model)]
-            ok = cell[cell["status"] == "ok"]
-            cell_images = images[images["trial_id"].isin(ok["trial_id"])]
-            fold_jaccard = _percent(ok["test_jaccard_mean"])
-            j_mean, j_std, n_folds = mean_std(fold_jaccard)
-            d_mean, d_std, _ = mean_std(_percent(ok["test_dice_mean"]))
-            ij_mean, ij_std, n_images = mean_std(_percent(cell_images["jaccard"]))
-            id_mean, id_std, _ = mean_std(_percent(cell_images["dice"]))
-            ci_values = fold_jaccard if ci == "t" else _percent(cell_images["jaccard"])
-            ci_low, ci_high = interval(ci_values, ci)
-            paper = paper_values.TABLE_I.get((task, model))
-            rows.append(
-                {
-                    "task": task,
-                    "model": model,
-                    "status": cell_status(cell),
-                    "n_folds_ok": n_folds,
-                    "n_folds_failed": int((cell["status"] == "failed").sum()),
-                    "jaccard_mean_pct": j_mean,
-                    "jaccard_std_pct": j_std,
-                    "dice_mean_pct": d_mean,
-                    "dice_std_pct": d_std,
-                    "n_images": n_images,
-                    "jaccard_image_mean_pct": ij_mean,
-                    "jaccard_image_std_pct": ij_std,
-                    "dice_image_mean_pct": id_mean,
-                    "dice_image_std_pct": id_std,
-                    "ci_method": ci,
-                    "ci_unit": "folds" if ci == "t" else "images",
-                    "jaccard_ci_low_pct": ci_low,
-                    "jaccard_ci_high_pct": ci_high,
-                    "paper_jaccard_mean_pct": paper.jaccard.mean if paper else math.nan,
-                    "paper_jaccard_std_pct": _std_or_nan(paper.jaccard) if paper else math.nan,
-                    "paper_dice_mean_pct": paper.dice.mean if paper and paper.dice else math.nan,
-                    "paper_dice_std_pct": _std_or_nan(paper.dice) if paper and paper.dice else math.nan,
-                }
-            )
-    frame = pd.DataFrame(rows)
+    ran = recipes(segmentation) or recipes(results.trials) or [RunConfig.augmentation]
+    cells = [(t, r, m) for t in _ordered(TASKS, segmentation["task"].dropna()) for r in ran
+             for m in _ordered(SEGMENTATION_MODELS, segmentation["model"].dropna())]
+    for task, recipe, model in cells:
+        cell = segmentation[(segmentation["task"] == task) & (segmentation["model"] == model)
+                            & (segmentation[RECIPE] == recipe)]
+        ok = cell[cell["status"] == "ok"]
+        cell_images = images[images["trial_id"].isin(ok["trial_id"])]
+        fold_jaccard = _percent(ok["test_jaccard_mean"])
+        j_mean, j_std, n_folds = mean_std(fold_jaccard)
+        d_mean, d_std, _ = mean_std(_percent(ok["test_dice_mean"]))
+        ij_mean, ij_std, n_images = mean_std(_percent(cell_images["jaccard"]))
+        id_mean, id_std, _ = mean_std(_percent(cell_images["dice"]))
+        ci_values = fold_jaccard if ci == "t" else _percent(cell_images["jaccard"])
+        ci_low, ci_high = interval(ci_values, ci)
+        paper = paper_values.TABLE_I.get((task, model))
+        rows.append(
+            {
+                "task": task,
+                "augmentation": recipe,
+                "model": model,
+                "status": cell_status(cell),
+                "n_folds_ok": n_folds,
+                "n_folds_failed": int((cell["status"] == "failed").sum()),
+                "jaccard_mean_pct": j_mean,
+                "jaccard_std_pct": j_std,
+                "dice_mean_pct": d_mean,
+                "dice_std_pct": d_std,
+                "n_images": n_images,
+                "jaccard_image_mean_pct": ij_mean,
+                "jaccard_image_std_pct": ij_std,
+                "dice_image_mean_pct": id_mean,
+                "dice_image_std_pct": id_std,
+                "ci_method": ci,
+                "ci_unit": "folds" if ci == "t" else "images",
+                "jaccard_ci_low_pct": ci_low,
+                "jaccard_ci_high_pct": ci_high,
+                "paper_jaccard_mean_pct": paper.jaccard.mean if paper else math.nan,
+                "paper_jaccard_std_pct": _std_or_nan(paper.jaccard) if paper else math.nan,
+                "paper_dice_mean_pct": paper.dice.mean if paper and paper.dice else math.nan,
+                "paper_dice_std_pct": _std_or_nan(paper.dice) if paper and paper.dice else math.nan,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=None if rows else ["task", "augmentation", "model"])
     for metric in ("jaccard", "dice"):
-        frame[f"best_{metric}"] = _is_best(frame, f"{metric}_mean_pct", by=["task"])
+        frame[f"best_{metric}"] = _is_best(frame, f"{metric}_mean_pct", by=["task", "augmentation"])
     return frame
 
 
@@ -143,14 +168,14 @@ def cross_validation_folds(trials: pd.DataFrame) -> int | None:
 
 
 def table1_display(frame: pd.DataFrame, n_folds: int | None = None) -> DisplayTable:
-    header = ["Model", "Jaccard (%)", "Dice (%)", "Jaccard per image (%)", "Dice per image (%)", "Folds",
+    header = ["Model", "Training", "Jaccard (%)", "Dice (%)", "Jaccard per image (%)", "Dice per image (%)", "Folds",
               "Paper Jaccard (%)", "Paper Dice (%)"]
     rows: list = []
     notes = [
         "Jaccard and Dice: mean ± sample standard deviation across the cross-validation folds "
         "(each fold's value is the mean over its test images), as in the paper.",
         "Per image: mean ± standard deviation over all test images of all finished folds.",
-        "Bold: the best of our models per task and metric. '—' a cell with no finished trial, "
+        "Bold: the best of our models per task, training and metric. '—' a cell with no finished trial, "
         "'— (failed)' a cell whose trials all failed (see Failures); missing cells are never averaged as 0.",
     ]
     for task, group in frame.groupby("task", sort=False):
@@ -159,6 +184,7 @@ def table1_display(frame: pd.DataFrame, n_folds: int | None = None) -> DisplayTa
             folds = f"{r.n_folds_ok}" + (f" ({r.n_folds_failed} failed)" if r.n_folds_failed else "")
             rows.append([
                 Cell(r.model),
+                Cell(r.augmentation),
                 Cell(_shown(r.status, r.jaccard_mean_pct, r.jaccard_std_pct), bool(r.best_jaccard)),
                 Cell(_shown(r.status, r.dice_mean_pct, r.dice_std_pct), bool(r.best_dice)),
                 Cell(_shown(r.status, r.jaccard_image_mean_pct, r.jaccard_image_std_pct)),
@@ -174,6 +200,8 @@ def table1_display(frame: pd.DataFrame, n_folds: int | None = None) -> DisplayTa
                 for name, v in references.items()
             )
             notes.append(f"Published comparisons for {task} (paper, Table I, not rerun): {quoted}.")
+    if len(frame):
+        notes.append(recipe_note(dict.fromkeys(frame["augmentation"])))
     protocol = f"{n_folds}-fold cross-validation" if n_folds else "cross-validation"
     return DisplayTable("table1", f"Table I: Jaccard and Dice on JSRT ({protocol}), percent", header, rows, notes)
 
@@ -181,12 +209,14 @@ def table1_display(frame: pd.DataFrame, n_folds: int | None = None) -> DisplayTa
 # --------------------------------------------------------------------------- Table II
 
 
-def _transfer_groups(trials: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(target, task, model) combinations of the transfer trials; the paper's one if none ran."""
+def _transfer_groups(trials: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """(target, task, model, training recipe) combinations of the transfer trials; the paper's
+    one if none ran."""
     transfer = trials[trials["experiment"] == TRANSFER]
-    groups = transfer[["target", "task", "model"]].drop_duplicates().itertuples(index=False, name=None)
-    found = sorted(groups, key=lambda g: (g[0] != paper_values.TABLE_II_TARGET, g))
-    return found or [(paper_values.TABLE_II_TARGET, "lungs", "unet")]
+    groups = transfer[["target", "task", "model", RECIPE]].drop_duplicates().itertuples(index=False, name=None)
+    order = {name: i for i, name in enumerate(AUGMENTATIONS)}
+    found = sorted(groups, key=lambda g: (g[0] != paper_values.TABLE_II_TARGET, g[:3], order.get(g[3], len(order))))
+    return found or [(paper_values.TABLE_II_TARGET, "lungs", "unet", RunConfig.augmentation)]
 
 
 def _is_paper_setting(target: str, task: str, model: str) -> bool:
@@ -203,8 +233,9 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
     images = results.images
     label_free = label_free_methods(results.trials)
     rows = []
-    for target, task, model in _transfer_groups(results.trials):
-        group = transfer[(transfer["target"] == target) & (transfer["task"] == task) & (transfer["model"] == model)]
+    for target, task, model, recipe in _transfer_groups(results.trials):
+        group = transfer[(transfer["target"] == target) & (transfer["task"] == task) & (transfer["model"] == model)
+                         & (transfer[RECIPE] == recipe)]
         fractions = _ordered(LABEL_FRACTIONS, group["label_fraction"].dropna().astype(float))
         methods = _ordered(TRANSFER_METHODS, group["method"].dropna())
         for fraction in fractions:
@@ -229,6 +260,7 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
                         "target": target,
                         "task": task,
                         "model": model,
+                        "augmentation": recipe,
                         "label_fraction": float(fraction),
                         "method": method,
                         "uses_no_target_labels": method in label_free,
@@ -248,7 +280,8 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
                     }
                 )
     frame = pd.DataFrame(rows)
-    frame["best_in_row"] = _is_best(frame, "jaccard_mean_pct", by=["target", "task", "model", "label_fraction"])
+    frame["best_in_row"] = _is_best(frame, "jaccard_mean_pct",
+                                    by=["target", "task", "model", "augmentation", "label_fraction"])
     return frame
 
 
@@ -275,16 +308,17 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
     """
     transfer_ok = results.ok[results.ok["experiment"] == TRANSFER]
     images = results.images.merge(
-        transfer_ok[["trial_id"]], on="trial_id", how="inner"
+        transfer_ok[["trial_id", RECIPE]].rename(columns={RECIPE: "augmentation"}), on="trial_id", how="inner"
     )
     label_free = label_free_methods(results.trials)
-    setting = ["target", "task", "model"]
+    setting = ["target", "task", "model", "augmentation"]
     rows = []
-    for (target, task, model, fraction), cell in images.groupby(setting + ["label_fraction"], sort=True):
+    for (target, task, model, recipe, fraction), cell in images.groupby(setting + ["label_fraction"], sort=True):
         proposed = cell[cell["method"] == PROPOSED]
         if proposed.empty:
             continue
-        same_setting = images[(images["target"] == target) & (images["task"] == task) & (images["model"] == model)]
+        same_setting = images[(images["target"] == target) & (images["task"] == task) & (images["model"] == model)
+                              & (images["augmentation"] == recipe)]
         baselines = {method: rows_ for method, rows_ in cell.groupby("method") if method != PROPOSED}
         for method in label_free - {PROPOSED}:
             baselines.setdefault(method, same_setting[(same_setting["method"] == method)
@@ -297,6 +331,7 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
                     "target": target,
                     "task": task,
                     "model": model,
+                    "augmentation": recipe,
                     "label_fraction": float(fraction),
                     "baseline": baseline,
                     "n_pairs": test.n_pairs,
@@ -308,7 +343,7 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
                                                     if baseline in label_free and fraction != 0 else ""])),
                 }
             )
-    columns = ["target", "task", "model", "label_fraction", "baseline", "n_pairs", "statistic", "p_value",
+    columns = ["target", "task", "model", "augmentation", "label_fraction", "baseline", "n_pairs", "statistic", "p_value",
                "median_difference_pct", "approximate", "note"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -367,8 +402,8 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
     header = ["Labels (%)"] + methods + [f"Paper {m}" for m in paper_methods]
     rows: list = []
     any_image_spread = False
-    for (target, task, model), group in frame.groupby(["target", "task", "model"], sort=False):
-        rows.append(Section(f"{target}, {task}, {model}"))
+    for (target, task, model, recipe), group in frame.groupby(["target", "task", "model", "augmentation"], sort=False):
+        rows.append(Section(f"{target}, {task}, {model}, training: {recipe}"))
         for fraction, line in group.groupby("label_fraction", sort=False):
             by_method = {r.method: r for r in line.itertuples()}
             cells = [Cell(format_fraction(fraction))]
@@ -395,6 +430,9 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
                  "Paper values are the paper's Table II (Montgomery, U-Net, lungs; it has no source_only column).")
     if reasons:
         notes.append("'n/a', as the sweep recorded it: " + "; ".join(reasons) + ".")
+    if len(frame):
+        notes.append(recipe_note(dict.fromkeys(frame["augmentation"])) + " M_A and every baseline of a section "
+                     "were trained with that section's recipe.")
     notes.extend(variant_notes)
     notes.extend(_paired_notes(paired))
     return DisplayTable("table2", "Table II: cross-dataset transfer, target Jaccard (%) by fraction of "
@@ -407,8 +445,8 @@ def _paired_notes(paired: pd.DataFrame) -> list[str]:
     notes = ["Wilcoxon signed-rank tests (two-sided), proposed vs each baseline, per-image Jaccard paired "
              "on (image_id, repetition); exact p-values up to 50 pairs without ties, otherwise the normal "
              "approximation. Listed: p-value, number of pairs, median of proposed − baseline in points:"]
-    for (target, task, model, fraction), tests in paired.groupby(
-        ["target", "task", "model", "label_fraction"], sort=False
+    for (target, task, model, recipe, fraction), tests in paired.groupby(
+        ["target", "task", "model", "augmentation", "label_fraction"], sort=False
     ):
         parts = []
         for t in tests.itertuples():
@@ -418,5 +456,6 @@ def _paired_notes(paired: pd.DataFrame) -> list[str]:
                 extra = "".join(f", {x}" for x in (["normal approx."] if t.approximate else []) + [t.note] if x)
                 parts.append(f"vs {t.baseline}: {format_p_value(t.p_value)} (n = {t.n_pairs}, "
                              f"Δ = {t.median_difference_pct:+.2f}{extra})")
-        notes.append(f"{target}/{task}/{model}, {format_fraction(fraction)} % labels: " + "; ".join(parts) + ".")
+        notes.append(f"{target}/{task}/{model}, training {recipe}, {format_fraction(fraction)} % labels: "
+                     + "; ".join(parts) + ".")
     return notes

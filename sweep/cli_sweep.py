@@ -9,7 +9,7 @@ from pathlib import Path
 from data_io.datasets import TARGET_DATASETS
 from sweep.cli_common import (add_address_flag, add_cache_dir_flag, add_config_flags, add_data_flags,
                               add_profile_flag, add_progress_flag, config_from_args)
-from sweep.config import (GPUS_PER_TRIAL, LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS,
+from sweep.config import (AUGMENTATIONS, GPUS_PER_TRIAL, LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS,
                           TRANSFER_METHODS, RunConfig)
 
 EXIT_TRIALS_FAILED = 1
@@ -23,6 +23,13 @@ def _csv(kind):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
 
     return parse
+
+
+def add_augmentations_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--augmentations", type=_csv(str), default=_csv(str)(default) if default else None,
+                        help="run the grid once per training recipe, e.g. none,robust: the paper's protocol "
+                             f"(none) and ours side by side ({', '.join(AUGMENTATIONS)}; default "
+                             f"{default or 'the config field augmentation, ' + RunConfig.augmentation})")
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +110,7 @@ def register(subparsers) -> None:
     run.add_argument("--fractions", type=_csv(float),
                      help=f"target label fractions in percent (default {','.join(f'{f:g}' for f in LABEL_FRACTIONS)})")
     run.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
+    add_augmentations_flag(run)
     run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery): {','.join(TARGET_DATASETS)} or the name of a "
                           "--target-dir folder")
     add_data_flags(run)
@@ -161,7 +169,8 @@ def cmd_run(args) -> int:
     base, record = run_config(args)
     grid = build_grid(args.experiment, base, models=args.models, tasks=args.tasks, folds=args.folds,
                       methods=args.methods, fractions=args.fractions, repetitions=args.repetitions,
-                      targets=args.targets, tuned=record.adjust if record else None)
+                      targets=args.targets, tuned=record.adjust if record else None,
+                      augmentations=args.augmentations)
     datasets = None
     if record is not None and grid.runnable():
         # Before Ray starts or anything trains: no trial may be configured with its own test images.

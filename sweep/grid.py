@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 from data_io.datasets import TARGET_DATASETS, check_target_name
 from sweep.config import (
+    AUGMENTATIONS,
     EXECUTION_FIELDS,
     LABEL_FRACTIONS,
     METHODS_NEEDING_TARGET_LABELS,
@@ -79,7 +80,7 @@ def _is_transfer_only(name: str) -> bool:
 
 # Methods that read M_A (scratch: its architecture only), and the one that also needs the
 # warmed translator.
-METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "finetune", "scratch", "source_only"})
+METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "self_training", "finetune", "scratch", "source_only"})
 METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
 
 
@@ -267,6 +268,7 @@ def build_grid(
     repetitions: Sequence[int] | None = None,
     targets: Sequence[str] | None = None,
     tuned: Tuned | None = None,
+    augmentations: Sequence[str] | None = None,
 ) -> Grid:
     """The trials of `segmentation`, `transfer` or `all`, restricted to the given selections.
 
@@ -275,7 +277,21 @@ def build_grid(
     runs of heart and clavicles. Selected tasks the targets do not label (heart, clavicles)
     give only those qualitative runs, which need `proposed` and 0 % in the selection.
     `tuned` gives the cells (not the warm-ups) their tuned values (`cxrsweep run --config`).
+    `augmentations` (default: the base config's) runs the whole selection once per training
+    recipe, e.g. ("none", "robust"): the paper's protocol and ours side by side. Translator
+    warm-ups read no augmentation and are shared by both.
     """
+    recipes = list(dict.fromkeys(augmentations or [base.augmentation]))
+    _check_choice("--augmentations", recipes, AUGMENTATIONS)
+    grid = Grid()
+    for recipe in recipes:
+        for spec in _build_grid(experiment, base.replace(augmentation=recipe), models, tasks, folds, methods,
+                                fractions, repetitions, targets, tuned).trials.values():
+            grid.add(spec)
+    return grid
+
+
+def _build_grid(experiment, base, models, tasks, folds, methods, fractions, repetitions, targets, tuned) -> Grid:
     _check_choice("experiment", [experiment], EXPERIMENTS)
     if base.profile not in PROFILES:
         raise ValueError(f"--profile: unknown profile {base.profile!r}")

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from sweep.config import RunConfig
 
-SCHEMA_VERSION = 3  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection
+SCHEMA_VERSION = 4  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection;
+# 4: cfg_augmentation (the training recipe) in place of cfg_augment, cfg_pseudo_label_keep
 
 # Columns that identify a trial; shared by both tables.
 KEY_COLUMNS: dict[str, pa.DataType] = {

@@ -66,8 +66,8 @@ def test_partial_sweep_without_images_still_builds(tmp_path):
     write_atomic(to_table([row], TRIALS_SCHEMA), tmp_path / "results" / "trials.parquet")
     index = build_report(tmp_path)
     table1 = (tmp_path / "report" / "table1.md").read_text()
-    assert "| unet | **90.00** | **94.70** | — | — | 1 |" in table1
-    assert "| segnet | — | — | — | — | 0 |" in table1
+    assert "| unet | robust | **90.00** | **94.70** | — | — | 1 |" in table1
+    assert "| segnet | robust | — | — | — | — | 0 |" in table1
     table2 = (tmp_path / "report" / "table2.md").read_text()
     assert "| 0 | — | — | — | — |" in table2
     assert "images.parquet not found" in index.read_text()

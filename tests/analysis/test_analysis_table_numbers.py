@@ -78,22 +78,23 @@ def test_table1_equals_direct_recomputation(built_report, parquet):
         assert got["jaccard_image_std_pct"] == pytest.approx(100 * image_expected.j_std, abs=1e-9)
 
         row = markdown[task][model]
-        assert row[1] == shown(100 * expected.j_mean, 100 * expected.jaccard_std)
-        assert row[2] == shown(100 * expected.d_mean, 100 * expected.d_std)
-        assert row[3] == shown(100 * image_expected.j_mean, 100 * image_expected.j_std)
-        assert row[4] == shown(100 * image_expected.d_mean, 100 * image_expected.d_std)
+        assert row[1] == "robust"
+        assert row[2] == shown(100 * expected.j_mean, 100 * expected.jaccard_std)
+        assert row[3] == shown(100 * expected.d_mean, 100 * expected.d_std)
+        assert row[4] == shown(100 * image_expected.j_mean, 100 * image_expected.j_std)
+        assert row[5] == shown(100 * image_expected.d_mean, 100 * image_expected.d_std)
 
     # The best model per task and metric is bold, and only it.
     bold = bold_cells(report_dir / "table1.md")
     for task, group in per_fold.groupby(level="task"):
-        for column, metric in ((1, "j_mean"), (2, "d_mean")):
+        for column, metric in ((2, "j_mean"), (3, "d_mean")):
             best_model = group[metric].idxmax()[1]
             assert {(task, m, column) for m in group.index.get_level_values("model")} & bold == {
                 (task, best_model, column)}
 
     # The published values sit alongside (Table I of the paper).
-    assert markdown["lungs"]["unet"][6:8] == ["96.02 ± 0.33", "97.96 ± 0.17"]
-    assert markdown["clavicles"]["fcn"][6] == "75.52 ± 1.03"
+    assert markdown["lungs"]["unet"][7:9] == ["96.02 ± 0.33", "97.96 ± 0.17"]
+    assert markdown["clavicles"]["fcn"][7] == "75.52 ± 1.03"
 
 
 def test_table1_missing_and_failed_cells_are_not_numbers(built_report, fake_sweep):
@@ -103,10 +104,10 @@ def test_table1_missing_and_failed_cells_are_not_numbers(built_report, fake_swee
     task, model = fake_sweep.missing_segmentation_cell
     assert csv.loc[(task, model), "status"] == "missing"
     assert math.isnan(csv.loc[(task, model), "jaccard_mean_pct"])
-    assert markdown[task][model][1:5] == ["—"] * 4
+    assert markdown[task][model][2:6] == ["—"] * 4
     task, model, failed_fold = fake_sweep.failed_segmentation_trial
     assert csv.loc[(task, model), "n_folds_failed"] == 1
-    assert markdown[task][model][5] == "4 (1 failed)"
+    assert markdown[task][model][6] == "4 (1 failed)"
     failures = pd.read_csv(report_dir / "failures.csv")
     assert set(failures["trial_id"]) == {f"seg-{task}-{model}-f{failed_fold}",
                                          "tr-{1}-{0:g}-r{2}".format(*fake_sweep.failed_transfer_trial)}
@@ -116,7 +117,7 @@ def test_table2_equals_direct_recomputation(built_report, parquet, fake_sweep):
     trials, images = parquet
     report_dir = built_report.parent
     csv = pd.read_csv(report_dir / "table2.csv").set_index(["label_fraction", "method"])
-    markdown = read_markdown_table(report_dir / "table2.md")["montgomery, lungs, unet"]
+    markdown = read_markdown_table(report_dir / "table2.md")["montgomery, lungs, unet, training: robust"]
     header = next(line for line in (report_dir / "table2.md").read_text().splitlines() if line.startswith("| Labels"))
     columns = [c.strip() for c in header.strip().strip("|").split("|")]
 
@@ -146,7 +147,7 @@ def test_table2_equals_direct_recomputation(built_report, parquet, fake_sweep):
 def test_table2_shows_not_applicable_and_missing_cells(built_report, fake_sweep):
     report_dir = built_report.parent
     csv = pd.read_csv(report_dir / "table2.csv").set_index(["label_fraction", "method"])
-    markdown = read_markdown_table(report_dir / "table2.md")["montgomery, lungs, unet"]
+    markdown = read_markdown_table(report_dir / "table2.md")["montgomery, lungs, unet, training: robust"]
     header = next(line for line in (report_dir / "table2.md").read_text().splitlines() if line.startswith("| Labels"))
     columns = [c.strip() for c in header.strip().strip("|").split("|")]
     for method in fake_sweep.not_applicable_at_zero:
