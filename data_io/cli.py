@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from data_io import datasets
+from data_io.phantoms import TARGET_SHIFTS
 from data_io.readers import image_size, radiograph_size
 
 DECODE_CHECK_SIZE = 32  # `check --decode` runs the real preprocessing, small, for every case
@@ -29,9 +30,11 @@ def register(subparsers) -> None:
     synth.add_argument("--target-size", type=int, default=512, help="long side of the target PNGs (default 512)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
-        "--target-shift", choices=("severe", "mild"), default="severe",
-        help="Montgomery-like regime: severe (default; inverted, gamma-bent detector) or mild (the source's polarity, "
-             "other exposure, noise, bias, collimation, framing and aspect ratio, padded to a square)",
+        "--target-shift", choices=TARGET_SHIFTS, default="severe",
+        help="Montgomery-like regime: severe (default; inverted, gamma-bent detector), mild (the source's polarity, "
+             "other exposure, noise, bias, collimation, framing and aspect ratio, padded to a square) or heldout "
+             "(held out from design: burned-in markers, an effusion-like opacity on some films, larger/smaller and "
+             "more rotated patients, a coarser detector, other exposure, processing and noise)",
     )
     synth.add_argument(
         "--target-inverted-fraction", type=float, default=None,

@@ -18,6 +18,14 @@ The Montgomery-like target comes in two regimes (`TARGET_SHIFTS`):
   scale, the film's 4020 x 4892 aspect ratio, and padding to a square with black bands (as the
   popular 512 x 512 re-packaging of Montgomery). `MildShift` holds its knobs, so each factor can
   be switched off to measure what it costs.
+- "heldout": held out from design (augmentations and adaptation methods are designed on "mild"
+  and "severe"; this one only confirms afterwards), so it models what real films from another
+  hospital show and neither of the other two contains: burned-in text and lead markers, an
+  effusion-like opacity in one lung on a share of the films (inside the lung mask, as in real
+  truth masks), larger and smaller patients rotated further, a lower acquisition resolution
+  upsampled smoothly, another exposure curve (windowed, with a shoulder), edge-enhancing /
+  range-compressing processing and signal-dependent noise; the source's polarity, Montgomery's
+  aspect ratio, no padding. `HeldOutShift` holds its knobs (`neutral` switches factors off).
 
 Geometry convention: image coordinates run left to right and top to bottom; the patient's LEFT
 side is on the image's RIGHT (a posterior-anterior film viewed as displayed). "Left"/"right"
@@ -31,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from data_io.datasets import SCR_STRUCTURES
 
@@ -82,7 +90,7 @@ class Pose:
     angle: float
 
 
-TARGET_SHIFTS = ("severe", "mild")
+TARGET_SHIFTS = ("severe", "mild", "heldout")
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,82 @@ class MildShift:
         if unknown:
             raise ValueError(f"unknown mild-shift factor(s) {', '.join(unknown)}; choose from {', '.join(source_like)}")
         changes = {key: value for factor in factors for key, value in source_like[factor].items()}
+        return dataclasses.replace(self, **changes)
+
+
+HELD_OUT_ANNOTATIONS = ("PA", "PA ERECT", "ERECT", "UPRIGHT", "INSP", "PA CHEST")
+
+
+# The held-out shift's factors and their source-like knob values (HeldOutShift.neutral).
+HELD_OUT_SOURCE_LIKE = {
+    "markers": {"side_marker": 0.0, "annotation": 0.0, "lead_blocks": 0.0},
+    "opacity": {"opacity": 0.0},
+    "geometry": {"zoom": (0.93, 1.04), "shift": 0.04, "angle_deg": 3.0, "landscape_zoom": 1.0},
+    "aspect": {"aspect": 1.0},
+    "resolution": {"resolution": (1.0, 1.0)},
+    "exposure": {"curve": "sigmoid"},
+    "processing": {"edge_gain": (0.0, 0.0), "range_compression": (0.0, 0.0)},
+    "noise": {"noise": (0.006, 0.012), "quantum": 0.0},
+    "padding": {"pad_to_square": False},
+}
+
+
+@dataclass(frozen=True)
+class HeldOutShift:
+    """The knobs of the held-out Montgomery-like target; each range is sampled per image.
+
+    Built to contain shifts that neither "mild" nor "severe" has (it is held out from design, so
+    keep it that way: do not tune it to what a method handles). The source (render_source) is a
+    sigmoid of the attenuation with slope 5-7 and level 0.38-0.48, additive noise 0.006-0.012 at
+    the full resolution, a square film framed with zoom 0.93-1.04 and tilt up to 3 degrees, and
+    nothing drawn on it. Setting a knob to its source-like value switches that factor off (see
+    `neutral`).
+    """
+
+    # Burned-in marks (not in any mask): a lead side letter (R on the image's left, L on its right,
+    # sometimes in a frame), a digital annotation such as "PA ERECT", small rectangular lead markers.
+    side_marker: float = 0.9  # probability of the lead R / L letter
+    annotation: float = 0.7  # probability of a burned-in text annotation
+    lead_blocks: float = 0.4  # probability of each of two small rectangular lead markers
+    marker_size: tuple[float, float] = (0.04, 0.06)  # font size, fraction of the long side
+    # Pathology: an effusion-like opacity filling the lower part of one lung (the mask keeps it).
+    opacity: float = 0.3  # share of films with one
+    opacity_fill: tuple[float, float] = (0.2, 0.45)  # fraction of the lung's height it fills
+    opacity_density: tuple[float, float] = (0.24, 0.34)  # added attenuation (lung darkness: 0.34)
+    meniscus: tuple[float, float] = (0.06, 0.16)  # how far it climbs the lateral wall, body units
+    # Geometry: larger and smaller patients than the source, rotated further; landscape films framed
+    # wider. About one film in seven then has a lung reaching the film's edge (as with large patients).
+    zoom: tuple[float, float] = (0.80, 1.08)
+    shift: float = 0.06
+    angle_deg: float = 12.0
+    landscape_zoom: float = 0.88  # zoom factor of landscape films, so the chest fits their height
+    aspect: float = 4020 / 4892  # short / long side of the film (portrait or landscape)
+    landscape: float = 0.25  # share of landscape films
+    # Acquisition: a coarser detector (rendered at this fraction of the size, then upsampled bicubically).
+    resolution: tuple[float, float] = (0.35, 0.6)
+    # Exposure: "shoulder" windows the attenuation to [black, white] then applies a concave
+    # (1 - exp(-k x)) curve; "sigmoid" is the source's S-curve.
+    curve: str = "shoulder"
+    black: tuple[float, float] = (0.0, 0.10)
+    white: tuple[float, float] = (0.88, 1.05)
+    shoulder: tuple[float, float] = (0.8, 2.2)
+    # Processing: unsharp-mask edge enhancement and low-frequency dynamic-range compression.
+    edge_gain: tuple[float, float] = (0.3, 0.9)
+    range_compression: tuple[float, float] = (0.1, 0.35)
+    # Noise at the detector's resolution, stronger where fewer photons arrive (bright, dense parts).
+    noise: tuple[float, float] = (0.012, 0.025)
+    quantum: float = 0.7  # 0: additive; 1: proportional to twice the attenuation
+    pad_to_square: bool = False  # optional black padding to a square (off: none in this regime)
+    pad_one_side: float = 0.6
+
+    def neutral(self, *factors: str) -> "HeldOutShift":
+        """This shift with the named factors made source-like: markers, opacity, geometry, aspect,
+        resolution, exposure, processing, noise, padding."""
+        unknown = sorted(set(factors) - set(HELD_OUT_SOURCE_LIKE))
+        if unknown:
+            raise ValueError(f"unknown held-out-shift factor(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(HELD_OUT_SOURCE_LIKE)}")
+        changes = {key: value for factor in factors for key, value in HELD_OUT_SOURCE_LIKE[factor].items()}
         return dataclasses.replace(self, **changes)
 
 
@@ -355,6 +439,15 @@ def _mild_pose(rng: np.random.Generator, shift: MildShift) -> Pose:
     )
 
 
+def _heldout_pose(rng: np.random.Generator, shift: HeldOutShift, height: int, width: int) -> Pose:
+    # Larger and smaller patients than the source, rotated further; landscape films framed wider.
+    zoom = rng.uniform(*shift.zoom) * (shift.landscape_zoom if width > height else 1.0)
+    return Pose(
+        zoom=zoom,
+        shift=(rng.uniform(-shift.shift, shift.shift), rng.uniform(-0.7 * shift.shift, shift.shift)),
+        angle=math.radians(rng.uniform(-shift.angle_deg, shift.angle_deg)),
+    )
+
 def _shenzhen_pose(rng: np.random.Generator, height: int, width: int) -> Pose:
     # Wider field of view than JSRT: shoulders, neck and upper abdomen in view, off-centre.
     zoom = rng.uniform(0.62, 0.74) if width > height else rng.uniform(0.72, 0.86)
@@ -439,6 +532,158 @@ def render_mild_target(attenuation: np.ndarray, rng: np.random.Generator, bits_m
         display[region] = brightness + 0.004 * rng.standard_normal(display[region].shape, dtype=np.float32)
     return np.round(np.clip(display, 0, 1) * bits_max).astype(np.uint16)
 
+
+@dataclass(frozen=True)
+class Effusion:
+    """An effusion-like opacity: fluid filling the lower part of one lung, its surface climbing
+    the lateral wall (the meniscus)."""
+
+    lung: int  # index into Anatomy.lungs (0: patient's right, image left)
+    fill: float  # fraction of the lung's height below the fluid level at the medial side
+    density: float  # added attenuation
+    meniscus: float  # how far the surface rises towards the lateral wall, body units
+    softness: float  # width of the surface's blurred edge, body units
+
+
+def _effusion_field(anatomy: Anatomy, pose: Pose, height: int, width: int, effusion: Effusion) -> np.ndarray:
+    """Added attenuation of `effusion` on a height x width film (the lung mask is unchanged)."""
+    x, y = _grid(height, width, pose)
+    lung = anatomy.lungs[effusion.lung]
+    span = lung.base_y - lung.apex_y
+    lateral_t = np.clip((lung.side * x - lung.medial) / (lung.lateral - lung.medial), 0.0, 1.0)
+    surface = lung.base_y - effusion.fill * span - effusion.meniscus * lateral_t**2
+    below = y - surface
+    fluid = np.clip(below / effusion.softness, 0.0, 1.0)
+    fluid = fluid * fluid * (3 - 2 * fluid)
+    # Slightly denser at the bottom; spills a little past the lung edge (blunted costophrenic
+    # angle, hemidiaphragm effaced).
+    denser = 0.8 + 0.2 * np.clip(below / max(effusion.fill * span, 1e-3), 0.0, 1.0)
+    inside = _ramp(_lung_depth(lung, x, y) + 0.03, 0.04)
+    return (effusion.density * fluid * denser * inside).astype(np.float32)
+
+
+def _heldout_exposure(attenuation: np.ndarray, curve: str, knobs: dict[str, float]) -> np.ndarray:
+    if curve == "sigmoid":  # the source's curve (render_source)
+        return 1 / (1 + np.exp(-knobs["contrast"] * (attenuation - knobs["level"])))
+    if curve != "shoulder":
+        raise ValueError(f"HeldOutShift.curve must be 'shoulder' or 'sigmoid', got {curve!r}")
+    windowed = np.clip((attenuation - knobs["black"]) / (knobs["white"] - knobs["black"]), 0.0, 1.0)
+    k = knobs["shoulder"]
+    return (1 - np.exp(-k * windowed)) / (1 - math.exp(-k))
+
+
+def render_heldout_target(attenuation: np.ndarray, rng: np.random.Generator, shift: HeldOutShift,
+                          size: tuple[int, int]) -> np.ndarray:
+    """The held-out target's detector, display units in [0, 1] at `size` (height, width):
+    `attenuation` is drawn at the detector's (lower) resolution; exposure curve, processing and
+    noise happen there, then a bicubic upsampling to the film's size. Every knob is drawn
+    whatever the factor's setting, so switching one factor off leaves the others' draws alone."""
+    from scipy import ndimage  # here, not at the top: the CLI imports this module at start-up
+
+    knobs = {
+        "black": rng.uniform(*shift.black), "white": rng.uniform(*shift.white), "shoulder": rng.uniform(*shift.shoulder),
+        "contrast": rng.uniform(5.0, 7.0), "level": rng.uniform(0.38, 0.48),
+    }
+    edge_gain, compression = rng.uniform(*shift.edge_gain), rng.uniform(*shift.range_compression)
+    noise_sigma = rng.uniform(*shift.noise)
+    display = _heldout_exposure(attenuation, shift.curve, knobs).astype(np.float32)
+    side = max(display.shape)
+    if edge_gain:
+        display = display + edge_gain * (display - ndimage.gaussian_filter(display, 0.012 * side, mode="nearest"))
+    if compression:
+        low = ndimage.gaussian_filter(display, 0.08 * side, mode="nearest")
+        display = display - compression * (low - float(low.mean()))
+    sigma = noise_sigma * (1 - shift.quantum + 2 * shift.quantum * attenuation)
+    display = display + sigma * rng.standard_normal(display.shape, dtype=np.float32)
+    height, width = size
+    if display.shape != (height, width):
+        display = np.asarray(Image.fromarray(display.astype(np.float32)).resize((width, height), Image.BICUBIC))
+    return np.clip(display, 0.0, 1.0).astype(np.float32)
+
+
+def _font(pixels: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=pixels)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _glyph(text: str, pixels: int, frame: bool) -> np.ndarray:
+    """`text` in white on black, tightly cropped (with a frame around it when asked), float [0, 1]."""
+    font, stroke = _font(pixels), max(1, round(pixels / 14))  # bold, as lead letters and burned-in text are
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font, stroke_width=stroke)
+    pad = max(1, pixels // 5) if frame else 0
+    line = max(1, pixels // 10)
+    canvas = Image.new("L", (right - left + 2 * pad + 2 * line * frame, bottom - top + 2 * pad + 2 * line * frame))
+    draw = ImageDraw.Draw(canvas)
+    offset = pad + line * frame
+    draw.text((offset - left, offset - top), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+    if frame:
+        draw.rectangle((0, 0, canvas.width - 1, canvas.height - 1), outline=255, width=line)
+    return np.asarray(canvas, dtype=np.float32) / 255
+
+
+def _place(layer: np.ndarray, mark: np.ndarray, forbidden: np.ndarray, rng: np.random.Generator,
+           corner: tuple[str, str], reach: tuple[float, float], tries: int = 20) -> bool:
+    """Put `mark` into `layer` near `corner` ("top"/"bottom", "left"/"right"/"any"), its box at
+    most `reach` (fractions of height, width) from those edges and clear of `forbidden`."""
+    height, width = layer.shape
+    mark_h, mark_w = mark.shape
+    if mark_h >= height or mark_w >= width:
+        return False
+    for _ in range(tries):
+        gap_y = int(rng.uniform(0.015, reach[0]) * height)
+        top = gap_y if corner[0] == "top" else height - mark_h - gap_y
+        if corner[1] == "any":
+            left = int(rng.uniform(0.05, 0.95) * (width - mark_w))
+        else:
+            gap_x = int(rng.uniform(0.015, reach[1]) * width)
+            left = gap_x if corner[1] == "left" else width - mark_w - gap_x
+        if top < 0 or left < 0 or top + mark_h > height or left + mark_w > width:
+            continue
+        window = (slice(top, top + mark_h), slice(left, left + mark_w))
+        if forbidden[window].any():
+            continue
+        layer[window] = np.maximum(layer[window], mark)
+        forbidden[window] = True
+        return True
+    return False
+
+
+def draw_markers(display: np.ndarray, lungs: np.ndarray, rng: np.random.Generator, shift: HeldOutShift,
+                 resolution: float) -> np.ndarray:
+    """Burn saturated (white) markers into `display` near its edges and corners, clear of `lungs`:
+    a lead R / L letter on the side it names, a digital annotation, small rectangular lead markers.
+    Lead is imaged by the (coarser) detector, so its marks are blurred; the text is sharp."""
+    from scipy import ndimage
+    height, width = display.shape
+    longest = max(height, width)
+    lead_blur = 0.4 / resolution
+    halo = int(math.ceil(3 * lead_blur)) + 1
+    # Clear of the lungs by a margin (and of the blur's halo), so no mask holds a marker.
+    forbidden = ndimage.distance_transform_edt(~lungs) <= max(2, round(0.015 * longest)) + halo
+    lead, text = np.zeros_like(display), np.zeros_like(display)
+    pixels = max(7, round(rng.uniform(*shift.marker_size) * longest))
+    # The technologist's lead side letter: R on the patient's right (the image's left), L opposite.
+    present, letter, framed, low = rng.random() < shift.side_marker, rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.3
+    if present:
+        mark = _glyph("L" if letter else "R", pixels, framed)
+        _place(lead, np.pad(mark, halo), forbidden, rng, ("bottom" if low else "top", "right" if letter else "left"), (0.3, 0.12))
+    present, choice, corner = rng.random() < shift.annotation, int(rng.integers(len(HELD_OUT_ANNOTATIONS))), int(rng.integers(4))
+    if present:
+        mark = _glyph(HELD_OUT_ANNOTATIONS[choice], max(7, round(pixels * 0.8)), False)
+        _place(text, np.pad(mark, 1), forbidden, rng, (("top", "bottom")[corner // 2], ("left", "right")[corner % 2]), (0.08, 0.08))
+    for _ in range(2):
+        present, edge = rng.random() < shift.lead_blocks, int(rng.integers(2))
+        block_h, block_w = (max(2, round(rng.uniform(lo, hi) * longest)) for lo, hi in ((0.012, 0.03), (0.02, 0.05)))
+        if present:
+            _place(lead, np.pad(np.ones((block_h, block_w), np.float32), halo), forbidden, rng,
+                   (("top", "bottom")[edge], "any"), (0.06, 0.0))
+    if lead.any():
+        # Lead stops the beam: saturated across the mark, blurred at its edges.
+        lead = np.clip(ndimage.gaussian_filter(lead, lead_blur) * 1.6, 0.0, 1.0)
+    alpha = np.maximum(lead, text)
+    return display * (1 - alpha) + alpha
 
 def pad_to_square(array: np.ndarray, rng: np.random.Generator, one_side: float) -> np.ndarray:
     """Zero bands along the short side up to a square, as the 512 x 512 re-packaging of Montgomery
@@ -541,6 +786,44 @@ def _write_mild_montgomery(out: Path, count: int, long_side: int, rng: np.random
     return root
 
 
+def _write_heldout_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator, shift: HeldOutShift) -> Path:
+    """The held-out regime. Each case draws anatomy, framing, detector, pathology, markers and
+    borders from streams of its own, so switching one factor of `shift` off leaves everything
+    else about the case unchanged."""
+    root = out / "montgomery"
+    for index in range(count):
+        case_id = _montgomery_case_id(index, rng)
+        anatomy_rng, frame_rng, detector_rng, pathology_rng, marker_rng, border_rng = (
+            np.random.default_rng(child) for child in np.random.SeedSequence(int(rng.integers(2**63))).spawn(6)
+        )
+        anatomy = sample_anatomy(anatomy_rng)
+        height, width = _target_shape(frame_rng, long_side, shift.aspect, shift.landscape)
+        pose = _heldout_pose(frame_rng, shift, height, width)
+        resolution, bits_max = detector_rng.uniform(*shift.resolution), int(detector_rng.uniform(3000, 4095))
+        small = (max(16, round(height * resolution)), max(16, round(width * resolution))) if resolution < 1 else (height, width)
+        attenuation = render_attenuation(anatomy, pose, *small, detector_rng)
+        effusion = Effusion(
+            lung=int(pathology_rng.integers(2)), fill=pathology_rng.uniform(*shift.opacity_fill),
+            density=pathology_rng.uniform(*shift.opacity_density), meniscus=pathology_rng.uniform(*shift.meniscus),
+            softness=pathology_rng.uniform(0.03, 0.07),
+        )
+        if pathology_rng.random() < shift.opacity:
+            attenuation = np.clip(attenuation + _effusion_field(anatomy, pose, *small, effusion), 0.0, 1.0)
+        display = render_heldout_target(attenuation, detector_rng, shift, (height, width))
+        masks = render_masks(anatomy, pose, height, width)
+        display = draw_markers(display, masks["left lung"] | masks["right lung"], marker_rng, shift, min(resolution, 1.0))
+        image = np.round(np.clip(display, 0, 1) * bits_max).astype(np.uint16)
+        if shift.pad_to_square and height != width:
+            state = border_rng.bit_generator.state
+            image = pad_to_square(image, border_rng, shift.pad_one_side)
+            padded = {}
+            for name, mask in masks.items():
+                border_rng.bit_generator.state = state
+                padded[name] = pad_to_square(mask, border_rng, shift.pad_one_side)
+            masks = padded
+        _save_montgomery_case(root, case_id, image, masks)
+    return root
+
 def _write_shenzhen(out: Path, count: int, long_side: int, rng: np.random.Generator) -> Path:
     root = out / "shenzhen"
     # About one in seven real Shenzhen images has no lung mask; keep at least one of each kind.
@@ -568,7 +851,7 @@ def synthesize(
     target_size: int = 512,
     seed: int = 0,
     target_inverted_fraction: float | None = None,
-    target_shift: str | MildShift = "severe",
+    target_shift: str | MildShift | HeldOutShift = "severe",
 ) -> dict[str, Path]:
     """Write phantom datasets under `out_dir`; returns {"jsrt", "scr", "montgomery"[, "shenzhen"]} folders.
 
@@ -576,8 +859,9 @@ def synthesize(
     the real data); `target_size` is the long side of the Montgomery-like 16-bit PNGs (short
     side at the real 4020 / 4892 ratio; the mild regime pads them to a target_size square) and
     about the side of the Shenzhen-like 8-bit PNGs.
-    `target_shift` is "severe" (default), "mild", or a `MildShift` (the mild regime with other
-    knobs). `target_inverted_fraction` (severe only) of the Montgomery-like images get an
+    `target_shift` is "severe" (default), "mild", "heldout", a `MildShift` (the mild regime with
+    other knobs) or a `HeldOutShift` (the held-out regime with other knobs; no padding by
+    default, so its films keep Montgomery's aspect ratio). `target_inverted_fraction` (severe only) of the Montgomery-like images get an
     inverted response (lungs bright). The default 1 is a consistent shift a translator can
     learn; 0 keeps the display polarity (an easier target); values in between make the target
     bimodal.
@@ -586,11 +870,13 @@ def synthesize(
     if n_source < 1 or n_target < 0 or n_shenzhen < 0:
         raise ValueError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; got {n_source}, {n_target}, {n_shenzhen}")
     if isinstance(target_shift, str) and target_shift not in TARGET_SHIFTS:
-        raise ValueError(f"target_shift must be one of {', '.join(TARGET_SHIFTS)} (or a MildShift), got {target_shift!r}")
+        raise ValueError(f"target_shift must be one of {', '.join(TARGET_SHIFTS)} (or a MildShift or HeldOutShift), "
+                         f"got {target_shift!r}")
     mild = MildShift() if target_shift == "mild" else target_shift if isinstance(target_shift, MildShift) else None
-    if mild is not None and target_inverted_fraction is not None:
-        raise ValueError("target_inverted_fraction applies to the severe target only; the mild target keeps the "
-                         "source's polarity")
+    held_out = HeldOutShift() if target_shift == "heldout" else target_shift if isinstance(target_shift, HeldOutShift) else None
+    if (mild is not None or held_out is not None) and target_inverted_fraction is not None:
+        raise ValueError("target_inverted_fraction applies to the severe target only; the mild and held-out targets "
+                         "keep the source's polarity")
     inverted_fraction = 1.0 if target_inverted_fraction is None else target_inverted_fraction
     if not 0 <= inverted_fraction <= 1:
         raise ValueError(f"target_inverted_fraction must be in [0, 1], got {inverted_fraction}")
@@ -602,10 +888,12 @@ def synthesize(
     written = {"jsrt": jsrt_dir, "scr": scr_dir}
     if n_target:
         target_rng = np.random.default_rng(streams[1])
-        written["montgomery"] = (
-            _write_montgomery(out, n_target, target_size, target_rng, inverted_fraction) if mild is None
-            else _write_mild_montgomery(out, n_target, target_size, target_rng, mild)
-        )
+        if mild is not None:
+            written["montgomery"] = _write_mild_montgomery(out, n_target, target_size, target_rng, mild)
+        elif held_out is not None:
+            written["montgomery"] = _write_heldout_montgomery(out, n_target, target_size, target_rng, held_out)
+        else:
+            written["montgomery"] = _write_montgomery(out, n_target, target_size, target_rng, inverted_fraction)
     if n_shenzhen:
         written["shenzhen"] = _write_shenzhen(out, n_shenzhen, target_size, np.random.default_rng(streams[2]))
     return written
