@@ -32,10 +32,10 @@ from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.data import SegmentationData
 from sweep.engine.inference import foreground_masks, resolve_device
-from sweep.engine.run_dir import ADAPTED, NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY, RunResult
+from sweep.engine.run_dir import NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY, RunResult
 from sweep.engine.selection import ShapePrior, TargetSelection, selection_criterion
 from sweep.engine.supervised import EpochCallback, Trainer
-from sweep.engine.transfer_common import TranslateThenSegment, finish_run, save_source_model_as_best
+from sweep.engine.transfer_common import selection_record, TranslateThenSegment, finish_run, save_source_model_as_best
 from sweep.engine.transfer_data import TransferData
 
 log = logging.getLogger(__name__)
@@ -194,15 +194,9 @@ class SelfTrainingRun(Trainer):
         if self.selection is not None:
             decision = self.selection.decide(np.array(self.best_plausibility),
                                              np.array(self.no_adaptation["plausibility"]))
-        keeps = decision is None or decision.keep_adaptation
         return {
-            "selection_criterion": self.criterion,
-            "selected_model": ADAPTED if keeps else NO_ADAPTATION,
-            "selection_score": self.best_val if keeps else self.no_adaptation["target_score"],
-            "no_adaptation_score": self.no_adaptation["target_score"] if self.no_adaptation else None,
-            "adapted_epoch": self.best_epoch,
-            "selection_decision": decision.to_dict() if decision is not None else None,
-            "selection_margin": self.transfer_cfg.selection_margin if decision is not None else None,
+            **selection_record(self.criterion, decision, self.best_val, self.best_epoch, self.no_adaptation,
+                               self.transfer_cfg.selection_margin),
             "val_split": self.val_split,
             "pseudo_labels": self.pseudo_record,
         }

@@ -36,11 +36,11 @@ from sweep.engine.augmentation import augment
 from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, as_mask_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
-from sweep.engine.run_dir import ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, RunResult
+from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY, RunResult
 from sweep.engine.selection import TargetSelection, selection_criterion
 from sweep.engine.self_training import train_self_training
 from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
-from sweep.engine.transfer_common import (TranslateThenSegment, ValidationScorer, finish_run,
+from sweep.engine.transfer_common import (selection_record, TranslateThenSegment, ValidationScorer, finish_run,
                                           save_source_model_as_best, validation_jaccard)
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTrainer, adversarial_balance,
@@ -466,15 +466,9 @@ class ProposedRun(ckpt.ResumableRun):
         decision = None
         if self.selection is not None:
             decision = self.selection.decide(np.array(self.best_plausibility), np.array(self.no_adaptation["plausibility"]))
-        keeps = decision is None or decision.keep_adaptation
         return {
-            "selection_criterion": self.criterion,
-            "selected_model": ADAPTED if keeps else NO_ADAPTATION,
-            "selection_score": self.best_val if keeps else self.no_adaptation["target_score"],
-            "no_adaptation_score": self.no_adaptation["target_score"] if self.no_adaptation else None,
-            "adapted_epoch": self.best_epoch,
-            "selection_decision": decision.to_dict() if decision is not None else None,
-            "selection_margin": self.cfg.selection_margin if decision is not None else None,
+            **selection_record(self.criterion, decision, self.best_val, self.best_epoch, self.no_adaptation,
+                               self.cfg.selection_margin),
             "discriminators_saturated": bool(saturation),
             "saturation": saturation,
         }

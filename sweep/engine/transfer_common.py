@@ -13,7 +13,7 @@ from data_io.preprocess import preprocessing_record
 from models.translators.base import Translator
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
-from sweep.engine.run_dir import TRANSLATIONS_DIR, RunResult, best_checkpoint_path, write_test_outputs
+from sweep.engine.run_dir import ADAPTED, NO_ADAPTATION, TRANSLATIONS_DIR, RunResult, best_checkpoint_path, write_test_outputs
 from sweep.engine.scoring import SplitScorer, predict_and_score
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import save_translation_samples
@@ -102,3 +102,20 @@ def save_source_model_as_best(cfg: RunConfig, data: TransferData, run_dir: Path,
     ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
                       "preprocessing": preprocessing_record(data.crop_borders), **extra},
                      best_checkpoint_path(run_dir))
+
+
+def selection_record(criterion: str, decision, best_score: float, best_epoch: int,
+                     no_adaptation: dict | None, margin: float) -> dict[str, Any]:
+    """What result.json records of a transfer run's choice (proposed, self_training): which model
+    was kept and why; `decision` (selection.Decision) is None when no comparison with no
+    adaptation ran."""
+    keeps = decision is None or decision.keep_adaptation
+    return {
+        "selection_criterion": criterion,
+        "selected_model": ADAPTED if keeps else NO_ADAPTATION,
+        "selection_score": best_score if keeps else no_adaptation["target_score"],
+        "no_adaptation_score": no_adaptation["target_score"] if no_adaptation else None,
+        "adapted_epoch": best_epoch,
+        "selection_decision": decision.to_dict() if decision is not None else None,
+        "selection_margin": margin if decision is not None else None,
+    }
