@@ -205,6 +205,9 @@ def warmup_trial(base: RunConfig, target: str, repetition: int) -> TrialSpec:
     cfg = base.replace(
         experiment=TRANSFER, method="proposed", model=TRANSFER_SEGMENTER, task=TRANSFER_TASKS[0],
         label_fraction=None, target=target, repetition=repetition, fold=repetition % base.n_folds,
+        # A warm-up trains translators only and reads no training recipe: one spec serves every
+        # recipe of a grid (build_grid's augmentations), so the recipe is fixed here.
+        augmentation="none",
     )
     key = _hash(warmup_identity(cfg))
     trial_id = f"warmup-{cfg.translator}-{target}-rep{repetition}-{cfg.profile}-{key}"

@@ -130,3 +130,23 @@ def test_trials_share_one_image_size_and_crop_setting():
                            tasks=["lungs"], folds=[0])
     with pytest.raises(ValueError, match="mix crop_borders"):
         data_settings(grid.runnable() + uncropped.runnable())
+
+
+def test_a_recipe_axis_runs_every_cell_per_recipe_and_shares_the_warmups():
+    base = make_config("smoke")
+    one = build_grid("all", base, folds=[0], repetitions=[0], fractions=[0, 10])
+    both = build_grid("all", base, folds=[0], repetitions=[0], fractions=[0, 10], augmentations=["none", "robust"])
+    warmups = [s for s in both.trials.values() if s.kind == TRANSLATOR_WARMUP]
+    assert len(warmups) == 1
+    cells = [s for s in both.trials.values() if s.kind != TRANSLATOR_WARMUP]
+    assert len(cells) == 2 * (len(one.trials) - 1)
+    assert {s.config.augmentation for s in cells} == {"none", "robust"}
+    for spec in cells:
+        assert all(d in both.trials for d in spec.depends_on)
+        # a cell depends on the M_A of its own recipe
+        assert all(both.trials[d].config.augmentation in (spec.config.augmentation, "none")
+                   for d in spec.depends_on)
+        assert all(both.trials[d].config.augmentation == spec.config.augmentation
+                   for d in spec.depends_on if both.trials[d].kind == SEGMENTATION)
+    with pytest.raises(ValueError, match="--augmentations"):
+        build_grid("all", base, augmentations=["flip"])

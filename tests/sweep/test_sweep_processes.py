@@ -105,12 +105,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ray_cli() -> str:
+    """The `ray` command of the interpreter running the tests (a venv's bin need not be on PATH)."""
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else "ray"
+
+
 def test_two_node_loopback_cluster_uses_both_nodes(data_flags, ray_temp_dirs, tmp_path):
     port = _free_port()
     env = _env("/tmp")
-    head = ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
+    head = [_ray_cli(), "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
             "--disable-usage-stats", f"--temp-dir={ray_temp_dirs()}"]
-    worker = ["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={ray_temp_dirs()}"]
+    worker = [_ray_cli(), "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={ray_temp_dirs()}"]
     for command in (head, worker):
         started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
