@@ -14,8 +14,11 @@ import pandas as pd
 
 from sweep.results import IMAGES_SCHEMA, KEY_COLUMNS, STATUSES, read_images, read_trials
 
-# The columns that name one cell of the grid: everything in the key but the trial's id.
-CELL_KEY = [name for name in KEY_COLUMNS if name not in ("trial_id", "seed")]
+# The config column of the training recipe: a grid axis (build_grid's augmentations), so part of a cell.
+RECIPE = "cfg_augmentation"
+# The columns that name one cell of the grid: everything in the key but the trial's id, and the
+# recipe (the same fold trained with and without augmentation is two cells, not a retry).
+CELL_KEY = [*(name for name in KEY_COLUMNS if name not in ("trial_id", "seed")), RECIPE]
 
 
 @dataclass

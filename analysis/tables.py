@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import paper_values
-from analysis.loading import Results
+from analysis.loading import RECIPE, Results
 from analysis.render import Cell, DisplayTable, Section
 from analysis.stats import interval, mean_std, wilcoxon_paired
 from sweep.config import (AUGMENTATIONS, LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS,
@@ -53,7 +53,6 @@ RECIPE_TEXT = {
     "robust": "robust = cxrsweep's default (rotation, zoom, aspect, shift, noise, blur, brightness, contrast, "
               "low resolution, gamma; sweep/engine/augmentation.py)",
 }
-RECIPE = "cfg_augmentation"
 
 
 def recipes(trials: pd.DataFrame) -> list[str]:

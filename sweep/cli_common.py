@@ -9,10 +9,10 @@ from data_io.datasets import TARGET_DATASETS
 from sweep.config import PROFILES, RunConfig
 
 # The one default-profile rule: a single run on this machine defaults to the CPU-sized profile,
-# a sweep (which may use a GPU cluster) to the paper's, the demo to the smoke profile.
-DEFAULT_PROFILE = {"train": "cpu", "train-transfer": "cpu", "run": "paper", "tune": "paper", "demo": "smoke"}
+# a sweep (which may use a GPU cluster) to the paper's, the demo to its own (sweep.config.PROFILES).
+DEFAULT_PROFILE = {"train": "cpu", "train-transfer": "cpu", "run": "paper", "tune": "paper", "demo": "demo"}
 PROFILE_RULE = "default: cpu for one run on this machine (train, train-transfer), paper for a sweep (run, tune), " \
-               "smoke for the demo"
+               "demo for the demo"
 
 
 def add_profile_flag(parser: argparse.ArgumentParser, command: str) -> None:

@@ -59,5 +59,7 @@ def test_training_commands_share_one_set_of_config_and_data_flags(tmp_path):
             assert (args.jsrt, args.scr, args.cache_dir) == ("J", "S", None)
             cfg = config_from_args(args)
             assert (cfg.profile, cfg.lr, cfg.epochs) == (DEFAULT_PROFILE[command], 0.5, 3), command
-    assert parser.parse_args(["demo", "--out", str(tmp_path)]).profile == DEFAULT_PROFILE["demo"] == "smoke"
+    demo = parser.parse_args(["demo", "--out", str(tmp_path)])
+    assert demo.profile == DEFAULT_PROFILE["demo"] == "demo"
+    assert demo.augmentations == ["none", "robust"]  # the paper's protocol and ours side by side
     assert (DEFAULT_PROFILE["train"], DEFAULT_PROFILE["run"]) == ("cpu", "paper")  # unchanged defaults

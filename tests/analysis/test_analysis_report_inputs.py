@@ -101,3 +101,18 @@ def test_a_retried_cell_counts_once(tmp_path):
     assert list(results.trials["trial_id"]) == ["attempt-2"]
     assert sorted(results.superseded["trial_id"]) == ["attempt-1", "attempt-3"]
     assert results.failed.empty and "superseded" in results.notes[-1]
+
+
+def test_one_fold_trained_with_two_recipes_is_two_cells(tmp_path):
+    """The recipe is a grid axis: the same fold with augmentation none and robust is counted twice,
+    once per recipe, never as a retry of one cell."""
+    rows = []
+    for recipe, jaccard in (("none", 0.70), ("robust", 0.80)):
+        cfg = make_config("smoke", experiment="segmentation", task="lungs", model="unet", fold=0,
+                          augmentation=recipe)
+        rows.append({**key_values(cfg, f"unet-{recipe}"), **config_values(cfg), "schema_version": 4,
+                     "status": "ok", "test_jaccard_mean": jaccard, "test_dice_mean": 2 * jaccard / (1 + jaccard)})
+    write_atomic(to_table(rows, TRIALS_SCHEMA), tmp_path / "results" / "trials.parquet")
+    results = load_results(tmp_path)
+    assert sorted(results.trials["trial_id"]) == ["unet-none", "unet-robust"]
+    assert results.superseded.empty
