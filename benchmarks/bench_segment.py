@@ -1,13 +1,15 @@
-"""Images per second of `cxrsweep segment` on Ray Data against the plain single-process loop
-(`--local`), on the same phantoms, on this machine.
+"""Images per second of `cxrsweep segment` on Ray (its pool of model workers) against the plain
+single-process loop (`--local`), on the same phantoms, on this machine, and where the time goes.
 
-Both paths run the same stages (`sweep.engine.segment`: read + prepare with the content crop,
-network, mask placed in the full frame + statistics + PNG) and write into fresh output folders;
-the masks are compared (the loop's torch uses every core, each Ray worker one thread, so a
-boundary pixel may differ). The Ray figure is given without and with starting the local Ray
-runtime (a cluster's runtime is already up). The network is a U-Net of the `cpu` profile
-(128 px, width 0.25, content crop on) with random weights (speed does not depend on training),
-or `--checkpoint`.
+Both paths run the same stages (`sweep.engine.segment.segment_batch`: read + prepare with the
+content crop, network, mask placed in the full frame + statistics + PNG encoding) and write into
+fresh output folders; the masks are compared (the loop's torch uses every core, each Ray worker
+its share of them, so a boundary pixel may differ). The Ray figure is given without and with
+starting the local Ray runtime (a cluster's runtime is already up). The breakdown gives each
+stage's milliseconds per image as measured where it ran (on Ray: inside the workers, summed
+over them), the driver's writing, and the rest of the cores' time ("not in a stage": start of
+the workers, hand-over, idle cores). The network is a U-Net of the `cpu` profile (128 px, width
+0.25, content crop on) with random weights (speed does not depend on training), or `--checkpoint`.
 
     python benchmarks/bench_segment.py                         # 1,000 phantoms, 512 px long side
     python benchmarks/bench_segment.py --n 200 --workers 2 --batch-size 8
@@ -62,33 +64,65 @@ def phantom_folder(root: Path, n: int, size: int) -> Path:
     return folder
 
 
-def run_local(items, out: Path, checkpoint: Path, info, batch_size: int, overlays: str) -> float:
-    from sweep.engine.segment import SegmentOutput, segment_local
+class TimedOutput:
+    """A SegmentOutput that adds up the stage seconds its batches carry and its own writing time."""
+
+    def __init__(self, out: Path, info, checkpoint: Path):
+        from sweep.engine.segment import STAGE_COLUMNS, SegmentOutput
+
+        self.output, self.stages = SegmentOutput(out, info, checkpoint), dict.fromkeys(STAGE_COLUMNS, 0.0)
+        self.stages["write_s"] = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.output, name)
+
+    def record(self, columns):
+        started = time.perf_counter()
+        rows = self.output.record(columns)
+        self.stages["write_s"] += time.perf_counter() - started
+        for name in self.stages:
+            if name in columns:
+                self.stages[name] += float(sum(columns[name]))
+        return rows
+
+
+def run_local(items, out: Path, checkpoint: Path, info, batch_size: int, overlays: str) -> tuple[float, dict]:
+    from sweep.engine.segment import segment_local
 
     started = time.perf_counter()
-    output = SegmentOutput(out, info, checkpoint)
+    output = TimedOutput(out, info, checkpoint)
     segment_local(items, output, checkpoint, device="cpu", batch_size=batch_size, overlays=overlays)
     output.gather()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, output.stages
 
 
-def run_ray(items, out: Path, checkpoint: Path, info, options, overlays: str) -> tuple[float, float]:
+def run_ray(items, out: Path, checkpoint: Path, info, options, overlays: str) -> tuple[float, float, dict]:
     import ray
 
-    from sweep.engine.segment import SegmentOutput
+    from sweep.progress import ray_console_to
     from sweep.segment_ray import segment_with_ray
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    with ray_console_to(out.parent / "ray-start.log"):
+        ray.init(include_dashboard=False, log_to_driver=False)
     up = time.perf_counter() - started
     try:
         started = time.perf_counter()
-        output = SegmentOutput(out, info, checkpoint)
+        output = TimedOutput(out, info, checkpoint)
         segment_with_ray(items, output, checkpoint, options, overlays=overlays)
         output.gather()
-        return up, time.perf_counter() - started
+        return up, time.perf_counter() - started, output.stages
     finally:
         ray.shutdown()
+
+
+def breakdown(name: str, stages: dict, wall_s: float, n: int, cores: int) -> str:
+    """Milliseconds per image of each stage, and of the cores' time spent in none of them."""
+    per_image = {key: 1000 * value / n for key, value in stages.items()}
+    rest = 1000 * wall_s * cores / n - sum(per_image.values())
+    return (f"{name}: read {per_image['read_s']:.1f} | network {per_image['network_s']:.1f} | "
+            f"encode {per_image['encode_s']:.1f} | write {per_image['write_s']:.1f} | not in a stage {rest:.1f} "
+            f"ms per image of one core's time ({cores} core(s) x {1000 * wall_s / n:.1f} ms wall per image)")
 
 
 def mask_differences(first: Path, second: Path) -> tuple[int, int, int]:
@@ -114,7 +148,7 @@ def main() -> None:
     parser.add_argument("--skip-local", action="store_true", help="time the Ray path only (tuning runs)")
     parser.add_argument("--staged", action="store_true",
                         help="Ray: separate read / network / encode stages, as with GPUs (default on CPUs: one "
-                             "actor does all three)")
+                             "worker does all three)")
     parser.add_argument("--data", type=Path, help="keep the phantoms here between runs (default: a temp folder)")
     args = parser.parse_args()
 
@@ -133,17 +167,19 @@ def main() -> None:
               f"{os.cpu_count()} CPU(s) visible")
         options = RayOptions(batch_size=args.batch_size, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                              staged=args.staged or None)
-        up_s, ray_s = run_ray(items, scratch / "ray", checkpoint, info, options, args.overlays)
-        n = len(items)
-        print(f"Ray Data   : {n / ray_s:7.1f} images/s  ({ray_s:.1f} s, {1000 * ray_s / n:.1f} ms/image) "
+        up_s, ray_s, ray_stages = run_ray(items, scratch / "ray", checkpoint, info, options, args.overlays)
+        n, cores = len(items), os.cpu_count() or 1
+        print(f"Ray        : {n / ray_s:7.1f} images/s  ({ray_s:.1f} s, {1000 * ray_s / n:.1f} ms/image) "
               f"once the runtime is up; {n / (up_s + ray_s):.1f} images/s counting its {up_s:.1f} s start")
+        print(breakdown("  Ray ", ray_stages, ray_s, n, cores))
         if args.skip_local:
             return
-        local_s = run_local(items, scratch / "local", checkpoint, info, args.batch_size, args.overlays)
+        local_s, local_stages = run_local(items, scratch / "local", checkpoint, info, args.batch_size, args.overlays)
         print(f"plain loop : {n / local_s:7.1f} images/s  ({local_s:.1f} s, {1000 * local_s / n:.1f} ms/image)")
+        print(breakdown("  loop", local_stages, local_s, n, cores))
         print(f"ratio Ray / loop: {local_s / ray_s:.2f}x (with the start: {local_s / (up_s + ray_s):.2f}x); "
               f"Ray's overhead per image: {1000 * (ray_s - local_s) / n:+.1f} ms (negative: faster)")
-        # Ray's workers run torch on one thread each, the loop on all cores: float sums in another
+        # Ray's workers run torch on their share of the cores, the loop on all: float sums in another
         # order can move a probability across 0.5 at a boundary pixel.
         compared, differing, pixels = mask_differences(scratch / "local", scratch / "ray")
         print(f"masks: {compared} compared, {differing} differ from the loop's, in {pixels} pixel(s) in all")
