@@ -1,19 +1,23 @@
-"""`cxrsweep segment` on Ray: the stages of `sweep.engine.segment` on a pool of restartable model
-workers (Ray actors), fed batch by batch from the driver.
+"""`cxrsweep segment` on Ray: the stages of `sweep.engine.segment`, fed batch by batch from the
+driver to model workers that load the checkpoint themselves.
 
-    CPUs only (default)   each worker reads, segments and encodes a batch (`segment_batch`): on
-                          CPUs the hand-over between stages costs more than it buys
+    CPUs only (default)   each batch is one Ray task that reads, segments and encodes it
+                          (`segment_batch`) in one of the runtime's pooled worker processes, which
+                          keeps the network loaded for the next batch (`_cached_worker`): on CPUs
+                          the hand-over between stages costs more than it buys, and a pooled
+                          process is up already where a new actor's would take seconds to start
                           (benchmarks/bench_segment.py)
-    --gpus-per-worker     read and encode as CPU tasks, the network on the GPU workers; each
-                          batch is the chain read task -> worker -> encode task
+    --gpus-per-worker     read and encode as CPU tasks, the network on GPU actors (one per GPU
+                          share); each batch is the chain read task -> actor -> encode task
 
-A model worker receives the checkpoint's path, never its weights: it loads the network itself
-in its constructor, so a worker that dies (a node lost, a process killed) is restarted by Ray
-(`WORKER_RESTARTS`) and its batch retried (`TASK_RETRIES`) with nothing held only in the object
-store (the limitation of Ray Data's actor pools, whose constructor arguments live there:
-ray-project/ray#53727). Workers return a batch's rows and PNG bytes; the driver
-(`SegmentOutput.record`) writes each file atomically and records each image's row once, when its
-batch's result arrives, so a retried batch yields one row per image and no half-written file.
+Nothing a restart needs lives only in the object store (the limitation of Ray Data's actor
+pools, whose constructor arguments live there: ray-project/ray#53727): a task or actor receives
+the checkpoint's path and plain values, never the weights. A worker that dies (a node lost, a
+process killed) has its batch retried (`TASK_RETRIES`) elsewhere, which loads the network from
+the path again; a dead actor is restarted (`WORKER_RESTARTS`). Workers return a batch's rows and
+PNG bytes; the driver (`SegmentOutput.record`) writes each file atomically and records each
+image's row once, when its batch's result arrives, so a retried batch yields one row per image
+and no half-written file.
 
 The same code runs on one CPU, one GPU or a cluster. Workers read the inputs and the
 checkpoint by path (on a cluster: a shared file system); the PNGs come back to the driver, so
@@ -33,17 +37,16 @@ import ray
 
 from sweep.engine.segment import (BatchModel, CheckpointInfo, ImageItem, Progress, SegmentOutput, batches,
                                   encode_batch, item_columns, read_batch, segment_batch)
-from sweep.progress import RAY_LOG, ray_console_to
 
 log = logging.getLogger(__name__)
 
-# A model worker that dies is started again this many times (it loads the checkpoint from its
-# path), and the batch it held is retried; read / encode tasks (GPU path) are retried as often.
+# A batch whose worker dies is retried this many times (where it runs again, the network is
+# loaded from the checkpoint's path); a GPU actor that dies is started again as often.
 WORKER_RESTARTS = 3
 TASK_RETRIES = 3
 # Batches queued per worker: one running, one waiting, so a worker never idles on the driver.
 BATCHES_PER_WORKER = 2
-# Test hook (tests/sweep/test_segment_ray.py): "exit-once:MARKER" makes the first model worker
+# Test hook (tests/sweep/test_segment_ray.py): "exit-once:MARKER" makes the first worker process
 # to reach its second batch exit abruptly (os._exit) after segmenting it, before returning it,
 # unless the file MARKER exists; it creates MARKER first, so it happens once per job. The driver
 # passes the variable on to its workers.
@@ -63,8 +66,9 @@ class RayOptions:
 
 
 class SegmentWorker:
-    """A model worker (a Ray actor): the checkpoint's network, loaded from its path here, so a
-    restarted worker needs nothing but its constructor's plain arguments."""
+    """A model worker: the checkpoint's network, loaded from its path here, so a restarted worker
+    needs nothing but its constructor's plain arguments. A GPU actor, or held by a CPU worker
+    process between its tasks (`_cached_worker`)."""
 
     def __init__(self, checkpoint: str, sha256: str, device: str, threads: int, info: CheckpointInfo,
                  overlays: str):
@@ -95,6 +99,21 @@ class SegmentWorker:
             os._exit(1)
 
 
+_workers: dict[tuple, SegmentWorker] = {}  # in a worker process: its network, kept between tasks
+
+
+def _cached_worker(*arguments) -> SegmentWorker:
+    if arguments not in _workers:
+        _workers.clear()  # another job's network
+        _workers[arguments] = SegmentWorker(*arguments)
+    return _workers[arguments]
+
+
+def _segment_task(arguments: tuple, items: list[ImageItem]) -> dict:
+    """A CPU task: one batch read, segmented and encoded by this process's network."""
+    return _cached_worker(*arguments).segment(items)
+
+
 def worker_count(options: RayOptions, cluster: dict) -> int:
     """Model workers to start: as asked, else one per GPU share, else one per `cpus_per_worker` CPUs."""
     if options.workers > 0:
@@ -116,6 +135,10 @@ def segment_with_ray(items: Sequence[ImageItem], output: SegmentOutput, checkpoi
     """Segment `items` into `output` on Ray: the runtime at `options.address`, the one already
     initialised in this process, or a local one started (and stopped) here. Ray's own messages
     go to OUT/logs/ray.log, never to the console (`ray_console_to`)."""
+    # Here, not at the top: the workers import this module, and sweep.progress imports Ray Tune
+    # (a second of each worker's start).
+    from sweep.progress import RAY_LOG, ray_console_to
+
     path = output.out.joinpath(*RAY_LOG)
     log.info("segment: Ray's own messages go to %s", path)
     with ray_console_to(path):
@@ -147,32 +170,39 @@ def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptio
              len(items), workers, device, threads, options.batch_size,
              "read / network / encode stages" if staged else "each worker reads, segments, encodes")
     hook = os.environ.get(HOOK_ENV)
-    actor = ray.remote(SegmentWorker).options(
-        num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None,
-        max_restarts=WORKER_RESTARTS, max_task_retries=TASK_RETRIES,
-        runtime_env={"env_vars": {HOOK_ENV: hook}} if hook else None)
-    pool = [actor.remote(str(Path(checkpoint).resolve()), info.sha256, device, threads, info, overlays)
-            for _ in range(workers)]
-    read = ray.remote(read_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
-    encode = ray.remote(encode_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
+    runtime_env = {"env_vars": {HOOK_ENV: hook}} if hook else None
+    arguments = (str(Path(checkpoint).resolve()), info.sha256, device, threads, info, overlays)
+    if staged:
+        actor = ray.remote(SegmentWorker).options(
+            num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None, max_restarts=WORKER_RESTARTS,
+            max_task_retries=TASK_RETRIES, runtime_env=runtime_env)
+        pool = [actor.remote(*arguments) for _ in range(workers)]
+        read = ray.remote(read_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
+        encode = ray.remote(encode_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
+        turn = 0
 
-    def submit(worker, chunk: list[ImageItem]):
-        if not staged:
-            return worker.segment.remote(chunk)
-        return encode.remote(worker.network.remote(read.remote(item_columns(chunk), info)), info, overlays)
+        def submit(chunk: list[ImageItem]):
+            nonlocal turn
+            worker, turn = pool[turn % workers], turn + 1  # in turn: every batch costs the network the same
+            return encode.remote(worker.network.remote(read.remote(item_columns(chunk), info)), info, overlays)
+    else:
+        pool = []
+        # As many CPUs as the worker's torch threads, so Ray runs no more tasks at once than there
+        # are cores for them.
+        task = ray.remote(_segment_task).options(num_cpus=max(options.cpus_per_worker, threads),
+                                                 max_retries=TASK_RETRIES, runtime_env=runtime_env)
+
+        def submit(chunk: list[ImageItem]):
+            return task.remote(arguments, chunk)
 
     todo = deque(batches(items, options.batch_size))
-    running: dict = {}  # result ref -> the worker it runs on
-    load = {index: 0 for index in range(workers)}
+    running: list = []
     try:
         while todo or running:
-            while todo and min(load.values()) < BATCHES_PER_WORKER:
-                index = min(load, key=load.get)
-                running[submit(pool[index], todo.popleft())] = index
-                load[index] += 1
-            done, _ = ray.wait(list(running), num_returns=1)
+            while todo and len(running) < BATCHES_PER_WORKER * workers:
+                running.append(submit(todo.popleft()))
+            done, running = ray.wait(running, num_returns=1)
             for ref in done:
-                load[running.pop(ref)] -= 1
                 rows = output.record(ray.get(ref))
                 if progress is not None:
                     progress.update(rows)
