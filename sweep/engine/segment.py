@@ -1,7 +1,8 @@
 """Segmenting a collection of radiographs (an archive) with a trained checkpoint. No Ray here.
 
 Three stages, each a function of a batch (a dict of equally long numpy columns), so the plain
-loop (`segment_local`) and the Ray Data pipeline (`sweep.segment_ray`) run the very same code:
+loop (`segment_local`) and the Ray path (`sweep.segment_ray`) run the very same code
+(`segment_batch`):
 
     read_batch      `data_io.preprocess.preprocess_file`: the training preprocessing, with
                     the checkpoint's content crop setting
