@@ -53,9 +53,9 @@ def add_address_flag(parser) -> None:
     parser.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start one here)")
 
 
-def add_progress_flag(parser) -> None:
+def add_progress_flag(parser, what: str = "progress lines") -> None:
     parser.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
-                        help="seconds between progress lines (default 10)")
+                        help=f"seconds between {what} (default 10)")
 
 
 def config_from_args(args: argparse.Namespace, *, record_applied: bool = False,

@@ -2,12 +2,15 @@
 failed, elapsed time and an estimate of the time left, plus a line per finished or failed trial
 (and per trial left unrun because a dependency failed), then the summary. Ray's own messages
 (e.g. "Checkpoint successfully created at: ..." for every Tune checkpoint of every trial) go to
-a log file under OUT instead (`ray_log_path`, `send_ray_messages_to`)."""
+a log file under OUT instead (`ray_log_path`, `send_ray_messages_to`; for `cxrsweep segment`,
+`ray_console_to`)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +64,43 @@ def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> 
         logger.propagate = False
         if not name.startswith("ray."):
             logger.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def ray_console_to(path: Path):
+    """While Ray runs in this process, what reaches its stderr (file descriptor 2) goes to `path`:
+    Ray's Python loggers' console handler, the C++ core worker's lines (which no logger holds),
+    warnings, tracebacks of Ray's threads. cxrsweep's own log lines (the root logger's console
+    handlers) still reach the console, and stdout (prints, `cxrsweep segment`'s progress bar) is
+    left alone: Ray writes nothing there. What `cxrsweep segment` uses instead of the loggers-only
+    `send_ray_messages_to` of a sweep, whose workers forward their output to the driver's loggers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    console = os.fdopen(saved, "w", buffering=1, closefd=False)
+    moved = [h for h in logging.getLogger().handlers
+             if type(h) is logging.StreamHandler and _writes_to_fd(h.stream, 2)]
+    streams = [h.setStream(console) for h in moved]
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    try:
+        yield console
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        for handler, stream in zip(moved, streams):
+            handler.setStream(stream)
+        console.close()
+        os.close(saved)
+
+
+def _writes_to_fd(stream, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 # Ray Tune's logger that says, in a trial's worker before the trial's own code runs (and so before

@@ -1,61 +1,121 @@
-"""`cxrsweep segment` on Ray Data: the stages of `sweep.engine.segment` as a streaming pipeline.
+"""`cxrsweep segment` on Ray: the stages of `sweep.engine.segment`, fed batch by batch from the
+driver to model workers that load the checkpoint themselves.
 
-    from_items(paths) -> map_batches(read_batch)           tasks, 1 CPU each: decode + prepare (the
-                                                           checkpoint's size and content crop)
-                      -> map_batches(BatchModel)           an actor pool; each holds the network
-                                                           (on a GPU with --gpus-per-worker)
-                      -> map_batches(encode_batch)         tasks: masks in the full frame, stats, PNGs
-                      -> iter_batches on the driver        SegmentOutput writes PNGs and rows
+    CPUs only (default)   each batch is one Ray task that reads, segments and encodes it
+                          (`segment_batch`) in one of the runtime's pooled worker processes, which
+                          keeps the network loaded for the next batch (`_cached_worker`): on CPUs
+                          the hand-over between stages costs more than it buys, and a pooled
+                          process is up already where a new actor's would take seconds to start
+                          (benchmarks/bench_segment.py)
+    --gpus-per-worker     read and encode as CPU tasks, the network on GPU actors (one per GPU
+                          share); each batch is the chain read task -> actor -> encode task
 
-Without GPUs the three stages run inside each actor (`_WholeJobWorker`, one per
-`--cpus-per-worker` CPUs): on CPUs alone the hand-over between stages costs more than it buys
-(benchmarks/bench_segment.py).
+Nothing a restart needs lives only in the object store (the limitation of Ray Data's actor
+pools, whose constructor arguments live there: ray-project/ray#53727): a task or actor receives
+the checkpoint's path and plain values, never the weights. A worker that dies (a node lost, a
+process killed) has its batch retried (`TASK_RETRIES`) elsewhere, which loads the network from
+the path again; a dead actor is restarted (`WORKER_RESTARTS`). Workers return a batch's rows and
+PNG bytes; the driver (`SegmentOutput.record`) writes each file atomically and records each
+image's row once, when its batch's result arrives, so a retried batch yields one row per image
+and no half-written file.
 
 The same code runs on one CPU, one GPU or a cluster. Workers read the inputs and the
 checkpoint by path (on a cluster: a shared file system); the PNGs come back to the driver, so
-OUT need only exist where the command runs.
+OUT need only exist where the command runs. Ray's own messages go to OUT/logs/ray.log
+(`sweep.progress.ray_console_to`).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+import os
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import ray
 
-from sweep.engine.segment import (BatchModel, CheckpointInfo, ImageItem, Progress, SegmentOutput, encode_batch,
-                                  read_batch)
+from sweep.engine.segment import (BatchModel, CheckpointInfo, ImageItem, Progress, SegmentOutput, batches,
+                                  encode_batch, item_columns, read_batch, segment_batch)
 
 log = logging.getLogger(__name__)
+
+# A batch whose worker dies is retried this many times (where it runs again, the network is
+# loaded from the checkpoint's path); a GPU actor that dies is started again as often.
+WORKER_RESTARTS = 3
+TASK_RETRIES = 3
+# Batches queued per worker: one running, one waiting, so a worker never idles on the driver.
+BATCHES_PER_WORKER = 2
+# Test hook (tests/sweep/test_segment_ray.py): "exit-once:MARKER" makes the first worker process
+# to reach its second batch exit abruptly (os._exit) after segmenting it, before returning it,
+# unless the file MARKER exists; it creates MARKER first, so it happens once per job. The driver
+# passes the variable on to its workers.
+HOOK_ENV = "CXRSWEEP_SEGMENT_HOOK"
 
 
 @dataclass
 class RayOptions:
     address: str | None = None  # None: start a Ray runtime here (or use the one already initialised)
     batch_size: int = 16
-    workers: int = 0  # model actors; 0: one per GPU share, or per `cpus_per_worker` CPUs when there are none
+    workers: int = 0  # model workers; 0: one per GPU share, or per `cpus_per_worker` CPUs when there are none
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
-    # Separate read / network / encode stages (the network on its own actors); None: with GPUs
-    # only. On CPUs alone one actor doing all three is faster (benchmarks/bench_segment.py).
+    # Separate read / network / encode stages (the network on its own workers); None: with GPUs
+    # only. On CPUs alone one worker doing all three is faster (benchmarks/bench_segment.py).
     staged: bool | None = None
 
 
-class _WholeJobWorker(BatchModel):
-    """On CPUs only: read, network and encode in one actor, so no stage waits on another's
-    transfers; the actors, one per `cpus_per_worker` CPUs, run side by side."""
+class SegmentWorker:
+    """A model worker: the checkpoint's network, loaded from its path here, so a restarted worker
+    needs nothing but its constructor's plain arguments. A GPU actor, or held by a CPU worker
+    process between its tasks (`_cached_worker`)."""
 
-    def __init__(self, checkpoint: str, sha256: str, threads: int, info: CheckpointInfo, overlays: str):
-        super().__init__(checkpoint, sha256, device="cpu", threads=threads)
+    def __init__(self, checkpoint: str, sha256: str, device: str, threads: int, info: CheckpointInfo,
+                 overlays: str):
+        self.model = BatchModel(checkpoint, sha256, device=device, threads=threads)
         self.info, self.overlays = info, overlays
+        self.calls = 0
 
-    def __call__(self, batch):
-        return encode_batch(super().__call__(read_batch(batch, self.info)), self.info, self.overlays)
+    def segment(self, items: list[ImageItem]) -> dict:
+        """The whole job of one batch: read, network, encode (CPUs only)."""
+        columns = segment_batch(item_columns(items), self.info, self.model, self.overlays)
+        self._hook()
+        return columns
+
+    def network(self, batch: dict) -> dict:
+        """The network stage of one batch (GPU path)."""
+        columns = self.model(batch)
+        self._hook()
+        return columns
+
+    def _hook(self) -> None:
+        self.calls += 1
+        hook = os.environ.get(HOOK_ENV, "")
+        if self.calls >= 2 and hook.startswith("exit-once:"):
+            try:
+                os.close(os.open(hook.split(":", 1)[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            os._exit(1)
+
+
+_workers: dict[tuple, SegmentWorker] = {}  # in a worker process: its network, kept between tasks
+
+
+def _cached_worker(*arguments) -> SegmentWorker:
+    if arguments not in _workers:
+        _workers.clear()  # another job's network
+        _workers[arguments] = SegmentWorker(*arguments)
+    return _workers[arguments]
+
+
+def _segment_task(arguments: tuple, items: list[ImageItem]) -> dict:
+    """A CPU task: one batch read, segmented and encoded by this process's network."""
+    return _cached_worker(*arguments).segment(items)
 
 
 def worker_count(options: RayOptions, cluster: dict) -> int:
-    """Model actors to start: as asked, else one per GPU share, else one per `cpus_per_worker` CPUs."""
+    """Model workers to start: as asked, else one per GPU share, else one per `cpus_per_worker` CPUs."""
     if options.workers > 0:
         return options.workers
     if options.gpus_per_worker > 0:
@@ -63,56 +123,89 @@ def worker_count(options: RayOptions, cluster: dict) -> int:
     return max(1, int(float(cluster.get("CPU", 1)) / options.cpus_per_worker))
 
 
+def worker_threads(options: RayOptions, workers: int, cluster_cpus: float, node_cpus: float) -> int:
+    """torch threads of each CPU model worker: its share of the cluster's cores (at most one node's),
+    and at least its `cpus_per_worker`; more threads than cores slow every worker down."""
+    share = min(node_cpus, cluster_cpus / max(1, workers))
+    return max(1, int(options.cpus_per_worker), int(share))
+
+
 def segment_with_ray(items: Sequence[ImageItem], output: SegmentOutput, checkpoint: str | Path,
                      options: RayOptions, overlays: str = "flagged", progress: Progress | None = None) -> None:
-    started_here = not ray.is_initialized()
-    if started_here:
-        kwargs = {"include_dashboard": False, "log_to_driver": False}
-        if options.address:
-            kwargs["address"] = options.address
-        ray.init(**kwargs)
-    try:
-        _run(items, output, checkpoint, options, overlays, progress)
-    finally:
+    """Segment `items` into `output` on Ray: the runtime at `options.address`, the one already
+    initialised in this process, or a local one started (and stopped) here. Ray's own messages
+    go to OUT/logs/ray.log, never to the console (`ray_console_to`)."""
+    # Here, not at the top: the workers import this module, and sweep.progress imports Ray Tune
+    # (a second of each worker's start).
+    from sweep.progress import RAY_LOG, ray_console_to
+
+    path = output.out.joinpath(*RAY_LOG)
+    log.info("segment: Ray's own messages go to %s", path)
+    with ray_console_to(path):
+        started_here = not ray.is_initialized()
         if started_here:
-            ray.shutdown()
+            kwargs = {"include_dashboard": False, "log_to_driver": False}
+            if options.address:
+                kwargs["address"] = options.address
+            ray.init(**kwargs)
+        try:
+            _run(items, output, checkpoint, options, overlays, progress)
+        finally:
+            if started_here:
+                ray.shutdown()
 
 
 def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptions, overlays: str,
          progress: Progress | None) -> None:
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the driver prints its own progress lines
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the execution plan and such go to Ray's log files
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": we said so
     info: CheckpointInfo = output.info
     cluster = ray.cluster_resources()
     if options.gpus_per_worker > 0 and not cluster.get("GPU"):
         raise ValueError(f"--gpus-per-worker {options.gpus_per_worker:g}: the Ray cluster has no GPU")
     workers = worker_count(options, cluster)
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
-    threads = max(1, int(options.cpus_per_worker))
-    dataset = ray.data.from_items([asdict(item) for item in items],
-                                  override_num_blocks=max(1, min(len(items), 4 * workers * 4)))
-    path = str(Path(checkpoint).resolve())
+    node_cpus = max([float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1.0])
+    threads = worker_threads(options, workers, float(cluster.get("CPU", 1)), node_cpus)
     staged = options.gpus_per_worker > 0 if options.staged is None else options.staged
-    log.info("segment on Ray: %d image(s), %d model worker(s) on %s, batches of %d, %s", len(items), workers, device,
-             options.batch_size, "read / network / encode stages" if staged else "each worker reads, segments, encodes")
-    if not staged:
-        dataset = dataset.map_batches(
-            _WholeJobWorker, fn_constructor_args=(path, info.sha256, threads, info, overlays),
-            batch_size=options.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=options.cpus_per_worker)
+    log.info("segment on Ray: %d image(s), %d model worker(s) on %s (%d torch thread(s) each), batches of %d, %s",
+             len(items), workers, device, threads, options.batch_size,
+             "read / network / encode stages" if staged else "each worker reads, segments, encodes")
+    hook = os.environ.get(HOOK_ENV)
+    runtime_env = {"env_vars": {HOOK_ENV: hook}} if hook else None
+    arguments = (str(Path(checkpoint).resolve()), info.sha256, device, threads, info, overlays)
+    if staged:
+        actor = ray.remote(SegmentWorker).options(
+            num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None, max_restarts=WORKER_RESTARTS,
+            max_task_retries=TASK_RETRIES, runtime_env=runtime_env)
+        pool = [actor.remote(*arguments) for _ in range(workers)]
+        read = ray.remote(read_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
+        encode = ray.remote(encode_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
+        turn = 0
+
+        def submit(chunk: list[ImageItem]):
+            nonlocal turn
+            worker, turn = pool[turn % workers], turn + 1  # in turn: every batch costs the network the same
+            return encode.remote(worker.network.remote(read.remote(item_columns(chunk), info)), info, overlays)
     else:
-        # The network on its own actors (GPUs); reading and encoding as CPU tasks around them.
-        dataset = dataset.map_batches(read_batch, fn_kwargs={"info": info},
-                                      batch_size=options.batch_size, batch_format="numpy", num_cpus=1)
-        dataset = dataset.map_batches(
-            BatchModel, fn_constructor_args=(path, info.sha256, device, threads), batch_size=options.batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-            num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None)
-        dataset = dataset.map_batches(encode_batch, fn_kwargs={"info": info, "overlays": overlays},
-                                      batch_size=options.batch_size, batch_format="numpy", num_cpus=1)
-    for columns in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-        rows = output.record(columns)
-        if progress is not None:
-            progress.update(rows)
+        pool = []
+        # As many CPUs as the worker's torch threads, so Ray runs no more tasks at once than there
+        # are cores for them.
+        task = ray.remote(_segment_task).options(num_cpus=max(options.cpus_per_worker, threads),
+                                                 max_retries=TASK_RETRIES, runtime_env=runtime_env)
+
+        def submit(chunk: list[ImageItem]):
+            return task.remote(arguments, chunk)
+
+    todo = deque(batches(items, options.batch_size))
+    running: list = []
+    try:
+        while todo or running:
+            while todo and len(running) < BATCHES_PER_WORKER * workers:
+                running.append(submit(todo.popleft()))
+            done, running = ray.wait(running, num_returns=1)
+            for ref in done:
+                rows = output.record(ray.get(ref))
+                if progress is not None:
+                    progress.update(rows)
+    finally:
+        for worker in pool:
+            ray.kill(worker)

@@ -1,7 +1,8 @@
 """Segmenting a collection of radiographs (an archive) with a trained checkpoint. No Ray here.
 
 Three stages, each a function of a batch (a dict of equally long numpy columns), so the plain
-loop (`segment_local`) and the Ray Data pipeline (`sweep.segment_ray`) run the very same code:
+loop (`segment_local`) and the Ray path (`sweep.segment_ray`) run the very same code
+(`segment_batch`):
 
     read_batch      `data_io.preprocess.preprocess_file`: the training preprocessing, with
                     the checkpoint's content crop setting
@@ -44,6 +45,8 @@ PART_ROWS = 256  # rows per part file: a killed run loses at most this many rows
 LARGE_COMPONENT_FRACTION = 0.005
 MAX_LARGE_COMPONENTS = 2
 OVERLAY_CHOICES = ("flagged", "all", "none")
+# Seconds per image of a batch's stages (segment_batch): read + prepare, network, encode.
+STAGE_COLUMNS = ("read_s", "network_s", "encode_s")
 
 
 @dataclass(frozen=True)
@@ -425,22 +428,31 @@ def _plain(value):
 
 
 class Progress:
-    """One line every `every_s` seconds and one at the end: done / total, unreadable, flagged, rate, ETA."""
+    """A progress bar (tqdm) of the images done, with the unreadable and flagged counts, the rate and
+    the ETA, redrawn at most every `every_s` seconds; one summary line at the end (`print(final=True)`).
+    `every_s <= 0`: no bar, the summary line only."""
 
     def __init__(self, total: int, every_s: float = 10.0, stream=None):
         self.total, self.every_s, self.stream = total, every_s, stream or sys.stdout
         self.done = self.unreadable = self.flagged = 0
-        self.started = self.last = time.perf_counter()
+        self.started = time.perf_counter()
+        self.bar = None
+        if every_s > 0 and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, file=self.stream, mininterval=every_s, unit="image", desc="segment",
+                            dynamic_ncols=True, leave=False)
 
     def update(self, rows: Iterable[dict]) -> None:
+        count = 0
         for row in rows:
-            self.done += 1
+            count += 1
             self.unreadable += row["status"] == "unreadable"
             self.flagged += bool(row["qc_flag"]) and row["status"] == "ok"
-        now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self.print()
+        self.done += count
+        if self.bar is not None and count:
+            self.bar.set_postfix_str(f"{self.unreadable} unreadable, {self.flagged} flagged", refresh=False)
+            self.bar.update(count)
 
     @property
     def rate(self) -> float:
@@ -448,6 +460,9 @@ class Progress:
         return self.done / elapsed if elapsed > 0 else float("nan")
 
     def print(self, final: bool = False) -> None:
+        if final and self.bar is not None:
+            self.bar.close()
+            self.bar = None
         rate = self.rate
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         tail = f"{time.perf_counter() - self.started:.1f} s" if final else f"ETA {eta:.0f} s"
@@ -464,12 +479,29 @@ def batches(items: Sequence[ImageItem], size: int) -> Iterator[list[ImageItem]]:
         yield list(items[start:start + size])
 
 
+def segment_batch(columns: dict[str, np.ndarray], info: CheckpointInfo, model: BatchModel,
+                  overlays: str = "flagged") -> dict[str, np.ndarray]:
+    """read -> network -> encode of one batch of `item_columns`, as every path runs it; adds the
+    seconds each stage took per image of the batch (`STAGE_COLUMNS`, for benchmarks/bench_segment.py;
+    SegmentOutput ignores them)."""
+    count = max(1, len(columns["path"]))
+    started = time.perf_counter()
+    read = read_batch(columns, info)
+    read_done = time.perf_counter()
+    predicted = model(read)
+    network_done = time.perf_counter()
+    encoded = encode_batch(predicted, info, overlays)
+    seconds = (read_done - started, network_done - read_done, time.perf_counter() - network_done)
+    for name, value in zip(STAGE_COLUMNS, seconds):
+        encoded[name] = np.full(len(columns["path"]), value / count)
+    return encoded
+
+
 def segment_local(items: Sequence[ImageItem], output: SegmentOutput, checkpoint: str | Path, device: str = "auto",
                   batch_size: int = 16, overlays: str = "flagged", progress: Progress | None = None) -> None:
     """read -> prepare -> network -> encode -> write, batch after batch, in this process."""
     model = BatchModel(checkpoint, output.info.sha256, device=device)
     for chunk in batches(items, batch_size):
-        columns = encode_batch(model(read_batch(item_columns(chunk), output.info)), output.info, overlays)
-        rows = output.record(columns)
+        rows = output.record(segment_batch(item_columns(chunk), output.info, model, overlays))
         if progress is not None:
             progress.update(rows)

@@ -1,6 +1,6 @@
 """`cxrsweep segment` with the content crop: checkpoints record it, masks come back at each
 input's size placed at its crop, and a padded copy of a film gets the same mask as the film, on
-the plain loop (--local) and through Ray Data alike."""
+the plain loop (--local) and on Ray (--ray) alike."""
 import logging
 
 import numpy as np
@@ -47,7 +47,7 @@ def films(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_here():
-    """A small local Ray runtime for the Ray Data variant (segment uses it rather than start its own)."""
+    """A small local Ray runtime for the Ray variant (segment uses it rather than start its own)."""
     import ray
 
     started = not ray.is_initialized()
@@ -79,11 +79,11 @@ def test_checkpoints_record_the_preprocessing(lung_model, phantom_folders, tmp_p
 @pytest.mark.parametrize("path", ["local", "ray"])
 def test_a_padded_copy_gets_the_same_mask_as_the_film(lung_model, films, tmp_path, request, path):
     """Acceptance (issue 9): masks of padded and unpadded copies agree after mapping back (J >= 0.98),
-    on the plain loop and through Ray Data (each reader applies the checkpoint's crop)."""
+    on the plain loop and on Ray (each reader applies the checkpoint's crop)."""
     plain, padded_dir = films
     if path == "ray":
         request.getfixturevalue("ray_here")
-    how = ["--local", "--device", "cpu"] if path == "local" else ["--workers", "1"]
+    how = ["--local", "--device", "cpu"] if path == "local" else ["--ray", "--workers", "1"]
     assert cli.main(["segment", str(lung_model), *map(str, plain), "--out", str(tmp_path / "plain"), *how]) == 0
     assert cli.main(["segment", str(lung_model), str(padded_dir), "--out", str(tmp_path / "padded"), *how]) == 0
     for path, (top, bottom, left, right) in zip(plain, PADDINGS):

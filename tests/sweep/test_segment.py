@@ -2,6 +2,7 @@
 QC, the resumable output folder, and the plain loop (`--local`)."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -177,3 +178,52 @@ def test_segmentations_parquet_checks_its_own_schema_version(tmp_path):
     with pytest.raises(ValueError, match=f"segmentations.parquet: schema version .*reads version "
                                          f"{SEGMENTATIONS_SCHEMA_VERSION}"):
         read_segmentations(tmp_path)
+
+
+def test_a_small_job_runs_the_plain_loop_by_itself_and_a_large_one_ray(checkpoint, radiographs, tmp_path, capsys,
+                                                                         monkeypatch):
+    """Without --ray / --local / --address, fewer than RAY_MIN_IMAGES images run the loop (saying so);
+    as many or more run on Ray; the flags decide whatever the size."""
+    import argparse
+
+    import sweep.cli_train as cli_train
+    import sweep.segment_ray as segment_ray
+
+    def flags(**given):
+        return argparse.Namespace(**{"local": False, "ray": False, "address": None, "gpus_per_worker": 0.0, **given})
+
+    limit = cli_train.RAY_MIN_IMAGES
+    assert not cli_train.use_ray(flags(), limit - 1) and "the plain loop" in capsys.readouterr().out
+    assert cli_train.use_ray(flags(), limit)
+    assert not cli_train.use_ray(flags(local=True), 10 * limit)
+    assert cli_train.use_ray(flags(ray=True), 1) and cli_train.use_ray(flags(address="auto"), 1)
+    assert cli_train.use_ray(flags(gpus_per_worker=0.5), 1)
+    assert capsys.readouterr().out == ""  # only the loop chosen by size says so
+
+    # The command: 4 images and a threshold of 4 take Ray (here a stand-in that records the call).
+    calls = []
+    monkeypatch.setattr(segment_ray, "segment_with_ray", lambda items, *a, **k: calls.append(len(items)))
+    command = ["segment", str(checkpoint), str(radiographs), "--progress-every", "0"]
+    monkeypatch.setattr(cli_train, "RAY_MIN_IMAGES", 5)
+    assert main(command + ["--out", str(tmp_path / "small")]) == 0
+    assert "4 image(s), fewer than 5: the plain loop" in capsys.readouterr().out and calls == []
+    assert len(read_segmentations(tmp_path / "small")) == 4
+    monkeypatch.setattr(cli_train, "RAY_MIN_IMAGES", 4)
+    assert main(command + ["--out", str(tmp_path / "large")]) == 0
+    assert calls == [4] and "plain loop" not in capsys.readouterr().out
+
+
+def test_the_progress_bar_shows_the_rate_and_the_time_left():
+    import io
+
+    from sweep.engine.segment import Progress
+
+    stream = io.StringIO()
+    progress = Progress(4, every_s=1e-6, stream=stream)
+    progress.update([{"status": "ok", "qc_flag": True}, {"status": "unreadable", "qc_flag": True}])
+    progress.update([{"status": "ok", "qc_flag": False}] * 2)
+    progress.print(final=True)
+    printed = stream.getvalue()
+    assert re.search(r"segment: +\d+%\|.*\| 2/4 \[\d\d:\d\d<\d\d:\d\d", printed)  # bar, done/total, elapsed<ETA
+    assert "1 unreadable, 1 flagged" in printed
+    assert printed.rstrip().splitlines()[-1].startswith("segment: 4/4 image(s), 1 unreadable, 1 flagged")

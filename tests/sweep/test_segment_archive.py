@@ -1,7 +1,7 @@
 """The archive workflow end to end on a real Ray runtime: phantom radiographs converted to DICOM
 (some MONOCHROME1) plus a corrupt file are an unlabelled --target-dir for the proposed method at
-0 % labels; its checkpoint then segments the folder through Ray Data, twice; and the same images
-as PNG give the same masks."""
+0 % labels; its checkpoint then segments the folder on Ray, twice; and the same images as PNG, through
+the plain loop a job this small gets by itself, give the same masks."""
 from __future__ import annotations
 
 import json
@@ -49,10 +49,10 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
     # Both records: what it was trained on (the folder target by its content) and how it was prepared.
     assert set(checkpoint["data"]) == {"jsrt", "hospital"} and checkpoint["preprocessing"]["crop_borders"]
 
-    # Segment the folder through Ray Data.
+    # Segment the folder on Ray (--ray: so small a job would run the plain loop by itself).
     out = tmp_path / "segmented"
     command = ["segment", str(run / "best.pt"), str(dicoms), "--out", str(out), "--batch-size", "4",
-               "--progress-every", "0"]
+               "--progress-every", "0", "--ray"]
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert f"{len(files) + 1} image(s), 0 already done, {len(files) + 1} to do" in printed
@@ -78,6 +78,7 @@ def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):
     # The same images as PNG: the same masks.
     png_out = tmp_path / "segmented-png"
     assert main(["segment", str(run / "best.pt"), str(pngs), "--out", str(png_out), "--batch-size", "4"]) == 0
+    assert "fewer than" in capsys.readouterr().out  # the plain loop, by itself
     for dicom in files:
         from_png = np.asarray(Image.open(png_out / "masks" / f"{dicom.stem}.png"))
         np.testing.assert_array_equal(from_png, np.asarray(Image.open(out / "masks" / f"{dicom.stem}.png")))
