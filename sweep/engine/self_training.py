@@ -35,7 +35,7 @@ from sweep.engine.inference import foreground_masks, resolve_device
 from sweep.engine.run_dir import NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY, RunResult
 from sweep.engine.selection import ShapePrior, TargetSelection, selection_criterion
 from sweep.engine.supervised import EpochCallback, Trainer
-from sweep.engine.transfer_common import selection_record, TranslateThenSegment, finish_run, save_source_model_as_best
+from sweep.engine.transfer_common import TranslateThenSegment, fall_back_to_source, finish_run, selection_record
 from sweep.engine.transfer_data import TransferData
 
 log = logging.getLogger(__name__)
@@ -169,15 +169,9 @@ class SelfTrainingRun(Trainer):
         summary = self.summary()
         started = time.perf_counter()
         if summary["selected_model"] == NO_ADAPTATION:
-            decision = summary["selection_decision"]
-            log.warning("self-training: the kept student epoch (%d, plausibility %.4f) is not clearly better than no "
-                        "adaptation (%.4f): mean gain %+.4f (margin %.3f), lower confidence bound %+.4f. The run falls "
-                        "back to M_A on %s as it is, the source_only model", self.best_epoch, self.best_val,
-                        self.no_adaptation["target_score"], decision["mean_gain"], cfg.selection_margin,
-                        decision["lower_bound"], data.target_name)
-            model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
-            best_epoch, val_jaccard = 0, self.no_adaptation["val_jaccard"]
-            save_source_model_as_best(cfg, data, self.run_dir, self.source_model, selected_model=NO_ADAPTATION)
+            model, best_epoch, val_jaccard = fall_back_to_source(
+                cfg, data, self.run_dir, self.source_model, self.device, "self-training: the kept student epoch",
+                self.best_epoch, self.best_val, self.no_adaptation, summary["selection_decision"])
         else:
             ckpt.save_atomic(self.best, self.best_path)
             self.averaged.load_state_dict(self.best["state_dict"])

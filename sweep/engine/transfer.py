@@ -40,7 +40,7 @@ from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY, RunResult
 from sweep.engine.selection import TargetSelection, selection_criterion
 from sweep.engine.self_training import train_self_training
 from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
-from sweep.engine.transfer_common import (selection_record, TranslateThenSegment, ValidationScorer, finish_run,
+from sweep.engine.transfer_common import (selection_record, TranslateThenSegment, fall_back_to_source, ValidationScorer, finish_run,
                                           save_source_model_as_best, validation_jaccard)
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTrainer, adversarial_balance,
@@ -440,15 +440,9 @@ class ProposedRun(ckpt.ResumableRun):
         summary = self.summary()
         model, best_epoch, val_jaccard = self.model, self.best_epoch, self.history[self.best_epoch - 1]["val_jaccard"]
         if summary["selected_model"] == NO_ADAPTATION:
-            decision = summary["selection_decision"]
-            log.warning("target-aware selection: the kept adapted epoch (%d, plausibility %.4f) is not clearly better "
-                        "than no adaptation (%.4f): mean gain %+.4f (margin %.3f), lower confidence bound %+.4f. The "
-                        "run falls back to M_A on %s as it is, the source_only model", self.best_epoch, self.best_val,
-                        self.no_adaptation["target_score"], decision["mean_gain"], cfg.selection_margin,
-                        decision["lower_bound"], data.target_name)
-            model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
-            best_epoch, val_jaccard = 0, self.no_adaptation["val_jaccard"]
-            save_source_model_as_best(cfg, data, self.run_dir, self.source_model, selected_model=NO_ADAPTATION)
+            model, best_epoch, val_jaccard = fall_back_to_source(
+                cfg, data, self.run_dir, self.source_model, self.device, "target-aware selection: the kept adapted "
+                "epoch", self.best_epoch, self.best_val, self.no_adaptation, summary["selection_decision"])
         else:
             ckpt.save_atomic(self.best, self.best_path)
         return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch,

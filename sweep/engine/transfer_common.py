@@ -2,6 +2,7 @@
 files a run leaves (test outputs, translation samples, best.pt of M_A as it is). Plain PyTorch."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from data_io.preprocess import preprocessing_record
+from models.registry import segmenter_from_checkpoint
 from models.translators.base import Translator
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
@@ -102,6 +104,21 @@ def save_source_model_as_best(cfg: RunConfig, data: TransferData, run_dir: Path,
     ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
                       "preprocessing": preprocessing_record(data.crop_borders), **extra},
                      best_checkpoint_path(run_dir))
+
+
+def fall_back_to_source(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
+                        device: torch.device, kept: str, best_epoch: int, best_score: float,
+                        no_adaptation: dict, decision: dict) -> tuple[nn.Module, int, float]:
+    """A run whose kept epoch is not clearly more plausible than no adaptation returns M_A as it
+    is: says so (`kept` names the epoch, e.g. "the kept adapted epoch"), writes M_A as best.pt and
+    gives (model, best epoch 0, M_A's source validation Jaccard)."""
+    logging.getLogger(__name__).warning(
+        "%s (%d, plausibility %.4f) is not clearly better than no adaptation (%.4f): mean gain %+.4f (margin "
+        "%.3f), lower confidence bound %+.4f. The run falls back to M_A on %s as it is, the source_only model",
+        kept, best_epoch, best_score, no_adaptation["target_score"], decision["mean_gain"], cfg.selection_margin,
+        decision["lower_bound"], data.target_name)
+    save_source_model_as_best(cfg, data, run_dir, source_model, selected_model=NO_ADAPTATION)
+    return TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device), 0, no_adaptation["val_jaccard"]
 
 
 def selection_record(criterion: str, decision, best_score: float, best_epoch: int,
