@@ -156,7 +156,7 @@ def register(subparsers) -> None:
     tune_parser.set_defaults(func=cmd_tune)
 
     demo = subparsers.add_parser(
-        "demo", help="phantoms -> smoke sweep of Table I and II on this machine -> report",
+        "demo", help="phantoms -> a demo-size sweep of Table I and II, both recipes, on this machine -> report",
         description="Synthesises phantom datasets once (cached), runs a slice of `all` (every model, task, method "
                     "and both training recipes; fewer folds, repetitions and label fractions) at the demo profile "
                     "on a local Ray runtime and writes the report (or prints the result tables).")
