@@ -102,13 +102,20 @@ def _figure_legend(fig: Figure, axes) -> None:
         fig.legend(entries.values(), entries.keys(), loc="lower center", ncol=min(4, len(entries)), fontsize=9)
 
 
+def epochs_text(rows: pd.DataFrame) -> str:
+    """"epochs: finetune 30, scratch 30, proposed 20+8" for one panel's methods."""
+    per_method = {m: e for m, e in zip(rows["method"], rows["epochs"]) if e}
+    return "epochs: " + ", ".join(f"{m} {e}" for m, e in per_method.items()) if per_method else "epochs: none ran"
+
+
 def figure8(table2: pd.DataFrame) -> Figure:
     """Target Jaccard against label fraction, one line and 95 % CI band per method; paper dashed."""
-    groups = list(dict.fromkeys(zip(table2["target"], table2["task"], table2["model"], table2["augmentation"])))
+    groups = list(dict.fromkeys(zip(table2["target"], table2["task"], table2["model"], table2["augmentation"],
+                                    table2["label_budget"])))
     fig, axes = plt.subplots(1, len(groups), figsize=(9.5 * len(groups), 4.8), squeeze=False)
-    for ax, (target, task, model, recipe) in zip(axes[0], groups):
+    for ax, (target, task, model, recipe, budget) in zip(axes[0], groups):
         rows = table2[(table2["target"] == target) & (table2["task"] == task) & (table2["model"] == model)
-                      & (table2["augmentation"] == recipe)]
+                      & (table2["augmentation"] == recipe) & (table2["label_budget"] == budget)]
         fractions = list(dict.fromkeys(rows["label_fraction"]))
         # Fractions span 0 to 100 unevenly (1.25, 2.5, 5, ...): evenly spaced positions, as in the paper.
         position = {f: i for i, f in enumerate(fractions)}
@@ -141,7 +148,8 @@ def figure8(table2: pd.DataFrame) -> Figure:
         ax.set_xlabel("target training labels kept (%)")
         ax.set_ylabel("target Jaccard (%)")
         ax.set_ylim(_lower_limit(plotted), 100.0)
-        ax.set_title(f"{target}, {task}, {model}, training: {recipe}")
+        ax.set_title(f"{target}, {task}, {model}, training: {recipe}\nlabel budget: {budget}; "
+                     f"{epochs_text(rows)}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)})",

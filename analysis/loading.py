@@ -16,9 +16,13 @@ from sweep.results import IMAGES_SCHEMA, KEY_COLUMNS, STATUSES, read_images, rea
 
 # The config column of the training recipe: a grid axis (build_grid's augmentations), so part of a cell.
 RECIPE = "cfg_augmentation"
-# The columns that name one cell of the grid: everything in the key but the trial's id, and the
-# recipe (the same fold trained with and without augmentation is two cells, not a retry).
-CELL_KEY = [*(name for name in KEY_COLUMNS if name not in ("trial_id", "seed")), RECIPE]
+# The config column of a transfer run's label budget (sweep/engine/label_budget.py): the same cell
+# run with the honest budget and the paper's is two cells.
+LABEL_BUDGET = "cfg_label_budget"
+# The columns that name one cell of the grid: everything in the key but the trial's id, the
+# recipe (the same fold trained with and without augmentation is two cells, not a retry) and the
+# label budget.
+CELL_KEY = [*(name for name in KEY_COLUMNS if name not in ("trial_id", "seed")), RECIPE, LABEL_BUDGET]
 
 
 @dataclass

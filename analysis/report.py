@@ -44,7 +44,7 @@ def build_report(out_dir: str | Path, formats: Iterable[str] = FORMATS, ci: str 
     table2 = tables.table2_frame(results, ci)
     paired = tables.paired_tests_frame(results)
     display = [tables.table1_display(table1, tables.cross_validation_folds(results.trials)), tables.table2_display(table2, paired, tables.not_applicable_reasons(results.trials),
-                                    tables.proposed_variant_notes(results.trials))]
+                                    tables.proposed_variant_notes(results.trials) + tables.epoch_budget_notes(results.trials))]
     failures = results.failed.reindex(columns=FAILURE_COLUMNS)
 
     for table in display:

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import paper_values
-from analysis.loading import RECIPE, Results
+from analysis.loading import LABEL_BUDGET, RECIPE, Results
 from analysis.render import Cell, DisplayTable, Section
 from analysis.stats import interval, mean_std, wilcoxon_paired
-from sweep.config import (AUGMENTATIONS, LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS,
+from sweep.config import (AUGMENTATIONS, LABEL_BUDGETS, LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS,
                           RunConfig, transfer_variant)
 from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
 from sweep.grid import SEGMENTATION, TRANSFER  # the experiments' names, which the grid declares
@@ -208,14 +208,17 @@ def table1_display(frame: pd.DataFrame, n_folds: int | None = None) -> DisplayTa
 # --------------------------------------------------------------------------- Table II
 
 
-def _transfer_groups(trials: pd.DataFrame) -> list[tuple[str, str, str, str]]:
-    """(target, task, model, training recipe) combinations of the transfer trials; the paper's
-    one if none ran."""
+def _transfer_groups(trials: pd.DataFrame) -> list[tuple[str, str, str, str, str]]:
+    """(target, task, model, training recipe, label budget) combinations of the transfer trials;
+    the paper's one if none ran."""
     transfer = trials[trials["experiment"] == TRANSFER]
-    groups = transfer[["target", "task", "model", RECIPE]].drop_duplicates().itertuples(index=False, name=None)
+    groups = transfer[["target", "task", "model", RECIPE, LABEL_BUDGET]].drop_duplicates().itertuples(
+        index=False, name=None)
     order = {name: i for i, name in enumerate(AUGMENTATIONS)}
-    found = sorted(groups, key=lambda g: (g[0] != paper_values.TABLE_II_TARGET, g[:3], order.get(g[3], len(order))))
-    return found or [(paper_values.TABLE_II_TARGET, "lungs", "unet", RunConfig.augmentation)]
+    budgets = {name: i for i, name in enumerate(LABEL_BUDGETS)}
+    found = sorted(groups, key=lambda g: (g[0] != paper_values.TABLE_II_TARGET, g[:3], order.get(g[3], len(order)),
+                                          budgets.get(g[4], len(budgets))))
+    return found or [(paper_values.TABLE_II_TARGET, "lungs", "unet", RunConfig.augmentation, RunConfig.label_budget)]
 
 
 def _is_paper_setting(target: str, task: str, model: str) -> bool:
@@ -232,9 +235,9 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
     images = results.images
     label_free = label_free_methods(results.trials)
     rows = []
-    for target, task, model, recipe in _transfer_groups(results.trials):
+    for target, task, model, recipe, budget in _transfer_groups(results.trials):
         group = transfer[(transfer["target"] == target) & (transfer["task"] == task) & (transfer["model"] == model)
-                         & (transfer[RECIPE] == recipe)]
+                         & (transfer[RECIPE] == recipe) & (transfer[LABEL_BUDGET] == budget)]
         fractions = _ordered(LABEL_FRACTIONS, group["label_fraction"].dropna().astype(float))
         methods = _ordered(TRANSFER_METHODS, group["method"].dropna())
         for fraction in fractions:
@@ -260,8 +263,10 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
                         "task": task,
                         "model": model,
                         "augmentation": recipe,
+                        "label_budget": budget,
                         "label_fraction": float(fraction),
                         "method": method,
+                        "epochs": method_epochs(method, ok),
                         "uses_no_target_labels": method in label_free,
                         "status": cell_status(cell),
                         "n_repetitions_ok": n_repetitions,
@@ -280,8 +285,50 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
                 )
     frame = pd.DataFrame(rows)
     frame["best_in_row"] = _is_best(frame, "jaccard_mean_pct",
-                                    by=["target", "task", "model", "augmentation", "label_fraction"])
+                                    by=["target", "task", "model", "augmentation", "label_budget", "label_fraction"])
     return frame
+
+
+# How each label budget (cfg_label_budget) is named in Table II's notes.
+LABEL_BUDGET_TEXT = {
+    "honest": "honest (a run at f % reads only its f % of target labels: with 5 or more it holds back a fifth of "
+              "them, at least 2, to choose its epoch and trains on the rest; with fewer it trains on all and chooses "
+              "by the plausibility of its masks on the unlabelled target validation images, as at 0 %)",
+    "paper": "the paper's (the labelled target validation split chooses the epoch at every fraction above 0, so a "
+             "run uses more labels than its fraction)",
+}
+
+
+def label_budget_note(names) -> str:
+    return ("Label budget: " + "; ".join(LABEL_BUDGET_TEXT.get(n, n) for n in names) + ". Every method that starts "
+            "from M_A counts M_A as it is (epoch 0) among its candidates, by the same criterion.")
+
+
+def method_epochs(method: str, rows: pd.DataFrame) -> str:
+    """The epochs `method`'s trials `rows` trained for: "30", "20+8" (warm-up + transfer), "0"."""
+    if rows.empty:
+        return ""
+    if method in ("finetune", "scratch"):
+        return "/".join(str(e) for e in sorted(set(rows["cfg_epochs"].astype(int))))
+    if method == "source_only":
+        return "0"
+    transfer = "/".join(str(e) for e in sorted(set(rows["cfg_transfer_epochs"].astype(int))))
+    if method == "proposed":
+        return "/".join(str(e) for e in sorted(set(rows["cfg_warmup_epochs"].astype(int)))) + "+" + transfer
+    return transfer
+
+
+def epoch_budget_notes(trials: pd.DataFrame) -> list[str]:
+    """What each transfer method trained for, from the configs the counted trials ran."""
+    transfer = trials[(trials["experiment"] == TRANSFER) & (trials["status"] == "ok")]
+    start = {"finetune": " from M_A", "scratch": " from random initialisation", "self_training": " from M_A",
+             "proposed": " (translator warm-up + transfer) from M_A"}
+    parts = [f"{method} {method_epochs(method, transfer[transfer['method'] == method])}{start[method]}"
+             for method in _ordered(TRANSFER_METHODS, transfer["method"].dropna()) if method in start]
+    if not parts:
+        return []
+    return ["Epochs per method (an epoch of finetune and scratch is as many updates as the target training split "
+            "has images, whatever the fraction): " + "; ".join(parts) + "."]
 
 
 def label_free_methods(trials: pd.DataFrame) -> set[str]:
@@ -307,17 +354,20 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
     """
     transfer_ok = results.ok[results.ok["experiment"] == TRANSFER]
     images = results.images.merge(
-        transfer_ok[["trial_id", RECIPE]].rename(columns={RECIPE: "augmentation"}), on="trial_id", how="inner"
+        transfer_ok[["trial_id", RECIPE, LABEL_BUDGET]].rename(columns={RECIPE: "augmentation",
+                                                                        LABEL_BUDGET: "label_budget"}),
+        on="trial_id", how="inner"
     )
     label_free = label_free_methods(results.trials)
-    setting = ["target", "task", "model", "augmentation"]
+    setting = ["target", "task", "model", "augmentation", "label_budget"]
     rows = []
-    for (target, task, model, recipe, fraction), cell in images.groupby(setting + ["label_fraction"], sort=True):
+    for (target, task, model, recipe, budget, fraction), cell in images.groupby(setting + ["label_fraction"],
+                                                                                sort=True):
         proposed = cell[cell["method"] == PROPOSED]
         if proposed.empty:
             continue
         same_setting = images[(images["target"] == target) & (images["task"] == task) & (images["model"] == model)
-                              & (images["augmentation"] == recipe)]
+                              & (images["augmentation"] == recipe) & (images["label_budget"] == budget)]
         baselines = {method: rows_ for method, rows_ in cell.groupby("method") if method != PROPOSED}
         for method in label_free - {PROPOSED}:
             baselines.setdefault(method, same_setting[(same_setting["method"] == method)
@@ -331,6 +381,7 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
                     "task": task,
                     "model": model,
                     "augmentation": recipe,
+                    "label_budget": budget,
                     "label_fraction": float(fraction),
                     "baseline": baseline,
                     "n_pairs": test.n_pairs,
@@ -342,7 +393,7 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
                                                     if baseline in label_free and fraction != 0 else ""])),
                 }
             )
-    columns = ["target", "task", "model", "augmentation", "label_fraction", "baseline", "n_pairs", "statistic", "p_value",
+    columns = ["target", "task", "model", "augmentation", "label_budget", "label_fraction", "baseline", "n_pairs", "statistic", "p_value",
                "median_difference_pct", "approximate", "note"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -401,8 +452,9 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
     header = ["Labels (%)"] + methods + [f"Paper {m}" for m in paper_methods]
     rows: list = []
     any_image_spread = False
-    for (target, task, model, recipe), group in frame.groupby(["target", "task", "model", "augmentation"], sort=False):
-        rows.append(Section(f"{target}, {task}, {model}, training: {recipe}"))
+    for (target, task, model, recipe, budget), group in frame.groupby(
+            ["target", "task", "model", "augmentation", "label_budget"], sort=False):
+        rows.append(Section(f"{target}, {task}, {model}, training: {recipe}, label budget: {budget}"))
         for fraction, line in group.groupby("label_fraction", sort=False):
             by_method = {r.method: r for r in line.itertuples()}
             cells = [Cell(format_fraction(fraction))]
@@ -432,6 +484,8 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
     if len(frame):
         notes.append(recipe_note(dict.fromkeys(frame["augmentation"])) + " M_A and every baseline of a section "
                      "were trained with that section's recipe.")
+    if len(frame):
+        notes.append(label_budget_note(dict.fromkeys(frame["label_budget"])))
     notes.extend(variant_notes)
     notes.extend(_paired_notes(paired))
     return DisplayTable("table2", "Table II: cross-dataset transfer, target Jaccard (%) by fraction of "
@@ -444,8 +498,8 @@ def _paired_notes(paired: pd.DataFrame) -> list[str]:
     notes = ["Wilcoxon signed-rank tests (two-sided), proposed vs each baseline, per-image Jaccard paired "
              "on (image_id, repetition); exact p-values up to 50 pairs without ties, otherwise the normal "
              "approximation. Listed: p-value, number of pairs, median of proposed − baseline in points:"]
-    for (target, task, model, recipe, fraction), tests in paired.groupby(
-        ["target", "task", "model", "augmentation", "label_fraction"], sort=False
+    for (target, task, model, recipe, budget, fraction), tests in paired.groupby(
+        ["target", "task", "model", "augmentation", "label_budget", "label_fraction"], sort=False
     ):
         parts = []
         for t in tests.itertuples():
@@ -455,6 +509,6 @@ def _paired_notes(paired: pd.DataFrame) -> list[str]:
                 extra = "".join(f", {x}" for x in (["normal approx."] if t.approximate else []) + [t.note] if x)
                 parts.append(f"vs {t.baseline}: {format_p_value(t.p_value)} (n = {t.n_pairs}, "
                              f"Δ = {t.median_difference_pct:+.2f}{extra})")
-        notes.append(f"{target}/{task}/{model}, training {recipe}, {format_fraction(fraction)} % labels: "
+        notes.append(f"{target}/{task}/{model}, training {recipe}, {budget} budget, {format_fraction(fraction)} % labels: "
                      + "; ".join(parts) + ".")
     return notes

@@ -25,6 +25,10 @@ LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
 AUGMENTATIONS = ("none", "affine", "robust")
 # How a proposed run at 0 % target labels picks its epoch (sweep/engine/selection.py).
 SELECTIONS = ("target", "source")
+# Which target labels a transfer run may read (sweep/engine/label_budget.py): "honest", only its
+# label fraction's, for training and epoch selection together; "paper", the paper's protocol, where
+# the labelled target validation split also chooses the epoch.
+LABEL_BUDGETS = ("honest", "paper")
 
 
 @dataclass
@@ -107,6 +111,10 @@ class RunConfig:
     # whose pseudo-labels (M_A's predictions) are kept, the most plausible first (selection.py's
     # shape prior), as in curriculum pseudo-labelling; the student trains transfer_epochs epochs.
     pseudo_label_keep: float = 0.8
+    # The target labels a run at f % may read (LABEL_BUDGETS): "honest", its f % only (a held-back
+    # part of them, or the unlabelled criterion when they are few, chooses the epoch); "paper",
+    # the labelled validation split chooses the epoch too (PAPER_LABEL_BUDGET).
+    label_budget: str = "honest"
 
     # --- execution (EXECUTION_FIELDS: how a run executes, not what it computes) ---
     device: str = "auto"  # "auto", "cpu", "cuda"
@@ -119,6 +127,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
+        if self.label_budget not in LABEL_BUDGETS:
+            raise ValueError(f"label_budget must be one of {', '.join(LABEL_BUDGETS)}, got {self.label_budget!r}")
         if not 0 < self.pseudo_label_keep <= 1:
             raise ValueError(f"pseudo_label_keep must be in (0, 1], got {self.pseudo_label_keep}")
 
@@ -153,6 +163,10 @@ def _upgrade(values: Mapping[str, Any]) -> dict[str, Any]:
 # The paper's training protocol for segmenters (§V-B: no augmentation): `--set` it, or sweep both
 # with `cxrsweep run --augmentations none,robust`.
 PAPER_PROTOCOL: dict[str, Any] = {"augmentation": "none"}
+
+
+# Table II as the paper ran it: the labelled target validation split chooses every method's epoch.
+PAPER_LABEL_BUDGET: dict[str, Any] = {"label_budget": "paper"}
 
 
 # The proposed method as the paper ran it (loss weights of the authors' follow-up code, epoch chosen

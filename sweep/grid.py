@@ -75,7 +75,8 @@ def _is_transfer_only(name: str) -> bool:
     """Fields a segmentation run ignores. They are reset to the profile's values in Table I
     configs so that a Table I trial and the M_A a transfer trial asks for are the same trial."""
     return name.startswith(_TRANSLATION_PREFIXES) or name in {
-        "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs"}
+        "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs",
+        "selection", "selection_margin", "pseudo_label_keep", "label_budget"}
 
 
 # Methods that read M_A (scratch: its architecture only), and the one that also needs the

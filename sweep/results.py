@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 
 from sweep.config import RunConfig
 
-SCHEMA_VERSION = 4  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection;
-# 4: cfg_augmentation (the training recipe) in place of cfg_augment, cfg_pseudo_label_keep
+SCHEMA_VERSION = 5  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection;
+# 4: cfg_augmentation (the training recipe) in place of cfg_augment, cfg_pseudo_label_keep;
+# 5: cfg_label_budget, target_labels_used, every transfer method's selection
 
 # Columns that identify a trial; shared by both tables.
 KEY_COLUMNS: dict[str, pa.DataType] = {
@@ -51,12 +52,14 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "started_at": pa.float64(),  # Unix seconds when the trial's final attempt started (sweep only)
     "finished_at": pa.float64(),  # Unix seconds when it finished (sweep only)
     "device": pa.string(),
-    # Proposed method only (null for the other methods; result.json explains in full):
-    "selection_criterion": pa.string(),  # what ranked its epochs (sweep/engine/selection.py)
+    # Transfer runs only (null for segmentation; result.json explains in full):
+    "selection_criterion": pa.string(),  # what ranked its epochs (sweep/engine/label_budget.py)
     "selected_model": pa.string(),  # "adapted", or "no_adaptation" when it fell back to M_A on b as it is
     "selection_score": pa.float64(),  # target plausibility of the kept model (target_plausibility criterion)
     "no_adaptation_score": pa.float64(),  # the same score of M_A on b as it is
-    "discriminators_saturated": pa.bool_(),  # saturated during the warm-up or the transfer epochs
+    "discriminators_saturated": pa.bool_(),  # proposed: saturated during the warm-up or the transfer epochs
+    # Target labels the run read, training and epoch selection together (its label budget).
+    "target_labels_used": pa.int64(),
     # Tune checkpoints the trial wrote over all its attempts (sweep only): how many, the bytes of
     # their last.pt files, and the seconds spent writing and persisting them.
     "checkpoint_count": pa.int64(),

@@ -42,6 +42,10 @@ class FullFrame:
             return None
         return cls(masks=dataset.full_masks[task][index], crop_boxes=boxes)
 
+    def take(self, index: np.ndarray) -> "FullFrame":
+        """The frames of the images at positions `index` of this one."""
+        return FullFrame(masks=self.masks[index], crop_boxes=self.crop_boxes[index])
+
     def to_full_frame(self, predictions: np.ndarray) -> np.ndarray:
         """Masks predicted on the cropped images [N, S, S] -> the whole frame at S x S."""
         from data_io.preprocess import CropBox, mask_to_full_frame

@@ -42,8 +42,9 @@ NOT_APPLICABLE_MARKER = "not_applicable.json"
 # result.json "selected_model" (the proposed method's kept model) / trials.parquet column of the same name.
 NO_ADAPTATION = "no_adaptation"
 ADAPTED = "adapted"
-# result.json "selection_criterion": what ranked the epochs of a proposed run (sweep.engine.selection).
-TARGET_JACCARD = "target_val_jaccard"  # labelled target validation images (label fraction > 0)
+# result.json "selection_criterion": what ranked the epochs of a transfer run (sweep.engine.label_budget).
+TARGET_JACCARD = "target_val_jaccard"  # labelled target validation split (the paper's label budget)
+HELD_OUT_JACCARD = "held_out_target_jaccard"  # a held-back part of the run's own labelled images (honest budget)
 TARGET_PLAUSIBILITY = "target_plausibility"  # unlabelled target validation images, no-adaptation fallback
 SOURCE_JACCARD = "source_val_jaccard"  # source validation images through A -> B -> A (the paper's)
 
@@ -113,10 +114,10 @@ class RunResult:
         return out
 
 
-# What a proposed run's result.json adds that trials.parquet carries too (the rest of its
-# selection record stays in result.json; sweep.engine.transfer.ProposedRun.summary writes it).
+# What a transfer run's result.json adds that trials.parquet carries too (the rest of its
+# selection record stays in result.json; sweep.engine.transfer_common.selection_record writes it).
 PROPOSED_TABLED_FIELDS = ("selection_criterion", "selected_model", "selection_score", "no_adaptation_score",
-                          "discriminators_saturated")
+                          "discriminators_saturated", "target_labels_used")
 # The result.json fields a trials.parquet row copies: RunResult's, less what says nothing of the
 # outcome (where it lay, how much this call trained, the per-epoch history), and the proposed method's.
 TABLED_FIELDS = tuple(f.name for f in fields(RunResult)

@@ -26,21 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweep.config import SELECTIONS
 from sweep.engine.inference import as_batch, foreground_masks
 # The result.json values of "selection_criterion" live with the run directory's contract.
-from sweep.engine.run_dir import SOURCE_JACCARD, TARGET_JACCARD, TARGET_PLAUSIBILITY
-
-if TYPE_CHECKING:
-    from sweep.config import RunConfig
-    from sweep.engine.transfer_data import TransferData
+from sweep.engine.run_dir import SOURCE_JACCARD, TARGET_PLAUSIBILITY
 
 # Side of the grid masks are resampled to before they are compared: coarse enough that the
 # comparison is about the shape of the lung fields, not their boundary's pixels.
@@ -50,15 +45,6 @@ SHAPE_GRID = 32
 # images). 0.9 rather than 0.95: with the phantoms' 6 validation images, 0.95 refused a
 # translation that lifted 4 of them from about 0.1 to 0.6 Jaccard (and cost 2 of them a little).
 SELECTION_CONFIDENCE = 0.9
-
-
-def selection_criterion(cfg: "RunConfig", data: "TransferData") -> str:
-    """Labels on the target validation split decide when the run keeps any; otherwise cfg.selection does."""
-    if cfg.selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {cfg.selection!r}")
-    if data.target_val_masks is not None and data.n_labelled > 0:
-        return TARGET_JACCARD
-    return TARGET_PLAUSIBILITY if cfg.selection == "target" else SOURCE_JACCARD
 
 
 def coarse_masks(masks: np.ndarray, grid: int = SHAPE_GRID) -> np.ndarray:
@@ -165,3 +151,77 @@ class TargetSelection:
         gain = np.asarray(adapted, float) - np.asarray(no_adaptation, float)
         mean, lower = float(gain.mean()), lower_confidence_bound(gain)
         return Decision(keep_adaptation=bool(mean >= self.margin and lower > 0), mean_gain=mean, lower_bound=lower)
+
+
+class KeepBest:
+    """Which epoch a transfer run keeps, by per-image scores of its candidates, where it started
+    (epoch 0: `start`) being one of them.
+
+    - Target plausibility: the adapted epoch is followed as TargetSelection.follows says, and at
+      the end kept over the start only if clearly more plausible (TargetSelection.decide, `margin`).
+    - A Jaccard of labelled target images: the epoch of the highest mean, the start included, so
+      a run that only gets worse keeps where it started.
+    - The source validation Jaccard (the paper's selection at 0 %): the epoch of the highest mean,
+      the start left out. On source images M_A as it is is what it was trained for and wins
+      nearly always; that says nothing of the target, so it is no comparison.
+    """
+
+    def __init__(self, criterion: str, margin: float = 0.0):
+        self.criterion = criterion
+        self.margin = float(margin)
+        self.start_scores: np.ndarray | None = None
+        self.kept_scores: np.ndarray | None = None  # of the kept trained epoch; None: none beat the start
+        self.leading_scores: np.ndarray | None = None  # plausibility: the most plausible epoch so far
+
+    @property
+    def by_plausibility(self) -> bool:
+        return self.criterion == TARGET_PLAUSIBILITY
+
+    @property
+    def compares_start(self) -> bool:
+        return self.criterion != SOURCE_JACCARD
+
+    def start(self, scores: np.ndarray) -> None:
+        if self.compares_start:
+            self.start_scores = np.asarray(scores, float)
+
+    def best_mean(self) -> float:
+        """The kept candidate's mean score (the start's while no trained epoch is kept)."""
+        kept = self.kept_scores if self.kept_scores is not None else self.start_scores
+        return -math.inf if kept is None else float(kept.mean())
+
+    def consider(self, scores: np.ndarray) -> bool:
+        """Whether the epoch just trained, with per-image `scores`, becomes the kept one."""
+        scores = np.asarray(scores, float)
+        if self.by_plausibility:
+            keep = TargetSelection.follows(scores, self.leading_scores)
+            if TargetSelection.leads(scores, self.leading_scores):
+                self.leading_scores = scores
+        else:
+            keep = scores.mean() > self.best_mean()
+        if keep:
+            self.kept_scores = scores
+        return bool(keep)
+
+    def decide(self) -> Decision | None:
+        """Whether the kept trained epoch replaces where the run started (None: no comparison)."""
+        if not self.compares_start:
+            return None
+        if self.kept_scores is None:
+            return Decision(keep_adaptation=False, mean_gain=0.0, lower_bound=0.0)
+        gain = self.kept_scores - self.start_scores
+        mean, lower = float(gain.mean()), lower_confidence_bound(gain)
+        if self.by_plausibility:
+            return Decision(keep_adaptation=bool(mean >= self.margin and lower > 0), mean_gain=mean, lower_bound=lower)
+        return Decision(keep_adaptation=bool(mean > 0), mean_gain=mean, lower_bound=lower)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: None if value is None else value.tolist() for name, value in
+                (("start", self.start_scores), ("kept", self.kept_scores), ("leading", self.leading_scores))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def array(value):
+            return None if value is None else np.asarray(value, float)
+
+        self.start_scores, self.kept_scores = array(state["start"]), array(state["kept"])
+        self.leading_scores = array(state["leading"])

@@ -135,9 +135,10 @@ class Trainer(ckpt.ResumableRun):
             total += loss.detach() * len(index)
         return float(total) / len(order)
 
-    def select(self, metrics: dict[str, Any]) -> tuple[bool, float]:
+    def select(self, metrics: dict[str, Any], val_jaccards: Any = None) -> tuple[bool, float]:
         """Whether the epoch just validated becomes the kept one, and its selection score (here its
-        validation Jaccard; a subclass may score otherwise and add to `metrics`)."""
+        validation Jaccard; a subclass may score otherwise, e.g. by the per-image `val_jaccards`,
+        and add to `metrics`)."""
         return metrics["val_jaccard"] > self.best_val, metrics["val_jaccard"]
 
     def fit(self, callbacks: Sequence[EpochCallback]) -> int:
@@ -154,7 +155,7 @@ class Trainer(ckpt.ResumableRun):
             if self.epoch % max(cfg.eval_every, 1) == 0 or self.epoch == cfg.epochs:
                 jaccards, dices = self.val_scorer(self.candidate())
                 metrics["val_jaccard"], metrics["val_dice"] = float(jaccards.mean()), float(dices.mean())
-                keep, score = self.select(metrics)
+                keep, score = self.select(metrics, jaccards)
                 if keep:
                     self.best_val, self.best_epoch = score, self.epoch
                     self.best = self._network_checkpoint(self.candidate())

@@ -9,11 +9,14 @@ Methods (sweep.config.TRANSFER_METHODS):
   into both generators). Inference on b: M_A(G_BA(b)).
 - finetune: M_A fine-tuned on the labelled target images.
 - scratch: M_A's architecture from random initialisation on the labelled target images.
+- self_training: M_A's pseudo-labels on the unlabelled target images (sweep/engine/self_training.py).
 - source_only: M_A applied to target images as they are (same intensity normalisation): the
   honest 0 % baseline.
 
 finetune and scratch need target labels: at 0 % they raise `NotApplicable`, which the sweep
-records as status "not_applicable", never as a number.
+records as status "not_applicable", never as a number. Which target labels a run reads, and what
+chooses its epoch, is its label plan (sweep/engine/label_budget.py); every method that starts from
+M_A counts M_A as it is among its candidates.
 """
 from __future__ import annotations
 
@@ -33,15 +36,16 @@ from sweep.config import METHODS_NEEDING_TARGET_LABELS, TRANSFER_METHODS, RunCon
 from sweep.engine import checkpoints as ckpt
 from sweep.engine.augmentation import NONE as NO_AUGMENTATION
 from sweep.engine.augmentation import augment
-from sweep.engine.data import SegmentationData
 from sweep.engine.inference import (adam, as_batch, as_mask_batch, autocast_for, compile_in_place, grad_scaler_for,
                                     memory_format_for, prepare_device, resolve_device)
-from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY, RunResult
-from sweep.engine.selection import TargetSelection, selection_criterion
+from sweep.engine.label_budget import LabelPlan, label_plan
+from sweep.engine.run_dir import RunResult
+from sweep.engine.selection import KeepBest
 from sweep.engine.self_training import train_self_training
-from sweep.engine.supervised import EpochCallback, epoch_seed, train_supervised
-from sweep.engine.transfer_common import (selection_record, TranslateThenSegment, fall_back_to_source, ValidationScorer, finish_run,
-                                          save_source_model_as_best, validation_jaccard)
+from sweep.engine.supervised import EpochCallback, epoch_seed
+from sweep.engine.target_training import train_on_target_labels
+from sweep.engine.transfer_common import (CandidateScorer, TranslateThenSegment, ValidationScorer, fall_back_to_source,
+                                          finish_run, save_source_model_as_best, selection_record, validation_jaccard)
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import (LossSums, SemanticAdversary, TranslationTrainer, adversarial_balance,
                                       check_finite, device_batches, format_balance, format_losses, load_translator,
@@ -87,17 +91,18 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
         raise ValueError("the proposed method needs a warmed translator checkpoint (warmup_translator)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    plan = label_plan(cfg, data)
     threads_before = torch.get_num_threads()  # process-wide: leave the caller as it was
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     try:
         if cfg.method in METHODS_NEEDING_TARGET_LABELS:
-            return _train_on_target_labels(cfg, data, run_dir, segmenter_checkpoint, source_model, callbacks)
+            return train_on_target_labels(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
         if cfg.method == "source_only":
-            return _source_only(cfg, data, run_dir, source_model)
+            return _source_only(cfg, data, plan, run_dir, source_model)
         if cfg.method == "self_training":
-            return train_self_training(cfg, data, run_dir, segmenter_checkpoint, source_model, callbacks)
-        return ProposedRun(cfg, data, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
+            return train_self_training(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
+        return ProposedRun(cfg, data, plan, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -134,43 +139,18 @@ def check_source_split(path: Path, checkpoint: dict, cfg: RunConfig, data: Trans
                          f"{needed}; its training images could be this run's source validation images")
 
 
-# ---------------------------------------------------------------------------------------------
-# finetune / scratch: the supervised engine on the labelled target images.
-
-
-def _train_on_target_labels(cfg: RunConfig, data: TransferData, run_dir: Path, segmenter_path: Path,
-                            source_model: dict, callbacks: Sequence[EpochCallback]) -> RunResult:
-    # The few labelled images are repeated up to the size of the target training split, so an
-    # epoch is the same number of updates at every fraction and 1.25 % is not starved of steps.
-    repeat = np.resize(np.arange(data.n_labelled), max(len(data.target_train_images), data.n_labelled))
-    target = SegmentationData(
-        train_images=data.target_labelled_images[repeat], train_masks=data.target_labelled_masks[repeat],
-        val_images=data.target_val_images, val_masks=data.target_val_masks,
-        test_images=data.target_test_images, test_masks=data.target_test_masks, test_ids=data.target_test_ids,
-        task=data.task, dataset=data.target_name, normalisation=data.normalisation, fingerprints=data.fingerprints,
-        crop_borders=data.crop_borders, val_frame=data.target_val_frame, test_frame=data.target_test_frame,
-    )
-    finetune = cfg.method == "finetune"
-    inner = cfg.replace(
-        model=source_model["arch"], width=source_model["arch_kwargs"]["width"],
-        init_weights=str(segmenter_path) if finetune else "",
-        # Fine-tuning starts from a trained network; scratch gets the full supervised budget.
-        epochs=cfg.transfer_epochs if finetune else cfg.epochs,
-    )
-    return train_supervised(inner, target, run_dir, callbacks)
-
-
-def _source_only(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict) -> RunResult:
+def _source_only(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, source_model: dict) -> RunResult:
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     model = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
-    val_jaccard, val_on = validation_jaccard(data, model, device)
+    val_jaccard, val_on = validation_jaccard(data, plan, model, device)
     save_source_model_as_best(cfg, data, run_dir, source_model)
     log.info("source_only %s -> %s %s: M_A as it is, val Jaccard (%s) %.4f", data.source_name, data.target_name,
              data.task, val_on, val_jaccard)
     history = [{"epoch": 0, "val_jaccard": val_jaccard, "val_split": val_on}]
     return finish_run(cfg, data, run_dir, model, device, best_epoch=0, val_jaccard=val_jaccard,
-                      duration_s=time.perf_counter() - started, epochs_trained=0, history=history)
+                      duration_s=time.perf_counter() - started, epochs_trained=0, history=history,
+                      summary_extra=plan.record())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,11 +193,11 @@ class ProposedRun(ckpt.ResumableRun):
     channels-last layout; losses are summed on the device and read, and checked, once per epoch.
     Checkpoints follow the supervised engine's policy (ckpt.CheckpointClock, best in memory)."""
 
-    def __init__(self, cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
+    def __init__(self, cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, source_model: dict,
                  translator_path: Path):
         if cfg.transfer_epochs < 1:
             raise ValueError(f"transfer_epochs must be at least 1, got {cfg.transfer_epochs}")
-        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        self.cfg, self.data, self.plan, self.run_dir = cfg, data, plan, run_dir
         self.device = device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.source_model = source_model
@@ -242,23 +222,23 @@ class ProposedRun(ckpt.ResumableRun):
         self.source_images = as_batch(data.source_train_images, device)
         self.target_images = as_batch(data.target_train_images, device)
         self.source_masks = as_mask_batch(data.source_train_masks, device)
-        self.labelled_images = as_batch(data.target_labelled_images, device) if data.n_labelled else None
-        self.labelled_masks = as_mask_batch(data.target_labelled_masks, device) if data.n_labelled else None
-        self.validate = ValidationScorer(data, device)
-        self.foreground_range = ckpt.foreground_range([data.source_train_masks, data.target_labelled_masks])
+        # The target labels the supervised step reads: the plan's training part of the fraction's.
+        self.n_labelled = plan.n_train
+        self.labelled_images = as_batch(plan.train_images, device) if self.n_labelled else None
+        self.labelled_masks = as_mask_batch(plan.train_masks, device) if self.n_labelled else None
+        self.validate = ValidationScorer(data, plan, device)
+        self.foreground_range = ckpt.foreground_range([data.source_train_masks, plan.train_masks])
         self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
         self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, on the device
         self.history: list[dict] = []
         self.duration_s = 0.0
         self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
-        # What picks the epoch (sweep/engine/selection.py); at 0 % labels the default scores the
-        # unlabelled target validation images, and M_A on b as it is competes as "no adaptation".
-        self.criterion = selection_criterion(cfg, data)
-        self.selection = (TargetSelection(data.source_train_masks, data.target_val_images, cfg.selection_margin)
-                          if self.criterion == TARGET_PLAUSIBILITY else None)
-        self.no_adaptation: dict[str, Any] | None = None  # its val Jaccard and per-image plausibility
-        self.best_plausibility: list[float] | None = None  # per target validation image, kept epoch
-        self.leading_plausibility: list[float] | None = None  # the most plausible epoch so far
+        # What picks the epoch: the label plan's criterion, M_A on b as it is ("no adaptation",
+        # epoch 0) one of the candidates (sweep/engine/selection.py, KeepBest).
+        self.criterion = plan.criterion
+        self.scores = CandidateScorer(cfg, data, plan, self.validate, device)
+        self.keeper = KeepBest(plan.criterion, cfg.selection_margin)
+        self.no_adaptation: dict[str, Any] | None = None  # its score and val Jaccard
 
     # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
     def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None,
@@ -299,8 +279,8 @@ class ProposedRun(ckpt.ResumableRun):
         # epoch first, then one labelled draw per step.
         pairs = list(paired_batches(len(data.source_train_images), len(data.target_train_images), cfg.batch_size,
                                     rng))
-        labelled = [rng.integers(0, data.n_labelled, size=len(index_b)) for _, index_b in pairs] \
-            if data.n_labelled else [np.zeros(0, np.int64)] * len(pairs)
+        labelled = [rng.integers(0, self.n_labelled, size=len(index_b)) for _, index_b in pairs] \
+            if self.n_labelled else [np.zeros(0, np.int64)] * len(pairs)
         batches = [(index_a, index_b, index_l) for (index_a, index_b), index_l in zip(pairs, labelled)]
         sums, clock = LossSums(), _StepClock(device, ("D_s", "G_s", "S_s") + (("SEM_s",) if self.semantic else ()))
         for index_a, index_b, index_l in device_batches(batches, device):
@@ -311,7 +291,7 @@ class ProposedRun(ckpt.ResumableRun):
             record.update(self.translation.generative_step(a, b))
             after_g = clock.now()
             labelled_b = labelled_masks = None
-            if data.n_labelled:
+            if self.n_labelled:
                 labelled_b, labelled_masks = self.labelled_images[index_l], self.labelled_masks[index_l].long()
             a_masks = self.source_masks[index_a].long()
             record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks, augmentation))
@@ -351,8 +331,7 @@ class ProposedRun(ckpt.ResumableRun):
                      translator_training_state=self.model.translator.training_state(),
                      rng=ckpt.rng_state(), best_val_jaccard=self.best_val, best_epoch=self.best_epoch,
                      history=self.history, duration_s=self.duration_s, no_adaptation=self.no_adaptation,
-                     best_plausibility=self.best_plausibility, leading_plausibility=self.leading_plausibility,
-                     semantic=self.semantic.state_dict() if self.semantic is not None else None)
+                     keeper=self.keeper.state_dict(), semantic=self.semantic.state_dict() if self.semantic is not None else None)
         return state
 
     def load_model_state(self, state: dict) -> None:
@@ -369,8 +348,8 @@ class ProposedRun(ckpt.ResumableRun):
         self.translation.load_state_dict(state["translation_optimizers"])
         self.model.translator.load_training_state(state["translator_training_state"])
         self.restore_progress(state)
-        self.no_adaptation, self.best_plausibility = state["no_adaptation"], state["best_plausibility"]
-        self.leading_plausibility = state["leading_plausibility"]
+        self.no_adaptation = state["no_adaptation"]
+        self.keeper.load_state_dict(state["keeper"])
         if self.semantic is not None:
             self.semantic.load_state_dict(state["semantic"])
         log.info("resuming %s from epoch %d", self.run_dir, self.epoch)
@@ -378,23 +357,25 @@ class ProposedRun(ckpt.ResumableRun):
 
     # --- the run ---
     def score_no_adaptation(self) -> dict[str, Any]:
-        """The "no adaptation" candidate: M_A as trained on the source, applied to b as it is."""
+        """The "no adaptation" candidate (epoch 0): M_A as trained on the source, applied to b as it is."""
         model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
-        plausibility = self.selection.plausibility(model, self.device)
-        return {"target_score": float(plausibility.mean()), "plausibility": plausibility.tolist(),
-                "val_jaccard": self.validate(model)[0]}
+        scores = self.scores(model)
+        self.keeper.start(scores)
+        return {"target_score": float(scores.mean()), "val_jaccard": self.validate(model)[0]}
 
     def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
         cfg, data = self.cfg, self.data
         self.resume()
-        log.info("proposed %s -> %s %s at %g %% labels on %s: %d source / %d target (%d labelled) training images, "
-                 "%d epochs after a %d-epoch warm-up, epoch chosen by %s, writing to %s", data.source_name,
-                 data.target_name, data.task, data.label_fraction, self.device, len(data.source_train_images),
-                 len(data.target_train_images), data.n_labelled, cfg.transfer_epochs,
-                 self.translator_payload.get("warmup_epochs", 0), self.criterion, self.run_dir)
-        if self.selection is not None and self.no_adaptation is None:
+        log.info("proposed %s -> %s %s at %g %% labels on %s: %d source / %d target (%d labelled, %d of them "
+                 "trained on, %s budget) training images, %d epochs after a %d-epoch warm-up, epoch chosen by %s, "
+                 "writing to %s", data.source_name, data.target_name, data.task, data.label_fraction, self.device,
+                 len(data.source_train_images), len(data.target_train_images), data.n_labelled, self.n_labelled,
+                 self.plan.budget, cfg.transfer_epochs, self.translator_payload.get("warmup_epochs", 0),
+                 self.criterion, self.run_dir)
+        if self.no_adaptation is None and self.keeper.compares_start:
             self.no_adaptation = self.score_no_adaptation()
-            log.info("no adaptation (M_A on %s as it is): target plausibility %.4f", data.target_name,
+            self.best_val = self.no_adaptation["target_score"]
+            log.info("no adaptation (M_A on %s as it is): %s %.4f", data.target_name, self.criterion,
                      self.no_adaptation["target_score"])
         trained = 0
         while self.epoch < cfg.transfer_epochs:
@@ -404,19 +385,10 @@ class ProposedRun(ckpt.ResumableRun):
             self.epoch += 1
             trained += 1
             val_jaccard, val_on = self.validate(self.model)
-            if self.selection is not None:
-                plausibility = self.selection.plausibility(self.model, self.device)
-                score = float(plausibility.mean())
-                scores = {"target_score": score}
-                leader = np.array(self.leading_plausibility) if self.leading_plausibility is not None else None
-                keep = self.selection.follows(plausibility, leader)
-                if self.selection.leads(plausibility, leader):
-                    self.leading_plausibility = plausibility.tolist()
-                if keep:
-                    self.best_plausibility = plausibility.tolist()
-            else:
-                score, scores = val_jaccard, {}
-                keep = score > self.best_val
+            per_image = self.scores(self.model)
+            score = float(per_image.mean())
+            scores = {"target_score": score} if self.scores.selection is not None else {}
+            keep = self.keeper.consider(per_image)
             if keep:
                 self.best_val, self.best_epoch = score, self.epoch
                 self.best = self.checkpoint()
@@ -436,20 +408,22 @@ class ProposedRun(ckpt.ResumableRun):
             watch_saturation(self.history, "transfer")
             for callback in callbacks:
                 callback(self.epoch, dict(metrics), self.run_dir)
-        self.load_model_state(self.best)
-        summary = self.summary()
-        model, best_epoch, val_jaccard = self.model, self.best_epoch, self.history[self.best_epoch - 1]["val_jaccard"]
-        if summary["selected_model"] == NO_ADAPTATION:
+        decision = self.keeper.decide()
+        summary = self.summary(decision)
+        if decision is not None and not decision.keep_adaptation:
             model, best_epoch, val_jaccard = fall_back_to_source(
-                cfg, data, self.run_dir, self.source_model, self.device, "target-aware selection: the kept adapted "
-                "epoch", self.best_epoch, self.best_val, self.no_adaptation, summary["selection_decision"])
+                cfg, data, self.run_dir, self.source_model, self.device, "proposed: the kept adapted epoch",
+                self.best_epoch, self.best_val, self.no_adaptation, decision.to_dict(), self.criterion)
         else:
+            self.load_model_state(self.best)
+            model, best_epoch = self.model, self.best_epoch
+            val_jaccard = self.history[self.best_epoch - 1]["val_jaccard"]
             ckpt.save_atomic(self.best, self.best_path)
         return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch,
                           val_jaccard=val_jaccard, duration_s=self.duration_s, epochs_trained=trained,
                           history=self.history, summary_extra=summary, sample_translator=self.model.translator)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, decision) -> dict[str, Any]:
         """What result.json adds for the proposed method: which model was kept and why, and whether
         the discriminators saturated during the warm-up or the transfer epochs."""
         saturation = {phase: report for phase, report in (
@@ -457,12 +431,9 @@ class ProposedRun(ckpt.ResumableRun):
             ("transfer", saturation_report(self.history, "transfer"))) if report}
         for report in saturation.values():
             log.warning(saturation_message(report))
-        decision = None
-        if self.selection is not None:
-            decision = self.selection.decide(np.array(self.best_plausibility), np.array(self.no_adaptation["plausibility"]))
         return {
             **selection_record(self.criterion, decision, self.best_val, self.best_epoch, self.no_adaptation,
-                               self.cfg.selection_margin),
+                               self.cfg.selection_margin, self.plan),
             "discriminators_saturated": bool(saturation),
             "saturation": saturation,
         }

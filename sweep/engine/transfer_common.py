@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -15,8 +16,12 @@ from models.registry import segmenter_from_checkpoint
 from models.translators.base import Translator
 from sweep.config import RunConfig
 from sweep.engine import checkpoints as ckpt
-from sweep.engine.run_dir import ADAPTED, NO_ADAPTATION, TRANSLATIONS_DIR, RunResult, best_checkpoint_path, write_test_outputs
+from sweep.engine.label_budget import LabelPlan
+from sweep.engine.run_dir import (ADAPTED, NO_ADAPTATION, TARGET_PLAUSIBILITY, TRANSLATIONS_DIR, RunResult,
+                                  best_checkpoint_path, write_test_outputs)
 from sweep.engine.scoring import SplitScorer, predict_and_score
+from sweep.engine.selection import Decision
+from sweep.engine.selection import TargetSelection
 from sweep.engine.transfer_data import TransferData
 from sweep.engine.translation import save_translation_samples
 
@@ -38,30 +43,53 @@ class TranslateThenSegment(nn.Module):
 
 
 class ValidationScorer:
-    """Mean Jaccard on the target validation split when the run has target labels, else on the
-    source validation split (through A -> B -> A when there is a translator). Never the test split.
-    The split goes to the device once; each call scores the model as it is now."""
+    """Per-image Jaccard of a transfer run's labelled selection images (`plan`: the held-back part
+    of its own labels, or the paper's labelled target validation split) when it has any, else of
+    the source validation split (through A -> B -> A when there is a translator). Never the test
+    split, never a target label outside the plan. The split goes to the device once; each call
+    scores the model as it is now."""
 
-    def __init__(self, data: TransferData, device: torch.device):
-        self.on_target = data.target_val_masks is not None and data.n_labelled > 0
+    def __init__(self, data: TransferData, plan: LabelPlan, device: torch.device):
+        self.on_target = plan.labelled_selection
         self.split = "target" if self.on_target else "source"
         if self.on_target:
-            self.scorer = SplitScorer(data.target_val_images, data.target_val_masks, data.target_val_frame, device)
+            self.scorer = SplitScorer(plan.select_images, plan.select_masks, plan.select_frame, device)
         else:
             self.scorer = SplitScorer(data.source_val_images, data.source_val_masks, data.source_val_frame, device)
 
-    def __call__(self, model: TranslateThenSegment) -> tuple[float, str]:
+    def per_image(self, model: TranslateThenSegment) -> np.ndarray:
         scored: nn.Module = model
         if not self.on_target:
             scored = model.segmenter
             if model.translator is not None:
                 scored = nn.Sequential(_CycleABA(model.translator), model.segmenter)
-        return float(self.scorer(scored)[0].mean()), self.split
+        return self.scorer(scored)[0]
+
+    def __call__(self, model: TranslateThenSegment) -> tuple[float, str]:
+        return float(self.per_image(model).mean()), self.split
 
 
-def validation_jaccard(data: TransferData, model: TranslateThenSegment, device: torch.device) -> tuple[float, str]:
+class CandidateScorer:
+    """Per-image scores of a candidate model by its run's selection criterion: plausibility of its
+    masks on the unlabelled target validation images (TargetSelection), or the Jaccard of
+    `validate` (ValidationScorer)."""
+
+    def __init__(self, cfg: RunConfig, data: TransferData, plan: LabelPlan, validate: ValidationScorer,
+                 device: torch.device):
+        self.device, self.validate = device, validate
+        self.selection = (TargetSelection(data.source_train_masks, data.target_val_images, cfg.selection_margin)
+                          if plan.criterion == TARGET_PLAUSIBILITY else None)
+
+    def __call__(self, model: TranslateThenSegment) -> np.ndarray:
+        if self.selection is not None:
+            return self.selection.plausibility(model, self.device)
+        return self.validate.per_image(model)
+
+
+def validation_jaccard(data: TransferData, plan: LabelPlan, model: TranslateThenSegment,
+                       device: torch.device) -> tuple[float, str]:
     """One validation pass (ValidationScorer) for a run that scores once."""
-    return ValidationScorer(data, device)(model)
+    return ValidationScorer(data, plan, device)(model)
 
 
 class _CycleABA(nn.Module):
@@ -108,31 +136,33 @@ def save_source_model_as_best(cfg: RunConfig, data: TransferData, run_dir: Path,
 
 def fall_back_to_source(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
                         device: torch.device, kept: str, best_epoch: int, best_score: float,
-                        no_adaptation: dict, decision: dict) -> tuple[nn.Module, int, float]:
-    """A run whose kept epoch is not clearly more plausible than no adaptation returns M_A as it
-    is: says so (`kept` names the epoch, e.g. "the kept adapted epoch"), writes M_A as best.pt and
-    gives (model, best epoch 0, M_A's source validation Jaccard)."""
+                        no_adaptation: dict, decision: dict, criterion: str) -> tuple[nn.Module, int, float]:
+    """A run whose kept epoch is not better than where it started, by its own criterion, returns
+    M_A as it is: says so (`kept` names the epoch, e.g. "the kept adapted epoch"; `best_epoch` 0:
+    no trained epoch was kept), writes M_A as best.pt and gives (model, best epoch 0, M_A's
+    validation Jaccard)."""
+    margin = f" (margin {cfg.selection_margin:.3f})" if criterion == TARGET_PLAUSIBILITY else ""
     logging.getLogger(__name__).warning(
-        "%s (%d, plausibility %.4f) is not clearly better than no adaptation (%.4f): mean gain %+.4f (margin "
-        "%.3f), lower confidence bound %+.4f. The run falls back to M_A on %s as it is, the source_only model",
-        kept, best_epoch, best_score, no_adaptation["target_score"], decision["mean_gain"], cfg.selection_margin,
-        decision["lower_bound"], data.target_name)
+        "%s (%d, %s %.4f) is not better than no adaptation (%.4f): mean gain %+.4f%s, lower confidence bound "
+        "%+.4f. The run falls back to M_A on %s as it is, the source_only model", kept, best_epoch, criterion,
+        best_score, no_adaptation["target_score"], decision["mean_gain"], margin, decision["lower_bound"],
+        data.target_name)
     save_source_model_as_best(cfg, data, run_dir, source_model, selected_model=NO_ADAPTATION)
     return TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device), 0, no_adaptation["val_jaccard"]
 
 
-def selection_record(criterion: str, decision, best_score: float, best_epoch: int,
-                     no_adaptation: dict | None, margin: float) -> dict[str, Any]:
-    """What result.json records of a transfer run's choice (proposed, self_training): which model
-    was kept and why; `decision` (selection.Decision) is None when no comparison with no
-    adaptation ran."""
+def selection_record(criterion: str, decision: Decision | None, best_score: float, best_epoch: int,
+                     no_adaptation: dict | None, margin: float, plan: LabelPlan | None = None) -> dict[str, Any]:
+    """What result.json records of a transfer run's choice: which model was kept and why
+    (`decision` is None when no comparison with where the run started ran), and its label plan."""
     keeps = decision is None or decision.keep_adaptation
     return {
+        **(plan.record() if plan is not None else {}),
         "selection_criterion": criterion,
         "selected_model": ADAPTED if keeps else NO_ADAPTATION,
         "selection_score": best_score if keeps else no_adaptation["target_score"],
         "no_adaptation_score": no_adaptation["target_score"] if no_adaptation else None,
         "adapted_epoch": best_epoch,
         "selection_decision": decision.to_dict() if decision is not None else None,
-        "selection_margin": margin if decision is not None else None,
+        "selection_margin": margin if decision is not None and criterion == TARGET_PLAUSIBILITY else None,
     }

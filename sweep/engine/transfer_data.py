@@ -44,6 +44,7 @@ class TransferData:
     crop_borders: bool = False
     source_val_frame: FullFrame | None = None  # None: nothing trimmed there
     target_val_frame: FullFrame | None = None
+    target_labelled_frame: FullFrame | None = None  # of target_labelled_images
     target_test_frame: FullFrame | None = None
     # dataset name -> content fingerprint (CachedDataset.fingerprint) of source and target
     fingerprints: dict[str, str] = field(default_factory=dict)
@@ -141,6 +142,7 @@ def transfer_data(cfg: "RunConfig", source: "CachedDataset", target: "CachedData
         label_fraction=fraction, source_name=source.name, target_name=target.name,
         crop_borders=cfg.crop_borders, source_val_frame=FullFrame.of(source, cfg.task, source_split.val),
         target_val_frame=target_frame(target_split.val), target_test_frame=target_frame(target_split.test),
+        target_labelled_frame=target_frame(labelled) if len(labelled) else None,
         fingerprints={source.name: source.fingerprint, target.name: target.fingerprint},
         target_labelled_positions=tuple(int(i) for i in np.flatnonzero(np.isin(target_split.train, labelled))),
     )

@@ -28,7 +28,8 @@ def cropped_target(target) -> CachedDataset:
 @pytest.mark.parametrize("method,fraction", [("source_only", 0.0), ("finetune", 50.0)])
 def test_target_scores_are_computed_in_the_whole_frame(method, fraction, make_cfg, source, cropped_target,
                                                        segmenter_checkpoint, tmp_path):
-    cfg = make_cfg(method=method, label_fraction=fraction)
+    # The paper's label budget validates on the labelled target validation split, whose frames are checked here.
+    cfg = make_cfg(method=method, label_fraction=fraction, label_budget="paper")
     data = transfer_data(cfg, source, cropped_target)
     assert data.target_test_frame is not None and data.target_val_frame is not None
     assert data.source_val_frame is None  # the source had nothing trimmed

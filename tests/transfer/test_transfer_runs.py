@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from sweep.engine.label_budget import label_plan
 from sweep.engine.transfer import NotApplicable, train_transfer, warmup_translator
 from sweep.engine.transfer_data import transfer_data
 from sweep.engine.translation import TrainingDiverged, translator_key
@@ -53,7 +54,7 @@ def test_a_fraction_of_labels_the_target_does_not_have_is_not_applicable(make_cf
 
 
 @pytest.mark.parametrize("method,fraction,val_split", [
-    ("proposed", 0.0, "source"), ("proposed", 50.0, "target"), ("source_only", 0.0, "source"),
+    ("proposed", 0.0, "source"), ("proposed", 100.0, "target"), ("source_only", 0.0, "source"),
     ("self_training", 0.0, None), ("finetune", 50.0, None), ("scratch", 50.0, None)])
 def test_each_method_writes_the_supervised_run_layout(method, fraction, val_split, make_cfg, data_for,
                                                       segmenter_checkpoint, warmed_translator, tmp_path):
@@ -164,7 +165,8 @@ def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, 
 
     cfg = make_cfg(label_fraction=50.0)
     data = data_for(cfg)
-    runs = [ProposedRun(cfg, data, tmp_path / name, read_segmenter_checkpoint(segmenter_checkpoint), warmed_translator)
+    runs = [ProposedRun(cfg, data, label_plan(cfg, data), tmp_path / name, read_segmenter_checkpoint(segmenter_checkpoint),
+                        warmed_translator)
             for name in ("engine", "plain")]
     losses = runs[0].train_epoch()
 

@@ -50,11 +50,14 @@ def test_a_student_no_better_than_m_a_falls_back_to_it(make_cfg, source, mild_ta
 
 
 def test_with_target_labels_the_epoch_is_chosen_on_them(make_cfg, source, target, segmenter_checkpoint, tmp_path):
-    cfg = make_cfg(method="self_training", label_fraction=50.0)
+    cfg = make_cfg(method="self_training", label_fraction=50.0, label_budget="paper")
     train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "st", segmenter_checkpoint)
     summary = json.loads((tmp_path / "st" / "result.json").read_text())
     assert summary["selection_criterion"] == TARGET_JACCARD and summary["val_split"] == "target"
-    assert summary["selected_model"] == "adapted"
+    # M_A as it is was a candidate, judged on the same labelled images.
+    decision = summary["selection_decision"]
+    assert decision is not None and decision["keep_adaptation"] == (summary["selected_model"] == "adapted")
+    assert summary["best_epoch"] == (summary["adapted_epoch"] if decision["keep_adaptation"] else 0)
 
 
 def test_self_training_resumes_exactly(make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):

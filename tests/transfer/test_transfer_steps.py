@@ -5,6 +5,7 @@ import torch
 
 from models.registry import read_segmenter_checkpoint
 from sweep.engine.inference import as_batch
+from sweep.engine.label_budget import label_plan
 from sweep.engine.transfer import ProposedRun, TranslateThenSegment, load_transfer_model, train_transfer
 
 
@@ -28,7 +29,8 @@ def run(request, make_cfg, data_for, segmenter_checkpoint, source, target, trans
 
     cfg = make_cfg(translator=request.param, label_fraction=50.0)
     translator_path = warmup_translator(cfg, source, target, translators_dir)  # cached after the first test
-    return ProposedRun(cfg, data_for(cfg), tmp_path / "run", read_segmenter_checkpoint(segmenter_checkpoint),
+    data = data_for(cfg)
+    return ProposedRun(cfg, data, label_plan(cfg, data), tmp_path / "run", read_segmenter_checkpoint(segmenter_checkpoint),
                        translator_path)
 
 
