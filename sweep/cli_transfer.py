@@ -80,23 +80,30 @@ def run_train_transfer(args: argparse.Namespace) -> int:
           f"best epoch {result.best_epoch}, val Jaccard {result.val_jaccard:.4f}; {outcome}; "
           f"{result.duration_s:.1f}s on {result.device}")
     extra = f", {TRANSLATIONS_DIR}/" if cfg.method == "proposed" else ""
-    if cfg.method == "proposed":
-        print(proposed_outcome(json.loads((Path(args.out) / RESULT_JSON).read_text())))
+    summary = json.loads((Path(args.out) / RESULT_JSON).read_text())
+    if "selected_model" in summary:
+        print(proposed_outcome(summary))
     print(f"wrote {args.out}/{BEST_CHECKPOINT}, {IMAGES_PARQUET}, {RESULT_JSON}, {OVERLAYS_DIR}/{extra}")
     return 0
 
 
 def proposed_outcome(summary: dict) -> str:
-    """One line on what the proposed run kept and whether its discriminators saturated."""
+    """One line on what a transfer run kept, the target labels it read and, for the proposed
+    method, whether its discriminators saturated."""
     from sweep.engine.run_dir import NO_ADAPTATION
 
+    criterion = summary["selection_criterion"]
     if summary["selected_model"] == NO_ADAPTATION:
-        kept = (f"kept no adaptation (M_A on the target as it is): the adapted epoch {summary['adapted_epoch']} "
-                f"was not clearly more plausible ({summary['selection_score']:.4f} without adaptation)")
+        kept = (f"kept no adaptation (M_A as it is, epoch 0): its best trained epoch {summary['adapted_epoch']} was not "
+                f"{'clearly ' if criterion == 'target_plausibility' else ''}better by {criterion} "
+                f"({summary['selection_score']:.4f} without adaptation)")
     else:
-        kept = f"kept the adapted epoch (chosen by {summary['selection_criterion']})"
-    saturated = "; the discriminators saturated (see the log and result.json)" if summary["discriminators_saturated"] else ""
-    return kept + saturated
+        kept = f"kept the adapted epoch {summary['best_epoch']} (chosen by {criterion})"
+    labels = f"; {summary['target_labels_used']} target labels read ({summary['label_budget']} budget)" \
+        if "target_labels_used" in summary else ""
+    saturated = "; the discriminators saturated (see the log and result.json)" \
+        if summary.get("discriminators_saturated") else ""
+    return kept + labels + saturated
 
 
 def target_folder(args: argparse.Namespace) -> Path:

@@ -28,7 +28,7 @@ RAY_LOG = ("logs", "ray.log")
 
 # Flags a trial's last report may carry (sweep.trainables.trial_notes) and what the console says.
 TRIAL_NOTES = {
-    "fell_back": "kept no adaptation (M_A as it is: the adapted epochs were not clearly better)",
+    "fell_back": "kept no adaptation (M_A as it is: no trained epoch was better by the run's own criterion)",
     "saturated": "discriminators saturated (look at its translation samples)",
 }
 

@@ -116,3 +116,26 @@ def test_one_fold_trained_with_two_recipes_is_two_cells(tmp_path):
     results = load_results(tmp_path)
     assert sorted(results.trials["trial_id"]) == ["unet-none", "unet-robust"]
     assert results.superseded.empty
+
+
+def test_two_label_budgets_are_two_sections_that_say_their_budget_and_epochs(tmp_path):
+    """The same Table II cell under the honest budget and the paper's is two cells; Table II shows
+    each in a section of its own and notes the budgets and every method's epochs."""
+    rows = []
+    for budget, jaccard in (("honest", 0.85), ("paper", 0.88)):
+        for method in ("finetune", "proposed"):
+            cfg = make_config("smoke", experiment="transfer", task="lungs", model="unet", method=method,
+                              label_fraction=10.0, label_budget=budget)
+            rows.append({**key_values(cfg, f"{method}-{budget}"), **config_values(cfg), "schema_version": 5,
+                         "status": "ok", "test_jaccard_mean": jaccard, "test_dice_mean": 2 * jaccard / (1 + jaccard),
+                         "target_labels_used": 2 if budget == "honest" else 8})
+    write_atomic(to_table(rows, TRIALS_SCHEMA), tmp_path / "results" / "trials.parquet")
+    results = load_results(tmp_path)
+    assert len(results.trials) == 4 and results.superseded.empty
+    build_report(tmp_path, formats=("md",))
+    table = (tmp_path / "report" / "table2.md").read_text()
+    assert "label budget: honest" in table and "label budget: paper" in table
+    assert "Label budget: honest (a run at f % reads only its f % of target labels" in table
+    smoke = make_config("smoke")
+    assert (f"finetune {smoke.epochs} from M_A" in table
+            and f"proposed {smoke.warmup_epochs}+{smoke.transfer_epochs} (translator warm-up" in table)

@@ -1,0 +1,103 @@
+"""The honest label budget (issue 19): a run at f % reads no target label outside its f %, and a
+run that only gets worse returns where it started, and says so."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import read_segmenter_checkpoint
+from sweep.engine.label_budget import HOLD_OUT_MIN, held_out_count, label_plan
+from sweep.engine.run_dir import HELD_OUT_JACCARD, NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
+from sweep.engine.transfer import train_transfer
+from sweep.engine.transfer_data import transfer_data
+
+
+def _rows(data, images):
+    """Positions in data.target_train_images of `images` (each must be one of them)."""
+    flat = data.target_train_images.reshape(len(data.target_train_images), -1)
+    return sorted(int(np.flatnonzero((flat == image.reshape(-1)).all(axis=1))[0]) for image in images)
+
+
+def test_the_honest_plan_splits_the_fraction_s_own_labels_and_nothing_else(make_cfg, data_for):
+    few = data_for(make_cfg(label_fraction=50.0))  # 3 of 6 training images: too few to hold any back
+    assert few.n_labelled < HOLD_OUT_MIN
+    plan = label_plan(make_cfg(label_fraction=50.0), few)
+    assert plan.criterion == TARGET_PLAUSIBILITY and plan.n_train == few.n_labelled and plan.n_select == 0
+    assert plan.record()["target_labels_used"] == few.n_labelled
+
+    cfg = make_cfg(label_fraction=100.0)
+    data = data_for(cfg)
+    plan = label_plan(cfg, data)
+    assert plan.criterion == HELD_OUT_JACCARD
+    assert plan.n_select == held_out_count(data.n_labelled) >= 2 and plan.n_train + plan.n_select == data.n_labelled
+    trained, held = _rows(data, plan.train_images), _rows(data, plan.select_images)
+    assert not set(trained) & set(held)
+    assert sorted(trained + held) == sorted(data.target_labelled_positions)
+    assert plan.record()["target_labels_used"] == data.n_labelled  # nothing of the validation split
+
+    paper = label_plan(cfg.replace(label_budget="paper"), data)
+    assert paper.criterion == TARGET_JACCARD and paper.n_train == data.n_labelled
+    assert paper.n_select == len(data.target_val_images)
+
+
+def _poisoned(data):
+    """The same data with every target label outside the fraction's inverted: any read of them
+    for training, selection or early stopping changes what the run does."""
+    return dataclasses.replace(data, target_val_masks=1 - data.target_val_masks,
+                               target_test_masks=1 - data.target_test_masks)
+
+
+def _choices(run_dir, result):
+    """What a run did, short of its test scores: every epoch's metrics but timing, and its choice."""
+    summary = json.loads((run_dir / "result.json").read_text())
+    history = [{k: v for k, v in h.items() if not k.endswith("_s") and "per_s" not in k} for h in result.history]
+    return history, summary["best_epoch"], summary["selected_model"], summary["target_labels_used"]
+
+
+@pytest.mark.parametrize("method,fraction", [("finetune", 100.0), ("finetune", 50.0), ("proposed", 100.0),
+                                             ("self_training", 100.0), ("scratch", 100.0)])
+def test_a_run_at_f_percent_reads_no_target_label_outside_its_f_percent(
+        method, fraction, make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
+    from sweep.engine.transfer import warmup_translator
+
+    cfg = make_cfg(method=method, label_fraction=fraction, epochs=2, transfer_epochs=2)
+    data = transfer_data(cfg, source, mild_target)
+    translator = warmup_translator(cfg, source, mild_target, tmp_path / "translators") if method == "proposed" else None
+    runs = {}
+    for name, run_data in (("clean", data), ("poisoned", _poisoned(data))):
+        result = train_transfer(cfg, run_data, tmp_path / name, trained_segmenter_checkpoint, translator)
+        runs[name] = _choices(tmp_path / name, result)
+    assert runs["clean"] == runs["poisoned"]
+    assert runs["clean"][3] == data.n_labelled
+
+    # The check can fail: under the paper's budget the validation labels do choose.
+    if method == "finetune" and fraction == 100.0:
+        paper = cfg.replace(label_budget="paper")
+        clean = train_transfer(paper, data, tmp_path / "paper-clean", trained_segmenter_checkpoint)
+        poisoned = train_transfer(paper, _poisoned(data), tmp_path / "paper-poisoned", trained_segmenter_checkpoint)
+        assert _choices(tmp_path / "paper-clean", clean)[0] != _choices(tmp_path / "paper-poisoned", poisoned)[0]
+
+
+@pytest.mark.parametrize("method,budget", [("finetune", "honest"), ("finetune", "paper"), ("proposed", "honest")])
+def test_a_run_that_only_gets_worse_returns_m_a_and_records_it(method, budget, make_cfg, source, mild_target,
+                                                               trained_segmenter_checkpoint, tmp_path):
+    from sweep.engine.transfer import warmup_translator
+
+    # An absurd learning rate wrecks the segmenter from its first step: every trained epoch is worse.
+    cfg = make_cfg(method=method, label_fraction=100.0, label_budget=budget, epochs=2, transfer_epochs=2, lr=5.0)
+    data = transfer_data(cfg, source, mild_target)
+    translator = warmup_translator(cfg, source, mild_target, tmp_path / "translators") if method == "proposed" else None
+    result = train_transfer(cfg, data, tmp_path / "run", trained_segmenter_checkpoint, translator)
+    as_is = train_transfer(cfg.replace(method="source_only", label_fraction=0.0), data, tmp_path / "source_only",
+                           trained_segmenter_checkpoint)
+    summary = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert summary["selected_model"] == NO_ADAPTATION and result.best_epoch == 0
+    assert summary["selection_decision"]["keep_adaptation"] is False and summary["selection_decision"]["mean_gain"] <= 0
+    assert result.test_jaccard_mean == pytest.approx(as_is.test_jaccard_mean)
+    kept = read_segmenter_checkpoint(tmp_path / "run" / "best.pt")["state_dict"]
+    m_a = read_segmenter_checkpoint(trained_segmenter_checkpoint)["state_dict"]
+    assert all(torch.equal(kept[name], m_a[name]) for name in m_a)
