@@ -159,8 +159,10 @@ class KeepBest:
 
     - Target plausibility: the adapted epoch is followed as TargetSelection.follows says, and at
       the end kept over the start only if clearly more plausible (TargetSelection.decide, `margin`).
-    - A Jaccard of labelled target images: the epoch of the highest mean, the start included, so
-      a run that only gets worse keeps where it started.
+    - A Jaccard of labelled target images: the epoch of the highest mean is followed, and at the
+      end kept over the start only if its gain is positive with confidence (a one-sided lower
+      bound above 0, paired t over the images), so a run that only gets worse, or not clearly
+      better, keeps where it started.
     - The source validation Jaccard (the paper's selection at 0 %): the epoch of the highest mean,
       the start left out. On source images M_A as it is is what it was trained for and wins
       nearly always; that says nothing of the target, so it is no comparison.
@@ -213,7 +215,10 @@ class KeepBest:
         mean, lower = float(gain.mean()), lower_confidence_bound(gain)
         if self.by_plausibility:
             return Decision(keep_adaptation=bool(mean >= self.margin and lower > 0), mean_gain=mean, lower_bound=lower)
-        return Decision(keep_adaptation=bool(mean > 0), mean_gain=mean, lower_bound=lower)
+        # Labelled images, yet few (a fifth of the fraction's): a positive mean on them is no
+        # evidence by itself, so the kept epoch must beat the start image by image with the
+        # plausibility guard's confidence (no margin: a Jaccard gain is a gain).
+        return Decision(keep_adaptation=bool(mean > 0 and lower > 0), mean_gain=mean, lower_bound=lower)
 
     def state_dict(self) -> dict[str, Any]:
         return {name: None if value is None else value.tolist() for name, value in
