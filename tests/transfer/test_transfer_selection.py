@@ -103,3 +103,29 @@ def test_an_unknown_selection_is_refused(make_cfg, data_for, trained_segmenter_c
     cfg = make_cfg(selection="test_labels")
     with pytest.raises(ValueError, match="selection must be one of target, source"):
         train_transfer(cfg, data_for(cfg), tmp_path / "run", trained_segmenter_checkpoint, warmed_translator)
+
+
+def test_keep_best_counts_the_start_and_keeps_a_trained_epoch_only_when_clearly_better():
+    """Labelled criteria: the start (M_A as it is) is a candidate; a trained epoch must beat it image by
+    image with confidence, a positive mean on few images is not enough. The source criterion has no
+    start to compare with."""
+    from sweep.engine.run_dir import HELD_OUT_JACCARD, SOURCE_JACCARD
+    from sweep.engine.selection import KeepBest
+
+    start = np.array([0.80, 0.85, 0.90, 0.82])
+    clearly = KeepBest(HELD_OUT_JACCARD)
+    clearly.start(start)
+    assert not clearly.consider(start - 0.05)  # worse than the start: not even followed
+    assert clearly.consider(start + np.array([0.03, 0.04, 0.02, 0.03]))
+    assert clearly.decide().keep_adaptation
+    lucky = KeepBest(HELD_OUT_JACCARD)
+    lucky.start(start)
+    assert lucky.consider(start + np.array([0.12, -0.03, -0.02, 0.01]))  # a better mean, from one image
+    decision = lucky.decide()
+    assert decision.mean_gain > 0 and decision.lower_bound <= 0 and not decision.keep_adaptation
+    worse = KeepBest(HELD_OUT_JACCARD)
+    worse.start(start)
+    assert not worse.consider(start - 0.1) and worse.decide().keep_adaptation is False
+    source = KeepBest(SOURCE_JACCARD)
+    source.start(start)
+    assert source.consider(start - 0.1) and source.decide() is None
