@@ -30,7 +30,7 @@ def _formats(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `cxrsweep --help` does not pay for matplotlib and scipy.
     from analysis.report import build_report
-    from sweep.store import is_uri
+    from protocol.store import is_uri
 
     if is_uri(args.out):
         print(report_from_storage(args.out, formats=args.formats, ci=args.ci, profile=args.profile))
@@ -47,7 +47,7 @@ def report_from_storage(out: str, **options) -> str:
     from pathlib import Path
 
     from analysis.report import build_report
-    from sweep.store import RunStore
+    from protocol.store import RunStore
 
     store = RunStore(out)
     with tempfile.TemporaryDirectory(prefix="cxrsweep-report-") as tmp:

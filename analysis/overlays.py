@@ -26,9 +26,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from analysis.tables import PROPOSED  # noqa: E402
-from sweep.engine.overlays import PREDICTION_RGB, TRUTH_RGB  # noqa: E402
-from sweep.engine.run_dir import OVERLAYS_DIR, RESULT_JSON, TRANSLATIONS_DIR  # noqa: E402
-from sweep.grid import TRANSFER  # noqa: E402
+from data_io.overlays import PREDICTION_RGB, TRUTH_RGB  # noqa: E402
+from protocol.grid import TRANSFER  # noqa: E402
+from protocol.run_dir import OVERLAYS_DIR, RESULT_JSON, TRANSLATIONS_DIR  # noqa: E402
 
 KINDS = (OVERLAYS_DIR, TRANSLATIONS_DIR)
 # The page shows at most this many images of each kind; the rest stay in the run directories.
@@ -43,7 +43,7 @@ def _hex(rgb) -> str:
     return "#" + "".join(f"{int(value):02x}" for value in rgb)
 
 
-# The colours sweep/engine/overlays.py draws with (prediction filled red, truth outlined green).
+# The colours data_io/overlays.py draws with (prediction filled red, truth outlined green).
 PREDICTION_COLOUR = _hex(PREDICTION_RGB)
 TRUTH_COLOUR = _hex(TRUTH_RGB)
 

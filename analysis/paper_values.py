@@ -2,7 +2,7 @@
 
 Transcribed from Table I (JSRT, 5-fold cross-validation) and Table II (JSRT -> Montgomery,
 U-Net, lungs). `None` is a value the paper does not give (a "-" in its tables). Keys use the
-names declared in `sweep.config`, so the report can put a paper value next to each cell.
+names declared in `protocol.config`, so the report can put a paper value next to each cell.
 """
 from __future__ import annotations
 

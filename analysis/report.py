@@ -16,10 +16,10 @@ from typing import Iterable
 import pandas as pd
 
 from analysis import figures, overlays, render, tables
+from analysis.choices import CI_METHODS, FORMATS
 from analysis.loading import Results, load_results
 from analysis.stats import BOOTSTRAP_RESAMPLES
-from analysis.choices import CI_METHODS, FORMATS
-from sweep.results import CONFIG_COLUMNS, SCHEMA_VERSION
+from protocol.results import CONFIG_COLUMNS, SCHEMA_VERSION
 
 FIGURE_FILES = {"fig7": "fig7_jaccard_ci.png", "fig8": "fig8_transfer_ci.png", "fig9": "fig9_overlays.png"}
 FAILURE_COLUMNS = ["trial_id", "experiment", "task", "model", "method", "label_fraction", "fold", "repetition",

@@ -17,10 +17,19 @@ from analysis import paper_values
 from analysis.loading import LABEL_BUDGET, RECIPE, Results
 from analysis.render import Cell, DisplayTable, Section
 from analysis.stats import interval, mean_std, wilcoxon_paired
-from sweep.config import (AUGMENTATIONS, LABEL_BUDGETS, LABEL_FRACTIONS, PAPER_TRANSFER, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS,
-                          RunConfig, transfer_variant)
-from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
-from sweep.grid import SEGMENTATION, TRANSFER  # the experiments' names, which the grid declares
+from protocol.config import (
+    AUGMENTATIONS,
+    LABEL_BUDGETS,
+    LABEL_FRACTIONS,
+    PAPER_TRANSFER,
+    SEGMENTATION_MODELS,
+    TASKS,
+    TRANSFER_METHODS,
+    RunConfig,
+    transfer_variant,
+)
+from protocol.grid import SEGMENTATION, TRANSFER  # the experiments' names, which the grid declares
+from protocol.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
 
 PROPOSED = "proposed"
 MISSING = "—"
@@ -51,7 +60,7 @@ RECIPE_TEXT = {
     "none": "none = the paper's protocol (no augmentation)",
     "affine": "affine = small affine warps (rotation ±10°, scale ±10 %, shift ±5 %)",
     "robust": "robust = cxrsweep's default (rotation, zoom, aspect, shift, noise, blur, brightness, contrast, "
-              "low resolution, gamma; sweep/engine/augmentation.py)",
+              "low resolution, gamma; engine/augmentation.py)",
 }
 
 
@@ -418,7 +427,7 @@ def not_applicable_reasons(trials: pd.DataFrame) -> list[str]:
 VARIANT_TEXT = {
     "default": "the default variant (balanced adversarial training; at 0 % labels the epoch is chosen by the "
                "plausibility of its target masks, with no adaptation as a candidate)",
-    "paper": "the paper-faithful variant (sweep.config.PAPER_TRANSFER: the follow-up code's loss weights, "
+    "paper": "the paper-faithful variant (protocol.config.PAPER_TRANSFER: the follow-up code's loss weights, "
              "epoch chosen on source images through A → B → A)",
 }
 

@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import synthetic_arrays  # noqa: E402
-from sweep.config import make_config  # noqa: E402
-from sweep.engine.augmentation import robust_batch  # noqa: E402
-from sweep.engine.data import SegmentationData  # noqa: E402
-from sweep.engine.inference import resolve_device  # noqa: E402
-from sweep.engine.supervised import train_supervised  # noqa: E402
+from engine.augmentation import robust_batch  # noqa: E402
+from engine.data import SegmentationData  # noqa: E402
+from engine.device import resolve_device  # noqa: E402
+from engine.supervised import train_supervised  # noqa: E402
+from protocol.config import make_config  # noqa: E402
 
 
 def epoch_seconds(recipe: str, data: SegmentationData, args) -> float:

@@ -1,5 +1,5 @@
 """What one validation pass costs outside the network: the engines' scoring on the device
-(sweep/engine/scoring.py) against the numpy reference it replaced (predict_masks, then
+(engine/scoring.py) against the numpy reference it replaced (predict_masks, then
 score_per_image mapping each prediction back through its crop box on the host), on a
 paper-size split (50 images at 256 px) with and without content crops.
 
@@ -37,7 +37,7 @@ def crop_frame(n: int, size: int, rng: np.random.Generator):
     """Whole-frame truth and crop boxes like the mild Montgomery phantoms': 4020 x 4892 films with
     padding and collimation trimmed from up to three sides (every image trimmed)."""
     from data_io.preprocess import CropBox
-    from sweep.engine.data import FullFrame
+    from engine.data import FullFrame
 
     boxes = []
     for _ in range(n):
@@ -60,10 +60,10 @@ def timed(function, repeats: int, device: torch.device) -> float:
 
 
 def main() -> int:
+    from engine.data import score_per_image
+    from engine.device import memory_format_for, predict_masks
+    from engine.scoring import SplitScorer, score_split
     from models.registry import build_segmenter
-    from sweep.engine.data import score_per_image
-    from sweep.engine.inference import memory_format_for, predict_masks
-    from sweep.engine.scoring import SplitScorer, score_split
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=50, help="images in the split (paper: 50 JSRT validation)")

@@ -11,11 +11,11 @@ figures; `--budget-s` stops (b) and (a') early so that (d) and (d') are printed)
     trials of each profile in `--profiles` and for proposed transfer trials (`--packing-kinds`):
     eight actors share the GPU, K of them run the same number of whole epochs (training and
     validation) from the same instant, and the aggregate is their images over the time the
-    last one took; the packing it recommends (`--gpus-per-trial`, sweep.config.GPUS_PER_TRIAL);
+    last one took; the packing it recommends (`--gpus-per-trial`, protocol.config.GPUS_PER_TRIAL);
 (c) checkpoint seconds as a fraction of a trial's training time, at the default interval
     (`checkpoint_every_s`) and as if every epoch were checkpointed (the old policy);
 (d) the projected wall time of the whole paper grid (Table I + Table II + Fig. 9, 150 epochs)
-    on N such GPUs: every trial of `sweep.grid.build_grid("all", paper)` gets a duration from
+    on N such GPUs: every trial of `protocol.grid.build_grid("all", paper)` gets a duration from
     (a)-(c), slowed by the packing measured in (b) for its kind (U-Net-like trials by the U-Net
     packing, proposed trials and warm-ups by the proposed packing), and the list is scheduled
     the way the sweep releases trials (sweep.scheduling);
@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sweep.config import GPUS_PER_TRIAL, RunConfig, make_config  # noqa: E402
+from protocol.config import GPUS_PER_TRIAL, RunConfig, make_config  # noqa: E402
 
 # The paper's sets as distributed: JSRT (Table I, source) and Montgomery (Table II target).
 PAPER_CASES = {"jsrt": 247, "montgomery": 138}
@@ -111,7 +111,7 @@ def synthetic_images(n: int, size: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def segmentation_data(n_train: int, n_val: int, size: int, seed: int = 0):
-    from sweep.engine.data import SegmentationData
+    from engine.data import SegmentationData
 
     rng = np.random.default_rng(seed)
     train, val, test = (synthetic_images(n, size, rng) for n in (n_train, n_val, 4))
@@ -122,12 +122,12 @@ def segmentation_data(n_train: int, n_val: int, size: int, seed: int = 0):
 def proposed_run(cfg: RunConfig, n_source: int, n_target: int, n_val: int, work: Path):
     """A ProposedRun at full label fraction (so the supervised step includes the labelled-target
     term) on synthetic arrays, with a random M_A and translator written to `work`."""
+    from engine.checkpoints import network_checkpoint, save_atomic
+    from engine.data import PER_IMAGE_STANDARDISATION
+    from engine.transfer import ProposedRun
+    from engine.transfer_data import TransferData
+    from engine.translation import build_translator_from_config, save_translator
     from models.registry import build_segmenter, read_segmenter_checkpoint
-    from sweep.engine.checkpoints import network_checkpoint, save_atomic
-    from sweep.engine.data import PER_IMAGE_STANDARDISATION
-    from sweep.engine.transfer import ProposedRun
-    from sweep.engine.transfer_data import TransferData
-    from sweep.engine.translation import build_translator_from_config, save_translator
 
     rng = np.random.default_rng(1)
     source, source_masks = synthetic_images(n_source, cfg.image_size, rng)
@@ -158,7 +158,7 @@ def measure_segmenter(cfg: RunConfig, n_train: int, n_val: int, work: Path, epoc
     """Train/eval images/s of one trial (`epochs` epochs, the first `warm` not counted: cuDNN
     autotuning, and compiling with cfg.compile), with last.pt written every epoch so its cost can
     be read. `warmup_extra_s`: what the first `warm` epochs took beyond as many steady ones."""
-    from sweep.engine.supervised import train_supervised
+    from engine.supervised import train_supervised
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -187,7 +187,7 @@ def measure_segmenter(cfg: RunConfig, n_train: int, n_val: int, work: Path, epoc
 def measure_proposed(cfg: RunConfig, n_source: int, n_target: int, n_val: int, work: Path) -> dict:
     """One proposed-method epoch (two epochs, the first not counted) and its validation pass
     (two passes, the first not counted); `warmup_extra_s` is what the first ones took beyond."""
-    from sweep.engine.transfer import validation_jaccard
+    from engine.transfer import validation_jaccard
 
     run = proposed_run(cfg, n_source, n_target, n_val, work)
     if run.device.type == "cuda":
@@ -310,8 +310,8 @@ def measure_packing(jobs: list[tuple[str, str]], reduced: bool, trial: dict[str,
         """One trial's engine loop on synthetic data: epochs of training and validation."""
 
         def setup(self, kind: str, cfg_dict: dict, sizes: dict[str, int]) -> None:
-            from sweep.engine.supervised import _Trainer
-            from sweep.engine.transfer import validation_jaccard
+            from engine.supervised import _Trainer
+            from engine.transfer import validation_jaccard
 
             torch.set_num_threads(1)  # as a sweep trial runs (--cpus-per-trial 1)
             cfg = RunConfig.from_dict(cfg_dict)
@@ -385,7 +385,7 @@ def measure_packing(jobs: list[tuple[str, str]], reduced: bool, trial: dict[str,
             chosen = min(r["trials"] for r in rows if r["aggregate_images_per_s"] >= 0.95 * best)
             out.setdefault(profile, {})[kind] = {"rows": rows, "recommended_trials": chosen}
             say(f"  {profile} {kind}: recommended --gpus-per-trial {1 / chosen:g} ({chosen} per GPU of the "
-                f"{', '.join(map(str, packings))} measured; sweep.config.GPUS_PER_TRIAL has {GPUS_PER_TRIAL[profile]:g}); "
+                f"{', '.join(map(str, packings))} measured; protocol.config.GPUS_PER_TRIAL has {GPUS_PER_TRIAL[profile]:g}); "
                 f"{epochs} epoch(s) of {images_per_epoch} images per trial and round")
     finally:
         for actor in actors:
@@ -405,7 +405,7 @@ def checkpoints_of(train_s: float, every_s: float) -> int:
 def packing_kind(spec) -> str:
     """Whose packing measurement a trial of the grid follows: proposed trials, their warm-ups and
     the Fig. 9 runs the proposed one, everything else (a segmenter trained or applied) the U-Net's."""
-    from sweep.grid import QUALITATIVE, TRANSLATOR_WARMUP
+    from protocol.grid import QUALITATIVE, TRANSLATOR_WARMUP
 
     return "proposed" if spec.kind in (TRANSLATOR_WARMUP, QUALITATIVE) or spec.config.method == "proposed" else "unet"
 
@@ -413,7 +413,7 @@ def packing_kind(spec) -> str:
 def trial_seconds(spec, rates: dict, proposed: dict, sizes: dict, efficiency: dict[str, float], every_s: float,
                   overhead_s: float) -> tuple[float, float]:
     """(seconds, of which checkpoints) for one trial of the paper grid, its kind packed at `efficiency[kind]`."""
-    from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSLATOR_WARMUP
+    from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSLATOR_WARMUP
 
     cfg = spec.config
     unet = rates["unet"]
@@ -639,7 +639,7 @@ def main() -> int:
 
     if not complete:
         return 1
-    from sweep.grid import build_grid
+    from protocol.grid import build_grid
 
     grid = build_grid("all", paper)
     specs = grid.runnable()

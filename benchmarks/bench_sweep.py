@@ -45,10 +45,10 @@ def main() -> None:
 
     from data_io.cache import load_jsrt
     from data_io.phantoms import synthesize
-    from sweep.config import make_config
-    from sweep.engine.data import segmentation_data
-    from sweep.engine.supervised import train_supervised
-    from sweep.grid import build_grid
+    from engine.data import segmentation_data
+    from engine.supervised import train_supervised
+    from protocol.config import make_config
+    from protocol.grid import build_grid
     from sweep.runner import DataPaths, SweepOptions, run_grid
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-sweep-"))

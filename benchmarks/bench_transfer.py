@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.checkpoints import network_checkpoint, save_atomic
+from engine.data import PER_IMAGE_STANDARDISATION
+from engine.device import as_batch
+from engine.transfer import ProposedRun
+from engine.transfer_data import TransferData
+from engine.translation import build_translator_from_config, save_translator
 from models.registry import build_segmenter
-from sweep.config import make_config
-from sweep.engine.checkpoints import network_checkpoint, save_atomic
-from sweep.engine.data import PER_IMAGE_STANDARDISATION
-from sweep.engine.inference import as_batch
-from sweep.engine.transfer import ProposedRun
-from sweep.engine.transfer_data import TransferData
-from sweep.engine.translation import build_translator_from_config, save_translator
+from protocol.config import make_config
 
 JSRT_TRAIN, MONTGOMERY_TRAIN = 148, 83  # 60 % of 247 and of 138
 

@@ -37,13 +37,13 @@ else
 fi
 
 # 2. Phantoms.
-run_part phantoms 120 python -m sweep.cli data synth "$WORK/data" "${SYNTH[@]}"
+run_part phantoms 120 python -m commands.main data synth "$WORK/data" "${SYNTH[@]}"
 
 # 3. The benchmark.
 run_part bench "$BENCH_LIMIT" python benchmarks/bench_gpu.py --json "$DEST/bench.json" "${BENCH[@]}"
 
 # 4. A 3-epoch paper-profile slice of the sweep through Ray.
-run_part sweep "$SWEEP_LIMIT" python -m sweep.cli run all --profile paper \
+run_part sweep "$SWEEP_LIMIT" python -m commands.main run all --profile paper \
   --set epochs=3 --set warmup_epochs=3 --set transfer_epochs=3 "${SIZE[@]}" \
   --models unet,fcn --tasks lungs --folds 0,1 --repetitions 0 --fractions 0,50 \
   --jsrt "$WORK/data/jsrt" --scr "$WORK/data/scr" --montgomery "$WORK/data/montgomery" \

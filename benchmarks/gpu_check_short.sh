@@ -4,7 +4,7 @@
 #   2. phantom data sets (40 JSRT-like + 30 mild Montgomery-like cases at 256 px: the target's
 #      films are padded and collimated, so the content crop trims every one of them),
 #   3. scoring on the device: whole-frame placement and per-image scores of the engines
-#      (sweep/engine/scoring.py) against the numpy reference, on the GPU, on those phantoms,
+#      (engine/scoring.py) against the numpy reference, on the GPU, on those phantoms,
 #   4. a 2-epoch CUDA run of the proposed method at the paper profile with the transfer engine's
 #      defaults (mixed precision; whatever adversarial regularisers and epoch selection are the
 #      default), M_A trained first for 2 epochs; prints its result.json and effective config;
@@ -46,7 +46,7 @@ fi
 DATA=(--jsrt "$WORK/data/jsrt" --scr "$WORK/data/scr" --montgomery "$WORK/data/montgomery")
 
 # 2. Phantoms.
-run_part phantoms 30 python -m sweep.cli data synth "$WORK/data" "${SYNTH[@]}"
+run_part phantoms 30 python -m commands.main data synth "$WORK/data" "${SYNTH[@]}"
 
 # 3. Scoring on the device against the numpy reference, on the cropped phantoms.
 run_part scoring 40 python - "$WORK/data" "$SIZE" <<'EOF'
@@ -55,9 +55,9 @@ import numpy as np, torch
 from data_io.cache import load_jsrt, load_target
 from data_io.preprocess import CropBox, mask_to_full_frame
 from models.registry import build_segmenter
-from sweep.engine.data import FullFrame, score_per_image
-from sweep.engine.inference import memory_format_for, predict_masks, resolve_device
-from sweep.engine.scoring import FramePlacement, SplitScorer
+from engine.data import FullFrame, score_per_image
+from engine.device import memory_format_for, predict_masks, resolve_device
+from engine.scoring import FramePlacement, SplitScorer
 
 data, size = sys.argv[1], int(sys.argv[2])
 device = resolve_device("auto")
@@ -103,7 +103,7 @@ for name, images, masks, split_frame in [("jsrt (no crop)", jsrt.images, jsrt.ma
 EOF
 
 # 4. The proposed method on CUDA, 2 epochs, with the engine's defaults.
-run_part smoke "$SMOKE_LIMIT" python -m sweep.cli train-transfer --method proposed --task lungs --label-fraction 0 \
+run_part smoke "$SMOKE_LIMIT" python -m commands.main train-transfer --method proposed --task lungs --label-fraction 0 \
   "${SMOKE[@]}" "${DATA[@]}" --out "$WORK/smoke"
 if [ -f "$WORK/smoke/result.json" ]; then
   cp "$WORK/smoke/result.json" "$DEST/smoke-result.json"
@@ -120,7 +120,7 @@ fi
 
 # 4b. The adversarial options that are off by default (R1 penalty, instance noise, the semantic
 # term) through the same CUDA loop for one transfer epoch: they run under mixed precision too.
-run_part options "$SMOKE_LIMIT" python -m sweep.cli train-transfer --method proposed --task lungs --label-fraction 0 \
+run_part options "$SMOKE_LIMIT" python -m commands.main train-transfer --method proposed --task lungs --label-fraction 0 \
   "${SMOKE[@]}" --set transfer_epochs=1 --set r1_gamma=1 --set instance_noise=0.3 --set w_semantic=1 \
   "${DATA[@]}" --out "$WORK/options"
 [ -f "$WORK/options/result.json" ] && python -c "import json,sys; r=json.load(open(sys.argv[1])); \

@@ -28,9 +28,19 @@ import numpy as np
 
 from data_io import datasets
 from data_io.datasets import Case, Scan
-from data_io.preprocess import (CROP_FIELDS, NORMALISATION, PREPROCESS_VERSION, UNREADABLE_ERRORS, CropBox,
-                                any_trimmed, crop_statistics, decode_radiograph, describe_crop_statistics,
-                                prepare_radiograph, unreadable_reason)
+from data_io.preprocess import (
+    CROP_FIELDS,
+    NORMALISATION,
+    PREPROCESS_VERSION,
+    UNREADABLE_ERRORS,
+    CropBox,
+    any_trimmed,
+    crop_statistics,
+    decode_radiograph,
+    describe_crop_statistics,
+    prepare_radiograph,
+    unreadable_reason,
+)
 from data_io.readers import read_mask
 
 __all__ = ["CachedDataset", "cache_key", "default_cache_dir", "fingerprint_arrays", "load_cache_file", "load_jsrt",

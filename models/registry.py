@@ -87,7 +87,7 @@ def translator_defaults(name: str) -> dict[str, Any]:
     return dict(TRANSLATORS.entry(name).defaults)
 
 
-# Keys every segmenter checkpoint carries (written by sweep.engine.checkpoints).
+# Keys every segmenter checkpoint carries (written by engine.checkpoints).
 CHECKPOINT_KEYS = ("arch", "arch_kwargs", "state_dict", "config", "task", "image_size", "normalisation", "epoch")
 
 

@@ -1,5 +1,5 @@
 """The translators' default hyper-parameters, as data: the registry registers each translator
-with its entry here (models/translators/), and sweep.config.RunConfig takes its translator
+with its entry here (models/translators/), and protocol.config.RunConfig takes its translator
 fields' defaults from the default translator's. Importing this module stays light (no torch).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ TRANSLATOR_DEFAULTS: dict[str, dict[str, Any]] = {
     # cycle 10 because the outputs must stay pixel-aligned. Generators that start at the identity,
     # adversarial 10 (theirs: 1), the identity term and spectral normalisation keep the game balanced
     # and the translation from rewriting what needs no rewriting (README, "Cross-dataset transfer");
-    # sweep.config.PAPER_TRANSFER restores the paper's settings.
+    # protocol.config.PAPER_TRANSFER restores the paper's settings.
     "munit": {**SHARED, "style_dim": 8, "w_recon": 10.0, "w_style": 1.0, "w_content": 1.0},
     # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT;
     # residual generators, the adversarial weight and the discriminators' regularisers as for the MUNIT.

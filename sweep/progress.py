@@ -22,7 +22,7 @@ from ray.tune import Callback
 RAY_LOGGERS = ("ray.tune", "ray.train", "sweep.trainables")
 # In a trial worker also the engines' own lines (epochs, D/G balance, selection decisions): the
 # console gets one line per trial, which says what a user must know (sweep.trainables.trial_notes).
-ENGINE_LOGGERS = ("sweep.engine", "data_io")
+ENGINE_LOGGERS = ("engine", "data_io")
 RAY_LOG = ("logs", "ray.log")
 
 

@@ -20,12 +20,19 @@ import ray
 from ray import tune
 
 from data_io.datasets import TARGET_DATASETS
-from sweep.config import GPUS_PER_TRIAL
-from sweep.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
-from sweep.progress import (ProgressRelay, SweepProgress, format_duration, ray_log_path, report_progress_to,
-                            send_ray_messages_to, worker_runtime_env)
+from protocol.config import GPUS_PER_TRIAL
+from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
+from protocol.store import CurrentData, RunStore, write_results
+from sweep.progress import (
+    ProgressRelay,
+    SweepProgress,
+    format_duration,
+    ray_log_path,
+    report_progress_to,
+    send_ray_messages_to,
+    worker_runtime_env,
+)
 from sweep.scheduling import DependencyRelease
-from sweep.store import CurrentData, RunStore, write_results
 from sweep.trainables import run_trial
 
 log = logging.getLogger(__name__)
@@ -58,7 +65,7 @@ class DataPaths:
 class SweepOptions:
     out: str
     address: str | None = None  # None: start a local Ray runtime (or use the one already initialised)
-    gpus_per_trial: float | None = None  # None: the profile's share (sweep.config.GPUS_PER_TRIAL)
+    gpus_per_trial: float | None = None  # None: the profile's share (protocol.config.GPUS_PER_TRIAL)
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0  # 0: as many as the resources allow
     retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
@@ -193,7 +200,7 @@ def plan_resources(gpus: float, cpus: float, cluster_gpus: float, largest_node_c
 
 
 def gpus_per_trial(options: SweepOptions, profile: str) -> float:
-    """--gpus-per-trial, or the profile's default share (sweep.config.GPUS_PER_TRIAL)."""
+    """--gpus-per-trial, or the profile's default share (protocol.config.GPUS_PER_TRIAL)."""
     return float(options.gpus_per_trial if options.gpus_per_trial is not None else GPUS_PER_TRIAL[profile])
 
 

@@ -20,9 +20,9 @@ from typing import Any, Iterable, Sequence
 
 from ray.tune.search import Searcher
 
-from sweep.grid import TrialSpec
+from protocol.grid import TrialSpec
+from protocol.store import RunStore
 from sweep.progress import relay_dropped
-from sweep.store import RunStore
 
 
 def release_order(specs: Sequence[TrialSpec]) -> list[str]:

@@ -1,4 +1,4 @@
-"""`cxrsweep segment` on Ray: the stages of `sweep.engine.segment`, fed batch by batch from the
+"""`cxrsweep segment` on Ray: the stages of `inference.segment`, fed batch by batch from the
 driver to model workers that load the checkpoint themselves.
 
     CPUs only (default)   each batch is one Ray task that reads, segments and encodes it
@@ -35,8 +35,18 @@ from typing import Sequence
 
 import ray
 
-from sweep.engine.segment import (BatchModel, CheckpointInfo, ImageItem, Progress, SegmentOutput, batches,
-                                  encode_batch, item_columns, read_batch, segment_batch)
+from inference.segment import (
+    BatchModel,
+    CheckpointInfo,
+    ImageItem,
+    Progress,
+    SegmentOutput,
+    batches,
+    encode_batch,
+    item_columns,
+    read_batch,
+    segment_batch,
+)
 
 log = logging.getLogger(__name__)
 

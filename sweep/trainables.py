@@ -3,10 +3,10 @@
 A trial trains in a local run directory named after its trial id. After every epoch the
 engine's callback reports the metrics to Tune; when the engine has just written
 `checkpoints/last.pt` (at most every `checkpoint_every_s` seconds, and after the last epoch:
-sweep.engine.checkpoints.CheckpointClock), that folder, holding only what a resume needs, goes
+engine.checkpoints.CheckpointClock), that folder, holding only what a resume needs, goes
 with the report as the Tune checkpoint. A retried or resumed trial restores it into a clean run
 directory and the engine continues from it. When the engine returns, the run directory is
-published to OUT (see sweep.store), which is what the result tables and later trials read; the
+published to OUT (see protocol.store), which is what the result tables and later trials read; the
 trial's checkpoint count, bytes and seconds go into its trial.json.
 
 Trials never open dataset paths: the arrays arrive through the object store
@@ -34,12 +34,11 @@ from typing import Any
 import ray
 from ray import tune
 
-from sweep.engine.run_dir import (NO_ADAPTATION, RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path,
-                                  last_checkpoint_path)
-from sweep.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
+from engine.transfer_data import hide_test
+from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
+from protocol.run_dir import NO_ADAPTATION, RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
+from protocol.store import RunStore
 from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
-from sweep.store import RunStore
-from sweep.tuned import hide_test
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ class _EpochReporter:
         self.stats = stats
 
     def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
-        from sweep.engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+        from engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
 
         reported = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         checkpoint = None
@@ -171,8 +170,8 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     needs) and the optional test hooks `inject_failure` and `hold_at_epoch`; `config` also holds
     `out` (where the trial publishes), optionally `dependencies_out` (where its dependencies
     lie, default `out`), `cpus` (the trial's CPU share) and `tuning` (a tuning trial: its
-    validation split stands in for its test split, sweep.tuned.hide_test)."""
-    from sweep.engine.supervised import train_supervised
+    validation split stands in for its test split, engine.transfer_data.hide_test)."""
+    from engine.supervised import train_supervised
 
     started_at = time.time()
     trial = config["trial"]
@@ -212,16 +211,16 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     final: dict[str, Any] = {}
     engine_started = time.perf_counter()
     if spec.kind == SEGMENTATION:
-        from sweep.engine.data import segmentation_data
+        from engine.data import segmentation_data
 
         result = train_supervised(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
         final = _final_metrics(result)
     elif spec.kind == TRANSLATOR_WARMUP:
-        from sweep.engine.translation import warmup_translator
+        from engine.translation import warmup_translator
 
         warmup_translator(cfg, datasets["jsrt"], datasets[cfg.target], run_dir)
     elif spec.kind in (TRANSFER, QUALITATIVE):
-        from sweep.engine.transfer import NotApplicable
+        from engine.transfer import NotApplicable
 
         dependencies = [spec_from_dict(d) for d in trial.get("dependencies", [])]
         dependency_store = RunStore(config.get("dependencies_out", config["out"]))
@@ -280,8 +279,8 @@ def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None,
 
 
 def _run_transfer(cfg, datasets, store: RunStore, dependencies: list, run_dir: Path, callbacks, view):
-    from sweep.engine.transfer import train_transfer
-    from sweep.engine.transfer_data import transfer_data
+    from engine.transfer import train_transfer
+    from engine.transfer_data import transfer_data
 
     segmenter, translator = _dependency_files(store, dependencies)
     data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))

@@ -1,6 +1,6 @@
 """`cxrsweep tune`: Optuna search with ASHA early stopping over one grid cell, once per test fold
 (Table I) or repetition (Table II), so that no configuration is chosen with a test image of a
-run it configures (the protocol and the record: sweep.tuned).
+run it configures (the protocol and the record: protocol.tuned).
 
 Each search tunes the cell of one fold / repetition on that run's own splits: its trials train
 on the training images and are scored on the validation images (the second-validation fold, or
@@ -19,13 +19,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep.config import RunConfig
-from sweep.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
+from protocol.config import RunConfig
+from protocol.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
+from protocol.store import RunStore
+from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of
 from sweep.progress import ray_log_path
 from sweep.runner import DataPaths, SweepOptions, connect, load_trial_datasets, run_grid, trial_resources
-from sweep.store import RunStore
 from sweep.trainables import run_trial
-from sweep.tuned import TunedEntry, TuningRecord, provenance, scope_of
 
 SCORE = "val_jaccard"
 
@@ -42,7 +42,7 @@ SUPERVISED_SPACE = {
 # task and label fraction shares and the transfer phase continues from, so tuning them would
 # mean one warm-up per sample; and at 0 % labels the only score, source images through
 # A -> B -> A, rewards a translator that changes nothing rather than one that renders the target
-# well. They keep the literature's values (models/registry.py, sweep/config.py).
+# well. They keep the literature's values (models/registry.py, protocol/config.py).
 PROPOSED_SPACE = {
     "w_seg": tune.loguniform(0.1, 10.0),
 }

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from sweep import cli
+from commands import main as cli
 
 
 def test_every_command_module_registers():
@@ -14,7 +14,7 @@ def test_every_command_module_registers():
 
 
 def test_console_script_help_runs():
-    out = subprocess.run([sys.executable, "-m", "sweep.cli", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "commands.main", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "cxrsweep" in out.stdout
 
@@ -45,7 +45,7 @@ def test_a_missing_dependency_is_named(monkeypatch, capsys):
 def test_training_commands_share_one_set_of_config_and_data_flags(tmp_path):
     """train, train-transfer, run and tune spell the config flags alike, default the profile by one
     rule, and read --config (or its former name --config-from) into the same config."""
-    from sweep.cli_common import DEFAULT_PROFILE, config_from_args
+    from commands.common import DEFAULT_PROFILE, config_from_args
 
     fields = tmp_path / "fields.json"
     fields.write_text('{"lr": 0.5}')

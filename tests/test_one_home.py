@@ -1,23 +1,25 @@
 """Facts declared once: the engine never imports Ray, and what two places once declared apart is
 now one declaration that both derive from."""
+import importlib
 import pkgutil
 import subprocess
 import sys
 
-import sweep.engine
-from sweep.config import RunConfig, make_config, warmup_identity
-from sweep.results import OUTCOME_COLUMNS
+from protocol.config import RunConfig, make_config, warmup_identity
+from protocol.results import OUTCOME_COLUMNS
+
+RAY_FREE = ("data_io", "models", "protocol", "engine", "inference", "analysis", "commands")
 
 
-def test_the_engine_packages_never_import_ray():
-    engine = [f"sweep.engine.{m.name}" for m in pkgutil.iter_modules(sweep.engine.__path__)]
-    assert "sweep.engine.transfer" in engine and "sweep.engine.segment" in engine
-    modules = ["models.registry", "models.translators", "models.segmenters", "data_io.cache", "data_io.preprocess",
-               "data_io.phantoms", "sweep.config", "sweep.grid", "sweep.results", "sweep.tuned", "sweep.store",
-               "sweep.cli_common", "sweep.cli", *engine]
+def test_the_packages_below_sweep_never_import_ray():
+    """At run time too (tests/test_layers.py reads the source): importing every module outside
+    sweep/ and building the command line loads no Ray."""
+    modules = [info.name for package in RAY_FREE
+               for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + ".")]
+    assert "engine.transfer" in modules and "inference.segment" in modules and "commands.main" in modules
     code = ("import importlib, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
-            "sys.modules['sweep.cli'].build_parser()\n"
+            "sys.modules['commands.main'].build_parser()\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -27,8 +29,8 @@ def test_the_engine_packages_never_import_ray():
 def test_the_grid_and_the_engine_key_warm_ups_by_one_identity():
     """What a warm-up computes from changes both its trial id and its cache key; what it never
     reads changes neither (the grid once hashed augment(ation) and profile and missed d_lr_ratio)."""
-    from sweep.engine.translation import translator_key
-    from sweep.grid import warmup_trial
+    from engine.translation import translator_key
+    from protocol.grid import warmup_trial
 
     base = make_config("smoke", experiment="transfer", method="proposed")
 
@@ -47,7 +49,7 @@ def test_the_grid_and_the_engine_key_warm_ups_by_one_identity():
 
 
 def test_a_trials_row_copies_what_result_json_holds():
-    from sweep.engine.run_dir import TABLED_FIELDS
+    from protocol.run_dir import TABLED_FIELDS
 
     assert set(TABLED_FIELDS) <= set(OUTCOME_COLUMNS)
     assert {"test_jaccard_mean", "n_test_images", "selected_model"} <= set(TABLED_FIELDS)
@@ -55,7 +57,7 @@ def test_a_trials_row_copies_what_result_json_holds():
 
 def test_translator_defaults_live_in_the_registry():
     from models.registry import translator_defaults
-    from sweep.config import translator_arguments
+    from protocol.config import translator_arguments
 
     for name in ("munit", "cyclegan"):
         assert translator_arguments(RunConfig(translator=name)) == translator_defaults(name)
@@ -63,7 +65,7 @@ def test_translator_defaults_live_in_the_registry():
 
 def test_the_report_draws_the_overlay_colours_the_engine_uses():
     from analysis.overlays import PREDICTION_COLOUR, TRUTH_COLOUR
-    from sweep.engine.overlays import PREDICTION_RGB, TRUTH_RGB
+    from data_io.overlays import PREDICTION_RGB, TRUTH_RGB
 
     assert PREDICTION_COLOUR == "#%02x%02x%02x" % tuple(int(v) for v in PREDICTION_RGB)
     assert TRUTH_COLOUR == "#%02x%02x%02x" % tuple(int(v) for v in TRUTH_RGB)
@@ -71,17 +73,17 @@ def test_the_report_draws_the_overlay_colours_the_engine_uses():
 
 def test_m_a_of_train_transfer_is_the_sweeps_dependency(monkeypatch, tmp_path):
     """`cxrsweep train-transfer` without --segmenter trains the very M_A the sweep's grid depends on."""
-    import sweep.engine.data
-    import sweep.engine.supervised
-    from sweep.cli_transfer import train_source_model
-    from sweep.grid import source_model_config, transfer_trials
+    import engine.data
+    import engine.supervised
+    from commands.transfer import train_source_model
+    from protocol.grid import source_model_config, transfer_trials
 
     cell, m_a, _ = transfer_trials(make_config("smoke"), "proposed", "lungs", "montgomery", 3, 0.0)
     assert source_model_config(cell.config) == m_a.config
     trained = {}
     # train_source_model looks both up in their modules when it runs: nothing loads or trains here.
-    monkeypatch.setattr(sweep.engine.data, "segmentation_data", lambda cfg, source: ("data of", cfg, source))
-    monkeypatch.setattr(sweep.engine.supervised, "train_supervised",
+    monkeypatch.setattr(engine.data, "segmentation_data", lambda cfg, source: ("data of", cfg, source))
+    monkeypatch.setattr(engine.supervised, "train_supervised",
                         lambda cfg, data, run_dir: trained.update(cfg=cfg, data=data, run_dir=run_dir))
     train_source_model(cell.config, "jsrt", tmp_path)
     assert trained == {"cfg": m_a.config, "data": ("data of", m_a.config, "jsrt"), "run_dir": tmp_path}

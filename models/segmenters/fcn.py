@@ -8,14 +8,13 @@ instead of 7x7 with 4096), which keeps the parameter count near U-Net's.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from models.registry import register_segmenter
 from models.segmenters.blocks import check_input, init_weights, scaled, vgg_encoder
 from models.segmenters.segnet import VGG16_STAGES
+
 
 def _bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     """Weights that make a transposed convolution start as bilinear upsampling (as in FCN)."""

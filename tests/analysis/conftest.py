@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from analysis import paper_values
-from sweep.config import LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, make_config
-from sweep.results import IMAGES_SCHEMA, TRIALS_SCHEMA, config_values, key_values, to_table, write_atomic
+from protocol.config import LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, make_config
+from protocol.results import IMAGES_SCHEMA, TRIALS_SCHEMA, config_values, key_values, to_table, write_atomic
 
 MISSING_SEGMENTATION_CELL = ("heart", "fcn")
 FAILED_SEGMENTATION_TRIAL = ("clavicles", "segnet", 3)

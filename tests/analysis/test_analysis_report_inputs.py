@@ -8,9 +8,9 @@ import pytest
 
 from analysis.loading import load_results
 from analysis.report import build_report
-from sweep import cli
-from sweep.config import make_config
-from sweep.results import TRIALS_SCHEMA, config_values, key_values, to_table, write_atomic
+from commands import main as cli
+from protocol.config import make_config
+from protocol.results import TRIALS_SCHEMA, config_values, key_values, to_table, write_atomic
 
 
 def test_missing_results_directory_is_named(tmp_path):

@@ -11,7 +11,6 @@ import pytest
 from scipy import stats as scipy_stats
 
 
-
 def read_markdown_table(path) -> dict[str, dict[str, list[str]]]:
     """{section: {first cell: [cells...]}} from a rendered Markdown table, bold markers removed."""
     sections: dict[str, dict[str, list[str]]] = {}

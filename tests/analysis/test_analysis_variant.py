@@ -2,8 +2,8 @@
 import pandas as pd
 
 from analysis.tables import proposed_variant_notes
-from sweep.config import PAPER_TRANSFER, make_config
-from sweep.results import config_values, key_values
+from protocol.config import PAPER_TRANSFER, make_config
+from protocol.results import config_values, key_values
 
 
 def proposed_row(trial_id: str, overrides: dict, **outcome) -> dict:

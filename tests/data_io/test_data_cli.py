@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from sweep.cli import main
+from commands.main import main
 
 
 def test_synth_then_check_reports_the_counts(tmp_path, capsys):
@@ -48,7 +48,7 @@ def test_jsrt_needs_scr(phantom_dirs, capsys):
 def test_console_script_text_summary(phantom_dirs):
     # The installed entry point, as a user runs it.
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.cli", "data", "check", "--jsrt", str(phantom_dirs["jsrt"].parent), "--scr", str(phantom_dirs["scr"])],
+        [sys.executable, "-m", "commands.main", "data", "check", "--jsrt", str(phantom_dirs["jsrt"].parent), "--scr", str(phantom_dirs["scr"])],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

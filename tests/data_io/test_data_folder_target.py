@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from commands.main import main
 from data_io.cache import load_cache_file, load_target
 from data_io.datasets import check_target_name, scan_folder_target, scan_target, target_dirs
 from data_io.dicom import convert_folder
 from data_io.phantoms import synthesize
 from data_io.readers import read_mask
-from sweep.cli import main
 
 
 @pytest.fixture(scope="module")

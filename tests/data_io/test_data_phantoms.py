@@ -310,7 +310,7 @@ def test_heldout_shift_refuses_unknown_factors_and_the_inverted_fraction(tmp_pat
 
 
 def test_synth_target_shift_heldout_through_the_command_line(tmp_path, capsys):
-    from sweep.cli import main
+    from commands.main import main
 
     out = tmp_path / "ph"
     assert main(["data", "synth", str(out), "--n-source", "1", "--n-target", "2", "--source-size", "64",

@@ -10,8 +10,14 @@ from PIL import Image
 
 from data_io.cache import cache_key, load_cache_file, load_jsrt, load_target
 from data_io.datasets import scan_target
-from data_io.preprocess import (MAX_SIDE_FRACTION, CropBox, find_content_box, mask_to_full_frame,
-                                prepare_radiograph, resize_mask)
+from data_io.preprocess import (
+    MAX_SIDE_FRACTION,
+    CropBox,
+    find_content_box,
+    mask_to_full_frame,
+    prepare_radiograph,
+    resize_mask,
+)
 
 HEIGHT, WIDTH = 120, 100
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sweep.engine.data import SegmentationData
+from engine.data import SegmentationData
 
 SIZE = 64
 

@@ -1,10 +1,10 @@
-"""The training recipes of sweep/engine/augmentation.py: same transform for image and mask, a
+"""The training recipes of engine/augmentation.py: same transform for image and mask, a
 function of the generator alone, no mirroring, the paper's protocol untouched."""
 import pytest
 import torch
 
-from sweep.config import AUGMENTATIONS, RunConfig, make_config
-from sweep.engine.augmentation import ROBUST_RECIPE, augment, robust_batch
+from engine.augmentation import ROBUST_RECIPE, augment, robust_batch
+from protocol.config import AUGMENTATIONS, RunConfig, make_config
 
 
 def square_batch(n: int = 8, size: int = 64):

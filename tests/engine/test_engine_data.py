@@ -1,11 +1,11 @@
 """segmentation_data: the cross-validation arrays of one fold and task, from the real cache."""
 import numpy as np
-import torch
 import pytest
+import torch
 
 from data_io.cache import load_jsrt
-from sweep.config import make_config
-from sweep.engine.data import SegmentationData, segmentation_data
+from engine.data import SegmentationData, segmentation_data
+from protocol.config import make_config
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_a_cache_made_with_another_crop_setting_is_refused(jsrt):
 def test_scores_are_computed_in_the_whole_frame():
     """A prediction perfect in the cropped frame still misses the lung a bad crop cut away."""
     from data_io.preprocess import CropBox, resize_mask
-    from sweep.engine.data import FullFrame, score_per_image
+    from engine.data import FullFrame, score_per_image
 
     whole = np.zeros((64, 64), np.uint8)
     whole[16:48, 8:56] = 1
@@ -73,10 +73,10 @@ def test_a_supervised_run_scores_validation_and_test_in_the_whole_frame(ellipse_
 
     import pandas as pd
 
+    from engine.data import FullFrame, score_per_image
+    from engine.device import predict_masks
+    from engine.supervised import train_supervised
     from models.registry import load_segmenter
-    from sweep.engine.data import FullFrame, score_per_image
-    from sweep.engine.inference import predict_masks
-    from sweep.engine.supervised import train_supervised
 
     size = ellipse_data.image_size
     box = np.array([4, 8, 60, 56, size, size])  # the content crop covered rows 4-59, columns 8-55

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.engine.metrics import dice, dice_per_image, jaccard, jaccard_per_image
+from engine.metrics import dice, dice_per_image, jaccard, jaccard_per_image
 
 
 def square(size, top, left, side):

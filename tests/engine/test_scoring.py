@@ -1,4 +1,4 @@
-"""Scores computed on the device (sweep/engine/scoring.py) equal the numpy reference
+"""Scores computed on the device (engine/scoring.py) equal the numpy reference
 (predict_masks + score_per_image, one image at a time) exactly, with and without content crops."""
 import numpy as np
 import pytest
@@ -7,10 +7,10 @@ from torch import nn
 
 from data_io.cache import load_jsrt, load_target
 from data_io.preprocess import CropBox, mask_to_full_frame
+from engine.data import FullFrame, score_per_image
+from engine.device import predict_masks
+from engine.scoring import FramePlacement, SplitScorer, predict_and_score
 from models.registry import build_segmenter
-from sweep.engine.data import FullFrame, score_per_image
-from sweep.engine.inference import predict_masks
-from sweep.engine.scoring import FramePlacement, SplitScorer, predict_and_score
 
 CPU = torch.device("cpu")
 
@@ -96,7 +96,7 @@ def test_truth_that_is_not_binary_is_refused():
 def test_foreground_masks_on_the_device_match_the_host_threshold():
     """The target selection's masks: thresholded on the device, from host images or from images
     uploaded once, equal the host threshold of the foreground probability."""
-    from sweep.engine.inference import as_batch, foreground_masks, predict_foreground
+    from engine.device import as_batch, foreground_masks, predict_foreground
 
     torch.manual_seed(0)
     model = build_segmenter("unet", width=0.125)

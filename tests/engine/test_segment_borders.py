@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from commands import main as cli
 from data_io.phantoms import MildShift, synthesize
 from data_io.readers import read_gray
+from inference.segment import checkpoint_info, item_columns, list_inputs, read_batch
 from models.registry import load_torch_file
-from sweep import cli
-from sweep.engine.segment import checkpoint_info, item_columns, list_inputs, read_batch
 
 # Zero bands (top, bottom, left, right) added to each unpadded film: on one side, on two, on all four.
 PADDINGS = [(0, 0, 23, 0), (31, 0, 0, 0), (0, 17, 0, 40), (9, 12, 14, 6)]
@@ -120,7 +120,7 @@ def test_a_checkpoint_without_the_record_resizes_whole_images(lung_model, films,
     legacy = load_torch_file(lung_model)
     del legacy["preprocessing"]
     torch.save(legacy, tmp_path / "old.pt")
-    with caplog.at_level(logging.WARNING, logger="sweep.engine.segment"):
+    with caplog.at_level(logging.WARNING, logger="inference.segment"):
         info = checkpoint_info(tmp_path / "old.pt")
     assert not info.crop_borders
     assert "records no preprocessing" in caplog.text and "old.pt" in caplog.text

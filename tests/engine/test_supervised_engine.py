@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.checkpoints import load_init_weights
+from engine.supervised import train_supervised
 from models.registry import build_segmenter, load_segmenter
-from sweep.config import make_config
-from sweep.engine.checkpoints import load_init_weights
-from sweep.engine.supervised import train_supervised
-from sweep.results import IMAGES_SCHEMA
+from protocol.config import make_config
+from protocol.results import IMAGES_SCHEMA
 
 
 def smoke(**overrides):
@@ -73,9 +73,9 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path, ellipse_data):
 CHILD = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from sweep.config import make_config
-    from sweep.engine.data import SegmentationData
-    from sweep.engine.supervised import train_supervised
+    from protocol.config import make_config
+    from engine.data import SegmentationData
+    from engine.supervised import train_supervised
 
     arrays = np.load(sys.argv[1])
     data = SegmentationData(*(arrays[k] for k in ("xt", "yt", "xv", "yv", "xs", "ys")),
@@ -135,7 +135,7 @@ def test_checkpoints_are_bounded_in_time_and_hold_what_a_resume_needs(tmp_path, 
 
 
 def test_checkpoint_clock_waits_its_interval():
-    from sweep.engine.checkpoints import CheckpointClock
+    from engine.checkpoints import CheckpointClock
 
     clock = CheckpointClock(60)
     assert not clock.due(final=False) and clock.due(final=True)
@@ -150,7 +150,7 @@ def test_best_weights_are_a_snapshot_and_last_pt_stores_them_once(tmp_path):
     epoch, as one set of tensors."""
     from torch import nn
 
-    from sweep.engine.checkpoints import on_cpu, save_atomic, state_copy, with_best
+    from engine.checkpoints import on_cpu, save_atomic, state_copy, with_best
 
     model = nn.Linear(64, 64)
     snapshot = state_copy(model)

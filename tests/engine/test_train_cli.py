@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from commands import main as cli
 from data_io.readers import read_jsrt_img
-from sweep import cli
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.metrics import jaccard_per_image
 from models.registry import build_segmenter
-from sweep.engine.metrics import jaccard_per_image
 
 STEPS = 60
 # Dropout is a regulariser: it is off here, where the point is that the network can fit at all.

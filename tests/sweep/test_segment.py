@@ -12,13 +12,20 @@ import pytest
 import torch
 from PIL import Image
 
-from models.registry import build_segmenter
-from sweep.cli import main
-from sweep.engine.checkpoints import foreground_range, network_checkpoint, save_atomic
+from commands.main import main
 from data_io.preprocess import CropBox
-from sweep.engine.segment import (CheckpointInfo, SegmentOutput, checkpoint_info, full_frame_mask, list_inputs,
-                                  mask_statistics, quality_flags)
-from sweep.results import SEGMENTATIONS_SCHEMA_VERSION, read_segmentations
+from engine.checkpoints import foreground_range, network_checkpoint, save_atomic
+from inference.segment import (
+    CheckpointInfo,
+    SegmentOutput,
+    checkpoint_info,
+    full_frame_mask,
+    list_inputs,
+    mask_statistics,
+    quality_flags,
+)
+from models.registry import build_segmenter
+from protocol.results import SEGMENTATIONS_SCHEMA_VERSION, read_segmentations
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +174,7 @@ def test_segmentations_parquet_checks_its_own_schema_version(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sweep.results import SEGMENTATIONS_SCHEMA, SEGMENTATIONS_SCHEMA_VERSION
+    from protocol.results import SEGMENTATIONS_SCHEMA, SEGMENTATIONS_SCHEMA_VERSION
 
     path = tmp_path / "segmentations.parquet"
     empty = pa.table({f.name: pa.array([], type=f.type) for f in SEGMENTATIONS_SCHEMA}, schema=SEGMENTATIONS_SCHEMA)
@@ -186,7 +193,7 @@ def test_a_small_job_runs_the_plain_loop_by_itself_and_a_large_one_ray(checkpoin
     as many or more run on Ray; the flags decide whatever the size."""
     import argparse
 
-    import sweep.cli_train as cli_train
+    import commands.train as cli_train
     import sweep.segment_ray as segment_ray
 
     def flags(**given):
@@ -216,7 +223,7 @@ def test_a_small_job_runs_the_plain_loop_by_itself_and_a_large_one_ray(checkpoin
 def test_the_progress_bar_shows_the_rate_and_the_time_left():
     import io
 
-    from sweep.engine.segment import Progress
+    from inference.segment import Progress
 
     stream = io.StringIO()
     progress = Progress(4, every_s=1e-6, stream=stream)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sweep.cli import main
-from sweep.results import read_segmentations
+from commands.main import main
+from protocol.results import read_segmentations
 
 pytestmark = [pytest.mark.ray]
 
@@ -89,9 +89,9 @@ def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tm
     """The staged pipeline (read tasks, network actors, encode tasks: what runs with GPUs) and
     the whole-job actors of a CPU-only cluster write what the plain loop writes, content crop
     included (the phantoms' collimation bands are trimmed)."""
+    from engine.checkpoints import network_checkpoint, save_atomic
+    from inference.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
     from models.registry import build_segmenter
-    from sweep.engine.checkpoints import network_checkpoint, save_atomic
-    from sweep.engine.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
     from sweep.segment_ray import RayOptions, segment_with_ray
 
     torch.manual_seed(0)

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    from engine.checkpoints import network_checkpoint, save_atomic
     from models.registry import build_segmenter
-    from sweep.engine.checkpoints import network_checkpoint, save_atomic
 
     torch.manual_seed(0)
     return save_atomic(network_checkpoint(build_segmenter("unet", width=0.125), "unet", {"width": 0.125}, {},
@@ -36,7 +36,7 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
     """The test hook makes one worker exit abruptly (os._exit) with a segmented batch in hand: Ray
     starts it again (it loads the checkpoint from its path) and retries its batches; every image
     gets exactly one row, every file is whole, and the masks are the plain loop's."""
-    from sweep.engine.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
+    from inference.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
     from sweep.segment_ray import HOOK_ENV, RayOptions, segment_with_ray
 
     marker = tmp_path / "worker-exited"
@@ -80,7 +80,7 @@ def test_the_console_of_segment_shows_no_line_from_ray(sweep_phantoms, checkpoin
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "sweep.cli", "segment", str(checkpoint),
+    command = [sys.executable, "-m", "commands.main", "segment", str(checkpoint),
                str(Path(sweep_phantoms["montgomery"]) / "CXR_png"), "--out", str(out), "--ray", "--workers", "2",
                "--batch-size", "2", "--progress-every", "0.01"]
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

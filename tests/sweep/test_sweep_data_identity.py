@@ -9,8 +9,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from sweep.cli import main
-from sweep.results import read_trials
+from commands.main import main
+from protocol.results import read_trials
 from sweep.runner import INJECT_FAILURE_ENV, STATE_KEY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

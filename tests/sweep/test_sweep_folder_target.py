@@ -7,9 +7,9 @@ import math
 import pydicom
 import pytest
 
-from sweep.config import make_config
-from sweep.grid import build_grid
-from sweep.results import read_images, read_trials
+from protocol.config import make_config
+from protocol.grid import build_grid
+from protocol.results import read_images, read_trials
 from sweep.runner import DataPaths, check_data_flags, needed_datasets
 
 
@@ -28,8 +28,8 @@ def test_a_folder_target_joins_the_grid_by_name(tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_on_an_unlabelled_dicom_folder(ray_runtime, sweep_phantoms, tmp_path, capsys):
+    from commands.main import main
     from data_io.dicom import convert_folder
-    from sweep.cli import main
 
     dicoms = tmp_path / "dicom"
     convert_folder(f"{sweep_phantoms['montgomery']}/CXR_png", dicoms, monochrome1_every=2)

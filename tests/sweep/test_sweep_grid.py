@@ -1,9 +1,16 @@
 """The experiment grid: Table I / II sizes, dependencies, not-applicable cells, stage order."""
 import pytest
 
-from sweep.config import LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, make_config
-from sweep.grid import (QUALITATIVE, SEGMENTATION, TRANSLATOR_WARMUP, build_grid, config_hash, spec_from_dict,
-                        spec_to_dict)
+from protocol.config import LABEL_FRACTIONS, SEGMENTATION_MODELS, TASKS, TRANSFER_METHODS, make_config
+from protocol.grid import (
+    QUALITATIVE,
+    SEGMENTATION,
+    TRANSLATOR_WARMUP,
+    build_grid,
+    config_hash,
+    spec_from_dict,
+    spec_to_dict,
+)
 
 
 def test_table_one_is_models_by_tasks_by_folds():

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from sweep.results import read_images, read_trials
+from protocol.results import read_images, read_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _cxrsweep(args: list[str], env: dict, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweep.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "commands.main", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -160,7 +160,7 @@ def test_cluster_yaml_passes_ray_launcher_validation(repo_root: Path):
     # A worker declares its instance's vCPUs and holds the paper profile's packed trials (one CPU
     # each) in its memory: per trial the host RSS budget of cluster.yaml (2.5 GB, above the 1.55 GB
     # measured for a packed paper U-Net trial), plus shm and ~2 GB for Ray and the system.
-    from sweep.config import GPUS_PER_TRIAL
+    from protocol.config import GPUS_PER_TRIAL
 
     (worker_shm,) = [int(o.split("=")[1].rstrip("g")) for o in docker["worker_run_options"] if o.startswith("--shm-size=")]
     for t in workers:

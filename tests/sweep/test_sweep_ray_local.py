@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
-
 import pandas as pd
 import pytest
 
-from sweep.config import make_config
-from sweep.grid import QUALITATIVE, Grid, build_grid
-from sweep.results import read_images, read_trials
+from protocol.config import make_config
+from protocol.grid import QUALITATIVE, Grid, build_grid
+from protocol.results import read_images, read_trials
 from sweep.runner import INJECT_FAILURE_ENV, SweepOptions, run_grid
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -29,7 +28,7 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
                                                            monkeypatch, capsys):
     """`cxrsweep run all` on two Table I cells and three transfer methods at 0 % labels. M_A
     fails once (retried from its checkpoint); the FCN cell fails always (the command exits 1)."""
-    from sweep.cli import main
+    from commands.main import main
 
     # A relative --out, as the README's demo command gives: trials run in Tune's trial folders,
     # so it must be resolved on the driver.
@@ -162,9 +161,9 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
     gives each fold its own entry, and refuses, before Ray or any training, a fold the record
     does not hold or a trial whose test images the tuning used (`tune --fold 0`, then `--folds 1`)."""
     import sweep.runner
+    from commands.main import main
     from data_io.splits import cv_split
-    from sweep.cli import main
-    from sweep.tuned import read_record
+    from protocol.tuned import read_record
 
     common = ["--profile", "smoke", "--set", "num_threads=1", *data_flags, "--progress-every", "2"]
     tune_out = tmp_path / "tune"
@@ -225,7 +224,7 @@ def test_no_stage_barrier_and_bounded_checkpoints(ray_runtime, data_flags, tmp_p
     """`cxrsweep run all --max-concurrent 2`: a transfer trial starts as soon as its own
     dependencies are published, before the Table I trials it does not need have ended; and at
     the default checkpoint interval each trial writes one Tune checkpoint, holding only last.pt."""
-    from sweep.cli import main
+    from commands.main import main
 
     selection = dict(models=["unet", "fcn"], tasks=["lungs"], folds=[0, 1], repetitions=[0],
                      methods=["proposed", "source_only"], fractions=[0])

@@ -12,10 +12,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from sweep.cli import main
-from sweep.config import make_config
-from sweep.grid import build_grid
-from sweep.store import RunStore
+from commands.main import main
+from protocol.config import make_config
+from protocol.grid import build_grid
+from protocol.store import RunStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def test_report_of_an_empty_bucket_path_names_it(s3_bucket, capsys):
 
 def _fetch(out: str, spec_dict: dict, root: str, queue) -> None:
     """One fetcher process: fetch the dependency and hash its best.pt at once."""
-    from sweep.grid import spec_from_dict
+    from protocol.grid import spec_from_dict
 
     folder = RunStore(out).fetch_dir(spec_from_dict(spec_dict), Path(root))
     queue.put((str(folder), hashlib.sha256((folder / "best.pt").read_bytes()).hexdigest()))
@@ -65,7 +65,7 @@ def test_concurrent_fetchers_never_see_a_partial_dependency(s3_bucket, tmp_path,
     """Six processes and six threads fetch one published dependency from the bucket into one
     folder at once. Every one gets the whole file, and a watcher that polls the folder all along
     never sees a fetched folder that lacks a file or holds part of one."""
-    from sweep.grid import spec_to_dict
+    from protocol.grid import spec_to_dict
 
     bucket, endpoint = s3_bucket
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{endpoint}")  # the other way to name the endpoint

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from ray.tune.search import Searcher
 
-from sweep.config import make_config
-from sweep.grid import SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, build_grid
+from protocol.config import make_config
+from protocol.grid import SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, build_grid
+from protocol.store import RunStore
 from sweep.progress import SweepProgress, report_progress_to
 from sweep.scheduling import DependencyQueue, DependencyRelease, release_order
-from sweep.store import RunStore
 
 
 def _grid():

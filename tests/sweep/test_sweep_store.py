@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from sweep.config import make_config
-from sweep.grid import build_grid
-from sweep.results import read_images, read_trials
-from sweep.store import RunStore, write_results
+from protocol.config import make_config
+from protocol.grid import build_grid
+from protocol.results import read_images, read_trials
+from protocol.store import RunStore, write_results
 
 
 def _specs():
@@ -61,7 +61,7 @@ def test_bad_storage_uri_names_the_flag():
 
 
 def test_qualitative_runs_are_kept_but_never_rows(tmp_path):
-    from sweep.grid import QUALITATIVE
+    from protocol.grid import QUALITATIVE
 
     grid = build_grid("transfer", make_config("smoke"), tasks=["heart", "clavicles"], repetitions=[0],
                       methods=["proposed"], fractions=[0])

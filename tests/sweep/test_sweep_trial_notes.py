@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sweep.engine.run_dir import RESULT_JSON
+from protocol.run_dir import RESULT_JSON
 from sweep.progress import TRIAL_NOTES, SweepProgress
 from sweep.trainables import trial_notes
 

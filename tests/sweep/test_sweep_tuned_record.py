@@ -6,10 +6,19 @@ import json
 
 import pytest
 
-from sweep.config import load_config_file, make_config
-from sweep.grid import SEGMENTATION, TRANSLATOR_WARMUP, build_grid
+from protocol.config import make_config
+from protocol.grid import SEGMENTATION, TRANSLATOR_WARMUP, build_grid
+from protocol.tuned import (
+    TunedEntry,
+    TuningRecord,
+    check_grid,
+    load_config_file,
+    provenance,
+    read_record,
+    scope_of,
+    split_ids,
+)
 from sweep.runner import load_datasets
-from sweep.tuned import TunedEntry, TuningRecord, check_grid, provenance, read_record, scope_of, split_ids
 
 
 @pytest.fixture
@@ -95,7 +104,7 @@ def test_tune_refuses_a_tuning_record_as_config_before_ray(datasets, tmp_path, m
     """`cxrsweep tune --config RECORD` stops with the refusal train and train-transfer give (exit 2),
     before any tuning starts: a record's entries belong to particular folds or repetitions."""
     import sweep.tuning
-    from sweep import cli
+    from commands import main as cli
 
     spec = next(iter(build_grid("segmentation", make_config("smoke"), models=["unet"], tasks=["lungs"],
                                 folds=[0]).trials.values()))

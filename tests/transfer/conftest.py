@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from data_io.cache import CachedDataset
+from engine.checkpoints import network_checkpoint, save_atomic
+from engine.data import PER_IMAGE_STANDARDISATION
+from engine.transfer_data import transfer_data
 from models.registry import build_segmenter
-from sweep.config import make_config
-from sweep.engine.checkpoints import network_checkpoint, save_atomic
-from sweep.engine.data import PER_IMAGE_STANDARDISATION
-from sweep.engine.transfer_data import transfer_data
+from protocol.config import make_config
 
 SIZE = 32
 
@@ -101,7 +101,7 @@ def segmenter_checkpoint(tmp_path_factory, source):
 
 @pytest.fixture(scope="session")
 def warmed_translator(tmp_path_factory, source, target):
-    from sweep.engine.transfer import warmup_translator
+    from engine.transfer import warmup_translator
 
     return warmup_translator(tiny_config(), source, target, tmp_path_factory.mktemp("translators"))
 
@@ -124,8 +124,8 @@ def mild_target() -> CachedDataset:
 def trained_segmenter_checkpoint(tmp_path_factory, source):
     """An M_A that has learnt the tiny source (a few seconds of training): what the selection tests need,
     since a random M_A's masks are implausible with or without adaptation."""
-    from sweep.engine.data import segmentation_data
-    from sweep.engine.supervised import train_supervised
+    from engine.data import segmentation_data
+    from engine.supervised import train_supervised
 
     cfg = tiny_config(experiment="segmentation", method="supervised", label_fraction=None, epochs=40, batch_size=2,
                       lr=3e-3)

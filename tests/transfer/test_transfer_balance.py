@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from sweep.engine.transfer import train_transfer, warmup_translator
-from sweep.engine.translation import SATURATION_EPOCHS, adversarial_balance, saturation_report
+from engine.transfer import train_transfer, warmup_translator
+from engine.translation import SATURATION_EPOCHS, adversarial_balance, saturation_report
 
 # Generators stuck at the identity (residual, learning rate ~0) against discriminators with a huge
 # one and no spectral norm: the "translations" are the other domain's images as they are, and the

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from sweep.cli import main
+from commands.main import main
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from data_io.cache import CachedDataset
+from engine.data import score_per_image
+from engine.device import predict_masks
+from engine.transfer import train_transfer
+from engine.transfer_data import transfer_data
 from models.registry import load_segmenter, load_torch_file
-from sweep.engine.data import FullFrame, score_per_image
-from sweep.engine.inference import predict_masks
-from sweep.engine.transfer import train_transfer
-from sweep.engine.transfer_data import transfer_data
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from engine.label_budget import HOLD_OUT_MIN, held_out_count, label_plan
+from engine.transfer import train_transfer
+from engine.transfer_data import transfer_data
 from models.registry import read_segmenter_checkpoint
-from sweep.engine.label_budget import HOLD_OUT_MIN, held_out_count, label_plan
-from sweep.engine.run_dir import HELD_OUT_JACCARD, NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
-from sweep.engine.transfer import train_transfer
-from sweep.engine.transfer_data import transfer_data
+from protocol.run_dir import HELD_OUT_JACCARD, NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
 
 def _rows(data, images):
@@ -62,7 +62,7 @@ def _choices(run_dir, result):
                                              ("self_training", 100.0), ("scratch", 100.0)])
 def test_a_run_at_f_percent_reads_no_target_label_outside_its_f_percent(
         method, fraction, make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
-    from sweep.engine.transfer import warmup_translator
+    from engine.transfer import warmup_translator
 
     cfg = make_cfg(method=method, label_fraction=fraction, epochs=2, transfer_epochs=2)
     data = transfer_data(cfg, source, mild_target)
@@ -85,7 +85,7 @@ def test_a_run_at_f_percent_reads_no_target_label_outside_its_f_percent(
 @pytest.mark.parametrize("method,budget", [("finetune", "honest"), ("finetune", "paper"), ("proposed", "honest")])
 def test_a_run_that_only_gets_worse_returns_m_a_and_records_it(method, budget, make_cfg, source, mild_target,
                                                                trained_segmenter_checkpoint, tmp_path):
-    from sweep.engine.transfer import warmup_translator
+    from engine.transfer import warmup_translator
 
     # An absurd learning rate wrecks the segmenter from its first step: every trained epoch is worse.
     cfg = make_cfg(method=method, label_fraction=100.0, label_budget=budget, epochs=2, transfer_epochs=2, lr=5.0)

@@ -10,11 +10,11 @@ from scipy.stats import wilcoxon
 
 from data_io.cache import load_jsrt, load_target
 from data_io.phantoms import synthesize
-from sweep.config import make_config
-from sweep.engine.data import segmentation_data
-from sweep.engine.supervised import train_supervised
-from sweep.engine.transfer import train_transfer, warmup_translator
-from sweep.engine.transfer_data import transfer_data
+from engine.data import segmentation_data
+from engine.supervised import train_supervised
+from engine.transfer import train_transfer, warmup_translator
+from engine.transfer_data import transfer_data
+from protocol.config import make_config
 
 # Small but real: 64 px phantoms of both regimes, 8 test and 8 validation images per regime.
 SMALL = dict(image_size=64, width=0.125, translator_width=8, batch_size=2, num_threads=1, device="cpu")

@@ -13,20 +13,20 @@ import pandas as pd
 import pytest
 import torch
 
-from sweep.engine.label_budget import label_plan
-from sweep.engine.transfer import NotApplicable, train_transfer, warmup_translator
-from sweep.engine.transfer_data import transfer_data
-from sweep.engine.translation import TrainingDiverged, translator_key
+from engine.label_budget import label_plan
+from engine.transfer import NotApplicable, train_transfer, warmup_translator
+from engine.transfer_data import transfer_data
+from engine.translation import TrainingDiverged, translator_key
 
 
 def test_warm_up_is_trained_once_and_reused_by_other_tasks_and_fractions(make_cfg, source, target, tmp_path, caplog):
     cfg = make_cfg()
-    with caplog.at_level(logging.INFO, logger="sweep.engine.translation"):
+    with caplog.at_level(logging.INFO, logger="engine.translation"):
         first = warmup_translator(cfg, source, target, tmp_path)
     assert any("warm-up epoch" in r.getMessage() for r in caplog.records)
     stamp = first.stat().st_mtime_ns
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="sweep.engine.translation"):
+    with caplog.at_level(logging.INFO, logger="engine.translation"):
         again = warmup_translator(cfg.replace(task="heart", label_fraction=5.0, method="finetune"), source, target,
                                   tmp_path)
     assert again == first and first.stat().st_mtime_ns == stamp
@@ -157,11 +157,11 @@ def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, 
     did before, must end with the same weights and the same epoch losses (CPU)."""
     import torch
 
+    from engine.device import as_batch
+    from engine.supervised import epoch_seed
+    from engine.transfer import ProposedRun
+    from engine.translation import paired_batches
     from models.registry import read_segmenter_checkpoint
-    from sweep.engine.inference import as_batch
-    from sweep.engine.supervised import epoch_seed
-    from sweep.engine.transfer import ProposedRun
-    from sweep.engine.translation import paired_batches
 
     cfg = make_cfg(label_fraction=50.0)
     data = data_for(cfg)
@@ -230,7 +230,7 @@ def test_compile_option_trains_both_kinds_of_run(make_cfg, data_for, segmenter_c
 # A child process that runs a proposed transfer and SIGKILLs itself once epoch `kill_after` is on disk.
 KILLED_TRANSFER = textwrap.dedent("""
     import os, pickle, signal, sys
-    from sweep.engine.transfer import train_transfer
+    from engine.transfer import train_transfer
 
     with open(sys.argv[1], "rb") as handle:
         cfg, data, segmenter, translator = pickle.load(handle)
@@ -283,7 +283,7 @@ def test_m_a_of_another_fold_seed_or_data_is_refused_naming_both(make_cfg, sourc
                                                                 make_m_a, tmp_path):
     """--segmenter must be the U-Net of fold repetition % n_folds on the same source data: any
     other may have trained on the source validation images that choose the 0 % epoch."""
-    from sweep.engine.transfer_data import transfer_data as split
+    from engine.transfer_data import transfer_data as split
 
     cfg = make_cfg(method="source_only", repetition=1)
     with pytest.raises(ValueError, match=rf"{segmenter_checkpoint}: M_A was trained on fold 0 of 5 .*repetition 1 "

@@ -2,9 +2,9 @@
 import numpy as np
 from PIL import Image
 
-from sweep.cli import main
-from sweep.engine.inference import Segmenter
-from sweep.engine.transfer import TranslateThenSegment
+from commands.main import main
+from inference.segment import Segmenter
+from models.loading import TranslateThenSegment
 
 
 def test_segment_with_a_proposed_checkpoint_translates_first(tmp_path, capsys):

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
+from engine.selection import ShapePrior, TargetSelection
+from engine.transfer import train_transfer, warmup_translator
+from engine.transfer_data import transfer_data
 from models.registry import read_segmenter_checkpoint
 from models.translators.munit import MUNITTranslator
-from sweep.engine.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
-from sweep.engine.selection import ShapePrior, TargetSelection
-from sweep.engine.transfer import train_transfer, warmup_translator
-from sweep.engine.transfer_data import transfer_data
+from protocol.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
 
 
 def test_plausibility_is_high_for_lung_masks_and_low_for_the_known_failure_modes(source):
@@ -60,7 +60,7 @@ def test_a_translation_that_destroys_its_input_falls_back_to_no_adaptation(make_
     data = transfer_data(cfg, source, mild_target)
     translator = warmup_translator(cfg, source, mild_target, tmp_path / "translators")
     monkeypatch.setattr(MUNITTranslator, "translate_ba", lambda self, b: 3 * torch.randn_like(b))
-    with caplog.at_level(logging.WARNING, logger="sweep.engine.transfer"):
+    with caplog.at_level(logging.WARNING, logger="engine.transfer"):
         result = train_transfer(cfg, data, tmp_path / "run", trained_segmenter_checkpoint, translator)
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
     assert summary["selection_criterion"] == TARGET_PLAUSIBILITY
@@ -109,8 +109,8 @@ def test_keep_best_counts_the_start_and_keeps_a_trained_epoch_only_when_clearly_
     """Labelled criteria: the start (M_A as it is) is a candidate; a trained epoch must beat it image by
     image with confidence, a positive mean on few images is not enough. The source criterion has no
     start to compare with."""
-    from sweep.engine.run_dir import HELD_OUT_JACCARD, SOURCE_JACCARD
-    from sweep.engine.selection import KeepBest
+    from engine.selection import KeepBest
+    from protocol.run_dir import HELD_OUT_JACCARD, SOURCE_JACCARD
 
     start = np.array([0.80, 0.85, 0.90, 0.82])
     clearly = KeepBest(HELD_OUT_JACCARD)

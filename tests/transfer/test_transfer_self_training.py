@@ -1,15 +1,15 @@
-"""Self-training (sweep/engine/self_training.py): pseudo-labels from M_A on the unlabelled target
+"""Self-training (engine/self_training.py): pseudo-labels from M_A on the unlabelled target
 training images only, a student guarded against no adaptation, exact resume."""
 import json
 
 import numpy as np
 import pytest
 
-from sweep.engine.run_dir import NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
-from sweep.engine.self_training import pseudo_labels
-from sweep.engine.transfer import train_transfer
-from sweep.engine.transfer_data import transfer_data
+from engine.self_training import pseudo_labels
+from engine.transfer import train_transfer
+from engine.transfer_data import transfer_data
 from models.registry import read_segmenter_checkpoint
+from protocol.run_dir import NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
 
 def test_pseudo_labels_come_from_the_unlabelled_training_images_only(make_cfg, source, target,

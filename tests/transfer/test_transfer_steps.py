@@ -1,12 +1,12 @@
 """The three alternating steps of the proposed method: who gets gradients, who moves, who stays frozen."""
-import numpy as np
 import pytest
 import torch
 
+from engine.device import as_batch
+from engine.label_budget import label_plan
+from engine.transfer import ProposedRun, train_transfer
+from models.loading import TranslateThenSegment, load_transfer_model
 from models.registry import read_segmenter_checkpoint
-from sweep.engine.inference import as_batch
-from sweep.engine.label_budget import label_plan
-from sweep.engine.transfer import ProposedRun, TranslateThenSegment, load_transfer_model, train_transfer
 
 
 def snapshot(modules):
@@ -25,7 +25,7 @@ def translators_dir(tmp_path_factory):
 
 @pytest.fixture(params=["munit", "cyclegan"])
 def run(request, make_cfg, data_for, segmenter_checkpoint, source, target, translators_dir, tmp_path):
-    from sweep.engine.transfer import warmup_translator
+    from engine.transfer import warmup_translator
 
     cfg = make_cfg(translator=request.param, label_fraction=50.0)
     translator_path = warmup_translator(cfg, source, target, translators_dir)  # cached after the first test
@@ -77,7 +77,7 @@ def g_ba_modules(translator):
 def test_semantic_term_moves_its_discriminator_and_the_generators_never_the_segmenter(run):
     """The optional SeUDA term (w_semantic > 0): D_M learns source masks vs M_A(G_BA(b)); then
     G_BA learns to fool it through a frozen M_A, whose weights and mode are left as they were."""
-    from sweep.engine.translation import SemanticAdversary
+    from engine.translation import SemanticAdversary
 
     semantic = SemanticAdversary(run.cfg.replace(w_semantic=1.0), run.device)
     translator, segmenter = run.model.translator, run.model.segmenter

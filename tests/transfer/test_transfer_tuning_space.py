@@ -2,9 +2,9 @@
 that field alone give different losses (sweep.tuning.search_space)."""
 import pytest
 
-from sweep.engine.data import segmentation_data
-from sweep.engine.supervised import train_supervised
-from sweep.engine.transfer import train_transfer
+from engine.data import segmentation_data
+from engine.supervised import train_supervised
+from engine.transfer import train_transfer
 from sweep.tuning import search_space
 
 

@@ -1,0 +1,161 @@
+"""What every transfer method shares: the model applied to target images, its validation, and the
+files a run leaves (test outputs, translation samples, best.pt of M_A as it is). Plain PyTorch."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from data_io.preprocess import preprocessing_record
+from engine import checkpoints as ckpt
+from engine.label_budget import LabelPlan
+from engine.scoring import SplitScorer, predict_and_score
+from engine.selection import Decision, TargetSelection
+from engine.transfer_data import TransferData
+from engine.translation import save_translation_samples
+from models.loading import TranslateThenSegment
+from models.registry import segmenter_from_checkpoint
+from models.translators.base import Translator
+from protocol.config import RunConfig
+from protocol.run_dir import (
+    ADAPTED,
+    NO_ADAPTATION,
+    TARGET_PLAUSIBILITY,
+    TRANSLATIONS_DIR,
+    RunResult,
+    best_checkpoint_path,
+    write_test_outputs,
+)
+
+N_TRANSLATION_SAMPLES = 4
+
+
+class ValidationScorer:
+    """Per-image Jaccard of a transfer run's labelled selection images (`plan`: the held-back part
+    of its own labels, or the paper's labelled target validation split) when it has any, else of
+    the source validation split (through A -> B -> A when there is a translator). Never the test
+    split, never a target label outside the plan. The split goes to the device once; each call
+    scores the model as it is now."""
+
+    def __init__(self, data: TransferData, plan: LabelPlan, device: torch.device):
+        self.on_target = plan.labelled_selection
+        self.split = "target" if self.on_target else "source"
+        if self.on_target:
+            self.scorer = SplitScorer(plan.select_images, plan.select_masks, plan.select_frame, device)
+        else:
+            self.scorer = SplitScorer(data.source_val_images, data.source_val_masks, data.source_val_frame, device)
+
+    def per_image(self, model: TranslateThenSegment) -> np.ndarray:
+        scored: nn.Module = model
+        if not self.on_target:
+            scored = model.segmenter
+            if model.translator is not None:
+                scored = nn.Sequential(_CycleABA(model.translator), model.segmenter)
+        return self.scorer(scored)[0]
+
+    def __call__(self, model: TranslateThenSegment) -> tuple[float, str]:
+        return float(self.per_image(model).mean()), self.split
+
+
+class CandidateScorer:
+    """Per-image scores of a candidate model by its run's selection criterion: plausibility of its
+    masks on the unlabelled target validation images (TargetSelection), or the Jaccard of
+    `validate` (ValidationScorer)."""
+
+    def __init__(self, cfg: RunConfig, data: TransferData, plan: LabelPlan, validate: ValidationScorer,
+                 device: torch.device):
+        self.device, self.validate = device, validate
+        self.selection = (TargetSelection(data.source_train_masks, data.target_val_images, cfg.selection_margin)
+                          if plan.criterion == TARGET_PLAUSIBILITY else None)
+
+    def __call__(self, model: TranslateThenSegment) -> np.ndarray:
+        if self.selection is not None:
+            return self.selection.plausibility(model, self.device)
+        return self.validate.per_image(model)
+
+
+def validation_jaccard(data: TransferData, plan: LabelPlan, model: TranslateThenSegment,
+                       device: torch.device) -> tuple[float, str]:
+    """One validation pass (ValidationScorer) for a run that scores once."""
+    return ValidationScorer(data, plan, device)(model)
+
+
+class _CycleABA(nn.Module):
+    def __init__(self, translator: Translator):
+        super().__init__()
+        self.translator = translator
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.translator.cycle_aba(images)
+
+
+def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: TranslateThenSegment, device: torch.device,
+               best_epoch: int, val_jaccard: float, duration_s: float, epochs_trained: int,
+               history: list[dict], summary_extra: dict | None = None,
+               sample_translator: Translator | None = None) -> RunResult:
+    """Evaluate `model` on the target test split and write the run's test outputs
+    (`write_test_outputs`; `summary_extra` joins result.json). Translation samples show
+    `sample_translator`, by default the model's own (a run that fell back to no adaptation still
+    shows what it rejected)."""
+    started = time.perf_counter()
+    # Scored in each image's whole frame when the images are content crops; a task the target
+    # does not label (heart / clavicles on Montgomery) gives overlays for the eye, no numbers.
+    predictions, jaccards, dices = predict_and_score(model, data.target_test_images, data.target_test_masks,
+                                                     data.target_test_frame, device)
+    sample_translator = sample_translator or model.translator
+    if sample_translator is not None:
+        save_translation_samples(sample_translator, data.source_val_images, data.target_test_images,
+                                 Path(run_dir) / TRANSLATIONS_DIR, n=N_TRANSLATION_SAMPLES)
+    return write_test_outputs(run_dir, cfg, data.target_test_ids, data.target_test_images, predictions,
+                              data.target_test_masks, jaccards, dices, best_epoch=best_epoch, val_jaccard=val_jaccard,
+                              duration_s=duration_s, device=device, epochs_trained=epochs_trained, history=history,
+                              started=started, summary_extra=summary_extra)
+
+
+def save_source_model_as_best(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
+                              **extra: Any) -> None:
+    """best.pt of a run whose model is M_A as it is (`source_only`, or a proposed run that fell
+    back to no adaptation): M_A's weights with this run's config, the data it saw (source and
+    target, by content) and how the target images were prepared."""
+    ckpt.save_atomic({**source_model, "config": cfg.to_dict(), "data": data.fingerprints,
+                      "preprocessing": preprocessing_record(data.crop_borders), **extra},
+                     best_checkpoint_path(run_dir))
+
+
+def fall_back_to_source(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
+                        device: torch.device, kept: str, best_epoch: int, best_score: float,
+                        no_adaptation: dict, decision: dict, criterion: str) -> tuple[nn.Module, int, float]:
+    """A run whose kept epoch is not better than where it started, by its own criterion, returns
+    M_A as it is: says so (`kept` names the epoch, e.g. "the kept adapted epoch"; `best_epoch` 0:
+    no trained epoch was kept), writes M_A as best.pt and gives (model, best epoch 0, M_A's
+    validation Jaccard)."""
+    margin = f" (margin {cfg.selection_margin:.3f})" if criterion == TARGET_PLAUSIBILITY else ""
+    logging.getLogger(__name__).warning(
+        "%s (%d, %s %.4f) is not better than no adaptation (%.4f): mean gain %+.4f%s, lower confidence bound "
+        "%+.4f. The run falls back to M_A on %s as it is, the source_only model", kept, best_epoch, criterion,
+        best_score, no_adaptation["target_score"], decision["mean_gain"], margin, decision["lower_bound"],
+        data.target_name)
+    save_source_model_as_best(cfg, data, run_dir, source_model, selected_model=NO_ADAPTATION)
+    return TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device), 0, no_adaptation["val_jaccard"]
+
+
+def selection_record(criterion: str, decision: Decision | None, best_score: float, best_epoch: int,
+                     no_adaptation: dict | None, margin: float, plan: LabelPlan | None = None) -> dict[str, Any]:
+    """What result.json records of a transfer run's choice: which model was kept and why
+    (`decision` is None when no comparison with where the run started ran), and its label plan."""
+    keeps = decision is None or decision.keep_adaptation
+    return {
+        **(plan.record() if plan is not None else {}),
+        "selection_criterion": criterion,
+        "selected_model": ADAPTED if keeps else NO_ADAPTATION,
+        "selection_score": best_score if keeps else no_adaptation["target_score"],
+        "no_adaptation_score": no_adaptation["target_score"] if no_adaptation else None,
+        "adapted_epoch": best_epoch,
+        "selection_decision": decision.to_dict() if decision is not None else None,
+        "selection_margin": margin if decision is not None and criterion == TARGET_PLAUSIBILITY else None,
+    }

@@ -1,5 +1,0 @@
-"""The plain-PyTorch training engines. Never imports Ray: the sweep wraps these functions.
-
-Submodules are imported by their users (`sweep.engine.supervised`, `.metrics`, `.data`, ...)
-so that importing the package stays cheap.
-"""
