@@ -1,8 +1,9 @@
-"""Applying a trained segmenter: batched prediction (shared with training) and the network
-`cxrsweep segment` runs (`inference.segment` holds the rest of that job)."""
+"""Device settings of the engines (device, mixed precision, memory layout, optimiser, thread
+count) and batched prediction, shared by training, scoring and `cxrsweep segment`."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -127,3 +128,16 @@ def foreground_masks(model: nn.Module, images: np.ndarray | torch.Tensor, device
     host copy per pass); `images` as for `logits_batches`."""
     out = [(1 - torch.softmax(logits.float(), dim=1)[:, 0]) >= 0.5 for logits in logits_batches(model, images, device)]
     return torch.cat(out).cpu().numpy() if out else np.zeros((0,) + tuple(images.shape[-2:]), bool)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run with `count` torch threads (0: as the process has them), and leave the process-wide
+    count as it was: a run leaves its caller as it found it."""
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -27,8 +27,8 @@ from torch import nn
 from engine import checkpoints as ckpt
 from engine.device import foreground_masks, resolve_device
 from engine.label_budget import LabelPlan
+from engine.loop import EpochCallback
 from engine.selection import ShapePrior
-from engine.supervised import EpochCallback
 from engine.target_training import TargetTrainer
 from engine.transfer_data import TransferData
 from models.loading import TranslateThenSegment

@@ -13,8 +13,9 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,9 @@ from engine.device import (
     memory_format_for,
     prepare_device,
     resolve_device,
+    torch_threads,
 )
+from engine.loop import EpochCallback, EpochLoop, HighestMean, Selector
 from engine.scoring import SplitScorer, predict_and_score
 from models.losses import build_loss
 from models.registry import build_segmenter
@@ -44,10 +47,6 @@ NUM_CLASSES = 2  # background + the task's structure
 IN_CHANNELS = 1
 
 
-class EpochCallback(Protocol):
-    def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None: ...
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of an epoch's shuffle and augmentation: a function of (seed, epoch) only, so resuming is exact."""
     return (seed * 1_000_003 + epoch) % (2**63)
@@ -57,7 +56,7 @@ def arch_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return {"width": cfg.width, "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES}
 
 
-class Trainer(ckpt.ResumableRun):
+class Trainer(EpochLoop):
     """The state of one run: network, optimiser, tensors on the device, best-so-far bookkeeping."""
 
     def __init__(self, cfg: RunConfig, data: SegmentationData, run_dir: Path):
@@ -91,6 +90,7 @@ class Trainer(ckpt.ResumableRun):
         self.history: list[dict] = []
         self.duration_s = 0.0
         self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
+        self.selector: Selector = HighestMean()
 
     # --- checkpoints ---
     def candidate(self) -> nn.Module:
@@ -119,6 +119,7 @@ class Trainer(ckpt.ResumableRun):
         ckpt.unwrap(self.model).load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.restore_progress(state)
+        self.selector = HighestMean(self.best_val)
         log.info("resuming %s from epoch %d (best val Jaccard %.4f at epoch %d)",
                  self.run_dir, self.epoch, self.best_val, self.best_epoch)
         return True
@@ -144,43 +145,40 @@ class Trainer(ckpt.ResumableRun):
             total += loss.detach() * len(index)
         return float(total) / len(order)
 
-    def select(self, metrics: dict[str, Any], val_jaccards: Any = None) -> tuple[bool, float]:
-        """Whether the epoch just validated becomes the kept one, and its selection score (here its
-        validation Jaccard; a subclass may score otherwise, e.g. by the per-image `val_jaccards`,
-        and add to `metrics`)."""
-        return metrics["val_jaccard"] > self.best_val, metrics["val_jaccard"]
+    # --- the loop's hooks (engine/loop.py) ---
+    @property
+    def total_epochs(self) -> int:
+        return self.cfg.epochs
 
-    def fit(self, callbacks: Sequence[EpochCallback]) -> int:
-        cfg, data = self.cfg, self.data
-        trained = 0
-        while self.epoch < cfg.epochs:
-            started = time.perf_counter()
-            loss = self.train_epoch()
-            train_s = time.perf_counter() - started
-            self.epoch += 1
-            trained += 1
-            metrics: dict[str, Any] = {"epoch": self.epoch, "train_loss": loss, "train_s": train_s,
-                                       "train_images_per_s": len(data.train_images) / max(train_s, 1e-9)}
-            if self.epoch % max(cfg.eval_every, 1) == 0 or self.epoch == cfg.epochs:
-                jaccards, dices = self.val_scorer(self.candidate())
-                metrics["val_jaccard"], metrics["val_dice"] = float(jaccards.mean()), float(dices.mean())
-                keep, score = self.select(metrics, jaccards)
-                if keep:
-                    self.best_val, self.best_epoch = score, self.epoch
-                    self.best = self._network_checkpoint(self.candidate())
-            metrics.update(best_val_jaccard=self.best_val, best_epoch=self.best_epoch)
-            metrics["epoch_s"] = time.perf_counter() - started
-            self.duration_s += metrics["epoch_s"]
-            self.history.append(metrics)
-            if self.clock.due(final=self.epoch == cfg.epochs):
-                metrics.update(self.clock.write(self._last_state, self.last_path))
-            log.info("%s %s fold %d epoch %d/%d: loss %.4f, val Jaccard %s (best %.4f @ %d), %.1fs",
-                     cfg.model, cfg.task, cfg.fold, self.epoch, cfg.epochs, loss,
-                     f"{metrics['val_jaccard']:.4f}" if "val_jaccard" in metrics else "-",
-                     self.best_val, self.best_epoch, metrics["epoch_s"])
-            for callback in callbacks:
-                callback(self.epoch, dict(metrics), self.run_dir)
-        return trained
+    def epoch_metrics(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        loss = self.train_epoch()
+        train_s = time.perf_counter() - started
+        return {"train_loss": loss, "train_s": train_s,
+                "train_images_per_s": len(self.data.train_images) / max(train_s, 1e-9)}
+
+    def evaluates(self, epoch: int) -> bool:
+        return epoch % max(self.cfg.eval_every, 1) == 0 or epoch == self.cfg.epochs
+
+    def evaluate(self, metrics: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """Validation Jaccard and Dice of the epoch's candidate; the selection reads the per-image
+        Jaccards (a subclass may score otherwise, and add to `metrics`)."""
+        jaccards, dices = self.val_scorer(self.candidate())
+        metrics["val_jaccard"], metrics["val_dice"] = float(jaccards.mean()), float(dices.mean())
+        return jaccards, metrics["val_jaccard"]
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._network_checkpoint(self.candidate())
+
+    def best_metrics(self) -> dict[str, Any]:
+        return {"best_val_jaccard": self.best_val, "best_epoch": self.best_epoch}
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        cfg = self.cfg
+        log.info("%s %s fold %d epoch %d/%d: loss %.4f, val Jaccard %s (best %.4f @ %d), %.1fs",
+                 cfg.model, cfg.task, cfg.fold, self.epoch, cfg.epochs, metrics["train_loss"],
+                 f"{metrics['val_jaccard']:.4f}" if "val_jaccard" in metrics else "-",
+                 self.best_val, self.best_epoch, metrics["epoch_s"])
 
     def evaluate_best(self, epochs_trained: int) -> RunResult:
         started = time.perf_counter()
@@ -206,11 +204,7 @@ def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
         raise ValueError(f"epochs must be at least 1, got {cfg.epochs}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The thread count is process-wide: restore it so that a run leaves its caller as it found it.
-    threads_before = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         trainer = Trainer(cfg, data, run_dir)
         resumed = trainer.resume()
         threads = f", {torch.get_num_threads()} threads" if trainer.device.type == "cpu" else ""
@@ -220,5 +214,3 @@ def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
                  run_dir)
         epochs_trained = trainer.fit(callbacks)
         return trainer.evaluate_best(epochs_trained)
-    finally:
-        torch.set_num_threads(threads_before)

@@ -18,8 +18,9 @@ import numpy as np
 from engine import checkpoints as ckpt
 from engine.data import SegmentationData
 from engine.label_budget import LabelPlan
+from engine.loop import EpochCallback
 from engine.selection import KeepBest
-from engine.supervised import EpochCallback, Trainer
+from engine.supervised import Trainer
 from engine.transfer_common import CandidateScorer, ValidationScorer, fall_back_to_source, finish_run, selection_record
 from engine.transfer_data import TransferData
 from models.loading import TranslateThenSegment
@@ -53,17 +54,18 @@ class TargetTrainer(Trainer):
         self.val_split = "target" if on_target else "source"
         self.scores = CandidateScorer(cfg, data, plan, ValidationScorer(data, plan, self.device), self.device)
         self.keeper = KeepBest(plan.criterion, cfg.selection_margin)
+        self.selector = self.keeper
         self.no_adaptation: dict[str, Any] | None = None  # where the run started: its score and val Jaccard
 
     # --- selection ---
-    def select(self, metrics: dict[str, Any], val_jaccards: np.ndarray | None = None) -> tuple[bool, float]:
-        if self.scores.selection is None and val_jaccards is not None:
-            scores = val_jaccards  # the validation pass Trainer.fit just made is the criterion's
+    def evaluate(self, metrics: dict[str, Any]) -> tuple[np.ndarray, float]:
+        val_jaccards, _ = super().evaluate(metrics)
+        if self.scores.selection is None:
+            scores = val_jaccards  # the validation pass just made is the criterion's
         else:
             scores = self.scores(TranslateThenSegment(self.candidate()))
-        keep = self.keeper.consider(scores)
         metrics["selection_score"] = float(np.mean(scores))
-        return keep, metrics["selection_score"]
+        return scores, metrics["selection_score"]
 
     def score_start(self) -> None:
         """Epoch 0 as a candidate: M_A as it is (the network before any training step)."""
@@ -93,6 +95,7 @@ class TargetTrainer(Trainer):
         resumed = super().resume_from(state)
         self.no_adaptation = state["no_adaptation"]
         self.keeper.load_state_dict(state["keeper"])
+        self.selector = self.keeper
         return resumed
 
     # --- the run ---

@@ -43,11 +43,13 @@ from engine.device import (
     memory_format_for,
     prepare_device,
     resolve_device,
+    torch_threads,
 )
 from engine.label_budget import LabelPlan, label_plan
+from engine.loop import EpochCallback, EpochLoop
 from engine.selection import KeepBest
 from engine.self_training import train_self_training
-from engine.supervised import EpochCallback, epoch_seed
+from engine.supervised import epoch_seed
 from engine.target_training import train_on_target_labels
 from engine.transfer_common import (
     CandidateScorer,
@@ -121,10 +123,7 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = label_plan(cfg, data)
-    threads_before = torch.get_num_threads()  # process-wide: leave the caller as it was
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         if cfg.method in METHODS_NEEDING_TARGET_LABELS:
             return train_on_target_labels(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
         if cfg.method == "source_only":
@@ -132,8 +131,6 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
         if cfg.method == "self_training":
             return train_self_training(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
         return ProposedRun(cfg, data, plan, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _check_source_model(path: Path, checkpoint: dict, data: TransferData) -> None:
@@ -214,7 +211,7 @@ class _StepClock:
         return totals
 
 
-class ProposedRun(ckpt.ResumableRun):
+class ProposedRun(EpochLoop):
     """State of one proposed-method run: M_A, the translator, their optimisers, best-so-far.
 
     The training arrays live on the device for the whole run (a batch is an index, not a copy);
@@ -267,6 +264,7 @@ class ProposedRun(ckpt.ResumableRun):
         self.criterion = plan.criterion
         self.scores = CandidateScorer(cfg, data, plan, self.validate, device)
         self.keeper = KeepBest(plan.criterion, cfg.selection_margin)
+        self.selector = self.keeper
         self.no_adaptation: dict[str, Any] | None = None  # its score and val Jaccard
 
     # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
@@ -384,6 +382,45 @@ class ProposedRun(ckpt.ResumableRun):
         log.info("resuming %s from epoch %d", self.run_dir, self.epoch)
         return True
 
+    # --- the loop's hooks (engine/loop.py) ---
+    @property
+    def total_epochs(self) -> int:
+        return self.cfg.transfer_epochs
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        self.epoch_losses = self.train_epoch()
+        self.epoch_balance = adversarial_balance(self.epoch_losses, self.cfg.w_adv)
+        return {**self.epoch_losses, **self.epoch_balance}
+
+    def evaluate(self, metrics: dict[str, Any]) -> tuple[np.ndarray, float]:
+        val_jaccard, val_on = self.validate(self.model)
+        per_image = self.scores(self.model)
+        score = float(per_image.mean())
+        metrics.update(val_jaccard=val_jaccard, val_split=val_on)
+        if self.scores.selection is not None:
+            metrics["target_score"] = score
+        metrics["selection_score"] = score
+        return per_image, score
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.checkpoint()
+
+    def best_metrics(self) -> dict[str, Any]:
+        return {"best_selection_score": self.best_val, "best_epoch": self.best_epoch}
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        data, losses, score = self.data, self.epoch_losses, metrics["selection_score"]
+        chosen_by = f" | target plausibility {score:.4f} (kept {self.best_val:.4f} @ {self.best_epoch})" \
+            if "target_score" in metrics else f" (best {self.best_val:.4f} @ {self.best_epoch})"
+        log.info("proposed %s %g%% epoch %d/%d: %s | %s | val Jaccard (%s) %.4f%s | D %.1fs G %.1fs S %.1fs, "
+                 "%.1fs", data.task, data.label_fraction, self.epoch, self.cfg.transfer_epochs,
+                 format_losses({k: v for k, v in losses.items() if not k.endswith("_s")}),
+                 format_balance(self.epoch_balance), metrics["val_split"], metrics["val_jaccard"], chosen_by,
+                 losses["D_s"], losses["G_s"], losses["S_s"], metrics["epoch_s"])
+
+    def after_epoch(self) -> None:
+        watch_saturation(self.history, "transfer")
+
     # --- the run ---
     def score_no_adaptation(self) -> dict[str, Any]:
         """The "no adaptation" candidate (epoch 0): M_A as trained on the source, applied to b as it is."""
@@ -406,37 +443,7 @@ class ProposedRun(ckpt.ResumableRun):
             self.best_val = self.no_adaptation["target_score"]
             log.info("no adaptation (M_A on %s as it is): %s %.4f", data.target_name, self.criterion,
                      self.no_adaptation["target_score"])
-        trained = 0
-        while self.epoch < cfg.transfer_epochs:
-            started = time.perf_counter()
-            losses = self.train_epoch()
-            balance = adversarial_balance(losses, cfg.w_adv)
-            self.epoch += 1
-            trained += 1
-            val_jaccard, val_on = self.validate(self.model)
-            per_image = self.scores(self.model)
-            score = float(per_image.mean())
-            scores = {"target_score": score} if self.scores.selection is not None else {}
-            keep = self.keeper.consider(per_image)
-            if keep:
-                self.best_val, self.best_epoch = score, self.epoch
-                self.best = self.checkpoint()
-            metrics = {"epoch": self.epoch, **losses, **balance, "val_jaccard": val_jaccard, "val_split": val_on,
-                       **scores, "selection_score": score, "best_selection_score": self.best_val,
-                       "best_epoch": self.best_epoch, "epoch_s": time.perf_counter() - started}
-            self.duration_s += metrics["epoch_s"]
-            self.history.append(metrics)
-            if self.clock.due(final=self.epoch == cfg.transfer_epochs):
-                metrics.update(self.clock.write(self._last_state, self.last_path))
-            chosen_by = f" | target plausibility {score:.4f} (kept {self.best_val:.4f} @ {self.best_epoch})" \
-                if scores else f" (best {self.best_val:.4f} @ {self.best_epoch})"
-            log.info("proposed %s %g%% epoch %d/%d: %s | %s | val Jaccard (%s) %.4f%s | D %.1fs G %.1fs S %.1fs, "
-                     "%.1fs", data.task, data.label_fraction, self.epoch, cfg.transfer_epochs,
-                     format_losses({k: v for k, v in losses.items() if not k.endswith("_s")}), format_balance(balance),
-                     val_on, val_jaccard, chosen_by, losses["D_s"], losses["G_s"], losses["S_s"], metrics["epoch_s"])
-            watch_saturation(self.history, "transfer")
-            for callback in callbacks:
-                callback(self.epoch, dict(metrics), self.run_dir)
+        trained = self.fit(callbacks)
         decision = self.keeper.decide()
         summary = self.summary(decision)
         if decision is not None and not decision.keep_adaptation:

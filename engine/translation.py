@@ -29,6 +29,7 @@ from engine.device import (
     load_scaler_state,
     prepare_device,
     resolve_device,
+    torch_threads,
 )
 from models.registry import build_translator
 from models.translators.base import N_ADVERSARIAL_TERMS, Translator
@@ -330,13 +331,8 @@ def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "Cached
     source_split, target_split = transfer_splits(cfg, len(source.ids), len(target.ids))
     images_a, images_b = source.images[source_split.train], target.images[target_split.train]
     device = device or resolve_device(cfg.device)
-    threads_before = torch.get_num_threads()  # process-wide: leave the caller as it was
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         translator, history = train_translation(cfg, images_a, images_b, device)
-    finally:
-        torch.set_num_threads(threads_before)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_translator(path, translator, cfg, key, history)
     save_translation_samples(translator, images_a, images_b, out_dir / translator_samples_name(cfg.translator, key))
