@@ -1,6 +1,3 @@
-"""cxrsweep's experiment layer.
-
-`protocol.config` (run configs and profiles), `engine` (plain-PyTorch training engines)
-and `protocol.results` (the Parquet schema) never import Ray; only `sweep.trainables` and
-`sweep.runner` do.
-"""
+"""The Ray layer, and only that: Ray Tune trainables that wrap the plain-PyTorch engines
+(`engine/`), the sweep driver, trial scheduling, progress, search, and `cxrsweep segment`'s
+Ray Data runner. The layers below never import Ray (docs/ARCHITECTURE.md, "Layers")."""
