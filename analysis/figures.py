@@ -20,8 +20,8 @@ from analysis.tables import format_fraction  # noqa: E402
 
 # The paper trims Fig. 7 at 75 %; we do the same whenever every plotted value clears it.
 PAPER_TRIM_PCT = 75.0
-METHOD_COLOURS = {"proposed": "tab:blue", "self_training": "tab:purple", "finetune": "tab:orange", "scratch": "tab:green",
-                  "source_only": "tab:red"}
+METHOD_COLOURS = {"proposed": "tab:blue", "self_training": "tab:purple", "finetune": "tab:orange",
+                  "scratch": "tab:green", "source_only": "tab:red"}
 CI_DESCRIPTIONS = {
     ("t", "folds"): "t-interval across folds",
     ("t", "repetitions"): "t-interval across repetitions",
@@ -78,7 +78,8 @@ def figure7(table1: pd.DataFrame) -> Figure:
         ax.set_ylim(bottom, 100.0)
         # A cell without a number says why under its tick, where no marker can cover it.
         several = rows["augmentation"].nunique() > 1
-        names = [f"{model}\n{recipe}" if several else model for model, recipe in zip(rows["model"], rows["augmentation"])]
+        names = [f"{model}\n{recipe}" if several else model
+                 for model, recipe in zip(rows["model"], rows["augmentation"])]
         ax.set_xticks(x, [name if status == "ok" else f"{name}\n({STATUS_WORDS.get(status, 'missing')})"
                           for name, status in zip(names, rows["status"])])
         ax.set_xlim(-0.6, len(rows) - 0.4)

@@ -67,7 +67,8 @@ def load_results(out_dir: str | Path, profile: str | None = None) -> Results:
     profiles = sorted(trials["profile"].dropna().unique())
     if profile is not None:
         if profile not in profiles:
-            raise ValueError(f"{trials_path}: no trials of profile {profile!r}; it holds {', '.join(profiles) or 'none'}")
+            raise ValueError(f"{trials_path}: no trials of profile {profile!r}; "
+                             f"it holds {', '.join(profiles) or 'none'}")
         trials = trials[trials["profile"] == profile]
         images = images[images["profile"] == profile]
     elif len(profiles) > 1:

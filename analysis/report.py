@@ -43,8 +43,10 @@ def build_report(out_dir: str | Path, formats: Iterable[str] = FORMATS, ci: str 
     table1 = tables.table1_frame(results, ci)
     table2 = tables.table2_frame(results, ci)
     paired = tables.paired_tests_frame(results)
-    display = [tables.table1_display(table1, tables.cross_validation_folds(results.trials)), tables.table2_display(table2, paired, tables.not_applicable_reasons(results.trials),
-                                    tables.proposed_variant_notes(results.trials) + tables.epoch_budget_notes(results.trials))]
+    display = [tables.table1_display(table1, tables.cross_validation_folds(results.trials)),
+               tables.table2_display(table2, paired, tables.not_applicable_reasons(results.trials),
+                                     tables.proposed_variant_notes(results.trials)
+                                     + tables.epoch_budget_notes(results.trials))]
     failures = results.failed.reindex(columns=FAILURE_COLUMNS)
 
     for table in display:
@@ -141,7 +143,8 @@ def _page(results: Results, display, frames, failures: pd.DataFrame, figure_path
             continue
         parts.append(f"<h3>All saved {kind} ({len(shown)} shown of {total})</h3><div class='gallery'>")
         parts.extend(f"<figure><img src='{esc(relative)}' alt='{esc(image.label)}'>"
-                     f"<figcaption>{esc(image.label).replace(chr(10), '<br>')}</figcaption></figure>" for image, relative in shown)
+                     f"<figcaption>{esc(image.label).replace(chr(10), '<br>')}</figcaption></figure>"
+                     for image, relative in shown)
         parts.append("</div>")
 
     parts.append("<h2>Failures</h2>")
@@ -216,6 +219,7 @@ def _config_summary(trials: pd.DataFrame) -> str:
             pretty = json.dumps(json.loads(example.iloc[0]), indent=2, sort_keys=True)
         except json.JSONDecodeError:
             pretty = example.iloc[0]
-        text += (f"<details><summary>Full effective config of trial {html.escape(str(trials.loc[example.index[0], 'trial_id']))}"
+        text += (f"<details><summary>Full effective config of trial "
+                 f"{html.escape(str(trials.loc[example.index[0], 'trial_id']))}"
                  f" (config_json)</summary><pre>{html.escape(pretty)}</pre></details>")
     return text

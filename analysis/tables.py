@@ -402,8 +402,8 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
                                                     if baseline in label_free and fraction != 0 else ""])),
                 }
             )
-    columns = ["target", "task", "model", "augmentation", "label_budget", "label_fraction", "baseline", "n_pairs", "statistic", "p_value",
-               "median_difference_pct", "approximate", "note"]
+    columns = ["target", "task", "model", "augmentation", "label_budget", "label_fraction", "baseline", "n_pairs",
+               "statistic", "p_value", "median_difference_pct", "approximate", "note"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -518,6 +518,7 @@ def _paired_notes(paired: pd.DataFrame) -> list[str]:
                 extra = "".join(f", {x}" for x in (["normal approx."] if t.approximate else []) + [t.note] if x)
                 parts.append(f"vs {t.baseline}: {format_p_value(t.p_value)} (n = {t.n_pairs}, "
                              f"Δ = {t.median_difference_pct:+.2f}{extra})")
-        notes.append(f"{target}/{task}/{model}, training {recipe}, {budget} budget, {format_fraction(fraction)} % labels: "
+        notes.append(f"{target}/{task}/{model}, training {recipe}, {budget} budget, "
+                     f"{format_fraction(fraction)} % labels: "
                      + "; ".join(parts) + ".")
     return notes

@@ -44,9 +44,11 @@ def main() -> None:
         started = time.perf_counter()
         synthesize(args.data, n_source=args.count, n_target=0, source_size=args.side, seed=0)
         marker.touch()
-        print(f"wrote {args.count} phantoms at {args.side} px in {time.perf_counter() - started:.1f} s (not part of the benchmark)")
+        print(f"wrote {args.count} phantoms at {args.side} px in {time.perf_counter() - started:.1f} s "
+              "(not part of the benchmark)")
     size_gb = sum(p.stat().st_size for p in args.data.rglob("*") if p.is_file()) / 1e9
-    print(f"data: {args.count} .IMG at {args.side}x{args.side} + {5 * args.count} SCR GIFs at {args.side // 2}, {size_gb:.2f} GB in {args.data}")
+    print(f"data: {args.count} .IMG at {args.side}x{args.side} + {5 * args.count} SCR GIFs at {args.side // 2}, "
+          f"{size_gb:.2f} GB in {args.data}")
     print(f"cpu cores visible: {os.cpu_count()}, decode workers: {os.environ.get('CXRSWEEP_DATA_WORKERS', 'default')}")
 
     # On a shared machine wall time depends on the neighbours; CPU time shows what the work costs.
@@ -60,8 +62,10 @@ def main() -> None:
         hit = load_jsrt(jsrt_dir, scr_dir, args.image_size, cache_dir=cache)
         hit_s, hit_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     assert hit.key == first.key and len(hit) == args.count
-    print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"first preprocessing ({args.count} cases -> {args.image_size} px): {first_s:.1f} s wall, {first_cpu:.1f} s CPU (target <= 60 s)")
+    print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
+    print(f"first preprocessing ({args.count} cases -> {args.image_size} px): {first_s:.1f} s wall, "
+          f"{first_cpu:.1f} s CPU (target <= 60 s)")
     print(f"cache hit: {hit_s:.2f} s wall, {hit_cpu:.2f} s CPU (target <= 1 s); cache file {cache_mb:.1f} MB")
 
 if __name__ == "__main__":

@@ -64,8 +64,10 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
                                 + ", ".join(f"{p} {g:g}" for p, g in GPUS_PER_TRIAL.items())
                                 + "); ignored with a message when the cluster has no GPUs")
     ray_group.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    ray_group.add_argument("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: no limit)")
-    ray_group.add_argument("--retries", type=int, default=1, help="retries of a failed trial, from its last checkpoint (default 1)")
+    ray_group.add_argument("--max-concurrent", type=int, default=0,
+                           help="at most this many trials at once (0: no limit)")
+    ray_group.add_argument("--retries", type=int, default=1,
+                           help="retries of a failed trial, from its last checkpoint (default 1)")
     ray_group.add_argument("--checkpoint-every-s", type=float, default=None, metavar="SECONDS",
                            help="a trial checkpoints (last.pt only) at most this often, and after its last epoch; "
                                 f"0: every epoch (default {RunConfig.checkpoint_every_s:g}, the config field "
@@ -134,7 +136,8 @@ def register(subparsers) -> None:
                      help=f"target label fractions in percent (default {','.join(f'{f:g}' for f in LABEL_FRACTIONS)})")
     run.add_argument("--repetitions", type=_csv(int), help="transfer repetitions (default 0..n_folds-1)")
     add_augmentations_flag(run)
-    run.add_argument("--targets", type=_csv(str), help=f"target datasets (default montgomery): {','.join(TARGET_DATASETS)} or the name of a "
+    run.add_argument("--targets", type=_csv(str),
+                     help=f"target datasets (default montgomery): {','.join(TARGET_DATASETS)} or the name of a "
                           "--target-dir folder")
     add_data_flags(run)
     run.add_argument("--out", required=True, help="output folder or storage URI (s3://, gs://)")
@@ -160,9 +163,11 @@ def register(subparsers) -> None:
     tune_parser.add_argument("--target", default="montgomery",
                              help=f"{', '.join(TARGET_DATASETS)} or a --target-dir folder's name (default montgomery)")
     tune_parser.add_argument("--repetition", type=int, default=0, help="transfer: the repetition the config is for")
-    tune_parser.add_argument("--repetitions", type=_csv(int), help="transfer: one search per repetition, e.g. 0,1,2,3,4")
+    tune_parser.add_argument("--repetitions", type=_csv(int),
+                             help="transfer: one search per repetition, e.g. 0,1,2,3,4")
     tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")
-    tune_parser.add_argument("--best-config", metavar="FILE", help="where to write the best config (default OUT/best-config.json)")
+    tune_parser.add_argument("--best-config", metavar="FILE",
+                             help="where to write the best config (default OUT/best-config.json)")
     add_data_flags(tune_parser)
     tune_parser.add_argument("--out", required=True, help="output folder or storage URI")
     add_cluster_flags(tune_parser)

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     train.add_argument("--seed", type=int, default=0)
     add_data_flags(train, required=True, targets=False)
     train.add_argument("--out", type=Path, required=True, help="run directory")
-    train.add_argument("--init-weights", type=Path, help="local weights (a cxrsweep checkpoint or a state_dict) to start from")
+    train.add_argument("--init-weights", type=Path,
+                       help="local weights (a cxrsweep checkpoint or a state_dict) to start from")
     train.set_defaults(func=run_train)
 
     segment = subparsers.add_parser(
@@ -55,12 +56,14 @@ def register(subparsers) -> None:
     segment.add_argument("--overlays", choices=("flagged", "all", "none"), default="flagged",
                          help="write OUT/overlays/<name>.png for QC-flagged images (default), all or none")
     segment.add_argument("--retry-unreadable", action="store_true",
-                         help="try again the files an earlier run listed as unreadable (e.g. after installing a decoder)")
+                         help="try again the files an earlier run listed as unreadable "
+                              "(e.g. after installing a decoder)")
     add_progress_flag(segment, "redraws of the progress bar; 0: no bar")
     ray_group = segment.add_argument_group("Ray")
     add_address_flag(ray_group)
     ray_group.add_argument("--workers", type=int, default=0,
-                           help="model workers (default: one per GPU share; without GPUs one per --cpus-per-worker CPUs, "
+                           help="model workers (default: one per GPU share; "
+                                "without GPUs one per --cpus-per-worker CPUs, "
                                 "each reading, segmenting and encoding)")
     ray_group.add_argument("--gpus-per-worker", type=float, default=0.0,
                            help="GPU share of each model worker (default 0: on the CPU)")

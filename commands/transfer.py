@@ -28,8 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--label-fraction", type=float, default=0.0, metavar="PERCENT",
                         help="percent of the target training split that keeps its labels (default 0)")
     parser.add_argument("--target", default="montgomery",
-                        help=f"{', '.join(TARGET_DATASETS)} (their folders by --montgomery / --shenzhen) or the name of a "
-                             "--target-dir folder of your own (default montgomery)")
+                        help=f"{', '.join(TARGET_DATASETS)} (their folders by --montgomery / --shenzhen) "
+                             "or the name of a --target-dir folder of your own (default montgomery)")
     parser.add_argument("--repetition", type=int, default=0, help="which seeded 60/20/20 split (default 0)")
     parser.add_argument("--translator", choices=sorted(TRANSLATOR_DEFAULTS),
                         help=f"default: the config's ({DEFAULT_TRANSLATOR})")
@@ -94,7 +94,8 @@ def proposed_outcome(summary: dict) -> str:
 
     criterion = summary["selection_criterion"]
     if summary["selected_model"] == NO_ADAPTATION:
-        kept = (f"kept no adaptation (M_A as it is, epoch 0): its best trained epoch {summary['adapted_epoch']} was not "
+        kept = (f"kept no adaptation (M_A as it is, epoch 0): "
+                f"its best trained epoch {summary['adapted_epoch']} was not "
                 f"{'clearly ' if criterion == 'target_plausibility' else ''}better by {criterion} "
                 f"({summary['selection_score']:.4f} without adaptation)")
     else:

@@ -172,7 +172,8 @@ def cache_key(scan: Scan, image_size: int, crop_borders: bool = True) -> str:
     """Hash of the preprocessing recipe (version, normalisation, size, content crop on or off)
     and every source file's identity (path, size, mtime)."""
     digest = hashlib.sha256()
-    recipe = [scan.name, PREPROCESS_VERSION, NORMALISATION, image_size, scan.skipped, {"crop_borders": bool(crop_borders)}]
+    recipe = [scan.name, PREPROCESS_VERSION, NORMALISATION, image_size, scan.skipped,
+              {"crop_borders": bool(crop_borders)}]
     digest.update(json.dumps(recipe).encode())
     for path in scan.files():
         # abspath, not resolve(): no per-file symlink walk, which would dominate a cache hit.
@@ -347,10 +348,12 @@ def preprocess(scan: Scan, image_size: int, workers: int | None = None, crop_bor
     cases, results = [case for case, _ in read], [result for _, result in read]
     mirrored = [case.id for case, result in read if result.mirrored]
     if mirrored:
-        log.warning("%s: %d mirrored case(s) flipped to the display convention: %s", scan.name, len(mirrored), ", ".join(mirrored[:10]))
+        log.warning("%s: %d mirrored case(s) flipped to the display convention: %s",
+                    scan.name, len(mirrored), ", ".join(mirrored[:10]))
     masks = {task: np.stack([result.masks[task] for result in results]) for task in scan.tasks}
     trimmed = any(result.crop.trimmed for result in results)
-    full_masks = {task: np.stack([result.full_masks[task] for result in results]) for task in scan.tasks} if trimmed else masks
+    full_masks = ({task: np.stack([result.full_masks[task] for result in results]) for task in scan.tasks}
+                  if trimmed else masks)
     return PreparedDataset(
         ids=[case.id for case in cases],
         images=np.stack([result.image for result in results]),

@@ -25,8 +25,10 @@ def register(subparsers) -> None:
     synth.add_argument("out", type=Path, help="output folder")
     synth.add_argument("--n-source", type=int, default=40, help="JSRT-like cases (default 40)")
     synth.add_argument("--n-target", type=int, default=30, help="Montgomery-like cases (default 30)")
-    synth.add_argument("--n-shenzhen", type=int, default=0, help="Shenzhen-like cases, about 1 in 7 without a mask (default 0)")
-    synth.add_argument("--source-size", type=int, default=512, help="side of the .IMG files; SCR masks are half (default 512)")
+    synth.add_argument("--n-shenzhen", type=int, default=0,
+                       help="Shenzhen-like cases, about 1 in 7 without a mask (default 0)")
+    synth.add_argument("--source-size", type=int, default=512,
+                       help="side of the .IMG files; SCR masks are half (default 512)")
     synth.add_argument("--target-size", type=int, default=512, help="long side of the target PNGs (default 512)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
@@ -57,7 +59,8 @@ def register(subparsers) -> None:
     check = data_sub.add_parser(
         "check",
         help="validate and summarise dataset folders",
-        description="Exits non-zero when a dataset given is broken. Each folder may be the dataset as distributed or its parent.",
+        description="Exits non-zero when a dataset given is broken. "
+                    "Each folder may be the dataset as distributed or its parent.",
     )
     check.add_argument("--jsrt", type=Path, help="JSRT images: .IMG files or re-packaged PNGs")
     check.add_argument("--scr", type=Path, help="SCR masks for JSRT (needed with --jsrt)")
@@ -151,9 +154,11 @@ def _print_text(report: dict) -> None:
         if "error" in summary:
             print(f"{name}: BROKEN: {summary['error']}", file=sys.stderr)
             continue
-        masks = ", ".join(f"{structure} {count}" for structure, count in summary["masks"].items()) or "none (unlabelled)"
+        masks = (", ".join(f"{structure} {count}" for structure, count in summary["masks"].items())
+                 or "none (unlabelled)")
         sizes = ", ".join(f"{size} ({count})" for size, count in summary["image_sizes"].items())
-        print(f"{name}: {summary['cases']} cases in {summary['root']} ({summary['image_format']}, {summary['mask_layout']} masks)")
+        print(f"{name}: {summary['cases']} cases in {summary['root']} "
+              f"({summary['image_format']}, {summary['mask_layout']} masks)")
         print(f"  masks: {masks}")
         print(f"  image sizes: {sizes}")
         print(f"  tasks: {', '.join(summary['tasks']) or 'none (transfer at 0 % labels only)'}")

@@ -375,12 +375,14 @@ def check_sizes(scan: Scan, case: Case, image_shape: tuple[int, int], mask_shape
         mask_path = case.masks[structure]
         if scan.name != "jsrt":
             if (mask_h, mask_w) != (image_h, image_w):
-                raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} but its image {case.image.name} is {image_h}x{image_w}")
+                raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} "
+                                 f"but its image {case.image.name} is {image_h}x{image_w}")
             continue
         if mask_h != mask_w:
             raise ValueError(f"{mask_path}: SCR mask is {mask_h}x{mask_w}, expected a square")
         if first_shape is not None and (mask_h, mask_w) != first_shape:
-            raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} but the other masks of {case.id} are {first_shape[0]}x{first_shape[1]}")
+            raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} "
+                             f"but the other masks of {case.id} are {first_shape[0]}x{first_shape[1]}")
         first_shape = (mask_h, mask_w)
         # Original data: 2048 image, 1024 masks. Re-packaged PNGs were rescaled; any square pair goes.
         if scan.image_format == "jsrt-img" and image_h != 2 * mask_h:

@@ -7,11 +7,11 @@ one distribution for every domain; only the imaging differs.
 
 The Montgomery-like target comes in two regimes (`TARGET_SHIFTS`):
 - "severe" (the default): built to stay hard *after* per-image standardisation (which on
-  real data removes most of the JSRT -> Montgomery gap): a strongly non-linear intensity response, inverted on every image by
-  default (one consistent domain shift), a low-frequency multiplicative bias field, black
-  collimation borders, different noise, and a slightly wider field of view at Montgomery's
-  aspect ratio. A source-only segmenter scores little; a translator that learns the intensity
-  mapping can recover the anatomy.
+  real data removes most of the JSRT -> Montgomery gap): a strongly non-linear intensity
+  response, inverted on every image by default (one consistent domain shift), a low-frequency
+  multiplicative bias field, black collimation borders, different noise, and a slightly wider
+  field of view at Montgomery's aspect ratio. A source-only segmenter scores little; a
+  translator that learns the intensity mapping can recover the anatomy.
 - "mild": the regime the real JSRT -> Montgomery shift lives in (a source-only segmenter keeps
   most of its accuracy): the source's polarity, another exposure curve, contrast and noise, a
   low-frequency bias field, bright collimation bands, a wider field of view and other patient
@@ -510,7 +510,8 @@ def render_target(
     return np.round(image).astype(np.uint16)
 
 
-def render_mild_target(attenuation: np.ndarray, rng: np.random.Generator, bits_max: int, shift: MildShift) -> np.ndarray:
+def render_mild_target(attenuation: np.ndarray, rng: np.random.Generator, bits_max: int,
+                       shift: MildShift) -> np.ndarray:
     """The mild target's detector: the source's polarity, another exposure curve, contrast, noise
     and bias field, then bright collimation bands (unexposed film) on some sides."""
     height, width = attenuation.shape
@@ -522,12 +523,15 @@ def render_mild_target(attenuation: np.ndarray, rng: np.random.Generator, bits_m
     display = 1 / (1 + np.exp(-contrast * (exposure - level)))
     display += noise_sigma * rng.standard_normal(display.shape, dtype=np.float32)
     for side in range(4):
-        present, fraction, brightness = rng.random() < shift.collimation, rng.uniform(*shift.collimation_width), rng.uniform(0.9, 0.98)
+        present, fraction, brightness = (rng.random() < shift.collimation, rng.uniform(*shift.collimation_width),
+                                         rng.uniform(0.9, 0.98))
         if not present:
             continue
         band = max(1, int(fraction * (height if side < 2 else width)))
-        region = (slice(0, band), slice(None)) if side == 0 else (slice(height - band, None), slice(None)) if side == 1 \
-            else (slice(None), slice(0, band)) if side == 2 else (slice(None), slice(width - band, None))
+        region = ((slice(0, band), slice(None)) if side == 0
+                  else (slice(height - band, None), slice(None)) if side == 1
+                  else (slice(None), slice(0, band)) if side == 2
+                  else (slice(None), slice(width - band, None)))
         # Unexposed film: bright, with a little detector noise and no anatomy.
         display[region] = brightness + 0.004 * rng.standard_normal(display[region].shape, dtype=np.float32)
     return np.round(np.clip(display, 0, 1) * bits_max).astype(np.uint16)
@@ -581,7 +585,8 @@ def render_heldout_target(attenuation: np.ndarray, rng: np.random.Generator, shi
     from scipy import ndimage  # here, not at the top: the CLI imports this module at start-up
 
     knobs = {
-        "black": rng.uniform(*shift.black), "white": rng.uniform(*shift.white), "shoulder": rng.uniform(*shift.shoulder),
+        "black": rng.uniform(*shift.black), "white": rng.uniform(*shift.white),
+        "shoulder": rng.uniform(*shift.shoulder),
         "contrast": rng.uniform(5.0, 7.0), "level": rng.uniform(0.38, 0.48),
     }
     edge_gain, compression = rng.uniform(*shift.edge_gain), rng.uniform(*shift.range_compression)
@@ -611,7 +616,8 @@ def _font(pixels: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _glyph(text: str, pixels: int, frame: bool) -> np.ndarray:
     """`text` in white on black, tightly cropped (with a frame around it when asked), float [0, 1]."""
     font, stroke = _font(pixels), max(1, round(pixels / 14))  # bold, as lead letters and burned-in text are
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font, stroke_width=stroke)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox(
+        (0, 0), text, font=font, stroke_width=stroke)
     pad = max(1, pixels // 5) if frame else 0
     line = max(1, pixels // 10)
     canvas = Image.new("L", (right - left + 2 * pad + 2 * line * frame, bottom - top + 2 * pad + 2 * line * frame))
@@ -665,14 +671,18 @@ def draw_markers(display: np.ndarray, lungs: np.ndarray, rng: np.random.Generato
     lead, text = np.zeros_like(display), np.zeros_like(display)
     pixels = max(7, round(rng.uniform(*shift.marker_size) * longest))
     # The technologist's lead side letter: R on the patient's right (the image's left), L opposite.
-    present, letter, framed, low = rng.random() < shift.side_marker, rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.3
+    present, letter, framed, low = (rng.random() < shift.side_marker, rng.random() < 0.5, rng.random() < 0.5,
+                                    rng.random() < 0.3)
     if present:
         mark = _glyph("L" if letter else "R", pixels, framed)
-        _place(lead, np.pad(mark, halo), forbidden, rng, ("bottom" if low else "top", "right" if letter else "left"), (0.3, 0.12))
-    present, choice, corner = rng.random() < shift.annotation, int(rng.integers(len(HELD_OUT_ANNOTATIONS))), int(rng.integers(4))
+        _place(lead, np.pad(mark, halo), forbidden, rng, ("bottom" if low else "top", "right" if letter else "left"),
+               (0.3, 0.12))
+    present, choice, corner = (rng.random() < shift.annotation, int(rng.integers(len(HELD_OUT_ANNOTATIONS))),
+                               int(rng.integers(4)))
     if present:
         mark = _glyph(HELD_OUT_ANNOTATIONS[choice], max(7, round(pixels * 0.8)), False)
-        _place(text, np.pad(mark, 1), forbidden, rng, (("top", "bottom")[corner // 2], ("left", "right")[corner % 2]), (0.08, 0.08))
+        _place(text, np.pad(mark, 1), forbidden, rng, (("top", "bottom")[corner // 2], ("left", "right")[corner % 2]),
+               (0.08, 0.08))
     for _ in range(2):
         present, edge = rng.random() < shift.lead_blocks, int(rng.integers(2))
         block_h, block_w = (max(2, round(rng.uniform(lo, hi) * longest)) for lo, hi in ((0.012, 0.03), (0.02, 0.05)))
@@ -743,7 +753,8 @@ def _save_montgomery_case(root: Path, case_id: str, image: np.ndarray, masks: di
     _save_png(masks["right lung"].astype(np.uint8) * 255, root / "ManualMask" / "rightMask" / f"{case_id}.png")
 
 
-def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator, inverted_fraction: float) -> Path:
+def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator,
+                      inverted_fraction: float) -> Path:
     """The severe regime."""
     root = out / "montgomery"
     for index in range(count):
@@ -752,7 +763,8 @@ def _write_montgomery(out: Path, count: int, long_side: int, rng: np.random.Gene
         anatomy, pose = sample_anatomy(rng), _montgomery_pose(rng, height, width)
         attenuation = render_attenuation(anatomy, pose, height, width, rng)
         image = render_target(
-            attenuation, rng, bits_max=int(rng.uniform(3000, 4095)), style="montgomery", inverted_fraction=inverted_fraction
+            attenuation, rng, bits_max=int(rng.uniform(3000, 4095)), style="montgomery",
+            inverted_fraction=inverted_fraction
         )
         _save_montgomery_case(root, case_id, image, render_masks(anatomy, pose, height, width))
     return root
@@ -786,7 +798,8 @@ def _write_mild_montgomery(out: Path, count: int, long_side: int, rng: np.random
     return root
 
 
-def _write_heldout_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator, shift: HeldOutShift) -> Path:
+def _write_heldout_montgomery(out: Path, count: int, long_side: int, rng: np.random.Generator,
+                              shift: HeldOutShift) -> Path:
     """The held-out regime. Each case draws anatomy, framing, detector, pathology, markers and
     borders from streams of its own, so switching one factor of `shift` off leaves everything
     else about the case unchanged."""
@@ -800,7 +813,8 @@ def _write_heldout_montgomery(out: Path, count: int, long_side: int, rng: np.ran
         height, width = _target_shape(frame_rng, long_side, shift.aspect, shift.landscape)
         pose = _heldout_pose(frame_rng, shift, height, width)
         resolution, bits_max = detector_rng.uniform(*shift.resolution), int(detector_rng.uniform(3000, 4095))
-        small = (max(16, round(height * resolution)), max(16, round(width * resolution))) if resolution < 1 else (height, width)
+        small = ((max(16, round(height * resolution)), max(16, round(width * resolution))) if resolution < 1
+                 else (height, width))
         attenuation = render_attenuation(anatomy, pose, *small, detector_rng)
         effusion = Effusion(
             lung=int(pathology_rng.integers(2)), fill=pathology_rng.uniform(*shift.opacity_fill),
@@ -811,7 +825,8 @@ def _write_heldout_montgomery(out: Path, count: int, long_side: int, rng: np.ran
             attenuation = np.clip(attenuation + _effusion_field(anatomy, pose, *small, effusion), 0.0, 1.0)
         display = render_heldout_target(attenuation, detector_rng, shift, (height, width))
         masks = render_masks(anatomy, pose, height, width)
-        display = draw_markers(display, masks["left lung"] | masks["right lung"], marker_rng, shift, min(resolution, 1.0))
+        display = draw_markers(display, masks["left lung"] | masks["right lung"], marker_rng, shift,
+                               min(resolution, 1.0))
         image = np.round(np.clip(display, 0, 1) * bits_max).astype(np.uint16)
         if shift.pad_to_square and height != width:
             state = border_rng.bit_generator.state
@@ -861,19 +876,21 @@ def synthesize(
     about the side of the Shenzhen-like 8-bit PNGs.
     `target_shift` is "severe" (default), "mild", "heldout", a `MildShift` (the mild regime with
     other knobs) or a `HeldOutShift` (the held-out regime with other knobs; no padding by
-    default, so its films keep Montgomery's aspect ratio). `target_inverted_fraction` (severe only) of the Montgomery-like images get an
-    inverted response (lungs bright). The default 1 is a consistent shift a translator can
-    learn; 0 keeps the display polarity (an easier target); values in between make the target
-    bimodal.
+    default, so its films keep Montgomery's aspect ratio). `target_inverted_fraction` (severe
+    only) of the Montgomery-like images get an inverted response (lungs bright). The default 1
+    is a consistent shift a translator can learn; 0 keeps the display polarity (an easier
+    target); values in between make the target bimodal.
     Each domain draws from its own random stream, so changing one count leaves the others' files unchanged.
     """
     if n_source < 1 or n_target < 0 or n_shenzhen < 0:
-        raise ValueError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; got {n_source}, {n_target}, {n_shenzhen}")
+        raise ValueError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; "
+                         f"got {n_source}, {n_target}, {n_shenzhen}")
     if isinstance(target_shift, str) and target_shift not in TARGET_SHIFTS:
         raise ValueError(f"target_shift must be one of {', '.join(TARGET_SHIFTS)} (or a MildShift or HeldOutShift), "
                          f"got {target_shift!r}")
     mild = MildShift() if target_shift == "mild" else target_shift if isinstance(target_shift, MildShift) else None
-    held_out = HeldOutShift() if target_shift == "heldout" else target_shift if isinstance(target_shift, HeldOutShift) else None
+    held_out = (HeldOutShift() if target_shift == "heldout"
+                else target_shift if isinstance(target_shift, HeldOutShift) else None)
     if (mild is not None or held_out is not None) and target_inverted_fraction is not None:
         raise ValueError("target_inverted_fraction applies to the severe target only; the mild and held-out targets "
                          "keep the source's polarity")

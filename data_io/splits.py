@@ -68,7 +68,8 @@ def transfer_split(n_items: int, repetition: int, seed: int = 0) -> Split:
     )
 
 
-def repetition_splits(n_source: int, n_target: int, repetition: int, n_folds: int = 5, seed: int = 0) -> tuple[Split, Split]:
+def repetition_splits(n_source: int, n_target: int, repetition: int, n_folds: int = 5,
+                      seed: int = 0) -> tuple[Split, Split]:
     """(source Split, target Split) of a Table II repetition (docs/ARCHITECTURE.md, data_io)."""
     return (source_transfer_split(n_source, repetition, n_folds=n_folds, seed=seed),
             transfer_split(n_target, repetition, seed=seed))

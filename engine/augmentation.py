@@ -164,7 +164,8 @@ def robust_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Gen
     noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
     noise = torch.randn(images.shape, generator=noise_generator, device=device, dtype=images.dtype)
     images = images + noise * noise_std.view(-1, 1, 1, 1)
-    blur = torch.where(draw[:, 7] < recipe.p_blur, _uniform(draw[:, 8], recipe.blur_sigma), torch.zeros_like(draw[:, 8]))
+    blur = torch.where(draw[:, 7] < recipe.p_blur, _uniform(draw[:, 8], recipe.blur_sigma),
+                       torch.zeros_like(draw[:, 8]))
     if bool((blur > 0).any()):
         images = _gaussian_blur(images, blur.to(images.dtype))
     # --- brightness, contrast, resolution and gamma on [0, 1] by each image's range, clipped ---

@@ -98,7 +98,8 @@ class SegmentationData:
                     f"{self.dataset}: {part} images {images.shape} and masks {masks.shape} must both be [N, S, S]")
             if images.shape[1] != images.shape[2]:
                 raise ValueError(f"{self.dataset}: {part} images must be square, got {images.shape[1:]}")
-        sizes = {getattr(self, f"{p}_images").shape[1] for p in ("train", "val", "test") if len(getattr(self, f"{p}_images"))}
+        sizes = {getattr(self, f"{p}_images").shape[1]
+                 for p in ("train", "val", "test") if len(getattr(self, f"{p}_images"))}
         if len(sizes) > 1:
             raise ValueError(f"{self.dataset}: train/val/test image sizes differ: {sorted(sizes)}")
         if len(self.train_images) == 0:
@@ -152,7 +153,8 @@ def segmentation_data(cfg: "RunConfig", dataset: "CachedDataset") -> Segmentatio
 def check_preprocessing(cfg: "RunConfig", dataset: "CachedDataset") -> None:
     """The cached arrays must be the ones the config asks for (size, content crop)."""
     if dataset.image_size != cfg.image_size:
-        raise ValueError(f"{dataset.name}: cached at {dataset.image_size} px but the config asks for {cfg.image_size} px")
+        raise ValueError(f"{dataset.name}: cached at {dataset.image_size} px "
+                         f"but the config asks for {cfg.image_size} px")
     if dataset.crop_borders != cfg.crop_borders:
         raise ValueError(f"{dataset.name}: cached with crop_borders={str(dataset.crop_borders).lower()} but the "
                          f"config asks for crop_borders={str(cfg.crop_borders).lower()}")

@@ -118,7 +118,8 @@ def predict_masks(model: nn.Module, images: np.ndarray, device: torch.device) ->
 @torch.no_grad()
 def predict_foreground(model: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     """Foreground probability float32 [N, S, S] for normalised images [N, S, S]."""
-    out = [(1 - torch.softmax(logits.float(), dim=1)[:, 0]).cpu().numpy() for logits in logits_batches(model, images, device)]
+    out = [(1 - torch.softmax(logits.float(), dim=1)[:, 0]).cpu().numpy()
+           for logits in logits_batches(model, images, device)]
     return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:], np.float32)
 
 

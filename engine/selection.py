@@ -91,7 +91,8 @@ def lower_confidence_bound(gain: np.ndarray) -> float:
     mean = float(gain.mean())
     if len(gain) < 2 or gain.std(ddof=1) == 0:
         return mean
-    return mean - float(student_t.ppf(SELECTION_CONFIDENCE, len(gain) - 1)) * float(gain.std(ddof=1)) / math.sqrt(len(gain))
+    return (mean - float(student_t.ppf(SELECTION_CONFIDENCE, len(gain) - 1)) * float(gain.std(ddof=1))
+            / math.sqrt(len(gain)))
 
 
 @dataclass

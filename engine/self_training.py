@@ -6,9 +6,10 @@ the same shape prior that selects epochs at 0 % labels (engine/selection.py: an 
 pseudo-label, e.g. a blob over the body, is the teacher's mistake and would only be learnt). A
 student that starts from M_A then trains `transfer_epochs` epochs on the source training images
 with their truth, the kept pseudo-labelled target images and the target images the label fraction
-keeps for training (with their truth; engine/label_budget.py), with the run's augmentation recipe: self-training with a strong
-augmentation on the student and none on the teacher, as in FixMatch / "Noisy Student" and the
-self-training baselines of domain adaptation for segmentation (Zou et al., ECCV 2018).
+keeps for training (with their truth; engine/label_budget.py), with the run's augmentation
+recipe: self-training with a strong augmentation on the student and none on the teacher, as in
+FixMatch / "Noisy Student" and the self-training baselines of domain adaptation for segmentation
+(Zou et al., ECCV 2018).
 
 The epoch is chosen as every transfer run chooses its own (engine/target_training.py): by the
 label plan's criterion, with M_A as it is (epoch 0) a candidate the student must beat, else the run

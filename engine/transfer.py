@@ -113,7 +113,8 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
     source; `translator_checkpoint` (proposed only) comes from `warmup_translator`."""
     check_applicable(cfg, data)
     if cfg.image_size != data.image_size:
-        raise ValueError(f"{data.target_name}: data is {data.image_size} px but the config asks for {cfg.image_size} px")
+        raise ValueError(f"{data.target_name}: data is {data.image_size} px "
+                         f"but the config asks for {cfg.image_size} px")
     segmenter_checkpoint = Path(segmenter_checkpoint)
     source_model = read_segmenter_checkpoint(segmenter_checkpoint)
     _check_source_model(segmenter_checkpoint, source_model, data)
@@ -358,7 +359,8 @@ class ProposedRun(EpochLoop):
                      translator_training_state=self.model.translator.training_state(),
                      rng=ckpt.rng_state(), best_val_jaccard=self.best_val, best_epoch=self.best_epoch,
                      history=self.history, duration_s=self.duration_s, no_adaptation=self.no_adaptation,
-                     keeper=self.keeper.state_dict(), semantic=self.semantic.state_dict() if self.semantic is not None else None)
+                     keeper=self.keeper.state_dict(),
+                     semantic=self.semantic.state_dict() if self.semantic is not None else None)
         return state
 
     def load_model_state(self, state: dict) -> None:

@@ -58,7 +58,8 @@ class TransferData:
         sizes = {value.shape[1:] for value in arrays.values() if len(value)}
         if any(value.ndim != 3 for value in arrays.values()) or len(sizes) > 1:
             shapes = ", ".join(f"{name} {value.shape}" for name, value in arrays.items())
-            raise ValueError(f"{self.source_name} -> {self.target_name}: arrays must all be [N, S, S] of one size: {shapes}")
+            raise ValueError(f"{self.source_name} -> {self.target_name}: "
+                             f"arrays must all be [N, S, S] of one size: {shapes}")
         for images, masks in [("source_train_images", "source_train_masks"), ("source_val_images", "source_val_masks"),
                               ("target_labelled_images", "target_labelled_masks"),
                               ("target_val_images", "target_val_masks"), ("target_test_images", "target_test_masks")]:

@@ -141,7 +141,8 @@ def gan_adam(parameters, device: torch.device, cfg: "RunConfig", discriminator: 
 
 
 def adversarial_step(device: torch.device, trained, frozen, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, compute_losses: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+                     scaler: torch.amp.GradScaler,
+                     compute_losses: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
     """One step of one side of an adversarial game under the device's mixed precision: `frozen`
     frozen before the forward pass (it builds no graph and gets no gradient), `trained` trained
     on `compute_losses()["total"]`. Returns the detached loss terms."""
@@ -215,7 +216,8 @@ class SemanticAdversary:
         load_scaler_state(self.generator_scaler, state.get("generator_scaler"))
 
 
-def paired_batches(n_a: int, n_b: int, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def paired_batches(n_a: int, n_b: int, batch_size: int,
+                   rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of unpaired (A, B) index batches: a pass over the larger set, the smaller one cycled."""
     steps = math.ceil(max(n_a, n_b) / batch_size)
     order_a = np.concatenate([rng.permutation(n_a) for _ in range(math.ceil(steps * batch_size / n_a))])
@@ -265,7 +267,8 @@ def format_balance(balance: dict) -> str:
     if not balance:
         return "D/G balance n/a (w_adv 0)"
     flag = " SATURATED" if balance["saturated"] else ""
-    return f"D/G balance: D {balance['balance_d']:.3f} G_adv {balance['balance_g']:.3f} (chance 0.25/0.25, lost 0/1){flag}"
+    return (f"D/G balance: D {balance['balance_d']:.3f} G_adv {balance['balance_g']:.3f} "
+            f"(chance 0.25/0.25, lost 0/1){flag}")
 
 
 def saturation_report(history: Sequence[dict], phase: str) -> dict | None:

@@ -63,7 +63,8 @@ register_segmenter = SEGMENTERS.register
 register_translator = TRANSLATORS.register
 
 
-def build_segmenter(name: str, width: float = 1.0, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
+def build_segmenter(name: str, width: float = 1.0, in_channels: int = 1, num_classes: int = 2,
+                    **kwargs: Any) -> nn.Module:
     return SEGMENTERS.build(name, width=width, in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 

@@ -85,7 +85,8 @@ class RunConfig:
     gan_beta1: float = 0.5
     gan_beta2: float = 0.999
     gan_weight_decay: float = 1e-4
-    w_adv: float = config_default("w_adv")  # the follow-up code's 1 let the discriminators win outright (PAPER_TRANSFER)
+    # w_adv: the follow-up code's 1 let the discriminators win outright (PAPER_TRANSFER)
+    w_adv: float = config_default("w_adv")
     w_recon: float = config_default("w_recon")
     w_cycle: float = config_default("w_cycle")
     w_style: float = config_default("w_style")

@@ -141,7 +141,8 @@ def _scope_text(entry: TunedEntry) -> str:
 
 def is_tuning_record(values: Any) -> bool:
     """A record written by `cxrsweep tune` (this version's, or an older one without provenance)."""
-    return isinstance(values, dict) and (values.get("kind") == RECORD_KIND or {"config", "cell", "score"} <= set(values))
+    return isinstance(values, dict) and (values.get("kind") == RECORD_KIND
+                                         or {"config", "cell", "score"} <= set(values))
 
 
 def read_record(path: str | Path) -> TuningRecord:

@@ -116,7 +116,8 @@ def test_table2_equals_direct_recomputation(built_report, parquet, fake_sweep):
     trials, images = parquet
     report_dir = built_report.parent
     csv = pd.read_csv(report_dir / "table2.csv").set_index(["label_fraction", "method"])
-    markdown = read_markdown_table(report_dir / "table2.md")["montgomery, lungs, unet, training: robust, label budget: honest"]
+    markdown = read_markdown_table(report_dir / "table2.md")[
+        "montgomery, lungs, unet, training: robust, label budget: honest"]
     header = next(line for line in (report_dir / "table2.md").read_text().splitlines() if line.startswith("| Labels"))
     columns = [c.strip() for c in header.strip().strip("|").split("|")]
 
@@ -146,7 +147,8 @@ def test_table2_equals_direct_recomputation(built_report, parquet, fake_sweep):
 def test_table2_shows_not_applicable_and_missing_cells(built_report, fake_sweep):
     report_dir = built_report.parent
     csv = pd.read_csv(report_dir / "table2.csv").set_index(["label_fraction", "method"])
-    markdown = read_markdown_table(report_dir / "table2.md")["montgomery, lungs, unet, training: robust, label budget: honest"]
+    markdown = read_markdown_table(report_dir / "table2.md")[
+        "montgomery, lungs, unet, training: robust, label budget: honest"]
     header = next(line for line in (report_dir / "table2.md").read_text().splitlines() if line.startswith("| Labels"))
     columns = [c.strip() for c in header.strip().strip("|").split("|")]
     for method in fake_sweep.not_applicable_at_zero:

@@ -24,9 +24,11 @@ def test_table2_notes_name_the_variant_the_fallbacks_and_saturation():
     notes = proposed_variant_notes(trials)
     assert len(notes) == 3
     custom, default, paper = notes  # sorted by variant name
-    assert "default variant" in default and "2 finished trial(s)" in default and "1 of them kept no adaptation" in default
+    assert ("default variant" in default and "2 finished trial(s)" in default
+            and "1 of them kept no adaptation" in default)
     assert "custom variant (custom: w_adv=3.0)" in custom
-    assert "paper-faithful" in paper and "kept no adaptation" not in paper and "in 1 the discriminators saturated" in paper
+    assert ("paper-faithful" in paper and "kept no adaptation" not in paper
+            and "in 1 the discriminators saturated" in paper)
 
 
 def test_the_report_carries_the_variant_note(built_report):

@@ -58,7 +58,8 @@ def write_jsrt(tmp_path):
         jsrt_dir.mkdir(parents=True, exist_ok=True)
         stored = {}
         for index, case_id in enumerate(ids):
-            full = {k: np.kron(v, np.ones((2, 2), dtype=bool)) for k, v in chest_masks(side // 2, shift=index % 3).items()}
+            full = {k: np.kron(v, np.ones((2, 2), dtype=bool))
+                    for k, v in chest_masks(side // 2, shift=index % 3).items()}
             pixels = stored_jsrt_pixels(full, rng)
             stored[case_id] = pixels
             if image_format == "img":
@@ -118,5 +119,6 @@ def write_montgomery(tmp_path):
 def phantom_dirs(tmp_path_factory) -> dict[str, Path]:
     """A small phantom set in every format, shared by the tests that only read it."""
     return synthesize(
-        tmp_path_factory.mktemp("phantoms"), n_source=8, n_target=6, n_shenzhen=7, source_size=128, target_size=128, seed=3
+        tmp_path_factory.mktemp("phantoms"), n_source=8, n_target=6, n_shenzhen=7, source_size=128, target_size=128,
+        seed=3
     )

@@ -15,12 +15,14 @@ def test_synth_then_check_reports_the_counts(tmp_path, capsys):
     assert main(argv + ["--source-size", "96", "--target-size", "96", "--seed", "5"]) == 0
     assert {p.name for p in out.iterdir()} == {"jsrt", "scr", "montgomery", "shenzhen"}
     capsys.readouterr()
-    check = ["data", "check", "--jsrt", str(out / "jsrt"), "--scr", str(out / "scr"), "--montgomery", str(out / "montgomery")]
+    check = ["data", "check", "--jsrt", str(out / "jsrt"), "--scr", str(out / "scr"),
+             "--montgomery", str(out / "montgomery")]
     assert main(check + ["--shenzhen", str(out / "shenzhen"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"jsrt", "montgomery", "shenzhen"}
     assert report["jsrt"]["cases"] == 6 and report["jsrt"]["skipped"] == []
-    assert report["jsrt"]["masks"] == {s: 6 for s in ("left lung", "right lung", "heart", "left clavicle", "right clavicle")}
+    assert report["jsrt"]["masks"] == {s: 6 for s in ("left lung", "right lung", "heart", "left clavicle",
+                                                      "right clavicle")}
     assert report["jsrt"]["image_sizes"] == {"96x96": 6}
     assert report["montgomery"]["cases"] == 4 and report["montgomery"]["masks"] == {"left lung": 4, "right lung": 4}
     shenzhen = report["shenzhen"]
@@ -48,7 +50,8 @@ def test_jsrt_needs_scr(phantom_dirs, capsys):
 def test_console_script_text_summary(phantom_dirs):
     # The installed entry point, as a user runs it.
     result = subprocess.run(
-        [sys.executable, "-m", "commands.main", "data", "check", "--jsrt", str(phantom_dirs["jsrt"].parent), "--scr", str(phantom_dirs["scr"])],
+        [sys.executable, "-m", "commands.main", "data", "check", "--jsrt", str(phantom_dirs["jsrt"].parent),
+         "--scr", str(phantom_dirs["scr"])],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -123,11 +123,13 @@ def test_mask_size_must_follow_the_two_to_one_rule(write_jsrt, tmp_path):
     jsrt_dir, scr_dir, _ = write_jsrt(side=64)
     odd_one = scr_dir / "fold1" / "masks" / "heart" / "JPCLN001.gif"
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(odd_one)
-    with pytest.raises(ValueError, match=r"heart/JPCLN001\.gif: mask is 16x16 but the other masks of JPCLN001 are 32x32"):
+    with pytest.raises(ValueError,
+                       match=r"heart/JPCLN001\.gif: mask is 16x16 but the other masks of JPCLN001 are 32x32"):
         load_jsrt(jsrt_dir, scr_dir, 16, cache_dir=tmp_path / "cache")
     for name in ("left lung", "right lung", "heart", "left clavicle", "right clavicle"):
         Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(scr_dir / "fold1" / "masks" / name / "JPCLN001.gif")
-    with pytest.raises(ValueError, match=r"left lung/JPCLN001\.gif: mask is 64x64 but its image JPCLN001\.IMG is 64x64; SCR masks are half"):
+    with pytest.raises(ValueError, match=r"left lung/JPCLN001\.gif: mask is 64x64 but its image JPCLN001\.IMG "
+                                         r"is 64x64; SCR masks are half"):
         load_jsrt(jsrt_dir, scr_dir, 16, cache_dir=tmp_path / "cache")
 
 

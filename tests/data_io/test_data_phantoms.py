@@ -96,7 +96,8 @@ def test_target_stays_shifted_after_standardisation(tmp_path, inverted_fraction)
     assert 0.75 < target_lungs.mean() / source_lungs.mean() < 1.3
 
 
-@pytest.mark.parametrize("inverted_fraction, expected", [(None, "bright"), (1.0, "bright"), (0.0, "dark"), (0.5, "mixed")])
+@pytest.mark.parametrize("inverted_fraction, expected",
+                         [(None, "bright"), (1.0, "bright"), (0.0, "dark"), (0.5, "mixed")])
 def test_inverted_fraction_sets_the_lung_polarity_image_by_image(tmp_path, inverted_fraction, expected):
     kwargs = {} if inverted_fraction is None else {"target_inverted_fraction": inverted_fraction}
     written = synthesize(tmp_path / "ph", n_source=1, n_target=8, source_size=64, target_size=96, seed=4, **kwargs)
@@ -115,7 +116,8 @@ def test_inverted_fraction_sets_the_lung_polarity_image_by_image(tmp_path, inver
 
 def test_inverted_fraction_out_of_range_is_refused(tmp_path):
     with pytest.raises(ValueError, match="target_inverted_fraction"):
-        synthesize(tmp_path / "ph", n_source=1, n_target=1, source_size=64, target_size=64, target_inverted_fraction=1.5)
+        synthesize(tmp_path / "ph", n_source=1, n_target=1, source_size=64, target_size=64,
+                   target_inverted_fraction=1.5)
 
 
 # --- the mild regime ------------------------------------------------------------------------
@@ -152,7 +154,8 @@ def test_a_mild_factor_switched_off_leaves_the_rest_of_each_case_alone(tmp_path)
     for png in sorted((full / "CXR_png").glob("*.png")):
         # Same anatomy, framing and padding; another detector.
         for side in ("leftMask", "rightMask"):
-            assert (read_gray(full / "ManualMask" / side / png.name) == read_gray(quiet / "ManualMask" / side / png.name)).all()
+            assert (read_gray(full / "ManualMask" / side / png.name)
+                    == read_gray(quiet / "ManualMask" / side / png.name)).all()
         assert not (read_gray(png) == read_gray(quiet / "CXR_png" / png.name)).all()
     unpadded = synthesize(tmp_path / "unpadded", target_shift=MildShift().neutral("padding"), **kwargs)["montgomery"]
     assert any(read_gray(p).shape[0] != read_gray(p).shape[1] for p in (unpadded / "CXR_png").glob("*.png"))
@@ -187,7 +190,8 @@ def test_mild_and_severe_films_are_unchanged(tmp_path, regime):
                       target_shift=regime)["montgomery"]
     for case_id, shape, mean, left_area, right_area in EXISTING_REGIMES[regime]:
         image = read_gray(root / "CXR_png" / f"{case_id}.png")
-        left, right = (read_gray(root / "ManualMask" / side / f"{case_id}.png") > 0 for side in ("leftMask", "rightMask"))
+        left, right = (read_gray(root / "ManualMask" / side / f"{case_id}.png") > 0
+                       for side in ("leftMask", "rightMask"))
         assert image.shape == shape
         assert abs(float(image.mean()) - mean) < 0.5
         assert abs(int(left.sum()) - left_area) <= 2 and abs(int(right.sum()) - right_area) <= 2
@@ -199,7 +203,8 @@ def _films(root):
     """{case id: (raw pixels, lungs)} of a Montgomery-like folder."""
     films = {}
     for png in sorted((root / "CXR_png").glob("*.png")):
-        lungs = (read_gray(root / "ManualMask" / "leftMask" / png.name) > 0) | (read_gray(root / "ManualMask" / "rightMask" / png.name) > 0)
+        lungs = ((read_gray(root / "ManualMask" / "leftMask" / png.name) > 0)
+                 | (read_gray(root / "ManualMask" / "rightMask" / png.name) > 0))
         films[png.stem] = (read_gray(png).astype(np.int64), lungs)
     return films
 
@@ -217,7 +222,8 @@ def test_heldout_target_loads_like_montgomery_with_lungs_where_the_image_is_dark
     target = load_target("montgomery", written["montgomery"], 64, cache_dir=tmp_path / "cache")
     assert target.ids == sorted(films) and set(target.masks) == {"lungs"}
     # The same films without the opacity: where nothing was drawn they are the same files.
-    clear_root = synthesize(tmp_path / "clear", target_shift=HeldOutShift().neutral("opacity"), **HELD_OUT_KWARGS)["montgomery"]
+    clear_root = synthesize(tmp_path / "clear", target_shift=HeldOutShift().neutral("opacity"),
+                            **HELD_OUT_KWARGS)["montgomery"]
     clear = load_target("montgomery", clear_root, 64, cache_dir=tmp_path / "cache")
     assert sum((pixels == _films(clear_root)[case][0]).all() for case, (pixels, _) in films.items()) >= 2
     for image, lung in zip(clear.images, clear.masks["lungs"].astype(bool)):
@@ -229,7 +235,8 @@ def test_heldout_target_loads_like_montgomery_with_lungs_where_the_image_is_dark
 
 def test_heldout_markers_are_saturated_and_outside_the_lungs(tmp_path):
     marked = _films(synthesize(tmp_path / "marked", target_shift="heldout", **HELD_OUT_KWARGS)["montgomery"])
-    plain = _films(synthesize(tmp_path / "plain", target_shift=HeldOutShift().neutral("markers"), **HELD_OUT_KWARGS)["montgomery"])
+    plain = _films(synthesize(tmp_path / "plain", target_shift=HeldOutShift().neutral("markers"),
+                              **HELD_OUT_KWARGS)["montgomery"])
     with_markers = 0
     for case, (pixels, lungs) in marked.items():
         assert (lungs == plain[case][1]).all()  # markers are in no mask
@@ -242,14 +249,17 @@ def test_heldout_markers_are_saturated_and_outside_the_lungs(tmp_path):
             # Near the edges and corners: inside the outer quarter of the height or width.
             rows, columns = np.nonzero(drawn)
             height, width = pixels.shape
-            near_edge = (np.minimum(rows, height - 1 - rows) < height / 4) | (np.minimum(columns, width - 1 - columns) < width / 4)
+            near_edge = ((np.minimum(rows, height - 1 - rows) < height / 4)
+                         | (np.minimum(columns, width - 1 - columns) < width / 4))
             assert near_edge.all()
     assert with_markers >= len(marked) - 1
 
 
 def test_heldout_opacity_fills_part_of_one_lung_and_brightens_its_mask(tmp_path):
-    opaque = _films(synthesize(tmp_path / "opaque", target_shift=HeldOutShift(opacity=1.0), **HELD_OUT_KWARGS)["montgomery"])
-    clear = _films(synthesize(tmp_path / "clear", target_shift=HeldOutShift().neutral("opacity"), **HELD_OUT_KWARGS)["montgomery"])
+    opaque = _films(synthesize(tmp_path / "opaque", target_shift=HeldOutShift(opacity=1.0),
+                               **HELD_OUT_KWARGS)["montgomery"])
+    clear = _films(synthesize(tmp_path / "clear", target_shift=HeldOutShift().neutral("opacity"),
+                              **HELD_OUT_KWARGS)["montgomery"])
     for case, (pixels, lungs) in opaque.items():
         clear_pixels, clear_lungs = clear[case]
         assert (lungs == clear_lungs).all()  # the truth still includes the opaque lung
@@ -275,8 +285,10 @@ def test_a_heldout_factor_switched_off_leaves_the_rest_of_each_case_alone(tmp_pa
     for case, (pixels, lungs) in full.items():
         if not geometric:  # same anatomy and framing: the same masks
             assert (off[case][1] == lungs).all()
-    same_masks = [off[case][1].shape == lungs.shape and (off[case][1] == lungs).all() for case, (_, lungs) in full.items()]
-    same_films = [off[case][0].shape == pixels.shape and (off[case][0] == pixels).all() for case, (pixels, _) in full.items()]
+    same_masks = [off[case][1].shape == lungs.shape and (off[case][1] == lungs).all()
+                  for case, (_, lungs) in full.items()]
+    same_films = [off[case][0].shape == pixels.shape and (off[case][0] == pixels).all()
+                  for case, (pixels, _) in full.items()]
     if geometric:
         assert not any(same_masks)
     if factor == "padding":  # off by default: nothing changes

@@ -27,7 +27,8 @@ def chest(rng: np.random.Generator, height: int = HEIGHT, width: int = WIDTH) ->
     The body fills the film's width except a dark air margin on the left (air is never trimmed)."""
     yy, xx = np.mgrid[:height, :width] / np.array([height, width])[:, None, None]
     body = (xx > 0.12) & (xx < 0.97)
-    lungs = (((xx - 0.35) / 0.13) ** 2 + ((yy - 0.45) / 0.3) ** 2 < 1) | (((xx - 0.72) / 0.13) ** 2 + ((yy - 0.45) / 0.3) ** 2 < 1)
+    lungs = ((((xx - 0.35) / 0.13) ** 2 + ((yy - 0.45) / 0.3) ** 2 < 1)
+             | (((xx - 0.72) / 0.13) ** 2 + ((yy - 0.45) / 0.3) ** 2 < 1))
     display = 0.1 + 0.6 * body - 0.35 * lungs + 0.15 * yy * body + rng.normal(0, 0.02, (height, width))
     return np.clip(display * 4000, 0, 4095).astype(np.float32), lungs
 
@@ -155,12 +156,14 @@ def test_the_crop_setting_is_part_of_the_cache_key_and_of_the_arrays(tmp_path):
     # Both entries stay: switching back and forth does not rebuild.
     assert cropped.path != whole.path and cropped.path.exists() and whole.path.exists()
     assert cropped.crop_borders and not whole.crop_borders
-    assert all(cropped.crop(i).trimmed for i in range(len(cropped))) and not any(whole.crop(i).trimmed for i in range(len(whole)))
+    assert (all(cropped.crop(i).trimmed for i in range(len(cropped)))
+            and not any(whole.crop(i).trimmed for i in range(len(whole))))
     # The padded films' whole-frame masks equal the uncropped cache's masks; the cropped ones differ.
     assert (cropped.full_masks["lungs"] == whole.masks["lungs"]).all()
     assert not (cropped.masks["lungs"] == whole.masks["lungs"]).all()
     again = load_cache_file(cropped.path)
-    assert (again.crop_boxes == cropped.crop_boxes).all() and (again.full_masks["lungs"] == cropped.full_masks["lungs"]).all()
+    assert ((again.crop_boxes == cropped.crop_boxes).all()
+            and (again.full_masks["lungs"] == cropped.full_masks["lungs"]).all())
     assert again.crop_borders and again.key == cropped.key
     # JSRT-like films have no borders: nothing trimmed, whole frame == cropped frame.
     source = load_jsrt(folders["jsrt"], folders["scr"], 32, cache_dir=cache)

@@ -92,7 +92,8 @@ def test_a_supervised_run_scores_validation_and_test_in_the_whole_frame(ellipse_
     model = load_segmenter(tmp_path / "run" / "best.pt")
     for images, masks, part_frame, recorded in [
             (data.val_images, data.val_masks, data.val_frame, result.val_jaccard),
-            (data.test_images, data.test_masks, data.test_frame, pd.read_parquet(tmp_path / "run" / "images.parquet").jaccard.mean())]:
+            (data.test_images, data.test_masks, data.test_frame,
+             pd.read_parquet(tmp_path / "run" / "images.parquet").jaccard.mean())]:
         predictions = predict_masks(model, images, torch.device("cpu"))
         expected = score_per_image(predictions, masks, part_frame)[0].mean()
         assert np.isclose(recorded, expected)

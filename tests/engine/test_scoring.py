@@ -75,8 +75,8 @@ def test_placement_equals_mask_to_full_frame_bit_for_bit():
     boxes = [CropBox.full(4020, 4892), CropBox(0, 300, 4020, 4892, 4020, 4892), CropBox(17, 0, 500, 611, 512, 611),
              CropBox(100, 90, 104, 95, 512, 512), CropBox(0, 0, 511, 512, 512, 512), CropBox.full(64, 64),
              CropBox(5, 7, 60, 58, 64, 64)]
-    boxes += [CropBox(int(t), int(l), int(h - b), int(w - r), int(h), int(w))
-              for t, l, b, r, h, w in zip(*(rng.integers(0, 90, 20) for _ in range(4)), rng.integers(200, 900, 20),
+    boxes += [CropBox(int(t), int(left), int(h - b), int(w - r), int(h), int(w))
+              for t, left, b, r, h, w in zip(*(rng.integers(0, 90, 20) for _ in range(4)), rng.integers(200, 900, 20),
                                           rng.integers(200, 900, 20))]
     predictions = (rng.random((len(boxes), size, size)) < rng.random((len(boxes), 1, 1))).astype(np.uint8)
     frame = FullFrame(masks=np.zeros_like(predictions), crop_boxes=np.array([box.as_row() for box in boxes]))

@@ -119,7 +119,8 @@ def test_checkpoints_are_bounded_in_time_and_hold_what_a_resume_needs(tmp_path, 
     for every_s in (0, 3600):
         seen = []
         result = train_supervised(smoke(epochs=3, checkpoint_every_s=every_s), ellipse_data, tmp_path / str(every_s),
-                                  callbacks=[lambda epoch, metrics, run_dir: seen.append(metrics.get("checkpoint_bytes"))])
+                                  callbacks=[lambda epoch, metrics, run_dir:
+                                             seen.append(metrics.get("checkpoint_bytes"))])
         written[every_s] = seen
     # Every epoch at 0 s; at 3600 s only after the last epoch (seconds-long run).
     assert all(size and size > 0 for size in written[0])

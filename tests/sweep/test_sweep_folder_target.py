@@ -64,7 +64,8 @@ def test_a_folder_target_has_a_content_identity(sweep_phantoms, tmp_path):
                     for crop in (True, False)}
     assert fingerprints[True] != fingerprints[False]  # the phantoms' collimation bands are trimmed
     grid = build_grid("transfer", make_config("smoke"), methods=["proposed"], fractions=[0], repetitions=[0],
-                      tasks=["lungs"], targets=["hospital"]).with_data({"jsrt": "j" * 16, "hospital": fingerprints[True]})
+                      tasks=["lungs"], targets=["hospital"]).with_data({"jsrt": "j" * 16,
+                                                                        "hospital": fingerprints[True]})
     transfer = [t for t in grid.runnable() if t.config.target == "hospital"]
     assert transfer and all("hospital" in t.datasets and dict(t.data)["hospital"] == fingerprints[True]
                             for t in transfer)

@@ -114,8 +114,8 @@ def _ray_cli() -> str:
 def test_two_node_loopback_cluster_uses_both_nodes(data_flags, ray_temp_dirs, tmp_path):
     port = _free_port()
     env = _env("/tmp")
-    head = [_ray_cli(), "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false",
-            "--disable-usage-stats", f"--temp-dir={ray_temp_dirs()}"]
+    head = [_ray_cli(), "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_temp_dirs()}"]
     worker = [_ray_cli(), "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--temp-dir={ray_temp_dirs()}"]
     for command in (head, worker):
         started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
@@ -162,7 +162,8 @@ def test_cluster_yaml_passes_ray_launcher_validation(repo_root: Path):
     # measured for a packed paper U-Net trial), plus shm and ~2 GB for Ray and the system.
     from protocol.config import GPUS_PER_TRIAL
 
-    (worker_shm,) = [int(o.split("=")[1].rstrip("g")) for o in docker["worker_run_options"] if o.startswith("--shm-size=")]
+    (worker_shm,) = [int(o.split("=")[1].rstrip("g")) for o in docker["worker_run_options"]
+                     if o.startswith("--shm-size=")]
     for t in workers:
         instance = t["node_config"]["InstanceType"]
         assert t["resources"]["CPU"] == vcpus[instance]

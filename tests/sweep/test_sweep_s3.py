@@ -38,7 +38,8 @@ def test_run_report_and_resume_in_a_bucket(ray_runtime, data_flags, s3_bucket, t
     assert main(["report", out]) == 0
     shown = capsys.readouterr().out.strip()
     assert shown == store.uri("report", "index.html")
-    assert {"index.html", "table1.md", "table2.md", "fig7_jaccard_ci.png"} <= set(store.list_files(store.path("report")))
+    assert ({"index.html", "table1.md", "table2.md", "fig7_jaccard_ci.png"}
+            <= set(store.list_files(store.path("report"))))
     page = store.read_bytes(store.path("report", "index.html")).decode()
     assert "Table I" in page and "source_only" in page
 
@@ -97,7 +98,8 @@ def test_concurrent_fetchers_never_see_a_partial_dependency(s3_bucket, tmp_path,
     watcher = threading.Thread(target=watch)
     watcher.start()
     queue = multiprocessing.get_context("spawn").Queue()
-    processes = [multiprocessing.get_context("spawn").Process(target=_fetch, args=(out, spec_to_dict(spec), str(root), queue))
+    processes = [multiprocessing.get_context("spawn").Process(target=_fetch,
+                                                              args=(out, spec_to_dict(spec), str(root), queue))
                  for _ in range(6)]
     threads = [threading.Thread(target=_fetch, args=(out, spec_to_dict(spec), str(root), queue)) for _ in range(6)]
     for worker in (*processes, *threads):

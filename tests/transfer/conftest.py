@@ -31,7 +31,8 @@ def make_domain(name: str, n: int, seed: int, target_style: bool, with_heart: bo
     images, lungs, hearts = [], [], []
     for _ in range(n):
         cx, cy, rx, ry = rng.uniform(0.22, 0.28), rng.uniform(0.45, 0.55), rng.uniform(0.1, 0.14), rng.uniform(0.2, 0.3)
-        lung = (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1) | (((x - (1 - cx)) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1)
+        lung = ((((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1)
+                | (((x - (1 - cx)) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1))
         heart = ((x - 0.5) / 0.12) ** 2 + ((y - 0.65) / 0.1) ** 2 < 1
         density = 0.8 - 0.6 * lung + 0.1 * heart + 0.05 * rng.standard_normal((SIZE, SIZE))
         density = np.clip(density, 0.0, 1.0)

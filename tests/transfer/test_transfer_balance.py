@@ -40,7 +40,8 @@ def test_the_saturation_warning_fires_on_a_saturated_run_and_not_on_a_healthy_on
     with caplog.at_level(logging.INFO):
         translator = warmup_translator(cfg, source, target, tmp_path / "translators")
         train_transfer(cfg, data_for(cfg), tmp_path / "run", segmenter_checkpoint, translator)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "saturated" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "saturated" in r.getMessage()]
     balance_lines = [r.getMessage() for r in caplog.records if "D/G balance" in r.getMessage()]
     assert len(balance_lines) == cfg.warmup_epochs + cfg.transfer_epochs  # every epoch of both phases
     warmup = torch.load(translator, weights_only=False)

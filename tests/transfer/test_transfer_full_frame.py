@@ -42,7 +42,8 @@ def test_target_scores_are_computed_in_the_whole_frame(method, fraction, make_cf
     assert not np.allclose(recorded, score_per_image(predictions, data.target_test_masks)[0])
     if method == "finetune":  # validated on the labelled target: in the whole frame too
         val = predict_masks(model, data.target_val_images, torch.device("cpu"))
-        assert np.isclose(result.val_jaccard, score_per_image(val, data.target_val_masks, data.target_val_frame)[0].mean())
+        assert np.isclose(result.val_jaccard,
+                          score_per_image(val, data.target_val_masks, data.target_val_frame)[0].mean())
     record = load_torch_file(tmp_path / "run" / "best.pt")["preprocessing"]
     assert record["crop_borders"] is True
 
@@ -51,6 +52,6 @@ def test_a_target_cached_without_the_crop_is_refused_under_the_default(make_cfg,
     uncropped = dataclasses.replace(target, crop_borders=False)
     with pytest.raises(ValueError, match="montgomery: cached with crop_borders=false"):
         transfer_data(make_cfg(method="source_only"), source, uncropped)
-    data = transfer_data(make_cfg(method="source_only", crop_borders=False), dataclasses.replace(source, crop_borders=False),
-                         uncropped)
+    data = transfer_data(make_cfg(method="source_only", crop_borders=False),
+                         dataclasses.replace(source, crop_borders=False), uncropped)
     assert data.target_test_frame is None and not data.crop_borders

@@ -32,7 +32,8 @@ def test_warm_up_is_trained_once_and_reused_by_other_tasks_and_fractions(make_cf
     assert again == first and first.stat().st_mtime_ns == stamp
     assert not any("warm-up epoch" in r.getMessage() for r in caplog.records)
     # What does change the translation gets its own warm-up.
-    assert translator_key(cfg.replace(warmup_epochs=2), source.key, target.key) != translator_key(cfg, source.key, target.key)
+    assert (translator_key(cfg.replace(warmup_epochs=2), source.key, target.key)
+            != translator_key(cfg, source.key, target.key))
     assert translator_key(cfg, source.key, "other-data") != translator_key(cfg, source.key, target.key)
     assert (tmp_path / f"{first.stem}-samples" / "b_to_a.png").is_file()
 
@@ -165,8 +166,8 @@ def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, 
 
     cfg = make_cfg(label_fraction=50.0)
     data = data_for(cfg)
-    runs = [ProposedRun(cfg, data, label_plan(cfg, data), tmp_path / name, read_segmenter_checkpoint(segmenter_checkpoint),
-                        warmed_translator)
+    runs = [ProposedRun(cfg, data, label_plan(cfg, data), tmp_path / name,
+                        read_segmenter_checkpoint(segmenter_checkpoint), warmed_translator)
             for name in ("engine", "plain")]
     losses = runs[0].train_epoch()
 
@@ -291,7 +292,8 @@ def test_m_a_of_another_fold_seed_or_data_is_refused_naming_both(make_cfg, sourc
         train_transfer(cfg, split(cfg, source, target), tmp_path / "r1", segmenter_checkpoint)
     # Repetition 5 uses fold 5 % 5 = 0 again: accepted.
     repeated = make_cfg(method="source_only", repetition=5)
-    assert train_transfer(repeated, split(repeated, source, target), tmp_path / "r5", segmenter_checkpoint).n_test_images
+    assert train_transfer(repeated, split(repeated, source, target), tmp_path / "r5",
+                          segmenter_checkpoint).n_test_images
     other_seed = make_m_a(tmp_path / "seed1.pt", source, seed=1)
     with pytest.raises(ValueError, match=r"\(seed 1\).*needs the U-Net of fold 0 of 5 \(seed 0\)"):
         train_transfer(make_cfg(method="source_only"), split(make_cfg(), source, target), tmp_path / "s", other_seed)

@@ -30,8 +30,8 @@ def run(request, make_cfg, data_for, segmenter_checkpoint, source, target, trans
     cfg = make_cfg(translator=request.param, label_fraction=50.0)
     translator_path = warmup_translator(cfg, source, target, translators_dir)  # cached after the first test
     data = data_for(cfg)
-    return ProposedRun(cfg, data, label_plan(cfg, data), tmp_path / "run", read_segmenter_checkpoint(segmenter_checkpoint),
-                       translator_path)
+    return ProposedRun(cfg, data, label_plan(cfg, data), tmp_path / "run",
+                       read_segmenter_checkpoint(segmenter_checkpoint), translator_path)
 
 
 def batch(run):
