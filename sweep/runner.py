@@ -20,9 +20,10 @@ import ray
 from ray import tune
 
 from data_io.datasets import TARGET_DATASETS
+from protocol.collect import CurrentData, write_results
 from protocol.config import GPUS_PER_TRIAL
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
-from protocol.store import CurrentData, RunStore, write_results
+from protocol.store import RunStore
 from sweep.progress import (
     ProgressRelay,
     SweepProgress,
