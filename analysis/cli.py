@@ -30,7 +30,7 @@ def _formats(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `cxrsweep --help` does not pay for matplotlib and scipy.
     from analysis.report import build_report
-    from protocol.store import is_uri
+    from protocol.storage import is_uri
 
     if is_uri(args.out):
         print(report_from_storage(args.out, formats=args.formats, ci=args.ci, profile=args.profile))
@@ -47,9 +47,9 @@ def report_from_storage(out: str, **options) -> str:
     from pathlib import Path
 
     from analysis.report import build_report
-    from protocol.store import RunStore
+    from protocol.storage import Storage
 
-    store = RunStore(out)
+    store = Storage(out)
     with tempfile.TemporaryDirectory(prefix="cxrsweep-report-") as tmp:
         local = Path(tmp)
         if not store.download(local, "results", suffixes=(".parquet",)):

@@ -49,7 +49,9 @@ def main() -> None:
     from engine.supervised import train_supervised
     from protocol.config import make_config
     from protocol.grid import build_grid
-    from sweep.runner import DataPaths, SweepOptions, run_grid
+    from sweep.inputs import DataPaths
+    from sweep.options import SweepOptions
+    from sweep.runner import run_grid
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-sweep-"))
     phantoms = {k: str(v) for k, v in synthesize(work / "phantoms", n_source=40, n_target=30, source_size=256,

@@ -102,7 +102,7 @@ def run_config(args):
 
 def data_paths(args):
     from data_io.datasets import is_folder_target, target_dirs
-    from sweep.runner import DataPaths
+    from sweep.inputs import DataPaths
 
     selected = getattr(args, "targets", None) or [getattr(args, "target", None)]
     folder_targets = [t for t in selected if t and is_folder_target(t)]
@@ -112,7 +112,7 @@ def data_paths(args):
 
 
 def sweep_options(args, **extra):
-    from sweep.runner import SweepOptions
+    from sweep.options import SweepOptions
 
     return SweepOptions(out=args.out, address=args.address, gpus_per_trial=args.gpus_per_trial,
                         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
@@ -197,7 +197,8 @@ def register(subparsers) -> None:
 def cmd_run(args) -> int:
     from protocol.grid import build_grid
     from protocol.tuned import check_grid
-    from sweep.runner import load_trial_datasets, run_grid
+    from sweep.inputs import load_trial_datasets
+    from sweep.runner import run_grid
 
     base, record = run_config(args)
     grid = build_grid(args.experiment, base, models=args.models, tasks=args.tasks, folds=args.folds,
@@ -267,7 +268,9 @@ def cmd_demo(args) -> int:
 
     from protocol.config import make_config
     from protocol.grid import build_grid
-    from sweep.runner import DataPaths, SweepOptions, run_grid
+    from sweep.inputs import DataPaths
+    from sweep.options import SweepOptions
+    from sweep.runner import run_grid
 
     started = time.time()
     phantoms = demo_phantoms(args.phantoms, args.cache_dir)

@@ -5,24 +5,29 @@ There is no stage barrier: the Tuner's searcher (sweep.scheduling.DependencyRele
 trial as soon as its own dependencies are published, so no trial holds a GPU while it waits for
 one, and no trial waits for unrelated ones. A trial whose outputs are already in OUT is reused,
 not rerun; a trial whose dependency failed is recorded as failed without running.
+
+What it drives lives beside it: the trials' data (sweep.inputs), the sweep's options
+(sweep.options), the Ray runtime and each trial's resources (sweep.resources), the trainable
+(sweep.trainables), the release order (sweep.scheduling), the console (sweep.progress) and the
+test hooks (sweep.test_hooks).
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import ray
 from ray import tune
 
-from data_io.datasets import TARGET_DATASETS
-from protocol.config import GPUS_PER_TRIAL
+from protocol.collect import CurrentData, write_results
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
-from protocol.store import CurrentData, RunStore, write_results
+from protocol.store import RunStore
+from sweep import resources, test_hooks
+from sweep.inputs import DataPaths, data_identity, data_settings, load_trial_datasets
+from sweep.options import SweepOptions
 from sweep.progress import (
     ProgressRelay,
     SweepProgress,
@@ -30,48 +35,12 @@ from sweep.progress import (
     ray_log_path,
     report_progress_to,
     send_ray_messages_to,
-    worker_runtime_env,
 )
 from sweep.scheduling import DependencyRelease
 from sweep.trainables import run_trial
 
-log = logging.getLogger(__name__)
-
-# Environment variable of the failure-injection test hook: "GLOB:TIMES[:EPOCH]" rules joined
-# by ";" (TIMES may be "always"), e.g. "segmentation-unet-lungs-fold0-*:1:1" fails that trial
-# once, at epoch 1.
-INJECT_FAILURE_ENV = "CXRSWEEP_INJECT_FAILURE"
-# Environment variable of the hold test hook: "GLOB:EPOCH" rules joined by ";"; a matching trial
-# stops after reporting that epoch and waits to be killed (once), see sweep.trainables._HoldHook.
-HOLD_ENV = "CXRSWEEP_HOLD"
 STATE_FILE = "sweep-state.json"
 STATE_KEY = "experiment"  # in STATE_FILE: the name of the sweep's Tune experiment under OUT/ray
-
-
-@dataclass
-class DataPaths:
-    jsrt: str | None = None
-    scr: str | None = None
-    montgomery: str | None = None
-    shenzhen: str | None = None
-    cache_dir: str | None = None
-    target_dirs: dict[str, str] = field(default_factory=dict)  # --target-dir NAME=DIR, any target
-
-    def target_dir(self, name: str) -> str | None:
-        return self.target_dirs.get(name) or (getattr(self, name) if name in TARGET_DATASETS else None)
-
-
-@dataclass
-class SweepOptions:
-    out: str
-    address: str | None = None  # None: start a local Ray runtime (or use the one already initialised)
-    gpus_per_trial: float | None = None  # None: the profile's share (protocol.config.GPUS_PER_TRIAL)
-    cpus_per_trial: float = 1.0
-    max_concurrent: int = 0  # 0: as many as the resources allow
-    retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
-    resume: bool = False
-    progress_every_s: float = 10.0
-    object_store_memory: int | None = None  # bytes, for a runtime started here
 
 
 @dataclass
@@ -87,179 +56,6 @@ class SweepOutcome:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-# --------------------------------------------------------------------------------------------
-# Driver-side data: read (or build) the caches once; trials get the arrays through Ray.
-
-
-def needed_datasets(specs: Iterable[TrialSpec]) -> set[str]:
-    return {"jsrt"}.union(*(s.datasets for s in specs))
-
-
-def check_data_flags(names: set[str], paths: DataPaths) -> None:
-    """Fail before Ray starts when a dataset the trials need was not given."""
-    missing = [flag for flag, value in (("--jsrt", paths.jsrt), ("--scr", paths.scr)) if not value]
-    if missing:
-        raise ValueError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
-    for name in sorted(names - {"jsrt"}):
-        if not paths.target_dir(name):
-            flag = f"--{name} DIR or --target-dir {name}=DIR" if name in TARGET_DATASETS else f"--target-dir {name}=DIR"
-            raise ValueError(f"{flag} required: the grid has transfer trials with target {name}")
-
-
-def data_settings(specs: Sequence[TrialSpec]) -> tuple[int, bool]:
-    """The one image size and content-crop setting that `specs` share: what their datasets are
-    prepared at ((0, True) for none). A mix is refused: one sweep per setting."""
-    sizes = {spec.config.image_size for spec in specs}
-    if len(sizes) > 1:
-        raise ValueError(f"the trials mix image sizes {sorted(sizes)}; run one sweep per size")
-    crops = {spec.config.crop_borders for spec in specs}
-    if len(crops) > 1:
-        raise ValueError("the trials mix crop_borders true and false; run one sweep per setting")
-    return (sizes.pop() if sizes else 0), (crops.pop() if crops else True)
-
-
-def load_trial_datasets(specs: Sequence[TrialSpec], paths: DataPaths) -> dict[str, Any]:
-    """The datasets `specs` read, prepared at their shared settings (`data_settings`)."""
-    return load_datasets(needed_datasets(specs), paths, *data_settings(specs))
-
-
-def load_datasets(names: set[str], paths: DataPaths, image_size: int, crop_borders: bool = True) -> dict[str, Any]:
-    """The cached arrays of each dataset the trials need, keyed by dataset name."""
-    from data_io.cache import load_jsrt, load_target
-
-    check_data_flags(names, paths)
-    datasets: dict[str, Any] = {}
-    for name in sorted(names):
-        if name == "jsrt":
-            datasets[name] = load_jsrt(paths.jsrt, paths.scr, image_size, cache_dir=paths.cache_dir,
-                                       crop_borders=crop_borders)
-        else:
-            datasets[name] = load_target(name, paths.target_dir(name), image_size, cache_dir=paths.cache_dir,
-                                         crop_borders=crop_borders)
-        log.info("data: %s, %d cases at %d px (fingerprint %s)", name, len(datasets[name].ids), image_size,
-                 datasets[name].fingerprint)
-    return datasets
-
-
-def data_identity(datasets: dict[str, Any], image_size: int) -> CurrentData:
-    """What the trials of this sweep read, by content: a finished trial is reused only for it."""
-    return CurrentData(image_size, {name: dataset.fingerprint for name, dataset in datasets.items()})
-
-
-# --------------------------------------------------------------------------------------------
-# Ray runtime and resources.
-
-
-def connect(options: SweepOptions) -> None:
-    """Start (or join, with options.address) the Ray runtime of this sweep, its workers quiet
-    about restores (`worker_runtime_env`; not through Ray Client, a `ray://` address, whose job
-    config takes no callable hook). A runtime already initialised in this process is used as it is."""
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if "://" not in (options.address or os.environ.get("RAY_ADDRESS", "")):
-        kwargs["runtime_env"] = worker_runtime_env()
-    if options.address:
-        kwargs["address"] = options.address
-    elif options.object_store_memory:
-        kwargs["object_store_memory"] = options.object_store_memory
-    ray.init(**kwargs)
-
-
-def autoscaler_gpu_node_types(bootstrap: Path = Path("~/ray_bootstrap_config.yaml")) -> list[str]:
-    """GPU node types the cluster launcher may still add (its config lies on the head node)."""
-    path = bootstrap.expanduser()
-    if not path.is_file():
-        return []
-    import yaml
-
-    config = yaml.safe_load(path.read_text()) or {}
-    node_types = config.get("available_node_types", {}) or {}
-    return sorted(n for n, t in node_types.items() if float((t.get("resources") or {}).get("GPU", 0)) > 0)
-
-
-def plan_resources(gpus: float, cpus: float, cluster_gpus: float, largest_node_cpus: float,
-                   scaling_gpu_types: Sequence[str] = (), say=print) -> dict[str, float]:
-    """{'cpu': c, 'gpu': g} for every trial; GPUs dropped (with a message) when none can exist."""
-    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
-        raise ValueError(f"--gpus-per-trial {gpus:g}: use a fraction in (0, 1] or a whole number of GPUs")
-    if cpus <= 0:
-        raise ValueError(f"--cpus-per-trial {cpus:g}: must be positive")
-    if gpus > 0 and cluster_gpus == 0:
-        if scaling_gpu_types:
-            say(f"[sweep] no GPU node is up yet; the autoscaler adds {', '.join(scaling_gpu_types)} workers on demand")
-        else:
-            say(f"[sweep] this Ray cluster has no GPUs: trials run on the CPU ({cpus:g} CPU each; "
-                f"--gpus-per-trial {gpus:g} ignored)")
-            gpus = 0.0
-    if not scaling_gpu_types and cpus > largest_node_cpus:
-        raise ValueError(f"--cpus-per-trial {cpus:g}: no node has that many CPUs (largest: {largest_node_cpus:g})")
-    return {"cpu": float(cpus), "gpu": float(gpus)}
-
-
-def gpus_per_trial(options: SweepOptions, profile: str) -> float:
-    """--gpus-per-trial, or the profile's default share (protocol.config.GPUS_PER_TRIAL)."""
-    return float(options.gpus_per_trial if options.gpus_per_trial is not None else GPUS_PER_TRIAL[profile])
-
-
-def trial_resources(options: SweepOptions, profile: str, say=print) -> dict[str, float]:
-    """`plan_resources` for the connected cluster; logs what each node offers."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    for node in nodes:
-        offered = {k: v for k, v in node["Resources"].items() if k in ("CPU", "GPU")}
-        say(f"[sweep] node {node['NodeID'][:12]} ({node['NodeManagerAddress']}): {offered}")
-    largest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    return plan_resources(gpus_per_trial(options, profile), float(options.cpus_per_trial),
-                          ray.cluster_resources().get("GPU", 0), largest, autoscaler_gpu_node_types(), say)
-
-
-# --------------------------------------------------------------------------------------------
-# The test hooks.
-
-
-def _first_match(specs: Sequence[TrialSpec], rules: list[tuple[str, Any]]) -> dict[str, Any]:
-    """trial_id -> the value of the first (glob, value) rule whose glob matches it."""
-    from fnmatch import fnmatchcase
-
-    chosen = {}
-    for spec in specs:
-        for pattern, value in rules:
-            if fnmatchcase(spec.trial_id, pattern):
-                chosen[spec.trial_id] = value
-                break
-    return chosen
-
-
-def failure_injections(specs: Sequence[TrialSpec], setting: str | None = None) -> dict[str, dict]:
-    """Trials that the CXRSWEEP_INJECT_FAILURE test hook makes fail: trial_id -> {times, at_epoch}.
-
-    The setting is one or more `GLOB:TIMES[:EPOCH]` rules separated by `;`; the first rule
-    whose glob matches a trial id applies to it.
-    """
-    setting = os.environ.get(INJECT_FAILURE_ENV, "") if setting is None else setting
-    rules = []
-    for rule in filter(None, (r.strip() for r in setting.split(";"))):
-        parts = rule.split(":")
-        if len(parts) not in (2, 3) or not (parts[1] == "always" or parts[1].isdigit()):
-            raise ValueError(f"{INJECT_FAILURE_ENV}={setting!r}: expected GLOB:TIMES[:EPOCH] rules separated by ';'")
-        times = -1 if parts[1] == "always" else int(parts[1])
-        rules.append((parts[0], {"times": times, "at_epoch": int(parts[2]) if len(parts) == 3 else 1}))
-    return _first_match(specs, rules)
-
-
-def holds(specs: Sequence[TrialSpec], setting: str | None = None) -> dict[str, int]:
-    """Trials that the CXRSWEEP_HOLD test hook stops after an epoch: trial_id -> epoch
-    (`GLOB:EPOCH` rules separated by `;`)."""
-    setting = os.environ.get(HOLD_ENV, "") if setting is None else setting
-    rules = []
-    for rule in filter(None, (r.strip() for r in setting.split(";"))):
-        parts = rule.split(":")
-        if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
-            raise ValueError(f"{HOLD_ENV}={setting!r}: expected GLOB:EPOCH rules (EPOCH >= 1) separated by ';'")
-        rules.append((parts[0], int(parts[1])))
-    return _first_match(specs, rules)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,9 +79,7 @@ class _Runner:
         self.resources: dict[str, float] | None = None
         self.outcome = SweepOutcome()
         self.started = time.time()
-        trials = list(grid.trials.values())
-        self.injections = failure_injections(trials)
-        self.holds = holds(trials)
+        self.hooks = test_hooks.trial_entries(list(grid.trials.values()))
         profiles = {s.config.profile for s in grid.runnable()}
         self.profile = profiles.pop() if len(profiles) == 1 else "paper"
 
@@ -318,17 +112,14 @@ class _Runner:
         """The trainable with its resources (settled on first use: a sweep whose trials are all
         finished asks the cluster for nothing)."""
         if self.resources is None:
-            self.resources = trial_resources(self.options, self.profile, self.say)
+            self.resources = resources.trial_resources(self.options, self.profile, self.say)
         return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets), self.resources)
 
     def _entry(self, spec: TrialSpec) -> dict[str, Any]:
         """What the trainable gets for `spec` (see sweep.trainables.run_trial)."""
         entry: dict[str, Any] = {"spec": spec_to_dict(spec),
                                  "dependencies": [spec_to_dict(self.grid.trials[d]) for d in spec.depends_on]}
-        if spec.trial_id in self.injections:
-            entry["inject_failure"] = self.injections[spec.trial_id]
-        if spec.trial_id in self.holds:
-            entry["hold_at_epoch"] = self.holds[spec.trial_id]
+        entry.update(self.hooks.get(spec.trial_id, {}))
         return entry
 
     def _run(self, specs: list[TrialSpec], published: set[str], resume: bool) -> None:
@@ -394,7 +185,7 @@ class _Runner:
         the trials the cluster can run at once would fix the order of later trials early (the
         searcher picks the best ready trial when asked). An autoscaler sizes the cluster from
         pending demand, so there a few GPU nodes' worth."""
-        if autoscaler_gpu_node_types():
+        if resources.autoscaler_gpu_node_types():
             return 16
         total = ray.cluster_resources()
         fits = [total.get("CPU", 0) / self.resources["cpu"]]
@@ -509,7 +300,7 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
             datasets = load_trial_datasets(grid.runnable(), paths)
         current = data_identity(datasets, image_size)
         grid = grid.with_data(current.fingerprints)
-    connect(options)
+    resources.connect(options)
     runner = _Runner(grid, datasets or {}, current, options, say)
     quiet_ray_console(runner.store, say)
     qualitative = sum(1 for s in grid.runnable() if s.kind == QUALITATIVE)

@@ -27,7 +27,6 @@ OUT need only exist where the command runs. Ray's own messages go to OUT/logs/ra
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from inference.segment import (
     read_batch,
     segment_batch,
 )
+from sweep import test_hooks
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,6 @@ WORKER_RESTARTS = 3
 TASK_RETRIES = 3
 # Batches queued per worker: one running, one waiting, so a worker never idles on the driver.
 BATCHES_PER_WORKER = 2
-# Test hook (tests/sweep/test_segment_ray.py): "exit-once:MARKER" makes the first worker process
-# to reach its second batch exit abruptly (os._exit) after segmenting it, before returning it,
-# unless the file MARKER exists; it creates MARKER first, so it happens once per job. The driver
-# passes the variable on to its workers.
-HOOK_ENV = "CXRSWEEP_SEGMENT_HOOK"
 
 
 @dataclass
@@ -100,13 +95,7 @@ class SegmentWorker:
 
     def _hook(self) -> None:
         self.calls += 1
-        hook = os.environ.get(HOOK_ENV, "")
-        if self.calls >= 2 and hook.startswith("exit-once:"):
-            try:
-                os.close(os.open(hook.split(":", 1)[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
-            os._exit(1)
+        test_hooks.after_segment_batch(self.calls)  # CXRSWEEP_SEGMENT_HOOK
 
 
 _workers: dict[tuple, SegmentWorker] = {}  # in a worker process: its network, kept between tasks
@@ -179,8 +168,7 @@ def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptio
     log.info("segment on Ray: %d image(s), %d model worker(s) on %s (%d torch thread(s) each), batches of %d, %s",
              len(items), workers, device, threads, options.batch_size,
              "read / network / encode stages" if staged else "each worker reads, segments, encodes")
-    hook = os.environ.get(HOOK_ENV)
-    runtime_env = {"env_vars": {HOOK_ENV: hook}} if hook else None
+    runtime_env = test_hooks.segment_runtime_env()
     arguments = (str(Path(checkpoint).resolve()), info.sha256, device, threads, info, overlays)
     if staged:
         actor = ray.remote(SegmentWorker).options(

@@ -12,12 +12,8 @@ trial's checkpoint count, bytes and seconds go into its trial.json.
 Trials never open dataset paths: the arrays arrive through the object store
 (`tune.with_parameters`), and dependencies (M_A, warmed translators) are read from OUT.
 
-Test hooks: the runner copies `CXRSWEEP_INJECT_FAILURE` into matching trials (see
-`sweep.runner.failure_injections`); such a trial raises at the given epoch, a given number of
-times (counted in OUT/ray/injected-failures/, so retries on other nodes see the count).
-`CXRSWEEP_HOLD` (see `sweep.runner.holds`) makes a trial stop after the report of an epoch,
-write OUT/ray/held/<trial_id> and wait there until killed, once: a test kills the driver at a
-known point instead of racing it.
+Test hooks (`CXRSWEEP_INJECT_FAILURE`, `CXRSWEEP_HOLD`): the driver puts them into the entries of
+the trials they match, and `run_trial` adds their callbacks; both sides live in sweep.test_hooks.
 """
 from __future__ import annotations
 
@@ -38,6 +34,7 @@ from engine.transfer_data import hide_test
 from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
 from protocol.run_dir import NO_ADAPTATION, RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
 from protocol.store import RunStore
+from sweep import test_hooks
 from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
 
 log = logging.getLogger(__name__)
@@ -48,10 +45,6 @@ SCRATCH = Path(tempfile.gettempdir()) / "cxrsweep"
 DEPENDENCY_CACHE = SCRATCH / "dependencies"
 # Beside last.pt in a Tune checkpoint: the trial's checkpoint count, bytes and seconds so far.
 CHECKPOINT_STATS = "checkpoint-stats.json"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the failure-injection test hook."""
 
 
 def _checkpoint_folder(run_dir: Path) -> Path:
@@ -88,45 +81,6 @@ class CheckpointStats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _FailureHook:
-    """The test hook: raise at `at_epoch`, at most `times` times (-1: always)."""
-
-    def __init__(self, store: RunStore, trial_id: str, times: int, at_epoch: int):
-        self.store, self.trial_id, self.times, self.at_epoch = store, trial_id, times, at_epoch
-        self.folder = store.path("ray", "injected-failures")
-
-    def maybe_fail(self, epoch: int) -> None:
-        if epoch != self.at_epoch:
-            return
-        self.store.fs.create_dir(self.folder, recursive=True)
-        done = [n for n in self.store.list_files(self.folder) if n.startswith(f"{self.trial_id}.")]
-        if 0 <= self.times <= len(done):
-            return
-        self.store.write_json(f"{self.folder}/{self.trial_id}.{len(done) + 1}", {"epoch": epoch})
-        raise InjectedFailure(
-            f"injected failure {len(done) + 1} of {'always' if self.times < 0 else self.times} at epoch {epoch} "
-            f"(test hook CXRSWEEP_INJECT_FAILURE)")
-
-    def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
-        self.maybe_fail(epoch)
-
-
-class _HoldHook:
-    """The test hook: after the report of `at_epoch`, mark OUT/ray/held/<trial_id> and wait to be
-    killed. Once per trial: a resumed trial finds the mark and goes on."""
-
-    def __init__(self, store: RunStore, trial_id: str, at_epoch: int):
-        self.store, self.at_epoch = store, at_epoch
-        self.mark = store.path("ray", "held", trial_id)
-
-    def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
-        if epoch != self.at_epoch or self.store.exists(self.mark):
-            return
-        self.store.write_json(self.mark, {"epoch": epoch, "at": time.time()})
-        while True:
-            time.sleep(1)
 
 
 class _EpochReporter:
@@ -167,7 +121,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     """One Table I / II trial, translator warm-up or qualitative (Fig. 9) transfer run.
 
     `config["trial"]` holds `spec` (a serialised TrialSpec), `dependencies` (the specs it
-    needs) and the optional test hooks `inject_failure` and `hold_at_epoch`; `config` also holds
+    needs) and the optional test hooks `inject_failure` and `hold_at_epoch` (sweep.test_hooks); `config` also holds
     `out` (where the trial publishes), optionally `dependencies_out` (where its dependencies
     lie, default `out`), `cpus` (the trial's CPU share) and `tuning` (a tuning trial: its
     validation split stands in for its test split, engine.transfer_data.hide_test)."""
@@ -198,14 +152,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
 
     checkpoints = CheckpointStats.restored(run_dir)
     callbacks: list = [_EpochReporter(checkpoints)]
-    injection = trial.get("inject_failure")
-    if injection:
-        hook = _FailureHook(store, spec.trial_id, int(injection["times"]), int(injection["at_epoch"]))
-        # A resumed attempt starts past the failing epoch: it fails at once if it still must.
-        hook.maybe_fail(hook.at_epoch if resumed else 0)
-        callbacks.append(hook)
-    if trial.get("hold_at_epoch"):
-        callbacks.append(_HoldHook(store, spec.trial_id, int(trial["hold_at_epoch"])))
+    callbacks += test_hooks.trial_callbacks(trial, store, spec.trial_id, resumed)
 
     view = hide_test if config.get("tuning") else (lambda data: data)
     final: dict[str, Any] = {}

@@ -23,8 +23,11 @@ from protocol.config import RunConfig
 from protocol.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
 from protocol.store import RunStore
 from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of
+from sweep import resources
+from sweep.inputs import DataPaths, load_trial_datasets
+from sweep.options import SweepOptions
 from sweep.progress import ray_log_path
-from sweep.runner import DataPaths, SweepOptions, connect, load_trial_datasets, run_grid, trial_resources
+from sweep.runner import run_grid
 from sweep.trainables import run_trial
 
 SCORE = "val_jaccard"
@@ -97,7 +100,7 @@ def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOpt
         outcome = run_grid(dependencies, paths, options, say=say, datasets=datasets)
         if not outcome.ok:
             raise RuntimeError(f"dependencies of the tuned cells failed: {outcome.failed}")
-    connect(options)
+    resources.connect(options)
     entries = [_search(grid.trials[specs[0].trial_id], [grid.trials[s.trial_id] for s in specs[1:]], datasets,
                        options, n_trials, say) for specs in cells]
     record = TuningRecord(str(best_file), entries)
@@ -114,7 +117,7 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
     space = search_space(cell.config)
     max_epochs = cell.config.transfer_epochs if cell.config.method == "proposed" else cell.config.epochs
     trainable = tune.with_resources(tune.with_parameters(_tune_trial, datasets=datasets),
-                                    trial_resources(options, cell.config.profile, say))
+                                    resources.trial_resources(options, cell.config.profile, say))
     param_space = {
         # Tuning trials publish under OUT/tune (never into the result tables); M_A and the
         # warm-up are ordinary sweep trials under OUT.

@@ -99,7 +99,7 @@ def s3_bucket(s3_server, request):
 
 @pytest.fixture
 def data_paths(sweep_phantoms):
-    from sweep.runner import DataPaths
+    from sweep.inputs import DataPaths
 
     return DataPaths(jsrt=sweep_phantoms["jsrt"], scr=sweep_phantoms["scr"], montgomery=sweep_phantoms["montgomery"],
                      cache_dir=sweep_phantoms["cache_dir"])

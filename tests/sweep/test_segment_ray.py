@@ -37,10 +37,11 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
     starts it again (it loads the checkpoint from its path) and retries its batches; every image
     gets exactly one row, every file is whole, and the masks are the plain loop's."""
     from inference.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
-    from sweep.segment_ray import HOOK_ENV, RayOptions, segment_with_ray
+    from sweep.segment_ray import RayOptions, segment_with_ray
+    from sweep.test_hooks import SEGMENT_HOOK_ENV
 
     marker = tmp_path / "worker-exited"
-    monkeypatch.setenv(HOOK_ENV, f"exit-once:{marker}")
+    monkeypatch.setenv(SEGMENT_HOOK_ENV, f"exit-once:{marker}")
     info = checkpoint_info(checkpoint)
     items = list_inputs([Path(sweep_phantoms["montgomery"]) / "CXR_png"])
     assert len(items) >= 8

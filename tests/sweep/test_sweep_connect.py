@@ -6,15 +6,16 @@ import sys
 
 from ray import cloudpickle
 
-from sweep import runner
+from sweep import resources
+from sweep.options import SweepOptions
 from sweep.progress import RESTORE_LOGGER
 
 
 def _connect(monkeypatch, **options) -> dict:
     calls = []
-    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(runner.ray, "init", lambda **kwargs: calls.append(kwargs))
-    runner.connect(runner.SweepOptions(out="out", **options))
+    monkeypatch.setattr(resources.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(resources.ray, "init", lambda **kwargs: calls.append(kwargs))
+    resources.connect(SweepOptions(out="out", **options))
     return calls[0]
 
 

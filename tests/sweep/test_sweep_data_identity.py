@@ -11,7 +11,8 @@ import pytest
 
 from commands.main import main
 from protocol.results import read_trials
-from sweep.runner import INJECT_FAILURE_ENV, STATE_KEY
+from sweep.runner import STATE_KEY
+from sweep.test_hooks import INJECT_FAILURE_ENV
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ import pytest
 from protocol.config import make_config
 from protocol.grid import build_grid
 from protocol.results import read_images, read_trials
-from sweep.runner import DataPaths, check_data_flags, needed_datasets
+from sweep.inputs import DataPaths, check_data_flags, needed_datasets
 
 
 def test_a_folder_target_joins_the_grid_by_name(tmp_path):
@@ -54,7 +54,7 @@ def test_a_folder_target_has_a_content_identity(sweep_phantoms, tmp_path):
     """Trial identity (issue 11) for a folder target: the loader fingerprints it with the grid's
     crop setting, the transfer trials carry that fingerprint, and other content gives another."""
     from data_io.dicom import convert_folder
-    from sweep.runner import load_datasets
+    from sweep.inputs import load_datasets
 
     dicoms = tmp_path / "dicom"
     convert_folder(f"{sweep_phantoms['montgomery']}/CXR_png", dicoms, monochrome1_every=2)

@@ -123,7 +123,7 @@ def test_fig9_runs_follow_the_selection(kwargs, tasks):
 
 
 def test_trials_share_one_image_size_and_crop_setting():
-    from sweep.runner import data_settings
+    from sweep.inputs import data_settings
 
     base = make_config("smoke")
     grid = build_grid("segmentation", base, models=["unet"], tasks=["lungs"], folds=[0, 1])

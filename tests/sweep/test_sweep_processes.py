@@ -46,7 +46,7 @@ def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp
     hook stops that trial after its epoch-3 checkpoint until the driver is gone. --resume must
     continue it from that checkpoint (exactly 3 epochs left), reuse the finished trials and
     duplicate no row."""
-    from sweep.runner import HOLD_ENV
+    from sweep.test_hooks import HOLD_ENV
 
     out = tmp_path / "out"
     epochs, held_epoch = 6, 3

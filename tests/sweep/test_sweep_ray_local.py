@@ -10,7 +10,9 @@ import pytest
 from protocol.config import make_config
 from protocol.grid import QUALITATIVE, Grid, build_grid
 from protocol.results import read_images, read_trials
-from sweep.runner import INJECT_FAILURE_ENV, SweepOptions, run_grid
+from sweep.options import SweepOptions
+from sweep.runner import run_grid
+from sweep.test_hooks import INJECT_FAILURE_ENV
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -140,7 +142,7 @@ def test_four_trials_share_one_logical_gpu(ray_runtime, data_paths, tmp_path):
 
 
 def test_resources_fall_back_to_cpu_only_when_no_gpu_can_appear():
-    from sweep.runner import plan_resources
+    from sweep.resources import plan_resources
 
     lines: list[str] = []
     assert plan_resources(0.5, 1, cluster_gpus=0, largest_node_cpus=4, say=lines.append) == {"cpu": 1.0, "gpu": 0.0}
@@ -160,7 +162,7 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
     on that fold's second-validation fold; its trials predict no test image. `run --config`
     gives each fold its own entry, and refuses, before Ray or any training, a fold the record
     does not hold or a trial whose test images the tuning used (`tune --fold 0`, then `--folds 1`)."""
-    import sweep.runner
+    import sweep.resources
     from commands.main import main
     from data_io.splits import cv_split
     from protocol.tuned import read_record
@@ -201,14 +203,14 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
     def no_ray(options):
         raise AssertionError("Ray must not start for a refused config")
 
-    monkeypatch.setattr(sweep.runner, "connect", no_ray)
+    monkeypatch.setattr(sweep.resources, "connect", no_ray)
     assert main([*run, "--folds", "2"]) == 2
     assert "fold 2 has no tuned config" in capsys.readouterr().err
 
     single = tmp_path / "tune-fold0"
     monkeypatch.undo()
     assert main(["tune", "--fold", "0", "--trials", "1", "--out", str(single), *common]) == 0
-    monkeypatch.setattr(sweep.runner, "connect", no_ray)
+    monkeypatch.setattr(sweep.resources, "connect", no_ray)
     capsys.readouterr()
     refused_out = tmp_path / "refused"
     assert main(["run", "segmentation", "--models", "unet", "--tasks", "lungs", "--folds", "1", "--out",

@@ -3,10 +3,11 @@ import json
 
 import pytest
 
+from protocol.collect import write_results
 from protocol.config import make_config
 from protocol.grid import build_grid
 from protocol.results import read_images, read_trials
-from protocol.store import RunStore, write_results
+from protocol.store import RunStore
 
 
 def _specs():

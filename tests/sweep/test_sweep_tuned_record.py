@@ -18,7 +18,7 @@ from protocol.tuned import (
     scope_of,
     split_ids,
 )
-from sweep.runner import load_datasets
+from sweep.inputs import load_datasets
 
 
 @pytest.fixture

@@ -1,0 +1,18 @@
+"""What one sweep is asked to do besides its grid and data: where it writes, which Ray runtime it
+uses, each trial's share of the cluster, retries and resume (the command line's sweep flags)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SweepOptions:
+    out: str
+    address: str | None = None  # None: start a local Ray runtime (or use the one already initialised)
+    gpus_per_trial: float | None = None  # None: the profile's share (protocol.config.GPUS_PER_TRIAL)
+    cpus_per_trial: float = 1.0
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
+    resume: bool = False
+    progress_every_s: float = 10.0
+    object_store_memory: int | None = None  # bytes, for a runtime started here
