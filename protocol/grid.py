@@ -26,10 +26,11 @@ trials are reused), while a changed config never silently reuses an old result. 
 from __future__ import annotations
 
 import dataclasses
+import graphlib
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from data_io.datasets import TARGET_DATASETS, check_target_name
 from protocol.config import (
@@ -144,22 +145,34 @@ class Grid:
 
     def stages(self) -> list[list[TrialSpec]]:
         """Runnable trials in dependency layers: every trial's dependencies sit in earlier layers."""
-        remaining = {t.trial_id: t for t in self.runnable()}
-        for spec in remaining.values():
-            missing = [d for d in spec.depends_on if d not in remaining]
+        runnable = {t.trial_id: t for t in self.runnable()}
+        for spec in runnable.values():
+            missing = [d for d in spec.depends_on if d not in runnable]
             if missing:
                 raise ValueError(f"{spec.trial_id} depends on {missing}, which is not in the grid")
-        placed: set[str] = set()
-        layers: list[list[TrialSpec]] = []
-        while remaining:
-            layer = [t for t in remaining.values() if all(d in placed for d in t.depends_on)]
-            if not layer:
-                raise ValueError(f"dependency cycle among {sorted(remaining)}")
-            layers.append(layer)
-            for t in layer:
-                placed.add(t.trial_id)
-                del remaining[t.trial_id]
-        return layers
+        return [[runnable[trial_id] for trial_id in layer]
+                for layer in dependency_layers({t: s.depends_on for t, s in runnable.items()})]
+
+
+def dependency_layers(depends_on: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The keys of `depends_on` (id -> the ids it depends on, all of them keys) in layers: a key
+    sits in the layer after the last of its dependencies (layer 0: no dependencies), so its layer
+    is the length of its longest chain of dependencies. Within a layer, keys keep the mapping's
+    order. A dependency cycle raises ValueError naming the keys it leaves unplaced."""
+    position = {key: i for i, key in enumerate(depends_on)}
+    sorter = graphlib.TopologicalSorter({key: tuple(deps) for key, deps in depends_on.items()})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError:
+        pass  # place what the cycle does not block, then name the rest
+    layers: list[list[str]] = []
+    while layer := sorted(sorter.get_ready(), key=position.__getitem__):
+        layers.append(layer)
+        sorter.done(*layer)
+    placed = {key for layer in layers for key in layer}
+    if len(placed) < len(position):
+        raise ValueError(f"dependency cycle among {sorted(set(position) - placed)}")
+    return layers
 
 
 def config_hash(cfg: RunConfig, only: Iterable[str] | None = None) -> str:
@@ -258,7 +271,8 @@ def qualitative_trials(base: RunConfig, task: str, target: str, repetition: int,
 def _check_choice(flag: str, values: Sequence, allowed: Sequence) -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise ValueError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; choose from {', '.join(map(str, allowed))}")
+        raise ValueError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; "
+                         f"choose from {', '.join(map(str, allowed))}")
 
 
 def build_grid(
