@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from protocol.config import GPUS_PER_TRIAL, RunConfig, make_config  # noqa: E402
+from protocol.durations import format_duration  # noqa: E402
 
 # The paper's sets as distributed: JSRT (Table I, source) and Montgomery (Table II target).
 PAPER_CASES = {"jsrt": 247, "montgomery": 138}
@@ -501,11 +502,11 @@ def project(specs, rates: dict, proposed: dict, sizes: dict, packing: dict, ever
         projections[k] = {"efficiency": efficiency, "trial_seconds_total": work_s,
                           "checkpoint_seconds_total": checkpoint_total, "wall_s": spans}
         say(f"  {k} trial(s) per GPU (each at {efficiency['unet']:.0%} (U-Net-like) / {efficiency['proposed']:.0%} "
-            f"(proposed) of its speed alone): " + ", ".join(f"{n} GPU{'s' if n > 1 else ''} {fmt(s)}" for n, s in spans.items())
+            f"(proposed) of its speed alone): " + ", ".join(f"{n} GPU{'s' if n > 1 else ''} {format_duration(s)}" for n, s in spans.items())
             + f"; checkpoints {checkpoint_total / work_s:.1%} of trial time")
     fewest = min(gpus)
     best = min(projections, key=lambda k: projections[k]["wall_s"][fewest])
-    say(f"  fastest on {fewest} GPU(s): {best} trial(s) per GPU, {fmt(projections[best]['wall_s'][fewest])}"
+    say(f"  fastest on {fewest} GPU(s): {best} trial(s) per GPU, {format_duration(projections[best]['wall_s'][fewest])}"
         + (" (goal: at most 1:00:00 on one H100-class GPU)" if torch.cuda.is_available() else "")
         + ("" if len(projections) > 1 else " (no packing measured: one trial per GPU)"))
     return projections, notes
@@ -524,14 +525,9 @@ def print_checkpoint_share(figures: dict, paper: RunConfig, sizes: dict, unet: d
     figures["checkpoints"] = {"trial_train_s": trial_train, "every_s": every_s, "bounded_s": bounded,
                               "bounded_fraction": bounded / trial_train, "per_epoch_s": per_epoch,
                               "per_epoch_fraction": per_epoch / trial_train}
-    say(f"  paper U-Net trial ({paper.epochs} epochs, one trial alone): {fmt(trial_train)} of training; checkpoints "
+    say(f"  paper U-Net trial ({paper.epochs} epochs, one trial alone): {format_duration(trial_train)} of training; checkpoints "
         f"every {every_s:g} s + at the end: {checkpoints_of(trial_train, every_s)} x {one:.2f} s = "
         f"{bounded / trial_train:.1%} of it; every epoch (before): ~{per_epoch / trial_train:.0%}")
-
-
-def fmt(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def main() -> int:

@@ -21,12 +21,12 @@ from ray import tune
 
 from data_io.datasets import TARGET_DATASETS
 from protocol.config import GPUS_PER_TRIAL
+from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import CurrentData, RunStore, write_results
 from sweep.progress import (
     ProgressRelay,
     SweepProgress,
-    format_duration,
     ray_log_path,
     report_progress_to,
     send_ray_messages_to,
