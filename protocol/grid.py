@@ -85,6 +85,13 @@ def _is_transfer_only(name: str) -> bool:
 METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "self_training", "finetune", "scratch", "source_only"})
 METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
 
+# The config field that sets how many epochs a transfer method trains (None: it trains nothing).
+# finetune and scratch train `epochs`, the same budget (engine/target_training.py); proposed
+# (after its warm-up, a trial of its own) and self_training's student train `transfer_epochs`;
+# source_only applies M_A as it is.
+EPOCHS_FIELD = {"proposed": "transfer_epochs", "self_training": "transfer_epochs", "finetune": "epochs",
+                "scratch": "epochs", "source_only": None}
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -104,6 +111,18 @@ class TrialSpec:
     def has_row(self) -> bool:
         """Whether the trial is a cell of Table I / II (warm-ups and qualitative runs are not)."""
         return self.kind not in (TRANSLATOR_WARMUP, QUALITATIVE)
+
+    @property
+    def training_epochs(self) -> int:
+        """The epochs the trial trains, what its cost grows with: a Table I trial `epochs`, a
+        translator warm-up `warmup_epochs`, a Fig. 9 run (proposed) `transfer_epochs`, a Table II
+        cell as its method's EPOCHS_FIELD says (0 for source_only)."""
+        if self.kind == SEGMENTATION:
+            return self.config.epochs
+        if self.kind == TRANSLATOR_WARMUP:
+            return self.config.warmup_epochs
+        field_name = "transfer_epochs" if self.kind == QUALITATIVE else EPOCHS_FIELD[self.config.method]
+        return getattr(self.config, field_name) if field_name else 0
 
     @property
     def datasets(self) -> tuple[str, ...]:
