@@ -62,7 +62,8 @@ class Trainer(ckpt.ResumableRun):
 
     def __init__(self, cfg: RunConfig, data: SegmentationData, run_dir: Path):
         if cfg.image_size != data.image_size:
-            raise ValueError(f"{data.dataset}: data is {data.image_size} px but the config asks for {cfg.image_size} px")
+            raise ValueError(f"{data.dataset}: data is {data.image_size} px but the config asks for "
+                             f"{cfg.image_size} px")
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
@@ -77,7 +78,8 @@ class Trainer(ckpt.ResumableRun):
         self.optimizer = adam(self.model.parameters(), self.device, lr=cfg.lr, weight_decay=cfg.weight_decay,
                               betas=(cfg.beta1, cfg.beta2))
         self.scaler = grad_scaler_for(self.device)
-        self.loss_fn = build_loss(cfg.loss, foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
+        self.loss_fn = build_loss(cfg.loss,
+                                  foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
         self.train_images = as_batch(data.train_images, self.device)
         self.train_masks = as_mask_batch(data.train_masks, self.device)
         # The validation split stays on the device too, and is scored there (engine/scoring.py).
@@ -194,9 +196,6 @@ class Trainer(ckpt.ResumableRun):
                                   data.test_masks, jaccards, dices, best_epoch=self.best_epoch,
                                   val_jaccard=self.best_val, duration_s=self.duration_s, device=self.device,
                                   epochs_trained=epochs_trained, history=self.history, started=started)
-
-
-_Trainer = Trainer  # the name benchmarks/bench_gpu.py knows
 
 
 def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
