@@ -14,6 +14,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from analysis.choices import CI_METHODS
+from protocol import intervals
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 4000
@@ -36,26 +37,22 @@ def mean_std(values) -> tuple[float, float, int]:
 
 
 def t_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Student-t interval for the mean; NaN below 2 values (no spread to estimate)."""
-    mean, std, n = mean_std(values)
-    if n < 2:
-        return math.nan, math.nan
-    half_width = scipy_stats.t.ppf(0.5 + confidence / 2, df=n - 1) * std / math.sqrt(n)
-    return mean - half_width, mean + half_width
+    """Student-t interval for the mean of the finite values (protocol.intervals.t_interval); NaN
+    below 2 of them (no spread to estimate)."""
+    return intervals.t_interval(_finite(values), confidence)
 
 
 def bootstrap_interval(
     values, confidence: float = CONFIDENCE, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval for the mean; seeded so a report is reproducible."""
+    """Percentile bootstrap interval for the mean of the finite values (`scipy.stats.bootstrap`);
+    seeded so a report is reproducible. NaN below 2 values."""
     array = _finite(values)
     if array.size < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    resampled_means = array[rng.integers(0, array.size, size=(n_resamples, array.size))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(resampled_means, [tail, 1 - tail])
-    return float(low), float(high)
+    result = scipy_stats.bootstrap((array,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                                   method="percentile", vectorized=True, random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def interval(values, method: str, confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -16,9 +16,10 @@ figures; `--budget-s` stops (b) and (a') early so that (d) and (d') are printed)
     (`checkpoint_every_s`) and as if every epoch were checkpointed (the old policy);
 (d) the projected wall time of the whole paper grid (Table I + Table II + Fig. 9, 150 epochs)
     on N such GPUs: every trial of `protocol.grid.build_grid("all", paper)` gets a duration from
-    (a)-(c), slowed by the packing measured in (b) for its kind (U-Net-like trials by the U-Net
-    packing, proposed trials and warm-ups by the proposed packing), and the list is scheduled
-    the way the sweep releases trials (sweep.scheduling);
+    (a)-(c) and the epochs the grid says it trains (`TrialSpec.training_epochs`), slowed by the
+    packing measured in (b) for its kind (U-Net-like trials by the U-Net packing, proposed trials
+    and warm-ups by the proposed packing), and the list is scheduled the way the sweep releases
+    trials (sweep.scheduling);
 (a') the U-Net trial and the proposed step with `compile=true` (torch.compile), each in a fresh
     process: steady images/s, and the seconds the first epochs lose to compiling, with an empty
     compile cache and again with the cache the first run filled (what later trials on a node pay);
@@ -56,6 +57,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from protocol.config import GPUS_PER_TRIAL, RunConfig, make_config  # noqa: E402
+from protocol.durations import format_duration  # noqa: E402
 
 # The paper's sets as distributed: JSRT (Table I, source) and Montgomery (Table II target).
 PAPER_CASES = {"jsrt": 247, "montgomery": 138}
@@ -124,6 +126,7 @@ def proposed_run(cfg: RunConfig, n_source: int, n_target: int, n_val: int, work:
     term) on synthetic arrays, with a random M_A and translator written to `work`."""
     from engine.checkpoints import network_checkpoint, save_atomic
     from engine.data import PER_IMAGE_STANDARDISATION
+    from engine.label_budget import label_plan
     from engine.transfer import ProposedRun
     from engine.transfer_data import TransferData
     from engine.translation import build_translator_from_config, save_translator
@@ -143,7 +146,9 @@ def proposed_run(cfg: RunConfig, n_source: int, n_target: int, n_val: int, work:
                                          cfg.image_size, PER_IMAGE_STANDARDISATION, 0), work / "m_a.pt")
     translator = save_translator(work / "translator.pt", build_translator_from_config(cfg), cfg, "bench", [])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return ProposedRun(cfg.replace(device=device), data, work / "proposed", read_segmenter_checkpoint(m_a), translator)
+    cfg = cfg.replace(device=device)
+    return ProposedRun(cfg, data, label_plan(cfg, data), work / "proposed", read_segmenter_checkpoint(m_a),
+                       translator)
 
 
 def proposed_config(paper: RunConfig) -> RunConfig:
@@ -187,8 +192,6 @@ def measure_segmenter(cfg: RunConfig, n_train: int, n_val: int, work: Path, epoc
 def measure_proposed(cfg: RunConfig, n_source: int, n_target: int, n_val: int, work: Path) -> dict:
     """One proposed-method epoch (two epochs, the first not counted) and its validation pass
     (two passes, the first not counted); `warmup_extra_s` is what the first ones took beyond."""
-    from engine.transfer import validation_jaccard
-
     run = proposed_run(cfg, n_source, n_target, n_val, work)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -202,8 +205,8 @@ def measure_proposed(cfg: RunConfig, n_source: int, n_target: int, n_val: int, w
 
     first_epoch_s, _ = timed(run.train_epoch)
     epoch_s, losses = timed(run.train_epoch)
-    first_val_s, _ = timed(lambda: validation_jaccard(run.data, run.model, run.device))
-    val_s, _ = timed(lambda: validation_jaccard(run.data, run.model, run.device))
+    first_val_s, _ = timed(lambda: run.validate(run.model))  # the run's own validation pass
+    val_s, _ = timed(lambda: run.validate(run.model))
     steps = math.ceil(max(n_source, n_target) / cfg.batch_size)
     written = run.clock.write(run._last_state, run.last_path)  # the run's last.pt: both networks + optimisers
     started = time.perf_counter()
@@ -310,14 +313,13 @@ def measure_packing(jobs: list[tuple[str, str]], reduced: bool, trial: dict[str,
         """One trial's engine loop on synthetic data: epochs of training and validation."""
 
         def setup(self, kind: str, cfg_dict: dict, sizes: dict[str, int]) -> None:
-            from engine.supervised import _Trainer
-            from engine.transfer import validation_jaccard
+            from engine.supervised import Trainer
 
             torch.set_num_threads(1)  # as a sweep trial runs (--cpus-per-trial 1)
             cfg = RunConfig.from_dict(cfg_dict)
             work = Path(tempfile.mkdtemp())
             if kind == "unet":
-                trainer = _Trainer(cfg, segmentation_data(sizes["train"], sizes["val"], cfg.image_size), work)
+                trainer = Trainer(cfg, segmentation_data(sizes["train"], sizes["val"], cfg.image_size), work)
 
                 def epoch() -> None:
                     trainer.train_epoch()  # reads its loss: one sync per epoch
@@ -329,7 +331,7 @@ def measure_packing(jobs: list[tuple[str, str]], reduced: bool, trial: dict[str,
 
                 def epoch() -> None:
                     run.train_epoch()
-                    validation_jaccard(run.data, run.model, run.device)
+                    run.validate(run.model)
 
                 self.images = math.ceil(max(sizes["source"], sizes["target"]) / cfg.batch_size) * cfg.batch_size
                 self.device = run.device
@@ -385,7 +387,8 @@ def measure_packing(jobs: list[tuple[str, str]], reduced: bool, trial: dict[str,
             chosen = min(r["trials"] for r in rows if r["aggregate_images_per_s"] >= 0.95 * best)
             out.setdefault(profile, {})[kind] = {"rows": rows, "recommended_trials": chosen}
             say(f"  {profile} {kind}: recommended --gpus-per-trial {1 / chosen:g} ({chosen} per GPU of the "
-                f"{', '.join(map(str, packings))} measured; protocol.config.GPUS_PER_TRIAL has {GPUS_PER_TRIAL[profile]:g}); "
+                f"{', '.join(map(str, packings))} measured; protocol.config.GPUS_PER_TRIAL has "
+                f"{GPUS_PER_TRIAL[profile]:g}); "
                 f"{epochs} epoch(s) of {images_per_epoch} images per trial and round")
     finally:
         for actor in actors:
@@ -403,44 +406,50 @@ def checkpoints_of(train_s: float, every_s: float) -> int:
 
 
 def packing_kind(spec) -> str:
-    """Whose packing measurement a trial of the grid follows: proposed trials, their warm-ups and
-    the Fig. 9 runs the proposed one, everything else (a segmenter trained or applied) the U-Net's."""
-    from protocol.grid import QUALITATIVE, TRANSLATOR_WARMUP
+    """Whose packing measurement a trial of the grid follows: the trials that train a translator
+    (warm-ups, the methods of protocol.grid.METHODS_NEEDING_TRANSLATOR, the Fig. 9 runs) the
+    proposed one, everything else (a segmenter trained or applied) the U-Net's."""
+    from protocol.grid import METHODS_NEEDING_TRANSLATOR, QUALITATIVE, TRANSLATOR_WARMUP
 
-    return "proposed" if spec.kind in (TRANSLATOR_WARMUP, QUALITATIVE) or spec.config.method == "proposed" else "unet"
+    translates = spec.kind in (TRANSLATOR_WARMUP, QUALITATIVE) or spec.config.method in METHODS_NEEDING_TRANSLATOR
+    return "proposed" if translates else "unet"
 
 
 def trial_seconds(spec, rates: dict, proposed: dict, sizes: dict, efficiency: dict[str, float], every_s: float,
                   overhead_s: float) -> tuple[float, float]:
-    """(seconds, of which checkpoints) for one trial of the paper grid, its kind packed at `efficiency[kind]`."""
-    from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSLATOR_WARMUP
+    """(seconds, of which checkpoints) for one trial of the paper grid, its kind packed at
+    `efficiency[kind]`; its epochs are the grid's (protocol.grid.TrialSpec.training_epochs)."""
+    from protocol.grid import SEGMENTATION, TRANSLATOR_WARMUP
 
-    cfg = spec.config
+    cfg, epochs = spec.config, spec.training_epochs
     unet = rates["unet"]
     packed = efficiency[packing_kind(spec)]
-    checkpoint = 0.0
-    if spec.kind == SEGMENTATION or cfg.method in ("finetune", "scratch"):
-        if spec.kind == SEGMENTATION:
-            rate, n_train, n_val, n_test, epochs = rates[cfg.model], sizes["jsrt_train"], sizes["jsrt_val"], \
-                sizes["jsrt_test"], cfg.epochs
-        else:  # the labelled target images, repeated up to the target training split
-            rate, n_train, n_val, n_test = unet, sizes["target_train"], sizes["target_val"], sizes["target_test"]
-            epochs = cfg.transfer_epochs if cfg.method == "finetune" else cfg.epochs
-        train = epochs * (n_train / rate["train_images_per_s"] + n_val / rate["eval_images_per_s"]) / packed
-        checkpoint = checkpoints_of(train, every_s) * (rate["checkpoint_s"] + rate["checkpoint_copy_s"])
-        test = n_test / rate["eval_images_per_s"]
-        return train + test + checkpoint + overhead_s + rate.get("trial_compile_s", 0.0), checkpoint
     steps = math.ceil(max(sizes["jsrt_train"], sizes["target_train"]) / cfg.batch_size)
     compile_s = proposed.get("trial_compile_s", 0.0)
     if spec.kind == TRANSLATOR_WARMUP:
-        return cfg.warmup_epochs * steps * (proposed["D_s"] + proposed["G_s"]) / packed + overhead_s + compile_s, 0.0
-    if cfg.method == "proposed" or spec.kind == QUALITATIVE:
+        return epochs * steps * (proposed["D_s"] + proposed["G_s"]) / packed + overhead_s + compile_s, 0.0
+    if packing_kind(spec) == "proposed":  # proposed cells and the Fig. 9 runs
         n_val = sizes["target_val"] if (cfg.label_fraction or 0) > 0 else sizes["jsrt_val"]
-        train = cfg.transfer_epochs * (steps * proposed["step_s"] + n_val / proposed["val_images_per_s"]) / packed
+        train = epochs * (steps * proposed["step_s"] + n_val / proposed["val_images_per_s"]) / packed
         checkpoint = checkpoints_of(train, every_s) * (proposed["checkpoint_s"] + proposed["checkpoint_copy_s"])
         return train + checkpoint + overhead_s + compile_s, checkpoint
-    # source_only: M_A evaluated on the validation and test splits, nothing trained.
-    return (sizes["jsrt_val"] + sizes["target_test"]) / unet["eval_images_per_s"] + overhead_s, 0.0
+    if epochs == 0:  # source_only: M_A evaluated on the validation and test splits, nothing trained
+        return (sizes["jsrt_val"] + sizes["target_test"]) / unet["eval_images_per_s"] + overhead_s, 0.0
+    rate, n_test, extra = unet, sizes["target_test"], 0.0
+    n_val = sizes["target_val"] if (cfg.label_fraction or 0) > 0 else sizes["jsrt_val"]
+    if spec.kind == SEGMENTATION:
+        rate, n_train, n_val, n_test = rates[cfg.model], sizes["jsrt_train"], sizes["jsrt_val"], sizes["jsrt_test"]
+    elif cfg.method == "self_training":
+        # The student on the source training images and (at most) every target training image,
+        # pseudo-labelled or labelled; the teacher labels the target training images once.
+        n_train = sizes["jsrt_train"] + sizes["target_train"]
+        extra = sizes["target_train"] / unet["eval_images_per_s"]
+    else:  # finetune, scratch: the labelled target images, repeated up to the target training split
+        n_train, n_val = sizes["target_train"], sizes["target_val"]
+    train = epochs * (n_train / rate["train_images_per_s"] + n_val / rate["eval_images_per_s"]) / packed
+    checkpoint = checkpoints_of(train, every_s) * (rate["checkpoint_s"] + rate["checkpoint_copy_s"])
+    test = n_test / rate["eval_images_per_s"]
+    return train + test + extra + checkpoint + overhead_s + rate.get("trial_compile_s", 0.0), checkpoint
 
 
 def makespan(specs, seconds: dict[str, float], slots: int) -> float:
@@ -501,11 +510,12 @@ def project(specs, rates: dict, proposed: dict, sizes: dict, packing: dict, ever
         projections[k] = {"efficiency": efficiency, "trial_seconds_total": work_s,
                           "checkpoint_seconds_total": checkpoint_total, "wall_s": spans}
         say(f"  {k} trial(s) per GPU (each at {efficiency['unet']:.0%} (U-Net-like) / {efficiency['proposed']:.0%} "
-            f"(proposed) of its speed alone): " + ", ".join(f"{n} GPU{'s' if n > 1 else ''} {fmt(s)}" for n, s in spans.items())
+            f"(proposed) of its speed alone): "
+            + ", ".join(f"{n} GPU{'s' if n > 1 else ''} {format_duration(s)}" for n, s in spans.items())
             + f"; checkpoints {checkpoint_total / work_s:.1%} of trial time")
     fewest = min(gpus)
     best = min(projections, key=lambda k: projections[k]["wall_s"][fewest])
-    say(f"  fastest on {fewest} GPU(s): {best} trial(s) per GPU, {fmt(projections[best]['wall_s'][fewest])}"
+    say(f"  fastest on {fewest} GPU(s): {best} trial(s) per GPU, {format_duration(projections[best]['wall_s'][fewest])}"
         + (" (goal: at most 1:00:00 on one H100-class GPU)" if torch.cuda.is_available() else "")
         + ("" if len(projections) > 1 else " (no packing measured: one trial per GPU)"))
     return projections, notes
@@ -513,28 +523,30 @@ def project(specs, rates: dict, proposed: dict, sizes: dict, packing: dict, ever
 
 def print_checkpoint_share(figures: dict, paper: RunConfig, sizes: dict, unet: dict, every_s: float) -> None:
     """(c): a paper U-Net trial's checkpoint seconds against its training seconds."""
+    from protocol.grid import segmentation_trial
+
+    epochs = segmentation_trial(paper, "unet", "lungs", 0).training_epochs
     say(f"\n(c) checkpoints (last.pt {unet['checkpoint_bytes'] / 1e6:.0f} MB: written in "
         f"{unet['checkpoint_s']:.2f} s, copied to local storage in {unet['checkpoint_copy_s']:.2f} s)")
-    trial_train = paper.epochs * (sizes["jsrt_train"] / unet["train_images_per_s"]
-                                  + sizes["jsrt_val"] / unet["eval_images_per_s"])
+    trial_train = epochs * (sizes["jsrt_train"] / unet["train_images_per_s"]
+                            + sizes["jsrt_val"] / unet["eval_images_per_s"])
     one = unet["checkpoint_s"] + unet["checkpoint_copy_s"]
     bounded = checkpoints_of(trial_train, every_s) * one
     # Before: last.pt every epoch, best.pt (a third of it) on improvements, the whole run folder copied.
-    per_epoch = paper.epochs * one * 4 / 3
+    per_epoch = epochs * one * 4 / 3
     figures["checkpoints"] = {"trial_train_s": trial_train, "every_s": every_s, "bounded_s": bounded,
                               "bounded_fraction": bounded / trial_train, "per_epoch_s": per_epoch,
                               "per_epoch_fraction": per_epoch / trial_train}
-    say(f"  paper U-Net trial ({paper.epochs} epochs, one trial alone): {fmt(trial_train)} of training; checkpoints "
-        f"every {every_s:g} s + at the end: {checkpoints_of(trial_train, every_s)} x {one:.2f} s = "
+    say(f"  paper U-Net trial ({epochs} epochs, one trial alone): {format_duration(trial_train)} of training; "
+        f"checkpoints every {every_s:g} s + at the end: {checkpoints_of(trial_train, every_s)} x {one:.2f} s = "
         f"{bounded / trial_train:.1%} of it; every epoch (before): ~{per_epoch / trial_train:.0%}")
 
 
-def fmt(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+# ---------------------------------------------------------------------------------------------
+# The run: (a), (c), (b), (d), (a'), (d') in turn, each part's figures saved as it ends
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", default="paper,cpu,smoke", help="profiles whose U-Net packing is measured in (b)")
     parser.add_argument("--packing-kinds", default="unet,proposed",
@@ -545,7 +557,8 @@ def main() -> int:
                              "the others on a GPU; 2 s on a CPU); K packed trials run K times its work")
     parser.add_argument("--gpus", default="1,2,4,8", help="GPU counts of the projection (d)")
     parser.add_argument("--trial-overhead-s", type=float, default=3.0,
-                        help="per-trial cost outside the engine in (d): actor hand-over, data, dependencies (default 3)")
+                        help="per-trial cost outside the engine in (d): actor hand-over, data, dependencies "
+                             "(default 3)")
     parser.add_argument("--skip", default="", help="parts to leave out, comma-separated: b, compile")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop measuring packings and compiled runs when this many seconds of the whole run are "
@@ -553,38 +566,46 @@ def main() -> int:
     parser.add_argument("--json", help="also write every figure to this JSON file")
     parser.add_argument("--compiled-part", choices=("unet", "proposed"), help=argparse.SUPPRESS)
     parser.add_argument("--compiled-out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    gpu = torch.cuda.is_available()
-    reduced = not gpu
-    if reduced:
-        torch.set_num_threads(1)  # as each trial runs (num_threads=1); two spinning threads on shared cores crawl
-    if args.compiled_part:  # (a') in a fresh process, started by measure_compiled
-        compiled_part(args.compiled_part, reduced, Path(args.compiled_out))
-        return 0
-    signal.signal(signal.SIGTERM, _stop_compiling_and_exit)
-    started = time.time()
-    deadline = started + args.budget_s if args.budget_s else math.inf
-    skip = {part.strip() for part in args.skip.split(",") if part.strip()}
-    packings = tuple(int(k) for k in args.packings.split(","))
-    gpu_counts = [int(g) for g in args.gpus.split(",")]
-    figures: dict = {"device": torch.cuda.get_device_name() if gpu else "cpu", "reduced": reduced}
+    return parser
 
-    def save() -> None:
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=1, default=str) + "\n")
 
-    paper = bench_config("paper", reduced)
-    sizes = split_sizes(paper.seed)
-    trial = trial_sizes(reduced, sizes)
-    if gpu:
-        say(f"device: {figures['device']} (torch {torch.__version__}, {torch.cuda.device_count()} GPU(s)); "
-            f"full size: {paper.image_size} px, width {paper.width:g}, batch {paper.batch_size}, {trial['train']} "
-            "training images")
-    else:
-        say(f"no GPU: reduced size on the CPU ({torch.get_num_threads()} thread(s), {os.cpu_count()} cores): "
-            f"{paper.image_size} px, width {paper.width:g}, translator width {paper.translator_width}, "
-            f"{trial['train']} training images; the figures describe this CPU, not a GPU")
+class Bench:
+    """One run's settings, its paper-profile config and split sizes, and the figures measured so
+    far (written to --json after every part, so that a timeout keeps the earlier ones)."""
 
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.gpu = torch.cuda.is_available()
+        self.reduced = not self.gpu
+        self.deadline = time.time() + args.budget_s if args.budget_s else math.inf
+        self.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+        self.packings = tuple(int(k) for k in args.packings.split(","))
+        self.gpu_counts = [int(g) for g in args.gpus.split(",")]
+        self.paper = bench_config("paper", self.reduced)
+        self.sizes = split_sizes(self.paper.seed)
+        self.trial = trial_sizes(self.reduced, self.sizes)
+        self.every_s = RunConfig.checkpoint_every_s
+        self.figures: dict = {"device": torch.cuda.get_device_name() if self.gpu else "cpu", "reduced": self.reduced}
+
+    def save(self) -> None:
+        if self.args.json:
+            Path(self.args.json).write_text(json.dumps(self.figures, indent=1, default=str) + "\n")
+
+    def say_device(self) -> None:
+        paper, trial = self.paper, self.trial
+        if self.gpu:
+            say(f"device: {self.figures['device']} (torch {torch.__version__}, {torch.cuda.device_count()} GPU(s)); "
+                f"full size: {paper.image_size} px, width {paper.width:g}, batch {paper.batch_size}, "
+                f"{trial['train']} training images")
+        else:
+            say(f"no GPU: reduced size on the CPU ({torch.get_num_threads()} thread(s), {os.cpu_count()} cores): "
+                f"{paper.image_size} px, width {paper.width:g}, translator width {paper.translator_width}, "
+                f"{trial['train']} training images; the figures describe this CPU, not a GPU")
+
+
+def one_trial(bench: Bench) -> tuple[dict[str, dict], dict | None]:
+    """(a): each segmenter's trial rates, and the proposed step's figures (None when it failed)."""
+    paper, trial = bench.paper, bench.trial
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         say("\n(a) one trial")
@@ -596,105 +617,150 @@ def main() -> int:
                 say(f"  {model}: failed ({type(exc).__name__}: {exc})")
                 continue
             say(f"  {model:6s} trial: {describe_segmenter(rates[model])}")
-        figures["trial"] = rates
-        save()
+        bench.figures["trial"] = rates
+        bench.save()
         try:
             proposed = measure_proposed(proposed_config(paper), trial["source"], trial["target"], trial["target_val"],
                                         work)
-            figures["proposed"] = proposed
+            bench.figures["proposed"] = proposed
             say(f"  proposed transfer step: {describe_proposed(proposed, paper.batch_size)}")
         except Exception as exc:
             proposed = None
             say(f"  proposed transfer step: failed ({type(exc).__name__}: {exc})")
-        save()
+        bench.save()
+    return rates, proposed
 
-    every_s = RunConfig.checkpoint_every_s
-    complete = "unet" in rates and proposed is not None
-    if complete:
-        print_checkpoint_share(figures, paper, sizes, rates["unet"], every_s)
-    else:
-        say("\n(c), (d): need the U-Net and proposed figures of (a); not computed")
-    save()
 
-    say("\n(b) trials packed on one GPU through Ray" + ("" if gpu else " (CPU: says nothing about a GPU)"))
+def packed_trials(bench: Bench, rates: dict[str, dict]) -> dict:
+    """(b): the packing rows of each (profile, kind) measured, {} when skipped or failed."""
+    args, trial = bench.args, bench.trial
+    say("\n(b) trials packed on one GPU through Ray" + ("" if bench.gpu else " (CPU: says nothing about a GPU)"))
     packing: dict = {}
-    if "b" not in skip:
+    if "b" not in bench.skip:
         kinds = [k for k in args.packing_kinds.split(",") if k]
         profiles = [p for p in args.profiles.split(",") if p]
-        jobs = [(p, "unet") for p in profiles if "unet" in kinds] + ([("paper", "proposed")] if "proposed" in kinds else [])
-        default_window = {p: (6.0 if p == "paper" else 3.0) if gpu else 2.0 for p, _ in jobs}
+        jobs = [(p, "unet") for p in profiles if "unet" in kinds]
+        jobs += [("paper", "proposed")] if "proposed" in kinds else []
+        default_window = {p: (6.0 if p == "paper" else 3.0) if bench.gpu else 2.0 for p, _ in jobs}
         windows = {p: args.packing_seconds or default_window[p] for p, _ in jobs}
         try:
-            packing = measure_packing(jobs, reduced, trial, windows, packings, deadline)
+            packing = measure_packing(jobs, bench.reduced, trial, windows, bench.packings, bench.deadline)
         except Exception as exc:
             say(f"  failed ({type(exc).__name__}: {exc})")
         if "unet" in rates and (packing.get("paper") or {}).get("unet"):
             unet = rates["unet"]
-            alone = trial["train"] / (trial["train"] / unet["train_images_per_s"] + trial["val"] / unet["eval_images_per_s"])
+            alone = trial["train"] / (trial["train"] / unet["train_images_per_s"]
+                                      + trial["val"] / unet["eval_images_per_s"])
             through_ray = packing["paper"]["unet"]["rows"][0]["aggregate_images_per_s"]
             say(f"  one paper U-Net trial through Ray: {through_ray:.1f} images/s (epochs with their validation) = "
                 f"{through_ray / alone:.0%} of the {alone:.1f} of (a) alone")
-    figures["packing"] = packing
-    save()
+    bench.figures["packing"] = packing
+    bench.save()
+    return packing
 
-    if not complete:
-        return 1
+
+def paper_grid_projection(bench: Bench, rates: dict[str, dict], proposed: dict, packing: dict) -> list:
+    """(d): the paper grid's wall time; returns its runnable trials."""
     from protocol.grid import build_grid
 
-    grid = build_grid("all", paper)
+    grid = build_grid("all", bench.paper)
     specs = grid.runnable()
+    overhead_s = bench.args.trial_overhead_s
     say(f"\n(d) the paper grid: {len(specs)} trials (Table I, Table II, Fig. 9, warm-ups); "
-        f"{len(grid.not_applicable())} cells not applicable" + (" [CPU, reduced size]" if reduced else ""))
-    figures["projection"], notes = project(specs, rates, proposed, sizes, packing, every_s, args.trial_overhead_s,
-                                           gpu_counts)
-    say(f"  assumptions: {args.trial_overhead_s:g} s per trial outside the engine; a trial's slowdown depends on how "
+        f"{len(grid.not_applicable())} cells not applicable" + (" [CPU, reduced size]" if bench.reduced else ""))
+    bench.figures["projection"], notes = project(specs, rates, proposed, bench.sizes, packing, bench.every_s,
+                                                 overhead_s, bench.gpu_counts)
+    say(f"  assumptions: {overhead_s:g} s per trial outside the engine; a trial's slowdown depends on how "
         "many trials share its GPU, not on their kind; a partly filled GPU runs no faster"
         + "".join(f"; {note}" for note in dict.fromkeys(notes)))
-    save()
+    bench.save()
+    return specs
 
-    if "compile" in skip:
-        return 0
-    say("\n(a') compile=true, each in a fresh process (compile seconds: what the first epochs took beyond steady ones)")
+
+def describe_compiled(kind: str, result: dict, eager: dict, batch: int) -> str:
+    """A compiled run's speed against the eager figures of (a)."""
+    if kind == "unet":
+        return (f"{describe_segmenter(result)} (eager: "
+                f"x{result['train_images_per_s'] / eager['train_images_per_s']:.2f} training, "
+                f"x{result['eval_images_per_s'] / eager['eval_images_per_s']:.2f} evaluation)")
+    return f"{describe_proposed(result, batch)} (eager: x{eager['step_s'] / result['step_s']:.2f})"
+
+
+def compiled_runs(bench: Bench, rates: dict[str, dict], proposed: dict) -> dict[str, dict]:
+    """(a'): {kind: {"empty cache" | "warm cache": figures}} of the compiled runs that finished."""
+    say("\n(a') compile=true, each in a fresh process (compile seconds: what the first epochs took beyond steady "
+        "ones)")
     compiled: dict[str, dict] = {}
     # Both kinds with an empty compile cache first, then (time permitting) with the cache warm.
     caches = tempfile.mkdtemp(prefix="bench-gpu-compile-")  # inductor's and Triton's: empty at first
     for label, kind in (("empty cache", "unet"), ("empty cache", "proposed"), ("warm cache", "unet"),
                         ("warm cache", "proposed")):
-        remaining = deadline - time.time()
+        remaining = bench.deadline - time.time()
         if remaining < 20 or (label == "warm cache" and kind not in compiled):
             say(f"  {kind} ({label}): not measured ("
                 + ("out of the --budget-s time)" if remaining < 20 else "no empty-cache run to warm the cache)"))
             continue
-        result = measure_compiled(kind, reduced, remaining - 5, caches)
+        result = measure_compiled(kind, bench.reduced, remaining - 5, caches)
         if result is None:
             continue
         compiled.setdefault(kind, {})[label] = result
         eager = rates["unet"] if kind == "unet" else proposed
-        if kind == "unet":
-            speed = (f"{describe_segmenter(result)} (eager: x{result['train_images_per_s'] / eager['train_images_per_s']:.2f} "
-                     f"training, x{result['eval_images_per_s'] / eager['eval_images_per_s']:.2f} evaluation)")
-        else:
-            speed = f"{describe_proposed(result, paper.batch_size)} (eager: x{eager['step_s'] / result['step_s']:.2f})"
         say(f"  {kind} ({label}): compiling {result['warmup_extra_s']:.1f} s (eager warm-up "
-            f"{eager['warmup_extra_s']:.1f} s), process {result['process_s']:.0f} s; {speed}")
+            f"{eager['warmup_extra_s']:.1f} s), process {result['process_s']:.0f} s; "
+            f"{describe_compiled(kind, result, eager, bench.paper.batch_size)}")
     shutil.rmtree(caches, ignore_errors=True)
-    figures["compiled"] = compiled
-    save()
-    if {"unet", "proposed"} <= set(compiled):
-        def with_compile(eager: dict, runs: dict) -> dict:
-            run = runs.get("warm cache") or runs["empty cache"]
-            return {**run, "trial_compile_s": max(0.0, run["warmup_extra_s"] - eager["warmup_extra_s"])}
+    bench.figures["compiled"] = compiled
+    bench.save()
+    return compiled
 
-        compiled_rates = {**rates, "unet": with_compile(rates["unet"], compiled["unet"])}
-        compiled_proposed = with_compile(proposed, compiled["proposed"])
-        say(f"\n(d') (d) with compile=true: U-Net-like trials at the compiled U-Net's rates (FCN and SegNet at their "
-            f"eager rates: not measured compiled), proposed trials and warm-ups at the compiled step's; each trial "
-            f"pays {compiled_rates['unet']['trial_compile_s']:.0f} s (U-Net) / "
-            f"{compiled_proposed['trial_compile_s']:.0f} s (proposed) of compiling "
-            f"({'warm' if 'warm cache' in compiled['unet'] else 'empty'} cache); packing as measured eager")
-        figures["projection_compiled"], _ = project(specs, compiled_rates, compiled_proposed, sizes, packing, every_s,
-                                                    args.trial_overhead_s, gpu_counts)
-        save()
+
+def with_compile(eager: dict, runs: dict) -> dict:
+    """A compiled run's figures (warm cache where measured) with the compile seconds a trial pays."""
+    run = runs.get("warm cache") or runs["empty cache"]
+    return {**run, "trial_compile_s": max(0.0, run["warmup_extra_s"] - eager["warmup_extra_s"])}
+
+
+def compiled_projection(bench: Bench, specs: list, rates: dict[str, dict], proposed: dict, packing: dict,
+                        compiled: dict[str, dict]) -> None:
+    """(d'): (d) at the compiled rates, each trial paying its compile seconds."""
+    compiled_rates = {**rates, "unet": with_compile(rates["unet"], compiled["unet"])}
+    compiled_proposed = with_compile(proposed, compiled["proposed"])
+    say(f"\n(d') (d) with compile=true: U-Net-like trials at the compiled U-Net's rates (FCN and SegNet at their "
+        f"eager rates: not measured compiled), proposed trials and warm-ups at the compiled step's; each trial "
+        f"pays {compiled_rates['unet']['trial_compile_s']:.0f} s (U-Net) / "
+        f"{compiled_proposed['trial_compile_s']:.0f} s (proposed) of compiling "
+        f"({'warm' if 'warm cache' in compiled['unet'] else 'empty'} cache); packing as measured eager")
+    bench.figures["projection_compiled"], _ = project(specs, compiled_rates, compiled_proposed, bench.sizes, packing,
+                                                      bench.every_s, bench.args.trial_overhead_s, bench.gpu_counts)
+    bench.save()
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)  # as each trial runs (num_threads=1); two spinning threads on shared cores crawl
+    if args.compiled_part:  # (a') in a fresh process, started by measure_compiled
+        compiled_part(args.compiled_part, not torch.cuda.is_available(), Path(args.compiled_out))
+        return 0
+    signal.signal(signal.SIGTERM, _stop_compiling_and_exit)
+    bench = Bench(args)
+    bench.say_device()
+    rates, proposed = one_trial(bench)
+    complete = "unet" in rates and proposed is not None
+    if complete:
+        print_checkpoint_share(bench.figures, bench.paper, bench.sizes, rates["unet"], bench.every_s)
+    else:
+        say("\n(c), (d): need the U-Net and proposed figures of (a); not computed")
+    bench.save()
+    packing = packed_trials(bench, rates)
+    if not complete:
+        return 1
+    specs = paper_grid_projection(bench, rates, proposed, packing)
+    if "compile" in bench.skip:
+        return 0
+    compiled = compiled_runs(bench, rates, proposed)
+    if {"unet", "proposed"} <= set(compiled):
+        compiled_projection(bench, specs, rates, proposed, packing, compiled)
     return 0
 
 

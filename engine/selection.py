@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.device import as_batch, foreground_masks
+from protocol.intervals import t_interval
 
 # The result.json values of "selection_criterion" live with the run directory's contract.
 from protocol.run_dir import SOURCE_JACCARD, TARGET_PLAUSIBILITY
@@ -85,14 +86,11 @@ class ShapePrior:
 def lower_confidence_bound(gain: np.ndarray) -> float:
     """One-sided lower confidence bound (SELECTION_CONFIDENCE, paired t) of the mean of per-image
     differences; the mean itself when they do not vary."""
-    from scipy.stats import t as student_t
-
     gain = np.asarray(gain, float)
     mean = float(gain.mean())
     if len(gain) < 2 or gain.std(ddof=1) == 0:
         return mean
-    return (mean - float(student_t.ppf(SELECTION_CONFIDENCE, len(gain) - 1)) * float(gain.std(ddof=1))
-            / math.sqrt(len(gain)))
+    return t_interval(gain, SELECTION_CONFIDENCE, alternative="greater")[0]
 
 
 @dataclass

@@ -196,9 +196,6 @@ class Trainer(EpochLoop):
                                   epochs_trained=epochs_trained, history=self.history, started=started)
 
 
-_Trainer = Trainer  # the name benchmarks/bench_gpu.py knows
-
-
 def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
                      callbacks: Sequence[EpochCallback] = ()) -> RunResult:
     """Train `cfg.model` on `data`, pick the best epoch on the validation images, evaluate it on the test images."""

@@ -26,10 +26,11 @@ trials are reused), while a changed config never silently reuses an old result. 
 from __future__ import annotations
 
 import dataclasses
+import graphlib
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from data_io.datasets import TARGET_DATASETS, check_target_name
 from protocol.config import (
@@ -84,6 +85,13 @@ def _is_transfer_only(name: str) -> bool:
 METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "self_training", "finetune", "scratch", "source_only"})
 METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
 
+# The config field that sets how many epochs a transfer method trains (None: it trains nothing).
+# finetune and scratch train `epochs`, the same budget (engine/target_training.py); proposed
+# (after its warm-up, a trial of its own) and self_training's student train `transfer_epochs`;
+# source_only applies M_A as it is.
+EPOCHS_FIELD = {"proposed": "transfer_epochs", "self_training": "transfer_epochs", "finetune": "epochs",
+                "scratch": "epochs", "source_only": None}
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -103,6 +111,18 @@ class TrialSpec:
     def has_row(self) -> bool:
         """Whether the trial is a cell of Table I / II (warm-ups and qualitative runs are not)."""
         return self.kind not in (TRANSLATOR_WARMUP, QUALITATIVE)
+
+    @property
+    def training_epochs(self) -> int:
+        """The epochs the trial trains, what its cost grows with: a Table I trial `epochs`, a
+        translator warm-up `warmup_epochs`, a Fig. 9 run (proposed) `transfer_epochs`, a Table II
+        cell as its method's EPOCHS_FIELD says (0 for source_only)."""
+        if self.kind == SEGMENTATION:
+            return self.config.epochs
+        if self.kind == TRANSLATOR_WARMUP:
+            return self.config.warmup_epochs
+        field_name = "transfer_epochs" if self.kind == QUALITATIVE else EPOCHS_FIELD[self.config.method]
+        return getattr(self.config, field_name) if field_name else 0
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -144,22 +164,34 @@ class Grid:
 
     def stages(self) -> list[list[TrialSpec]]:
         """Runnable trials in dependency layers: every trial's dependencies sit in earlier layers."""
-        remaining = {t.trial_id: t for t in self.runnable()}
-        for spec in remaining.values():
-            missing = [d for d in spec.depends_on if d not in remaining]
+        runnable = {t.trial_id: t for t in self.runnable()}
+        for spec in runnable.values():
+            missing = [d for d in spec.depends_on if d not in runnable]
             if missing:
                 raise ValueError(f"{spec.trial_id} depends on {missing}, which is not in the grid")
-        placed: set[str] = set()
-        layers: list[list[TrialSpec]] = []
-        while remaining:
-            layer = [t for t in remaining.values() if all(d in placed for d in t.depends_on)]
-            if not layer:
-                raise ValueError(f"dependency cycle among {sorted(remaining)}")
-            layers.append(layer)
-            for t in layer:
-                placed.add(t.trial_id)
-                del remaining[t.trial_id]
-        return layers
+        return [[runnable[trial_id] for trial_id in layer]
+                for layer in dependency_layers({t: s.depends_on for t, s in runnable.items()})]
+
+
+def dependency_layers(depends_on: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The keys of `depends_on` (id -> the ids it depends on, all of them keys) in layers: a key
+    sits in the layer after the last of its dependencies (layer 0: no dependencies), so its layer
+    is the length of its longest chain of dependencies. Within a layer, keys keep the mapping's
+    order. A dependency cycle raises ValueError naming the keys it leaves unplaced."""
+    position = {key: i for i, key in enumerate(depends_on)}
+    sorter = graphlib.TopologicalSorter({key: tuple(deps) for key, deps in depends_on.items()})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError:
+        pass  # place what the cycle does not block, then name the rest
+    layers: list[list[str]] = []
+    while layer := sorted(sorter.get_ready(), key=position.__getitem__):
+        layers.append(layer)
+        sorter.done(*layer)
+    placed = {key for layer in layers for key in layer}
+    if len(placed) < len(position):
+        raise ValueError(f"dependency cycle among {sorted(set(position) - placed)}")
+    return layers
 
 
 def config_hash(cfg: RunConfig, only: Iterable[str] | None = None) -> str:
@@ -258,7 +290,8 @@ def qualitative_trials(base: RunConfig, task: str, target: str, repetition: int,
 def _check_choice(flag: str, values: Sequence, allowed: Sequence) -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise ValueError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; choose from {', '.join(map(str, allowed))}")
+        raise ValueError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; "
+                         f"choose from {', '.join(map(str, allowed))}")
 
 
 def build_grid(

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from protocol.durations import format_duration
+
 # Ray Tune's and Ray Train's loggers: the per-checkpoint and per-experiment chatter of a sweep;
 # and the trial wrapper's own (which trial starts or resumes where), at INFO.
 RAY_LOGGERS = ("ray.tune", "ray.train", "sweep.trainables")
@@ -119,13 +121,6 @@ def worker_runtime_env() -> dict:
     return {"worker_process_setup_hook": quiet}
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(max(seconds, 0)))
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 class SweepProgress:
     """The progress of one sweep (its Tuner, and any Tuner run after it); Tune's events reach it
     through a `ProgressRelay` (see there)."""
@@ -172,7 +167,8 @@ class SweepProgress:
 
     def _count(self, trials) -> None:
         counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
-        names = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "ERROR": "failed", "PAUSED": "pending"}
+        names = {"TERMINATED": "done", "RUNNING": "running", "PENDING": "pending", "ERROR": "failed",
+                 "PAUSED": "pending"}
         for trial in trials:
             # A restored experiment also lists trials settled before the interruption.
             if str(trial) in self.to_run:

@@ -23,6 +23,7 @@ import ray
 from ray import tune
 
 from protocol.collect import CurrentData, write_results
+from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import RunStore
 from sweep import resources, test_hooks
@@ -31,7 +32,6 @@ from sweep.options import SweepOptions
 from sweep.progress import (
     ProgressRelay,
     SweepProgress,
-    format_duration,
     ray_log_path,
     report_progress_to,
     send_ray_messages_to,

@@ -20,24 +20,20 @@ from typing import Any, Iterable, Sequence
 
 from ray.tune.search import Searcher
 
-from protocol.grid import TrialSpec
+from protocol.grid import TrialSpec, dependency_layers
 from protocol.store import RunStore
 from sweep.progress import relay_dropped
 
 
 def release_order(specs: Sequence[TrialSpec]) -> list[str]:
-    """Trial ids in the order ready trials are released (see the module docstring)."""
+    """Trial ids in the order ready trials are released (see the module docstring). Dependencies
+    outside `specs` (already finished) do not count towards a trial's depth."""
     by_id = {s.trial_id: s for s in specs}
-    depth: dict[str, int] = {}
-
-    def depth_of(trial_id: str) -> int:
-        if trial_id not in depth:
-            depth[trial_id] = 1 + max((depth_of(d) for d in by_id[trial_id].depends_on if d in by_id), default=-1)
-        return depth[trial_id]
-
+    layers = dependency_layers({t: [d for d in s.depends_on if d in by_id] for t, s in by_id.items()})
+    depth = {trial_id: i for i, layer in enumerate(layers) for trial_id in layer}
     needed = {d for s in specs for d in s.depends_on}
     position = {s.trial_id: i for i, s in enumerate(specs)}
-    return sorted(by_id, key=lambda t: (t not in needed, -depth_of(t), position[t]))
+    return sorted(by_id, key=lambda t: (t not in needed, -depth[t], position[t]))
 
 
 class DependencyQueue:
