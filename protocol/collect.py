@@ -112,7 +112,8 @@ def write_results(store: Storage, current: CurrentData | None = None) -> tuple[i
     trial_rows, image_rows, other_data = collect_rows(store, current)
     if other_data:
         log.warning("%d trial folder(s) in %s ran on other data than this sweep and are left out of the tables: %s",
-                    len(other_data), store.uri("runs"), ", ".join(other_data[:5]) + (" ..." if len(other_data) > 5 else ""))
+                    len(other_data), store.uri("runs"),
+                    ", ".join(other_data[:5]) + (" ..." if len(other_data) > 5 else ""))
     store.write_table(to_table(trial_rows, TRIALS_SCHEMA), "results", "trials.parquet")
     store.write_table(to_table(image_rows, IMAGES_SCHEMA), "results", "images.parquet")
     return len(trial_rows), len(image_rows)

@@ -131,7 +131,8 @@ class Storage:
         if not self.exists(path):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(path))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
+        return sorted(i.base_name for i in infos
+                      if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
 
     def list_files(self, path: str) -> list[str]:
         if not self.exists(path):

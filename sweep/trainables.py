@@ -220,7 +220,8 @@ def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None,
         elif dependency.kind == TRANSLATOR_WARMUP:
             found = sorted(folder.glob(TRANSLATOR_GLOB))
             if not found:
-                raise FileNotFoundError(f"{folder}: the translator warm-up {dependency.trial_id} left no {TRANSLATOR_GLOB}")
+                raise FileNotFoundError(
+                    f"{folder}: the translator warm-up {dependency.trial_id} left no {TRANSLATOR_GLOB}")
             translator = found[0]
     return segmenter, translator
 

@@ -59,7 +59,8 @@ def test_ids_follow_the_config_and_specs_round_trip():
     base = make_config("smoke")
     a = build_grid("segmentation", base, models=["unet"], tasks=["lungs"], folds=[0])
     b = build_grid("segmentation", base.replace(lr=1e-3), models=["unet"], tasks=["lungs"], folds=[0])
-    c = build_grid("segmentation", base.replace(device="cpu", num_threads=3), models=["unet"], tasks=["lungs"], folds=[0])
+    c = build_grid("segmentation", base.replace(device="cpu", num_threads=3), models=["unet"], tasks=["lungs"],
+                   folds=[0])
     assert list(a.trials) != list(b.trials)
     assert list(a.trials) == list(c.trials)  # where a run executes does not change what it computes
     spec = next(iter(a.trials.values()))
@@ -98,7 +99,8 @@ def test_fig9_qualitative_runs_reuse_table_one_m_a_and_the_lungs_warmup():
         deps = {grid.trials[d].kind: grid.trials[d] for d in spec.depends_on}
         assert sorted(deps) == [SEGMENTATION, TRANSLATOR_WARMUP]
         m_a = deps[SEGMENTATION]
-        assert m_a.trial_id in table_one and (m_a.config.model, m_a.config.task, m_a.config.fold) == ("unet", cfg.task, 1)
+        assert m_a.trial_id in table_one
+        assert (m_a.config.model, m_a.config.task, m_a.config.fold) == ("unet", cfg.task, 1)
         assert deps[TRANSLATOR_WARMUP].trial_id == lungs_warmup
         assert spec_from_dict(spec_to_dict(spec)) == spec
     # Table II stays lungs only.
