@@ -54,10 +54,17 @@ class HighestMean:
 class EpochLoop(ckpt.ResumableRun):
     """What a run that trains epoch by epoch shares; see the module's docstring for the hooks.
 
-    Subclasses set `selector`, `clock` and the bookkeeping `ResumableRun` restores (`epoch`,
-    `best_val`, `best_epoch`, `best`, `history`, `duration_s`)."""
+    Subclasses set `selector` and call `start_bookkeeping` (the state `ResumableRun` restores)."""
 
     selector: Selector
+
+    def start_bookkeeping(self, checkpoint_every_s: float) -> None:
+        """What a fresh run starts from (a resume replaces it from last.pt)."""
+        self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
+        self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, kept on the device
+        self.history: list[dict] = []
+        self.duration_s = 0.0
+        self.clock = ckpt.CheckpointClock(checkpoint_every_s)
 
     @property
     def total_epochs(self) -> int:

@@ -10,7 +10,6 @@ where an uninterrupted run would (CPU). `best.pt` and the overlays are written o
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -85,13 +84,7 @@ class Trainer(EpochLoop):
         self.val_scorer = SplitScorer(data.val_images, data.val_masks, data.val_frame, self.device)
         self.foreground_range = ckpt.foreground_range([data.train_masks])
         # Bookkeeping carried across resumes.
-        self.epoch = 0
-        self.best_val = -math.inf
-        self.best_epoch = 0
-        self.best: dict[str, Any] | None = None  # the best epoch's network checkpoint, on the device
-        self.history: list[dict] = []
-        self.duration_s = 0.0
-        self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
+        self.start_bookkeeping(cfg.checkpoint_every_s)
         self.selector: Selector = HighestMean()
 
     # --- checkpoints ---

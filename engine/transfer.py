@@ -21,7 +21,6 @@ M_A counts M_A as it is among its candidates.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -255,11 +254,7 @@ class ProposedRun(EpochLoop):
         self.labelled_masks = as_mask_batch(plan.train_masks, device) if self.n_labelled else None
         self.validate = ValidationScorer(data, plan, device)
         self.foreground_range = ckpt.foreground_range([data.source_train_masks, plan.train_masks])
-        self.epoch, self.best_val, self.best_epoch = 0, -math.inf, 0
-        self.best: dict[str, Any] | None = None  # the best epoch's checkpoint, on the device
-        self.history: list[dict] = []
-        self.duration_s = 0.0
-        self.clock = ckpt.CheckpointClock(cfg.checkpoint_every_s)
+        self.start_bookkeeping(cfg.checkpoint_every_s)
         # What picks the epoch: the label plan's criterion, M_A on b as it is ("no adaptation",
         # epoch 0) one of the candidates (engine/selection.py, KeepBest).
         self.criterion = plan.criterion

@@ -57,5 +57,7 @@ def load_network(path: str | Path) -> tuple[nn.Module, dict]:
     """(network on the CPU in eval mode, its checkpoint dict): M_A for a supervised run's best.pt,
     M_A(G_BA(.)) for a transfer run's (target images go through G_BA before M_A, as in training)."""
     checkpoint = read_segmenter_checkpoint(path)
-    model = load_transfer_model(path) if "translator" in checkpoint else segmenter_from_checkpoint(checkpoint)
+    translator = load_translator(path)[0] if "translator" in checkpoint else None
+    model = TranslateThenSegment(segmenter_from_checkpoint(checkpoint), translator) if translator else \
+        segmenter_from_checkpoint(checkpoint)
     return model.eval(), checkpoint
