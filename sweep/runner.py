@@ -5,6 +5,8 @@ There is no stage barrier: the Tuner's searcher (sweep.scheduling.DependencyRele
 trial as soon as its own dependencies are published, so no trial holds a GPU while it waits for
 one, and no trial waits for unrelated ones. A trial whose outputs are already in OUT is reused,
 not rerun; a trial whose dependency failed is recorded as failed without running.
+Every trial's per-epoch reports also land as TensorBoard event files in its Tune trial folder,
+OUT/ray/sweep-<time>/<trial id>/ (`tensorboard --logdir OUT/ray`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import ray
 from ray import tune
+from ray.tune.logger import TBXLoggerCallback
 
 from data_io.datasets import TARGET_DATASETS
 from protocol.config import GPUS_PER_TRIAL
@@ -374,7 +377,8 @@ class _Runner:
                     name=name, storage_path=self.store.uri("ray"),
                     failure_config=tune.FailureConfig(max_failures=self.options.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[ProgressRelay()], verbose=0,
+                    # TensorBoard curves of every trial's per-epoch metrics (tensorboard --logdir OUT/ray).
+                    callbacks=[ProgressRelay(), TBXLoggerCallback()], verbose=0,
                 ),
             )
         with _pending_trials(self._slots()), _tune_output_off():
