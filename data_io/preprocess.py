@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from data_io import datasets
-from data_io.readers import Radiograph, radiograph_kind, read_dicom, read_gray, read_jsrt_img
+from data_io.readers import Radiograph, UnreadableImage, radiograph_kind, read_dicom, read_gray, read_jsrt_img
 
 # Bump when decoding, orientation, the content crop, resizing or normalisation changes: old caches then miss.
 # 2: orientation at full resolution, then the content crop. 3: DICOM decoded here too (MONOCHROME1
@@ -195,11 +195,11 @@ def find_content_box(pixels: np.ndarray, source: Path | str) -> CropBox:
     the height or width. An image of (nearly) one gray level is refused, naming `source`.
     """
     if pixels.ndim != 2:
-        raise ValueError(f"{source}: expected a single-channel image, got shape {pixels.shape}")
+        raise UnreadableImage(f"{source}: expected a single-channel image, got shape {pixels.shape}")
     height, width = pixels.shape
     gray_range = _gray_range(pixels)
     if not np.isfinite(gray_range) or gray_range <= 0:
-        raise ValueError(f"{source}: the image is uniform (one gray level over at least 99 % of it); "
+        raise UnreadableImage(f"{source}: the image is uniform (one gray level over at least 99 % of it); "
                          "there is no radiograph to find")
     box = [0, 0, height, width]  # top, left, bottom, right
 
@@ -246,10 +246,15 @@ class PreparedRadiograph:
     mirrored: bool = False  # flipped back to the display convention (masks said it was mirrored)
 
 
-# What decoding one file may raise when the file (not the program) is at fault: the readers turn
-# known damage into ValueError naming the file; the rest covers decoders that fail in their own
-# ways. A job over an archive lists such files with the reason and goes on.
-UNREADABLE_ERRORS = (ValueError, OSError, EOFError, RuntimeError, MemoryError, Image.DecompressionBombError)
+# What preparing one file may raise when the file (not the program) is at fault: the readers and
+# the content checks here raise UnreadableImage naming the file (damaged, a compression no
+# installed decoder reads, not a radiograph, uniform, ...); OSError and EOFError are a file that
+# cannot be read at all (permissions, vanished, cut short under a decoder), DecompressionBombError
+# a picture too large to decode. A job over an archive lists such files with the reason and goes
+# on. Anything else (a ValueError, RuntimeError, MemoryError, ... of the program's own making) is
+# a bug and propagates with its traceback. (pydicom's InvalidDicomError is not among them: the
+# DICOM reader turns it into UnreadableImage.)
+UNREADABLE_ERRORS = (UnreadableImage, OSError, EOFError, Image.DecompressionBombError)
 
 
 def unreadable_reason(path: Path | str, exc: BaseException) -> str:
@@ -273,7 +278,7 @@ def decode_radiograph(path: Path | str, image_format: str | None = None) -> Radi
         raise FileNotFoundError(f"{path}: file not found")
     raw = read_gray(path)
     if raw.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel radiograph, got shape {raw.shape}")
+        raise UnreadableImage(f"{path}: expected a single-channel radiograph, got shape {raw.shape}")
     return Radiograph(raw)
 
 
@@ -346,7 +351,7 @@ def standardise(image: np.ndarray, source: Path | str) -> np.ndarray:
     """Per-image standardisation: mean 0, std 1."""
     std = float(image.std())
     if not np.isfinite(std) or std < 1e-6:
-        raise ValueError(f"{source}: image has a single gray level; nothing to segment")
+        raise UnreadableImage(f"{source}: image has a single gray level; nothing to segment")
     return ((image - image.mean()) / std).astype(np.float32)
 
 

@@ -1,5 +1,6 @@
 """One reader per on-disk format. Readers return raw arrays exactly as stored (no orientation,
-no normalisation); every failure names the file and what is wrong with it."""
+no normalisation); every failure names the file and what is wrong with it. A file whose content
+cannot be decoded, or is not a usable radiograph, raises `UnreadableImage`."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 JSRT_BYTES_PER_PIXEL = 2
 
@@ -21,6 +22,14 @@ RADIOGRAPH_SUFFIXES = JSRT_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 
 
+class UnreadableImage(ValueError):
+    """This file's content cannot be decoded or is not a usable radiograph (damaged, truncated,
+    a format or compression no installed decoder reads, colour, several frames, uniform, ...).
+    The message begins with the file's path. What the program gets wrong is never one: a job
+    over an archive lists these files and goes on (`data_io.preprocess.UNREADABLE_ERRORS`),
+    anything else stops it with its traceback."""
+
+
 def jsrt_img_side(path: str | Path) -> int:
     """Side length of a raw JSRT `.IMG` (square, 2 bytes per pixel), from the file length alone."""
     path = Path(path)
@@ -29,11 +38,11 @@ def jsrt_img_side(path: str | Path) -> int:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: JSRT image not found") from None
     if n_bytes == 0 or n_bytes % JSRT_BYTES_PER_PIXEL:
-        raise ValueError(f"{path}: {n_bytes} bytes is not a whole number of 16-bit pixels (truncated .IMG?)")
+        raise UnreadableImage(f"{path}: {n_bytes} bytes is not a whole number of 16-bit pixels (truncated .IMG?)")
     n_pixels = n_bytes // JSRT_BYTES_PER_PIXEL
     side = math.isqrt(n_pixels)
     if side * side != n_pixels:
-        raise ValueError(
+        raise UnreadableImage(
             f"{path}: {n_bytes} bytes = {n_pixels} pixels is not a square image "
             f"(truncated or not a JSRT .IMG; a full one is 2048 x 2048 = 8,388,608 bytes)"
         )
@@ -47,6 +56,12 @@ def read_jsrt_img(path: str | Path) -> np.ndarray:
     return pixels.reshape(side, side).astype(np.uint16)
 
 
+# What Pillow raises for a file it cannot decode: unknown or damaged content (UnidentifiedImageError
+# and truncated data are OSError), malformed headers (SyntaxError, ValueError: e.g. a PNG text
+# chunk over its limit, TIFF tags that make no sense) and a decompression bomb.
+PICTURE_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of a PNG / GIF from its header, without decoding the pixels."""
     path = Path(path)
@@ -55,8 +70,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
             width, height = image.size
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from None
+    except PICTURE_DECODE_ERRORS as exc:
+        raise UnreadableImage(f"{path}: not a readable image ({exc})") from None
     return height, width
 
 
@@ -67,28 +82,39 @@ def read_gray(path: str | Path) -> np.ndarray:
     re-packaged JSRT PNGs carry an inverted palette.
     """
     path = Path(path)
+    with _decoded_picture(path) as image:
+        mode = image.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(image)
+            if array.dtype != np.uint16:
+                if array.min() < 0 or array.max() > 65535:
+                    raise UnreadableImage(f"{path}: 32-bit gray values outside 0..65535")
+                array = array.astype(np.uint16)
+            return array
+        if mode == "F":
+            raise UnreadableImage(f"{path}: floating-point images are not a supported radiograph format")
+        if mode in ("RGB", "RGBA", "LA", "P", "PA", "1", "CMYK", "YCbCr"):
+            image = image.convert("L")
+        elif mode != "L":
+            raise UnreadableImage(f"{path}: unsupported image mode {mode!r}")
+        return np.asarray(image, dtype=np.uint8)
+
+
+def _decoded_picture(path: Path) -> Image.Image:
+    """The picture opened and decoded by Pillow (close it after use); a file Pillow cannot decode
+    raises UnreadableImage naming it."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image)
-                if array.dtype != np.uint16:
-                    if array.min() < 0 or array.max() > 65535:
-                        raise ValueError(f"{path}: 32-bit gray values outside 0..65535")
-                    array = array.astype(np.uint16)
-                return array
-            if mode == "F":
-                raise ValueError(f"{path}: floating-point images are not a supported radiograph format")
-            if mode in ("RGB", "RGBA", "LA", "P", "PA", "1", "CMYK", "YCbCr"):
-                image = image.convert("L")
-            elif mode != "L":
-                raise ValueError(f"{path}: unsupported image mode {mode!r}")
-            return np.asarray(image, dtype=np.uint8)
+        image = Image.open(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{path}: not a readable image ({exc})") from None
+    except PICTURE_DECODE_ERRORS as exc:
+        raise UnreadableImage(f"{path}: not a readable image ({exc})") from None
+    try:
+        image.load()
+    except PICTURE_DECODE_ERRORS as exc:
+        image.close()
+        raise UnreadableImage(f"{path}: not a readable image ({exc})") from None
+    return image
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -155,21 +181,21 @@ def _read_dicom_dataset(path: Path, header_only: bool = False):
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except InvalidDicomError as exc:
-        raise ValueError(f"{path}: not a readable DICOM file ({exc})") from None
+        raise UnreadableImage(f"{path}: not a readable DICOM file ({exc})") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: damaged DICOM file ({type(exc).__name__}: {exc})") from None
+        raise UnreadableImage(f"{path}: damaged DICOM file ({type(exc).__name__}: {exc})") from None
 
 
 def _check_dicom_radiograph(path: Path, ds, with_pixels: bool = True) -> str:
     if "Rows" not in ds or "Columns" not in ds or (with_pixels and "PixelData" not in ds):
-        raise ValueError(f"{path}: DICOM file without an image (no Rows / Columns / Pixel Data)")
+        raise UnreadableImage(f"{path}: DICOM file without an image (no Rows / Columns / Pixel Data)")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"{path}: photometric interpretation {photometric or 'missing'!r}; a radiograph is "
+        raise UnreadableImage(f"{path}: photometric interpretation {photometric or 'missing'!r}; a radiograph is "
                          "MONOCHROME1 or MONOCHROME2")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise ValueError(f"{path}: {frames} frame(s) of {ds.get('SamplesPerPixel', 1)} sample(s); a radiograph is "
+        raise UnreadableImage(f"{path}: {frames} frame(s) of {ds.get('SamplesPerPixel', 1)} sample(s); a radiograph is "
                          "one frame of one sample")
     return photometric
 
@@ -199,12 +225,12 @@ def read_dicom(path: str | Path) -> Radiograph:
         stored = ds.pixel_array
     except (NotImplementedError, RuntimeError, ImportError) as exc:
         name = getattr(syntax, "name", syntax)
-        raise ValueError(f"{path}: cannot decode pixel data compressed as {name} ({syntax}): no installed "
+        raise UnreadableImage(f"{path}: cannot decode pixel data compressed as {name} ({syntax}): no installed "
                          f"decoder handles it ({exc})") from None
     except (ValueError, AttributeError, KeyError, TypeError, OSError, EOFError) as exc:
-        raise ValueError(f"{path}: damaged DICOM pixel data ({type(exc).__name__}: {exc})") from None
+        raise UnreadableImage(f"{path}: damaged DICOM pixel data ({type(exc).__name__}: {exc})") from None
     if stored.ndim != 2:
-        raise ValueError(f"{path}: pixel data has shape {stored.shape}, expected one 2-D frame")
+        raise UnreadableImage(f"{path}: pixel data has shape {stored.shape}, expected one 2-D frame")
     bits = int(ds.get("BitsStored", stored.dtype.itemsize * 8))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     extremes = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1],
@@ -217,9 +243,9 @@ def read_dicom(path: str | Path) -> Radiograph:
         pixels = np.asarray(display_values(stored), dtype=np.float32)
         span = np.asarray(display_values(extremes), dtype=np.float64)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise ValueError(f"{path}: unusable modality / VOI LUT ({exc})") from None
+        raise UnreadableImage(f"{path}: unusable modality / VOI LUT ({exc})") from None
     if not np.all(np.isfinite(pixels)):
-        raise ValueError(f"{path}: rescaled pixel values are not finite")
+        raise UnreadableImage(f"{path}: rescaled pixel values are not finite")
     monochrome1 = photometric == "MONOCHROME1"
     return Radiograph(pixels, white_is_zero=monochrome1,
                       inversion_sum=float(span.min() + span.max()) if monochrome1 else None)

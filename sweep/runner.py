@@ -10,6 +10,9 @@ What it drives lives beside it: the trials' data (sweep.inputs), the sweep's opt
 (sweep.options), the Ray runtime and each trial's resources (sweep.resources), the trainable
 (sweep.trainables), the release order (sweep.scheduling), the console (sweep.progress) and the
 test hooks (sweep.test_hooks).
+
+Every trial's per-epoch reports also land as TensorBoard event files in its Tune trial folder,
+OUT/ray/sweep-<time>/<trial id>/ (`tensorboard --logdir OUT/ray`).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.logger import TBXLoggerCallback
 
 from protocol.collect import CurrentData, write_results
 from protocol.durations import format_duration
@@ -165,7 +169,8 @@ class _Runner:
                     name=name, storage_path=self.store.uri("ray"),
                     failure_config=tune.FailureConfig(max_failures=self.options.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[ProgressRelay()], verbose=0,
+                    # TensorBoard curves of every trial's per-epoch metrics (tensorboard --logdir OUT/ray).
+                    callbacks=[ProgressRelay(), TBXLoggerCallback()], verbose=0,
                 ),
             )
         with _pending_trials(self._slots()), _tune_output_off():

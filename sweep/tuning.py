@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -138,7 +139,9 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
         ),
         run_config=tune.RunConfig(name=f"tune-{cell.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=store.uri("ray"),
-                                  failure_config=tune.FailureConfig(max_failures=options.retries), verbose=1),
+                                  failure_config=tune.FailureConfig(max_failures=options.retries),
+                                  # Each tuning trial's curves under OUT/ray/tune-<cell>-<time>/.
+                                  callbacks=[TBXLoggerCallback()], verbose=1),
     )
     say(f"[tune] Ray's own messages of the tuning trials (checkpoints): {ray_log_path(RunStore(store.uri('tune')))}"
         + ("" if store.is_local else " on each node"))

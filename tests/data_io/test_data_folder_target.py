@@ -12,7 +12,7 @@ from data_io.cache import load_cache_file, load_target
 from data_io.datasets import check_target_name, scan_folder_target, scan_target, target_dirs
 from data_io.dicom import convert_folder
 from data_io.phantoms import synthesize
-from data_io.readers import read_mask
+from data_io.readers import UnreadableImage, read_mask
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,7 @@ def test_an_archive_leaves_out_its_unreadable_images_and_lists_them(archive, mon
     left_out = {entry["id"]: entry["reason"] for entry in dataset.skipped}
     assert set(left_out) == {dicom.stem, "garbled"} and all(r.startswith("unreadable: ") for r in left_out.values())
     assert str(dicom) not in left_out[dicom.stem]  # the reason, not the file name again
+    assert "DICOM" in left_out[dicom.stem] and left_out["garbled"].startswith("unreadable: not a readable image")
     assert "2 of 6 image(s) unreadable" in caplog.text and "garbled" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="data_io.cache"):
@@ -96,7 +97,7 @@ def test_an_image_the_machine_could_not_read_is_tried_again(archive, tmp_path, m
 
     def no_decoder(path, *args):
         if path == flaky:
-            raise ValueError(f"{path}: no decoder installed for this file")
+            raise UnreadableImage(f"{path}: no decoder installed for this file")
         return decode(path, *args)
 
     monkeypatch.setattr(cache, "decode_radiograph", no_decoder)
@@ -109,6 +110,23 @@ def test_an_image_the_machine_could_not_read_is_tried_again(archive, tmp_path, m
     assert f"{flaky} reads now" in caplog.text
     assert flaky.stem in second.ids and [entry["id"] for entry in second.skipped] == ["blank"]
     assert second.fingerprint != first.fingerprint and len(second) == len(first) + 1
+
+
+@pytest.mark.parametrize("bug", [RuntimeError, ValueError, MemoryError])
+def test_a_bug_in_the_preprocessing_stops_the_load_with_its_traceback(archive, tmp_path, monkeypatch, bug):
+    """Only a file that cannot be decoded is left out: an error of the program's own making while
+    preparing an archive's image (here the content crop) is not taken for an unreadable image."""
+    import data_io.preprocess as preprocess
+
+    def broken_crop(pixels, source):
+        raise bug("a bug in the content crop")
+
+    monkeypatch.setattr(preprocess, "find_content_box", broken_crop)
+    with pytest.raises(bug, match="a bug in the content crop") as error:
+        load_target("hospital-a", archive, 16, cache_dir=tmp_path / "cache")
+    assert not isinstance(error.value, UnreadableImage)
+    assert any(entry.name == "broken_crop" for entry in error.traceback)  # raised where it happened
+    assert not list((tmp_path / "cache").glob("*.npz"))  # nothing cached without the image
 
 
 def test_masks_in_the_folder_are_matched_by_name(montgomery, tmp_path):

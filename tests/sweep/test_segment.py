@@ -20,9 +20,11 @@ from inference.segment import (
     SegmentOutput,
     checkpoint_info,
     full_frame_mask,
+    item_columns,
     list_inputs,
     mask_statistics,
     quality_flags,
+    read_batch,
 )
 from models.registry import build_segmenter
 from protocol.results import SEGMENTATIONS_SCHEMA_VERSION, read_segmentations
@@ -115,6 +117,39 @@ def test_an_out_folder_belongs_to_one_checkpoint(tmp_path):
     SegmentOutput(tmp_path, info, tmp_path / "best.pt")  # the same checkpoint continues
     with pytest.raises(ValueError, match="another checkpoint"):
         SegmentOutput(tmp_path, CheckpointInfo("b" * 64, "lungs", 32, "unet", None, crop_borders=True), tmp_path / "other.pt")
+
+
+def test_only_files_that_cannot_be_decoded_are_unreadable(checkpoint, radiographs, tmp_path, monkeypatch):
+    """(a) A file that cannot be decoded, or is no usable radiograph, gets its reason and no image;
+    (b) a bug in the preprocessing is not taken for an unreadable file: it propagates."""
+    import data_io.preprocess as preprocess
+    from data_io.preprocess import UNREADABLE_ERRORS
+    from data_io.readers import UnreadableImage
+
+    assert not {ValueError, RuntimeError, MemoryError} & set(UNREADABLE_ERRORS)
+    good = sorted(radiographs.glob("*.png"))[0]
+    (tmp_path / "garbled.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "notes.dcm").write_text("not a DICOM file")
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "blank.png")
+    paths = [good, tmp_path / "garbled.png", tmp_path / "notes.dcm", tmp_path / "blank.png"]
+    info = checkpoint_info(checkpoint)
+    read = read_batch(item_columns(list_inputs(paths)), info)
+    errors = dict(zip((p.name for p in paths), read["error"]))
+    assert errors[good.name] == "" and read["image"][0].std() > 0
+    assert errors["garbled.png"].startswith("not a readable image (")
+    assert errors["notes.dcm"].startswith("not a readable DICOM file")
+    assert errors["blank.png"].startswith("the image is uniform")
+    assert not read["image"][1:].any() and not read["crop"][1:].any()
+
+    for bug in (RuntimeError, ValueError):
+        def broken_standardise(image, source, bug=bug):
+            raise bug(f"{source}: a bug in the standardisation")
+
+        monkeypatch.setattr(preprocess, "standardise", broken_standardise)
+        with pytest.raises(bug, match="a bug in the standardisation") as error:
+            read_batch(item_columns(list_inputs([good])), info)
+        assert not isinstance(error.value, UnreadableImage)
+        assert any(entry.name == "broken_standardise" for entry in error.traceback)
 
 
 def test_local_segment_lists_bad_files_resumes_and_redoes_changed_ones(checkpoint, radiographs, tmp_path, capsys):

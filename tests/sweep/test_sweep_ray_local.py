@@ -3,6 +3,8 @@ failures, fractional-GPU packing. Trials are smoke-profile U-Nets on tiny phanto
 from __future__ import annotations
 
 import json
+import struct
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -24,6 +26,23 @@ def _grid(folds, **overrides):
 
 def _options(out, **kw):
     return SweepOptions(out=str(out), cpus_per_trial=1, progress_every_s=2, **kw)
+
+
+def _tensorboard_scalars(paths) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of TensorBoard event files, read without TensorBoard: TFRecord framing
+    (8-byte length, its 4-byte CRC, the serialised Event, its 4-byte CRC)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in paths:
+        data, at = Path(path).read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
 
 
 def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_flags, data_paths, tmp_path,
@@ -130,7 +149,9 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     assert shown == {"lungs", "heart", "clavicles"}
 
 
-def test_four_trials_share_one_logical_gpu(ray_runtime, data_paths, tmp_path):
+def test_four_trials_share_one_logical_gpu(ray_runtime, data_paths, tmp_path, monkeypatch):
+    # Without Tune's automatic loggers: the TensorBoard files below come from the runner's own callback.
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     grid = _grid([0, 1, 2, 3], seed=7, epochs=5)
     outcome = run_grid(grid, data_paths, _options(tmp_path, gpus_per_trial=0.25), say=lambda line: None)
     assert outcome.ok
@@ -139,6 +160,14 @@ def test_four_trials_share_one_logical_gpu(ray_runtime, data_paths, tmp_path):
     trials = read_trials(tmp_path)
     # Every trial started before any trial finished: all four ran at the same time.
     assert trials.started_at.max() < trials.finished_at.min(), trials[["trial_id", "started_at", "finished_at"]]
+    # TensorBoard curves (Tune's TBXLoggerCallback): each trial's per-epoch metrics, one point per
+    # epoch, in its Tune trial folder under OUT/ray (what `tensorboard --logdir OUT/ray` shows).
+    for trial_id in grid.trials:
+        events = list((tmp_path / "ray").glob(f"sweep-*/{trial_id}/events.out.tfevents.*"))
+        assert events, f"no TensorBoard event file for {trial_id}"
+        scalars = _tensorboard_scalars(events)
+        assert sorted(scalars["ray/tune/train_loss"]) == [1, 2, 3, 4, 5], sorted(scalars)
+        assert "ray/tune/val_jaccard" in scalars
 
 
 def test_resources_fall_back_to_cpu_only_when_no_gpu_can_appear():
@@ -190,6 +219,13 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
                      for p in (tune_out / "tune" / "runs").glob(f"*fold{entry.scope['fold']}*/result.json")]
         assert any(entry.score["value"] == pytest.approx(v) for v in published)
     assert not (tune_out / "results").exists()  # tuning trials never enter the result tables
+    # Each tuning trial's curves (TBXLoggerCallback) in its folder under OUT/ray/tune-<cell>-<time>/.
+    for entry in record.entries:
+        events = list((tune_out / "ray").glob(f"tune-*fold{entry.scope['fold']}*/*/events.out.tfevents.*"))
+        folders = {path.parent for path in events}
+        assert len(folders) == entry.trials, events
+        assert all(1 in _tensorboard_scalars(folder.glob("events.out.tfevents.*"))["ray/tune/train_loss"]
+                   for folder in folders)
 
     run_out = tmp_path / "run"
     run = ["run", "segmentation", "--models", "unet", "--tasks", "lungs", "--out", str(run_out),
