@@ -1,5 +1,5 @@
-"""Applying a trained segmenter: batched prediction (shared with training) and the network
-`cxrsweep segment` runs (`inference.segment` holds the rest of that job)."""
+"""Device helpers and batched prediction, shared by training and by `cxrsweep segment` (whose
+network, `inference.stages.Segmenter`, is placed and applied with them)."""
 from __future__ import annotations
 
 from contextlib import nullcontext

@@ -15,15 +15,9 @@ from PIL import Image
 from commands.main import main
 from data_io.preprocess import CropBox
 from engine.checkpoints import foreground_range, network_checkpoint, save_atomic
-from inference.segment import (
-    CheckpointInfo,
-    SegmentOutput,
-    checkpoint_info,
-    full_frame_mask,
-    list_inputs,
-    mask_statistics,
-    quality_flags,
-)
+from inference.inputs import list_inputs
+from inference.output import SegmentOutput
+from inference.stages import CheckpointInfo, checkpoint_info, full_frame_mask, mask_statistics, quality_flags
 from models.registry import build_segmenter
 from protocol.results import SEGMENTATIONS_SCHEMA_VERSION, read_segmentations
 
@@ -223,13 +217,13 @@ def test_a_small_job_runs_the_plain_loop_by_itself_and_a_large_one_ray(checkpoin
 def test_the_progress_bar_shows_the_rate_and_the_time_left():
     import io
 
-    from inference.segment import Progress
+    from inference.local import Progress
 
     stream = io.StringIO()
     progress = Progress(4, every_s=1e-6, stream=stream)
     progress.update([{"status": "ok", "qc_flag": True}, {"status": "unreadable", "qc_flag": True}])
     progress.update([{"status": "ok", "qc_flag": False}] * 2)
-    progress.print(final=True)
+    progress.close()
     printed = stream.getvalue()
     assert re.search(r"segment: +\d+%\|.*\| 2/4 \[\d\d:\d\d<\d\d:\d\d", printed)  # bar, done/total, elapsed<ETA
     assert "1 unreadable, 1 flagged" in printed

@@ -36,7 +36,10 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
     """The test hook makes one worker exit abruptly (os._exit) with a segmented batch in hand: Ray
     starts it again (it loads the checkpoint from its path) and retries its batches; every image
     gets exactly one row, every file is whole, and the masks are the plain loop's."""
-    from inference.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
+    from inference.inputs import list_inputs
+    from inference.local import segment_local
+    from inference.output import SegmentOutput
+    from inference.stages import checkpoint_info
     from sweep.segment_ray import HOOK_ENV, RayOptions, segment_with_ray
 
     marker = tmp_path / "worker-exited"
