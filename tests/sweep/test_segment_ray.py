@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from commands.main import FIRST_PARTY
+
 pytestmark = [pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,8 +74,8 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
 
 
 # A console line of cxrsweep: its prints (and progress bar) start with "segment", its log lines
-# name one of its packages.
-OWN_LINE = re.compile(r"^(segment\b|\s*unreadable: |\d\d:\d\d:\d\d \w+ (sweep|data_io|models|analysis)[.\w]*: )")
+# name one of its packages (commands.main.FIRST_PARTY).
+OWN_LINE = re.compile(r"^(segment\b|\s*unreadable: |\d\d:\d\d:\d\d \w+ (%s)[.\w]*: )" % "|".join(FIRST_PARTY))
 
 
 def test_the_console_of_segment_shows_no_line_from_ray(sweep_phantoms, checkpoint, tmp_path):
