@@ -1,7 +1,7 @@
 """Images per second of `cxrsweep segment` on Ray (its pool of model workers) against the plain
 single-process loop (`--local`), on the same phantoms, on this machine, and where the time goes.
 
-Both paths run the same stages (`inference.segment.segment_batch`: read + prepare with the
+Both paths run the same stages (`inference.stages.segment_batch`: read + prepare with the
 content crop, network, mask placed in the full frame + statistics + PNG encoding) and write into
 fresh output folders; the masks are compared (the loop's torch uses every core, each Ray worker
 its share of them, so a boundary pixel may differ). The Ray figure is given without and with
@@ -68,7 +68,8 @@ class TimedOutput:
     """A SegmentOutput that adds up the stage seconds its batches carry and its own writing time."""
 
     def __init__(self, out: Path, info, checkpoint: Path):
-        from inference.segment import STAGE_COLUMNS, SegmentOutput
+        from inference.output import SegmentOutput
+        from inference.stages import STAGE_COLUMNS
 
         self.output, self.stages = SegmentOutput(out, info, checkpoint), dict.fromkeys(STAGE_COLUMNS, 0.0)
         self.stages["write_s"] = 0.0
@@ -91,7 +92,7 @@ class TimedOutput:
 
 def run_local(items, out: Path, checkpoint: Path, info, batch_size: int,
               overlays: str) -> tuple[float, dict, float]:
-    from inference.segment import segment_local
+    from inference.local import segment_local
 
     started = time.perf_counter()
     output = TimedOutput(out, info, checkpoint)
@@ -173,7 +174,8 @@ def main() -> None:
 
     import torch
 
-    from inference.segment import checkpoint_info, list_inputs
+    from inference.inputs import list_inputs
+    from inference.stages import checkpoint_info
     from sweep.segment_ray import RayOptions
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-segment-"))
@@ -197,7 +199,8 @@ def main() -> None:
                         ray_first))
         if args.skip_local:
             return
-        local_s, local_stages, local_first = run_local(items, scratch / "local", checkpoint, info, args.batch_size, args.overlays)
+        local_s, local_stages, local_first = run_local(
+            items, scratch / "local", checkpoint, info, args.batch_size, args.overlays)
         print(f"plain loop : {n / local_s:7.1f} images/s  ({local_s:.1f} s, {1000 * local_s / n:.1f} ms/image)")
         print(breakdown(f"  loop (1 process, {torch.get_num_threads()} torch thread(s))", local_stages, local_s, n, 1,
                         local_first))

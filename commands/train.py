@@ -112,7 +112,10 @@ def use_ray(args: argparse.Namespace, count: int) -> bool:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from inference.segment import Progress, SegmentOutput, checkpoint_info, list_inputs, segment_local
+    from inference.inputs import list_inputs
+    from inference.local import Progress, segment_local
+    from inference.output import SegmentOutput
+    from inference.stages import checkpoint_info
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -138,7 +141,7 @@ def run_segment(args: argparse.Namespace) -> int:
             options = RayOptions(address=args.address, batch_size=args.batch_size, workers=args.workers,
                                  gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
             segment_with_ray(todo, output, args.checkpoint, options, overlays=args.overlays, progress=progress)
-        progress.print(final=True)
+        progress.close()
     rows = output.gather()
     ok = rows[rows.status == "ok"]
     unreadable = rows[rows.status == "unreadable"]

@@ -92,7 +92,8 @@ class CropBox:
 
     def side_widths(self) -> dict[str, int]:
         """Pixels trimmed from each side."""
-        return {"top": self.top, "bottom": self.height - self.bottom, "left": self.left, "right": self.width - self.right}
+        return {"top": self.top, "bottom": self.height - self.bottom,
+                "left": self.left, "right": self.width - self.right}
 
     def region_in(self, shape: tuple[int, int]) -> tuple[float, float, float, float] | None:
         """(left, top, right, bottom) of the box in an array of `shape` covering the same frame
@@ -107,7 +108,8 @@ def preprocessing_record(crop_borders: bool) -> dict:
     """What a checkpoint records of the preprocessing its network was trained on, so that
     `cxrsweep segment` prepares new radiographs the same way. A checkpoint without it predates
     the content crop: its images were resized whole."""
-    return {"crop_borders": bool(crop_borders), "preprocess_version": PREPROCESS_VERSION, "normalisation": NORMALISATION}
+    return {"crop_borders": bool(crop_borders), "preprocess_version": PREPROCESS_VERSION,
+            "normalisation": NORMALISATION}
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +211,8 @@ def find_content_box(pixels: np.ndarray, source: Path | str) -> CropBox:
         trimmed_here = box[0] if side == "top" else height - box[2] if side == "bottom" \
             else box[1] if side == "left" else width - box[3]
         kept = box[2] - box[0] if vertical else box[3] - box[1]
-        return max(0, min(int(MAX_SIDE_FRACTION * extent) - trimmed_here, kept - int(np.ceil(MIN_KEPT_FRACTION * extent))))
+        return max(0, min(int(MAX_SIDE_FRACTION * extent) - trimmed_here,
+                          kept - int(np.ceil(MIN_KEPT_FRACTION * extent))))
 
     def trim(side: str, lines: int) -> None:
         index = SIDES.index(side)
@@ -341,7 +344,8 @@ def resize(array: np.ndarray, size: int, region: tuple[float, float, float, floa
 
 
 def resize_mask(mask: np.ndarray, size: int, region: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    """Resize a binary mask (or `region` of it) to bool [size, size]: a pixel is foreground when at least half of it was."""
+    """Resize a binary mask (or `region` of it) to bool [size, size]: a pixel is foreground when at
+    least half of it was."""
     resample = _resample_filter(_region_shape(mask, region), size)
     resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), resample, box=region)
     return np.asarray(resized) >= 128

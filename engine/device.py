@@ -1,5 +1,6 @@
 """Device settings of the engines (device, mixed precision, memory layout, optimiser, thread
-count) and batched prediction, shared by training, scoring and `cxrsweep segment`."""
+count) and batched prediction, shared by training, scoring and `cxrsweep segment` (whose network,
+`inference.stages.Segmenter`, is placed and applied with them)."""
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext

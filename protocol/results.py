@@ -170,7 +170,7 @@ def read_images(out_dir: str | Path) -> pd.DataFrame:
     return _read(Path(out_dir) / "results" / "images.parquet", IMAGES_SCHEMA)
 
 
-# `cxrsweep segment`: OUT/segmentations.parquet, one row per input radiograph (inference.segment).
+# `cxrsweep segment`: OUT/segmentations.parquet, one row per input radiograph (inference.stages.encode_batch).
 # Its version moves on its own, apart from the sweep's tables (it started at their 3).
 SEGMENTATIONS_SCHEMA_VERSION = 3
 SEGMENTATION_STATUSES = ("ok", "unreadable")

@@ -1,4 +1,4 @@
-"""`cxrsweep segment` on Ray: the stages of `inference.segment`, fed batch by batch from the
+"""`cxrsweep segment` on Ray: the stages of `inference.stages`, fed batch by batch from the
 driver to model workers that load the checkpoint themselves.
 
     CPUs only (default)   each batch is one Ray task that reads, segments and encodes it
@@ -34,18 +34,10 @@ from typing import Sequence
 
 import ray
 
-from inference.segment import (
-    BatchModel,
-    CheckpointInfo,
-    ImageItem,
-    Progress,
-    SegmentOutput,
-    batches,
-    encode_batch,
-    item_columns,
-    read_batch,
-    segment_batch,
-)
+from inference.inputs import ImageItem, batches, item_columns
+from inference.local import Progress
+from inference.output import SegmentOutput
+from inference.stages import BatchModel, CheckpointInfo, encode_batch, read_batch, segment_batch
 from sweep import test_hooks
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ def test_the_packages_below_sweep_never_import_ray():
     sweep/ and building the command line loads no Ray."""
     modules = [info.name for package in RAY_FREE
                for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + ".")]
-    assert "engine.transfer" in modules and "inference.segment" in modules and "commands.main" in modules
+    assert "engine.transfer" in modules and "inference.stages" in modules and "commands.main" in modules
     code = ("import importlib, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
             "sys.modules['commands.main'].build_parser()\n"

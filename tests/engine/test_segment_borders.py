@@ -11,7 +11,8 @@ from PIL import Image
 from commands import main as cli
 from data_io.phantoms import MildShift, synthesize
 from data_io.readers import read_gray
-from inference.segment import checkpoint_info, item_columns, list_inputs, read_batch
+from inference.inputs import item_columns, list_inputs
+from inference.stages import checkpoint_info, read_batch
 from models.registry import load_torch_file
 
 # Zero bands (top, bottom, left, right) added to each unpadded film: on one side, on two, on all four.
@@ -120,7 +121,7 @@ def test_a_checkpoint_without_the_record_resizes_whole_images(lung_model, films,
     legacy = load_torch_file(lung_model)
     del legacy["preprocessing"]
     torch.save(legacy, tmp_path / "old.pt")
-    with caplog.at_level(logging.WARNING, logger="inference.segment"):
+    with caplog.at_level(logging.WARNING, logger="inference.stages"):
         info = checkpoint_info(tmp_path / "old.pt")
     assert not info.crop_borders
     assert "records no preprocessing" in caplog.text and "old.pt" in caplog.text

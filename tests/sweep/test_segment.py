@@ -15,13 +15,12 @@ from PIL import Image
 from commands.main import main
 from data_io.preprocess import CropBox
 from engine.checkpoints import foreground_range, network_checkpoint, save_atomic
-from inference.segment import (
+from inference.inputs import item_columns, list_inputs
+from inference.output import SegmentOutput
+from inference.stages import (
     CheckpointInfo,
-    SegmentOutput,
     checkpoint_info,
     full_frame_mask,
-    item_columns,
-    list_inputs,
     mask_statistics,
     quality_flags,
     read_batch,
@@ -116,7 +115,8 @@ def test_an_out_folder_belongs_to_one_checkpoint(tmp_path):
     SegmentOutput(tmp_path, info, tmp_path / "best.pt")
     SegmentOutput(tmp_path, info, tmp_path / "best.pt")  # the same checkpoint continues
     with pytest.raises(ValueError, match="another checkpoint"):
-        SegmentOutput(tmp_path, CheckpointInfo("b" * 64, "lungs", 32, "unet", None, crop_borders=True), tmp_path / "other.pt")
+        SegmentOutput(tmp_path, CheckpointInfo("b" * 64, "lungs", 32, "unet", None, crop_borders=True),
+                      tmp_path / "other.pt")
 
 
 def test_only_files_that_cannot_be_decoded_are_unreadable(checkpoint, radiographs, tmp_path, monkeypatch):
@@ -258,13 +258,13 @@ def test_a_small_job_runs_the_plain_loop_by_itself_and_a_large_one_ray(checkpoin
 def test_the_progress_bar_shows_the_rate_and_the_time_left():
     import io
 
-    from inference.segment import Progress
+    from inference.local import Progress
 
     stream = io.StringIO()
     progress = Progress(4, every_s=1e-6, stream=stream)
     progress.update([{"status": "ok", "qc_flag": True}, {"status": "unreadable", "qc_flag": True}])
     progress.update([{"status": "ok", "qc_flag": False}] * 2)
-    progress.print(final=True)
+    progress.close()
     printed = stream.getvalue()
     assert re.search(r"segment: +\d+%\|.*\| 2/4 \[\d\d:\d\d<\d\d:\d\d", printed)  # bar, done/total, elapsed<ETA
     assert "1 unreadable, 1 flagged" in printed

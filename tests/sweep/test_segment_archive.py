@@ -90,7 +90,10 @@ def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tm
     the whole-job actors of a CPU-only cluster write what the plain loop writes, content crop
     included (the phantoms' collimation bands are trimmed)."""
     from engine.checkpoints import network_checkpoint, save_atomic
-    from inference.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
+    from inference.inputs import list_inputs
+    from inference.local import segment_local
+    from inference.output import SegmentOutput
+    from inference.stages import checkpoint_info
     from models.registry import build_segmenter
     from sweep.segment_ray import RayOptions, segment_with_ray
 
@@ -105,7 +108,8 @@ def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tm
     for name in ("local", "ray"):
         outputs[name] = SegmentOutput(tmp_path / name, info, checkpoint)
     segment_local(items, outputs["local"], checkpoint, device="cpu", batch_size=3, overlays="all")
-    segment_with_ray(items, outputs["ray"], checkpoint, RayOptions(batch_size=3, workers=2, staged=staged), overlays="all")
+    segment_with_ray(items, outputs["ray"], checkpoint, RayOptions(batch_size=3, workers=2, staged=staged),
+                     overlays="all")
     tables = {name: output.gather().drop(columns=["segmented_at"]).reset_index(drop=True)
               for name, output in outputs.items()}
     pd.testing.assert_frame_equal(tables["local"], tables["ray"])

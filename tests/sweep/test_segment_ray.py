@@ -38,7 +38,10 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
     """The test hook makes one worker exit abruptly (os._exit) with a segmented batch in hand: Ray
     starts it again (it loads the checkpoint from its path) and retries its batches; every image
     gets exactly one row, every file is whole, and the masks are the plain loop's."""
-    from inference.segment import SegmentOutput, checkpoint_info, list_inputs, segment_local
+    from inference.inputs import list_inputs
+    from inference.local import segment_local
+    from inference.output import SegmentOutput
+    from inference.stages import checkpoint_info
     from sweep.segment_ray import RayOptions, segment_with_ray
     from sweep.test_hooks import SEGMENT_HOOK_ENV
 
@@ -56,8 +59,8 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
     assert sorted(recorded) == sorted(item.path for item in items)  # each image once, none lost
     rows = output.gather()
     assert len(rows) == len(items) and rows.path.is_unique and (rows.status == "ok").all()
-    leftovers = [p for p in (tmp_path / "ray").rglob("*") if p.is_file() and p.suffix not in (".png", ".parquet", ".json")
-                 and p.name != "ray.log"]
+    leftovers = [p for p in (tmp_path / "ray").rglob("*")
+                 if p.is_file() and p.suffix not in (".png", ".parquet", ".json") and p.name != "ray.log"]
     assert leftovers == []  # no temporary file half-written
 
     local = SegmentOutput(tmp_path / "local", info, checkpoint)

@@ -135,7 +135,8 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     assert len(rerun) == len(trials) + 2 and (rerun.status != "failed").all()
     assert sorted(rerun[~rerun.trial_id.isin(trials.trial_id)].trial_id) == sorted(added_m_a)
     unchanged = rerun.trial_id.isin(trials.trial_id) & (rerun.trial_id != broken.trial_id)
-    assert rerun[unchanged].reset_index(drop=True).equals(trials[trials.trial_id != broken.trial_id].reset_index(drop=True))
+    kept = trials[trials.trial_id != broken.trial_id].reset_index(drop=True)
+    assert rerun[unchanged].reset_index(drop=True).equals(kept)
     n_test = rerun.set_index("trial_id").n_test_images
     assert len(read_images(tmp_path)) == len(images) + sum(n_test[t] for t in [broken.trial_id, *added_m_a])
     for spec in qualitative:  # kept for the report's Fig. 9: overlays, translations, labelled result.json

@@ -3,7 +3,7 @@ import numpy as np
 from PIL import Image
 
 from commands.main import main
-from inference.segment import Segmenter
+from inference.stages import Segmenter
 from models.loading import TranslateThenSegment
 
 
