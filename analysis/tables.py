@@ -28,7 +28,7 @@ from protocol.config import (
     RunConfig,
     transfer_variant,
 )
-from protocol.grid import SEGMENTATION, TRANSFER  # the experiments' names, which the grid declares
+from protocol.grid import SEGMENTATION, TRANSFER
 from protocol.run_dir import NO_ADAPTATION, TARGET_PLAUSIBILITY
 
 PROPOSED = "proposed"

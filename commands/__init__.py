@@ -1,2 +1,1 @@
-"""The `cxrsweep` command line: argument parsing and dispatch, the top layer (it may import every
-other package; nothing imports it)."""
+"""The `cxrsweep` command line: argument parsing and dispatch."""

@@ -1,5 +1,5 @@
-"""Flags every training command shares, declared once: the config flags (`--profile`, `--config`,
-`--set`), the data flags, and how they become a RunConfig. No Ray, nothing heavy at import."""
+"""Flags every training command shares: the config flags (`--profile`, `--config`, `--set`), the
+data flags, and how they become a RunConfig. Nothing heavy at import."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from typing import Any
 from data_io.datasets import TARGET_DATASETS
 from protocol.config import PROFILES, RunConfig
 
-# The one default-profile rule: a single run on this machine defaults to the CPU-sized profile,
+# The default-profile rule: a single run on this machine defaults to the CPU-sized profile,
 # a sweep (which may use a GPU cluster) to the paper's, the demo to its own (protocol.config.PROFILES).
 DEFAULT_PROFILE = {"train": "cpu", "train-transfer": "cpu", "run": "paper", "tune": "paper", "demo": "demo"}
 PROFILE_RULE = "default: cpu for one run on this machine (train, train-transfer), paper for a sweep (run, tune), " \

@@ -91,8 +91,7 @@ class CachedDataset:
         """What a trial trained on, by content: the ids, the arrays and their size, and where
         something was trimmed, the crop boxes and whole-frame masks it is scored on. Unlike `key`
         (file paths, sizes and times) it recognises the same data at another path or synthesised
-        again, and it tells apart any two sets whose arrays differ. Trial identity, checkpoints
-        and tuning records carry it (docs/ARCHITECTURE.md, "data identity")."""
+        again, and it tells apart any two sets whose arrays differ."""
         return fingerprint_arrays(self.name, self.ids, self.images, self.masks, self.crop_boxes, self.full_masks)
 
 

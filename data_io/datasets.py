@@ -410,7 +410,7 @@ def display_polarity(image: np.ndarray, white_is_zero: bool, inversion_sum: floa
 def to_display_convention(
     image: np.ndarray, masks: dict[str, np.ndarray], white_is_zero: bool, inversion_sum: float | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
-    """The one place for orientation: bone bright, patient's left on the image's right.
+    """Orient a case as displayed: bone bright, patient's left on the image's right.
 
     Polarity: see `display_polarity`. When the masks name the patient's sides, a case whose left
     lung lies on the image's left half is a mirrored copy and is flipped back (image and all

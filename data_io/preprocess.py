@@ -1,16 +1,5 @@
 """Preparing one radiograph for a network, and mapping what the network predicts back onto it.
 
-This module is the one home of the per-image pipeline, shared by the preprocessing cache
-(`data_io.cache`, training and evaluation) and by `cxrsweep segment`:
-
-    decode_radiograph    file -> raw pixels and their polarity (JSRT .IMG, DICOM through its
-                         modality and VOI LUTs, or any gray picture Pillow reads)
-    prepare_radiograph   raw pixels -> orient -> find the content -> crop -> resize -> standardise
-    preprocess_file      decode_radiograph + prepare_radiograph, for one file without masks
-    display_radiograph   decode_radiograph + orientation: the file as displayed, for overlays
-    mask_to_full_frame   a mask (or foreground probability) predicted on the cropped S x S image
-                         -> the radiograph's full frame, at its own size or any other
-
 The content crop (`find_content_box`) trims what is not the radiograph before resizing:
 padding (uniform bands of one gray level along an edge, e.g. the black bands of a film padded
 to a square) and collimation borders (bright, flat bands of unexposed film along an edge that

@@ -70,7 +70,8 @@ def transfer_split(n_items: int, repetition: int, seed: int = 0) -> Split:
 
 def repetition_splits(n_source: int, n_target: int, repetition: int, n_folds: int = 5,
                       seed: int = 0) -> tuple[Split, Split]:
-    """(source Split, target Split) of a Table II repetition (docs/ARCHITECTURE.md, data_io)."""
+    """(source Split, target Split) of a Table II repetition: JSRT fold `repetition % n_folds`
+    (so the segmentation run of that fold is its M_A) and the target's 60/20/20 split."""
     return (source_transfer_split(n_source, repetition, n_folds=n_folds, seed=seed),
             transfer_split(n_target, repetition, seed=seed))
 

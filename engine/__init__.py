@@ -1,4 +1,4 @@
-"""The plain-PyTorch training engines. Never imports Ray: the sweep wraps these functions.
+"""The plain-PyTorch training engines.
 
 Submodules are imported by their users (`engine.supervised`, `.metrics`, `.data`, ...) so that
 importing the package stays cheap.

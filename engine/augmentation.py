@@ -1,4 +1,4 @@
-"""Training-time augmentation of whole batches on the device: plain PyTorch, no Ray.
+"""Training-time augmentation of whole batches on the device.
 
 Recipes (`RunConfig.augmentation`, names in protocol.config.AUGMENTATIONS):
 - "none": the paper's protocol (§V-B trains without augmentation).

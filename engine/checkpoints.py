@@ -1,8 +1,4 @@
-"""Checkpoint files of a run: what they hold, how they are written and read back.
-
-The dict layout is the contract of docs/ARCHITECTURE.md (engine section); the network part
-is read by `models.registry.load_segmenter`.
-"""
+"""Checkpoint files of a run: what they hold, how they are written and read back."""
 from __future__ import annotations
 
 import logging

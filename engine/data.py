@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from data_io.cache import CachedDataset
     from protocol.config import RunConfig
 
-# What the per-image pipeline does to intensities (its one home: data_io.preprocess.NORMALISATION);
+# What the per-image pipeline does to intensities (data_io.preprocess.NORMALISATION);
 # recorded in checkpoints so that `cxrsweep segment` prepares new images the same way.
 PER_IMAGE_STANDARDISATION = NORMALISATION
 

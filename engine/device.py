@@ -1,6 +1,5 @@
 """Device settings of the engines (device, mixed precision, memory layout, optimiser, thread
-count) and batched prediction, shared by training, scoring and `cxrsweep segment` (whose network,
-`inference.stages.Segmenter`, is placed and applied with them)."""
+count) and batched prediction."""
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext

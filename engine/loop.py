@@ -1,5 +1,5 @@
 """The one epoch loop every engine fills in (the supervised Trainer, the transfer runs on its
-back, and the proposed method's ProposedRun). Plain PyTorch, no Ray.
+back, and the proposed method's ProposedRun).
 
 A run is a subclass of `EpochLoop`. The loop owns what all runs share: counting epochs against
 `total_epochs`, keeping the best epoch through the run's `selector` (per-image scores in, "keep
@@ -13,9 +13,6 @@ its part:
     snapshot()           the checkpoint kept when the epoch is the best so far
     best_metrics()       the best-so-far entries every epoch's metrics carry
     log_epoch(metrics), after_epoch()
-
-Resume (`ckpt.ResumableRun`) and the process-wide thread count (`engine.device.torch_threads`)
-are the same for every run too.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-image overlap metrics of the foreground, the one place that defines them.
+"""Per-image overlap metrics of the foreground.
 
 Convention for empty masks: when truth and prediction are both empty the prediction is
 perfect, so Jaccard and Dice are 1.0; when exactly one is empty they are 0.0. This keeps a

@@ -1,4 +1,4 @@
-"""Choosing the transfer epoch without target labels (issue 9): plain PyTorch + numpy, no Ray.
+"""Choosing the transfer epoch without target labels (issue 9): plain PyTorch + numpy.
 
 At 0 % target labels nothing on the target can be scored against truth, and the source-side
 validation (A -> B -> A) is blind to what the translation does to target images: a translator
@@ -35,8 +35,6 @@ from torch import nn
 
 from engine.device import as_batch, foreground_masks
 from protocol.intervals import t_interval
-
-# The result.json values of "selection_criterion" live with the run directory's contract.
 from protocol.run_dir import SOURCE_JACCARD, TARGET_PLAUSIBILITY
 
 # Side of the grid masks are resampled to before they are compared: coarse enough that the

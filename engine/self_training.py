@@ -1,4 +1,4 @@
-"""Self-training (transfer method "self_training"): adaptation by pseudo-labels. Plain PyTorch, no Ray.
+"""Self-training (transfer method "self_training"): adaptation by pseudo-labels.
 
 M_A, trained on the source, labels the target training images it has no labels for (the
 teacher's pseudo-labels); the most plausible `pseudo_label_keep` share of them is kept, judged by

@@ -1,4 +1,4 @@
-"""Supervised training of one segmentation network: the paper's protocol (§V-B), without Ray.
+"""Supervised training of one segmentation network: the paper's protocol (§V-B).
 
 Adam (lr 1e-4, weight decay 5e-4, betas 0.9 / 0.999), batch 4, cross-entropy; after every
 epoch the second-validation fold picks the best epoch, whose weights are kept in memory (where

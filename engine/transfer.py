@@ -1,5 +1,5 @@
 """Cross-dataset transfer from a labelled source A (JSRT) to a target B: the paper's proposed
-method (§IV-C) and the baselines it is judged against. Plain PyTorch, no Ray.
+method (§IV-C) and the baselines it is judged against.
 
 Methods (protocol.config.TRANSFER_METHODS):
 - proposed: translator warmed up alone (`warmup_translator`, shared by every task and fraction),

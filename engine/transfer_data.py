@@ -100,7 +100,7 @@ class TransferData:
 
 
 def transfer_splits(cfg: "RunConfig", n_source: int, n_target: int):
-    """(source Split, target Split) of repetition `cfg.repetition` (docs/ARCHITECTURE.md, data_io)."""
+    """(source Split, target Split) of repetition `cfg.repetition` (`repetition_splits`)."""
     from data_io.splits import repetition_splits
 
     return repetition_splits(n_source, n_target, cfg.repetition, cfg.n_folds, cfg.seed)

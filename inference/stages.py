@@ -1,16 +1,8 @@
 """The three batch stages of `cxrsweep segment`, each a function of a batch (a dict of equally long
 numpy columns, `inference.inputs.item_columns`), so the plain loop (`inference.local`) and the
-Ray path (`sweep.segment_ray`) run the very same code (`segment_batch`):
-
-    read_batch      `data_io.preprocess.preprocess_file`: the training preprocessing, with
-                    the checkpoint's content crop setting
-    BatchModel      the checkpoint's network: M_A, or M_A(G_BA(.)) for a transfer run
-                    (`Segmenter`; what a job needs to know of its checkpoint: `checkpoint_info`)
-    encode_batch    mask placed in each input's full frame at its own size
-                    (`data_io.preprocess.mask_to_full_frame`), its statistics and QC flags
-                    (`mask_statistics`, `quality_flags`), PNG bytes of the mask and overlay
-
-An unreadable file goes through every stage as a row with the reason, never a mask.
+Ray path (`sweep.segment_ray`) run the very same code (`segment_batch`): `read_batch`,
+`BatchModel`, `encode_batch`. An unreadable file goes through every stage as a row with the
+reason, never a mask.
 """
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """A checkpoint as a runnable network: M_A from a supervised run's best.pt, and the composite
-translate-then-segment model M_A(G_BA(.)) from a transfer run's. Training code and `cxrsweep
-segment` both load networks here."""
+translate-then-segment model M_A(G_BA(.)) from a transfer run's."""
 from __future__ import annotations
 
 from pathlib import Path

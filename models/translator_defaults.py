@@ -1,6 +1,5 @@
-"""The translators' default hyper-parameters, as data: the registry registers each translator
-with its entry here (models/translators/), and protocol.config.RunConfig takes its translator
-fields' defaults from the default translator's. Importing this module stays light (no torch).
+"""The translators' default hyper-parameters, as data. Importing this module stays light (no
+torch): protocol.config reads it for RunConfig's translator field defaults.
 """
 from __future__ import annotations
 

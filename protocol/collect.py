@@ -1,7 +1,7 @@
 """The result tables rebuilt from the run folders: OUT/results/trials.parquet (one row per trial:
 finished, failed or not applicable) and OUT/results/images.parquet (one row per test image of a
 finished trial), written atomically at the end of every run (schema: protocol.results). Only the
-trials of the data now running enter them (`CurrentData`). No Ray here.
+trials of the data now running enter them (`CurrentData`).
 """
 from __future__ import annotations
 

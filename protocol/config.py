@@ -1,4 +1,4 @@
-"""Run configuration and profiles: declared once, read by the engines, the sweep and the report.
+"""Run configuration and profiles.
 
 A `RunConfig` is a flat dataclass so that every field can be overridden with
 ``--set key=value``, recorded in a Parquet row and compared across runs.
@@ -224,7 +224,7 @@ def warmup_identity(cfg: RunConfig) -> dict[str, Any]:
 EXECUTION_FIELDS = frozenset({"device", "num_threads", "checkpoint_every_s", "compile"})
 
 
-# Each profile is a set of overrides of the paper defaults, declared here and nowhere else.
+# Each profile is a set of overrides of the paper defaults.
 PROFILES: dict[str, dict[str, Any]] = {
     # The paper's protocol: 256 px, full-width networks, 150 epochs, batch 4.
     "paper": {},

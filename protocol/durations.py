@@ -1,5 +1,4 @@
-"""How a duration reads on the console: H:MM:SS, for the sweep's progress lines and summary
-(sweep.progress, sweep.runner) and the benchmarks' projections alike. Standard library only."""
+"""How a duration reads on the console: H:MM:SS. Standard library only."""
 from __future__ import annotations
 
 

@@ -1,4 +1,4 @@
-"""The experiment grid, declared once: Table I, Table II and what each trial depends on.
+"""The experiment grid: Table I, Table II and what each trial depends on.
 
 Table I (`segmentation`): every segmentation model x task x JSRT cross-validation fold.
 Table II (`transfer`): every transfer method x label fraction x task x repetition (x target),
@@ -21,7 +21,7 @@ the overlays, translations and result.json that the report's Fig. 9 reads.
 
 Trial ids are readable keys plus a short hash of the effective config, so two runs of the
 same cell with the same config share one id (and one output folder, which is how completed
-trials are reused), while a changed config never silently reuses an old result. No Ray here.
+trials are reused), while a changed config never silently reuses an old result.
 """
 from __future__ import annotations
 

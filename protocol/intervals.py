@@ -1,6 +1,5 @@
-"""Student-t confidence intervals for a mean, declared once for the engine (the one-sided lower
-bound of its selection guards, engine.selection.lower_confidence_bound) and the analysis (the
-report's t-intervals, analysis.stats.t_interval). No Ray, no torch: numpy and scipy only."""
+"""Student-t confidence intervals for a mean (the selection guards' one-sided lower bound, the
+report's two-sided intervals). No torch: numpy and scipy only."""
 from __future__ import annotations
 
 import math

@@ -1,8 +1,7 @@
-"""The Parquet schema of the results, declared once and versioned.
+"""The Parquet schema of the results, versioned.
 
 `OUT/results/trials.parquet`: one row per trial. `OUT/results/images.parquet`: one row per
-trial x test image. The analysis package reads these files through `read_trials` /
-`read_images` and the column names below; nothing else defines them.
+trial x test image.
 """
 from __future__ import annotations
 

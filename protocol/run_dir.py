@@ -1,6 +1,5 @@
 """The run-directory contract: what a run leaves in its folder, under which names, and the one
-function that writes a run's test outputs. The engines write these files, the sweep copies
-them into OUT and marks them, the report reads them; all of them take the names from here.
+function that writes a run's test outputs.
 
     <run_dir>/
         result.json          summary (RunResult's fields, the proposed method's selection, config)

@@ -1,7 +1,7 @@
 """A local folder or a storage URI (s3://, gs://) as one pyarrow filesystem plus a root path, so
 the sweep, its trials and the report read and write both alike: paths and URIs under the root,
 small atomic reads and writes, listings, whole-folder copies in and out, Parquet tables. It knows
-nothing of trials: the run store on top of it (protocol.store) does. No Ray here.
+nothing of trials: the run store on top of it (protocol.store) does.
 """
 from __future__ import annotations
 

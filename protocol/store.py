@@ -1,17 +1,6 @@
 """The run store: the sweep's output folder OUT (a protocol.storage.Storage: a local disk or a
 storage URI) and the marks on its trial folders, which say how each trial ended and whether a
-finished one may be reused. The result tables are rebuilt from them by protocol.collect. No Ray here.
-
-Layout under OUT:
-
-    runs/<trial_id>/         one finished Table I / II trial: the engine's run directory
-                             (result.json, images.parquet, best.pt, overlays/) plus trial.json;
-                             also the qualitative (Fig. 9) runs, kept for their overlays but
-                             never a table row
-    translators/<trial_id>/  one finished translator warm-up (a dependency, not a table row)
-    results/trials.parquet   one row per trial  } rebuilt from runs/ at the end of a run,
-    results/images.parquet   one row per image  } written atomically
-    ray/                     Ray Tune's experiment folders (checkpoints, resume state)
+finished one may be reused. The result tables are rebuilt from them by protocol.collect.
 
 `trial.json` is written last, so a run folder without it is unfinished and is never reported
 or reused. A trial that failed after its retries leaves `failed.json` (its error) instead, and

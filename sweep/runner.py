@@ -6,11 +6,6 @@ trial as soon as its own dependencies are published, so no trial holds a GPU whi
 one, and no trial waits for unrelated ones. A trial whose outputs are already in OUT is reused,
 not rerun; a trial whose dependency failed is recorded as failed without running.
 
-What it drives lives beside it: the trials' data (sweep.inputs), the sweep's options
-(sweep.options), the Ray runtime and each trial's resources (sweep.resources), the trainable
-(sweep.trainables), the release order (sweep.scheduling), the console (sweep.progress) and the
-test hooks (sweep.test_hooks).
-
 Every trial's per-epoch reports also land as TensorBoard event files in its Tune trial folder,
 OUT/ray/sweep-<time>/<trial id>/ (`tensorboard --logdir OUT/ray`).
 """

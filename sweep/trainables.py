@@ -13,7 +13,7 @@ Trials never open dataset paths: the arrays arrive through the object store
 (`tune.with_parameters`), and dependencies (M_A, warmed translators) are read from OUT.
 
 Test hooks (`CXRSWEEP_INJECT_FAILURE`, `CXRSWEEP_HOLD`): the driver puts them into the entries of
-the trials they match, and `run_trial` adds their callbacks; both sides live in sweep.test_hooks.
+the trials they match, and `run_trial` adds their callbacks.
 """
 from __future__ import annotations
 
