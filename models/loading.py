@@ -3,6 +3,7 @@ translate-then-segment model M_A(G_BA(.)) from a transfer run's."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -26,7 +27,11 @@ class TranslateThenSegment(nn.Module):
 
 def load_translator(path: str | Path) -> tuple[Translator, dict]:
     """(translator in eval mode on the CPU, its checkpoint dict) from a warm-up or transfer checkpoint."""
-    payload = load_torch_file(path, "translator checkpoint")
+    return translator_from(load_torch_file(path, "translator checkpoint"), path)
+
+
+def translator_from(payload: Any, path: str | Path) -> tuple[Translator, dict]:
+    """`load_translator` for a checkpoint already read from `path` (named in errors)."""
     if isinstance(payload, dict) and isinstance(payload.get("translator"), dict):
         payload = payload["translator"]  # a transfer run's checkpoint carries its translator inside
     missing = [k for k in ("translator", "kwargs", "state_dict") if not isinstance(payload, dict) or k not in payload]
@@ -45,18 +50,20 @@ def checkpoint_arch(checkpoint: dict) -> str:
     return checkpoint["arch"]
 
 
+def _translate_then_segment(checkpoint: dict, path: str | Path) -> TranslateThenSegment:
+    translator = translator_from(checkpoint, path)[0] if "translator" in checkpoint else None
+    return TranslateThenSegment(segmenter_from_checkpoint(checkpoint), translator)
+
+
 def load_transfer_model(path: str | Path) -> TranslateThenSegment:
     """The model a transfer run's best.pt applies to target images, on the CPU, in eval mode."""
-    checkpoint = read_segmenter_checkpoint(path)
-    translator = load_translator(path)[0] if "translator" in checkpoint else None
-    return TranslateThenSegment(segmenter_from_checkpoint(checkpoint), translator).eval()
+    return _translate_then_segment(read_segmenter_checkpoint(path), path).eval()
 
 
 def load_network(path: str | Path) -> tuple[nn.Module, dict]:
     """(network on the CPU in eval mode, its checkpoint dict): M_A for a supervised run's best.pt,
     M_A(G_BA(.)) for a transfer run's (target images go through G_BA before M_A, as in training)."""
     checkpoint = read_segmenter_checkpoint(path)
-    translator = load_translator(path)[0] if "translator" in checkpoint else None
-    model = TranslateThenSegment(segmenter_from_checkpoint(checkpoint), translator) if translator else \
+    model = _translate_then_segment(checkpoint, path) if "translator" in checkpoint else \
         segmenter_from_checkpoint(checkpoint)
     return model.eval(), checkpoint
