@@ -105,14 +105,14 @@ def _decoded_picture(path: Path) -> Image.Image:
     raises UnreadableImage naming it."""
     try:
         image = Image.open(path)
+        try:
+            image.load()
+        except BaseException:
+            image.close()
+            raise
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except PICTURE_DECODE_ERRORS as exc:
-        raise UnreadableImage(f"{path}: not a readable image ({exc})") from None
-    try:
-        image.load()
-    except PICTURE_DECODE_ERRORS as exc:
-        image.close()
         raise UnreadableImage(f"{path}: not a readable image ({exc})") from None
     return image
 
