@@ -93,23 +93,27 @@ class EpochLoop(ckpt.ResumableRun):
         trained = 0
         while self.epoch < self.total_epochs:
             started = time.perf_counter()
-            trained_metrics = self.epoch_metrics()
-            self.epoch += 1
+            self.end_epoch(self.epoch_metrics(), started, callbacks)
             trained += 1
-            metrics: dict[str, Any] = {"epoch": self.epoch, **trained_metrics}
-            if self.evaluates(self.epoch):
-                scores, score = self.evaluate(metrics)
-                if self.selector.consider(scores):
-                    self.best_val, self.best_epoch = score, self.epoch
-                    self.best = self.snapshot()
-            metrics.update(self.best_metrics())
-            metrics["epoch_s"] = time.perf_counter() - started
-            self.duration_s += metrics["epoch_s"]
-            self.history.append(metrics)
-            if self.clock.due(final=self.epoch == self.total_epochs):
-                metrics.update(self.clock.write(self._last_state, self.last_path))
-            self.log_epoch(metrics)
-            self.after_epoch()
-            for callback in callbacks:
-                callback(self.epoch, dict(metrics), self.run_dir)
         return trained
+
+    def end_epoch(self, trained_metrics: dict[str, Any], started: float, callbacks: Sequence[EpochCallback]) -> None:
+        """Everything after an epoch's training: judge it, keep it if best, checkpoint, call back.
+        A fused group (engine.fused) trains its members' epochs together and ends each here."""
+        self.epoch += 1
+        metrics: dict[str, Any] = {"epoch": self.epoch, **trained_metrics}
+        if self.evaluates(self.epoch):
+            scores, score = self.evaluate(metrics)
+            if self.selector.consider(scores):
+                self.best_val, self.best_epoch = score, self.epoch
+                self.best = self.snapshot()
+        metrics.update(self.best_metrics())
+        metrics["epoch_s"] = time.perf_counter() - started
+        self.duration_s += metrics["epoch_s"]
+        self.history.append(metrics)
+        if self.clock.due(final=self.epoch == self.total_epochs):
+            metrics.update(self.clock.write(self._last_state, self.last_path))
+        self.log_epoch(metrics)
+        self.after_epoch()
+        for callback in callbacks:
+            callback(self.epoch, dict(metrics), self.run_dir)

@@ -10,6 +10,7 @@ where an uninterrupted run would (CPU). `best.pt` and the overlays are written o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +54,16 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def arch_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return {"width": cfg.width, "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES}
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss of an epoch is not finite: the run has no result to give."""
+
+
+def check_finite_loss(trainer: "Trainer", loss: float) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"{trainer.run_dir}: the training loss of epoch {trainer.epoch + 1} is {loss}; "
+                               "the run diverged")
 
 
 class Trainer(EpochLoop):
@@ -149,6 +160,7 @@ class Trainer(EpochLoop):
         started = time.perf_counter()
         loss = self.train_epoch()
         train_s = time.perf_counter() - started
+        check_finite_loss(self, loss)
         return {"train_loss": loss, "train_s": train_s,
                 "train_images_per_s": len(self.data.train_images) / max(train_s, 1e-9)}
 
