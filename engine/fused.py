@@ -1,0 +1,403 @@
+"""Several supervised runs of one network trained as one computation on one device.
+
+The grid's small jobs (the 5 folds of a Table I cell, the fractions and repetitions of a Table II
+baseline) are the same network with the same hyper-parameters on different images. Alone, a
+batch-4 step leaves a GPU mostly idle. Here the members' parameters, batch-norm buffers and Adam
+moments are stacked along a leading member axis (`torch.func.stack_module_state`), and one
+vmapped forward / backward trains them all: the horizontal fusion of HFTA (Wang et al., MLSys
+2021), without rewriting the networks.
+
+Each member is still its own `engine.supervised.Trainer`. Its images, shuffle and augmentation
+stream, optimiser state, batch-norm statistics, epoch selection, checkpoints, resume and test
+outputs are those of a separate run; only the training step is shared. Between epochs the
+members' own modules and optimisers hold the truth (stacked again at the start of every epoch),
+so everything after the step is the Trainer's code unchanged.
+
+A member that raises, or whose training loss is not finite, fails alone: its result is its
+exception and its siblings go on. vmap keeps the members' arithmetic apart, so one member's NaN
+never reaches another's weights.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from engine import checkpoints as ckpt
+from engine.augmentation import augment
+from engine.data import SegmentationData
+from engine.device import autocast_for, torch_threads
+from engine.loop import EpochCallback
+from engine.supervised import Trainer, check_finite_loss, epoch_seed
+from protocol.config import RunConfig
+from protocol.grid import SEGMENTATION
+from protocol.run_dir import RunResult
+
+if TYPE_CHECKING:
+    from protocol.grid import TrialSpec
+
+log = logging.getLogger(__name__)
+
+# What members must share to be one computation: the network's shapes, the step's shape and
+# count, the optimiser's settings (one stacked Adam) and the device.
+FUSE_FIELDS = ("model", "width", "image_size", "batch_size", "epochs", "lr", "weight_decay", "beta1", "beta2",
+               "device")
+
+
+def fuse_key(cfg: RunConfig) -> tuple:
+    return tuple(getattr(cfg, name) for name in FUSE_FIELDS)
+
+
+def group_key(spec: "TrialSpec") -> tuple | None:
+    """What a grid trial shares with the trials it may be fused with (the same task, as the
+    grid's cells fuse), or None for a trial that is trained alone: only supervised segmentation
+    trials (Table I, and M_A) are fused here."""
+    if spec.kind != SEGMENTATION:
+        return None
+    return (spec.config.task, *fuse_key(spec.config))
+
+
+@dataclass
+class Member:
+    """One run of a fused group: what `train_supervised` would be called with."""
+
+    cfg: RunConfig
+    data: SegmentationData
+    run_dir: Path
+    callbacks: Sequence[EpochCallback] = field(default_factory=tuple)
+
+
+class StackedAdam:
+    """torch.optim.Adam (L2 weight decay, as the paper's Trainer) over tensors stacked by member.
+
+    Adam is element-wise, so a stacked update is each member's own update. Members keep their own
+    step counts (folds of different sizes take different numbers of steps), and a step updates only
+    the members that had a batch in it."""
+
+    def __init__(self, params: dict[str, torch.Tensor], steps: list[int], exp_avg: dict[str, torch.Tensor],
+                 exp_avg_sq: dict[str, torch.Tensor], lr: float, betas: tuple[float, float], eps: float,
+                 weight_decay: float):
+        self.params, self.steps, self.exp_avg, self.exp_avg_sq = params, list(steps), exp_avg, exp_avg_sq
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+
+    @torch.no_grad()
+    def step(self, active: Sequence[int]) -> None:
+        """One Adam step for the member rows in `active` (their gradients are in `.grad`)."""
+        beta1, beta2 = self.betas
+        members = len(self.steps)
+        for row in active:
+            self.steps[row] += 1
+        device = next(iter(self.params.values())).device
+        mask = torch.zeros(members, dtype=torch.bool)
+        mask[list(active)] = True
+        counts = [max(step, 1) for step in self.steps]
+        step_size = torch.tensor([self.lr / (1 - beta1 ** n) for n in counts], dtype=torch.float32)
+        bias2_sqrt = torch.tensor([math.sqrt(1 - beta2 ** n) for n in counts], dtype=torch.float32)
+        mask, step_size, bias2_sqrt = (t.to(device) for t in (mask, step_size, bias2_sqrt))
+        for name, param in self.params.items():
+            grad = param.grad
+            if grad is None:
+                continue
+            shape = (members,) + (1,) * (param.dim() - 1)
+            keep = mask.view(shape)
+            grad = grad.add(param, alpha=self.weight_decay) if self.weight_decay else grad
+            exp_avg = self.exp_avg[name].lerp(grad, 1 - beta1)
+            exp_avg_sq = self.exp_avg_sq[name].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias2_sqrt.view(shape)).add_(self.eps)
+            updated = param - step_size.view(shape) * (exp_avg / denom)
+            self.exp_avg[name].copy_(torch.where(keep, exp_avg, self.exp_avg[name]))
+            self.exp_avg_sq[name].copy_(torch.where(keep, exp_avg_sq, self.exp_avg_sq[name]))
+            param.copy_(torch.where(keep, updated, param))
+
+
+def _optimizer_settings(trainer: Trainer) -> dict[str, Any]:
+    group = trainer.optimizer.param_groups[0]
+    if group.get("amsgrad") or group.get("maximize") or group.get("decoupled_weight_decay"):
+        raise ValueError(f"{trainer.run_dir}: fused training implements plain Adam only")
+    return {"lr": group["lr"], "betas": tuple(group["betas"]), "eps": group["eps"],
+            "weight_decay": group["weight_decay"]}
+
+
+class _MemberDropout:
+    """Dropout drawn from each member's own random stream, as its separate run draws it.
+
+    Under vmap, `nn.Dropout` would draw every member's mask from one stream, so a member's result
+    would depend on its siblings. Here the network's dropout layers are switched off in the
+    shared copy and a forward hook multiplies their output by a mask that comes in as a vmapped
+    input. Each mask is drawn before the call from the member's own generator, in the order the
+    layers run, the way the CPU's dropout draws it (`empty_like(x).bernoulli_(1 - p)`, then
+    `/ (1 - p)`): on the CPU a fused member is bit-exact with its separate run."""
+
+    def __init__(self, base: torch.nn.Module):
+        self.layers = {name: m for name, m in base.named_modules() if isinstance(m, torch.nn.Dropout)}
+        self.shapes: dict[tuple, list[tuple[str, tuple]]] = {}
+        self.order: list[tuple[str, tuple]] = []
+        self.current: dict[str, torch.Tensor] | None = None
+        for name, layer in self.layers.items():
+            layer.register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def apply(module, inputs, output):
+            if self.current is None:  # probing shapes, or validation
+                self.order.append((name, tuple(inputs[0].shape)))
+                return output
+            return output * self.current[name]
+        return apply
+
+    def _shapes(self, base: torch.nn.Module, params: dict, buffers: dict, image_shape: tuple) -> list:
+        """(layer, input shape) of each dropout layer, in the order they run, for one member's batch."""
+        if image_shape not in self.shapes:
+            self.order = []
+            meta = {name: torch.empty(t.shape[1:], dtype=t.dtype, device="meta") for name, t in params.items()}
+            meta_buffers = {name: torch.empty(t.shape[1:], dtype=t.dtype, device="meta") for name, t in buffers.items()}
+            with torch.no_grad():
+                functional_call(base, (meta, meta_buffers), (torch.empty(image_shape, device="meta"),))
+            self.shapes[image_shape] = self.order
+        return self.shapes[image_shape]
+
+    def masks(self, base, params, buffers, image_shape: tuple, generators: list[torch.Generator],
+              device: torch.device) -> dict[str, torch.Tensor]:
+        """Per dropout layer, the members' masks stacked ([members, *shape])."""
+        drawn: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        for generator in generators:
+            for name, shape in self._shapes(base, params, buffers, image_shape):
+                keep = 1 - self.layers[name].p
+                drawn[name].append(torch.empty(shape).bernoulli_(keep, generator=generator).div_(keep))
+        return {name: torch.stack(masks).to(device) for name, masks in drawn.items()}
+
+
+class FusedStep:
+    """The live members of one fused epoch: their stacked state, and the epoch's training.
+
+    `rng_states` are the members' own global random states (what their separate runs would hold
+    in `torch.get_rng_state()`); the epoch draws their dropout masks from them and leaves them
+    advanced in `self.rng_states`."""
+
+    def __init__(self, trainers: Sequence[Trainer], rng_states: Sequence[torch.Tensor]):
+        self.trainers = list(trainers)
+        first = self.trainers[0]
+        if first.scaler.is_enabled():
+            raise ValueError("fused training needs bfloat16 or float32 arithmetic; this device trains in float16 "
+                             "with loss scaling (run these trials unfused: --fuse 1)")
+        self.device = first.device
+        self.modules = [ckpt.unwrap(t.model) for t in self.trainers]
+        settings = [_optimizer_settings(t) for t in self.trainers]
+        if any(s != settings[0] for s in settings):
+            raise ValueError("fused members must share the optimiser's settings")
+        self.params, self.buffers = stack_module_state(self.modules)
+        names = [name for name, _ in self.modules[0].named_parameters()]
+        steps, exp_avg, exp_avg_sq = self._stack_optimizer_state(names)
+        self.optimizer = StackedAdam(self.params, steps, exp_avg, exp_avg_sq, **settings[0])
+        self.base = copy.deepcopy(self.modules[0]).to("meta")
+        self.dropout = _MemberDropout(self.base) if any(
+            isinstance(m, torch.nn.Dropout) for m in self.base.modules()) else None
+        self.generators = []
+        for state in rng_states:
+            generator = torch.Generator()
+            generator.set_state(state)
+            self.generators.append(generator)
+
+    @property
+    def rng_states(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.generators]
+
+    def _stack_optimizer_state(self, names: list[str]):
+        steps: list[int] = []
+        moments: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        squares: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        for trainer, module in zip(self.trainers, self.modules):
+            member_steps = set()
+            for name, param in module.named_parameters():
+                state = trainer.optimizer.state.get(param, {})
+                member_steps.add(int(state["step"]) if "step" in state else 0)
+                moments[name].append(state["exp_avg"] if "exp_avg" in state else torch.zeros_like(param))
+                squares[name].append(state["exp_avg_sq"] if "exp_avg_sq" in state else torch.zeros_like(param))
+            if len(member_steps) != 1:
+                raise ValueError(f"{trainer.run_dir}: the optimiser's parameters are at different steps")
+            steps.append(member_steps.pop())
+        stack = {name: torch.stack(moments[name]).contiguous() for name in names}
+        stack_sq = {name: torch.stack(squares[name]).contiguous() for name in names}
+        return steps, stack, stack_sq
+
+    def _forward(self, rows: list[int], images: torch.Tensor) -> torch.Tensor:
+        """The networks of `rows` on their own batches ([members, batch, ...] in, out alike)."""
+        masks = {}
+        if self.dropout is not None:
+            masks = self.dropout.masks(self.base, self.params, self.buffers, tuple(images.shape[1:]),
+                                       [self.generators[row] for row in rows], self.device)
+
+        def one(params, buffers, x, member_masks):
+            if self.dropout is not None:
+                self.dropout.current = member_masks
+            try:
+                return functional_call(self.base, (params, buffers), (x,))
+            finally:
+                if self.dropout is not None:
+                    self.dropout.current = None
+
+        every = rows == list(range(len(self.trainers)))
+        if every:
+            params, buffers = self.params, self.buffers
+        else:
+            index = torch.tensor(rows, device=self.device)
+            params = {name: p.index_select(0, index) for name, p in self.params.items()}
+            buffers = {name: b.index_select(0, index) for name, b in self.buffers.items()}
+        with autocast_for(self.device):
+            out = vmap(one, randomness="different")(params, buffers, images, masks)
+        if not every:
+            with torch.no_grad():  # batch-norm statistics the subset updated in its copies
+                for name, b in buffers.items():
+                    self.buffers[name][index] = b
+        return out
+
+    def train_epoch(self) -> list[dict[str, Any] | BaseException]:
+        """One epoch of every member (each from its own epoch count); per member its metrics, or
+        the exception that failed it."""
+        started = time.perf_counter()
+        outcome: list[dict[str, Any] | BaseException | None] = [None] * len(self.trainers)
+        generators, orders = [], []
+        for t in self.trainers:
+            t.model.train()
+            generator = torch.Generator().manual_seed(epoch_seed(t.cfg.seed, t.epoch))
+            generators.append(generator)
+            orders.append(torch.randperm(len(t.train_images), generator=generator).to(self.device))
+        self.base.train()  # a copy of the first member as it was (in eval mode after a validation)
+        for layer in (self.dropout.layers.values() if self.dropout else ()):
+            layer.eval()  # the member's own masks come in through the hook
+        totals = [torch.zeros((), device=self.device) for _ in self.trainers]
+        batch_size = self.trainers[0].cfg.batch_size
+        for start in range(0, max(len(order) for order in orders), batch_size):
+            batches: dict[tuple, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+            for row, (t, order) in enumerate(zip(self.trainers, orders)):
+                index = order[start:start + batch_size]
+                if outcome[row] is not None or len(index) == 0:
+                    continue
+                try:
+                    images, masks = t.train_images[index], t.train_masks[index].long()
+                    images, masks = augment(t.cfg.augmentation, images, masks, generators[row])
+                except Exception as exc:  # this member's data or augmentation: it fails alone
+                    outcome[row] = exc
+                    continue
+                batches.setdefault(tuple(images.shape), []).append((row, images, masks))
+            stepped: list[int] = []
+            for group in batches.values():
+                rows = [row for row, _, _ in group]
+                out = self._forward(rows, torch.stack([images for _, images, _ in group]))
+                losses = []
+                for j, (row, _, masks) in enumerate(group):
+                    with autocast_for(self.device):
+                        losses.append(self.trainers[row].loss_fn(out[j], masks))
+                    totals[row] += losses[-1].detach() * len(masks)
+                torch.stack(losses).sum().backward()
+                stepped += rows
+            if stepped:
+                self.optimizer.step(sorted(stepped))
+            for p in self.params.values():
+                p.grad = None
+        train_s = time.perf_counter() - started
+        self._unstack()
+        results: list[dict[str, Any] | BaseException] = []
+        for row, t in enumerate(self.trainers):
+            if outcome[row] is not None:
+                results.append(outcome[row])
+                continue
+            loss = float(totals[row]) / len(t.train_images)
+            try:
+                check_finite_loss(t, loss)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append({"train_loss": loss, "train_s": train_s, "fused_members": len(self.trainers),
+                            "train_images_per_s": len(t.data.train_images) / max(train_s, 1e-9)})
+        return results
+
+    @torch.no_grad()
+    def _unstack(self) -> None:
+        """Each member's weights, statistics and Adam state back into its own module and optimiser."""
+        for row, (trainer, module) in enumerate(zip(self.trainers, self.modules)):
+            for name, param in module.named_parameters():
+                param.copy_(self.params[name][row])
+                state = trainer.optimizer.state[param]
+                fused = trainer.optimizer.defaults.get("fused") or trainer.optimizer.defaults.get("capturable")
+                state["step"] = torch.tensor(float(self.optimizer.steps[row]), dtype=torch.float32,
+                                             device=param.device if fused else "cpu")
+                state["exp_avg"] = self.optimizer.exp_avg[name][row].clone()
+                state["exp_avg_sq"] = self.optimizer.exp_avg_sq[name][row].clone()
+            for name, buffer in module.named_buffers():
+                buffer.copy_(self.buffers[name][row])
+
+
+def check_group(members: Sequence[Member]) -> None:
+    keys = {fuse_key(m.cfg) for m in members}
+    if len(keys) != 1:
+        raise ValueError(f"fused members must share {', '.join(FUSE_FIELDS)}; got {sorted(keys)}")
+
+
+def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], None] | None = None
+                ) -> list[RunResult | BaseException]:
+    """Train the members together; per member (in order) its RunResult, as `train_supervised`
+    returns it, or the exception that failed it. `after_epoch(indices)` is called after each
+    fused epoch with the members that ended an epoch in it (their callbacks have run)."""
+    if not members:
+        return []
+    check_group(members)
+    results: list[RunResult | BaseException | None] = [None] * len(members)
+    trainers: dict[int, Trainer] = {}
+    rng: dict[int, torch.Tensor] = {}  # each member's own global random state between epochs
+    trained = [0] * len(members)
+    outer_rng = torch.get_rng_state()
+    try:
+        with torch_threads(members[0].cfg.num_threads):
+            for i, member in enumerate(members):
+                try:
+                    if member.cfg.epochs < 1:
+                        raise ValueError(f"epochs must be at least 1, got {member.cfg.epochs}")
+                    Path(member.run_dir).mkdir(parents=True, exist_ok=True)
+                    trainer = Trainer(member.cfg, member.data, Path(member.run_dir))  # seeds the global stream
+                    resumed = trainer.resume()  # or restores it
+                    log.info("%s %s %s fold %d fused with %d other run(s) on %s, writing to %s",
+                             "resuming" if resumed else "training", member.cfg.model, member.cfg.task,
+                             member.cfg.fold, len(members) - 1, trainer.device, member.run_dir)
+                    trainers[i], rng[i] = trainer, torch.get_rng_state()
+                except Exception as exc:
+                    log.exception("%s: could not start", member.run_dir)
+                    results[i] = exc
+            while True:
+                live = [i for i, t in trainers.items() if results[i] is None and t.epoch < t.total_epochs]
+                if not live:
+                    break
+                started = time.perf_counter()
+                step = FusedStep([trainers[i] for i in live], [rng[i] for i in live])
+                outcomes = step.train_epoch()
+                ended = []
+                for i, outcome, state in zip(live, outcomes, step.rng_states):
+                    try:
+                        if isinstance(outcome, BaseException):
+                            raise outcome
+                        torch.set_rng_state(state)  # what the member's checkpoint saves
+                        trainers[i].end_epoch(outcome, started, members[i].callbacks)
+                        rng[i] = torch.get_rng_state()
+                        trained[i] += 1
+                        ended.append(i)
+                    except Exception as exc:
+                        log.error("%s: failed at epoch %d: %s", members[i].run_dir, trainers[i].epoch + 1, exc)
+                        results[i] = exc
+                if after_epoch is not None:
+                    after_epoch(ended)
+            for i, trainer in trainers.items():
+                if results[i] is None:
+                    try:
+                        torch.set_rng_state(rng[i])
+                        results[i] = trainer.evaluate_best(trained[i])
+                    except Exception as exc:
+                        results[i] = exc
+    finally:
+        torch.set_rng_state(outer_rng)
+    return results  # type: ignore[return-value]
