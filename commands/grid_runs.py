@@ -18,6 +18,8 @@ from commands.common import (
 from data_io.datasets import TARGET_DATASETS
 from protocol.config import (
     AUGMENTATIONS,
+    FUSE_DEFAULTS_NOTE,
+    FUSED_TRIALS,
     GPUS_PER_TRIAL,
     LABEL_FRACTIONS,
     SEGMENTATION_MODELS,
@@ -115,6 +117,7 @@ def sweep_options(args, **extra):
     from sweep.options import SweepOptions
 
     return SweepOptions(out=args.out, address=args.address, gpus_per_trial=args.gpus_per_trial,
+                        fuse=getattr(args, "fuse", None),
                         cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
                         retries=args.retries, progress_every_s=args.progress_every, **extra)
 
@@ -144,6 +147,12 @@ def register(subparsers) -> None:
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted sweep: running trials resume from their last checkpoint")
     add_cluster_flags(run)
+    run.add_argument("--fuse", type=int, default=None, metavar="K",
+                     help="train up to K ready Table I / M_A trials of one network, task, image size, batch size "
+                          "and epoch count as one computation on one device (each keeps its own trial, images, "
+                          "optimiser, selection, checkpoint and result); 1: every trial alone (default per "
+                          "profile: " + ", ".join(f"{p} {k}" for p, k in FUSED_TRIALS.items())
+                          + f"; {FUSE_DEFAULTS_NOTE}). Give the fused trial a whole GPU (--gpus-per-trial 1)")
     run.set_defaults(func=cmd_run)
 
     tune_parser = subparsers.add_parser(

@@ -277,6 +277,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 # eight share one). The benchmark recommends the fewest trials within 5 % of the best aggregate.
 GPUS_PER_TRIAL: dict[str, float] = {"paper": 0.5, "cpu": 0.125, "demo": 0.125, "smoke": 0.125}
 
+# `cxrsweep run --fuse` default per profile: how many supervised trials of one network train as one
+# computation (engine.fused). FUSE_DEFAULTS_NOTE says what the values rest on.
+FUSED_TRIALS: dict[str, int] = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
+FUSE_DEFAULTS_NOTE = "1 everywhere until benchmarks/bench_fused.py has measured a GPU"
+
 
 def parse_value(text: str, like: Any) -> Any:
     """Parse a --set value into the type of the field's current value."""

@@ -15,4 +15,5 @@ class SweepOptions:
     retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
     resume: bool = False
     progress_every_s: float = 10.0
+    fuse: int | None = None  # up to this many trials trained as one computation (None: protocol.config.FUSED_TRIALS)
     object_store_memory: int | None = None  # bytes, for a runtime started here

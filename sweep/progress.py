@@ -21,7 +21,7 @@ from protocol.durations import format_duration
 
 # Ray Tune's and Ray Train's loggers: the per-checkpoint and per-experiment chatter of a sweep;
 # and the trial wrapper's own (which trial starts or resumes where), at INFO.
-RAY_LOGGERS = ("ray.tune", "ray.train", "sweep.trainables")
+RAY_LOGGERS = ("ray.tune", "ray.train", "sweep.trainables", "sweep.fused_trials")
 # In a trial worker also the engines' own lines (epochs, D/G balance, selection decisions): the
 # console gets one line per trial, which says what a user must know (sweep.trainables.trial_notes).
 ENGINE_LOGGERS = ("engine", "data_io")
@@ -135,6 +135,7 @@ class SweepProgress:
         self.last_line = 0.0
         self.settled_here = 0
         self.counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+        self._failed_members: dict[str, list[str]] = {}  # fused group -> its members that failed
 
     def begin(self, to_run: set[str], reused: int = 0) -> None:
         """Count the trials `to_run` (ids) of the next Tuner; `reused` trials are already in OUT."""
@@ -171,8 +172,11 @@ class SweepProgress:
                  "PAUSED": "pending"}
         for trial in trials:
             # A restored experiment also lists trials settled before the interruption.
-            if str(trial) in self.to_run:
-                counts[names.get(trial.status, "pending")] += 1
+            members = [m for m in member_ids(trial) if m in self.to_run]
+            status = names.get(trial.status, "pending")
+            failed = set(self._failed_members.get(str(trial), ()))
+            for member in members:
+                counts["failed" if member in failed else status] += 1
         self.counts = counts
 
     def on_step_end(self, iteration, trials, **info):
@@ -183,6 +187,10 @@ class SweepProgress:
             self.say(self.line())
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        members = member_ids(trial)
+        if len(members) > 1:
+            self._group_complete(trials, trial, members)
+            return
         self.settled_here += 1
         self._count(trials)
         result = trial.last_result or {}
@@ -194,8 +202,23 @@ class SweepProgress:
         self.say(f"[sweep] done {trial}" + (f": test Jaccard {score:.4f}" if shown else "")
                  + f" (node {node})" + "".join(f"; {note}" for note in notes))
 
+    def _group_complete(self, trials, trial, members: list[str]) -> None:
+        """One line per member of a fused group that ended: its score, or that it failed."""
+        result = trial.last_result or {}
+        self._failed_members[str(trial)] = [m for m in members if result.get(f"{m}/failed")]
+        self.settled_here += len(members)
+        self._count(trials)
+        for member in members:
+            score = result.get(f"{member}/test_jaccard_mean")
+            if result.get(f"{member}/failed"):
+                self.say(f"[sweep] FAILED {member} (in fused group {trial}); see the summary below")
+            elif isinstance(score, float):
+                self.say(f"[sweep] done {member}: test Jaccard {score:.4f} (fused group {trial})")
+            else:
+                self.say(f"[sweep] done {member} (fused group {trial})")
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.settled_here += 1
+        self.settled_here += len(member_ids(trial))
         self._count(trials)
         self.say(f"[sweep] FAILED {trial} after {trial.num_failures} attempt(s); see the summary below")
 
@@ -205,6 +228,13 @@ class SweepProgress:
     def on_experiment_end(self, trials, **info):
         self._count(trials)
         self.say(self.line())
+
+
+def member_ids(trial) -> list[str]:
+    """Our trial ids in a Tune trial: one, or a fused group's members."""
+    config = getattr(trial, "config", None) or {}
+    entries = config.get("members") or ([config["trial"]] if "trial" in config else [])
+    return [entry["spec"]["trial_id"] for entry in entries] or [str(trial)]
 
 
 # The sweep whose progress this driver process reports now (one at a time).

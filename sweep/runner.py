@@ -22,10 +22,12 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 from protocol.collect import CurrentData, write_results
+from protocol.config import FUSED_TRIALS
 from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import RunStore
 from sweep import resources, test_hooks
+from sweep.fused_trials import run_trial_or_group
 from sweep.inputs import DataPaths, data_identity, data_settings, load_trial_datasets
 from sweep.options import SweepOptions
 from sweep.progress import (
@@ -36,7 +38,7 @@ from sweep.progress import (
     send_ray_messages_to,
 )
 from sweep.scheduling import DependencyRelease
-from sweep.trainables import run_trial
+from sweep.trainables import error_summary
 
 STATE_FILE = "sweep-state.json"
 STATE_KEY = "experiment"  # in STATE_FILE: the name of the sweep's Tune experiment under OUT/ray
@@ -61,14 +63,6 @@ class SweepOutcome:
 # Running the trials.
 
 
-def _error_summary(error: BaseException) -> str:
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
 class _Runner:
     def __init__(self, grid: Grid, datasets: dict[str, Any], current: CurrentData | None, options: SweepOptions,
                  say=print):
@@ -81,6 +75,9 @@ class _Runner:
         self.hooks = test_hooks.trial_entries(list(grid.trials.values()))
         profiles = {s.config.profile for s in grid.runnable()}
         self.profile = profiles.pop() if len(profiles) == 1 else "paper"
+        self.fuse = options.fuse if options.fuse is not None else FUSED_TRIALS.get(self.profile, 1)
+        if self.fuse < 1:
+            raise ValueError(f"--fuse must be at least 1, got {self.fuse}")
 
     def run(self) -> SweepOutcome:
         for spec in self.grid.not_applicable():
@@ -112,7 +109,7 @@ class _Runner:
         finished asks the cluster for nothing)."""
         if self.resources is None:
             self.resources = resources.trial_resources(self.options, self.profile, self.say)
-        return tune.with_resources(tune.with_parameters(run_trial, datasets=self.datasets), self.resources)
+        return tune.with_resources(tune.with_parameters(run_trial_or_group, datasets=self.datasets), self.resources)
 
     def _entry(self, spec: TrialSpec) -> dict[str, Any]:
         """What the trainable gets for `spec` (see sweep.trainables.run_trial)."""
@@ -148,7 +145,7 @@ class _Runner:
             state = {STATE_KEY: name, "data": data}
             self.store.write_json(state_path, state)
             searcher = DependencyRelease(specs, {s.trial_id: self._entry(s) for s in specs}, self.store.location,
-                                         finished=published)
+                                         finished=published, fuse=self.fuse)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"out": self.store.location, "cpus": self.options.cpus_per_trial},
@@ -196,22 +193,26 @@ class _Runner:
     def _collect(self, results, specs: list[TrialSpec]) -> None:
         by_id = {s.trial_id: s for s in specs}
         for result in results:
-            trial_id = result.config["trial"]["spec"]["trial_id"]
-            spec = by_id.get(trial_id)
-            if spec is None:
-                continue  # a restored experiment may hold trials no longer asked for
-            if result.error is not None:
-                error = _error_summary(result.error)
-            elif self.store.is_not_applicable(spec):
-                self.outcome.not_applicable.append(trial_id)
-                continue
-            elif not self.store.is_complete(spec):
-                error = "the trial ended without publishing its outputs"
-            else:
-                self.outcome.completed.append(trial_id)
-                continue
-            self.outcome.failed[trial_id] = error
-            self.store.record_failure(spec, error)
+            entries = result.config.get("members") or [result.config["trial"]]
+            for entry in entries:
+                trial_id = entry["spec"]["trial_id"]
+                spec = by_id.get(trial_id)
+                if spec is None:
+                    continue  # a restored experiment may hold trials no longer asked for
+                if self.store.is_complete(spec):
+                    # A member published before its group failed (or any trial that did) counts as done.
+                    self.outcome.completed.append(trial_id)
+                    continue
+                if result.error is not None:
+                    error = error_summary(result.error)
+                elif self.store.is_not_applicable(spec):
+                    self.outcome.not_applicable.append(trial_id)
+                    continue
+                else:
+                    # A member that failed in its fused group recorded its own error.
+                    error = self.store.failure_of(spec) or "the trial ended without publishing its outputs"
+                self.outcome.failed[trial_id] = error
+                self.store.record_failure(spec, error)
 
     def _record_unrun(self, specs: list[TrialSpec], restored: bool) -> set[str]:
         """Trials the searcher never released: those whose dependency failed are recorded as
@@ -270,7 +271,10 @@ def _pending_trials(count: int):
 
 
 def _trial_name(trial) -> str:
-    return trial.config["trial"]["spec"]["trial_id"]
+    """A trial's id; a fused group's: its first member's, with how many others it holds."""
+    name = trial.config["trial"]["spec"]["trial_id"]
+    members = trial.config.get("members") or ()
+    return f"fused-{name}+{len(members) - 1}" if len(members) > 1 else name
 
 
 def quiet_ray_console(store: RunStore, say=print) -> None:

@@ -65,6 +65,23 @@ class DependencyQueue:
                     self._fail_dependants_of(missing, also=[trial_id])
         return None
 
+    def pop_like(self, first: TrialSpec, key, limit: int) -> list[TrialSpec]:
+        """Up to `limit` more ready trials whose `key(spec)` equals `first`'s (never None), in
+        release order: the members fused with `first`. Only ready trials: a trial whose
+        dependency is not done is never held back by, or holding back, a sibling."""
+        wanted = key(first)
+        if wanted is None or limit < 1:
+            return []
+        taken = []
+        for trial_id in list(self.waiting):
+            if len(taken) == limit:
+                break
+            if self._ready(trial_id) and key(self.specs[trial_id]) == wanted:
+                self.waiting.remove(trial_id)
+                self.running.add(trial_id)
+                taken.append(self.specs[trial_id])
+        return taken
+
     @property
     def exhausted(self) -> bool:
         return not self.waiting and not self.running
@@ -114,15 +131,20 @@ class DependencyRelease(Searcher):
     `entries` maps trial id -> what the trainable receives (spec, dependencies, test hooks).
     `out` is the sweep's output location: a trial counts as finished only once it is published
     there (or recorded as not applicable). Trials dropped because a dependency failed are told
-    to the driver's progress (sweep.progress.relay_dropped)."""
+    to the driver's progress (sweep.progress.relay_dropped).
+
+    `fuse` > 1: a ready trial goes out with up to `fuse` - 1 other ready trials that may be
+    trained with it as one computation (engine.fused.group_key) as one Tune trial, whose config
+    also holds `members` (the entries of all of them, the first one's included)."""
 
     def __init__(self, specs: Sequence[TrialSpec], entries: dict[str, dict], out: str,
-                 finished: Iterable[str] = ()):
+                 finished: Iterable[str] = (), fuse: int = 1):
         super().__init__()
         self.queue = DependencyQueue(specs, finished)
         self.entries = entries
         self.out = out
-        self.handed_out: dict[str, str] = {}  # Tune's trial id -> our trial id
+        self.fuse = fuse
+        self.handed_out: dict[str, list[str]] = {}  # Tune's trial id -> our trial ids
         self._store: RunStore | None = None
 
     def __getstate__(self):
@@ -140,20 +162,28 @@ class DependencyRelease(Searcher):
         spec = self.queue.pop_ready()
         if spec is None:
             return Searcher.FINISHED if self.queue.exhausted else None
-        self.handed_out[trial_id] = spec.trial_id
-        return {"trial": self.entries[spec.trial_id]}
+        group = [spec]
+        if self.fuse > 1:
+            from engine.fused import group_key
+
+            group += self.queue.pop_like(spec, group_key, self.fuse - 1)
+        self.handed_out[trial_id] = [s.trial_id for s in group]
+        config = {"trial": self.entries[spec.trial_id]}
+        if len(group) > 1:
+            config["members"] = [self.entries[s.trial_id] for s in group]
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ours = self.handed_out.get(trial_id)
-        if ours is None:
-            return
-        spec = self.queue.specs[ours]
-        if not error and (self.store.is_complete(spec) or self.store.is_not_applicable(spec)):
-            self.queue.finish(ours)
-            return
-        dropped = self.queue.fail(ours)
-        if dropped:
-            relay_dropped(dropped, ours)
+        for ours in self.handed_out.get(trial_id, []):
+            spec = self.queue.specs[ours]
+            # Published counts even when the Tune trial then errored (a fused group's members
+            # publish one by one at its end).
+            if self.store.is_complete(spec) or (not error and self.store.is_not_applicable(spec)):
+                self.queue.finish(ours)
+                continue
+            dropped = self.queue.fail(ours)
+            if dropped:
+                relay_dropped(dropped, ours)
 
     # Tune saves this with its experiment state (and restores it on --resume).
     def save(self, checkpoint_path: str) -> None:
@@ -164,4 +194,4 @@ class DependencyRelease(Searcher):
         with open(Path(checkpoint_path), "rb") as handle:
             state = pickle.load(handle)
         self.queue.set_state(state["queue"])
-        self.handed_out = dict(state["handed_out"])
+        self.handed_out = {k: [v] if isinstance(v, str) else list(v) for k, v in state["handed_out"].items()}

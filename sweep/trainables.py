@@ -47,7 +47,7 @@ DEPENDENCY_CACHE = SCRATCH / "dependencies"
 CHECKPOINT_STATS = "checkpoint-stats.json"
 
 
-def _checkpoint_folder(run_dir: Path) -> Path:
+def checkpoint_folder(run_dir: Path) -> Path:
     """The engine's checkpoints/ folder: what a Tune checkpoint of the trial holds."""
     return last_checkpoint_path(run_dir).parent
 
@@ -61,7 +61,7 @@ def _restore_run_dir(run_dir: Path) -> bool:
     if checkpoint is None:
         return False
     with checkpoint.as_directory() as saved:
-        shutil.copytree(saved, _checkpoint_folder(run_dir), dirs_exist_ok=True)
+        shutil.copytree(saved, checkpoint_folder(run_dir), dirs_exist_ok=True)
     return True
 
 
@@ -76,7 +76,7 @@ class CheckpointStats:
 
     @classmethod
     def restored(cls, run_dir: Path) -> "CheckpointStats":
-        path = _checkpoint_folder(run_dir) / CHECKPOINT_STATS
+        path = checkpoint_folder(run_dir) / CHECKPOINT_STATS
         return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class _EpochReporter:
             self.stats.count += 1
             self.stats.bytes += int(metrics[CHECKPOINT_BYTES])
             self.stats.seconds += float(metrics[CHECKPOINT_SECONDS])
-            folder = _checkpoint_folder(run_dir)
+            folder = checkpoint_folder(run_dir)
             (folder / CHECKPOINT_STATS).write_text(json.dumps(self.stats.as_dict()))
             checkpoint = tune.Checkpoint.from_directory(str(folder))
         started = time.perf_counter()
@@ -108,13 +108,21 @@ class _EpochReporter:
             self.stats.seconds += time.perf_counter() - started
 
 
-def _device(requested: str) -> str:
+def trial_device(requested: str) -> str:
     """A trial given a GPU uses it; a trial given a logical GPU on a CPU machine runs on the CPU."""
     if requested != "auto":
         return requested
     import torch
 
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def error_summary(error: BaseException) -> str:
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def run_trial(config: dict, datasets: dict[str, Any]) -> None:
@@ -138,7 +146,8 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         tune.report({"published": 1})
         return
     cfg = spec.config
-    cfg = cfg.replace(device=_device(cfg.device), num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
+    cfg = cfg.replace(device=trial_device(cfg.device),
+                      num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
     shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
     if shipped != dict(spec.data):
         # E.g. a Tune experiment restored with other data: never train a trial on data it does not name.

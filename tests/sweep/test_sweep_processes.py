@@ -41,18 +41,18 @@ def _wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp_path):
-    """SIGKILL the driver while one trial is mid-run, at a point the test controls: the hold test
-    hook stops that trial after its epoch-3 checkpoint until the driver is gone. --resume must
-    continue it from that checkpoint (exactly 3 epochs left), reuse the finished trials and
-    duplicate no row."""
+def test_killed_fused_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp_path):
+    """SIGKILL the driver while a fused group (folds 0 and 1, `--fuse 2`) is mid-run, at a point
+    the test controls: the hold test hook stops the group after fold 0's epoch-2 checkpoint until
+    the driver is gone; fold 2, alone, has finished. --resume must continue both members, each from
+    its own checkpoint (exactly 2 epochs left each), reuse fold 2 and duplicate no row."""
     from sweep.test_hooks import HOLD_ENV
 
     out = tmp_path / "out"
-    epochs, held_epoch = 6, 3
+    epochs, held_epoch = 4, 2
     run = ["run", "segmentation", "--profile", "smoke", "--set", f"epochs={epochs}", "--set", "num_threads=1",
            "--models", "unet", "--tasks", "lungs", "--folds", "0,1,2", "--out", str(out), "--progress-every", "2",
-           "--checkpoint-every-s", "0", "--cpus-per-trial", "0.5", *data_flags]  # two slots even on one core
+           "--checkpoint-every-s", "0", "--cpus-per-trial", "0.5", "--fuse", "2", *data_flags]  # two slots on one core
     env = {**_env(ray_temp_dirs()), HOLD_ENV: f"segmentation-unet-lungs-fold0-*:{held_epoch}"}
     driver = _cxrsweep(run, env, start_new_session=True)
 
@@ -63,40 +63,44 @@ def test_killed_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp
         return list((out / "ray" / "held").glob("*"))
 
     def state_saved_after_the_hold() -> bool:
-        # The held trial's checkpoint is resumable once Tune has saved its experiment state
-        # after the trial reported it (the mark is written after that report returned).
-        marks, others_done = held(), len(finished()) == 2
+        # The group's checkpoint is resumable once Tune has saved its experiment state after the
+        # group reported it (the mark is written after that report returned).
+        marks, others_done = held(), len(finished()) == 1
         states = list((out / "ray").glob("sweep-*/experiment_state-*.json"))
         return bool(marks and others_done and any(s.stat().st_mtime_ns > marks[0].stat().st_mtime_ns for s in states))
 
     try:
-        _wait_for(state_saved_after_the_hold, 300, "the held trial checkpointed and the others finished", driver)
+        _wait_for(state_saved_after_the_hold, 300, "the fused group checkpointed and fold 2 finished", driver)
     finally:
         killed_at = time.time()
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started in its session
         driver.wait()
     held_trial = held()[0].name
     done_before = finished()
-    assert held_trial not in done_before and len(done_before) == 2
+    assert held_trial not in done_before and len(done_before) == 1 and "fold2" in next(iter(done_before))
 
     resumed = _cxrsweep([*run, "--resume"], _env(ray_temp_dirs()))
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log
     assert "resuming Ray Tune experiment" in log
     # Ray's own restore message (logged in the trial's worker before the trial runs) stays off the
-    # console; the trial says where it resumes from in ray.log.
+    # console; each member says where it resumes from in ray.log.
     assert "from checkpoint:" not in log, log
-    assert "resuming from its checkpoint" in (out / "logs" / "ray.log").read_text()
+    ray_log = (out / "logs" / "ray.log").read_text()
     trials, images = read_trials(out), read_images(out)
     assert len(trials) == 3 and trials.trial_id.is_unique and (trials.status == "ok").all()
     assert len(images) == trials.n_test_images.sum() and not images.duplicated(["trial_id", "image_id"]).any()
-    summary = json.loads((out / "runs" / held_trial / "result.json").read_text())
-    assert summary["epochs_trained"] == epochs - held_epoch, "the held trial did not continue from its checkpoint"
-    # Finished trials were not run again: their outputs are the ones published before the kill.
+    rows = trials.set_index("trial_id")
+    members = [held_trial, *json.loads((out / "runs" / held_trial / "trial.json").read_text())["fused_with"]]
+    assert len(members) == 2 and not set(members) & done_before
+    for member in members:
+        assert f"[trial {member}] resuming from its checkpoint" in ray_log
+        summary = json.loads((out / "runs" / member / "result.json").read_text())
+        assert summary["epochs_trained"] == epochs - held_epoch, f"{member} did not continue from its checkpoint"
+        assert rows.loc[member, "checkpoint_count"] == epochs  # one per epoch across both attempts
+    # The finished trial was not run again: its outputs are the ones published before the kill.
     for trial_id in done_before:
         assert json.loads((out / "runs" / trial_id / "trial.json").read_text())["finished_at"] < killed_at
-    rows = trials.set_index("trial_id")
-    assert rows.loc[held_trial, "checkpoint_count"] == epochs  # one per epoch across both attempts
 
 
 def _free_port() -> int:

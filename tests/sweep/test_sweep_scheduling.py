@@ -108,7 +108,7 @@ def test_searcher_waits_releases_and_resumes_from_its_saved_state(tmp_path):
     rest = [again.suggest(f"r{i}") for i in range(3)]
     assert [c is None for c in rest] == [False, False, True]  # the last two Table I trials; "t2" still runs
     for tune_trial in ("t2", "r0", "r1"):
-        store.publish(again.queue.specs[again.handed_out[tune_trial]], tmp_path / "run", {})
+        store.publish(again.queue.specs[again.handed_out[tune_trial][0]], tmp_path / "run", {})
         again.on_trial_complete(tune_trial)
     assert again.suggest("last") == Searcher.FINISHED
 
@@ -141,3 +141,27 @@ def test_ray_messages_go_to_the_latest_sweeps_log_only(tmp_path):
                     handler.close()
             logger.handlers[:] = handlers
             logger.propagate = propagate
+
+
+def test_fuse_groups_ready_trials_of_one_key_and_never_waits_for_a_sibling():
+    """--fuse 3 over Table I folds of two networks and a transfer trial that needs fold 0's M_A:
+    one network's ready folds go out together; the transfer trial, not ready, is not grouped and
+    is released on its own once its dependency is done."""
+    from engine.fused import group_key
+
+    base = make_config("smoke")
+    grid = build_grid("all", base, models=["unet", "fcn"], tasks=["lungs"], folds=[0, 1, 2, 3], repetitions=[0],
+                      methods=["finetune"], fractions=[50])
+    specs = grid.runnable()
+    searcher = DependencyRelease(specs, {s.trial_id: {"spec": s.trial_id} for s in specs}, "unused", fuse=3)
+    first = searcher.suggest("g0")
+    members = [m["spec"] for m in first["members"]]
+    assert len(members) == 3 and first["trial"]["spec"] == members[0]
+    assert len({group_key(grid.trials[m]) for m in members}) == 1
+    handed = [m for c in (first, searcher.suggest("g1"), searcher.suggest("g2")) if c
+              for m in [e["spec"] for e in (c.get("members") or [c["trial"]])]]
+    segmentation = {s.trial_id for s in specs if s.kind == SEGMENTATION}
+    assert set(handed) <= segmentation and len(handed) == len(set(handed))
+    assert group_key(next(s for s in specs if s.kind != SEGMENTATION)) is None
+    # Tune trial -> our ids, for every member: a group's completion settles each member.
+    assert searcher.handed_out["g0"] == members

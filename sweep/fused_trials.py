@@ -1,0 +1,196 @@
+"""The Ray Tune trainable of a fused trial (`cxrsweep run --fuse K`): up to K grid trials trained
+as one computation on one device by `engine.fused.train_fused`.
+
+Each member is still a trial of its own everywhere but in Tune: its own run directory (under
+the group's scratch folder), `result.json`, `images.parquet` rows, checkpoint, publication to
+OUT and failure record. The group reports to Tune once per fused epoch (each member's numbers
+under its trial id); when any member has just written its `last.pt`, the report's Tune
+checkpoint holds every member's checkpoints/ folder (hard links, no copy), one sub-folder per
+trial id. A retried or resumed group restores each member from its own sub-folder; members
+already published are not trained again. A member that raises or diverges is recorded failed
+in OUT and leaves the group; the others go on. A failure of the whole group (a lost worker) is
+retried by Tune like any trial, every member from its own checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from protocol.grid import spec_from_dict
+from protocol.store import RunStore
+from sweep import test_hooks
+from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
+from sweep.trainables import (
+    CHECKPOINT_STATS,
+    SCRATCH,
+    CheckpointStats,
+    checkpoint_folder,
+    run_trial,
+    trial_device,
+)
+
+log = logging.getLogger(__name__)
+
+STAGED = "tune-checkpoint"  # in the group's folder: the hard-linked checkpoint handed to Tune
+
+
+class _MemberRecorder:
+    """A member's EpochCallback: its last metrics, and whether it has just written last.pt."""
+
+    def __init__(self, stats: CheckpointStats):
+        self.stats = stats
+        self.metrics: dict[str, float] = {}
+        self.wrote = False
+
+    def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
+        from engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+
+        self.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if CHECKPOINT_BYTES in metrics:
+            self.stats.count += 1
+            self.stats.bytes += int(metrics[CHECKPOINT_BYTES])
+            self.stats.seconds += float(metrics[CHECKPOINT_SECONDS])
+            (checkpoint_folder(run_dir) / CHECKPOINT_STATS).write_text(json.dumps(self.stats.as_dict()))
+            self.wrote = True
+
+
+def _restore_group(group_dir: Path, trial_ids: list[str]) -> set[str]:
+    """Make each member's run directory hold exactly its part of the group's last Tune
+    checkpoint (or nothing); returns the members that had one."""
+    if group_dir.exists():
+        shutil.rmtree(group_dir)
+    for trial_id in trial_ids:
+        (group_dir / trial_id).mkdir(parents=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return set()
+    restored = set()
+    with checkpoint.as_directory() as saved:
+        for trial_id in trial_ids:
+            part = Path(saved) / trial_id
+            if part.is_dir():
+                shutil.copytree(part, checkpoint_folder(group_dir / trial_id), dirs_exist_ok=True)
+                restored.add(trial_id)
+    return restored
+
+
+def _stage(group_dir: Path, run_dirs: dict[str, Path]) -> Path:
+    """A folder of hard links to every member's checkpoints/ files: what Tune persists."""
+    staged = group_dir / STAGED
+    if staged.exists():
+        shutil.rmtree(staged)
+    for trial_id, run_dir in run_dirs.items():
+        folder = checkpoint_folder(run_dir)
+        if not folder.is_dir():
+            continue
+        (staged / trial_id).mkdir(parents=True)
+        for path in folder.iterdir():
+            if path.is_file():
+                os.link(path, staged / trial_id / path.name)
+    return staged
+
+
+def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
+    """The members of `config["members"]` (entries as sweep.trainables.run_trial takes them, all
+    supervised segmentation trials of one engine.fused.group_key) trained together."""
+    from engine.data import segmentation_data
+    from engine.fused import Member, train_fused
+    from engine.transfer_data import hide_test
+
+    started_at = time.time()
+    store = RunStore(config["out"])
+    send_ray_messages_to(ray_log_path(store), RAY_LOGGERS + ENGINE_LOGGERS)
+    entries = {spec_from_dict(e["spec"]).trial_id: e for e in config["members"]}
+    specs = {trial_id: spec_from_dict(e["spec"]) for trial_id, e in entries.items()}
+    group_dir = SCRATCH / "runs" / tune.get_context().get_experiment_name() / tune.get_context().get_trial_name()
+    restored = _restore_group(group_dir, list(specs))
+    node_id = ray.get_runtime_context().get_node_id()
+    view = hide_test if config.get("tuning") else (lambda data: data)
+
+    members, recorders, holds, stats = [], {}, {}, {}
+    for trial_id, spec in specs.items():
+        if store.is_complete(spec):
+            print(f"[trial {trial_id}] already published in OUT; nothing to do", flush=True)
+            continue
+        shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
+        if shipped != dict(spec.data):
+            raise ValueError(f"{trial_id}: the trial was planned for data {dict(spec.data)} but was given {shipped}")
+        cfg = spec.config
+        cfg = cfg.replace(device=trial_device(cfg.device),
+                          num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
+        run_dir = group_dir / trial_id
+        stats[trial_id] = CheckpointStats.restored(run_dir)
+        recorders[trial_id] = _MemberRecorder(stats[trial_id])
+        resumed = trial_id in restored
+        entry = entries[trial_id]
+        hooks = test_hooks.trial_callbacks({k: v for k, v in entry.items() if k != "hold_at_epoch"}, store, trial_id,
+                                           resumed)
+        held = test_hooks.trial_callbacks({"hold_at_epoch": entry.get("hold_at_epoch")}, store, trial_id, resumed)
+        holds[trial_id] = held
+        log.info("[trial %s] %s in a fused group of %d on node %s (%s), device %s, %d thread(s)", trial_id,
+                 "resuming from its checkpoint" if resumed else "starting", len(specs), node_id[:12],
+                 socket.gethostname(), cfg.device, cfg.num_threads)
+        members.append(Member(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir,
+                              [recorders[trial_id], *hooks]))
+    order = [Path(m.run_dir).name for m in members]
+
+    def after_epoch(ended: list[int]) -> None:
+        report: dict[str, float] = {"members_training": float(len(ended))}
+        for i in ended:
+            trial_id = order[i]
+            report.update({f"{trial_id}/{k}": v for k, v in recorders[trial_id].metrics.items()})
+            report["epoch"] = max(report.get("epoch", 0), recorders[trial_id].metrics.get("epoch", 0))
+        checkpoint = None
+        if any(recorders[order[i]].wrote for i in ended):
+            staged = _stage(group_dir, {trial_id: group_dir / trial_id for trial_id in order})
+            checkpoint = tune.Checkpoint.from_directory(str(staged))
+        report_started = time.perf_counter()
+        tune.report(report, checkpoint=checkpoint)
+        for i in ended:
+            recorder = recorders[order[i]]
+            if recorder.wrote:
+                recorder.stats.seconds += time.perf_counter() - report_started
+                recorder.wrote = False
+        for i in ended:  # the hold test hook, after the report (as a trial alone holds)
+            for hold in holds[order[i]]:
+                hold(recorders[order[i]].metrics.get("epoch", 0), recorders[order[i]].metrics, group_dir / order[i])
+
+    engine_started = time.perf_counter()
+    results = train_fused(members, after_epoch)
+    engine_s = time.perf_counter() - engine_started
+    final: dict[str, Any] = {"published": 0}
+    for trial_id, result in zip(order, results):
+        spec = specs[trial_id]
+        if isinstance(result, BaseException):
+            error = f"{type(result).__name__}: {result}"
+            store.record_failure(spec, error)
+            final[f"{trial_id}/failed"] = 1
+            print(f"[trial {trial_id}] FAILED in its fused group: {error}", flush=True)
+            continue
+        store.publish(spec, group_dir / trial_id, {
+            "trial_id": trial_id, "node_id": node_id, "host": socket.gethostname(), "device": members[0].cfg.device,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s, "started_at": started_at,
+            "finished_at": time.time(), "checkpoints": stats[trial_id].as_dict(),
+            "fused_with": [t for t in specs if t != trial_id]})
+        final["published"] += 1
+        final[f"{trial_id}/test_jaccard_mean"] = result.test_jaccard_mean
+        final[f"{trial_id}/val_jaccard"] = result.val_jaccard
+    shutil.rmtree(group_dir, ignore_errors=True)
+    tune.report(final)
+
+
+def run_trial_or_group(config: dict, datasets: dict[str, Any]) -> None:
+    """The sweep's trainable: a fused group (its config holds `members`) or one trial."""
+    if config.get("members"):
+        run_fused_trial(config, datasets)
+    else:
+        run_trial(config, datasets)

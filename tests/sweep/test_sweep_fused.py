@@ -1,0 +1,53 @@
+"""`cxrsweep run --fuse K` on a real local Ray runtime: the members of one fused Tune trial keep
+their own trials, rows, image rows, checkpoints and failures."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from protocol.config import make_config
+from protocol.grid import build_grid
+from protocol.results import read_images, read_trials
+from sweep.options import SweepOptions
+from sweep.runner import run_grid
+from sweep.test_hooks import INJECT_FAILURE_ENV
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_a_fused_group_keeps_each_member_and_fails_one_alone(ray_runtime, data_paths, tmp_path, monkeypatch):
+    """Three folds of one Table I cell fused into one Tune trial (the fourth fold goes alone:
+    --fuse 3); fold 1 raises at its epoch 2 (the test hook, every attempt), so it is recorded
+    failed with its own error while its siblings finish, and no retry reruns them."""
+    base = make_config("smoke", {"num_threads": 1, "epochs": 3, "checkpoint_every_s": 0})
+    grid = build_grid("segmentation", base, models=["unet"], tasks=["lungs"], folds=[0, 1, 2, 3])
+    failing = next(t for t in grid.trials if "fold1" in t)
+    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{failing}:always:2")
+    lines: list[str] = []
+    outcome = run_grid(grid, data_paths, SweepOptions(out=str(tmp_path), cpus_per_trial=1, progress_every_s=60,
+                                                      fuse=3), say=lines.append)
+    assert set(outcome.failed) == {failing} and "InjectedFailure" in outcome.failed[failing]
+    assert sorted(outcome.completed) == sorted(t for t in grid.trials if t != failing)
+
+    trials, images = read_trials(tmp_path), read_images(tmp_path)
+    assert sorted(trials.trial_id) == sorted(grid.trials) and trials.trial_id.is_unique
+    rows = trials.set_index("trial_id")
+    assert rows.loc[failing, "status"] == "failed" and "InjectedFailure" in rows.loc[failing, "error"]
+    ok = trials[trials.status == "ok"]
+    assert len(ok) == 3 and ok.test_jaccard_mean.between(0, 1).all()
+    assert sorted(images.trial_id.unique()) == sorted(ok.trial_id)
+    assert len(images) == ok.n_test_images.sum() and not images.duplicated(["trial_id", "image_id"]).any()
+
+    fused = [t for t in ok.trial_id if json.loads((tmp_path / "runs" / t / "trial.json").read_text()).get("fused_with")]
+    assert len(fused) == 2, "two members of the fused group finished"
+    for trial_id in fused:
+        info = json.loads((tmp_path / "runs" / trial_id / "trial.json").read_text())
+        assert failing in info["fused_with"] and info["checkpoints"]["count"] == 3  # one per epoch, its own
+        summary = json.loads((tmp_path / "runs" / trial_id / "result.json").read_text())
+        assert summary["epochs_trained"] == 3
+    # The failing member raised once per attempt of its group's one Tune trial: no retry reran it.
+    marks = sorted(p.name for p in (tmp_path / "ray" / "injected-failures").iterdir())
+    assert marks == [f"{failing}.1"]
+    assert any(line.startswith(f"[sweep] FAILED {failing} (in fused group") for line in lines), lines
+    assert sum(line.startswith("[sweep] done ") for line in lines) == 3, lines
