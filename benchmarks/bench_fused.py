@@ -1,0 +1,242 @@
+"""Fused training (engine.fused, `cxrsweep run --fuse K`) against today's packing.
+
+For each network and profile it prints, side by side, the aggregate training images/s of
+  - K trials fused into one computation (one process, one vmapped step), and
+  - K separate trials packed on the same device (K processes started together, each with its
+    own Trainer: what `--gpus-per-trial 1/K` does through Ray),
+for K in --ks, each against one trial alone; the host memory (peak RSS) and, on a GPU, the
+device memory of a fused trial. Then the projected paper grid on 1, 2, 4, 8 GPUs before (every
+trial alone or packed, at the best measured packing) and after (Table I and M_A trials fused at
+the best measured K, everything else as before), scheduled the way the sweep releases trials.
+
+On a machine without a GPU the figures are CPU figures, and `paper` runs at bench_gpu's reduced
+size (64 px, eighth-width networks); nothing here stands for a GPU it did not run on.
+
+    python benchmarks/bench_fused.py                              # every network, cpu and paper
+    python benchmarks/bench_fused.py --models unet --profiles cpu --ks 1,2,4 --epochs 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from protocol.config import make_config  # noqa: E402
+from protocol.durations import format_duration  # noqa: E402
+
+GPU = torch.cuda.is_available()
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_cfg(profile: str, model: str):
+    """The profile's trial (paper at bench_gpu's reduced size on a CPU), no checkpoints; its
+    thread count is the process's (set by the caller)."""
+    from benchmarks.bench_gpu import bench_config
+
+    cfg = bench_config(profile, not GPU, model=model, device="cuda" if GPU else "cpu")
+    return cfg.replace(checkpoint_every_s=1e9, num_threads=0)
+
+
+def data(n: int, size: int, seed: int):
+    from benchmarks.bench_gpu import segmentation_data
+
+    return segmentation_data(n, 2, size, seed=seed)
+
+
+def _sync() -> None:
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def fused_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
+    """Aggregate training images/s of `k` fused trials (the first epoch not counted)."""
+    from engine.fused import FusedStep
+    from engine.supervised import Trainer
+
+    cfg = bench_cfg(profile, model)
+    work = Path(tempfile.mkdtemp())
+    trainers = [Trainer(cfg.replace(seed=i), data(n, cfg.image_size, i), work / str(i)) for i in range(k)]
+    if GPU:
+        torch.cuda.reset_peak_memory_stats()
+    states = [torch.get_rng_state() for _ in trainers]
+    times = []
+    for epoch in range(epochs + 1):
+        _sync()
+        started = time.perf_counter()
+        step = FusedStep(trainers, states)
+        outcomes = step.train_epoch()
+        _sync()
+        states = step.rng_states
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
+        if epoch:
+            times.append(time.perf_counter() - started)
+        for t in trainers:
+            t.epoch += 1
+    seconds = statistics.median(times)
+    return {"images_per_s": k * n / seconds, "epoch_s": seconds, "host_peak_mb": peak_rss_mb(),
+            "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if GPU else None}
+
+
+def _fused_child(profile: str, model: str, k: int, n: int, epochs: int, out) -> None:
+    # On a CPU the fused trial gets the cores its K separate trials would share (one each).
+    torch.set_num_threads(min(k, os.cpu_count() or 1) if not GPU else torch.get_num_threads())
+    out.put(fused_rate(profile, model, k, n, epochs))
+
+
+def fused_in_child(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
+    """fused_rate in a fresh process, so that its peak memory is the fused trial's own."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_fused_child, args=(profile, model, k, n, epochs, out))
+    proc.start()
+    result = out.get(timeout=3600)  # a crashed child would otherwise hang the benchmark
+    proc.join()
+    return result
+
+
+def _separate(profile: str, model: str, n: int, epochs: int, seed: int, barrier, out) -> None:
+    from engine.supervised import Trainer
+
+    torch.set_num_threads(1)
+    cfg = bench_cfg(profile, model)
+    trainer = Trainer(cfg.replace(seed=seed), data(n, cfg.image_size, seed), Path(tempfile.mkdtemp()))
+    trainer.train_epoch()  # warm
+    _sync()
+    barrier.wait()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        trainer.train_epoch()
+    _sync()
+    out.put(time.perf_counter() - started)
+
+
+def packed_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
+    """Aggregate training images/s of `k` separate trials sharing the device from one instant."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(k), ctx.Queue()
+    procs = [ctx.Process(target=_separate, args=(profile, model, n, epochs, i, barrier, out)) for i in range(k)]
+    for p in procs:
+        p.start()
+    times = [out.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    return {"images_per_s": k * n * epochs / max(times)}
+
+
+def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epochs: int) -> dict:
+    rows = {}
+    for profile in profiles:
+        for model in models:
+            cfg = bench_cfg(profile, model)
+            say(f"\n{model}, {profile} profile ({cfg.image_size} px, width {cfg.width:g}, batch {cfg.batch_size}, "
+                f"{n} training images per trial; {'GPU' if GPU else 'CPU'} figures)")
+            say(f"  {'K':>2}  {'fused img/s':>12}  {'x one':>6}  {'packed img/s':>12}  {'x one':>6}  "
+                f"{'host MB':>8}  {'device MB':>9}")
+            one = packed_rate(profile, model, 1, n, epochs)  # one separate trial alone on the device
+            for k in ks:
+                fused = fused_in_child(profile, model, k, n, epochs)
+                packed = one if k == 1 else packed_rate(profile, model, k, n, epochs)
+                base = one["images_per_s"]
+                device = f"{fused['device_peak_mb']:9.0f}" if fused["device_peak_mb"] is not None else f"{'-':>9}"
+                say(f"  {k:>2}  {fused['images_per_s']:12.1f}  {fused['images_per_s'] / base:6.2f}  "
+                    f"{packed['images_per_s']:12.1f}  {packed['images_per_s'] / base:6.2f}  "
+                    f"{fused['host_peak_mb']:8.0f}  {device}")
+                rows[f"{profile}/{model}/{k}"] = {"fused": fused, "packed": packed}
+    return rows
+
+
+def projection(rows: dict, ks: list[int], gpus: list[int]) -> dict:
+    """The paper grid's wall time before and after fusing, every trial's seconds from
+    benchmarks.bench_gpu's cost model (its own engine measurements of one paper trial of each
+    segmenter and of the proposed step, reduced on a CPU). A fluid model: a GPU running P trial
+    slots gives each slot 1/P of its throughput, which for U-Net-like work is packed(P) x one
+    trial's, and for segmentation trials fused K at a time fused(K) x one trial's."""
+    from benchmarks import bench_gpu
+    from protocol.grid import SEGMENTATION, build_grid
+
+    reduced = not GPU
+    paper = bench_gpu.bench_config("paper", reduced)
+    sizes = bench_gpu.split_sizes()
+    trial = bench_gpu.trial_sizes(reduced, sizes)
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = {m: bench_gpu.measure_segmenter(paper.replace(model=m), trial["train"], trial["val"], Path(tmp))
+                 for m in ("unet", "fcn", "segnet")}
+        proposed = bench_gpu.measure_proposed(bench_gpu.proposed_config(paper), trial["source"], trial["target"],
+                                              trial["target_val"], Path(tmp))
+    specs = list(build_grid("all", make_config("paper")).runnable())
+    alone = {s.trial_id: bench_gpu.trial_seconds(s, rates, proposed, sizes, {"unet": 1.0, "proposed": 1.0},
+                                                 paper.checkpoint_every_s, 3.0)[0] for s in specs}
+    one = rows["paper/unet/1"]["packed"]["images_per_s"]
+    speed = {kind: {k: rows[f"paper/unet/{k}"][kind]["images_per_s"] / one for k in ks if f"paper/unet/{k}" in rows}
+             for kind in ("packed", "fused")}
+    best_pack = max(speed["packed"], key=lambda k: speed["packed"][k])
+    best_fuse = max(speed["fused"], key=lambda k: speed["fused"][k])
+    kinds: dict[str, float] = {}
+    for spec in specs:
+        label = spec.kind if spec.kind != "transfer" else f"transfer/{spec.config.method}"
+        kinds[label] = kinds.get(label, 0.0) + alone[spec.trial_id]
+    total = sum(kinds.values())
+    say(f"\nprojected paper grid ({len(specs)} trials, {'GPU' if GPU else 'CPU, reduced size'} figures): "
+        "trial-seconds by kind, one trial alone")
+    for kind, value in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        say(f"  {kind:<24} {format_duration(value):>10}  {value / total:6.1%}")
+    before = {t: v * best_pack / speed["packed"][best_pack] for t, v in alone.items()}
+    after = {s.trial_id: (alone[s.trial_id] * best_pack / speed["fused"][best_fuse] if s.kind == SEGMENTATION
+                          else before[s.trial_id]) for s in specs}
+    result = {"kinds_s": kinds, "best_packing": best_pack, "best_fuse": best_fuse, "wall_s": {}}
+    for n in gpus:
+        wall = {"before": bench_gpu.makespan(specs, before, n * best_pack),
+                "after": bench_gpu.makespan(specs, after, n * best_pack)}
+        result["wall_s"][n] = wall
+        say(f"  {n} GPU{'s' if n > 1 else ' '}: before {format_duration(wall['before'])} ({best_pack} packed per "
+            f"GPU), after {format_duration(wall['after'])} (segmentation trials fused {best_fuse} at a time)")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="unet,fcn,segnet")
+    parser.add_argument("--profiles", default="cpu,paper")
+    parser.add_argument("--ks", default="1,2,4,5,8")
+    parser.add_argument("--images", type=int, default=None,
+                        help="training images per trial (default: 8 on a CPU, the paper's 148 on a GPU)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
+    parser.add_argument("--gpus", default="1,2,4,8")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+    n = args.images or (148 if GPU else 8)
+    say(f"device: {torch.cuda.get_device_name() if GPU else 'CPU only: every figure below is a CPU figure'}; "
+        f"torch {torch.__version__}, {os.cpu_count()} CPU cores")
+    rows = measure(args.models.split(","), args.profiles.split(","), ks, n, args.epochs)
+    figures = {"rows": rows, "gpu": GPU, "images": n}
+    if "paper" in args.profiles.split(","):
+        figures["projection"] = projection(rows, ks, [int(g) for g in args.gpus.split(",")])
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
