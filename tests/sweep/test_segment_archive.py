@@ -18,7 +18,7 @@ from PIL import Image
 from commands.main import main
 from protocol.results import read_segmentations
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_archive_workflow(ray_runtime, sweep_phantoms, tmp_path, capsys):

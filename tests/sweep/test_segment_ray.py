@@ -17,7 +17,7 @@ from PIL import Image
 
 from commands.main import FIRST_PARTY
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,6 +16,8 @@ from engine.transfer import train_transfer, warmup_translator
 from engine.transfer_data import transfer_data
 from protocol.config import make_config
 
+pytestmark = pytest.mark.slow
+
 # Small but real: 64 px phantoms of both regimes, 8 test and 8 validation images per regime.
 SMALL = dict(image_size=64, width=0.125, translator_width=8, batch_size=2, num_threads=1, device="cpu")
 ALPHA = 0.05

@@ -197,6 +197,7 @@ def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, 
     assert all(torch.equal(engine_state[k], plain_state[k]) for k in plain_state)
 
 
+@pytest.mark.slow
 def test_compile_option_trains_both_kinds_of_run(make_cfg, data_for, segmenter_checkpoint, warmed_translator,
                                                  tmp_path, monkeypatch):
     """compile=true goes through torch.compile (dynamo + AOTAutograd); the aot_eager backend
@@ -245,6 +246,7 @@ KILLED_TRANSFER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("translator,w_semantic", [("munit", 0.0), ("cyclegan", 0.0), ("munit", 0.5)],
                          ids=["munit", "cyclegan", "munit-semantic"])
 def test_a_killed_proposed_run_resumes_to_the_uninterrupted_result(translator, w_semantic, make_cfg, source, target,
