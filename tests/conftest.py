@@ -4,6 +4,10 @@ import os
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No idle Python workers started ahead of demand: trials run in actors, which Ray starts in
+# workers of their own, so the prestarted ones (each importing Ray) only cost CPU on 2 cores.
+os.environ.setdefault("RAY_enable_worker_prestart", "0")
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 
 def pytest_collection_modifyitems(config, items):
