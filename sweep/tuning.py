@@ -136,6 +136,9 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
             # must live through its last epoch to evaluate its best epoch and publish.
             scheduler=ASHAScheduler(time_attr="epoch", max_t=max_epochs + 1, grace_period=1, reduction_factor=2),
             max_concurrent_trials=options.max_concurrent or None,
+            # One worker process runs sample after sample (an ASHA-stopped one included), as in
+            # the sweep: no interpreter, torch and Ray Tune start-up per sample.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(name=f"tune-{cell.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=store.uri("ray"),

@@ -199,7 +199,9 @@ def test_tune_per_fold_and_run_refuses_a_trial_configured_with_its_own_test_imag
 
     common = ["--profile", "smoke", "--set", "num_threads=1", *data_flags, "--progress-every", "2"]
     tune_out = tmp_path / "tune"
-    assert main(["tune", "--folds", "0,1", "--trials", "2", "--out", str(tune_out), *common]) == 0
+    # One sample at a time: the second reuses the first's worker process (reuse_actors).
+    assert main(["tune", "--folds", "0,1", "--trials", "2", "--max-concurrent", "1", "--out", str(tune_out),
+                 *common]) == 0
     record = read_record(tune_out / "best-config.json")
     assert [e.scope["fold"] for e in record.entries] == [0, 1]
     from data_io.cache import load_jsrt
