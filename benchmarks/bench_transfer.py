@@ -63,9 +63,11 @@ def main() -> None:
                                                    "lungs", cfg.image_size, PER_IMAGE_STANDARDISATION, 0),
                                 tmp / "m_a.pt")
         translator = save_translator(tmp / "translator.pt", build_translator_from_config(cfg), cfg, "bench", [])
+        from engine.label_budget import label_plan
         from models.registry import read_segmenter_checkpoint
 
-        run = ProposedRun(cfg, data, tmp / "run", read_segmenter_checkpoint(segmenter), translator)
+        run = ProposedRun(cfg, data, label_plan(cfg, data), tmp / "run", read_segmenter_checkpoint(segmenter),
+                          translator)
         device = run.device
         a = as_batch(data.source_train_images, device)
         b = as_batch(data.target_train_images, device)
