@@ -111,12 +111,19 @@ def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOpt
     return record
 
 
+def asha_max_t(cell: TrialSpec) -> int:
+    """ASHA's horizon for `cell`: one past the last epoch its engine trains (TrialSpec's
+    training_epochs: `transfer_epochs` for proposed and self-training, `epochs` otherwise). ASHA
+    stops a trial that reaches max_t, and a trial must live through its last epoch to evaluate its
+    best epoch and publish."""
+    return max(cell.training_epochs, 1) + 1
+
+
 def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, options: SweepOptions, n_trials: int,
             say) -> TunedEntry:
     """One Optuna + ASHA search of `cell`; its best values with their provenance."""
     store = RunStore(options.out)
     space = search_space(cell.config)
-    max_epochs = cell.config.transfer_epochs if cell.config.method == "proposed" else cell.config.epochs
     trainable = tune.with_resources(tune.with_parameters(_tune_trial, datasets=datasets),
                                     resources.trial_resources(options, cell.config.profile, say))
     param_space = {
@@ -132,9 +139,7 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
         tune_config=tune.TuneConfig(
             metric=SCORE, mode="max", num_samples=n_trials,
             search_alg=OptunaSearch(seed=cell.config.seed),
-            # max_t one past the last epoch: ASHA stops a trial that reaches max_t, and a trial
-            # must live through its last epoch to evaluate its best epoch and publish.
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=max_epochs + 1, grace_period=1, reduction_factor=2),
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=asha_max_t(cell), grace_period=1, reduction_factor=2),
             max_concurrent_trials=options.max_concurrent or None,
             # One worker process runs sample after sample (an ASHA-stopped one included), as in
             # the sweep: no interpreter, torch and Ray Tune start-up per sample.

@@ -21,3 +21,18 @@ def test_every_trial_trains_the_epochs_its_engine_runs():
             seen.add(spec.config.method)
         assert spec.training_epochs == want, spec.trial_id
     assert seen == set(TRANSFER_METHODS)
+
+
+def test_asha_lets_every_tuned_trial_live_through_its_last_epoch():
+    """ASHA's max_t is one past the epochs the cell's engine trains: a self-training cell trains
+    transfer_epochs, not epochs (a horizon of epochs + 1 = 3 would stop it before its 5th epoch)."""
+    from sweep.tuning import asha_max_t
+
+    base = make_config("smoke", ["epochs=2", "transfer_epochs=5"])
+    grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
+                      methods=["proposed", "self_training", "finetune"], fractions=[50])
+    horizons = {(spec.kind, spec.config.method): asha_max_t(spec) for spec in grid.runnable()
+                if spec.kind != TRANSLATOR_WARMUP}
+    assert horizons[SEGMENTATION, "supervised"] == 3
+    transfer = {method: h for (kind, method), h in horizons.items() if kind not in (SEGMENTATION, QUALITATIVE)}
+    assert transfer == {"proposed": 6, "self_training": 6, "finetune": 3}
