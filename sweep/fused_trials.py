@@ -13,7 +13,6 @@ retried by Tune like any trial, every member from its own checkpoint.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,12 +29,13 @@ from protocol.store import RunStore
 from sweep import test_hooks
 from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
 from sweep.trainables import (
-    CHECKPOINT_STATS,
     SCRATCH,
     CheckpointStats,
     checkpoint_folder,
+    numeric,
     run_trial,
-    trial_device,
+    trial_config,
+    trial_record,
 )
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,8 @@ class _MemberRecorder:
         self.wrote = False
 
     def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
-        from engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
-
-        self.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if CHECKPOINT_BYTES in metrics:
-            self.stats.count += 1
-            self.stats.bytes += int(metrics[CHECKPOINT_BYTES])
-            self.stats.seconds += float(metrics[CHECKPOINT_SECONDS])
-            (checkpoint_folder(run_dir) / CHECKPOINT_STATS).write_text(json.dumps(self.stats.as_dict()))
-            self.wrote = True
+        self.metrics = numeric(metrics)
+        self.wrote = self.stats.note(metrics, run_dir) or self.wrote
 
 
 def _restore_group(group_dir: Path, trial_ids: list[str]) -> set[str]:
@@ -121,12 +114,7 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
         if store.is_complete(spec):
             print(f"[trial {trial_id}] already published in OUT; nothing to do", flush=True)
             continue
-        shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
-        if shipped != dict(spec.data):
-            raise ValueError(f"{trial_id}: the trial was planned for data {dict(spec.data)} but was given {shipped}")
-        cfg = spec.config
-        cfg = cfg.replace(device=trial_device(cfg.device),
-                          num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
+        cfg = trial_config(spec, config, datasets)
         run_dir = group_dir / trial_id
         stats[trial_id] = CheckpointStats.restored(run_dir)
         recorders[trial_id] = _MemberRecorder(stats[trial_id])
@@ -176,11 +164,9 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
             final[f"{trial_id}/failed"] = 1
             print(f"[trial {trial_id}] FAILED in its fused group: {error}", flush=True)
             continue
-        store.publish(spec, group_dir / trial_id, {
-            "trial_id": trial_id, "node_id": node_id, "host": socket.gethostname(), "device": members[0].cfg.device,
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s, "started_at": started_at,
-            "finished_at": time.time(), "checkpoints": stats[trial_id].as_dict(),
-            "fused_with": [t for t in specs if t != trial_id]})
+        store.publish(spec, group_dir / trial_id, trial_record(
+            trial_id, members[0].cfg.device, engine_s, started_at, stats[trial_id],
+            fused_with=[t for t in specs if t != trial_id]))
         final["published"] += 1
         final[f"{trial_id}/test_jaccard_mean"] = result.test_jaccard_mean
         final[f"{trial_id}/val_jaccard"] = result.val_jaccard

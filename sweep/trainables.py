@@ -82,6 +82,19 @@ class CheckpointStats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def note(self, metrics: dict, run_dir: Path) -> bool:
+        """Count the checkpoint the engine has just written, if this epoch's `metrics` say it
+        wrote one, and keep the counts beside it (they travel with the Tune checkpoint)."""
+        from engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+
+        if CHECKPOINT_BYTES not in metrics:
+            return False
+        self.count += 1
+        self.bytes += int(metrics[CHECKPOINT_BYTES])
+        self.seconds += float(metrics[CHECKPOINT_SECONDS])
+        (checkpoint_folder(run_dir) / CHECKPOINT_STATS).write_text(json.dumps(self.as_dict()))
+        return True
+
 
 class _EpochReporter:
     """The engine's EpochCallback turned into `tune.report`; an epoch whose last.pt the engine
@@ -91,17 +104,10 @@ class _EpochReporter:
         self.stats = stats
 
     def __call__(self, epoch: int, metrics: dict, run_dir: Path) -> None:
-        from engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
-
-        reported = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        reported = numeric(metrics)
         checkpoint = None
-        if CHECKPOINT_BYTES in metrics:
-            self.stats.count += 1
-            self.stats.bytes += int(metrics[CHECKPOINT_BYTES])
-            self.stats.seconds += float(metrics[CHECKPOINT_SECONDS])
-            folder = checkpoint_folder(run_dir)
-            (folder / CHECKPOINT_STATS).write_text(json.dumps(self.stats.as_dict()))
-            checkpoint = tune.Checkpoint.from_directory(str(folder))
+        if self.stats.note(metrics, run_dir):
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_folder(run_dir)))
         started = time.perf_counter()
         tune.report(reported, checkpoint=checkpoint)
         if checkpoint is not None:
@@ -115,6 +121,31 @@ def trial_device(requested: str) -> str:
     import torch
 
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def numeric(metrics: dict) -> dict[str, float]:
+    """The numbers of an epoch's metrics: what goes to Tune."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def trial_config(spec, config: dict, datasets: dict[str, Any]):
+    """`spec`'s RunConfig as this worker runs it (its device, its CPU share as threads), after
+    checking that the datasets shipped are the ones the trial was planned for: e.g. a Tune
+    experiment restored with other data never trains a trial on data it does not name."""
+    shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
+    if shipped != dict(spec.data):
+        raise ValueError(f"{spec.trial_id}: the trial was planned for data {dict(spec.data)} but was given {shipped}")
+    cfg = spec.config
+    return cfg.replace(device=trial_device(cfg.device),
+                       num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
+
+
+def trial_record(trial_id: str, device: str, engine_s: float, started_at: float, stats: CheckpointStats,
+                 **extra) -> dict[str, Any]:
+    """What a published trial's trial.json says of where and how it ran."""
+    return {"trial_id": trial_id, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "device": device, "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s,
+            "started_at": started_at, "finished_at": time.time(), "checkpoints": stats.as_dict(), **extra}
 
 
 def error_summary(error: BaseException) -> str:
@@ -145,13 +176,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         print(f"[trial {spec.trial_id}] already published in OUT; nothing to do", flush=True)
         tune.report({"published": 1})
         return
-    cfg = spec.config
-    cfg = cfg.replace(device=trial_device(cfg.device),
-                      num_threads=cfg.num_threads or max(1, int(config.get("cpus", 1))))
-    shipped = {name: datasets[name].fingerprint for name, _ in spec.data}
-    if shipped != dict(spec.data):
-        # E.g. a Tune experiment restored with other data: never train a trial on data it does not name.
-        raise ValueError(f"{spec.trial_id}: the trial was planned for data {dict(spec.data)} but was given {shipped}")
+    cfg = trial_config(spec, config, datasets)
     node_id = ray.get_runtime_context().get_node_id()
     run_dir = SCRATCH / "runs" / tune.get_context().get_experiment_name() / spec.trial_id
     resumed = _restore_run_dir(run_dir)
@@ -194,11 +219,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
         raise ValueError(f"{spec.trial_id}: unknown trial kind {spec.kind!r}")
 
     engine_s = time.perf_counter() - engine_started  # the engine call, per-epoch reports and checkpoints included
-    finished_at = time.time()
-    store.publish(spec, run_dir, {
-        "trial_id": spec.trial_id, "node_id": node_id, "host": socket.gethostname(), "device": cfg.device,
-        "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "engine_s": engine_s, "started_at": started_at,
-        "finished_at": finished_at, "checkpoints": checkpoints.as_dict()})
+    store.publish(spec, run_dir, trial_record(spec.trial_id, cfg.device, engine_s, started_at, checkpoints))
     shutil.rmtree(run_dir, ignore_errors=True)  # published; the worker's scratch copy is not needed any more
     tune.report({**final, "published": 1})
 
