@@ -37,7 +37,7 @@ from engine.device import autocast_for, torch_threads
 from engine.loop import EpochCallback
 from engine.supervised import Trainer, check_finite_loss, epoch_seed
 from protocol.config import RunConfig
-from protocol.grid import SEGMENTATION
+from protocol.grid import SEGMENTATION, TRANSFER
 from protocol.run_dir import RunResult
 
 if TYPE_CHECKING:
@@ -55,23 +55,42 @@ def fuse_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, name) for name in FUSE_FIELDS)
 
 
+# Transfer methods whose training is a Trainer's (engine.target_training): Table II's baselines.
+FUSED_TRANSFER_METHODS = ("finetune", "scratch")
+
+
 def group_key(spec: "TrialSpec") -> tuple | None:
-    """What a grid trial shares with the trials it may be fused with (the same task, as the
-    grid's cells fuse), or None for a trial that is trained alone: only supervised segmentation
-    trials (Table I, and M_A) are fused here."""
-    if spec.kind != SEGMENTATION:
-        return None
-    return (spec.config.task, *fuse_key(spec.config))
+    """What a grid trial shares with the trials it may be fused with, or None for a trial that is
+    trained alone. Fused: supervised segmentation trials (Table I, and M_A) of one task, and the
+    finetune / scratch runs of one task and target (every label fraction and repetition: their
+    epochs are the same number of steps, engine.target_training). The proposed method,
+    self-training and the warm-ups train otherwise and run alone."""
+    if spec.kind == SEGMENTATION:
+        return (SEGMENTATION, spec.config.task, *fuse_key(spec.config))
+    if spec.kind == TRANSFER and spec.config.method in FUSED_TRANSFER_METHODS:
+        return (TRANSFER, spec.config.task, spec.config.target, *fuse_key(spec.config))
+    return None
 
 
 @dataclass
 class Member:
-    """One run of a fused group: what `train_supervised` would be called with."""
+    """One run of a fused group: what `train_supervised` would be called with, or (`trainer`
+    given) how to build a run that trains as a `Trainer` does, e.g.
+    engine.transfer.target_labels_trainer for finetune and scratch."""
 
     cfg: RunConfig
-    data: SegmentationData
+    data: SegmentationData | None
     run_dir: Path
     callbacks: Sequence[EpochCallback] = field(default_factory=tuple)
+    trainer: Callable[[], Trainer] | None = None
+
+    def start(self) -> Trainer:
+        """The member's Trainer, resumed or ready for its first epoch."""
+        trainer = self.trainer() if self.trainer is not None else Trainer(self.cfg, self.data, Path(self.run_dir))
+        if fuse_key(trainer.cfg) != fuse_key(self.cfg):
+            raise ValueError(f"{self.run_dir}: the run trains {fuse_key(trainer.cfg)}, its member config says "
+                             f"{fuse_key(self.cfg)}")
+        return trainer
 
 
 class StackedAdam:
@@ -360,11 +379,11 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
                     if member.cfg.epochs < 1:
                         raise ValueError(f"epochs must be at least 1, got {member.cfg.epochs}")
                     Path(member.run_dir).mkdir(parents=True, exist_ok=True)
-                    trainer = Trainer(member.cfg, member.data, Path(member.run_dir))  # seeds the global stream
-                    resumed = trainer.resume()  # or restores it
-                    log.info("%s %s %s fold %d fused with %d other run(s) on %s, writing to %s",
-                             "resuming" if resumed else "training", member.cfg.model, member.cfg.task,
-                             member.cfg.fold, len(members) - 1, trainer.device, member.run_dir)
+                    trainer = member.start()  # seeds the global stream
+                    resumed = trainer.begin()  # or restores it
+                    log.info("%s %s fused with %d other run(s) on %s, writing to %s",
+                             "resuming" if resumed else "training", trainer.describe(), len(members) - 1,
+                             trainer.device, member.run_dir)
                     trainers[i], rng[i] = trainer, torch.get_rng_state()
                 except Exception as exc:
                     log.exception("%s: could not start", member.run_dir)
@@ -395,7 +414,7 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
                 if results[i] is None:
                     try:
                         torch.set_rng_state(rng[i])
-                        results[i] = trainer.evaluate_best(trained[i])
+                        results[i] = trainer.finish(trained[i])
                     except Exception as exc:
                         results[i] = exc
     finally:

@@ -121,6 +121,18 @@ class Trainer(EpochLoop):
         state = self.read_last()
         return state is not None and self.resume_from(state)
 
+    # --- around the loop: what a run does before its first epoch and after its last ---
+    def begin(self) -> bool:
+        """Get ready to train (here: resume from last.pt if there is one); whether it resumed."""
+        return self.resume()
+
+    def finish(self, epochs_trained: int) -> RunResult:
+        """The run's result once its epochs are trained (here: the kept epoch on the test split)."""
+        return self.evaluate_best(epochs_trained)
+
+    def describe(self) -> str:
+        return f"{self.cfg.model} {self.cfg.task} fold {self.cfg.fold}"
+
     def resume_from(self, state: dict[str, Any]) -> bool:
         ckpt.unwrap(self.model).load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -210,11 +222,10 @@ def train_supervised(cfg: RunConfig, data: SegmentationData, run_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     with torch_threads(cfg.num_threads):
         trainer = Trainer(cfg, data, run_dir)
-        resumed = trainer.resume()
+        resumed = trainer.begin()
         threads = f", {torch.get_num_threads()} threads" if trainer.device.type == "cpu" else ""
         log.info("%s %s %s on %s%s: %d train / %d val / %d test images at %d px, %d epochs, writing to %s",
                  "resuming" if resumed else "training", cfg.model, cfg.task, trainer.device, threads,
                  len(data.train_images), len(data.val_images), len(data.test_images), data.image_size, cfg.epochs,
                  run_dir)
-        epochs_trained = trainer.fit(callbacks)
-        return trainer.evaluate_best(epochs_trained)
+        return trainer.finish(trainer.fit(callbacks))

@@ -110,14 +110,24 @@ class TargetTrainer(Trainer):
         ckpt.unwrap(self.model).load_state_dict(self.best["state_dict"])
         return TranslateThenSegment(self.model)
 
-    def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
-        cfg, data = self.transfer_cfg, self.transfer_data
-        if not self.resume() and self.from_source and self.keeper.compares_start:
+    def begin(self) -> bool:
+        """Resume from last.pt, or (a run from M_A whose criterion compares it) score epoch 0."""
+        resumed = self.resume()
+        if not resumed and self.from_source and self.keeper.compares_start:
             self.score_start()
         log.info("%s on %s: %d training images, %d epochs from %s, epoch chosen by %s, writing to %s",
                  self.describe(), self.device, len(self.data.train_images), self.cfg.epochs,
                  "M_A" if self.from_source else "random initialisation", self.plan.criterion, self.run_dir)
-        trained = self.fit(callbacks)
+        return resumed
+
+    def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
+        self.begin()
+        return self.finish(self.fit(callbacks))
+
+    def finish(self, trained: int) -> RunResult:
+        """The kept epoch (or M_A, when the run only made things worse by its own measure) on the
+        target's test split."""
+        cfg, data = self.transfer_cfg, self.transfer_data
         started = time.perf_counter()
         decision = self.keeper.decide() if self.from_source else None
         summary = {**selection_record(self.plan.criterion, decision, self.best_val, self.best_epoch,
@@ -144,6 +154,13 @@ def train_on_target_labels(cfg: RunConfig, data: TransferData, plan: LabelPlan, 
     """finetune (from M_A) or scratch (M_A's architecture from random initialisation) on the plan's
     labelled target training images, both for `cfg.epochs` epochs: the same budget, so that neither
     baseline is the weaker for fewer steps (README, "Label budget")."""
+    return target_trainer(cfg, data, plan, run_dir, segmenter_path, source_model).run(callbacks)
+
+
+def target_trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
+                   source_model: dict) -> TargetTrainer:
+    """The trainer of a finetune or scratch run (what `train_on_target_labels` runs alone and
+    engine.fused trains with other such runs)."""
     # The few labelled images are repeated up to the size of the target training split, so an
     # epoch is the same number of updates at every fraction and 1.25 % is not starved of steps.
     repeat = np.resize(np.arange(plan.n_train), max(len(data.target_train_images), plan.n_train))
@@ -153,4 +170,4 @@ def train_on_target_labels(cfg: RunConfig, data: TransferData, plan: LabelPlan, 
     trainer = TargetTrainer(cfg, data, plan, run_dir, source_model, inner, plan.train_images[repeat],
                             plan.train_masks[repeat], from_source=finetune)
     trainer.name = cfg.method
-    return trainer.run(callbacks)
+    return trainer

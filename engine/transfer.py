@@ -49,7 +49,7 @@ from engine.loop import EpochCallback, EpochLoop
 from engine.selection import KeepBest
 from engine.self_training import train_self_training
 from engine.supervised import epoch_seed
-from engine.target_training import train_on_target_labels
+from engine.target_training import TargetTrainer, target_trainer, train_on_target_labels
 from engine.transfer_common import (
     CandidateScorer,
     ValidationScorer,
@@ -82,7 +82,7 @@ from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from protocol.config import METHODS_NEEDING_TARGET_LABELS, TRANSFER_METHODS, RunConfig
 from protocol.run_dir import RunResult
 
-__all__ = ["NotApplicable", "train_transfer", "warmup_translator", "check_applicable",
+__all__ = ["NotApplicable", "train_transfer", "target_labels_trainer", "warmup_translator", "check_applicable",
            "validation_jaccard"]
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,34 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
     """One transfer run of `cfg.method` into `run_dir` (same layout as a supervised run, plus
     `translations/` for the proposed method). `segmenter_checkpoint` is M_A, trained on the
     source; `translator_checkpoint` (proposed only) comes from `warmup_translator`."""
+    segmenter_checkpoint, source_model, run_dir, plan = _prepare(cfg, data, run_dir, segmenter_checkpoint,
+                                                                 translator_checkpoint)
+    with torch_threads(cfg.num_threads):
+        if cfg.method in METHODS_NEEDING_TARGET_LABELS:
+            return train_on_target_labels(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
+        if cfg.method == "source_only":
+            return _source_only(cfg, data, plan, run_dir, source_model)
+        if cfg.method == "self_training":
+            return train_self_training(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
+        return ProposedRun(cfg, data, plan, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
+
+
+def target_labels_trainer(cfg: RunConfig, data: TransferData, run_dir: str | Path,
+                          segmenter_checkpoint: str | Path) -> TargetTrainer:
+    """A finetune or scratch run as a `Trainer` that engine.fused can train with others of its
+    shape: the checks and label plan of `train_transfer`, the trainer it would run alone. Build it
+    under the run's thread count (engine.fused does)."""
+    if cfg.method not in METHODS_NEEDING_TARGET_LABELS:
+        raise ValueError(f"only {', '.join(METHODS_NEEDING_TARGET_LABELS)} train as a Trainer; got {cfg.method!r}")
+    segmenter_checkpoint, source_model, run_dir, plan = _prepare(cfg, data, run_dir, segmenter_checkpoint)
+    return target_trainer(cfg, data, plan, run_dir, segmenter_checkpoint, source_model)
+
+
+def _prepare(cfg: RunConfig, data: TransferData, run_dir: str | Path, segmenter_checkpoint: str | Path,
+             translator_checkpoint: str | Path | None = None) -> tuple[Path, dict, Path, LabelPlan]:
+    """What every transfer run checks and reads first: that the cell applies, the data's size,
+    M_A (its task, size, intensities and source split), the proposed method's translator; its run
+    directory and label plan."""
     check_applicable(cfg, data)
     if cfg.image_size != data.image_size:
         raise ValueError(f"{data.target_name}: data is {data.image_size} px "
@@ -122,15 +150,7 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
         raise ValueError("the proposed method needs a warmed translator checkpoint (warmup_translator)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = label_plan(cfg, data)
-    with torch_threads(cfg.num_threads):
-        if cfg.method in METHODS_NEEDING_TARGET_LABELS:
-            return train_on_target_labels(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
-        if cfg.method == "source_only":
-            return _source_only(cfg, data, plan, run_dir, source_model)
-        if cfg.method == "self_training":
-            return train_self_training(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
-        return ProposedRun(cfg, data, plan, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
+    return segmenter_checkpoint, source_model, run_dir, label_plan(cfg, data)
 
 
 def _check_source_model(path: Path, checkpoint: dict, data: TransferData) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from protocol.grid import spec_from_dict
+from protocol.grid import SEGMENTATION, TRANSFER, spec_from_dict
 from protocol.store import RunStore
 from sweep import test_hooks
 from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
@@ -32,9 +32,11 @@ from sweep.trainables import (
     SCRATCH,
     CheckpointStats,
     checkpoint_folder,
+    dependency_files,
     numeric,
     run_trial,
     trial_config,
+    trial_notes,
     trial_record,
 )
 
@@ -92,11 +94,33 @@ def _stage(group_dir: Path, run_dirs: dict[str, Path]) -> Path:
     return staged
 
 
+def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_dir: Path, callbacks: list, view):
+    """The engine's Member for one trial of the group: a supervised segmentation trial, or a
+    finetune / scratch transfer trial (its M_A read from where its dependencies were published).
+    A transfer cell the engine finds not applicable raises NotApplicable here, before training."""
+    from engine.fused import Member
+
+    if spec.kind == SEGMENTATION:
+        from engine.data import segmentation_data
+
+        return Member(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
+    from engine.transfer import check_applicable, target_labels_trainer
+    from engine.transfer_data import transfer_data
+
+    data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))
+    check_applicable(cfg, data)
+    dependencies = [spec_from_dict(d) for d in entry.get("dependencies", [])]
+    segmenter, _ = dependency_files(RunStore(config.get("dependencies_out", config["out"])), dependencies)
+    return Member(cfg, None, run_dir, callbacks,
+                  trainer=lambda: target_labels_trainer(cfg, data, run_dir, segmenter))
+
+
 def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     """The members of `config["members"]` (entries as sweep.trainables.run_trial takes them, all
-    supervised segmentation trials of one engine.fused.group_key) trained together."""
-    from engine.data import segmentation_data
-    from engine.fused import Member, train_fused
+    of one engine.fused.group_key: supervised segmentation trials, or finetune / scratch transfer
+    trials) trained together."""
+    from engine.fused import train_fused
+    from engine.transfer import NotApplicable
     from engine.transfer_data import hide_test
 
     started_at = time.time()
@@ -110,6 +134,8 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     view = hide_test if config.get("tuning") else (lambda data: data)
 
     members, recorders, holds, stats = [], {}, {}, {}
+    failed_at_start: dict[str, BaseException] = {}
+    not_applicable: list[str] = []
     for trial_id, spec in specs.items():
         if store.is_complete(spec):
             print(f"[trial {trial_id}] already published in OUT; nothing to do", flush=True)
@@ -127,8 +153,16 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
         log.info("[trial %s] %s in a fused group of %d on node %s (%s), device %s, %d thread(s)", trial_id,
                  "resuming from its checkpoint" if resumed else "starting", len(specs), node_id[:12],
                  socket.gethostname(), cfg.device, cfg.num_threads)
-        members.append(Member(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir,
-                              [recorders[trial_id], *hooks]))
+        try:
+            members.append(_member(spec, cfg, entry, config, datasets, run_dir, [recorders[trial_id], *hooks], view))
+        except NotApplicable as reason:
+            # As a trial alone: the engine knows cells the grid cannot see.
+            store.record_not_applicable(spec, str(reason))
+            not_applicable.append(trial_id)
+            print(f"[trial {trial_id}] not applicable: {reason}", flush=True)
+        except Exception as exc:  # its data or its dependency: this member fails alone
+            log.exception("[trial %s] could not start", trial_id)
+            failed_at_start[trial_id] = exc
     order = [Path(m.run_dir).name for m in members]
 
     def after_epoch(ended: list[int]) -> None:
@@ -155,8 +189,8 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     engine_started = time.perf_counter()
     results = train_fused(members, after_epoch)
     engine_s = time.perf_counter() - engine_started
-    final: dict[str, Any] = {"published": 0}
-    for trial_id, result in zip(order, results):
+    final: dict[str, Any] = {"published": 0, **{f"{t}/not_applicable": 1 for t in not_applicable}}
+    for trial_id, result in [*zip(order, results), *failed_at_start.items()]:
         spec = specs[trial_id]
         if isinstance(result, BaseException):
             error = f"{type(result).__name__}: {result}"
@@ -170,6 +204,8 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
         final["published"] += 1
         final[f"{trial_id}/test_jaccard_mean"] = result.test_jaccard_mean
         final[f"{trial_id}/val_jaccard"] = result.val_jaccard
+        if spec.kind == TRANSFER:
+            final.update({f"{trial_id}/{k}": v for k, v in trial_notes(group_dir / trial_id).items()})
     shutil.rmtree(group_dir, ignore_errors=True)
     tune.report(final)
 

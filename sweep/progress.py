@@ -212,10 +212,12 @@ class SweepProgress:
             score = result.get(f"{member}/test_jaccard_mean")
             if result.get(f"{member}/failed"):
                 self.say(f"[sweep] FAILED {member} (in fused group {trial}); see the summary below")
-            elif isinstance(score, float):
-                self.say(f"[sweep] done {member}: test Jaccard {score:.4f} (fused group {trial})")
+            elif result.get(f"{member}/not_applicable"):
+                self.say(f"[sweep] not applicable {member} (fused group {trial})")
             else:
-                self.say(f"[sweep] done {member} (fused group {trial})")
+                notes = "".join(f"; {note}" for flag, note in TRIAL_NOTES.items() if result.get(f"{member}/{flag}"))
+                shown = f": test Jaccard {score:.4f}" if isinstance(score, float) else ""
+                self.say(f"[sweep] done {member}{shown} (fused group {trial}){notes}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.settled_here += len(member_ids(trial))

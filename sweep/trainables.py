@@ -240,7 +240,7 @@ def _final_metrics(result) -> dict[str, Any]:
     return {"val_jaccard": result.val_jaccard, "test_jaccard_mean": result.test_jaccard_mean, "epoch": last_epoch}
 
 
-def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None, Path | None]:
+def dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None, Path | None]:
     """The M_A checkpoint and the warmed translator a transfer trial depends on."""
     segmenter = translator = None
     for dependency in dependencies:
@@ -260,7 +260,7 @@ def _run_transfer(cfg, datasets, store: RunStore, dependencies: list, run_dir: P
     from engine.transfer import train_transfer
     from engine.transfer_data import transfer_data
 
-    segmenter, translator = _dependency_files(store, dependencies)
+    segmenter, translator = dependency_files(store, dependencies)
     data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))
     return train_transfer(cfg, data, run_dir, segmenter_checkpoint=segmenter, translator_checkpoint=translator,
                           callbacks=callbacks)
