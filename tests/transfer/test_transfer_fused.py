@@ -80,3 +80,28 @@ def test_only_the_baselines_build_as_a_trainer(method, make_cfg, data_for, segme
     cfg = make_cfg(method=method, label_fraction=50.0)
     with pytest.raises(ValueError, match="only finetune, scratch"):
         target_labels_trainer(cfg, data_for(cfg), tmp_path, segmenter_checkpoint)
+
+
+def test_a_fused_baseline_resumes_from_its_own_checkpoint(make_cfg, data_for, trained_segmenter_checkpoint, tmp_path):
+    """Two fused baselines stopped after 2 of 4 epochs (their last.pt) and trained on to 4 end
+    exactly where the uninterrupted fused run ends: weights, Adam state, random streams and the
+    selection's state (M_A's epoch-0 score included) all come back from each member's own file."""
+    runs = [("finetune", 50.0), ("scratch", 100.0)]
+
+    def group(epochs: int, root):
+        members = []
+        for method, fraction in runs:
+            cfg = make_cfg(method=method, label_fraction=fraction, epochs=epochs, lr=3e-3)
+            members.append(_member(cfg, data_for(cfg), root / method, trained_segmenter_checkpoint))
+        return members
+
+    straight = train_fused(group(4, tmp_path / "straight"))
+    first = train_fused(group(2, tmp_path / "stopped"))
+    assert [len(r.history) for r in first] == [2, 2]
+    resumed = train_fused(group(4, tmp_path / "stopped"))
+    for (method, _), one, two in zip(runs, straight, resumed):
+        assert not isinstance(two, BaseException), two
+        summary = json.loads((tmp_path / "stopped" / method / RESULT_JSON).read_text())
+        assert summary["epochs_trained"] == 2, method  # only the two epochs left
+        assert [h["train_loss"] for h in two.history] == [h["train_loss"] for h in one.history], method
+        assert two.test_jaccard_mean == one.test_jaccard_mean and two.best_epoch == one.best_epoch, method
