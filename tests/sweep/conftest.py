@@ -153,6 +153,8 @@ def ray_temp_dirs():
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-        time.sleep(2)
+        deadline = time.time() + 2  # until they are gone, at most 2 s
+        while time.time() < deadline and any(_pids_mentioning(marker) for marker in made):
+            time.sleep(0.1)
     for marker in made:
         shutil.rmtree(marker, ignore_errors=True)
