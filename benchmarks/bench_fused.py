@@ -203,7 +203,7 @@ def projection(rows: dict, ks: list[int], gpus: list[int]) -> dict:
     for kind, value in sorted(kinds.items(), key=lambda kv: -kv[1]):
         say(f"  {kind:<24} {format_duration(value):>10}  {value / total:6.1%}")
     before = {t: v * best_pack / speed["packed"][best_pack] for t, v in alone.items()}
-    # What engine.fused.group_key fuses (Table I / M_A, finetune, scratch) runs at the fused rate.
+    # What engine.fused.group_key fuses (Table I / M_A, finetune, scratch, self-training) runs fused.
     after = {s.trial_id: (alone[s.trial_id] * best_pack / speed["fused"][best_fuse] if group_key(s) is not None
                           else before[s.trial_id]) for s in specs}
     result = {"kinds_s": kinds, "best_packing": best_pack, "best_fuse": best_fuse, "wall_s": {}}
@@ -212,8 +212,8 @@ def projection(rows: dict, ks: list[int], gpus: list[int]) -> dict:
                 "after": bench_gpu.makespan(specs, after, n * best_pack)}
         result["wall_s"][n] = wall
         say(f"  {n} GPU{'s' if n > 1 else ' '}: before {format_duration(wall['before'])} ({best_pack} packed per "
-            f"GPU), after {format_duration(wall['after'])} (Table I, M_A, finetune and scratch trials fused "
-            f"{best_fuse} at a time)")
+            f"GPU), after {format_duration(wall['after'])} (Table I, M_A, finetune, scratch and self-training "
+            f"trials fused {best_fuse} at a time)")
     return result
 
 

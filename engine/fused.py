@@ -7,7 +7,8 @@ moments are stacked along a leading member axis (`torch.func.stack_module_state`
 vmapped forward / backward trains them all: the horizontal fusion of HFTA (Wang et al., MLSys
 2021), without rewriting the networks.
 
-Each member is still its own `engine.supervised.Trainer`. Its images, shuffle and augmentation
+Each member is still its own `engine.supervised.Trainer` (or a subclass: the transfer runs that
+train as one, finetune, scratch and self-training). Its images, shuffle and augmentation
 stream, optimiser state, batch-norm statistics, epoch selection, checkpoints, resume and test
 outputs are those of a separate run; only the training step is shared. Between epochs the
 members' own modules and optimisers hold the truth (stacked again at the start of every epoch),
@@ -55,20 +56,23 @@ def fuse_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, name) for name in FUSE_FIELDS)
 
 
-# Transfer methods whose training is a Trainer's (engine.target_training): Table II's baselines.
-FUSED_TRANSFER_METHODS = ("finetune", "scratch")
+# Transfer methods whose training is a Trainer's (engine.target_training, engine.self_training).
+FUSED_TRANSFER_METHODS = ("finetune", "scratch", "self_training")
 
 
 def group_key(spec: "TrialSpec") -> tuple | None:
     """What a grid trial shares with the trials it may be fused with, or None for a trial that is
-    trained alone. Fused: supervised segmentation trials (Table I, and M_A) of one task, and the
+    trained alone. Fused: supervised segmentation trials (Table I, and M_A) of one task; the
     finetune / scratch runs of one task and target (every label fraction and repetition: their
-    epochs are the same number of steps, engine.target_training). The proposed method,
-    self-training and the warm-ups train otherwise and run alone."""
+    epochs are the same number of steps, engine.target_training); the self-training runs of one
+    task and target (their epochs differ by the pseudo-labels each keeps: a shorter member sits
+    out the last steps). The proposed method and the warm-ups train otherwise and run alone."""
+    cfg = spec.config
     if spec.kind == SEGMENTATION:
-        return (SEGMENTATION, spec.config.task, *fuse_key(spec.config))
-    if spec.kind == TRANSFER and spec.config.method in FUSED_TRANSFER_METHODS:
-        return (TRANSFER, spec.config.task, spec.config.target, *fuse_key(spec.config))
+        return (SEGMENTATION, cfg.task, *fuse_key(cfg))
+    if spec.kind == TRANSFER and cfg.method in FUSED_TRANSFER_METHODS:
+        kind = "self_training" if cfg.method == "self_training" else "target_labels"
+        return (kind, cfg.task, cfg.target, *fuse_key(cfg.replace(epochs=spec.training_epochs)))
     return None
 
 
@@ -76,7 +80,7 @@ def group_key(spec: "TrialSpec") -> tuple | None:
 class Member:
     """One run of a fused group: what `train_supervised` would be called with, or (`trainer`
     given) how to build a run that trains as a `Trainer` does, e.g.
-    engine.transfer.target_labels_trainer for finetune and scratch."""
+    engine.transfer.transfer_trainer for finetune, scratch and self-training."""
 
     cfg: RunConfig
     data: SegmentationData | None
@@ -85,12 +89,8 @@ class Member:
     trainer: Callable[[], Trainer] | None = None
 
     def start(self) -> Trainer:
-        """The member's Trainer, resumed or ready for its first epoch."""
-        trainer = self.trainer() if self.trainer is not None else Trainer(self.cfg, self.data, Path(self.run_dir))
-        if fuse_key(trainer.cfg) != fuse_key(self.cfg):
-            raise ValueError(f"{self.run_dir}: the run trains {fuse_key(trainer.cfg)}, its member config says "
-                             f"{fuse_key(self.cfg)}")
-        return trainer
+        """The member's Trainer, ready for `begin()`."""
+        return self.trainer() if self.trainer is not None else Trainer(self.cfg, self.data, Path(self.run_dir))
 
 
 class StackedAdam:
@@ -207,6 +207,8 @@ class FusedStep:
                              "with loss scaling (run these trials unfused: --fuse 1)")
         self.device = first.device
         self.modules = [ckpt.unwrap(t.model) for t in self.trainers]
+        for module in self.modules:  # as the epoch trains them (a validation leaves some in eval mode)
+            module.train()
         settings = [_optimizer_settings(t) for t in self.trainers]
         if any(s != settings[0] for s in settings):
             raise ValueError("fused members must share the optimiser's settings")
@@ -329,6 +331,7 @@ class FusedStep:
                 continue
             loss = float(totals[row]) / len(t.train_images)
             try:
+                t.trained_epoch()
                 check_finite_loss(t, loss)
             except Exception as exc:
                 results.append(exc)
@@ -353,12 +356,6 @@ class FusedStep:
                 buffer.copy_(self.buffers[name][row])
 
 
-def check_group(members: Sequence[Member]) -> None:
-    keys = {fuse_key(m.cfg) for m in members}
-    if len(keys) != 1:
-        raise ValueError(f"fused members must share {', '.join(FUSE_FIELDS)}; got {sorted(keys)}")
-
-
 def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], None] | None = None
                 ) -> list[RunResult | BaseException]:
     """Train the members together; per member (in order) its RunResult, as `train_supervised`
@@ -366,7 +363,6 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
     fused epoch with the members that ended an epoch in it (their callbacks have run)."""
     if not members:
         return []
-    check_group(members)
     results: list[RunResult | BaseException | None] = [None] * len(members)
     trainers: dict[int, Trainer] = {}
     rng: dict[int, torch.Tensor] = {}  # each member's own global random state between epochs
@@ -376,10 +372,15 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
         with torch_threads(members[0].cfg.num_threads):
             for i, member in enumerate(members):
                 try:
-                    if member.cfg.epochs < 1:
-                        raise ValueError(f"epochs must be at least 1, got {member.cfg.epochs}")
                     Path(member.run_dir).mkdir(parents=True, exist_ok=True)
                     trainer = member.start()  # seeds the global stream
+                    if trainer.cfg.epochs < 1:
+                        raise ValueError(f"epochs must be at least 1, got {trainer.cfg.epochs}")
+                    # What the members train must be one computation: the first started is the group's.
+                    shape = next((fuse_key(t.cfg) for t in trainers.values()), fuse_key(trainer.cfg))
+                    if fuse_key(trainer.cfg) != shape:
+                        raise ValueError(f"fused members must share {', '.join(FUSE_FIELDS)}: this one trains "
+                                         f"{fuse_key(trainer.cfg)}, the group {shape}")
                     resumed = trainer.begin()  # or restores it
                     log.info("%s %s fused with %d other run(s) on %s, writing to %s",
                              "resuming" if resumed else "training", trainer.describe(), len(members) - 1,

@@ -77,8 +77,7 @@ class SelfTrainingRun(TargetTrainer):
         self.n_averaged = 0
 
     # --- weight averaging ---
-    def train_epoch(self) -> float:
-        loss = super().train_epoch()
+    def trained_epoch(self) -> None:
         self.n_averaged += 1
         with torch.no_grad():
             for average, current in zip(self.averaged.state_dict().values(),
@@ -87,7 +86,6 @@ class SelfTrainingRun(TargetTrainer):
                     average.mul_((self.n_averaged - 1) / self.n_averaged).add_(current / self.n_averaged)
                 else:
                     average.copy_(current)
-        return loss
 
     def candidate(self) -> nn.Module:
         return self.averaged
@@ -123,6 +121,13 @@ class SelfTrainingRun(TargetTrainer):
 
 def train_self_training(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
                         source_model: dict, callbacks: Sequence[EpochCallback] = ()) -> RunResult:
+    return self_training_run(cfg, data, plan, run_dir, segmenter_path, source_model).run(callbacks)
+
+
+def self_training_run(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
+                      source_model: dict) -> SelfTrainingRun:
+    """The trainer of a self-training run (what `train_self_training` runs alone and engine.fused
+    trains with other such runs)."""
     if cfg.transfer_epochs < 1:
         raise ValueError(f"transfer_epochs must be at least 1, got {cfg.transfer_epochs}")
-    return SelfTrainingRun(cfg, data, plan, run_dir, source_model, segmenter_path).run(callbacks)
+    return SelfTrainingRun(cfg, data, plan, run_dir, source_model, segmenter_path)

@@ -163,6 +163,10 @@ class Trainer(EpochLoop):
             total += loss.detach() * len(index)
         return float(total) / len(order)
 
+    def trained_epoch(self) -> None:
+        """After an epoch's steps, before it is judged (a fused group calls it for each member too):
+        nothing here; self-training updates its weight average."""
+
     # --- the loop's hooks (engine/loop.py) ---
     @property
     def total_epochs(self) -> int:
@@ -171,6 +175,7 @@ class Trainer(EpochLoop):
     def epoch_metrics(self) -> dict[str, Any]:
         started = time.perf_counter()
         loss = self.train_epoch()
+        self.trained_epoch()
         train_s = time.perf_counter() - started
         check_finite_loss(self, loss)
         return {"train_loss": loss, "train_s": train_s,

@@ -47,7 +47,7 @@ from engine.device import (
 from engine.label_budget import LabelPlan, label_plan
 from engine.loop import EpochCallback, EpochLoop
 from engine.selection import KeepBest
-from engine.self_training import train_self_training
+from engine.self_training import self_training_run, train_self_training
 from engine.supervised import epoch_seed
 from engine.target_training import TargetTrainer, target_trainer, train_on_target_labels
 from engine.transfer_common import (
@@ -82,7 +82,7 @@ from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from protocol.config import METHODS_NEEDING_TARGET_LABELS, TRANSFER_METHODS, RunConfig
 from protocol.run_dir import RunResult
 
-__all__ = ["NotApplicable", "train_transfer", "target_labels_trainer", "warmup_translator", "check_applicable",
+__all__ = ["NotApplicable", "train_transfer", "transfer_trainer", "warmup_translator", "check_applicable",
            "validation_jaccard"]
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,20 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
         return ProposedRun(cfg, data, plan, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
 
 
-def target_labels_trainer(cfg: RunConfig, data: TransferData, run_dir: str | Path,
-                          segmenter_checkpoint: str | Path) -> TargetTrainer:
-    """A finetune or scratch run as a `Trainer` that engine.fused can train with others of its
-    shape: the checks and label plan of `train_transfer`, the trainer it would run alone. Build it
-    under the run's thread count (engine.fused does)."""
-    if cfg.method not in METHODS_NEEDING_TARGET_LABELS:
-        raise ValueError(f"only {', '.join(METHODS_NEEDING_TARGET_LABELS)} train as a Trainer; got {cfg.method!r}")
+# The transfer methods whose run is a `Trainer` (engine.target_training): what engine.fused can fuse.
+TRAINER_METHODS = (*METHODS_NEEDING_TARGET_LABELS, "self_training")
+
+
+def transfer_trainer(cfg: RunConfig, data: TransferData, run_dir: str | Path,
+                     segmenter_checkpoint: str | Path) -> TargetTrainer:
+    """A finetune, scratch or self-training run as the `Trainer` that `train_transfer` would run
+    alone, after its checks and label plan: what engine.fused trains with others of its shape.
+    Build it under the run's thread count (engine.fused does)."""
+    if cfg.method not in TRAINER_METHODS:
+        raise ValueError(f"only {', '.join(TRAINER_METHODS)} train as a Trainer; got {cfg.method!r}")
     segmenter_checkpoint, source_model, run_dir, plan = _prepare(cfg, data, run_dir, segmenter_checkpoint)
+    if cfg.method == "self_training":
+        return self_training_run(cfg, data, plan, run_dir, segmenter_checkpoint, source_model)
     return target_trainer(cfg, data, plan, run_dir, segmenter_checkpoint, source_model)
 
 

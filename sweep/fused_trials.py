@@ -104,7 +104,7 @@ def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_
         from engine.data import segmentation_data
 
         return Member(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
-    from engine.transfer import check_applicable, target_labels_trainer
+    from engine.transfer import check_applicable, transfer_trainer
     from engine.transfer_data import transfer_data
 
     data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))
@@ -112,7 +112,7 @@ def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_
     dependencies = [spec_from_dict(d) for d in entry.get("dependencies", [])]
     segmenter, _ = dependency_files(RunStore(config.get("dependencies_out", config["out"])), dependencies)
     return Member(cfg, None, run_dir, callbacks,
-                  trainer=lambda: target_labels_trainer(cfg, data, run_dir, segmenter))
+                  trainer=lambda: transfer_trainer(cfg, data, run_dir, segmenter))
 
 
 def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
