@@ -148,8 +148,9 @@ def register(subparsers) -> None:
                      help="continue an interrupted sweep: running trials resume from their last checkpoint")
     add_cluster_flags(run)
     run.add_argument("--fuse", type=int, default=None, metavar="K",
-                     help="train up to K ready Table I / M_A trials of one network, task, image size, batch size "
-                          "and epoch count as one computation on one device (each keeps its own trial, images, "
+                     help="train up to K ready trials of one network, task, image size, batch size and epoch "
+                          "count as one computation on one device: Table I / M_A trials, or the finetune and "
+                          "scratch runs of one target, or its self-training runs (each keeps its own trial, images, "
                           "optimiser, selection, checkpoint and result); 1: every trial alone (default per "
                           "profile: " + ", ".join(f"{p} {k}" for p, k in FUSED_TRIALS.items())
                           + f"; {FUSE_DEFAULTS_NOTE}). Give the fused trial a whole GPU (--gpus-per-trial 1)")
