@@ -173,7 +173,9 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
             report["epoch"] = max(report.get("epoch", 0), recorders[trial_id].metrics.get("epoch", 0))
         checkpoint = None
         if any(recorders[order[i]].wrote for i in ended):
-            staged = _stage(group_dir, {trial_id: group_dir / trial_id for trial_id in order})
+            # Every member's checkpoint, a member that could not start included (a retry starts
+            # it again from its own).
+            staged = _stage(group_dir, {trial_id: group_dir / trial_id for trial_id in [*order, *failed_at_start]})
             checkpoint = tune.Checkpoint.from_directory(str(staged))
         report_started = time.perf_counter()
         tune.report(report, checkpoint=checkpoint)

@@ -203,11 +203,13 @@ class _Runner:
                     # A member published before its group failed (or any trial that did) counts as done.
                     self.outcome.completed.append(trial_id)
                     continue
-                if result.error is not None:
-                    error = error_summary(result.error)
-                elif self.store.is_not_applicable(spec):
+                if self.store.is_not_applicable(spec):
+                    # The engine's verdict, recorded before any training: final, even when the
+                    # fused group it was recorded in failed afterwards.
                     self.outcome.not_applicable.append(trial_id)
                     continue
+                if result.error is not None:
+                    error = error_summary(result.error)
                 else:
                     # A member that failed in its fused group recorded its own error.
                     error = self.store.failure_of(spec) or "the trial ended without publishing its outputs"

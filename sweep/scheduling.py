@@ -176,9 +176,9 @@ class DependencyRelease(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         for ours in self.handed_out.get(trial_id, []):
             spec = self.queue.specs[ours]
-            # Published counts even when the Tune trial then errored (a fused group's members
-            # publish one by one at its end).
-            if self.store.is_complete(spec) or (not error and self.store.is_not_applicable(spec)):
+            # Published or not applicable counts even when the Tune trial then errored (a fused
+            # group's members publish one by one at its end, and record not applicable at its start).
+            if self.store.is_complete(spec) or self.store.is_not_applicable(spec):
                 self.queue.finish(ours)
                 continue
             dropped = self.queue.fail(ours)

@@ -23,9 +23,8 @@ def _member(cfg, data, run_dir, segmenter) -> Member:
 
 def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segmenter_checkpoint, tmp_path):
     segmenter_checkpoint = trained_segmenter_checkpoint  # finetune starts from an M_A that has learnt
-    # One group for the engine (the sweep fuses self-training apart, engine.fused.group_key): the
-    # self-training members train on source + pseudo-labelled + labelled images, so their epochs
-    # are longer than the baselines' and the group's last steps run without the baselines.
+    # Two groups, as the sweep forms them (engine.fused.group_key): the baselines, and the
+    # self-training runs, whose epochs differ in length (source + pseudo-labelled + labelled images).
     configs = [make_cfg(method=method, label_fraction=fraction, epochs=EPOCHS, transfer_epochs=EPOCHS, lr=3e-3)
                for method, fraction in RUNS]
     data = [data_for(cfg) for cfg in configs]
@@ -35,9 +34,16 @@ def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segm
     empty = make_cfg(method="finetune", label_fraction=0.0, epochs=EPOCHS, transfer_epochs=EPOCHS, lr=3e-3)
     members = [_member(cfg, d, tmp_path / "fused" / str(k), segmenter_checkpoint)
                for k, (cfg, d) in enumerate(zip(configs, data))]
-    members.append(_member(empty, data_for(empty), tmp_path / "fused" / "empty", segmenter_checkpoint))
-    together = train_fused(members)
-    assert isinstance(together[-1], NotApplicable), together[-1]
+    students = [k for k, (method, _) in enumerate(RUNS) if method == "self_training"]
+    baselines = [k for k in range(len(RUNS)) if k not in students]
+    assert len({len(data[k].source_train_images) + len(data[k].target_labelled_images) for k in students}) > 1
+    empty_member = _member(empty, data_for(empty), tmp_path / "fused" / "empty", segmenter_checkpoint)
+    fused_baselines = train_fused([*(members[k] for k in baselines), empty_member])
+    assert isinstance(fused_baselines[-1], NotApplicable), fused_baselines[-1]
+    fused_students = train_fused([members[k] for k in students])
+    together = [None] * len(RUNS)
+    for k, result in [*zip(baselines, fused_baselines), *zip(students, fused_students)]:
+        together[k] = result
     gaps = []
     for k, (one, fused) in enumerate(zip(alone, together)):
         assert not isinstance(fused, BaseException), (RUNS[k], fused)
@@ -58,16 +64,20 @@ def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segm
     # The members are different runs (finetune starts from M_A, scratch from random weights).
     assert together[0].history[0]["train_loss"] != together[2].history[0]["train_loss"]
     print(f"finetune/scratch/self-training: largest test-Jaccard gap {max(gaps):.1e}; best epochs "
-          f"{[r.best_epoch for r in together[:-1]]}")
+          f"{[r.best_epoch for r in together]}")
 
 
-def test_finetune_and_scratch_fuse_by_task_and_target_and_nothing_else_does(make_cfg):
+def test_finetune_and_scratch_fuse_by_target_and_nothing_else_does(make_cfg):
     from protocol.grid import build_grid
 
     base = make_cfg()
+    other = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
+                       methods=["finetune", "self_training"], fractions=[50], targets=["shenzhen"])
     grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0, 1],
                       methods=["proposed", "finetune", "scratch", "self_training", "source_only"],
                       fractions=[0, 50, 100])
+    elsewhere = {group_key(s) for s in other.trials.values() if s.kind == "transfer"}
+    assert len(elsewhere) == 2 and not elsewhere & {group_key(s) for s in grid.trials.values()}
     keys = {}
     for spec in grid.trials.values():
         keys.setdefault(group_key(spec), []).append(spec)
@@ -91,21 +101,22 @@ def test_only_the_trainer_shaped_methods_build_as_a_trainer(method, make_cfg, da
 
 
 def test_a_fused_baseline_resumes_from_its_own_checkpoint(make_cfg, data_for, trained_segmenter_checkpoint, tmp_path):
-    """Two fused baselines stopped after 2 of 4 epochs (their last.pt) and trained on to 4 end
-    exactly where the uninterrupted fused run ends: weights, Adam state, random streams and the
-    selection's state (M_A's epoch-0 score included) all come back from each member's own file."""
-    runs = [("finetune", 50.0), ("scratch", 100.0)]
+    """Two fused baselines and a self-training run stopped after 2 of 4 epochs (their last.pt) and
+    trained on to 4 end exactly where the uninterrupted fused run ends: weights, Adam state, the
+    selection's state (M_A's epoch-0 score included) and the self-training weight average all come
+    back from each member's own file."""
+    runs = [("finetune", 50.0), ("scratch", 100.0), ("self_training", 50.0)]
 
     def group(epochs: int, root):
         members = []
         for method, fraction in runs:
-            cfg = make_cfg(method=method, label_fraction=fraction, epochs=epochs, lr=3e-3)
+            cfg = make_cfg(method=method, label_fraction=fraction, epochs=epochs, transfer_epochs=epochs, lr=3e-3)
             members.append(_member(cfg, data_for(cfg), root / method, trained_segmenter_checkpoint))
         return members
 
     straight = train_fused(group(4, tmp_path / "straight"))
     first = train_fused(group(2, tmp_path / "stopped"))
-    assert [len(r.history) for r in first] == [2, 2]
+    assert [len(r.history) for r in first] == [2, 2, 2]
     resumed = train_fused(group(4, tmp_path / "stopped"))
     for (method, _), one, two in zip(runs, straight, resumed):
         assert not isinstance(two, BaseException), two
