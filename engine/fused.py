@@ -37,7 +37,7 @@ from engine.data import SegmentationData
 from engine.device import autocast_for, torch_threads
 from engine.loop import EpochCallback
 from engine.supervised import Trainer, check_finite_loss, epoch_seed
-from protocol.config import RunConfig
+from protocol.config import TRAINER_METHODS, RunConfig
 from protocol.grid import SEGMENTATION, TRANSFER
 from protocol.run_dir import RunResult
 
@@ -56,10 +56,6 @@ def fuse_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, name) for name in FUSE_FIELDS)
 
 
-# Transfer methods whose training is a Trainer's (engine.target_training, engine.self_training).
-FUSED_TRANSFER_METHODS = ("finetune", "scratch", "self_training")
-
-
 def group_key(spec: "TrialSpec") -> tuple | None:
     """What a grid trial shares with the trials it may be fused with, or None for a trial that is
     trained alone. Fused: supervised segmentation trials (Table I, and M_A) of one task; the
@@ -70,7 +66,7 @@ def group_key(spec: "TrialSpec") -> tuple | None:
     cfg = spec.config
     if spec.kind == SEGMENTATION:
         return (SEGMENTATION, cfg.task, *fuse_key(cfg))
-    if spec.kind == TRANSFER and cfg.method in FUSED_TRANSFER_METHODS:
+    if spec.kind == TRANSFER and cfg.method in TRAINER_METHODS:
         kind = "self_training" if cfg.method == "self_training" else "target_labels"
         return (kind, cfg.task, cfg.target, *fuse_key(cfg.replace(epochs=spec.training_epochs)))
     return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +28,12 @@ from torch import nn
 from engine import checkpoints as ckpt
 from engine.device import foreground_masks, resolve_device
 from engine.label_budget import LabelPlan
-from engine.loop import EpochCallback
 from engine.selection import ShapePrior
 from engine.target_training import TargetTrainer
 from engine.transfer_data import TransferData
 from models.loading import TranslateThenSegment
 from models.registry import segmenter_from_checkpoint
 from protocol.config import RunConfig
-from protocol.run_dir import RunResult
 
 
 def pseudo_labels(source_model: dict, data: TransferData, keep: float, device) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -119,15 +117,9 @@ class SelfTrainingRun(TargetTrainer):
         return {"pseudo_labels": self.pseudo_record}
 
 
-def train_self_training(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
-                        source_model: dict, callbacks: Sequence[EpochCallback] = ()) -> RunResult:
-    return self_training_run(cfg, data, plan, run_dir, segmenter_path, source_model).run(callbacks)
-
-
 def self_training_run(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
                       source_model: dict) -> SelfTrainingRun:
-    """The trainer of a self-training run (what `train_self_training` runs alone and engine.fused
-    trains with other such runs)."""
+    """The trainer of a self-training run: `run()` trains it alone; engine.fused trains several together."""
     if cfg.transfer_epochs < 1:
         raise ValueError(f"transfer_epochs must be at least 1, got {cfg.transfer_epochs}")
     return SelfTrainingRun(cfg, data, plan, run_dir, source_model, segmenter_path)

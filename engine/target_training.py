@@ -149,18 +149,12 @@ class TargetTrainer(Trainer):
         return {}
 
 
-def train_on_target_labels(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
-                           source_model: dict, callbacks: Sequence[EpochCallback] = ()) -> RunResult:
-    """finetune (from M_A) or scratch (M_A's architecture from random initialisation) on the plan's
-    labelled target training images, both for `cfg.epochs` epochs: the same budget, so that neither
-    baseline is the weaker for fewer steps (README, "Label budget")."""
-    return target_trainer(cfg, data, plan, run_dir, segmenter_path, source_model).run(callbacks)
-
-
 def target_trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
                    source_model: dict) -> TargetTrainer:
-    """The trainer of a finetune or scratch run (what `train_on_target_labels` runs alone and
-    engine.fused trains with other such runs)."""
+    """The trainer of a finetune (from M_A) or scratch (M_A's architecture from random
+    initialisation) run on the plan's labelled target training images, both for `cfg.epochs`
+    epochs: the same budget, so that neither baseline is the weaker for fewer steps (README,
+    "Label budget"). `run()` trains it alone; engine.fused trains several together."""
     # The few labelled images are repeated up to the size of the target training split, so an
     # epoch is the same number of updates at every fraction and 1.25 % is not starved of steps.
     repeat = np.resize(np.arange(plan.n_train), max(len(data.target_train_images), plan.n_train))

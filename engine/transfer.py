@@ -47,9 +47,9 @@ from engine.device import (
 from engine.label_budget import LabelPlan, label_plan
 from engine.loop import EpochCallback, EpochLoop
 from engine.selection import KeepBest
-from engine.self_training import self_training_run, train_self_training
+from engine.self_training import self_training_run
 from engine.supervised import epoch_seed
-from engine.target_training import TargetTrainer, target_trainer, train_on_target_labels
+from engine.target_training import TargetTrainer, target_trainer
 from engine.transfer_common import (
     CandidateScorer,
     ValidationScorer,
@@ -79,7 +79,7 @@ from engine.translation import (
 from models.loading import TranslateThenSegment, load_translator
 from models.losses import build_loss
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
-from protocol.config import METHODS_NEEDING_TARGET_LABELS, TRANSFER_METHODS, RunConfig
+from protocol.config import METHODS_NEEDING_TARGET_LABELS, TRAINER_METHODS, TRANSFER_METHODS, RunConfig
 from protocol.run_dir import RunResult
 
 __all__ = ["NotApplicable", "train_transfer", "transfer_trainer", "warmup_translator", "check_applicable",
@@ -113,17 +113,11 @@ def train_transfer(cfg: RunConfig, data: TransferData, run_dir: str | Path, segm
     segmenter_checkpoint, source_model, run_dir, plan = _prepare(cfg, data, run_dir, segmenter_checkpoint,
                                                                  translator_checkpoint)
     with torch_threads(cfg.num_threads):
-        if cfg.method in METHODS_NEEDING_TARGET_LABELS:
-            return train_on_target_labels(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
+        if cfg.method in TRAINER_METHODS:
+            return _trainer(cfg, data, plan, run_dir, segmenter_checkpoint, source_model).run(callbacks)
         if cfg.method == "source_only":
             return _source_only(cfg, data, plan, run_dir, source_model)
-        if cfg.method == "self_training":
-            return train_self_training(cfg, data, plan, run_dir, segmenter_checkpoint, source_model, callbacks)
         return ProposedRun(cfg, data, plan, run_dir, source_model, Path(translator_checkpoint)).run(callbacks)
-
-
-# The transfer methods whose run is a `Trainer` (engine.target_training): what engine.fused can fuse.
-TRAINER_METHODS = (*METHODS_NEEDING_TARGET_LABELS, "self_training")
 
 
 def transfer_trainer(cfg: RunConfig, data: TransferData, run_dir: str | Path,
@@ -134,6 +128,11 @@ def transfer_trainer(cfg: RunConfig, data: TransferData, run_dir: str | Path,
     if cfg.method not in TRAINER_METHODS:
         raise ValueError(f"only {', '.join(TRAINER_METHODS)} train as a Trainer; got {cfg.method!r}")
     segmenter_checkpoint, source_model, run_dir, plan = _prepare(cfg, data, run_dir, segmenter_checkpoint)
+    return _trainer(cfg, data, plan, run_dir, segmenter_checkpoint, source_model)
+
+
+def _trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_checkpoint: Path,
+             source_model: dict) -> TargetTrainer:
     if cfg.method == "self_training":
         return self_training_run(cfg, data, plan, run_dir, segmenter_checkpoint, source_model)
     return target_trainer(cfg, data, plan, run_dir, segmenter_checkpoint, source_model)

@@ -18,6 +18,9 @@ SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
 TRANSFER_METHODS = ("proposed", "self_training", "finetune", "scratch", "source_only")
 # Transfer methods that train on labelled target images: not applicable at 0 % labels.
 METHODS_NEEDING_TARGET_LABELS = ("finetune", "scratch")
+# Transfer methods whose run is the supervised engine's Trainer (engine.target_training,
+# engine.self_training): the ones engine.fused can train several of as one computation.
+TRAINER_METHODS = (*METHODS_NEEDING_TARGET_LABELS, "self_training")
 # Fractions of the target training split that keep their labels (paper, Table II), in percent.
 LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
 # Training-time augmentation recipes (engine/augmentation.py): "none" is the paper's protocol,

@@ -32,9 +32,9 @@ from sweep.trainables import (
     SCRATCH,
     CheckpointStats,
     checkpoint_folder,
-    dependency_files,
     numeric,
     run_trial,
+    transfer_inputs,
     trial_config,
     trial_notes,
     trial_record,
@@ -96,8 +96,8 @@ def _stage(group_dir: Path, run_dirs: dict[str, Path]) -> Path:
 
 def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_dir: Path, callbacks: list, view):
     """The engine's Member for one trial of the group: a supervised segmentation trial, or a
-    finetune / scratch transfer trial (its M_A read from where its dependencies were published).
-    A transfer cell the engine finds not applicable raises NotApplicable here, before training."""
+    finetune / scratch / self-training trial (sweep.trainables.transfer_inputs). A transfer cell
+    the engine finds not applicable raises NotApplicable here, before training."""
     from engine.fused import Member
 
     if spec.kind == SEGMENTATION:
@@ -105,20 +105,17 @@ def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_
 
         return Member(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
     from engine.transfer import check_applicable, transfer_trainer
-    from engine.transfer_data import transfer_data
 
-    data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))
+    data, segmenter, _ = transfer_inputs(cfg, datasets, config, entry, view)
     check_applicable(cfg, data)
-    dependencies = [spec_from_dict(d) for d in entry.get("dependencies", [])]
-    segmenter, _ = dependency_files(RunStore(config.get("dependencies_out", config["out"])), dependencies)
     return Member(cfg, None, run_dir, callbacks,
                   trainer=lambda: transfer_trainer(cfg, data, run_dir, segmenter))
 
 
 def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     """The members of `config["members"]` (entries as sweep.trainables.run_trial takes them, all
-    of one engine.fused.group_key: supervised segmentation trials, or finetune / scratch transfer
-    trials) trained together."""
+    of one engine.fused.group_key: supervised segmentation trials, finetune / scratch trials, or
+    self-training trials) trained together."""
     from engine.fused import train_fused
     from engine.transfer import NotApplicable
     from engine.transfer_data import hide_test

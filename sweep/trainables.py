@@ -201,12 +201,12 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
 
         warmup_translator(cfg, datasets["jsrt"], datasets[cfg.target], run_dir)
     elif spec.kind in (TRANSFER, QUALITATIVE):
-        from engine.transfer import NotApplicable
+        from engine.transfer import NotApplicable, train_transfer
 
-        dependencies = [spec_from_dict(d) for d in trial.get("dependencies", [])]
-        dependency_store = RunStore(config.get("dependencies_out", config["out"]))
         try:
-            result = _run_transfer(cfg, datasets, dependency_store, dependencies, run_dir, callbacks, view)
+            data, segmenter, translator = transfer_inputs(cfg, datasets, config, trial, view)
+            result = train_transfer(cfg, data, run_dir, segmenter_checkpoint=segmenter,
+                                    translator_checkpoint=translator, callbacks=callbacks)
         except NotApplicable as reason:
             if spec.kind == QUALITATIVE:
                 raise  # a Fig. 9 run the engine refuses is a failure, never a quiet gap
@@ -240,7 +240,7 @@ def _final_metrics(result) -> dict[str, Any]:
     return {"val_jaccard": result.val_jaccard, "test_jaccard_mean": result.test_jaccard_mean, "epoch": last_epoch}
 
 
-def dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None, Path | None]:
+def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None, Path | None]:
     """The M_A checkpoint and the warmed translator a transfer trial depends on."""
     segmenter = translator = None
     for dependency in dependencies:
@@ -256,11 +256,11 @@ def dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None, 
     return segmenter, translator
 
 
-def _run_transfer(cfg, datasets, store: RunStore, dependencies: list, run_dir: Path, callbacks, view):
-    from engine.transfer import train_transfer
+def transfer_inputs(cfg, datasets: dict[str, Any], config: dict, entry: dict, view):
+    """A transfer trial's data (as `view` shows it) and the files of its dependencies, M_A and the
+    warmed translator, read from where they were published (`dependencies_out`, default `out`)."""
     from engine.transfer_data import transfer_data
 
-    segmenter, translator = dependency_files(store, dependencies)
-    data = view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target]))
-    return train_transfer(cfg, data, run_dir, segmenter_checkpoint=segmenter, translator_checkpoint=translator,
-                          callbacks=callbacks)
+    dependencies = [spec_from_dict(d) for d in entry.get("dependencies", [])]
+    segmenter, translator = _dependency_files(RunStore(config.get("dependencies_out", config["out"])), dependencies)
+    return view(transfer_data(cfg, datasets["jsrt"], datasets[cfg.target])), segmenter, translator
