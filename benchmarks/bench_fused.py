@@ -1,7 +1,10 @@
 """Fused training (engine.fused, `cxrsweep run --fuse K`) against today's packing.
 
 For each network and profile it prints, side by side, the aggregate training images/s of
-  - K trials fused into one computation (one process, one vmapped step), and
+  - K trials fused into one computation (one process, one vmapped step: `grouped`), and, with
+    `--steps grouped,each`, K trials fused but each member's network run on its own rows of the
+    stacked state (`each`: what a fused trial does on a CPU, bit-exact with its separate run;
+    engine.fused.grouped_on), and
   - K separate trials packed on the same device (K processes started together, each with its
     own Trainer: what `--gpus-per-trial 1/K` does through Ray),
 for K in --ks, each against one trial alone; the host memory (peak RSS) and, on a GPU, the
@@ -67,7 +70,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def fused_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
+def fused_rate(profile: str, model: str, k: int, n: int, epochs: int, grouped: bool) -> dict:
     """Aggregate training images/s of `k` fused trials (the first epoch not counted)."""
     from engine.fused import FusedStep
     from engine.supervised import Trainer
@@ -82,7 +85,7 @@ def fused_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
     for epoch in range(epochs + 1):
         _sync()
         started = time.perf_counter()
-        step = FusedStep(trainers, states)
+        step = FusedStep(trainers, states, grouped)
         outcomes = step.train_epoch()
         _sync()
         states = step.rng_states
@@ -98,17 +101,17 @@ def fused_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
             "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if GPU else None}
 
 
-def _fused_child(profile: str, model: str, k: int, n: int, epochs: int, out) -> None:
+def _fused_child(profile: str, model: str, k: int, n: int, epochs: int, grouped: bool, out) -> None:
     # On a CPU the fused trial gets the cores its K separate trials would share (one each).
     torch.set_num_threads(min(k, os.cpu_count() or 1) if not GPU else torch.get_num_threads())
-    out.put(fused_rate(profile, model, k, n, epochs))
+    out.put(fused_rate(profile, model, k, n, epochs, grouped))
 
 
-def fused_in_child(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
+def fused_in_child(profile: str, model: str, k: int, n: int, epochs: int, grouped: bool) -> dict:
     """fused_rate in a fresh process, so that its peak memory is the fused trial's own."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_fused_child, args=(profile, model, k, n, epochs, out))
+    proc = ctx.Process(target=_fused_child, args=(profile, model, k, n, epochs, grouped, out))
     proc.start()
     result = out.get(timeout=3600)  # a crashed child would otherwise hang the benchmark
     proc.join()
@@ -144,25 +147,33 @@ def packed_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
     return {"images_per_s": k * n * epochs / max(times)}
 
 
-def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epochs: int) -> dict:
+def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epochs: int, steps: list[str]) -> dict:
+    """Per profile, network and K: the packed rate and the fused rate of each step in `steps`
+    (`grouped`, `each`); the row's "fused" is the device's own way (engine.fused.grouped_on)."""
+    from engine.fused import grouped_on
+
+    own = "grouped" if grouped_on(torch.device("cuda" if GPU else "cpu")) else "each"
     rows = {}
     for profile in profiles:
         for model in models:
             cfg = bench_cfg(profile, model)
             say(f"\n{model}, {profile} profile ({cfg.image_size} px, width {cfg.width:g}, batch {cfg.batch_size}, "
-                f"{n} training images per trial; {'GPU' if GPU else 'CPU'} figures)")
-            say(f"  {'K':>2}  {'fused img/s':>12}  {'x one':>6}  {'packed img/s':>12}  {'x one':>6}  "
-                f"{'host MB':>8}  {'device MB':>9}")
+                f"{n} training images per trial; {'GPU' if GPU else 'CPU'} figures; fused steps: "
+                f"{', '.join(steps)}, this device's own: {own})")
+            say(f"  {'K':>2}  " + "".join(f"{step + ' img/s':>14}  {'x one':>6}  " for step in steps)
+                + f"{'packed img/s':>12}  {'x one':>6}  {'host MB':>8}  {'device MB':>9}")
             one = packed_rate(profile, model, 1, n, epochs)  # one separate trial alone on the device
             for k in ks:
-                fused = fused_in_child(profile, model, k, n, epochs)
+                fused = {step: fused_in_child(profile, model, k, n, epochs, step == "grouped") for step in steps}
                 packed = one if k == 1 else packed_rate(profile, model, k, n, epochs)
                 base = one["images_per_s"]
-                device = f"{fused['device_peak_mb']:9.0f}" if fused["device_peak_mb"] is not None else f"{'-':>9}"
-                say(f"  {k:>2}  {fused['images_per_s']:12.1f}  {fused['images_per_s'] / base:6.2f}  "
-                    f"{packed['images_per_s']:12.1f}  {packed['images_per_s'] / base:6.2f}  "
-                    f"{fused['host_peak_mb']:8.0f}  {device}")
-                rows[f"{profile}/{model}/{k}"] = {"fused": fused, "packed": packed}
+                main = fused.get(own, fused[steps[0]])
+                device = f"{main['device_peak_mb']:9.0f}" if main["device_peak_mb"] is not None else f"{'-':>9}"
+                say(f"  {k:>2}  " + "".join(f"{fused[step]['images_per_s']:14.1f}  "
+                                            f"{fused[step]['images_per_s'] / base:6.2f}  " for step in steps)
+                    + f"{packed['images_per_s']:12.1f}  {packed['images_per_s'] / base:6.2f}  "
+                    f"{main['host_peak_mb']:8.0f}  {device}")
+                rows[f"{profile}/{model}/{k}"] = {"fused": main, "packed": packed, "steps": fused}
     return rows
 
 
@@ -226,13 +237,15 @@ def main() -> int:
                         help="training images per trial (default: 8 on a CPU, the paper's 148 on a GPU)")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
     parser.add_argument("--gpus", default="1,2,4,8")
+    parser.add_argument("--steps", default="grouped" if GPU else "grouped,each",
+                        help="fused steps to time: grouped (one vmapped computation), each (member by member)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     n = args.images or (148 if GPU else 8)
     say(f"device: {torch.cuda.get_device_name() if GPU else 'CPU only: every figure below is a CPU figure'}; "
         f"torch {torch.__version__}, {os.cpu_count()} CPU cores")
-    rows = measure(args.models.split(","), args.profiles.split(","), ks, n, args.epochs)
+    rows = measure(args.models.split(","), args.profiles.split(","), ks, n, args.epochs, args.steps.split(","))
     figures = {"rows": rows, "gpu": GPU, "images": n}
     if "paper" in args.profiles.split(","):
         figures["projection"] = projection(rows, ks, [int(g) for g in args.gpus.split(",")])

@@ -9,12 +9,13 @@ demo's phantoms, through `cxrsweep run`:
 - `fused`: `--fuse K`, trials that may be fused trained K at a time (engine.fused).
 
 For every cell: |test Jaccard of alone - test Jaccard of the other| and whether the best epoch is
-the same. A fused member is the same computation as its run alone except for the order in which
-the grouped convolutions sum (about 1e-7 apart per layer), as the thread count is; over 20
-epochs of batch-2 training both perturbations grow into the spread of the training itself. A
+the same. On a GPU a fused member is the same computation as its run alone except for the order
+in which the grouped convolutions sum (about 1e-7 apart per layer), as the thread count is; over
+20 epochs of batch-2 training both perturbations grow into the spread of the training itself. A
 fused path with a bug (a member reading another's images, statistics or optimiser state) shows
 as a spread well above the thread count's. Downstream cells (transfer trials on a fused M_A)
-inherit their dependency's spread.
+inherit their dependency's spread. On the CPU a fused trial runs member by member
+(engine.fused.grouped_on) and is its run alone bit for bit: the fused lines read 0.
 
 `python benchmarks/bench_fused_equivalence.py --work DIR` (about 15 minutes on 2 CPU cores at the
 default slice; a finished sweep in DIR is reused, so a rerun only prints).

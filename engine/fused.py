@@ -14,15 +14,20 @@ outputs are those of a separate run; only the training step is shared. Between e
 members' own modules and optimisers hold the truth (stacked again at the start of every epoch),
 so everything after the step is the Trainer's code unchanged.
 
+Two ways to run the shared step (`grouped_on`): on a GPU one vmapped forward / backward for all
+members (grouped kernels: the point of fusing), whose convolutions sum in another order than a
+member's own run (about 1e-7 apart per layer); on the CPU, where grouped kernels bring no speed,
+each member's network runs on its rows of the stacked state, and a fused member is then its
+separate run bit for bit (tests/engine/test_fused.py checks both ways).
+
 A member that raises, or whose training loss is not finite, fails alone: its result is its
-exception and its siblings go on. vmap keeps the members' arithmetic apart, so one member's NaN
-never reaches another's weights.
+exception and its siblings go on. Either way the members' arithmetic stays apart, so one member's
+NaN never reaches another's weights.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +55,14 @@ log = logging.getLogger(__name__)
 # count, the optimiser's settings (one stacked Adam) and the device.
 FUSE_FIELDS = ("model", "width", "image_size", "batch_size", "epochs", "lr", "weight_decay", "beta1", "beta2",
                "device")
+
+
+def grouped_on(device: torch.device) -> bool:
+    """Whether a fused step runs its members' networks as one vmapped computation (grouped
+    kernels: a GPU, where K small networks otherwise leave the device idle) or member by member on
+    their rows of the stacked state (the CPU: grouped convolutions are no faster there, and each
+    member's arithmetic is then its separate run's, bit for bit; benchmarks/bench_fused.py)."""
+    return device.type != "cpu"
 
 
 def fuse_key(cfg: RunConfig) -> tuple:
@@ -113,9 +126,10 @@ class StackedAdam:
         mask = torch.zeros(members, dtype=torch.bool)
         mask[list(active)] = True
         counts = [max(step, 1) for step in self.steps]
-        step_size = torch.tensor([self.lr / (1 - beta1 ** n) for n in counts], dtype=torch.float32)
-        bias2_sqrt = torch.tensor([math.sqrt(1 - beta2 ** n) for n in counts], dtype=torch.float32)
-        mask, step_size, bias2_sqrt = (t.to(device) for t in (mask, step_size, bias2_sqrt))
+        # The bias corrections as torch's single-tensor Adam computes them (in double precision).
+        neg_step_size = torch.tensor([-(self.lr / (1 - beta1 ** n)) for n in counts], dtype=torch.float32)
+        bias2_sqrt = torch.tensor([(1 - beta2 ** n) ** 0.5 for n in counts], dtype=torch.float32)
+        mask, neg_step_size, bias2_sqrt = (t.to(device) for t in (mask, neg_step_size, bias2_sqrt))
         for name, param in self.params.items():
             grad = param.grad
             if grad is None:
@@ -126,7 +140,9 @@ class StackedAdam:
             exp_avg = self.exp_avg[name].lerp(grad, 1 - beta1)
             exp_avg_sq = self.exp_avg_sq[name].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (exp_avg_sq.sqrt() / bias2_sqrt.view(shape)).add_(self.eps)
-            updated = param - step_size.view(shape) * (exp_avg / denom)
+            # torch's CPU addcdiv_(exp_avg, denom, value=-step_size) rounds (value * exp_avg) / denom
+            # in that order: the same order here keeps a CPU member's update bit for bit its own run's.
+            updated = param + (neg_step_size.view(shape) * exp_avg) / denom
             self.exp_avg[name].copy_(torch.where(keep, exp_avg, self.exp_avg[name]))
             self.exp_avg_sq[name].copy_(torch.where(keep, exp_avg_sq, self.exp_avg_sq[name]))
             param.copy_(torch.where(keep, updated, param))
@@ -193,11 +209,14 @@ class FusedStep:
 
     `rng_states` are the members' own global random states (what their separate runs would hold
     in `torch.get_rng_state()`); the epoch draws their dropout masks from them and leaves them
-    advanced in `self.rng_states`."""
+    advanced in `self.rng_states`. `grouped`: one vmapped forward for all members (grouped
+    kernels, summed in another order than a member's own run) or one forward per member on its
+    rows of the stacked state; None: the device's way (`grouped_on`)."""
 
-    def __init__(self, trainers: Sequence[Trainer], rng_states: Sequence[torch.Tensor]):
+    def __init__(self, trainers: Sequence[Trainer], rng_states: Sequence[torch.Tensor], grouped: bool | None = None):
         self.trainers = list(trainers)
         first = self.trainers[0]
+        self.grouped = grouped_on(first.device) if grouped is None else grouped
         if first.scaler.is_enabled():
             raise ValueError("fused training needs bfloat16 or float32 arithmetic; this device trains in float16 "
                              "with loss scaling (run these trials unfused: --fuse 1)")
@@ -259,6 +278,8 @@ class FusedStep:
                 if self.dropout is not None:
                     self.dropout.current = None
 
+        if not self.grouped:
+            return self._forward_each(rows, images, masks)
         every = rows == list(range(len(self.trainers)))
         if every:
             params, buffers = self.params, self.buffers
@@ -273,6 +294,25 @@ class FusedStep:
                 for name, b in buffers.items():
                     self.buffers[name][index] = b
         return out
+
+    def _forward_each(self, rows: list[int], images: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`_forward` member by member: each network runs on its own rows of the stacked weights and
+        statistics (views, so gradients and batch-norm updates land in the stacked state), in the
+        kernels and summation order of its separate run."""
+        params = {name: p.unbind(0) for name, p in self.params.items()}
+        buffers = {name: b.unbind(0) for name, b in self.buffers.items()}
+        out = []
+        for j, row in enumerate(rows):
+            if self.dropout is not None:
+                self.dropout.current = {name: m[j] for name, m in masks.items()}
+            try:
+                with autocast_for(self.device):
+                    out.append(functional_call(self.base, ({n: p[row] for n, p in params.items()},
+                                                           {n: b[row] for n, b in buffers.items()}), (images[j],)))
+            finally:
+                if self.dropout is not None:
+                    self.dropout.current = None
+        return torch.stack(out)
 
     def train_epoch(self) -> list[dict[str, Any] | BaseException]:
         """One epoch of every member (each from its own epoch count); per member its metrics, or
@@ -352,11 +392,12 @@ class FusedStep:
                 buffer.copy_(self.buffers[name][row])
 
 
-def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], None] | None = None
-                ) -> list[RunResult | BaseException]:
+def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], None] | None = None,
+                grouped: bool | None = None) -> list[RunResult | BaseException]:
     """Train the members together; per member (in order) its RunResult, as `train_supervised`
     returns it, or the exception that failed it. `after_epoch(indices)` is called after each
-    fused epoch with the members that ended an epoch in it (their callbacks have run)."""
+    fused epoch with the members that ended an epoch in it (their callbacks have run). `grouped`:
+    see FusedStep (None: the device's way, `grouped_on`)."""
     if not members:
         return []
     results: list[RunResult | BaseException | None] = [None] * len(members)
@@ -390,7 +431,7 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
                 if not live:
                     break
                 started = time.perf_counter()
-                step = FusedStep([trainers[i] for i in live], [rng[i] for i in live])
+                step = FusedStep([trainers[i] for i in live], [rng[i] for i in live], grouped)
                 outcomes = step.train_epoch()
                 ended = []
                 for i, outcome, state in zip(live, outcomes, step.rng_states):

@@ -285,7 +285,9 @@ GPUS_PER_TRIAL: dict[str, float] = {"paper": 0.5, "cpu": 0.125, "demo": 0.125, "
 FUSED_TRIALS: dict[str, int] = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
 # cpu / demo / smoke, measured on 2 CPU cores (benchmarks/bench_fused.py, 2026-12-04): two fused U-Nets
 # trained at 1.04-1.39x one trial's images/s, two trials packed side by side at 1.39-2.96x; the
-# demo's slice took 260 s fused 4 at a time against 257 s alone. paper: no GPU measured yet.
+# demo's slice took 260 s fused 4 at a time against 257 s alone. 2026-12-06, U-Net and SegNet at cpu and
+# reduced paper size, K = 2 / 4: the vmapped step 0.95-1.45x, member by member (the CPU's way since,
+# engine.fused.grouped_on) 0.80-1.58x, side by side 1.18-2.14x. paper: no GPU measured yet.
 FUSE_DEFAULTS_NOTE = ("1 on a CPU, where fusing measured no faster than trials side by side; 1 for paper "
                       "until benchmarks/bench_fused.py has measured a GPU")
 

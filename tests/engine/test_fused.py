@@ -1,5 +1,6 @@
 """Fused training (engine.fused) against separate runs: the 5 cross-validation folds of one
-Table I cell on JSRT phantoms, smoke profile, trained as one vmapped computation and one by one."""
+Table I cell on JSRT phantoms, smoke profile, trained fused (the CPU's member-by-member step and the
+GPU's vmapped one) and one by one."""
 from __future__ import annotations
 
 import json
@@ -39,25 +40,65 @@ def _members(jsrt, model: str, root) -> list[Member]:
     return members
 
 
+@pytest.fixture(scope="module")
+def separate(jsrt, tmp_path_factory):
+    """Per network, its 5 folds trained one by one (shared by the two fused tests)."""
+    runs = {}
+
+    def alone(model: str):
+        if model not in runs:
+            root = tmp_path_factory.mktemp(f"separate-{model}")
+            runs[model] = (root, [train_supervised(m.cfg, m.data, root / f"fold{k}")
+                                  for k, m in enumerate(_members(jsrt, model, root))])
+        return runs[model]
+    return alone
+
+
+def _same_rows_and_epochs(members, separate_root, k) -> None:
+    rows_alone = pd.read_parquet(separate_root / f"fold{k}" / "images.parquet")
+    rows_together = pd.read_parquet(members[k].run_dir / "images.parquet")
+    assert list(rows_alone.image_id) == list(rows_together.image_id) and len(rows_alone) > 0
+    assert json.loads((members[k].run_dir / RESULT_JSON).read_text())["epochs_trained"] == EPOCHS
+
+
 @pytest.mark.parametrize("model", ["unet", "segnet", "fcn"])
-def test_fused_folds_match_separate_runs(jsrt, model, tmp_path):
+def test_fused_folds_on_the_cpu_are_their_separate_runs_bit_for_bit(jsrt, separate, model, tmp_path):
+    """The CPU's fused step (member by member on the stacked state, engine.fused.grouped_on): every
+    epoch's loss and validation Jaccard, the kept weights and the test scores of each fold are
+    those of its separate run, exactly."""
     members = _members(jsrt, model, tmp_path / "fused")
     assert len({len(m.data.train_images) for m in members}) > 1, "the folds should differ in size"
-    separate = [train_supervised(m.cfg, m.data, tmp_path / "separate" / f"fold{k}") for k, m in enumerate(members)]
+    root, alone = separate(model)
     fused = train_fused(members)
-    same_best, gaps = 0, []
-    for k, (alone, together) in enumerate(zip(separate, fused)):
+    for k, (run, together) in enumerate(zip(alone, fused)):
         assert not isinstance(together, BaseException), together
-        assert abs(alone.test_jaccard_mean - together.test_jaccard_mean) <= 0.01, (k, alone, together)
-        same_best += alone.best_epoch == together.best_epoch
-        rows_alone = pd.read_parquet(tmp_path / "separate" / f"fold{k}" / "images.parquet")
-        rows_together = pd.read_parquet(members[k].run_dir / "images.parquet")
-        assert list(rows_alone.image_id) == list(rows_together.image_id) and len(rows_alone) > 0
-        gaps.append(abs(alone.test_jaccard_mean - together.test_jaccard_mean))
-        curves = [(a["val_jaccard"], b["val_jaccard"]) for a, b in zip(alone.history, together.history)]
+        assert together.best_epoch == run.best_epoch and together.test_jaccard_mean == run.test_jaccard_mean, k
+        assert [(h["train_loss"], h["val_jaccard"]) for h in together.history] == \
+            [(h["train_loss"], h["val_jaccard"]) for h in run.history]
+        kept = [torch.load(path / "best.pt", weights_only=False)["state_dict"]
+                for path in (root / f"fold{k}", members[k].run_dir)]
+        assert all(torch.equal(kept[0][name], kept[1][name]) for name in kept[0]), k
+        assert pd.read_parquet(root / f"fold{k}" / "images.parquet").equals(
+            pd.read_parquet(members[k].run_dir / "images.parquet"))
+        _same_rows_and_epochs(members, root, k)
+
+
+@pytest.mark.parametrize("model", ["unet", "segnet", "fcn"])
+def test_grouped_fused_folds_match_separate_runs(jsrt, separate, model, tmp_path):
+    """The GPU's fused step (one vmapped computation), run here on the CPU: within rounding."""
+    members = _members(jsrt, model, tmp_path / "fused")
+    root, alone = separate(model)
+    fused = train_fused(members, grouped=True)
+    same_best, gaps = 0, []
+    for k, (run, together) in enumerate(zip(alone, fused)):
+        assert not isinstance(together, BaseException), together
+        assert abs(run.test_jaccard_mean - together.test_jaccard_mean) <= 0.01, (k, run, together)
+        same_best += run.best_epoch == together.best_epoch
+        gaps.append(abs(run.test_jaccard_mean - together.test_jaccard_mean))
+        curves = [(a["val_jaccard"], b["val_jaccard"]) for a, b in zip(run.history, together.history)]
         assert max(abs(a - b) for a, b in curves) <= 5e-3, curves
         assert len(together.history) == EPOCHS
-        assert json.loads((members[k].run_dir / RESULT_JSON).read_text())["epochs_trained"] == EPOCHS
+        _same_rows_and_epochs(members, root, k)
     # A vmapped convolution is a grouped one, summed in another order than a network's own (about
     # 1e-7 apart per layer), so no model is bit-exact over training; U-Net and FCN pick the same
     # epoch. SegNet learns nothing yet at this size (its validation curve is flat to 1e-4), so its

@@ -1,6 +1,7 @@
 """Table II's Trainer-shaped runs fused (engine.fused with engine.transfer.transfer_trainer):
-finetune, scratch and self-training runs of several label fractions trained as one vmapped
-computation against the same runs alone (train_transfer)."""
+finetune, scratch and self-training runs of several label fractions trained fused against the
+same runs alone (train_transfer). On the CPU a fused step runs member by member (bit-exact with
+the runs alone); tests/engine/test_fused.py covers the GPU's vmapped step within rounding."""
 from __future__ import annotations
 
 import json
@@ -44,16 +45,14 @@ def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segm
     together = [None] * len(RUNS)
     for k, result in [*zip(baselines, fused_baselines), *zip(students, fused_students)]:
         together[k] = result
-    gaps = []
     for k, (one, fused) in enumerate(zip(alone, together)):
         assert not isinstance(fused, BaseException), (RUNS[k], fused)
-        gaps.append(abs(one.test_jaccard_mean - fused.test_jaccard_mean))
-        assert gaps[-1] <= 0.01, (RUNS[k], one.test_jaccard_mean, fused.test_jaccard_mean)
-        assert one.best_epoch == fused.best_epoch, RUNS[k]
+        # On the CPU a fused member's arithmetic is its run's alone (engine.fused.grouped_on): every
+        # epoch's loss and selection score, the kept epoch and its test score are the same numbers.
+        assert one.test_jaccard_mean == fused.test_jaccard_mean and one.best_epoch == fused.best_epoch, RUNS[k]
         assert len(fused.history) == EPOCHS
-        curves = [(a["selection_score"], b["selection_score"]) for a, b in zip(one.history, fused.history)]
-        # Scored on one or two held-out 32 px images, where one pixel is about 3e-3 of Jaccard.
-        assert max(abs(a - b) for a, b in curves) <= 0.01, (RUNS[k], curves)
+        assert [(h["train_loss"], h["selection_score"]) for h in one.history] == \
+            [(h["train_loss"], h["selection_score"]) for h in fused.history], RUNS[k]
         rows_alone = pd.read_parquet(tmp_path / "alone" / str(k) / "images.parquet")
         rows_fused = pd.read_parquet(members[k].run_dir / "images.parquet")
         assert list(rows_alone.image_id) == list(rows_fused.image_id) and len(rows_fused) > 0
@@ -63,8 +62,6 @@ def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segm
             assert summaries[0].get(field) == summaries[1].get(field), (RUNS[k], field)
     # The members are different runs (finetune starts from M_A, scratch from random weights).
     assert together[0].history[0]["train_loss"] != together[2].history[0]["train_loss"]
-    print(f"finetune/scratch/self-training: largest test-Jaccard gap {max(gaps):.1e}; best epochs "
-          f"{[r.best_epoch for r in together]}")
 
 
 def test_finetune_and_scratch_fuse_by_target_and_nothing_else_does(make_cfg):
