@@ -112,99 +112,122 @@ def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_
                   trainer=lambda: transfer_trainer(cfg, data, run_dir, segmenter))
 
 
+class _Group:
+    """A fused trial's members on this worker: how each starts, what the group reports to Tune
+    after each fused epoch, and how each member's outcome lands in OUT."""
+
+    def __init__(self, config: dict, store: RunStore, group_dir: Path):
+        self.config, self.store, self.group_dir = config, store, group_dir
+        self.entries = {spec_from_dict(e["spec"]).trial_id: e for e in config["members"]}
+        self.specs = {trial_id: spec_from_dict(e["spec"]) for trial_id, e in self.entries.items()}
+        self.members: list = []
+        self.order: list[str] = []  # the trial id of each member, in train_fused's order
+        self.recorders: dict[str, _MemberRecorder] = {}
+        self.holds: dict[str, list] = {}
+        self.stats: dict[str, CheckpointStats] = {}
+        self.failed_at_start: dict[str, BaseException] = {}
+        self.not_applicable: list[str] = []
+
+    def start(self, datasets: dict[str, Any], restored: set[str], view) -> None:
+        """Every member not yet published in OUT as an engine Member; a member the engine finds
+        not applicable is recorded so, one that cannot start is kept to be recorded failed."""
+        from engine.transfer import NotApplicable
+
+        node_id = ray.get_runtime_context().get_node_id()
+        for trial_id, spec in self.specs.items():
+            if self.store.is_complete(spec):
+                print(f"[trial {trial_id}] already published in OUT; nothing to do", flush=True)
+                continue
+            cfg = trial_config(spec, self.config, datasets)
+            run_dir = self.group_dir / trial_id
+            self.stats[trial_id] = CheckpointStats.restored(run_dir)
+            self.recorders[trial_id] = _MemberRecorder(self.stats[trial_id])
+            resumed = trial_id in restored
+            entry = self.entries[trial_id]
+            hooks = test_hooks.trial_callbacks({k: v for k, v in entry.items() if k != "hold_at_epoch"}, self.store,
+                                               trial_id, resumed)
+            self.holds[trial_id] = test_hooks.trial_callbacks({"hold_at_epoch": entry.get("hold_at_epoch")},
+                                                              self.store, trial_id, resumed)
+            log.info("[trial %s] %s in a fused group of %d on node %s (%s), device %s, %d thread(s)", trial_id,
+                     "resuming from its checkpoint" if resumed else "starting", len(self.specs), node_id[:12],
+                     socket.gethostname(), cfg.device, cfg.num_threads)
+            try:
+                self.members.append(_member(spec, cfg, entry, self.config, datasets, run_dir,
+                                            [self.recorders[trial_id], *hooks], view))
+            except NotApplicable as reason:
+                # As a trial alone: the engine knows cells the grid cannot see.
+                self.store.record_not_applicable(spec, str(reason))
+                self.not_applicable.append(trial_id)
+                print(f"[trial {trial_id}] not applicable: {reason}", flush=True)
+            except Exception as exc:  # its data or its dependency: this member fails alone
+                log.exception("[trial %s] could not start", trial_id)
+                self.failed_at_start[trial_id] = exc
+        self.order = [Path(m.run_dir).name for m in self.members]
+
+    def after_epoch(self, ended: list[int]) -> None:
+        """One Tune report for the members that ended an epoch, with a checkpoint of every member
+        when any of them has just written its last.pt."""
+        report: dict[str, float] = {"members_training": float(len(ended))}
+        recorders = [self.recorders[self.order[i]] for i in ended]
+        for i, recorder in zip(ended, recorders):
+            report.update({f"{self.order[i]}/{k}": v for k, v in recorder.metrics.items()})
+            report["epoch"] = max(report.get("epoch", 0), recorder.metrics.get("epoch", 0))
+        checkpoint = None
+        if any(recorder.wrote for recorder in recorders):
+            # Every member's checkpoint, a member that could not start included (a retry starts
+            # it again from its own).
+            staged = _stage(self.group_dir, {trial_id: self.group_dir / trial_id
+                                             for trial_id in [*self.order, *self.failed_at_start]})
+            checkpoint = tune.Checkpoint.from_directory(str(staged))
+        report_started = time.perf_counter()
+        tune.report(report, checkpoint=checkpoint)
+        for recorder in recorders:
+            if recorder.wrote:
+                recorder.stats.seconds += time.perf_counter() - report_started
+                recorder.wrote = False
+        for i, recorder in zip(ended, recorders):  # the hold test hook, after the report (as a trial alone holds)
+            for hold in self.holds[self.order[i]]:
+                hold(recorder.metrics.get("epoch", 0), recorder.metrics, self.group_dir / self.order[i])
+
+    def publish(self, results: list, engine_s: float, started_at: float) -> dict[str, Any]:
+        """Each member's outcome in OUT (published, or recorded failed); the group's final report."""
+        final: dict[str, Any] = {"published": 0, **{f"{t}/not_applicable": 1 for t in self.not_applicable}}
+        for trial_id, result in [*zip(self.order, results), *self.failed_at_start.items()]:
+            spec = self.specs[trial_id]
+            if isinstance(result, BaseException):
+                error = f"{type(result).__name__}: {result}"
+                self.store.record_failure(spec, error)
+                final[f"{trial_id}/failed"] = 1
+                print(f"[trial {trial_id}] FAILED in its fused group: {error}", flush=True)
+                continue
+            self.store.publish(spec, self.group_dir / trial_id, trial_record(
+                trial_id, self.members[0].cfg.device, engine_s, started_at, self.stats[trial_id],
+                fused_with=[t for t in self.specs if t != trial_id]))
+            final["published"] += 1
+            final[f"{trial_id}/test_jaccard_mean"] = result.test_jaccard_mean
+            final[f"{trial_id}/val_jaccard"] = result.val_jaccard
+            if spec.kind == TRANSFER:
+                final.update({f"{trial_id}/{k}": v for k, v in trial_notes(self.group_dir / trial_id).items()})
+        return final
+
+
 def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     """The members of `config["members"]` (entries as sweep.trainables.run_trial takes them, all
     of one engine.fused.group_key: supervised segmentation trials, finetune / scratch trials, or
     self-training trials) trained together."""
     from engine.fused import train_fused
-    from engine.transfer import NotApplicable
     from engine.transfer_data import hide_test
 
     started_at = time.time()
     store = RunStore(config["out"])
     send_ray_messages_to(ray_log_path(store), RAY_LOGGERS + ENGINE_LOGGERS)
-    entries = {spec_from_dict(e["spec"]).trial_id: e for e in config["members"]}
-    specs = {trial_id: spec_from_dict(e["spec"]) for trial_id, e in entries.items()}
     group_dir = SCRATCH / "runs" / tune.get_context().get_experiment_name() / tune.get_context().get_trial_name()
-    restored = _restore_group(group_dir, list(specs))
-    node_id = ray.get_runtime_context().get_node_id()
-    view = hide_test if config.get("tuning") else (lambda data: data)
-
-    members, recorders, holds, stats = [], {}, {}, {}
-    failed_at_start: dict[str, BaseException] = {}
-    not_applicable: list[str] = []
-    for trial_id, spec in specs.items():
-        if store.is_complete(spec):
-            print(f"[trial {trial_id}] already published in OUT; nothing to do", flush=True)
-            continue
-        cfg = trial_config(spec, config, datasets)
-        run_dir = group_dir / trial_id
-        stats[trial_id] = CheckpointStats.restored(run_dir)
-        recorders[trial_id] = _MemberRecorder(stats[trial_id])
-        resumed = trial_id in restored
-        entry = entries[trial_id]
-        hooks = test_hooks.trial_callbacks({k: v for k, v in entry.items() if k != "hold_at_epoch"}, store, trial_id,
-                                           resumed)
-        held = test_hooks.trial_callbacks({"hold_at_epoch": entry.get("hold_at_epoch")}, store, trial_id, resumed)
-        holds[trial_id] = held
-        log.info("[trial %s] %s in a fused group of %d on node %s (%s), device %s, %d thread(s)", trial_id,
-                 "resuming from its checkpoint" if resumed else "starting", len(specs), node_id[:12],
-                 socket.gethostname(), cfg.device, cfg.num_threads)
-        try:
-            members.append(_member(spec, cfg, entry, config, datasets, run_dir, [recorders[trial_id], *hooks], view))
-        except NotApplicable as reason:
-            # As a trial alone: the engine knows cells the grid cannot see.
-            store.record_not_applicable(spec, str(reason))
-            not_applicable.append(trial_id)
-            print(f"[trial {trial_id}] not applicable: {reason}", flush=True)
-        except Exception as exc:  # its data or its dependency: this member fails alone
-            log.exception("[trial %s] could not start", trial_id)
-            failed_at_start[trial_id] = exc
-    order = [Path(m.run_dir).name for m in members]
-
-    def after_epoch(ended: list[int]) -> None:
-        report: dict[str, float] = {"members_training": float(len(ended))}
-        for i in ended:
-            trial_id = order[i]
-            report.update({f"{trial_id}/{k}": v for k, v in recorders[trial_id].metrics.items()})
-            report["epoch"] = max(report.get("epoch", 0), recorders[trial_id].metrics.get("epoch", 0))
-        checkpoint = None
-        if any(recorders[order[i]].wrote for i in ended):
-            # Every member's checkpoint, a member that could not start included (a retry starts
-            # it again from its own).
-            staged = _stage(group_dir, {trial_id: group_dir / trial_id for trial_id in [*order, *failed_at_start]})
-            checkpoint = tune.Checkpoint.from_directory(str(staged))
-        report_started = time.perf_counter()
-        tune.report(report, checkpoint=checkpoint)
-        for i in ended:
-            recorder = recorders[order[i]]
-            if recorder.wrote:
-                recorder.stats.seconds += time.perf_counter() - report_started
-                recorder.wrote = False
-        for i in ended:  # the hold test hook, after the report (as a trial alone holds)
-            for hold in holds[order[i]]:
-                hold(recorders[order[i]].metrics.get("epoch", 0), recorders[order[i]].metrics, group_dir / order[i])
-
+    group = _Group(config, store, group_dir)
+    restored = _restore_group(group_dir, list(group.specs))
+    group.start(datasets, restored, hide_test if config.get("tuning") else (lambda data: data))
     engine_started = time.perf_counter()
-    results = train_fused(members, after_epoch)
-    engine_s = time.perf_counter() - engine_started
-    final: dict[str, Any] = {"published": 0, **{f"{t}/not_applicable": 1 for t in not_applicable}}
-    for trial_id, result in [*zip(order, results), *failed_at_start.items()]:
-        spec = specs[trial_id]
-        if isinstance(result, BaseException):
-            error = f"{type(result).__name__}: {result}"
-            store.record_failure(spec, error)
-            final[f"{trial_id}/failed"] = 1
-            print(f"[trial {trial_id}] FAILED in its fused group: {error}", flush=True)
-            continue
-        store.publish(spec, group_dir / trial_id, trial_record(
-            trial_id, members[0].cfg.device, engine_s, started_at, stats[trial_id],
-            fused_with=[t for t in specs if t != trial_id]))
-        final["published"] += 1
-        final[f"{trial_id}/test_jaccard_mean"] = result.test_jaccard_mean
-        final[f"{trial_id}/val_jaccard"] = result.val_jaccard
-        if spec.kind == TRANSFER:
-            final.update({f"{trial_id}/{k}": v for k, v in trial_notes(group_dir / trial_id).items()})
+    results = train_fused(group.members, group.after_epoch)
+    final = group.publish(results, time.perf_counter() - engine_started, started_at)
     shutil.rmtree(group_dir, ignore_errors=True)
     tune.report(final)
 
