@@ -17,6 +17,9 @@ size (64 px, eighth-width networks); nothing here stands for a GPU it did not ru
 
     python benchmarks/bench_fused.py                              # every network, cpu and paper
     python benchmarks/bench_fused.py --models unet --profiles cpu --ks 1,2,4 --epochs 2
+    python benchmarks/bench_fused.py --equivalence --models unet  # fused against alone on this device
+
+`benchmarks/gpu_check_fused.sh OUTDIR` runs it the way a GPU session should (one script).
 """
 from __future__ import annotations
 
@@ -228,6 +231,45 @@ def projection(rows: dict, ks: list[int], gpus: list[int]) -> dict:
     return result
 
 
+def equivalence(models: list[str], epochs: int) -> dict:
+    """The 5 JSRT-phantom folds of each network (smoke profile, as tests/engine/test_fused.py)
+    trained fused on this device, the device's own way (engine.fused.grouped_on), against the
+    same folds trained one by one: per fold the test-Jaccard gap and whether the best epoch agrees.
+    On the CPU the gaps are 0 (member by member is bit-exact); on a GPU they are the vmapped
+    step's rounding (and cuDNN's own run-to-run differences)."""
+    from data_io.cache import load_jsrt
+    from data_io.phantoms import synthesize
+    from engine.data import segmentation_data
+    from engine.fused import Member, grouped_on, train_fused
+    from engine.supervised import train_supervised
+
+    device = "cuda" if GPU else "cpu"
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folders = synthesize(root / "data", n_source=13, n_target=0, source_size=96, seed=5)
+        jsrt = load_jsrt(folders["jsrt"], folders["scr"], 64, cache_dir=root / "cache")
+        step = "vmapped" if grouped_on(torch.device(device)) else "member by member"
+        say(f"\nfused against alone on {device} ({step} step), 5 JSRT-phantom folds, smoke profile, {epochs} epochs")
+        for model in models:
+            members = []
+            for fold in range(5):
+                cfg = make_config("smoke", model=model, task="lungs", fold=fold, epochs=epochs, device=device,
+                                  num_threads=1)
+                members.append(Member(cfg, segmentation_data(cfg, jsrt), root / model / "fused" / str(fold)))
+            alone = [train_supervised(m.cfg, m.data, root / model / "alone" / str(k)) for k, m in enumerate(members)]
+            fused = train_fused(members)
+            failed = [r for r in fused if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+            gaps = [abs(a.test_jaccard_mean - b.test_jaccard_mean) for a, b in zip(alone, fused)]
+            same = sum(a.best_epoch == b.best_epoch for a, b in zip(alone, fused))
+            say(f"  {model:<7} test-Jaccard gap per fold {' '.join(f'{g:.1e}' for g in gaps)}; "
+                f"same best epoch in {same} of 5")
+            figures[model] = {"gaps": gaps, "same_best_epoch": same}
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="unet,fcn,segnet")
@@ -240,14 +282,21 @@ def main() -> int:
     parser.add_argument("--steps", default="grouped" if GPU else "grouped,each",
                         help="fused steps to time: grouped (one vmapped computation), each (member by member)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--equivalence", action="store_true",
+                        help="instead: train the 5 phantom folds of each network fused and alone on this device")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     n = args.images or (148 if GPU else 8)
     say(f"device: {torch.cuda.get_device_name() if GPU else 'CPU only: every figure below is a CPU figure'}; "
         f"torch {torch.__version__}, {os.cpu_count()} CPU cores")
+    if args.equivalence:
+        figures = {"equivalence": equivalence(args.models.split(","), 4), "gpu": GPU}
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+        return 0
     rows = measure(args.models.split(","), args.profiles.split(","), ks, n, args.epochs, args.steps.split(","))
     figures = {"rows": rows, "gpu": GPU, "images": n}
-    if "paper" in args.profiles.split(","):
+    if "paper" in args.profiles.split(",") and "unet" in args.models.split(","):  # the projection's yardstick
         figures["projection"] = projection(rows, ks, [int(g) for g in args.gpus.split(",")])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
