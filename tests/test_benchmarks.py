@@ -22,3 +22,10 @@ def test_bench_transfer_times_the_three_steps(monkeypatch, capsys):
     printed = capsys.readouterr().out
     for step in ("discriminative", "generative", "supervised", "all three steps"):
         assert step in printed and "s/epoch" in printed, printed
+
+
+def test_bench_fused_times_both_fused_steps():
+    bench = _load("bench_fused")
+    for grouped in (True, False):
+        figures = bench.fused_rate("smoke", "unet", 2, 2, 1, grouped)
+        assert figures["images_per_s"] > 0 and figures["host_peak_mb"] > 0, figures
