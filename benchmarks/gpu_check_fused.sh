@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of fused trials (`cxrsweep run --fuse K`, issue 18), as one script (at most 7.5 minutes
-# on an H100 / H200):
+# The GPU check of fused trials (`cxrsweep run --fuse K`, issue 18), as one script (about 8 minutes on
+# an H100 / H200: 7.5 minutes of part limits, plus start-up and clean-up):
 #   1. environment (GPU, torch, Ray),
 #   2. fused against alone on the device: the 5 JSRT-phantom folds of U-Net, FCN and SegNet
 #      (smoke profile, 4 epochs) trained fused (the GPU's vmapped step) and one by one: per fold

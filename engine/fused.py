@@ -161,10 +161,11 @@ class _MemberDropout:
 
     Under vmap, `nn.Dropout` would draw every member's mask from one stream, so a member's result
     would depend on its siblings. Here the network's dropout layers are switched off in the
-    shared copy and a forward hook multiplies their output by a mask that comes in as a vmapped
-    input. Each mask is drawn before the call from the member's own generator, in the order the
-    layers run, the way the CPU's dropout draws it (`empty_like(x).bernoulli_(1 - p)`, then
-    `/ (1 - p)`): on the CPU a fused member is bit-exact with its separate run."""
+    shared copy and a forward hook multiplies their output by the member's own mask (a vmapped
+    input, or set before each member's forward in turn on the CPU). Each mask is drawn before the
+    call from the member's own generator, in the order the layers run, the way the CPU's dropout
+    draws it (`empty_like(x).bernoulli_(1 - p)`, then `/ (1 - p)`): on the CPU a fused member is
+    bit-exact with its separate run."""
 
     def __init__(self, base: torch.nn.Module):
         self.layers = {name: m for name, m in base.named_modules() if isinstance(m, torch.nn.Dropout)}

@@ -111,9 +111,10 @@ def test_grouped_fused_folds_match_separate_runs(jsrt, separate, model, tmp_path
     print(f"{model}: largest test-Jaccard gap {max(gaps):.1e}, same best epoch in {same_best} of 5 folds")
 
 
-def test_a_member_that_diverges_or_raises_fails_alone(jsrt, tmp_path, monkeypatch):
+@pytest.mark.parametrize("grouped", [False, True], ids=["member-by-member", "vmapped"])
+def test_a_member_that_diverges_or_raises_fails_alone(jsrt, tmp_path, monkeypatch, grouped):
     """Member 1's weights turn NaN in its second epoch; member 2 has fewer masks than images.
-    Both are failed with their own error; member 0 trains all its epochs as if alone."""
+    Both are failed with their own error; member 0 trains all its epochs as if alone (either step)."""
     import engine.fused as fused
 
     members = _members(jsrt, "unet", tmp_path)[:3]
@@ -131,7 +132,7 @@ def test_a_member_that_diverges_or_raises_fails_alone(jsrt, tmp_path, monkeypatc
         return train_epoch(step)
 
     monkeypatch.setattr(fused.FusedStep, "train_epoch", poisoned)
-    results = train_fused(members)
+    results = train_fused(members, grouped=grouped)
     assert not isinstance(results[0], BaseException), results[0]
     assert len(results[0].history) == EPOCHS and results[0].test_jaccard_mean > 0
     assert isinstance(results[1], TrainingDiverged), results[1]
