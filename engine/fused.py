@@ -270,15 +270,6 @@ class FusedStep:
             masks = self.dropout.masks(self.base, self.params, self.buffers, tuple(images.shape[1:]),
                                        [self.generators[row] for row in rows], self.device)
 
-        def one(params, buffers, x, member_masks):
-            if self.dropout is not None:
-                self.dropout.current = member_masks
-            try:
-                return functional_call(self.base, (params, buffers), (x,))
-            finally:
-                if self.dropout is not None:
-                    self.dropout.current = None
-
         if not self.grouped:
             return self._forward_each(rows, images, masks)
         every = rows == list(range(len(self.trainers)))
@@ -289,7 +280,7 @@ class FusedStep:
             params = {name: p.index_select(0, index) for name, p in self.params.items()}
             buffers = {name: b.index_select(0, index) for name, b in self.buffers.items()}
         with autocast_for(self.device):
-            out = vmap(one, randomness="different")(params, buffers, images, masks)
+            out = vmap(self._run_member, randomness="different")(params, buffers, images, masks)
         if not every:
             with torch.no_grad():  # batch-norm statistics the subset updated in its copies
                 for name, b in buffers.items():
@@ -303,17 +294,22 @@ class FusedStep:
         params = {name: p.unbind(0) for name, p in self.params.items()}
         buffers = {name: b.unbind(0) for name, b in self.buffers.items()}
         out = []
-        for j, row in enumerate(rows):
-            if self.dropout is not None:
-                self.dropout.current = {name: m[j] for name, m in masks.items()}
-            try:
-                with autocast_for(self.device):
-                    out.append(functional_call(self.base, ({n: p[row] for n, p in params.items()},
-                                                           {n: b[row] for n, b in buffers.items()}), (images[j],)))
-            finally:
-                if self.dropout is not None:
-                    self.dropout.current = None
+        with autocast_for(self.device):
+            for j, row in enumerate(rows):
+                out.append(self._run_member({n: p[row] for n, p in params.items()},
+                                            {n: b[row] for n, b in buffers.items()}, images[j],
+                                            {name: m[j] for name, m in masks.items()}))
         return torch.stack(out)
+
+    def _run_member(self, params: dict, buffers: dict, images: torch.Tensor, masks: dict) -> torch.Tensor:
+        """One member's network on its batch, its dropout masks in place (vmapped, or called as is)."""
+        if self.dropout is not None:
+            self.dropout.current = masks
+        try:
+            return functional_call(self.base, (params, buffers), (images,))
+        finally:
+            if self.dropout is not None:
+                self.dropout.current = None
 
     def train_epoch(self) -> list[dict[str, Any] | BaseException]:
         """One epoch of every member (each from its own epoch count); per member its metrics, or
