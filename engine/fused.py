@@ -42,7 +42,7 @@ from engine.data import SegmentationData
 from engine.device import autocast_for, torch_threads
 from engine.loop import EpochCallback
 from engine.supervised import Trainer, check_finite_loss, epoch_seed
-from protocol.config import TRAINER_METHODS, RunConfig
+from protocol.config import TRAINER_METHODS, RunConfig, translator_arguments
 from protocol.grid import SEGMENTATION, TRANSFER
 from protocol.run_dir import RunResult
 
@@ -65,8 +65,27 @@ def grouped_on(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
+# What proposed-method runs (engine.fused_proposed) must share besides: M_A's optimiser and the
+# transfer epochs, the translator (its arguments are its losses' weights) and the game's optimisers.
+PROPOSED_FUSE_FIELDS = ("model", "width", "image_size", "batch_size", "transfer_epochs", "lr", "weight_decay",
+                        "beta1", "beta2", "device", "translator", "gan_lr", "gan_beta1", "gan_beta2",
+                        "gan_weight_decay", "d_lr_ratio", "loss")
+
+
 def fuse_key(cfg: RunConfig) -> tuple:
     return tuple(getattr(cfg, name) for name in FUSE_FIELDS)
+
+
+def proposed_fuse_key(cfg: RunConfig) -> tuple:
+    return (*(getattr(cfg, name) for name in PROPOSED_FUSE_FIELDS), *sorted(translator_arguments(cfg).items()))
+
+
+def proposed_fusable(cfg: RunConfig) -> bool:
+    """Whether a proposed run can train fused: the MUNIT translator (CycleGAN's pool of past fakes
+    lives in the module, which fused members share), no R1 penalty (a gradient inside the step,
+    which vmap does not take), no semantic adversary (a fourth network and optimiser) and no
+    torch.compile. The defaults and the paper's settings are all fusable."""
+    return cfg.translator == "munit" and cfg.r1_gamma == 0 and cfg.w_semantic == 0 and not cfg.compile
 
 
 def group_key(spec: "TrialSpec") -> tuple | None:
@@ -75,13 +94,17 @@ def group_key(spec: "TrialSpec") -> tuple | None:
     finetune / scratch runs of one task and target (every label fraction and repetition: their
     epochs are the same number of steps, engine.target_training); the self-training runs of one
     task and target (their epochs differ by the pseudo-labels each keeps: a shorter member sits
-    out the last steps). The proposed method and the warm-ups train otherwise and run alone."""
+    out the last steps); the proposed runs of one task and target (every fraction and repetition,
+    engine.fused_proposed) where `proposed_fusable`. The warm-ups, source_only and the Fig. 9 runs
+    run alone."""
     cfg = spec.config
     if spec.kind == SEGMENTATION:
         return (SEGMENTATION, cfg.task, *fuse_key(cfg))
     if spec.kind == TRANSFER and cfg.method in TRAINER_METHODS:
         kind = "self_training" if cfg.method == "self_training" else "target_labels"
         return (kind, cfg.task, cfg.target, *fuse_key(cfg.replace(epochs=spec.training_epochs)))
+    if spec.kind == TRANSFER and cfg.method == "proposed" and proposed_fusable(cfg):
+        return ("proposed", cfg.task, cfg.target, *proposed_fuse_key(cfg))
     return None
 
 
@@ -96,44 +119,52 @@ class Member:
     run_dir: Path
     callbacks: Sequence[EpochCallback] = field(default_factory=tuple)
     trainer: Callable[[], Trainer] | None = None
+    step: type | None = None  # the fused step that trains it (None: FusedStep; the group's first member's counts)
 
     def start(self) -> Trainer:
-        """The member's Trainer, ready for `begin()`."""
+        """The member's Trainer (or run of `step`'s kind), ready for `begin()`."""
         return self.trainer() if self.trainer is not None else Trainer(self.cfg, self.data, Path(self.run_dir))
 
 
 class StackedAdam:
     """torch.optim.Adam (L2 weight decay, as the paper's Trainer) over tensors stacked by member.
 
-    Adam is element-wise, so a stacked update is each member's own update. Members keep their own
-    step counts (folds of different sizes take different numbers of steps), and a step updates only
-    the members that had a batch in it."""
+    Adam is element-wise, so a stacked update is each member's own update. Step counts are kept
+    per tensor and member, as torch keeps them per parameter: folds of different sizes take
+    different numbers of steps, a step updates only the members that had a batch in it, and a
+    tensor without a gradient in a step (a part of the network the step did not use, e.g. the
+    style encoders in the proposed method's supervised step) is skipped, its count unchanged."""
 
-    def __init__(self, params: dict[str, torch.Tensor], steps: list[int], exp_avg: dict[str, torch.Tensor],
-                 exp_avg_sq: dict[str, torch.Tensor], lr: float, betas: tuple[float, float], eps: float,
-                 weight_decay: float):
-        self.params, self.steps, self.exp_avg, self.exp_avg_sq = params, list(steps), exp_avg, exp_avg_sq
+    def __init__(self, params: dict[str, torch.Tensor], steps: dict[str, list[int]],
+                 exp_avg: dict[str, torch.Tensor], exp_avg_sq: dict[str, torch.Tensor], lr: float,
+                 betas: tuple[float, float], eps: float, weight_decay: float):
+        self.params, self.exp_avg, self.exp_avg_sq = params, exp_avg, exp_avg_sq
+        self.steps = {name: list(counts) for name, counts in steps.items()}
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
 
     @torch.no_grad()
     def step(self, active: Sequence[int]) -> None:
         """One Adam step for the member rows in `active` (their gradients are in `.grad`)."""
         beta1, beta2 = self.betas
-        members = len(self.steps)
-        for row in active:
-            self.steps[row] += 1
         device = next(iter(self.params.values())).device
+        members = len(next(iter(self.steps.values())))
         mask = torch.zeros(members, dtype=torch.bool)
         mask[list(active)] = True
-        counts = [max(step, 1) for step in self.steps]
-        # The bias corrections as torch's single-tensor Adam computes them (in double precision).
-        neg_step_size = torch.tensor([-(self.lr / (1 - beta1 ** n)) for n in counts], dtype=torch.float32)
-        bias2_sqrt = torch.tensor([(1 - beta2 ** n) ** 0.5 for n in counts], dtype=torch.float32)
-        mask, neg_step_size, bias2_sqrt = (t.to(device) for t in (mask, neg_step_size, bias2_sqrt))
+        mask = mask.to(device)
+        factors: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # one copy per set of counts
         for name, param in self.params.items():
             grad = param.grad
             if grad is None:
                 continue
+            for row in active:
+                self.steps[name][row] += 1
+            counts = tuple(max(step, 1) for step in self.steps[name])
+            if counts not in factors:
+                # The bias corrections as torch's single-tensor Adam computes them (in double precision).
+                neg_step_size = torch.tensor([-(self.lr / (1 - beta1 ** n)) for n in counts], dtype=torch.float32)
+                bias2_sqrt = torch.tensor([(1 - beta2 ** n) ** 0.5 for n in counts], dtype=torch.float32)
+                factors[counts] = (neg_step_size.to(device), bias2_sqrt.to(device))
+            neg_step_size, bias2_sqrt = factors[counts]
             shape = (members,) + (1,) * (param.dim() - 1)
             keep = mask.view(shape)
             grad = grad.add(param, alpha=self.weight_decay) if self.weight_decay else grad
@@ -148,12 +179,60 @@ class StackedAdam:
             param.copy_(torch.where(keep, updated, param))
 
 
-def _optimizer_settings(trainer: Trainer) -> dict[str, Any]:
-    group = trainer.optimizer.param_groups[0]
+def _optimizer_settings(optimizer: torch.optim.Optimizer, where: Path) -> dict[str, Any]:
+    group = optimizer.param_groups[0]
+    if len(optimizer.param_groups) > 1:
+        raise ValueError(f"{where}: fused training implements one parameter group per optimiser")
     if group.get("amsgrad") or group.get("maximize") or group.get("decoupled_weight_decay"):
-        raise ValueError(f"{trainer.run_dir}: fused training implements plain Adam only")
+        raise ValueError(f"{where}: fused training implements plain Adam only")
     return {"lr": group["lr"], "betas": tuple(group["betas"]), "eps": group["eps"],
             "weight_decay": group["weight_decay"]}
+
+
+def stack_adam(optimizers: Sequence[torch.optim.Optimizer], modules: Sequence[torch.nn.Module],
+               params: dict[str, torch.Tensor], where: Sequence[Path]) -> StackedAdam:
+    """One StackedAdam over the members' `optimizers` (the same settings, each over the same
+    parameters of its member's module), on the rows of the stacked `params` (named as in the
+    modules' named_parameters), its moments and step counts where each optimiser left them."""
+    settings = [_optimizer_settings(optimizer, path) for optimizer, path in zip(optimizers, where)]
+    if any(s != settings[0] for s in settings):
+        raise ValueError("fused members must share the optimiser's settings")
+    trained = {id(p) for p in optimizers[0].param_groups[0]["params"]}
+    names = [name for name, p in modules[0].named_parameters() if id(p) in trained]
+    steps: dict[str, list[int]] = {name: [] for name in names}
+    moments: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    squares: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for optimizer, module in zip(optimizers, modules):
+        named = dict(module.named_parameters())
+        for name in names:
+            param = named[name]
+            state = optimizer.state.get(param, {})
+            steps[name].append(int(state["step"]) if "step" in state else 0)
+            moments[name].append(state["exp_avg"] if "exp_avg" in state else torch.zeros_like(param))
+            squares[name].append(state["exp_avg_sq"] if "exp_avg_sq" in state else torch.zeros_like(param))
+    return StackedAdam({name: params[name] for name in names}, steps,
+                       {name: torch.stack(moments[name]).contiguous() for name in names},
+                       {name: torch.stack(squares[name]).contiguous() for name in names}, **settings[0])
+
+
+@torch.no_grad()
+def unstack_adam(stacked: StackedAdam, optimizers: Sequence[torch.optim.Optimizer],
+                 modules: Sequence[torch.nn.Module]) -> None:
+    """Each member's rows of `stacked` back into its own parameters and optimiser state (a tensor
+    a member has never stepped keeps no state, as in its own optimiser)."""
+    for row, (optimizer, module) in enumerate(zip(optimizers, modules)):
+        named = dict(module.named_parameters())
+        on_device = optimizer.defaults.get("fused") or optimizer.defaults.get("capturable")
+        for name, rows in stacked.params.items():
+            param = named[name]
+            param.copy_(rows[row])
+            if stacked.steps[name][row] == 0:
+                continue
+            state = optimizer.state[param]
+            state["step"] = torch.tensor(float(stacked.steps[name][row]), dtype=torch.float32,
+                                         device=param.device if on_device else "cpu")
+            state["exp_avg"] = stacked.exp_avg[name][row].clone()
+            state["exp_avg_sq"] = stacked.exp_avg_sq[name][row].clone()
 
 
 class _MemberDropout:
@@ -214,6 +293,15 @@ class FusedStep:
     kernels, summed in another order than a member's own run) or one forward per member on its
     rows of the stacked state; None: the device's way (`grouped_on`)."""
 
+    FIELDS = FUSE_FIELDS
+
+    @staticmethod
+    def shape(trainer: Trainer) -> tuple:
+        """What a member shares with its group (fuse_key), once it is known to have epochs to train."""
+        if trainer.cfg.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {trainer.cfg.epochs}")
+        return fuse_key(trainer.cfg)
+
     def __init__(self, trainers: Sequence[Trainer], rng_states: Sequence[torch.Tensor], grouped: bool | None = None):
         self.trainers = list(trainers)
         first = self.trainers[0]
@@ -225,13 +313,9 @@ class FusedStep:
         self.modules = [ckpt.unwrap(t.model) for t in self.trainers]
         for module in self.modules:  # as the epoch trains them (a validation leaves some in eval mode)
             module.train()
-        settings = [_optimizer_settings(t) for t in self.trainers]
-        if any(s != settings[0] for s in settings):
-            raise ValueError("fused members must share the optimiser's settings")
         self.params, self.buffers = stack_module_state(self.modules)
-        names = [name for name, _ in self.modules[0].named_parameters()]
-        steps, exp_avg, exp_avg_sq = self._stack_optimizer_state(names)
-        self.optimizer = StackedAdam(self.params, steps, exp_avg, exp_avg_sq, **settings[0])
+        self.optimizer = stack_adam([t.optimizer for t in self.trainers], self.modules, self.params,
+                                    [t.run_dir for t in self.trainers])
         self.base = copy.deepcopy(self.modules[0]).to("meta")
         self.dropout = _MemberDropout(self.base) if any(
             isinstance(m, torch.nn.Dropout) for m in self.base.modules()) else None
@@ -244,24 +328,6 @@ class FusedStep:
     @property
     def rng_states(self) -> list[torch.Tensor]:
         return [g.get_state() for g in self.generators]
-
-    def _stack_optimizer_state(self, names: list[str]):
-        steps: list[int] = []
-        moments: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        squares: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        for trainer, module in zip(self.trainers, self.modules):
-            member_steps = set()
-            for name, param in module.named_parameters():
-                state = trainer.optimizer.state.get(param, {})
-                member_steps.add(int(state["step"]) if "step" in state else 0)
-                moments[name].append(state["exp_avg"] if "exp_avg" in state else torch.zeros_like(param))
-                squares[name].append(state["exp_avg_sq"] if "exp_avg_sq" in state else torch.zeros_like(param))
-            if len(member_steps) != 1:
-                raise ValueError(f"{trainer.run_dir}: the optimiser's parameters are at different steps")
-            steps.append(member_steps.pop())
-        stack = {name: torch.stack(moments[name]).contiguous() for name in names}
-        stack_sq = {name: torch.stack(squares[name]).contiguous() for name in names}
-        return steps, stack, stack_sq
 
     def _forward(self, rows: list[int], images: torch.Tensor) -> torch.Tensor:
         """The networks of `rows` on their own batches ([members, batch, ...] in, out alike)."""
@@ -376,15 +442,8 @@ class FusedStep:
     @torch.no_grad()
     def _unstack(self) -> None:
         """Each member's weights, statistics and Adam state back into its own module and optimiser."""
-        for row, (trainer, module) in enumerate(zip(self.trainers, self.modules)):
-            for name, param in module.named_parameters():
-                param.copy_(self.params[name][row])
-                state = trainer.optimizer.state[param]
-                fused = trainer.optimizer.defaults.get("fused") or trainer.optimizer.defaults.get("capturable")
-                state["step"] = torch.tensor(float(self.optimizer.steps[row]), dtype=torch.float32,
-                                             device=param.device if fused else "cpu")
-                state["exp_avg"] = self.optimizer.exp_avg[name][row].clone()
-                state["exp_avg_sq"] = self.optimizer.exp_avg_sq[name][row].clone()
+        unstack_adam(self.optimizer, [t.optimizer for t in self.trainers], self.modules)
+        for row, module in enumerate(self.modules):
             for name, buffer in module.named_buffers():
                 buffer.copy_(self.buffers[name][row])
 
@@ -397,6 +456,7 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
     see FusedStep (None: the device's way, `grouped_on`)."""
     if not members:
         return []
+    step_type = members[0].step or FusedStep
     results: list[RunResult | BaseException | None] = [None] * len(members)
     trainers: dict[int, Trainer] = {}
     rng: dict[int, torch.Tensor] = {}  # each member's own global random state between epochs
@@ -408,13 +468,12 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
                 try:
                     Path(member.run_dir).mkdir(parents=True, exist_ok=True)
                     trainer = member.start()  # seeds the global stream
-                    if trainer.cfg.epochs < 1:
-                        raise ValueError(f"epochs must be at least 1, got {trainer.cfg.epochs}")
                     # What the members train must be one computation: the first started is the group's.
-                    shape = next((fuse_key(t.cfg) for t in trainers.values()), fuse_key(trainer.cfg))
-                    if fuse_key(trainer.cfg) != shape:
-                        raise ValueError(f"fused members must share {', '.join(FUSE_FIELDS)}: this one trains "
-                                         f"{fuse_key(trainer.cfg)}, the group {shape}")
+                    own = step_type.shape(trainer)
+                    shape = next((step_type.shape(t) for t in trainers.values()), own)
+                    if own != shape:
+                        raise ValueError(f"fused members must share {', '.join(step_type.FIELDS)}: this one trains "
+                                         f"{own}, the group {shape}")
                     resumed = trainer.begin()  # or restores it
                     log.info("%s %s fused with %d other run(s) on %s, writing to %s",
                              "resuming" if resumed else "training", trainer.describe(), len(members) - 1,
@@ -428,7 +487,7 @@ def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], No
                 if not live:
                     break
                 started = time.perf_counter()
-                step = FusedStep([trainers[i] for i in live], [rng[i] for i in live], grouped)
+                step = step_type([trainers[i] for i in live], [rng[i] for i in live], grouped)
                 outcomes = step.train_epoch()
                 ended = []
                 for i, outcome, state in zip(live, outcomes, step.rng_states):

@@ -82,8 +82,8 @@ from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from protocol.config import METHODS_NEEDING_TARGET_LABELS, TRAINER_METHODS, TRANSFER_METHODS, RunConfig
 from protocol.run_dir import RunResult
 
-__all__ = ["NotApplicable", "train_transfer", "transfer_trainer", "warmup_translator", "check_applicable",
-           "validation_jaccard"]
+__all__ = ["NotApplicable", "train_transfer", "transfer_trainer", "proposed_run", "warmup_translator",
+           "check_applicable", "validation_jaccard"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,18 @@ def transfer_trainer(cfg: RunConfig, data: TransferData, run_dir: str | Path,
         raise ValueError(f"only {', '.join(TRAINER_METHODS)} train as a Trainer; got {cfg.method!r}")
     segmenter_checkpoint, source_model, run_dir, plan = _prepare(cfg, data, run_dir, segmenter_checkpoint)
     return _trainer(cfg, data, plan, run_dir, segmenter_checkpoint, source_model)
+
+
+def proposed_run(cfg: RunConfig, data: TransferData, run_dir: str | Path, segmenter_checkpoint: str | Path,
+                 translator_checkpoint: str | Path) -> "ProposedRun":
+    """A proposed-method run as `train_transfer` would run it, after its checks and label plan:
+    what engine.fused_proposed trains with others of its shape. Build it under the run's thread
+    count (engine.fused does)."""
+    if cfg.method != "proposed":
+        raise ValueError(f"proposed_run builds the proposed method; got {cfg.method!r}")
+    segmenter_checkpoint, source_model, run_dir, plan = _prepare(cfg, data, run_dir, segmenter_checkpoint,
+                                                                 translator_checkpoint)
+    return ProposedRun(cfg, data, plan, run_dir, source_model, Path(translator_checkpoint))
 
 
 def _trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_checkpoint: Path,
@@ -208,7 +220,7 @@ def _source_only(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: P
 # The proposed method.
 
 
-class _StepClock:
+class StepClock:
     """Seconds spent in each kind of step over an epoch. On CUDA, events recorded between the
     steps are read once, at the epoch's end: reading a clock after each step would wait for the GPU."""
 
@@ -234,6 +246,9 @@ class _StepClock:
         for name, start, end in self.spans:
             totals[name] += start.elapsed_time(end) / 1000 if self.cuda else end - start
         return totals
+
+
+STEP_CLOCKS = ("D_s", "G_s", "S_s")  # the seconds of each step kind an epoch reports
 
 
 class ProposedRun(EpochLoop):
@@ -289,16 +304,23 @@ class ProposedRun(EpochLoop):
         self.no_adaptation: dict[str, Any] | None = None  # its score and val Jaccard
 
     # --- the supervised step (the two GAN steps live in TranslationTrainer) ---
+    def augmented(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None,
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The supervised step's images, augmented by the run's recipe (`generator`: the epoch's;
+        None: the paper's protocol, as they are)."""
+        if generator is not None:
+            a, a_masks = augment(self.cfg.augmentation, a, a_masks, generator)
+            if b is not None:
+                b, b_masks = augment(self.cfg.augmentation, b, b_masks, generator)
+        return a, a_masks, b, b_masks
+
     def supervised_step(self, a: Tensor, a_masks: Tensor, b: Tensor | None, b_masks: Tensor | None,
                         generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Discriminators frozen; M_A and both generators trained on the segmentation loss, on
         images augmented by the run's recipe (`generator`: the epoch's), as M_A was trained: an
         unaugmented step pulls a robust M_A back towards the source's own look."""
         translator, segmenter = self.model.translator, self.model.segmenter
-        if generator is not None:
-            a, a_masks = augment(self.cfg.augmentation, a, a_masks, generator)
-            if b is not None:
-                b, b_masks = augment(self.cfg.augmentation, b, b_masks, generator)
+        a, a_masks, b, b_masks = self.augmented(a, a_masks, b, b_masks, generator)
         set_trainable(translator.discriminator_modules(), False)
         set_trainable(translator.generator_modules(), True)
         self.translation.generator_optimizer.zero_grad(set_to_none=True)
@@ -314,14 +336,16 @@ class ProposedRun(EpochLoop):
         self.scaler.update()
         return {name: value.detach() for name, value in losses.items()}
 
-    def train_epoch(self) -> dict[str, float]:
-        cfg, data, device = self.cfg, self.data, self.device
-        self.model.train()
+    def epoch_draws(self) -> tuple[list[tuple[Tensor, ...]], torch.Generator | None]:
+        """What an epoch draws before its first step: the global random stream seeded by (seed,
+        epoch) (MUNIT draws random styles from it: resuming is exact), the steps' index batches
+        (source, target, labelled target) on the device, and the supervised step's augmentation
+        generator (None without augmentation). It draws from a generator of its own, so that the
+        paper's protocol (no augmentation) leaves every other draw where it always was."""
+        cfg, data = self.cfg, self.data
         seed = epoch_seed(cfg.seed, self.epoch)
-        torch.manual_seed(seed)  # MUNIT draws random styles: a function of (seed, epoch) so resuming is exact
+        torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        # The supervised step's augmentation draws from a generator of its own, so that the
-        # paper's protocol (no augmentation) leaves every other draw where it always was.
         augmentation = torch.Generator().manual_seed(seed) if cfg.augmentation != NO_AUGMENTATION else None
         # Index draws in the order the engine has always made them: every permutation of the
         # epoch first, then one labelled draw per step.
@@ -330,18 +354,28 @@ class ProposedRun(EpochLoop):
         labelled = [rng.integers(0, self.n_labelled, size=len(index_b)) for _, index_b in pairs] \
             if self.n_labelled else [np.zeros(0, np.int64)] * len(pairs)
         batches = [(index_a, index_b, index_l) for (index_a, index_b), index_l in zip(pairs, labelled)]
-        sums, clock = LossSums(), _StepClock(device, ("D_s", "G_s", "S_s") + (("SEM_s",) if self.semantic else ()))
-        for index_a, index_b, index_l in device_batches(batches, device):
-            a, b = self.source_images[index_a], self.target_images[index_b]
+        return device_batches(batches, self.device), augmentation
+
+    def batch(self, index_a: Tensor, index_b: Tensor, index_l: Tensor) -> tuple[Tensor, ...]:
+        """A step's source images and masks, target images, and labelled target images and masks
+        (None, None without target labels)."""
+        labelled_b = labelled_masks = None
+        if self.n_labelled:
+            labelled_b, labelled_masks = self.labelled_images[index_l], self.labelled_masks[index_l].long()
+        return (self.source_images[index_a], self.source_masks[index_a].long(), self.target_images[index_b],
+                labelled_b, labelled_masks)
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        batches, augmentation = self.epoch_draws()
+        sums, clock = LossSums(), StepClock(self.device, STEP_CLOCKS + (("SEM_s",) if self.semantic else ()))
+        for index_a, index_b, index_l in batches:
+            a, a_masks, b, labelled_b, labelled_masks = self.batch(index_a, index_b, index_l)
             start = clock.now()
             record = self.translation.discriminative_step(a, b)
             after_d = clock.now()
             record.update(self.translation.generative_step(a, b))
             after_g = clock.now()
-            labelled_b = labelled_masks = None
-            if self.n_labelled:
-                labelled_b, labelled_masks = self.labelled_images[index_l], self.labelled_masks[index_l].long()
-            a_masks = self.source_masks[index_a].long()
             record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks, augmentation))
             after_s = clock.now()
             clock.add("D_s", start, after_d)
@@ -352,9 +386,13 @@ class ProposedRun(EpochLoop):
                                                  self.translation.generator_optimizer, b, a_masks))
                 clock.add("SEM_s", after_s, clock.now())
             sums.add(record)
-        losses = sums.means()  # the epoch's one host sync
+        return self.epoch_losses_of(sums, clock.seconds())
+
+    def epoch_losses_of(self, sums: LossSums, seconds: dict[str, float]) -> dict[str, float]:
+        """An epoch's mean losses (its one host sync), checked finite, and its seconds per step kind."""
+        losses = sums.means()
         check_finite(losses, f"{self.run_dir}: proposed epoch {self.epoch + 1}")
-        return {**losses, **clock.seconds()}
+        return {**losses, **seconds}
 
     # --- checkpoints ---
     def checkpoint(self) -> dict[str, Any]:
@@ -410,9 +448,13 @@ class ProposedRun(EpochLoop):
         return self.cfg.transfer_epochs
 
     def epoch_metrics(self) -> dict[str, Any]:
-        self.epoch_losses = self.train_epoch()
-        self.epoch_balance = adversarial_balance(self.epoch_losses, self.cfg.w_adv)
-        return {**self.epoch_losses, **self.epoch_balance}
+        return self.trained_epoch(self.train_epoch())
+
+    def trained_epoch(self, losses: dict[str, float]) -> dict[str, Any]:
+        """An epoch's metrics from its losses, trained here or in a fused group (engine.fused_proposed)."""
+        self.epoch_losses = losses
+        self.epoch_balance = adversarial_balance(losses, self.cfg.w_adv)
+        return {**losses, **self.epoch_balance}
 
     def evaluate(self, metrics: dict[str, Any]) -> tuple[np.ndarray, float]:
         val_jaccard, val_on = self.validate(self.model)
@@ -452,8 +494,18 @@ class ProposedRun(EpochLoop):
         return {"target_score": float(scores.mean()), "val_jaccard": self.validate(model)[0]}
 
     def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
+        self.begin()
+        return self.finish(self.fit(callbacks))
+
+    def describe(self) -> str:
+        return f"proposed {self.data.task} {self.data.target_name} {self.data.label_fraction:g} % " \
+               f"repetition {self.cfg.repetition}"
+
+    def begin(self) -> bool:
+        """Resume from last.pt if there is one, and score M_A as it is (the "no adaptation"
+        candidate) on a fresh start; whether it resumed."""
         cfg, data = self.cfg, self.data
-        self.resume()
+        resumed = self.resume()
         log.info("proposed %s -> %s %s at %g %% labels on %s: %d source / %d target (%d labelled, %d of them "
                  "trained on, %s budget) training images, %d epochs after a %d-epoch warm-up, epoch chosen by %s, "
                  "writing to %s", data.source_name, data.target_name, data.task, data.label_fraction, self.device,
@@ -465,7 +517,11 @@ class ProposedRun(EpochLoop):
             self.best_val = self.no_adaptation["target_score"]
             log.info("no adaptation (M_A on %s as it is): %s %.4f", data.target_name, self.criterion,
                      self.no_adaptation["target_score"])
-        trained = self.fit(callbacks)
+        return resumed
+
+    def finish(self, trained: int) -> RunResult:
+        """The kept epoch (or M_A as it is, when the keeper finds no adaptation better) on the test split."""
+        cfg, data = self.cfg, self.data
         decision = self.keeper.decide()
         summary = self.summary(decision)
         if decision is not None and not decision.keep_adaptation:

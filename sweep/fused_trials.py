@@ -95,19 +95,25 @@ def _stage(group_dir: Path, run_dirs: dict[str, Path]) -> Path:
 
 
 def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_dir: Path, callbacks: list, view):
-    """The engine's Member for one trial of the group: a supervised segmentation trial, or a
-    finetune / scratch / self-training trial (sweep.trainables.transfer_inputs). A transfer cell
-    the engine finds not applicable raises NotApplicable here, before training."""
+    """The engine's Member for one trial of the group: a supervised segmentation trial, a
+    finetune / scratch / self-training trial, or a proposed-method trial (its inputs:
+    sweep.trainables.transfer_inputs). A transfer cell the engine finds not applicable raises
+    NotApplicable here, before training."""
     from engine.fused import Member
 
     if spec.kind == SEGMENTATION:
         from engine.data import segmentation_data
 
         return Member(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
-    from engine.transfer import check_applicable, transfer_trainer
+    from engine.transfer import check_applicable, proposed_run, transfer_trainer
 
-    data, segmenter, _ = transfer_inputs(cfg, datasets, config, entry, view)
+    data, segmenter, translator = transfer_inputs(cfg, datasets, config, entry, view)
     check_applicable(cfg, data)
+    if cfg.method == "proposed":
+        from engine.fused_proposed import FusedProposedStep
+
+        return Member(cfg, None, run_dir, callbacks, step=FusedProposedStep,
+                      trainer=lambda: proposed_run(cfg, data, run_dir, segmenter, translator))
     return Member(cfg, None, run_dir, callbacks,
                   trainer=lambda: transfer_trainer(cfg, data, run_dir, segmenter))
 
@@ -213,8 +219,8 @@ class _Group:
 
 def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     """The members of `config["members"]` (entries as sweep.trainables.run_trial takes them, all
-    of one engine.fused.group_key: supervised segmentation trials, finetune / scratch trials, or
-    self-training trials) trained together."""
+    of one engine.fused.group_key: supervised segmentation trials, finetune / scratch trials,
+    self-training trials, or proposed-method trials) trained together."""
     from engine.fused import train_fused
     from engine.transfer_data import hide_test
 

@@ -54,13 +54,14 @@ def test_a_fused_group_keeps_each_member_and_fails_one_alone(ray_runtime, data_p
 
 
 def test_table_two_runs_fuse_by_method_after_their_m_a(ray_runtime, data_paths, tmp_path):
-    """finetune, scratch and self-training at 0, 50 and 100 % labels with --fuse 4: the 0 %
-    finetune and scratch cells are not applicable (nothing to train on); once M_A is published,
-    the four other baselines go out as one fused Tune trial and the three self-training runs as
-    another, and each member is published as its own trial."""
+    """finetune, scratch, self-training and the proposed method at 0, 50 and 100 % labels with
+    --fuse 4: the 0 % finetune and scratch cells are not applicable (nothing to train on); once
+    M_A is published, the four other baselines go out as one fused Tune trial and the three
+    self-training runs as another, and once the translator is warmed the three proposed runs as a
+    third (engine.fused_proposed); each member is published as its own trial."""
     base = make_config("smoke", {"num_threads": 1, "epochs": 2, "transfer_epochs": 2})
     grid = build_grid("transfer", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
-                      methods=["finetune", "scratch", "self_training"], fractions=[0, 50, 100])
+                      methods=["finetune", "scratch", "self_training", "proposed"], fractions=[0, 50, 100])
     lines: list[str] = []
     outcome = run_grid(grid, data_paths, SweepOptions(out=str(tmp_path), cpus_per_trial=1, progress_every_s=60,
                                                       fuse=4), say=lines.append)
@@ -69,17 +70,18 @@ def test_table_two_runs_fuse_by_method_after_their_m_a(ray_runtime, data_paths, 
     runs = trials[trials.experiment == "transfer"]
     assert sorted(zip(runs.method, runs.label_fraction, runs.status)) == [
         ("finetune", 0.0, "not_applicable"), ("finetune", 50.0, "ok"), ("finetune", 100.0, "ok"),
+        ("proposed", 0.0, "ok"), ("proposed", 50.0, "ok"), ("proposed", 100.0, "ok"),
         ("scratch", 0.0, "not_applicable"), ("scratch", 50.0, "ok"), ("scratch", 100.0, "ok"),
         ("self_training", 0.0, "ok"), ("self_training", 50.0, "ok"), ("self_training", 100.0, "ok")]
     ran = runs[runs.status == "ok"]
     assert ran.test_jaccard_mean.between(0, 1).all()
     for trial_id in ran.index:
         info = json.loads((tmp_path / "runs" / trial_id / "trial.json").read_text())
-        students = ran.method == "self_training"
-        siblings = set(ran.index[students if ran.loc[trial_id, "method"] == "self_training" else ~students])
+        kinds = ran.method.replace({"finetune": "baseline", "scratch": "baseline"})
+        siblings = set(ran.index[kinds == kinds[trial_id]])
         assert sorted(info["fused_with"]) == sorted(siblings - {trial_id}), trial_id
         summary = json.loads((tmp_path / "runs" / trial_id / "result.json").read_text())
         assert summary["epochs_trained"] == 2 and summary["config"]["method"] == ran.loc[trial_id, "method"]
     m_a_done = trials[trials.experiment == "segmentation"].finished_at.max()
     assert (ran.started_at >= m_a_done).all()
-    assert sum(line.startswith("[sweep] done transfer-") and "fused group" in line for line in lines) == 7, lines
+    assert sum(line.startswith("[sweep] done transfer-") and "fused group" in line for line in lines) == 10, lines

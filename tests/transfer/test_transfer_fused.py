@@ -4,6 +4,7 @@ same runs alone (train_transfer): the CPU's member-by-member step bit-exact, the
 step (run here on the CPU) within rounding."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -76,7 +77,7 @@ def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segm
         assert max(abs(a - b) for a, b in curves) <= 0.01, (RUNS[k], curves)
 
 
-def test_finetune_and_scratch_fuse_by_target_and_nothing_else_does(make_cfg):
+def test_the_transfer_methods_fuse_by_kind_and_target(make_cfg):
     from protocol.grid import build_grid
 
     base = make_cfg()
@@ -95,8 +96,15 @@ def test_finetune_and_scratch_fuse_by_target_and_nothing_else_does(make_cfg):
     students = [s for s in grid.trials.values() if s.kind == "transfer" and s.config.method == "self_training"]
     assert students and len({group_key(s) for s in students}) == 1
     assert group_key(students[0]) != group_key(baselines[0])
+    proposed = [s for s in grid.trials.values() if s.kind == "transfer" and s.config.method == "proposed"]
+    assert len(proposed) == 6 and len({group_key(s) for s in proposed}) == 1  # engine.fused_proposed
+    assert group_key(proposed[0]) not in (group_key(students[0]), group_key(baselines[0]))
+    # What cannot train fused trains alone: a translator that keeps state in its module, R1's
+    # gradient inside the step, the semantic adversary.
+    for change in ({"translator": "cyclegan"}, {"r1_gamma": 1.0}, {"w_semantic": 0.1}):
+        assert group_key(dataclasses.replace(proposed[0], config=proposed[0].config.replace(**change))) is None, change
     alone = keys.get(None, [])
-    assert {s.config.method for s in alone if s.kind == "transfer"} == {"proposed", "source_only"}
+    assert {s.config.method for s in alone if s.kind == "transfer"} == {"source_only"}
     assert all(group_key(s) is None for s in grid.trials.values() if s.kind not in ("segmentation", "transfer"))
     segmentation = {group_key(s) for s in grid.trials.values() if s.kind == "segmentation"}
     assert not segmentation & {group_key(s) for s in baselines}
