@@ -1,16 +1,18 @@
-"""Fused training (engine.fused, `cxrsweep run --fuse K`) against today's packing.
+"""Fused training (engine.fused, engine.fused_proposed, `cxrsweep run --fuse K`) against today's packing.
 
-For each network and profile it prints, side by side, the aggregate training images/s of
+For each network (and "proposed": the proposed method's runs, M_A and the translator) and profile
+it prints, side by side, the aggregate training images/s of
   - K trials fused into one computation (one process, one vmapped step: `grouped`), and, with
     `--steps grouped,each`, K trials fused but each member's network run on its own rows of the
     stacked state (`each`: what a fused trial does on a CPU, bit-exact with its separate run;
     engine.fused.grouped_on), and
   - K separate trials packed on the same device (K processes started together, each with its
-    own Trainer: what `--gpus-per-trial 1/K` does through Ray),
+    own run: what `--gpus-per-trial 1/K` does through Ray),
 for K in --ks, each against one trial alone; the host memory (peak RSS) and, on a GPU, the
 device memory of a fused trial. Then the projected paper grid on 1, 2, 4, 8 GPUs before (every
-trial alone or packed, at the best measured packing) and after (Table I and M_A trials fused at
-the best measured K, everything else as before), scheduled the way the sweep releases trials.
+trial alone or packed, at the best measured packing) and after (Table I, M_A, finetune, scratch
+and self-training trials fused at U-Net's best measured K, the proposed trials at their own when
+measured in the same run, everything else as before), scheduled the way the sweep releases trials.
 
 On a machine without a GPU the figures are CPU figures, and `paper` runs at bench_gpu's reduced
 size (64 px, eighth-width networks); nothing here stands for a GPU it did not run on.
@@ -73,14 +75,29 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def fused_rate(profile: str, model: str, k: int, n: int, epochs: int, grouped: bool) -> dict:
-    """Aggregate training images/s of `k` fused trials (the first epoch not counted)."""
-    from engine.fused import FusedStep
+def trial(profile: str, model: str, n: int, seed: int, work: Path):
+    """One trial's run: a Trainer of `model`, or (model "proposed") a ProposedRun at 100 % labels on
+    `n` source and `n` target images (bench_gpu.proposed_run), whose "training images" per epoch
+    are its `n` source images, each paired with a target image in the three steps."""
+    if model == "proposed":
+        from benchmarks.bench_gpu import proposed_config, proposed_run
+
+        cfg = proposed_config(bench_cfg(profile, "unet")).replace(seed=seed)
+        return proposed_run(cfg, n, n, max(2, n // 2), work)
     from engine.supervised import Trainer
 
     cfg = bench_cfg(profile, model)
+    return Trainer(cfg.replace(seed=seed), data(n, cfg.image_size, seed), work)
+
+
+def fused_rate(profile: str, model: str, k: int, n: int, epochs: int, grouped: bool) -> dict:
+    """Aggregate training images/s of `k` fused trials (the first epoch not counted)."""
+    from engine.fused import FusedStep
+    from engine.fused_proposed import FusedProposedStep
+
     work = Path(tempfile.mkdtemp())
-    trainers = [Trainer(cfg.replace(seed=i), data(n, cfg.image_size, i), work / str(i)) for i in range(k)]
+    trainers = [trial(profile, model, n, i, work / str(i)) for i in range(k)]
+    step_type = FusedProposedStep if model == "proposed" else FusedStep
     if GPU:
         torch.cuda.reset_peak_memory_stats()
     states = [torch.get_rng_state() for _ in trainers]
@@ -88,7 +105,7 @@ def fused_rate(profile: str, model: str, k: int, n: int, epochs: int, grouped: b
     for epoch in range(epochs + 1):
         _sync()
         started = time.perf_counter()
-        step = FusedStep(trainers, states, grouped)
+        step = step_type(trainers, states, grouped)
         outcomes = step.train_epoch()
         _sync()
         states = step.rng_states
@@ -122,11 +139,8 @@ def fused_in_child(profile: str, model: str, k: int, n: int, epochs: int, groupe
 
 
 def _separate(profile: str, model: str, n: int, epochs: int, seed: int, barrier, out) -> None:
-    from engine.supervised import Trainer
-
     torch.set_num_threads(1)
-    cfg = bench_cfg(profile, model)
-    trainer = Trainer(cfg.replace(seed=seed), data(n, cfg.image_size, seed), Path(tempfile.mkdtemp()))
+    trainer = trial(profile, model, n, seed, Path(tempfile.mkdtemp()))
     trainer.train_epoch()  # warm
     _sync()
     barrier.wait()
@@ -159,8 +173,10 @@ def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epoch
     rows = {}
     for profile in profiles:
         for model in models:
-            cfg = bench_cfg(profile, model)
-            say(f"\n{model}, {profile} profile ({cfg.image_size} px, width {cfg.width:g}, batch {cfg.batch_size}, "
+            cfg = bench_cfg(profile, "unet" if model == "proposed" else model)
+            what = f"M_A width {cfg.width:g} + {cfg.translator} width {cfg.translator_width}" \
+                if model == "proposed" else f"width {cfg.width:g}"
+            say(f"\n{model}, {profile} profile ({cfg.image_size} px, {what}, batch {cfg.batch_size}, "
                 f"{n} training images per trial; {'GPU' if GPU else 'CPU'} figures; fused steps: "
                 f"{', '.join(steps)}, this device's own: {own})")
             say(f"  {'K':>2}  " + "".join(f"{step + ' img/s':>14}  {'x one':>6}  " for step in steps)
@@ -180,7 +196,7 @@ def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epoch
     return rows
 
 
-def projection(rows: dict, ks: list[int], gpus: list[int]) -> dict:
+def projection(rows: dict, gpus: list[int]) -> dict:
     """The paper grid's wall time before and after fusing, every trial's seconds from
     benchmarks.bench_gpu's cost model (its own engine measurements of one paper trial of each
     segmenter and of the proposed step, reduced on a CPU). A fluid model: a GPU running P trial
@@ -202,11 +218,12 @@ def projection(rows: dict, ks: list[int], gpus: list[int]) -> dict:
     specs = list(build_grid("all", make_config("paper")).runnable())
     alone = {s.trial_id: bench_gpu.trial_seconds(s, rates, proposed, sizes, {"unet": 1.0, "proposed": 1.0},
                                                  paper.checkpoint_every_s, 3.0)[0] for s in specs}
-    one = rows["paper/unet/1"]["packed"]["images_per_s"]
-    speed = {kind: {k: rows[f"paper/unet/{k}"][kind]["images_per_s"] / one for k in ks if f"paper/unet/{k}" in rows}
-             for kind in ("packed", "fused")}
+    speed = _speeds(rows, "unet")
     best_pack = max(speed["packed"], key=lambda k: speed["packed"][k])
     best_fuse = max(speed["fused"], key=lambda k: speed["fused"][k])
+    # The proposed trials fuse at their own measured speed-up (engine.fused_proposed); unmeasured, they stay as before.
+    proposed = _speeds(rows, "proposed") if "paper/proposed/1" in rows else None
+    best_proposed = max(proposed["fused"], key=lambda k: proposed["fused"][k]) if proposed else None
     kinds: dict[str, float] = {}
     for spec in specs:
         label = spec.kind if spec.kind != "transfer" else f"transfer/{spec.config.method}"
@@ -217,18 +234,36 @@ def projection(rows: dict, ks: list[int], gpus: list[int]) -> dict:
     for kind, value in sorted(kinds.items(), key=lambda kv: -kv[1]):
         say(f"  {kind:<24} {format_duration(value):>10}  {value / total:6.1%}")
     before = {t: v * best_pack / speed["packed"][best_pack] for t, v in alone.items()}
-    # What engine.fused.group_key fuses (Table I / M_A, finetune, scratch, self-training) runs fused.
-    after = {s.trial_id: (alone[s.trial_id] * best_pack / speed["fused"][best_fuse] if group_key(s) is not None
-                          else before[s.trial_id]) for s in specs}
-    result = {"kinds_s": kinds, "best_packing": best_pack, "best_fuse": best_fuse, "wall_s": {}}
+
+    def fused(spec) -> float:
+        """A trial's seconds per slot once what engine.fused.group_key fuses runs fused."""
+        if group_key(spec) is None:
+            return before[spec.trial_id]
+        if bench_gpu.packing_kind(spec) == "proposed":
+            return alone[spec.trial_id] * best_pack / proposed["fused"][best_proposed] if proposed \
+                else before[spec.trial_id]
+        return alone[spec.trial_id] * best_pack / speed["fused"][best_fuse]
+
+    after = {s.trial_id: fused(s) for s in specs}
+    result = {"kinds_s": kinds, "best_packing": best_pack, "best_fuse": best_fuse, "best_fuse_proposed": best_proposed,
+              "wall_s": {}}
+    proposed_note = f"proposed {best_proposed} at a time" if proposed else "proposed alone (not measured here)"
     for n in gpus:
         wall = {"before": bench_gpu.makespan(specs, before, n * best_pack),
                 "after": bench_gpu.makespan(specs, after, n * best_pack)}
         result["wall_s"][n] = wall
         say(f"  {n} GPU{'s' if n > 1 else ' '}: before {format_duration(wall['before'])} ({best_pack} packed per "
             f"GPU), after {format_duration(wall['after'])} (Table I, M_A, finetune, scratch and self-training "
-            f"trials fused {best_fuse} at a time)")
+            f"trials fused {best_fuse} at a time, {proposed_note})")
     return result
+
+
+def _speeds(rows: dict, model: str) -> dict[str, dict[int, float]]:
+    """Per measured K, packed and fused images/s of `model` at paper size against one of its trials alone."""
+    one = rows[f"paper/{model}/1"]["packed"]["images_per_s"]
+    ks = sorted(int(key.rsplit("/", 1)[1]) for key in rows if key.startswith(f"paper/{model}/"))
+    return {kind: {k: rows[f"paper/{model}/{k}"][kind]["images_per_s"] / one for k in ks}
+            for kind in ("packed", "fused")}
 
 
 def equivalence(models: list[str], epochs: int) -> dict:
@@ -245,6 +280,9 @@ def equivalence(models: list[str], epochs: int) -> dict:
 
     device = "cuda" if GPU else "cpu"
     figures = {}
+    if "proposed" in models:
+        say("\n(the proposed method's equivalence is tests/transfer/test_fused_proposed.py's; not timed here)")
+        models = [m for m in models if m != "proposed"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folders = synthesize(root / "data", n_source=13, n_target=0, source_size=96, seed=5)
@@ -272,7 +310,8 @@ def equivalence(models: list[str], epochs: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="unet,fcn,segnet")
+    parser.add_argument("--models", default="unet,fcn,segnet,proposed",
+                        help="networks to time; proposed: the proposed method's runs (M_A and the translator)")
     parser.add_argument("--profiles", default="cpu,paper")
     parser.add_argument("--ks", default="1,2,4,5,8")
     parser.add_argument("--images", type=int, default=None,
@@ -282,6 +321,9 @@ def main() -> int:
     parser.add_argument("--steps", default="grouped" if GPU else "grouped,each",
                         help="fused steps to time: grouped (one vmapped computation), each (member by member)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--rows-from", nargs="*", default=[],
+                        help="--json files of earlier runs whose rows join this run's in the projection (e.g. "
+                             "U-Net's, for a run that measures only the proposed method)")
     parser.add_argument("--equivalence", action="store_true",
                         help="instead: train the 5 phantom folds of each network fused and alone on this device "
                              "(smoke profile, 4 epochs, as tests/engine/test_fused.py)")
@@ -299,8 +341,12 @@ def main() -> int:
     figures = {"rows": rows, "gpu": GPU, "images": n}
     if args.json:  # now, and again with the projection: a time limit during it keeps the rows
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
-    if "paper" in args.profiles.split(",") and "unet" in args.models.split(","):  # the projection's yardstick
-        figures["projection"] = projection(rows, ks, [int(g) for g in args.gpus.split(",")])
+    earlier = {}
+    for path in args.rows_from:
+        earlier.update(json.loads(Path(path).read_text())["rows"])
+    rows_all = {**earlier, **rows}
+    if "paper" in args.profiles.split(",") and "paper/unet/1" in rows_all:  # the projection's yardstick
+        figures["projection"] = projection(rows_all, [int(g) for g in args.gpus.split(",")])
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
     return 0

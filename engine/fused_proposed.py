@@ -137,10 +137,12 @@ class FusedProposedStep:
                 self.rng[row] = torch.get_rng_state()
             return _stack(outputs)
         every = rows == list(range(len(self.runs)))
-        index = torch.tensor(rows, device=self.device)
-        params = {name: (p if every else p.index_select(0, index)) for name, p in self.params.items()}
+        params, buffers = self.params, self.buffers
+        if not every:  # some members have ended their epoch: the others' rows, copied
+            index = torch.tensor(rows, device=self.device)
+            params = {name: p.index_select(0, index) for name, p in params.items()}
+            buffers = {name: t.index_select(0, index) for name, t in buffers.items()}
         params = {name: p if name in trained else p.detach() for name, p in params.items()}
-        buffers = self.buffers if every else {name: t.index_select(0, index) for name, t in self.buffers.items()}
         with autocast_for(self.device):
             out = vmap(partial(self._call, step), in_dims=(0, 0, 0, None if b is None else 0),
                        randomness="different")(params, buffers, a, b)

@@ -280,8 +280,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 # eight share one). The benchmark recommends the fewest trials within 5 % of the best aggregate.
 GPUS_PER_TRIAL: dict[str, float] = {"paper": 0.5, "cpu": 0.125, "demo": 0.125, "smoke": 0.125}
 
-# `cxrsweep run --fuse` default per profile: how many supervised trials of one network train as one
-# computation (engine.fused). FUSE_DEFAULTS_NOTE says what the values rest on.
+# `cxrsweep run --fuse` default per profile: how many trials of one kind train as one computation
+# (engine.fused, engine.fused_proposed). FUSE_DEFAULTS_NOTE says what the values rest on.
 FUSED_TRIALS: dict[str, int] = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
 # cpu / demo / smoke, measured on 2 CPU cores (benchmarks/bench_fused.py, 2026-12-04): two fused U-Nets
 # trained at 1.04-1.39x one trial's images/s, two trials packed side by side at 1.39-2.96x; the

@@ -26,6 +26,7 @@ def test_bench_transfer_times_the_three_steps(monkeypatch, capsys):
 
 def test_bench_fused_times_both_fused_steps():
     bench = _load("bench_fused")
-    for grouped in (True, False):
-        figures = bench.fused_rate("smoke", "unet", 2, 2, 1, grouped)
-        assert figures["images_per_s"] > 0 and figures["host_peak_mb"] > 0, figures
+    for model in ("unet", "proposed"):
+        for grouped in (True, False):
+            figures = bench.fused_rate("smoke", model, 2, 2, 1, grouped)
+            assert figures["images_per_s"] > 0 and figures["host_peak_mb"] > 0, (model, figures)

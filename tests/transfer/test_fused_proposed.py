@@ -15,7 +15,16 @@ from engine.transfer import proposed_run, train_transfer
 from protocol.run_dir import RESULT_JSON
 
 EPOCHS = 3
-FRACTIONS = [0.0, 50.0, 100.0]
+FRACTIONS = [0.0, 50.0, 100.0, 50.0]
+SHORT = 3  # this member trains on 4 source and 4 target images: one step an epoch where the others take two
+
+
+def _data(cfg, data_for, k: int):
+    data = data_for(cfg)
+    if k == SHORT:
+        data.source_train_images, data.source_train_masks = data.source_train_images[:4], data.source_train_masks[:4]
+        data.target_train_images = data.target_train_images[:4]
+    return data
 
 
 def _member(cfg, data, run_dir, segmenter, translator) -> Member:
@@ -34,14 +43,14 @@ def alone(tmp_path_factory, source, target, segmenter_checkpoint, warmed_transla
 
     root = tmp_path_factory.mktemp("alone")
     configs = _configs(tiny_config)
-    results = [train_transfer(cfg, transfer_data(cfg, source, target), root / str(k), segmenter_checkpoint,
-                              warmed_translator) for k, cfg in enumerate(configs)]
+    results = [train_transfer(cfg, _data(cfg, lambda c: transfer_data(c, source, target), k), root / str(k),
+                              segmenter_checkpoint, warmed_translator) for k, cfg in enumerate(configs)]
     return root, results
 
 
 def _fused(make_cfg, data_for, segmenter_checkpoint, warmed_translator, root, grouped):
     configs = _configs(make_cfg)
-    members = [_member(cfg, data_for(cfg), root / str(k), segmenter_checkpoint, warmed_translator)
+    members = [_member(cfg, _data(cfg, data_for, k), root / str(k), segmenter_checkpoint, warmed_translator)
                for k, cfg in enumerate(configs)]
     return members, train_fused(members, grouped=grouped)
 
@@ -95,13 +104,13 @@ def test_a_diverging_member_fails_alone(alone, make_cfg, data_for, segmenter_che
     reason; the members fused with it end exactly where they end alone."""
     _, separate = alone
     configs = _configs(make_cfg)
-    data = [data_for(cfg) for cfg in configs]
+    data = [_data(cfg, data_for, k) for k, cfg in enumerate(configs)]
     data[1].target_train_images[0] = float("nan")
     members = [_member(cfg, d, tmp_path / str(k), segmenter_checkpoint, warmed_translator)
                for k, (cfg, d) in enumerate(zip(configs, data))]
     results = train_fused(members, grouped=False)
     assert isinstance(results[1], RuntimeError) and "not finite" in str(results[1]), results[1]
-    for k in (0, 2):
+    for k in (0, 2, SHORT):
         assert [h["S_source"] for h in results[k].history] == [h["S_source"] for h in separate[k].history]
         assert results[k].test_jaccard_mean == separate[k].test_jaccard_mean
 
@@ -114,7 +123,7 @@ def test_a_fused_proposed_group_resumes_from_each_members_checkpoint(alone, make
     _, separate = alone
     for epochs in (1, EPOCHS):
         configs = [cfg.replace(transfer_epochs=epochs) for cfg in _configs(make_cfg)]
-        members = [_member(cfg, data_for(cfg), tmp_path / str(k), segmenter_checkpoint, warmed_translator)
+        members = [_member(cfg, _data(cfg, data_for, k), tmp_path / str(k), segmenter_checkpoint, warmed_translator)
                    for k, cfg in enumerate(configs)]
         results = train_fused(members, grouped=False)
     for k, (one, result) in enumerate(zip(separate, results)):
