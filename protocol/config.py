@@ -287,7 +287,9 @@ FUSED_TRIALS: dict[str, int] = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
 # trained at 1.04-1.39x one trial's images/s, two trials packed side by side at 1.39-2.96x; the
 # demo's slice took 260 s fused 4 at a time against 257 s alone. 2026-12-06, U-Net and SegNet at cpu and
 # reduced paper size, K = 2 / 4: the vmapped step 0.95-1.45x, member by member (the CPU's way since,
-# engine.fused.grouped_on) 0.80-1.58x, side by side 1.18-2.14x. paper: no GPU measured yet.
+# engine.fused.grouped_on) 0.80-1.58x, side by side 1.18-2.14x. The proposed method's runs
+# (engine.fused_proposed), K = 2 / 4: member by member 1.83 / 1.52x (cpu) and 1.39 / 1.46x (paper,
+# reduced), side by side 2.04 / 2.06x and 1.64 / 1.90x. paper: no GPU measured yet.
 FUSE_DEFAULTS_NOTE = ("1 on a CPU, where fusing measured no faster than trials side by side; 1 for paper "
                       "until benchmarks/bench_fused.py has measured a GPU")
 
