@@ -231,8 +231,9 @@ def unstack_adam(stacked: StackedAdam, optimizers: Sequence[torch.optim.Optimize
             state = optimizer.state[param]
             state["step"] = torch.tensor(float(stacked.steps[name][row]), dtype=torch.float32,
                                          device=param.device if on_device else "cpu")
-            state["exp_avg"] = stacked.exp_avg[name][row].clone()
-            state["exp_avg_sq"] = stacked.exp_avg_sq[name][row].clone()
+            # In the parameter's own layout (channels-last on CUDA): torch's fused Adam requires it.
+            state["exp_avg"] = torch.empty_like(param).copy_(stacked.exp_avg[name][row])
+            state["exp_avg_sq"] = torch.empty_like(param).copy_(stacked.exp_avg_sq[name][row])
 
 
 class _MemberDropout:

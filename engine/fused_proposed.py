@@ -23,6 +23,7 @@ state with its own random stream in place, and a fused member is then its run al
 from __future__ import annotations
 
 import copy
+import hashlib
 import types
 from functools import partial
 from typing import Any, Sequence
@@ -72,29 +73,31 @@ class FusedProposedStep:
     """The live members of one fused epoch of the proposed method (engine.fused.train_fused's
     `step` for groups of ProposedRuns): their stacked state, and the epoch's training."""
 
-    FIELDS = PROPOSED_FUSE_FIELDS + ("translator arguments",)
+    FIELDS = PROPOSED_FUSE_FIELDS + ("translator arguments", "networks (shapes, the warmed translator's arguments)")
 
     @staticmethod
     def shape(run: ProposedRun) -> tuple:
+        """What a member shares with its group: the config's part (proposed_fuse_key) and, as a
+        digest, its networks' tensor shapes and the arguments its warmed translator was built with
+        (the fused step computes with the first member's translator). A member that differs fails
+        to start, alone."""
         if not proposed_fusable(run.cfg):
             raise ValueError(f"{run.run_dir}: this proposed run cannot train fused (engine.fused.proposed_fusable): "
                              "run it with --fuse 1")
-        return proposed_fuse_key(run.cfg)
+        if run.scaler.is_enabled():
+            raise ValueError(f"{run.run_dir}: fused training needs bfloat16 or float32 arithmetic; this device trains "
+                             "in float16 with loss scaling (run these trials unfused: --fuse 1)")
+        networks = sorted((name, tuple(t.shape)) for name, t in run.model.state_dict().items())
+        built = sorted(run.translator_payload.get("kwargs", {}).items())
+        digest = hashlib.sha256(repr((networks, built)).encode()).hexdigest()[:12]
+        return (*proposed_fuse_key(run.cfg), f"networks {digest}")
 
     def __init__(self, runs: Sequence[ProposedRun], rng_states: Sequence[Tensor], grouped: bool | None = None):
         self.runs = list(runs)
         first = self.runs[0]
         self.device = first.device
         self.grouped = grouped_on(self.device) if grouped is None else grouped
-        if first.scaler.is_enabled():
-            raise ValueError("fused training needs bfloat16 or float32 arithmetic; this device trains in float16 "
-                             "with loss scaling (run these trials unfused: --fuse 1)")
         self.models = [run.model for run in self.runs]
-        shapes = [{name: tuple(t.shape) for name, t in model.state_dict().items()} for model in self.models]
-        for run, shape in zip(self.runs, shapes):
-            if shape != shapes[0]:
-                raise ValueError(f"{run.run_dir}: M_A and the translator differ in shape from the group's "
-                                 f"{first.run_dir}; fused members must be the same networks")
         for model in self.models:
             model.train()
         self.params, self.buffers = stack_module_state(self.models)
@@ -198,7 +201,15 @@ class FusedProposedStep:
             rows = [row for row, (batches, _) in enumerate(plans) if outcome[row] is None and step < len(batches)]
             if not rows:
                 break
-            inputs = {row: self.runs[row].batch(*plans[row][0][step]) for row in rows}
+            inputs = {}
+            for row in rows:
+                try:
+                    inputs[row] = self.runs[row].batch(*plans[row][0][step])
+                except Exception as exc:  # this member's data: it fails alone
+                    outcome[row] = exc
+            rows = [row for row in rows if outcome[row] is None]
+            if not rows:
+                continue
             a = torch.stack([inputs[row][0] for row in rows])
             b = torch.stack([inputs[row][2] for row in rows])
             start = clock.now()
