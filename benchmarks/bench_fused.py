@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -164,9 +165,11 @@ def packed_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
     return {"images_per_s": k * n * epochs / max(times)}
 
 
-def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epochs: int, steps: list[str]) -> dict:
+def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epochs: int, steps: list[str],
+            on_row: Callable[[dict], None] = lambda rows: None) -> dict:
     """Per profile, network and K: the packed rate and the fused rate of each step in `steps`
-    (`grouped`, `each`); the row's "fused" is the device's own way (engine.fused.grouped_on)."""
+    (`grouped`, `each`); the row's "fused" is the device's own way (engine.fused.grouped_on).
+    `on_row(rows)` after each row (a time limit then keeps the rows measured so far)."""
     from engine.fused import grouped_on
 
     own = "grouped" if grouped_on(torch.device("cuda" if GPU else "cpu")) else "each"
@@ -193,6 +196,7 @@ def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epoch
                     + f"{packed['images_per_s']:12.1f}  {packed['images_per_s'] / base:6.2f}  "
                     f"{main['host_peak_mb']:8.0f}  {device}")
                 rows[f"{profile}/{model}/{k}"] = {"fused": main, "packed": packed, "steps": fused}
+                on_row(rows)
     return rows
 
 
@@ -233,7 +237,10 @@ def projection(rows: dict, gpus: list[int]) -> dict:
         "trial-seconds by kind, one trial alone")
     for kind, value in sorted(kinds.items(), key=lambda kv: -kv[1]):
         say(f"  {kind:<24} {format_duration(value):>10}  {value / total:6.1%}")
-    before = {t: v * best_pack / speed["packed"][best_pack] for t, v in alone.items()}
+    # Trials alone or packed best_pack to a GPU: the proposed method's at its own packing where measured.
+    packing = {"unet": speed["packed"][best_pack],
+               "proposed": (proposed or {}).get("packed", {}).get(best_pack, speed["packed"][best_pack])}
+    before = {s.trial_id: alone[s.trial_id] * best_pack / packing[bench_gpu.packing_kind(s)] for s in specs}
 
     def fused(spec) -> float:
         """A trial's seconds per slot once what engine.fused.group_key fuses runs fused."""
@@ -280,16 +287,13 @@ def equivalence(models: list[str], epochs: int) -> dict:
 
     device = "cuda" if GPU else "cpu"
     figures = {}
-    if "proposed" in models:
-        say("\n(the proposed method's equivalence is tests/transfer/test_fused_proposed.py's; not timed here)")
-        models = [m for m in models if m != "proposed"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folders = synthesize(root / "data", n_source=13, n_target=0, source_size=96, seed=5)
         jsrt = load_jsrt(folders["jsrt"], folders["scr"], 64, cache_dir=root / "cache")
         step = "vmapped" if grouped_on(torch.device(device)) else "member by member"
         say(f"\nfused against alone on {device} ({step} step), 5 JSRT-phantom folds, smoke profile, {epochs} epochs")
-        for model in models:
+        for model in (m for m in models if m != "proposed"):
             members = []
             for fold in range(5):
                 cfg = make_config("smoke", model=model, task="lungs", fold=fold, epochs=epochs, device=device,
@@ -305,7 +309,63 @@ def equivalence(models: list[str], epochs: int) -> dict:
             say(f"  {model:<7} test-Jaccard gap per fold {' '.join(f'{g:.1e}' for g in gaps)}; "
                 f"same best epoch in {same} of 5")
             figures[model] = {"gaps": gaps, "same_best_epoch": same}
+    if "proposed" in models:
+        figures["proposed"] = equivalence_proposed(epochs)
     return figures
+
+
+def equivalence_proposed(epochs: int) -> dict:
+    """The proposed method's runs at 0, 50 and 100 % labels of a Montgomery phantom (smoke profile,
+    an M_A trained 4 epochs on fold 0 of 13 JSRT phantoms, a translator warmed 2 epochs) trained
+    fused on this device, the device's own way, against the same runs one by one: per run the
+    test-Jaccard gap, the largest gap of an epoch's supervised loss, and whether the kept epoch
+    agrees. On the CPU the gaps are 0; on a GPU they are the vmapped step's rounding and its own
+    draws of random styles (tests/transfer/test_fused_proposed.py checks both ways on the CPU)."""
+    from functools import partial
+
+    from data_io.cache import load_jsrt, load_target
+    from data_io.phantoms import synthesize
+    from engine.data import segmentation_data
+    from engine.fused import Member, grouped_on, train_fused
+    from engine.fused_proposed import FusedProposedStep
+    from engine.supervised import train_supervised
+    from engine.transfer import proposed_run, train_transfer
+    from engine.transfer_data import transfer_data
+    from engine.translation import warmup_translator
+    from protocol.run_dir import best_checkpoint_path
+
+    device = "cuda" if GPU else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folders = synthesize(root / "data", n_source=13, n_target=12, source_size=96, target_size=96, seed=5)
+        jsrt = load_jsrt(folders["jsrt"], folders["scr"], 64, cache_dir=root / "cache")
+        target = load_target("montgomery", folders["montgomery"], 64, cache_dir=root / "cache")
+        base = make_config("smoke", model="unet", task="lungs", fold=0, epochs=4, warmup_epochs=2,
+                           transfer_epochs=epochs, device=device, num_threads=1)
+        train_supervised(base, segmentation_data(base, jsrt), root / "m_a")
+        m_a = best_checkpoint_path(root / "m_a")
+        translator = warmup_translator(base, jsrt, target, root / "translators")
+        step = "vmapped" if grouped_on(torch.device(device)) else "member by member"
+        say(f"\nproposed fused against alone on {device} ({step} step), 0 / 50 / 100 % Montgomery-phantom labels, "
+            f"smoke profile, {epochs} epochs")
+        configs = [base.replace(experiment="transfer", method="proposed", label_fraction=fraction)
+                   for fraction in (0.0, 50.0, 100.0)]
+        alone = [train_transfer(cfg, transfer_data(cfg, jsrt, target), root / "alone" / str(k), m_a, translator)
+                 for k, cfg in enumerate(configs)]
+        members = [Member(cfg, None, root / "fused" / str(k), step=FusedProposedStep,
+                          trainer=partial(proposed_run, cfg, transfer_data(cfg, jsrt, target), root / "fused" / str(k),
+                                          m_a, translator)) for k, cfg in enumerate(configs)]
+        fused = train_fused(members)
+        failed = [r for r in fused if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        gaps = [abs(a.test_jaccard_mean - b.test_jaccard_mean) for a, b in zip(alone, fused)]
+        losses = [max(abs(x["S_source"] - y["S_source"]) for x, y in zip(a.history, b.history))
+                  for a, b in zip(alone, fused)]
+        same = sum(a.best_epoch == b.best_epoch for a, b in zip(alone, fused))
+        say(f"  proposed test-Jaccard gap per run {' '.join(f'{g:.1e}' for g in gaps)}; largest supervised-loss gap "
+            f"per run {' '.join(f'{g:.1e}' for g in losses)}; same kept epoch in {same} of 3")
+    return {"gaps": gaps, "loss_gaps": losses, "same_best_epoch": same}
 
 
 def main() -> int:
@@ -325,8 +385,9 @@ def main() -> int:
                         help="--json files of earlier runs whose rows join this run's in the projection (e.g. "
                              "U-Net's, for a run that measures only the proposed method)")
     parser.add_argument("--equivalence", action="store_true",
-                        help="instead: train the 5 phantom folds of each network fused and alone on this device "
-                             "(smoke profile, 4 epochs, as tests/engine/test_fused.py)")
+                        help="instead: train the 5 phantom folds of each network (and, for proposed, three "
+                             "label fractions) fused and alone on this device (smoke profile, 4 epochs, as "
+                             "tests/engine/test_fused.py and tests/transfer/test_fused_proposed.py)")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     n = args.images or (148 if GPU else 8)
@@ -337,18 +398,25 @@ def main() -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
         return 0
-    rows = measure(args.models.split(","), args.profiles.split(","), ks, n, args.epochs, args.steps.split(","))
+    def write(figures: dict) -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+
+    # Written after each row, and again with the projection: a time limit keeps what was measured.
+    rows = measure(args.models.split(","), args.profiles.split(","), ks, n, args.epochs, args.steps.split(","),
+                   on_row=lambda rows: write({"rows": rows, "gpu": GPU, "images": n}))
     figures = {"rows": rows, "gpu": GPU, "images": n}
-    if args.json:  # now, and again with the projection: a time limit during it keeps the rows
-        Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    write(figures)
     earlier = {}
-    for path in args.rows_from:
-        earlier.update(json.loads(Path(path).read_text())["rows"])
+    for path in map(Path, args.rows_from):
+        if path.is_file():
+            earlier.update(json.loads(path.read_text())["rows"])
+        else:
+            say(f"\n{path} does not exist (its run did not get that far): the projection goes without its rows")
     rows_all = {**earlier, **rows}
     if "paper" in args.profiles.split(",") and "paper/unet/1" in rows_all:  # the projection's yardstick
         figures["projection"] = projection(rows_all, [int(g) for g in args.gpus.split(",")])
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+        write(figures)
     return 0
 
 
