@@ -7,13 +7,14 @@ one, and no trial waits for unrelated ones. A trial whose outputs are already in
 not rerun; a trial whose dependency failed is recorded as failed without running.
 
 Every trial's per-epoch reports also land as TensorBoard event files in its Tune trial folder,
-OUT/ray/sweep-<time>/<trial id>/ (`tensorboard --logdir OUT/ray`).
+OUT/ray/sweep-<time>-<random>/<trial id>/ (`tensorboard --logdir OUT/ray`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,13 @@ class SweepOutcome:
 
 # --------------------------------------------------------------------------------------------
 # Running the trials.
+
+
+def experiment_name() -> str:
+    """A new Tune experiment's name: when it started, and a random part. Trials keep their scratch
+    run directories under it (sweep.trainables.SCRATCH), so two sweeps of the same trial started
+    in the same second on one machine would otherwise share, and resume from, each other's."""
+    return f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 class _Runner:
@@ -141,7 +149,7 @@ class _Runner:
                 tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
         restored = tuner is not None
         if not restored:
-            name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+            name = experiment_name()
             state = {STATE_KEY: name, "data": data}
             self.store.write_json(state_path, state)
             searcher = DependencyRelease(specs, {s.trial_id: self._entry(s) for s in specs}, self.store.location,

@@ -100,3 +100,14 @@ def test_resume_with_a_grown_plan_runs_the_trials_the_experiment_did_not_hold(ra
     assert "resuming Ray Tune experiment" in printed and "2 completed" in _summary(printed)
     trials = read_trials(out)
     assert sorted(trials.fold) == [0, 1] and (trials.status == "ok").all()
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_experiment(monkeypatch):
+    """Trials keep their scratch run directories under the experiment's name: two sweeps of one
+    trial started in the same second (two xdist workers once did) must not share, and resume
+    from, each other's."""
+    from sweep import runner
+
+    monkeypatch.setattr(runner.time, "strftime", lambda _: "20261206-221200")
+    names = {runner.experiment_name() for _ in range(20)}
+    assert len(names) == 20 and all(n.startswith("sweep-20261206-221200-") for n in names)
