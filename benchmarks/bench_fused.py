@@ -226,8 +226,8 @@ def projection(rows: dict, gpus: list[int]) -> dict:
     best_pack = max(speed["packed"], key=lambda k: speed["packed"][k])
     best_fuse = max(speed["fused"], key=lambda k: speed["fused"][k])
     # The proposed trials fuse at their own measured speed-up (engine.fused_proposed); unmeasured, they stay as before.
-    proposed = _speeds(rows, "proposed") if "paper/proposed/1" in rows else None
-    best_proposed = max(proposed["fused"], key=lambda k: proposed["fused"][k]) if proposed else None
+    proposed_speed = _speeds(rows, "proposed") if "paper/proposed/1" in rows else None
+    best_proposed = max(proposed_speed["fused"], key=lambda k: proposed_speed["fused"][k]) if proposed_speed else None
     kinds: dict[str, float] = {}
     for spec in specs:
         label = spec.kind if spec.kind != "transfer" else f"transfer/{spec.config.method}"
@@ -239,7 +239,7 @@ def projection(rows: dict, gpus: list[int]) -> dict:
         say(f"  {kind:<24} {format_duration(value):>10}  {value / total:6.1%}")
     # Trials alone or packed best_pack to a GPU: the proposed method's at its own packing where measured.
     packing = {"unet": speed["packed"][best_pack],
-               "proposed": (proposed or {}).get("packed", {}).get(best_pack, speed["packed"][best_pack])}
+               "proposed": (proposed_speed or {}).get("packed", {}).get(best_pack, speed["packed"][best_pack])}
     before = {s.trial_id: alone[s.trial_id] * best_pack / packing[bench_gpu.packing_kind(s)] for s in specs}
 
     def fused(spec) -> float:
@@ -247,14 +247,14 @@ def projection(rows: dict, gpus: list[int]) -> dict:
         if group_key(spec) is None:
             return before[spec.trial_id]
         if bench_gpu.packing_kind(spec) == "proposed":
-            return alone[spec.trial_id] * best_pack / proposed["fused"][best_proposed] if proposed \
+            return alone[spec.trial_id] * best_pack / proposed_speed["fused"][best_proposed] if proposed_speed \
                 else before[spec.trial_id]
         return alone[spec.trial_id] * best_pack / speed["fused"][best_fuse]
 
     after = {s.trial_id: fused(s) for s in specs}
     result = {"kinds_s": kinds, "best_packing": best_pack, "best_fuse": best_fuse, "best_fuse_proposed": best_proposed,
               "wall_s": {}}
-    proposed_note = f"proposed {best_proposed} at a time" if proposed else "proposed alone (not measured here)"
+    proposed_note = f"proposed {best_proposed} at a time" if proposed_speed else "proposed alone (not measured here)"
     for n in gpus:
         wall = {"before": bench_gpu.makespan(specs, before, n * best_pack),
                 "after": bench_gpu.makespan(specs, after, n * best_pack)}

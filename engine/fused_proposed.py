@@ -26,7 +26,7 @@ import copy
 import hashlib
 import types
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -201,13 +201,7 @@ class FusedProposedStep:
             rows = [row for row, (batches, _) in enumerate(plans) if outcome[row] is None and step < len(batches)]
             if not rows:
                 break
-            inputs = {}
-            for row in rows:
-                try:
-                    inputs[row] = self.runs[row].batch(*plans[row][0][step])
-                except Exception as exc:  # this member's data: it fails alone
-                    outcome[row] = exc
-            rows = [row for row in rows if outcome[row] is None]
+            rows, inputs = _per_member(rows, outcome, lambda row: self.runs[row].batch(*plans[row][0][step]))
             if not rows:
                 continue
             a = torch.stack([inputs[row][0] for row in rows])
@@ -222,15 +216,9 @@ class FusedProposedStep:
                 ended = clock.now()
                 clock.add(f"{kind}_s", start, ended)
                 start = ended
-            augmented = {}
-            for row in rows:
-                a_row, a_masks, _, labelled_b, labelled_masks = inputs[row]
-                try:
-                    augmented[row] = self.runs[row].augmented(a_row, a_masks, labelled_b, labelled_masks,
-                                                              plans[row][1])
-                except Exception as exc:  # this member's augmentation: it fails alone
-                    outcome[row] = exc
-            rows = [row for row in rows if outcome[row] is None]
+            # (source images, masks, labelled target images, masks), augmented by each member's recipe
+            rows, augmented = _per_member(rows, outcome, lambda row: self.runs[row].augmented(
+                *inputs[row][:2], *inputs[row][3:], plans[row][1]))
             if rows:
                 for row, losses in self._supervised(rows, augmented).items():
                     records[row].update(losses)
@@ -261,6 +249,18 @@ class FusedProposedStep:
         for row, model in enumerate(self.models):
             for name, buffer in model.named_buffers():
                 buffer.copy_(self.buffers[name][row])
+
+
+def _per_member(rows: list[int], outcome: list, compute: Callable[[int], Any]) -> tuple[list[int], dict[int, Any]]:
+    """`compute(row)` for each member in `rows`; a member whose call raises (its data, its
+    augmentation) fails alone, its outcome the exception. The members left, and their results."""
+    done: dict[int, Any] = {}
+    for row in rows:
+        try:
+            done[row] = compute(row)
+        except Exception as exc:
+            outcome[row] = exc
+    return [row for row in rows if row in done], done
 
 
 def _optimizers(runs: Sequence[ProposedRun]) -> dict[str, list[torch.optim.Optimizer]]:

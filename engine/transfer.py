@@ -340,7 +340,7 @@ class ProposedRun(EpochLoop):
         """What an epoch draws before its first step: the global random stream seeded by (seed,
         epoch) (MUNIT draws random styles from it: resuming is exact), the steps' index batches
         (source, target, labelled target) on the device, and the supervised step's augmentation
-        generator (None without augmentation). It draws from a generator of its own, so that the
+        generator (None without augmentation). Augmentation has a generator of its own, so that the
         paper's protocol (no augmentation) leaves every other draw where it always was."""
         cfg, data = self.cfg, self.data
         seed = epoch_seed(cfg.seed, self.epoch)
