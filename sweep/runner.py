@@ -28,6 +28,7 @@ from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import RunStore
 from sweep import resources, test_hooks
+from sweep.driver_lock import DriverLock
 from sweep.fused_trials import run_trial_or_group
 from sweep.inputs import DataPaths, data_identity, data_settings, load_trial_datasets
 from sweep.options import SweepOptions
@@ -301,7 +302,14 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
              datasets: dict[str, Any] | None = None) -> SweepOutcome:
     """Run every trial of `grid` that OUT does not already hold on the same data; write the
     result tables. The data is read (`datasets`, or from `paths`) before Ray starts: its
-    fingerprints are part of every trial's identity."""
+    fingerprints are part of every trial's identity. Refused (`OutInUse`) while another driver
+    runs on the same OUT (sweep.driver_lock)."""
+    with DriverLock(options.out):
+        return _run_grid(grid, paths, options, say, datasets)
+
+
+def _run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say, datasets: dict[str, Any] | None
+              ) -> SweepOutcome:
     # Experiment state saved every 2 s, so a killed driver loses almost nothing. (At 0, every
     # step, Tune's background sync races its own state writes and logs spurious errors.)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")

@@ -25,6 +25,7 @@ from protocol.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec
 from protocol.store import RunStore
 from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of
 from sweep import resources
+from sweep.driver_lock import DriverLock
 from sweep.inputs import DataPaths, load_trial_datasets
 from sweep.options import SweepOptions
 from sweep.progress import ray_log_path
@@ -88,7 +89,14 @@ def _tune_trial(config: dict, datasets: dict) -> None:
 def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOptions, n_trials: int,
                best_file: Path, say=print) -> TuningRecord:
     """Search each cell (`[cell, *dependencies]`, one per fold / repetition) after running the
-    dependencies; write the record (one entry per cell) to `best_file` and return it."""
+    dependencies; write the record (one entry per cell) to `best_file` and return it. Refused
+    while another driver runs on the same OUT (sweep.driver_lock)."""
+    with DriverLock(options.out):
+        return _run_tuning(cells, paths, options, n_trials, best_file, say)
+
+
+def _run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOptions, n_trials: int,
+                best_file: Path, say) -> TuningRecord:
     everything = [spec for specs in cells for spec in specs]
     datasets = load_trial_datasets(everything, paths)
     fingerprints = {name: dataset.fingerprint for name, dataset in datasets.items()}
