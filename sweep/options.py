@@ -12,7 +12,9 @@ class SweepOptions:
     gpus_per_trial: float | None = None  # None: the profile's share (protocol.config.GPUS_PER_TRIAL)
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0  # 0: as many as the resources allow
-    retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
+    # Extra attempts of a trial that raised, each from its last checkpoint; a trial whose worker
+    # process or node was lost is retried besides (sweep.retries), unless retries is 0.
+    retries: int = 1
     resume: bool = False
     progress_every_s: float = 10.0
     fuse: int | None = None  # up to this many trials trained as one computation (None: protocol.config.FUSED_TRIALS)

@@ -27,7 +27,7 @@ from protocol.config import FUSED_TRIALS
 from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import RunStore
-from sweep import resources, test_hooks
+from sweep import resources, retries, test_hooks
 from sweep.driver_lock import DriverLock
 from sweep.fused_trials import run_trial_or_group
 from sweep.inputs import DataPaths, data_identity, data_settings, load_trial_datasets
@@ -168,10 +168,13 @@ class _Runner:
                 ),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.store.uri("ray"),
-                    failure_config=tune.FailureConfig(max_failures=self.options.retries),
+                    # A trial's own error and the loss of its worker (a reclaimed spot node) have
+                    # separate retry budgets: sweep.retries.
+                    failure_config=retries.failure_config(self.options.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # TensorBoard curves of every trial's per-epoch metrics (tensorboard --logdir OUT/ray).
-                    callbacks=[ProgressRelay(), TBXLoggerCallback()], verbose=0,
+                    callbacks=[ProgressRelay(), TBXLoggerCallback(), *retries.callbacks(self.options.retries)],
+                    verbose=0,
                 ),
             )
         with _pending_trials(self._slots()), _tune_output_off():
@@ -218,7 +221,7 @@ class _Runner:
                     self.outcome.not_applicable.append(trial_id)
                     continue
                 if result.error is not None:
-                    error = error_summary(result.error)
+                    error = retries.describe_lost_worker(result.error) or error_summary(result.error)
                 else:
                     # A member that failed in its fused group recorded its own error.
                     error = self.store.failure_of(spec) or "the trial ended without publishing its outputs"

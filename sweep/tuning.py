@@ -24,7 +24,7 @@ from protocol.config import RunConfig
 from protocol.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
 from protocol.store import RunStore
 from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of
-from sweep import resources
+from sweep import resources, retries
 from sweep.driver_lock import DriverLock
 from sweep.inputs import DataPaths, load_trial_datasets
 from sweep.options import SweepOptions
@@ -155,9 +155,9 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
         ),
         run_config=tune.RunConfig(name=f"tune-{cell.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=store.uri("ray"),
-                                  failure_config=tune.FailureConfig(max_failures=options.retries),
+                                  failure_config=retries.failure_config(options.retries),
                                   # Each tuning trial's curves under OUT/ray/tune-<cell>-<time>/.
-                                  callbacks=[TBXLoggerCallback()], verbose=1),
+                                  callbacks=[TBXLoggerCallback(), *retries.callbacks(options.retries)], verbose=1),
     )
     say(f"[tune] Ray's own messages of the tuning trials (checkpoints): {ray_log_path(RunStore(store.uri('tune')))}"
         + ("" if store.is_local else " on each node"))
