@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Retries of a trial whose worker process or node was lost (a reclaimed spot instance), besides
+# `retries` (sweep.retries). Generous: a retried trial resumes from its last checkpoint, so a loss
+# costs at most the training since then; the bound stops a trial that takes its worker down every
+# time (e.g. one the memory monitor kills) from retrying for ever.
+LOST_WORKER_RETRIES = 5
+
 
 @dataclass
 class SweepOptions:
@@ -13,7 +19,8 @@ class SweepOptions:
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0  # 0: as many as the resources allow
     # Extra attempts of a trial that raised, each from its last checkpoint; a trial whose worker
-    # process or node was lost is retried besides (sweep.retries), unless retries is 0.
+    # process or node was lost is retried besides, up to LOST_WORKER_RETRIES times, unless
+    # retries is 0 (sweep.retries).
     retries: int = 1
     resume: bool = False
     progress_every_s: float = 10.0

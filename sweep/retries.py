@@ -22,10 +22,7 @@ from ray import cloudpickle, tune
 from ray.exceptions import RayActorError, RayTaskError
 from ray.tune import Callback
 
-# Generous: a retried trial resumes from its last checkpoint, so a loss costs at most the
-# training since then; the bound stops a trial that takes its worker down every time (e.g. one
-# that the memory monitor kills) from retrying for ever.
-LOST_WORKER_RETRIES = 5
+from sweep.options import LOST_WORKER_RETRIES
 
 
 def lost_worker(error: BaseException | None) -> RayActorError | None:

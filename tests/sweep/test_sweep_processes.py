@@ -78,12 +78,14 @@ def test_killed_fused_driver_resumes_without_duplicates(data_flags, ray_temp_dir
         driver.wait()
     held_trial = held()[0].name
     done_before = finished()
+    assert (out / "driver-lock.json").is_file()  # the killed driver could not give its lock back
     assert held_trial not in done_before and len(done_before) == 1 and "fold2" in next(iter(done_before))
 
     resumed = _cxrsweep([*run, "--resume"], _env(ray_temp_dirs()))
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log
     assert "resuming Ray Tune experiment" in log
+    assert not (out / "driver-lock.json").exists()  # taken over from the dead driver, released at the end
     # Ray's own restore message (logged in the trial's worker before the trial runs) stays off the
     # console; each member says where it resumes from in ray.log.
     assert "from checkpoint:" not in log, log
