@@ -204,8 +204,8 @@ class _Runner:
 
     def _collect(self, results, specs: list[TrialSpec]) -> None:
         by_id = {s.trial_id: s for s in specs}
-        for result in results:
-            entries = result.config.get("members") or [result.config["trial"]]
+        for result, config in _with_configs(results):
+            entries = config.get("members") or [config["trial"]]
             for entry in entries:
                 trial_id = entry["spec"]["trial_id"]
                 spec = by_id.get(trial_id)
@@ -253,6 +253,15 @@ class _Runner:
 
     def _gather(self) -> None:
         self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store, self.current)
+
+
+def _with_configs(results) -> list[tuple[Any, dict]]:
+    """Each Tune result with its trial's config. `Result.config` is read from the trial's last
+    report (or the defaults its worker filled in): a trial whose worker was lost before it got
+    that far (a node reclaimed while the trial started) has none, so it comes from the trial
+    itself (the results are built from the experiment's trials, in their order)."""
+    trials = results._experiment_analysis.trials
+    return [(result, result.config or trial.config) for result, trial in zip(results, trials, strict=True)]
 
 
 @contextlib.contextmanager
