@@ -116,6 +116,8 @@ def test_of_two_drivers_starting_together_one_holds_the_folder(tmp_path):
     assert sum(o.startswith("held") for o in outputs) == 1
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_second_driver_on_a_running_out_is_refused(data_flags, ray_temp_dirs, tmp_path):
     """Two real `cxrsweep run` commands on one OUT: the first holds a trial at epoch 1 (test hook),
     the second exits 2 at once with one line naming the first, and writes nothing."""
