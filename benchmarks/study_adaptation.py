@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from data_io.cache import load_jsrt, load_target
 from engine.data import segmentation_data
 from engine.device import torch_threads
-from engine.guard import SIGNALS, GuardSignals
+from engine.guard import SIGNALS, GuardSignals, weigh
 from engine.scoring import SplitScorer
 from engine.supervised import train_supervised
 from engine.transfer import proposed_run, transfer_trainer
@@ -138,6 +137,30 @@ def load_rows(path: Path) -> list[dict]:
     return rows
 
 
+def guard_verdicts(runs: dict[tuple, list[dict]], regime: str, tolerances: dict[str, float], rescue_gain: float,
+                   material: float = 0.005) -> None:
+    """The harm guard (engine.guard.weigh, the defaults' tolerances) applied to every trained candidate
+    epoch as if the schedule ended there, against the truth: how many candidates that lost more than
+    `material` on the test images it refused, and how many that gained more than that it kept."""
+    counts = {"lost": [0, 0], "gained": [0, 0], "even": [0, 0]}
+    for key, epochs in runs.items():
+        if key[0] != regime:
+            continue
+        epochs = sorted(epochs, key=lambda row: row["epoch"])
+        start = epochs[0]
+        for row in epochs[1:]:
+            decision = weigh({name: row[name] for name in ("source", "plausibility")},
+                             {name: start[name] for name in ("source", "plausibility")}, tolerances, rescue_gain)
+            change = row["truth_test"].mean() - start["truth_test"].mean()
+            kind = "lost" if change < -material else "gained" if change > material else "even"
+            counts[kind][0] += 1
+            counts[kind][1] += int(decision.keep_adaptation)
+    lost, gained, even = counts["lost"], counts["gained"], counts["even"]
+    print(f"  harm guard over every candidate epoch: refused {lost[0] - lost[1]} of {lost[0]} that lost more than "
+          f"{100 * material:g} points on the test images, kept {gained[1]} of {gained[0]} that gained more than that, "
+          f"kept {even[1]} of {even[0]} within it")
+
+
 def report(rows: list[dict]) -> None:
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -168,6 +191,9 @@ def report(rows: list[dict]) -> None:
                   f"({len(within[name])} runs)")
         rho = spearmanr(deltas["truth_val"], deltas["truth_test"]).statistic if n > 2 else float("nan")
         print(f"  {'(val truth)':>12}: pooled Spearman {rho:+.2f} (labelled validation images: the ceiling)")
+        defaults = make_config("cpu")
+        guard_verdicts(runs, regime, {"source": defaults.guard_source_drop,
+                                      "plausibility": defaults.guard_collapse_drop}, defaults.guard_rescue_gain)
         print(f"\n  {regime}: the fixed schedule's result (last epoch) against M_A, means over images")
         print(f"  {'run':<28} {'rep':>3} {'M_A test':>8} {'d test':>7} {'d val':>7} "
               + " ".join(f"{'d ' + name[:6]:>8}" for name in SIGNALS))

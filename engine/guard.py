@@ -261,19 +261,25 @@ class HarmGuard:
         return values
 
     def decide(self, adapted: TranslateThenSegment, m_a: TranslateThenSegment) -> Decision:
-        ours, theirs = self.evidence(adapted), self.evidence(m_a)
-        comparisons = {name: compare(ours[name], theirs[name], self.tolerances.get(name, 0.0)) for name in ours}
-        plausibility = comparisons["plausibility"]
-        repaired = plausibility.change >= self.rescue_gain and plausibility.lower_bound > 0
-        harmful = [name for name, comparison in comparisons.items()
-                   if comparison.harmful and not (name == "source" and repaired)]
-        names = {"source": "source", "plausibility": "collapse", "labelled": "labelled"}
-        if harmful:
-            rule = f"harm ({', '.join(names[name] for name in harmful)})"
-        elif comparisons["source"].harmful:
-            rule = "no harm found (source loss outweighed: M_A's target masks were gross failures it repaired)"
-        else:
-            rule = "no harm found"
-        deciding = comparisons[harmful[0]] if harmful else comparisons["source"]
-        return Decision(keep_adaptation=not harmful, mean_gain=deciding.change, lower_bound=deciding.lower_bound,
-                        rule=rule, evidence={name: c.to_dict() for name, c in comparisons.items()})
+        return weigh(self.evidence(adapted), self.evidence(m_a), self.tolerances, self.rescue_gain)
+
+
+def weigh(adapted: dict[str, np.ndarray], m_a: dict[str, np.ndarray], tolerances: dict[str, float],
+          rescue_gain: float) -> Decision:
+    """HarmGuard's verdict from the per-image evidence of the adapted model and of M_A (the same
+    signals, the same images): see the class's docstring."""
+    comparisons = {name: compare(adapted[name], m_a[name], tolerances.get(name, 0.0)) for name in adapted}
+    plausibility = comparisons["plausibility"]
+    repaired = plausibility.change >= rescue_gain and plausibility.lower_bound > 0
+    harmful = [name for name, comparison in comparisons.items()
+               if comparison.harmful and not (name == "source" and repaired)]
+    names = {"source": "source", "plausibility": "collapse", "labelled": "labelled"}
+    if harmful:
+        rule = f"harm ({', '.join(names[name] for name in harmful)})"
+    elif comparisons["source"].harmful:
+        rule = "no harm found (source loss outweighed: M_A's target masks were gross failures it repaired)"
+    else:
+        rule = "no harm found"
+    deciding = comparisons[harmful[0]] if harmful else comparisons["source"]
+    return Decision(keep_adaptation=not harmful, mean_gain=deciding.change, lower_bound=deciding.lower_bound,
+                    rule=rule, evidence={name: c.to_dict() for name, c in comparisons.items()})

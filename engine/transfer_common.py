@@ -147,7 +147,12 @@ def judge(cfg: RunConfig, data: TransferData, plan: LabelPlan, keeper: KeepBest,
             decision.rule = "clearly better" if decision.keep_adaptation else "not clearly better"
         return decision
     m_a = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
-    return HarmGuard(cfg, data, plan, device).decide(adapted, m_a)
+    decision = HarmGuard(cfg, data, plan, device).decide(adapted, m_a)
+    if decision.keep_adaptation:
+        found = "; ".join(f"{name} {c['m_a']:.4f} -> {c['adapted']:.4f}" for name, c in decision.evidence.items())
+        logging.getLogger(__name__).info("harm guard: %s; the result is kept (M_A -> adapted: %s)", decision.rule,
+                                         found)
+    return decision
 
 
 def fall_back_to_source(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,

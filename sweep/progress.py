@@ -30,7 +30,8 @@ RAY_LOG = ("logs", "ray.log")
 
 # Flags a trial's last report may carry (sweep.trainables.trial_notes) and what the console says.
 TRIAL_NOTES = {
-    "fell_back": "kept no adaptation (M_A as it is: no trained epoch was better by the run's own criterion)",
+    "fell_back": "kept no adaptation (M_A as it is: its guard refused the result; result.json's selection_rule says "
+                 "why)",
     "saturated": "discriminators saturated (look at its translation samples)",
 }
 

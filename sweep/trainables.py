@@ -226,7 +226,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
 
 def trial_notes(run_dir: Path) -> dict[str, int]:
     """What the console's line for a finished transfer trial must say (sweep.progress.TRIAL_NOTES):
-    a proposed run that kept no adaptation, discriminators that saturated. The engine's own
+    a transfer run that kept no adaptation, discriminators that saturated. The engine's own
     warnings about them go to the log file with the rest of its lines."""
     summary = json.loads((run_dir / RESULT_JSON).read_text())
     return {"fell_back": int(summary.get("selected_model") == NO_ADAPTATION),

@@ -95,3 +95,37 @@ def test_self_training_resumes_exactly(teacher, make_cfg, source, mild_target, t
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert [h.get("target_score") for h in resumed.history] == [h.get("target_score") for h in straight.history]
     assert resumed.test_jaccard_mean == straight.test_jaccard_mean
+
+
+@pytest.mark.slow
+def test_a_killed_self_training_run_with_a_refreshing_teacher_resumes_to_the_uninterrupted_result(
+        make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
+    """SIGKILLed after epoch 1 is on disk: the resumed run relabels with the teacher it had, and ends
+    where the run that was never killed ends (the default schedule is deterministic per seed)."""
+    import pickle
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests.transfer.test_transfer_runs import KILLED_TRANSFER
+
+    cfg = make_cfg(method="self_training", transfer_epochs=3, checkpoint_every_s=0, augmentation="robust",
+                   pseudo_label_teacher="average", pseudo_label_tta=True, pseudo_label_confidence=0.8)
+    data = transfer_data(cfg, source, mild_target)
+    inputs = tmp_path / "inputs.pkl"
+    inputs.write_bytes(pickle.dumps((cfg, data, trained_segmenter_checkpoint, None)))
+    killed = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", KILLED_TRANSFER, str(inputs), str(killed), "1"],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    resumed = train_transfer(cfg, data, killed, trained_segmenter_checkpoint)
+    straight = train_transfer(cfg, data, tmp_path / "straight", trained_segmenter_checkpoint)
+    assert resumed.epochs_trained == 2 and straight.epochs_trained == 3
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+    assert resumed.test_jaccard_mean == straight.test_jaccard_mean
+    kept = read_segmenter_checkpoint(killed / "best.pt")["state_dict"]
+    again = read_segmenter_checkpoint(tmp_path / "straight" / "best.pt")["state_dict"]
+    assert all(torch.equal(kept[name], again[name]) for name in again)
