@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from commands.common import add_address_flag, add_config_flags, add_data_flags, add_progress_flag, config_from_args
+from errors import UserError
 from protocol.config import SEGMENTATION_MODELS, TASKS
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from inference.stages import checkpoint_info
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     info = checkpoint_info(args.checkpoint)
     items = list_inputs(args.inputs)
     output = SegmentOutput(args.out, info, args.checkpoint)

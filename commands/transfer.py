@@ -8,6 +8,7 @@ from pathlib import Path
 
 from commands.common import add_config_flags, add_data_flags, config_from_args
 from data_io.datasets import TARGET_DATASETS
+from errors import UserError
 from models.translator_defaults import DEFAULT_TRANSLATOR, TRANSLATOR_DEFAULTS
 from protocol.config import TASKS, TRANSFER_METHODS
 
@@ -115,11 +116,11 @@ def target_folder(args: argparse.Namespace) -> Path:
     folders = target_dirs(args.target_dir, args.target)
     other = sorted(set(folders) - {args.target})
     if other:
-        raise ValueError(f"--target-dir {other[0]}=...: this run transfers to --target {args.target}")
+        raise UserError(f"--target-dir {other[0]}=...: this run transfers to --target {args.target}")
     folder = folders.get(args.target) or (getattr(args, args.target) if args.target in TARGET_DATASETS else None)
     if folder is None:
         known = f"--{args.target} DIR or " if args.target in TARGET_DATASETS else ""
-        raise ValueError(f"--target {args.target} needs {known}--target-dir DIR (the target set's folder)")
+        raise UserError(f"--target {args.target} needs {known}--target-dir DIR (the target set's folder)")
     return Path(folder)
 
 

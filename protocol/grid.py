@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from data_io.datasets import TARGET_DATASETS, check_target_name
+from errors import UserError
 from protocol.config import (
                              AUGMENTATIONS,
                              EXECUTION_FIELDS,
@@ -290,8 +291,8 @@ def qualitative_trials(base: RunConfig, task: str, target: str, repetition: int,
 def _check_choice(flag: str, values: Sequence, allowed: Sequence) -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise ValueError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; "
-                         f"choose from {', '.join(map(str, allowed))}")
+        raise UserError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; "
+                        f"choose from {', '.join(map(str, allowed))}")
 
 
 def build_grid(
@@ -331,11 +332,11 @@ def build_grid(
 def _build_grid(experiment, base, models, tasks, folds, methods, fractions, repetitions, targets, tuned) -> Grid:
     _check_choice("experiment", [experiment], EXPERIMENTS)
     if base.profile not in PROFILES:
-        raise ValueError(f"--profile: unknown profile {base.profile!r}")
+        raise UserError(f"--profile: unknown profile {base.profile!r}")
     folds = list(range(base.n_folds)) if folds is None else list(folds)
     bad_folds = [f for f in folds if not 0 <= f < base.n_folds]
     if bad_folds:
-        raise ValueError(f"--folds: {bad_folds} outside 0..{base.n_folds - 1}")
+        raise UserError(f"--folds: {bad_folds} outside 0..{base.n_folds - 1}")
     grid = Grid()
     if experiment in ("segmentation", "all"):
         seg_models = list(models or SEGMENTATION_MODELS)
@@ -360,9 +361,9 @@ def _build_grid(experiment, base, models, tasks, folds, methods, fractions, repe
             check_target_name(target)
         bad = [f for f in label_fractions if not 0 <= f <= 100]
         if bad:
-            raise ValueError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")
+            raise UserError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")
         if any(r < 0 for r in reps):
-            raise ValueError(f"--repetitions: {reps} must be >= 0")
+            raise UserError(f"--repetitions: {reps} must be >= 0")
         for target in transfer_targets:
             for task in transfer_tasks:
                 for method in transfer_methods:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from data_io.splits import cv_split, repetition_splits
+from errors import UserError
 from protocol.config import RunConfig, check_field_names, read_json_file
 from protocol.grid import SEGMENTATION, TRANSLATOR_WARMUP, Grid, TrialSpec
 
@@ -114,7 +115,7 @@ class TuningRecord:
         if len(candidates) == 1:
             return candidates[0]
         name = candidates[0].split[0]
-        raise ValueError(f"{self.path}: tunes {_scope_text(candidates[0])} for {name}s "
+        raise UserError(f"{self.path}: tunes {_scope_text(candidates[0])} for {name}s "
                          f"{', '.join(str(e.split[1]) for e in candidates)}, and {name} {getattr(cfg, name)} has "
                          f"no tuned config; tune it (`cxrsweep tune --{name}s ...`) or leave it out of the run")
 
@@ -152,14 +153,14 @@ def read_record(path: str | Path) -> TuningRecord:
 def record_from(path: str | Path, values: Any) -> TuningRecord:
     """The record in `values`, read from `path`."""
     if not is_tuning_record(values):
-        raise ValueError(f"{path}: not a tuning record written by `cxrsweep tune`")
+        raise UserError(f"{path}: not a tuning record written by `cxrsweep tune`")
     if values.get("version") != RECORD_VERSION:
-        raise ValueError(f"{path}: written by an older `cxrsweep tune` that did not record which images it trained "
+        raise UserError(f"{path}: written by an older `cxrsweep tune` that did not record which images it trained "
                          "and scored on, so it cannot be checked against the test images of a run; tune again")
     try:
         entries = [TunedEntry(**entry) for entry in values["entries"]]
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: malformed tuning record ({exc})") from None
+        raise UserError(f"{path}: malformed tuning record ({exc})") from None
     check_field_names(path, {name for e in entries for name in e.values})
     return TuningRecord(str(path), entries)
 
@@ -169,7 +170,7 @@ def record_from(path: str | Path, values: Any) -> TuningRecord:
 
 
 def check_grid(record: TuningRecord, grid: Grid, datasets: dict, say=print) -> None:
-    """Refuse (ValueError) when a trial of `grid` that a tuned entry configures has a test image
+    """Refuse (UserError) when a trial of `grid` that a tuned entry configures has a test image
     that the tuning trained or scored on, naming the trial and the images."""
     ids = {name: list(dataset.ids) for name, dataset in datasets.items()}
     fingerprints = {name: dataset.fingerprint for name, dataset in datasets.items()}
@@ -197,7 +198,7 @@ def check_grid(record: TuningRecord, grid: Grid, datasets: dict, say=print) -> N
                                 f"used to tune the config of {split_name} {split_value} in {record.path} "
                                 f"({len(scored)} scored on, {len(overlap) - len(scored)} trained on): {shown}")
     if problems:
-        raise ValueError("tuned config refused, it would configure trials with their own test images:\n  "
+        raise UserError("tuned config refused, it would configure trials with their own test images:\n  "
                          + "\n  ".join(problems)
                          + "\ntune each fold / repetition on its own (`cxrsweep tune --folds 0,1,2,3,4` or "
                            "`--repetitions ...`) and run each with its own entry")
@@ -233,10 +234,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if is_tuning_record(data):
         # Its entries belong to particular folds or repetitions, and only `cxrsweep run` checks
         # them against each run's test images.
-        raise ValueError(f"{path}: a tuning record written by `cxrsweep tune`; apply it with `cxrsweep run "
+        raise UserError(f"{path}: a tuning record written by `cxrsweep tune`; apply it with `cxrsweep run "
                          "--config FILE`, which gives each fold / repetition its own entry and refuses a run "
                          "whose test images the tuning used")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of config fields")
+        raise UserError(f"{path}: expected a JSON object of config fields")
     check_field_names(path, data)
     return data
