@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "weighted_ce", "ce_dice")
+from models.loss_names import LOSSES
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -34,19 +34,20 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from data_io.datasets import TARGET_DATASETS, check_target_name
 from errors import UserError
+from models.translator_defaults import TRANSLATOR_DEFAULTS, config_field
 from protocol.config import (
-                             AUGMENTATIONS,
-                             EXECUTION_FIELDS,
-                             LABEL_FRACTIONS,
-                             METHODS_NEEDING_TARGET_LABELS,
-                             PROFILES,
-                             SEGMENTATION_MODELS,
-                             TASKS,
-                             TRANSFER_METHODS,
-                             RunConfig,
-                             make_config,
-                             warmup_identity,
-                             )
+    AUGMENTATIONS,
+    EXECUTION_FIELDS,
+    LABEL_FRACTIONS,
+    METHODS_NEEDING_TARGET_LABELS,
+    PROFILES,
+    SEGMENTATION_MODELS,
+    TASKS,
+    TRANSFER_METHODS,
+    RunConfig,
+    make_config,
+    warmup_identity,
+)
 
 EXPERIMENTS = ("segmentation", "transfer", "all")
 
@@ -68,17 +69,19 @@ QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the ta
 # applied to cells only, never to translator warm-ups.
 Tuned = Callable[[RunConfig], RunConfig]
 
-# Translator and transfer-loss fields are recognised by prefix, so fields added later join
-# the right group without an edit here.
+# Translator and transfer-loss fields are recognised by prefix, and every translator argument
+# by the registry's defaults, so fields added later join the right group without an edit here.
 _TRANSLATION_PREFIXES = ("translator", "gan_", "w_")
+_TRANSLATOR_FIELDS = frozenset(config_field(name) for defaults in TRANSLATOR_DEFAULTS.values() for name in defaults)
 
 
 def _is_transfer_only(name: str) -> bool:
     """Fields a segmentation run ignores. They are reset to the profile's values in Table I
-    configs so that a Table I trial and the M_A a transfer trial asks for are the same trial."""
-    return name.startswith(_TRANSLATION_PREFIXES) or name in {
+    configs so that a Table I trial and the M_A a transfer trial asks for are the same trial
+    (whatever preset or --set gave the transfer side)."""
+    return name.startswith(_TRANSLATION_PREFIXES) or name in _TRANSLATOR_FIELDS or name in {
         "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs",
-        "selection", "selection_margin", "pseudo_label_keep", "label_budget"}
+        "d_lr_ratio", "selection", "selection_margin", "pseudo_label_keep", "label_budget"}
 
 
 # Methods that read M_A (scratch: its architecture only), and the one that also needs the

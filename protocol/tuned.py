@@ -24,7 +24,7 @@ import numpy as np
 
 from data_io.splits import cv_split, repetition_splits
 from errors import UserError
-from protocol.config import RunConfig, check_field_names, read_json_file
+from protocol.config import RunConfig, check_values, read_json_file
 from protocol.grid import SEGMENTATION, TRANSLATOR_WARMUP, Grid, TrialSpec
 
 RECORD_KIND = "cxrsweep-tuning"
@@ -116,8 +116,8 @@ class TuningRecord:
             return candidates[0]
         name = candidates[0].split[0]
         raise UserError(f"{self.path}: tunes {_scope_text(candidates[0])} for {name}s "
-                         f"{', '.join(str(e.split[1]) for e in candidates)}, and {name} {getattr(cfg, name)} has "
-                         f"no tuned config; tune it (`cxrsweep tune --{name}s ...`) or leave it out of the run")
+                        f"{', '.join(str(e.split[1]) for e in candidates)}, and {name} {getattr(cfg, name)} has "
+                        f"no tuned config; tune it (`cxrsweep tune --{name}s ...`) or leave it out of the run")
 
     def adjust(self, cfg: RunConfig) -> RunConfig:
         """`cfg` with the tuned values of its entry (unchanged outside the tuned cells): the hook
@@ -156,12 +156,14 @@ def record_from(path: str | Path, values: Any) -> TuningRecord:
         raise UserError(f"{path}: not a tuning record written by `cxrsweep tune`")
     if values.get("version") != RECORD_VERSION:
         raise UserError(f"{path}: written by an older `cxrsweep tune` that did not record which images it trained "
-                         "and scored on, so it cannot be checked against the test images of a run; tune again")
+                        "and scored on, so it cannot be checked against the test images of a run; tune again")
     try:
         entries = [TunedEntry(**entry) for entry in values["entries"]]
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{path}: malformed tuning record ({exc})") from None
-    check_field_names(path, {name for e in entries for name in e.values})
+        origins = [f"{path}, the entry of {_scope_text(e)} {e.split[0]} {e.split[1]}" for e in entries]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: malformed tuning record ({type(exc).__name__}: {exc})") from None
+    # Each entry's values checked as --set checks them, before any of them configures a trial.
+    entries = [dataclasses.replace(e, values=check_values(e.values, origin)) for e, origin in zip(entries, origins)]
     return TuningRecord(str(path), entries)
 
 
@@ -199,8 +201,8 @@ def check_grid(record: TuningRecord, grid: Grid, datasets: dict, say=print) -> N
                                 f"({len(scored)} scored on, {len(overlap) - len(scored)} trained on): {shown}")
     if problems:
         raise UserError("tuned config refused, it would configure trials with their own test images:\n  "
-                         + "\n  ".join(problems)
-                         + "\ntune each fold / repetition on its own (`cxrsweep tune --folds 0,1,2,3,4` or "
+                        + "\n  ".join(problems)
+                        + "\ntune each fold / repetition on its own (`cxrsweep tune --folds 0,1,2,3,4` or "
                            "`--repetitions ...`) and run each with its own entry")
 
 
@@ -235,9 +237,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         # Its entries belong to particular folds or repetitions, and only `cxrsweep run` checks
         # them against each run's test images.
         raise UserError(f"{path}: a tuning record written by `cxrsweep tune`; apply it with `cxrsweep run "
-                         "--config FILE`, which gives each fold / repetition its own entry and refuses a run "
-                         "whose test images the tuning used")
+                        "--config FILE`, which gives each fold / repetition its own entry and refuses a run "
+                        "whose test images the tuning used")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object of config fields")
-    check_field_names(path, data)
-    return data
+    return check_values(data, path)
