@@ -25,7 +25,15 @@ import numpy as np
 from data_io.splits import cv_split, repetition_splits
 from errors import UserError
 from protocol.config import RunConfig, check_values, read_json_file
-from protocol.grid import SEGMENTATION, TRANSLATOR_WARMUP, Grid, TrialSpec
+from protocol.grid import (
+    EPOCHS_FIELD,
+    SEGMENTATION,
+    TRANSLATOR_WARMUP,
+    Grid,
+    TrialSpec,
+    segmentation_trial,
+    transfer_trials,
+)
 
 RECORD_KIND = "cxrsweep-tuning"
 RECORD_VERSION = 2
@@ -59,6 +67,20 @@ def split_ids(spec: TrialSpec, ids: dict[str, list[str]]) -> dict[str, dict[str,
             "test": {cfg.target: named(cfg.target, target.test)}}
 
 
+
+
+def tuning_cell(base: RunConfig, model: str, task: str, fold: int, method: str | None, label_fraction: float,
+                target: str, repetition: int) -> list[TrialSpec]:
+    """The cell a search tunes at one fold (Table I) or repetition (Table II), then its
+    dependencies; a cell that is not applicable or trains nothing is refused (UserError)."""
+    if method in (None, "supervised"):
+        return [segmentation_trial(base, model, task, fold)]
+    specs = transfer_trials(base, method, task, target, repetition, label_fraction)
+    if specs[0].not_applicable:
+        raise UserError(f"--method {method} at --label-fraction {label_fraction:g}: {specs[0].not_applicable}")
+    if EPOCHS_FIELD[method] is None:
+        raise UserError(f"--method {method} trains nothing (M_A applied as it is): there is nothing to tune")
+    return specs
 
 
 # ---------------------------------------------------------------------------------------------
