@@ -75,7 +75,7 @@ class Rule:
         return tuple(self.one_of() if callable(self.one_of) else self.one_of)
 
     def allowed(self) -> str:
-        """What the rule allows, as words (the error messages' and `cxrsweep ... --help`'s)."""
+        """What the rule allows, as words (the error messages')."""
         parts = []
         if self.one_of is not None:
             parts.append("one of " + ", ".join(map(str, self.names())))
@@ -112,8 +112,6 @@ class Rule:
 def checked(default: Any, **rule: Any) -> Any:
     """A RunConfig field with its default and its Rule (see Rule for the keywords)."""
     return dataclasses.field(default=default, metadata={"rule": Rule(**rule)})
-
-
 
 
 @dataclass
