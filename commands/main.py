@@ -107,7 +107,23 @@ class CommandLog(logging.FileHandler):
     def __init__(self, path: Path, argv: list[str]):
         super().__init__(path, delay=True, encoding="utf-8")
         self.argv = argv
+        self.out = path.parent.parent
+        self.new_out = not self.out.exists()
         self.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+
+    def discard_if_alone(self) -> bool:
+        """A refused command leaves no OUT behind: when OUT did not exist before it and holds
+        nothing but this log, remove both. Whether it did."""
+        log = Path(self.baseFilename)
+        if not self.new_out or not self.out.is_dir():
+            return False
+        if sorted(self.out.rglob("*")) != sorted(p for p in (log.parent, log) if p.exists()):
+            return False
+        self.close()
+        log.unlink(missing_ok=True)
+        log.parent.rmdir()
+        self.out.rmdir()
+        return True
 
     def _open(self):
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +166,7 @@ def report_bug(args: argparse.Namespace, log: CommandLog | None) -> int:
 
 def report_user_error(exc: UserError, log: CommandLog | None) -> int:
     message = f"cxrsweep: error: {exc}"
-    if log is not None and log.stream is not None:  # into an open log only: a refused command leaves no file
+    if log is not None and log.stream is not None and not log.discard_if_alone():
         log.handle(logging.LogRecord("cxrsweep", logging.ERROR, __file__, 0, message, (), None))
     print(message, file=sys.stderr)
     return EXIT_USER_ERROR

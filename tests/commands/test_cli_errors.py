@@ -79,6 +79,21 @@ def test_a_user_error_is_one_line_and_exit_2_even_with_verbose(error, monkeypatc
     assert not (tmp_path / "run").exists()  # a refused command that logged nothing leaves no log
 
 
+def test_a_refused_command_leaves_no_out_behind_even_when_it_logged(monkeypatch, tmp_path, capsys):
+    def command(args):
+        logging.getLogger("data_io.cache").info("preprocessing jsrt: 15 cases")
+        raise UserError("tuned config refused, it would configure trials with their own test images")
+
+    _with_command(monkeypatch, "train", command)
+    assert cli.main(_train_argv(tmp_path)) == 2
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # an OUT that was there before keeps the log, and the reason
+    assert cli.main(_train_argv(tmp_path)) == 2
+    text = (tmp_path / "run" / "logs" / "cxrsweep.log").read_text()
+    assert "preprocessing jsrt" in text and "cxrsweep: error: tuned config refused" in text
+    assert text.count("==== ") == 1
+
+
 def test_verbose_is_accepted_after_any_subcommand():
     parser = cli.build_parser()
     assert parser.parse_args(["models", "-v"]).verbose
