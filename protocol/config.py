@@ -483,7 +483,7 @@ def unknown_field_message(names: Iterable[str]) -> str:
         close = difflib.get_close_matches(str(name), list(_FIELDS), n=1)
         parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return (f"unknown config field{'s' if len(parts) > 1 else ''} {', '.join(parts)}; "
-            "`cxrsweep run --help` lists the config flags, protocol/config.py (RunConfig) every field")
+            "the fields are RunConfig's (protocol/config.py)")
 
 
 def check_field_names(names: Iterable[str]) -> None:
