@@ -109,6 +109,19 @@ def epochs_text(rows: pd.DataFrame) -> str:
     return "epochs: " + ", ".join(f"{m} {e}" for m, e in per_method.items()) if per_method else "epochs: none ran"
 
 
+def _annotate_cells(ax, x: np.ndarray, mean: np.ndarray, line: pd.DataFrame, colour) -> None:
+    """Beside each point of a method that reads target labels: how many it read, and how many
+    repetitions fell back to M_A as it is (Table II's table2_selection has the rules in full)."""
+    if "target_labels_read" not in line:
+        return
+    for position, value, labels, fell_back, n in zip(x, mean, line["target_labels_read"], line["n_fell_back"],
+                                                     line["n_repetitions_ok"]):
+        if not np.isfinite(value):
+            continue
+        text = f"{labels or 0}" + (f", M_A {fell_back}/{n}" if fell_back else "")
+        ax.annotate(text, (position, value), textcoords="offset points", xytext=(4, -9), fontsize=6, color=colour)
+
+
 def figure8(table2: pd.DataFrame) -> Figure:
     """Target Jaccard against label fraction, one line and 95 % CI band per method; paper dashed."""
     groups = list(dict.fromkeys(zip(table2["target"], table2["task"], table2["model"], table2["augmentation"],
@@ -140,6 +153,7 @@ def figure8(table2: pd.DataFrame) -> Figure:
                 drawn = ax.plot(x[has_mean], mean[has_mean], "o-", color=colour, label=method)[0]
                 has_ci = has_mean & np.isfinite(low) & np.isfinite(high)
                 ax.fill_between(x[has_ci], low[has_ci], high[has_ci], color=drawn.get_color(), alpha=0.18, lw=0)
+                _annotate_cells(ax, x, mean, line, drawn.get_color())
             plotted += list(low) + list(mean)
             paper = line["paper_jaccard_mean_pct"].to_numpy(float)
             if np.isfinite(paper).any():
@@ -153,7 +167,8 @@ def figure8(table2: pd.DataFrame) -> Figure:
                      f"{epochs_text(rows)}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)})",
-                 fontsize=11)
+    fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)}; "
+                 "beside each point: the target labels it read, and M_A k/n when its guard kept M_A as it is "
+                 "in k of n repetitions)", fontsize=11)
     fig.tight_layout()
     return fig

@@ -47,7 +47,8 @@ def build_report(out_dir: str | Path, formats: Iterable[str] = FORMATS, ci: str 
     display = [tables.table1_display(table1, tables.cross_validation_folds(results.trials)),
                tables.table2_display(table2, paired, tables.not_applicable_reasons(results.trials),
                                      tables.proposed_variant_notes(results.trials)
-                                     + tables.epoch_budget_notes(results.trials))]
+                                     + tables.epoch_budget_notes(results.trials)),
+               tables.table2_selection_display(table2)]
     failures = results.failed.reindex(columns=FAILURE_COLUMNS)
 
     for table in display:
@@ -123,6 +124,8 @@ def _page(results: Results, display, frames, failures: pd.DataFrame, figure_path
 
     for table in display:
         parts.append(f"<h2>{esc(table.caption.split(':')[0])}</h2>" + render.to_html(table))
+        if table.name == "table2_selection":
+            continue
         if table.name == "table1":
             parts.append("<h3>Fig. 7-style confidence intervals</h3>" + _embedded_png(figure_paths["fig7"])
                          + _interval_caption(table1, "n_folds_ok", "folds", "a cell with one fold has none"))

@@ -266,6 +266,7 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
                     ci_unit = "images"
                 paper = paper_values.table_ii_value(target, fraction, method) if _is_paper_setting(
                     target, task, model) else None
+                kept = _how_kept(ok)
                 rows.append(
                     {
                         "target": target,
@@ -290,12 +291,46 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
                         "jaccard_ci_high_pct": ci_high,
                         "paper_jaccard_mean_pct": paper.mean if paper else math.nan,
                         "paper_jaccard_std_pct": _std_or_nan(paper) if paper else math.nan,
+                        **kept,
                     }
                 )
     frame = pd.DataFrame(rows)
     frame["best_in_row"] = _is_best(frame, "jaccard_mean_pct",
                                     by=["target", "task", "model", "augmentation", "label_budget", "label_fraction"])
     return frame
+
+
+def _how_kept(ok: pd.DataFrame) -> dict:
+    """How a cell's finished trials chose their model: how many fell back to M_A as it is, each
+    rule that decided (with its count of repetitions), and the target labels each read."""
+    rules = ok["selection_rule"].dropna() if "selection_rule" in ok else pd.Series(dtype=str)
+    labels = ok["target_labels_used"].dropna().astype(int) if "target_labels_used" in ok else pd.Series(dtype=int)
+    counts = rules.value_counts(sort=False)
+    return {
+        "n_fell_back": int((ok["selected_model"] == NO_ADAPTATION).sum()) if "selected_model" in ok else 0,
+        "selection_rules": "; ".join(f"{rule} (x{count})" for rule, count in counts.items()),
+        "target_labels_read": "/".join(str(n) for n in sorted(set(labels))),
+    }
+
+
+def table2_selection_display(frame: pd.DataFrame) -> DisplayTable:
+    """Per Table II cell: which rule chose the model of each repetition, and the target labels it read."""
+    header = ["Labels (%)", "Method", "Fell back to M_A", "Rule (repetitions)", "Target labels read"]
+    rows: list = []
+    for (target, task, model, recipe, budget), group in frame.groupby(
+            ["target", "task", "model", "augmentation", "label_budget"], sort=False):
+        rows.append(Section(f"{target}, {task}, {model}, training: {recipe}, label budget: {budget}"))
+        for r in group[group["n_repetitions_ok"] > 0].itertuples():
+            rows.append([Cell(format_fraction(r.label_fraction)), Cell(r.method),
+                         Cell(f"{r.n_fell_back} of {r.n_repetitions_ok}"), Cell(r.selection_rules or "M_A as it is"),
+                         Cell(r.target_labels_read or "0")])
+    notes = ["Rule: how the kept model was chosen (the fixed schedule's end, or the best epoch by a criterion), "
+             "then the guard's verdict against M_A as it is: the harm guard keeps the result unless it finds "
+             "evidence of harm (source: a significant loss on the source validation images through the model as it "
+             "is applied; collapse: of the shape plausibility of its target masks; labelled: on labelled images the "
+             "run may choose with); the strict guard keeps it only when clearly better by its criterion.",
+             "Target labels read: training and choosing together, per repetition."]
+    return DisplayTable("table2_selection", "Table II, how each cell chose its model", header, rows, notes)
 
 
 # How each label budget (cfg_label_budget) is named in Table II's notes.
@@ -460,7 +495,7 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
     paper_methods = [m for m in methods if any(k[1] == m for k in paper_values.TABLE_II)]
     header = ["Labels (%)"] + methods + [f"Paper {m}" for m in paper_methods]
     rows: list = []
-    any_image_spread = False
+    any_image_spread = any_fell_back = False
     for (target, task, model, recipe, budget), group in frame.groupby(
             ["target", "task", "model", "augmentation", "label_budget"], sort=False):
         rows.append(Section(f"{target}, {task}, {model}, training: {recipe}, label budget: {budget}"))
@@ -470,6 +505,9 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
             for method in methods:
                 r = by_method[method]
                 text = _shown(r.status, r.jaccard_mean_pct, r.jaccard_std_pct)
+                if r.status == "ok" and r.n_fell_back:
+                    text += f" ({r.n_fell_back}/{r.n_repetitions_ok} M_A)"
+                    any_fell_back = True
                 if r.spread_across == "images" and r.status == "ok":
                     text += " †"
                     any_image_spread = True
@@ -483,6 +521,10 @@ def table2_display(frame: pd.DataFrame, paired: pd.DataFrame, reasons: list[str]
         "Target Jaccard, percent: mean ± sample standard deviation across repetitions (each repetition "
         "is one seeded 60/20/20 split of the target set; its value is the mean over its test images).",
     ]
+    if any_fell_back:
+        notes.append("(k/n M_A): in k of the cell's n repetitions the method's guard refused its result and it "
+                     "kept M_A as it is (the source_only model); table2_selection gives each cell's rule and the "
+                     "target labels it read.")
     if any_image_spread:
         notes.append("† only one repetition finished: ± is the standard deviation across that repetition's "
                      "test images (the paper's single-split convention), not across repetitions.")

@@ -30,6 +30,7 @@ from protocol.config import (
     TRANSFER_METHODS,
     RunConfig,
 )
+from sweep.options import LOST_WORKER_RETRIES
 
 EXIT_TRIALS_FAILED = 1
 
@@ -110,7 +111,9 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     ray_group.add_argument("--max-concurrent", type=_number(int, at_least=0), default=0,
                            help="at most this many trials at once (0: no limit)")
     ray_group.add_argument("--retries", type=_number(int, at_least=0), default=1,
-                           help="retries of a failed trial, from its last checkpoint (default 1)")
+                           help="retries of a trial that raised an error, each from its last checkpoint (default 1); "
+                                "a trial whose worker process or node was lost (a reclaimed spot instance) is "
+                                f"retried besides, up to {LOST_WORKER_RETRIES} times; 0: no retries at all")
     ray_group.add_argument("--checkpoint-every-s", type=float, default=None, metavar="SECONDS",
                            help="a trial checkpoints (last.pt only) at most this often, and after its last epoch; "
                                 f"0: every epoch (default {RunConfig.checkpoint_every_s:g}, the config field "

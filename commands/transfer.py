@@ -103,13 +103,17 @@ def proposed_outcome(summary: dict) -> str:
     from protocol.run_dir import NO_ADAPTATION
 
     criterion = summary["selection_criterion"]
+    rule = summary.get("selection_rule")
     if summary["selected_model"] == NO_ADAPTATION:
-        kept = (f"kept no adaptation (M_A as it is, epoch 0): "
-                f"its best trained epoch {summary['adapted_epoch']} was not "
-                f"{'clearly ' if criterion == 'target_plausibility' else ''}better by {criterion} "
-                f"({summary['selection_score']:.4f} without adaptation)")
+        if rule:
+            kept = f"kept no adaptation (M_A as it is, epoch 0): {rule}"
+        else:
+            kept = (f"kept no adaptation (M_A as it is, epoch 0): "
+                    f"its best trained epoch {summary['adapted_epoch']} was not "
+                    f"{'clearly ' if criterion == 'target_plausibility' else ''}better by {criterion} "
+                    f"({summary['selection_score']:.4f} without adaptation)")
     else:
-        kept = f"kept the adapted epoch {summary['best_epoch']} (chosen by {criterion})"
+        kept = f"kept the adapted epoch {summary['best_epoch']} ({rule or 'chosen by ' + criterion})"
     labels = f"; {summary['target_labels_used']} target labels read ({summary['label_budget']} budget)" \
         if "target_labels_used" in summary else ""
     saturated = "; the discriminators saturated (see the log and result.json)" \

@@ -102,6 +102,8 @@ def group_key(spec: "TrialSpec") -> tuple | None:
         return (SEGMENTATION, cfg.task, *fuse_key(cfg))
     if spec.kind == TRANSFER and cfg.method in TRAINER_METHODS:
         kind = "self_training" if cfg.method == "self_training" else "target_labels"
+        if cfg.method == "finetune" and cfg.source_replay:  # its epochs also pass over the source images
+            kind = "target_labels_with_source"
         return (kind, cfg.task, cfg.target, *fuse_key(cfg.replace(epochs=spec.training_epochs)))
     if spec.kind == TRANSFER and cfg.method == "proposed" and proposed_fusable(cfg):
         return ("proposed", cfg.task, cfg.target, *proposed_fuse_key(cfg))

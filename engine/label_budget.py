@@ -1,15 +1,17 @@
-"""Which target labels a transfer run may read, and what chooses its epoch (issue 19). Plain numpy.
+"""Which target labels a transfer run may read, and what chooses its epoch. Plain numpy.
 
 The label budget of a run at f % is the labels it uses, training and selection together:
 - "honest" (the default): the run sees the f % labelled target images and nothing else of the
-  target's truth. With at least HOLD_OUT_MIN of them it holds back a seeded share
-  (HOLD_OUT_SHARE, at least HOLD_OUT_MIN_IMAGES) to choose its epoch on and trains on the rest;
-  with fewer it trains on all of them and chooses its epoch as a 0 % run does, by the
-  plausibility of its masks on the unlabelled target validation images.
+  target's truth. With the fixed schedule (selection "schedule", the default) there is no epoch
+  to choose and it trains on all of them. When it chooses epochs (selection "target"), with at
+  least HOLD_OUT_MIN of them it holds back a seeded share (HOLD_OUT_SHARE, at least
+  HOLD_OUT_MIN_IMAGES) to choose its epoch on and trains on the rest; with fewer it trains on
+  all of them and chooses its epoch as a 0 % run does, by the plausibility of its masks on the
+  unlabelled target validation images.
 - "paper": the paper's protocol, the labelled target validation split chooses the epoch at
   every fraction above 0, so a run said to use 2 labels reads those of the validation split too.
-At 0 % both budgets are the same run. Whatever the budget, a run's candidates include where it
-started (epoch 0: M_A as it is for the adaptation methods), judged by the same criterion.
+At 0 % both budgets are the same run. Whatever the budget, what the run ends with is judged
+against where it started (M_A as it is, for the adaptation methods) by its guard (engine/guard.py).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from engine.data import FullFrame
 from protocol.config import LABEL_BUDGETS, SELECTIONS
-from protocol.run_dir import HELD_OUT_JACCARD, SOURCE_JACCARD, TARGET_JACCARD, TARGET_PLAUSIBILITY
+from protocol.run_dir import FIXED_SCHEDULE, HELD_OUT_JACCARD, SOURCE_JACCARD, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
 if TYPE_CHECKING:
     from engine.transfer_data import TransferData
@@ -40,7 +42,7 @@ class LabelPlan:
     """The target labels a run trains on, the images it chooses its epoch with, and how."""
 
     budget: str
-    criterion: str  # TARGET_JACCARD, HELD_OUT_JACCARD, TARGET_PLAUSIBILITY or SOURCE_JACCARD
+    criterion: str  # FIXED_SCHEDULE, TARGET_JACCARD, HELD_OUT_JACCARD, TARGET_PLAUSIBILITY or SOURCE_JACCARD
     train_images: np.ndarray  # labelled target images the run trains on
     train_masks: np.ndarray
     select_images: np.ndarray | None = None  # labelled images the epoch is chosen on (Jaccard criteria)
@@ -87,7 +89,7 @@ def label_plan(cfg: "RunConfig", data: "TransferData") -> LabelPlan:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {cfg.selection!r}")
     if cfg.label_budget not in LABEL_BUDGETS:
         raise ValueError(f"label_budget must be one of {', '.join(LABEL_BUDGETS)}, got {cfg.label_budget!r}")
-    unlabelled = TARGET_PLAUSIBILITY if cfg.selection == "target" else SOURCE_JACCARD
+    unlabelled = {"schedule": FIXED_SCHEDULE, "target": TARGET_PLAUSIBILITY, "source": SOURCE_JACCARD}[cfg.selection]
     images, masks = data.target_labelled_images, data.target_labelled_masks
     if data.n_labelled == 0:
         return LabelPlan(cfg.label_budget, unlabelled, images, masks)
@@ -97,6 +99,8 @@ def label_plan(cfg: "RunConfig", data: "TransferData") -> LabelPlan:
                              "validation split, and it has no labels")
         return LabelPlan("paper", TARGET_JACCARD, images, masks, data.target_val_images, data.target_val_masks,
                          data.target_val_frame)
+    if cfg.selection == "schedule":  # no epoch to choose: every label trains
+        return LabelPlan("honest", FIXED_SCHEDULE, images, masks)
     held = held_out_positions(data.n_labelled, cfg.seed, cfg.repetition)
     if len(held) == 0:
         return LabelPlan("honest", unlabelled, images, masks)

@@ -35,7 +35,7 @@ from torch import nn
 
 from engine.device import as_batch, foreground_masks
 from protocol.intervals import t_interval
-from protocol.run_dir import SOURCE_JACCARD, TARGET_PLAUSIBILITY
+from protocol.run_dir import FIXED_SCHEDULE, SOURCE_JACCARD, TARGET_PLAUSIBILITY
 
 # Side of the grid masks are resampled to before they are compared: coarse enough that the
 # comparison is about the shape of the lung fields, not their boundary's pixels.
@@ -93,14 +93,23 @@ def lower_confidence_bound(gain: np.ndarray) -> float:
 
 @dataclass
 class Decision:
-    """Whether the chosen adapted epoch is kept over no adaptation, and the evidence."""
+    """Whether the chosen adapted epoch is kept over no adaptation, and the evidence: for the strict
+    guard the mean gain by the run's criterion and its bound; for the harm guard (engine/guard.py)
+    the signal that found harm (`rule`) and every signal's comparison (`evidence`)."""
 
     keep_adaptation: bool
-    mean_gain: float  # mean per-image plausibility gain of the adapted epoch over no adaptation
+    mean_gain: float  # mean per-image gain of the adapted epoch over no adaptation (strict: its criterion)
     lower_bound: float  # one-sided lower confidence bound of that gain (paired t)
+    rule: str = ""  # what decided, in words (protocol.run_dir's SELECTION_RULES)
+    evidence: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"keep_adaptation": self.keep_adaptation, "mean_gain": self.mean_gain, "lower_bound": self.lower_bound}
+        out = {"keep_adaptation": self.keep_adaptation, "mean_gain": self.mean_gain, "lower_bound": self.lower_bound}
+        if self.rule:
+            out["rule"] = self.rule
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
+        return out
 
 
 class TargetSelection:
@@ -164,11 +173,15 @@ class KeepBest:
     - The source validation Jaccard (the paper's selection at 0 %): the epoch of the highest mean,
       the start left out. On source images M_A as it is is what it was trained for and wins
       nearly always; that says nothing of the target, so it is no comparison.
+    - The fixed schedule: every epoch replaces the one before; the last is kept. Whether it
+      replaces the start is the harm guard's question (engine/guard.py), not this class's.
     """
 
-    def __init__(self, criterion: str, margin: float = 0.0):
+    def __init__(self, criterion: str, margin: float = 0.0, start_is_candidate: bool = True):
         self.criterion = criterion
         self.margin = float(margin)
+        # Without a guard (the paper's protocol) where the run started is no candidate at all.
+        self.start_is_candidate = start_is_candidate
         self.start_scores: np.ndarray | None = None
         self.kept_scores: np.ndarray | None = None  # of the kept trained epoch; None: none beat the start
         self.leading_scores: np.ndarray | None = None  # plausibility: the most plausible epoch so far
@@ -179,7 +192,12 @@ class KeepBest:
 
     @property
     def compares_start(self) -> bool:
-        return self.criterion != SOURCE_JACCARD
+        return self.start_is_candidate and self.criterion != SOURCE_JACCARD
+
+    @property
+    def kept_any(self) -> bool:
+        """Whether a trained epoch was kept (False: none beat where the run started)."""
+        return self.kept_scores is not None
 
     def start(self, scores: np.ndarray) -> None:
         if self.compares_start:
@@ -193,6 +211,9 @@ class KeepBest:
     def consider(self, scores: np.ndarray) -> bool:
         """Whether the epoch just trained, with per-image `scores`, becomes the kept one."""
         scores = np.asarray(scores, float)
+        if self.criterion == FIXED_SCHEDULE:
+            self.kept_scores = scores
+            return True
         if self.by_plausibility:
             keep = TargetSelection.follows(scores, self.leading_scores)
             if TargetSelection.leads(scores, self.leading_scores):

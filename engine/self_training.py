@@ -26,31 +26,68 @@ import torch
 from torch import nn
 
 from engine import checkpoints as ckpt
-from engine.device import foreground_masks, resolve_device
+from engine.device import as_batch, as_mask_batch, resolve_device
+from engine.guard import foreground_probability, variant_probabilities
 from engine.label_budget import LabelPlan
 from engine.selection import ShapePrior
 from engine.target_training import TargetTrainer
 from engine.transfer_data import TransferData
 from models.loading import TranslateThenSegment
+from models.losses import IGNORE_INDEX
 from models.registry import segmenter_from_checkpoint
 from protocol.config import RunConfig
 
+EVAL_BATCH = 16
 
-def pseudo_labels(source_model: dict, data: TransferData, keep: float, device) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(images, masks) of the unlabelled target training images whose pseudo-labels are kept, and
-    what was kept: the teacher's masks ranked by plausibility, the top `keep` share (at least one)."""
-    teacher = segmenter_from_checkpoint(source_model).to(device).eval()
-    images = data.target_unlabelled_images
-    if len(images) == 0:
-        return images, np.zeros(images.shape, np.uint8), {"n_candidates": 0, "n_kept": 0, "threshold": None}
-    masks = foreground_masks(teacher, images, device)
-    plausibility = ShapePrior.from_masks(data.source_train_masks).plausibility(masks)
-    n_kept = max(1, int(round(keep * len(images))))
-    order = np.argsort(-plausibility, kind="stable")[:n_kept]
-    order.sort()
-    record = {"n_candidates": int(len(images)), "n_kept": int(n_kept),
-              "threshold": float(plausibility[order].min()), "mean_plausibility": float(plausibility[order].mean())}
-    return images[order], masks[order].astype(np.uint8), record
+
+class PseudoLabeller:
+    """Pseudo-labels of the unlabelled target training images by a teacher network.
+
+    Per image, the teacher's foreground probability (averaged over the test-time variants of
+    engine/guard.py when `tta`: an ensemble's labels are better than one pass's); the images whose
+    masks are the most plausible (the shape prior of engine/selection.py: an implausible
+    pseudo-label, e.g. a blob over the body, is the teacher's mistake and would only be learnt),
+    the top `keep` share, are kept. Per pixel, where the probability lies within `confidence` of
+    neither class (max(p, 1 - p) < confidence) the pixel is left unlabelled (IGNORE_INDEX):
+    the student learns the teacher's sure answers, not its guesses."""
+
+    def __init__(self, cfg: RunConfig, data: TransferData, device: torch.device):
+        self.images = data.target_unlabelled_images
+        self.device = device
+        self.keep, self.tta, self.confidence = cfg.pseudo_label_keep, cfg.pseudo_label_tta, cfg.pseudo_label_confidence
+        self.prior = ShapePrior.from_masks(data.source_train_masks)
+        self.n_kept = max(1, int(round(self.keep * len(self.images)))) if len(self.images) else 0
+
+    @torch.no_grad()
+    def probabilities(self, teacher: nn.Module) -> np.ndarray:
+        out = []
+        generator = torch.Generator().manual_seed(0)  # the noise variant: the same for every teacher
+        for start in range(0, len(self.images), EVAL_BATCH):
+            images = as_batch(self.images[start:start + EVAL_BATCH], self.device)
+            probability = foreground_probability(teacher, images, self.device)
+            if self.tta:
+                variants = variant_probabilities(teacher, images, self.device, generator)
+                probability = torch.stack([probability, *variants]).mean(0)
+            out.append(probability[:, 0].cpu().numpy())
+        return np.concatenate(out)
+
+    def __call__(self, teacher: nn.Module) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(images, masks uint8 with IGNORE_INDEX where unsure) of the kept images, and a record."""
+        if self.n_kept == 0:
+            return self.images, np.zeros(self.images.shape, np.uint8), {"n_candidates": 0, "n_kept": 0,
+                                                                        "threshold": None}
+        probability = self.probabilities(teacher)
+        masks = probability >= 0.5
+        plausibility = self.prior.plausibility(masks)
+        order = np.sort(np.argsort(-plausibility, kind="stable")[:self.n_kept])
+        labels = masks[order].astype(np.uint8)
+        unsure = np.maximum(probability[order], 1 - probability[order]) < self.confidence
+        labels[unsure] = IGNORE_INDEX
+        record = {"n_candidates": int(len(self.images)), "n_kept": int(self.n_kept),
+                  "threshold": float(plausibility[order].min()),
+                  "mean_plausibility": float(plausibility[order].mean()),
+                  "unlabelled_pixel_share": float(unsure.mean())}
+        return self.images[order], labels, record
 
 
 class SelfTrainingRun(TargetTrainer):
@@ -62,7 +99,12 @@ class SelfTrainingRun(TargetTrainer):
     def __init__(self, cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, source_model: dict,
                  segmenter_path: Path):
         device = resolve_device(cfg.device)
-        kept_images, kept_masks, self.pseudo_record = pseudo_labels(source_model, data, cfg.pseudo_label_keep, device)
+        self.labeller = PseudoLabeller(cfg, data, device)
+        teacher = segmenter_from_checkpoint(source_model).to(device)
+        kept_images, kept_masks, self.pseudo_record = self.labeller(teacher)
+        # Where the pseudo-labelled images sit among the training images: a refreshing teacher
+        # replaces them there.
+        self.pseudo_slice = slice(len(data.source_train_images), len(data.source_train_images) + len(kept_images))
         train_images = np.concatenate([data.source_train_images, kept_images, plan.train_images])
         train_masks = np.concatenate([data.source_train_masks, kept_masks, plan.train_masks])
         student = cfg.replace(model=source_model["arch"], width=source_model["arch_kwargs"]["width"],
@@ -74,7 +116,7 @@ class SelfTrainingRun(TargetTrainer):
         self.averaged = copy.deepcopy(ckpt.unwrap(self.model))
         self.n_averaged = 0
 
-    # --- weight averaging ---
+    # --- weight averaging, and the teacher it makes ---
     def trained_epoch(self) -> None:
         self.n_averaged += 1
         with torch.no_grad():
@@ -84,6 +126,16 @@ class SelfTrainingRun(TargetTrainer):
                     average.mul_((self.n_averaged - 1) / self.n_averaged).add_(current / self.n_averaged)
                 else:
                     average.copy_(current)
+        if self.transfer_cfg.pseudo_label_teacher == "average" and self.epoch + 1 < self.total_epochs:
+            self.refresh_pseudo_labels()
+
+    def refresh_pseudo_labels(self) -> None:
+        """The weight average labels the target images for the next epoch (a mean teacher at the
+        granularity of epochs: the average improves as the student does, and is steadier than it)."""
+        images, masks, self.pseudo_record = self.labeller(self.averaged)
+        with torch.no_grad():
+            self.train_images[self.pseudo_slice] = as_batch(images, self.device)
+            self.train_masks[self.pseudo_slice] = as_mask_batch(masks, self.device)
 
     def candidate(self) -> nn.Module:
         return self.averaged
@@ -107,6 +159,8 @@ class SelfTrainingRun(TargetTrainer):
         resumed = super().resume_from(state)
         self.averaged.load_state_dict(state["averaged"])
         self.n_averaged = int(state["n_averaged"])
+        if self.transfer_cfg.pseudo_label_teacher == "average" and 0 < self.n_averaged < self.total_epochs:
+            self.refresh_pseudo_labels()  # the labels the interrupted run had made for this epoch
         return resumed
 
     def describe(self) -> str:

@@ -21,7 +21,14 @@ from engine.label_budget import LabelPlan
 from engine.loop import EpochCallback
 from engine.selection import KeepBest
 from engine.supervised import Trainer
-from engine.transfer_common import CandidateScorer, ValidationScorer, fall_back_to_source, finish_run, selection_record
+from engine.transfer_common import (
+    CandidateScorer,
+    ValidationScorer,
+    fall_back_to_source,
+    finish_run,
+    judge,
+    selection_record,
+)
 from engine.transfer_data import TransferData
 from models.loading import TranslateThenSegment
 from models.registry import segmenter_from_checkpoint
@@ -53,7 +60,7 @@ class TargetTrainer(Trainer):
         super().__init__(inner, student_data, run_dir)
         self.val_split = "target" if on_target else "source"
         self.scores = CandidateScorer(cfg, data, plan, ValidationScorer(data, plan, self.device), self.device)
-        self.keeper = KeepBest(plan.criterion, cfg.selection_margin)
+        self.keeper = KeepBest(plan.criterion, cfg.selection_margin, start_is_candidate=cfg.guard != "off")
         self.selector = self.keeper
         self.no_adaptation: dict[str, Any] | None = None  # where the run started: its score and val Jaccard
 
@@ -125,21 +132,22 @@ class TargetTrainer(Trainer):
         return self.finish(self.fit(callbacks))
 
     def finish(self, trained: int) -> RunResult:
-        """The kept epoch (or M_A, when the run only made things worse by its own measure) on the
-        target's test split."""
+        """The kept epoch (or M_A, when the run's guard refuses it) on the target's test split."""
         cfg, data = self.transfer_cfg, self.transfer_data
         started = time.perf_counter()
-        decision = self.keeper.decide() if self.from_source else None
+        model = self.kept_model().to(self.device) if self.best is not None else None
+        decision = judge(cfg, data, self.plan, self.keeper, model, self.source_model, self.device) \
+            if self.from_source else None
         summary = {**selection_record(self.plan.criterion, decision, self.best_val, self.best_epoch,
-                                      self.no_adaptation, cfg.selection_margin, self.plan),
+                                      self.no_adaptation, cfg.selection_margin, self.plan, cfg.guard),
                    "val_split": self.val_split, **self.extra_summary()}
         if decision is not None and not decision.keep_adaptation:
             model, best_epoch, val_jaccard = fall_back_to_source(
                 cfg, data, self.run_dir, self.source_model, self.device, f"{self.name}: the kept epoch",
-                self.best_epoch, self.best_val, self.no_adaptation, decision.to_dict(), self.plan.criterion)
+                self.best_epoch, self.best_val, self.no_adaptation, decision, self.plan.criterion)
         else:
             ckpt.save_atomic(self.best, self.best_path)
-            model, best_epoch = self.kept_model(), self.best_epoch
+            best_epoch = self.best_epoch
             val_jaccard = next(h["val_jaccard"] for h in self.history if h["epoch"] == self.best_epoch)
         duration_s = self.duration_s + time.perf_counter() - started
         return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch, val_jaccard=val_jaccard,
@@ -154,14 +162,20 @@ def target_trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir:
     """The trainer of a finetune (from M_A) or scratch (M_A's architecture from random
     initialisation) run on the plan's labelled target training images, both for `cfg.epochs`
     epochs: the same budget, so that neither baseline is the weaker for fewer steps (README,
-    "Label budget"). `run()` trains it alone; engine.fused trains several together."""
+    "Label budget"). Fine-tuning with `source_replay` also trains on the source training images
+    with their truth, every epoch: with few target labels, a network trained on them alone learns
+    them by heart and forgets the anatomy it knew; rehearsing the source keeps it (experience
+    replay, as in continual learning). `run()` trains it alone; engine.fused trains several together."""
     # The few labelled images are repeated up to the size of the target training split, so an
     # epoch is the same number of updates at every fraction and 1.25 % is not starved of steps.
     repeat = np.resize(np.arange(plan.n_train), max(len(data.target_train_images), plan.n_train))
     finetune = cfg.method == "finetune"
+    images, masks = plan.train_images[repeat], plan.train_masks[repeat]
+    if finetune and cfg.source_replay:
+        images = np.concatenate([images, data.source_train_images])
+        masks = np.concatenate([masks, data.source_train_masks])
     inner = cfg.replace(model=source_model["arch"], width=source_model["arch_kwargs"]["width"],
                         init_weights=str(segmenter_path) if finetune else "")
-    trainer = TargetTrainer(cfg, data, plan, run_dir, source_model, inner, plan.train_images[repeat],
-                            plan.train_masks[repeat], from_source=finetune)
+    trainer = TargetTrainer(cfg, data, plan, run_dir, source_model, inner, images, masks, from_source=finetune)
     trainer.name = cfg.method
     return trainer

@@ -55,6 +55,7 @@ from engine.transfer_common import (
     ValidationScorer,
     fall_back_to_source,
     finish_run,
+    judge,
     save_source_model_as_best,
     selection_record,
     validation_jaccard,
@@ -300,7 +301,7 @@ class ProposedRun(EpochLoop):
         # epoch 0) one of the candidates (engine/selection.py, KeepBest).
         self.criterion = plan.criterion
         self.scores = CandidateScorer(cfg, data, plan, self.validate, device)
-        self.keeper = KeepBest(plan.criterion, cfg.selection_margin)
+        self.keeper = KeepBest(plan.criterion, cfg.selection_margin, start_is_candidate=cfg.guard != "off")
         self.selector = self.keeper
         self.no_adaptation: dict[str, Any] | None = None  # its score and val Jaccard
 
@@ -521,16 +522,18 @@ class ProposedRun(EpochLoop):
         return resumed
 
     def finish(self, trained: int) -> RunResult:
-        """The kept epoch (or M_A as it is, when the keeper finds no adaptation better) on the test split."""
+        """The kept epoch (or M_A as it is, when the run's guard refuses it) on the test split."""
         cfg, data = self.cfg, self.data
-        decision = self.keeper.decide()
+        if self.best is not None:
+            self.load_model_state(self.best)
+        decision = judge(cfg, data, self.plan, self.keeper, self.model if self.best is not None else None,
+                         self.source_model, self.device)
         summary = self.summary(decision)
         if decision is not None and not decision.keep_adaptation:
             model, best_epoch, val_jaccard = fall_back_to_source(
                 cfg, data, self.run_dir, self.source_model, self.device, "proposed: the kept adapted epoch",
-                self.best_epoch, self.best_val, self.no_adaptation, decision.to_dict(), self.criterion)
+                self.best_epoch, self.best_val, self.no_adaptation, decision, self.criterion)
         else:
-            self.load_model_state(self.best)
             model, best_epoch = self.model, self.best_epoch
             val_jaccard = self.history[self.best_epoch - 1]["val_jaccard"]
             ckpt.save_atomic(self.best, self.best_path)
@@ -548,7 +551,7 @@ class ProposedRun(EpochLoop):
             log.warning(saturation_message(report))
         return {
             **selection_record(self.criterion, decision, self.best_val, self.best_epoch, self.no_adaptation,
-                               self.cfg.selection_margin, self.plan),
+                               self.cfg.selection_margin, self.plan, self.cfg.guard),
             "discriminators_saturated": bool(saturation),
             "saturation": saturation,
         }

@@ -13,9 +13,10 @@ from torch import Tensor, nn
 
 from data_io.preprocess import preprocessing_record
 from engine import checkpoints as ckpt
+from engine.guard import HarmGuard
 from engine.label_budget import LabelPlan
 from engine.scoring import SplitScorer, predict_and_score
-from engine.selection import Decision, TargetSelection
+from engine.selection import Decision, KeepBest, TargetSelection
 from engine.transfer_data import TransferData
 from engine.translation import save_translation_samples
 from models.loading import TranslateThenSegment
@@ -24,6 +25,7 @@ from models.translators.base import Translator
 from protocol.config import RunConfig
 from protocol.run_dir import (
     ADAPTED,
+    FIXED_SCHEDULE,
     NO_ADAPTATION,
     TARGET_PLAUSIBILITY,
     TRANSLATIONS_DIR,
@@ -127,35 +129,78 @@ def save_source_model_as_best(cfg: RunConfig, data: TransferData, run_dir: Path,
                      best_checkpoint_path(run_dir))
 
 
+def judge(cfg: RunConfig, data: TransferData, plan: LabelPlan, keeper: KeepBest,
+          adapted: TranslateThenSegment | None, source_model: dict, device: torch.device) -> Decision | None:
+    """Whether `adapted`, what the run ends with, replaces M_A as it is (None: no comparison, the
+    result stands; `adapted` None: no trained epoch beat M_A by the run's own criterion, which
+    keeps M_A): by the run's guard (RunConfig.guard). "harm": unless engine.guard.HarmGuard finds
+    evidence of harm; "strict": only when its selection criterion shows it clearly better
+    (KeepBest.decide); "off": always."""
+    if cfg.guard == "off":
+        return None
+    if adapted is None:
+        return Decision(keep_adaptation=False, mean_gain=0.0, lower_bound=0.0,
+                        rule=f"no trained epoch beat M_A by {keeper.criterion}")
+    if cfg.guard == "strict":
+        decision = keeper.decide()
+        if decision is not None:
+            decision.rule = "clearly better" if decision.keep_adaptation else "not clearly better"
+        return decision
+    m_a = TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device)
+    return HarmGuard(cfg, data, plan, device).decide(adapted, m_a)
+
+
 def fall_back_to_source(cfg: RunConfig, data: TransferData, run_dir: Path, source_model: dict,
                         device: torch.device, kept: str, best_epoch: int, best_score: float,
-                        no_adaptation: dict, decision: dict, criterion: str) -> tuple[nn.Module, int, float]:
-    """A run whose kept epoch is not better than where it started, by its own criterion, returns
-    M_A as it is: says so (`kept` names the epoch, e.g. "the kept adapted epoch"; `best_epoch` 0:
-    no trained epoch was kept), writes M_A as best.pt and gives (model, best epoch 0, M_A's
-    validation Jaccard)."""
-    margin = f" (margin {cfg.selection_margin:.3f})" if criterion == TARGET_PLAUSIBILITY else ""
-    logging.getLogger(__name__).warning(
-        "%s (%d, %s %.4f) is not better than no adaptation (%.4f): mean gain %+.4f%s, lower confidence bound "
-        "%+.4f. The run falls back to M_A on %s as it is, the source_only model", kept, best_epoch, criterion,
-        best_score, no_adaptation["target_score"], decision["mean_gain"], margin, decision["lower_bound"],
-        data.target_name)
+                        no_adaptation: dict, decision: Decision, criterion: str) -> tuple[nn.Module, int, float]:
+    """A run whose result its guard refuses returns M_A as it is: says so (`kept` names the
+    epoch, e.g. "the kept adapted epoch"; `best_epoch` 0: no trained epoch was kept), writes M_A as
+    best.pt and gives (model, best epoch 0, M_A's validation Jaccard)."""
+    log = logging.getLogger(__name__)
+    if decision.evidence is not None:
+        found = "; ".join(f"{name} {c['m_a']:.4f} -> {c['adapted']:.4f} (change {c['change']:+.4f}, upper bound "
+                          f"{c['upper_bound']:+.4f})" for name, c in decision.evidence.items())
+        log.warning("%s (%d) is refused by the harm guard: %s. Evidence, M_A -> adapted: %s. The run falls back to "
+                    "M_A on %s as it is, the source_only model", kept, best_epoch, decision.rule, found,
+                    data.target_name)
+    else:
+        margin = f" (margin {cfg.selection_margin:.3f})" if criterion == TARGET_PLAUSIBILITY else ""
+        log.warning(
+            "%s (%d, %s %.4f) is not better than no adaptation (%.4f): mean gain %+.4f%s, lower confidence bound "
+            "%+.4f. The run falls back to M_A on %s as it is, the source_only model", kept, best_epoch, criterion,
+            best_score, no_adaptation["target_score"], decision.mean_gain, margin, decision.lower_bound,
+            data.target_name)
     save_source_model_as_best(cfg, data, run_dir, source_model, selected_model=NO_ADAPTATION)
     return TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device), 0, no_adaptation["val_jaccard"]
 
 
+def selection_rule(criterion: str, guard: str, decision: Decision | None) -> str:
+    """In words, how a transfer run's model was chosen and what decided it (Table II names it per
+    cell): the epoch ("fixed schedule" or the criterion that chose it), then the guard's verdict."""
+    chosen = "fixed schedule" if criterion == FIXED_SCHEDULE else f"best epoch by {criterion}"
+    if decision is None:
+        return f"{chosen}; unguarded"
+    verdict = decision.rule or ("kept" if decision.keep_adaptation else "refused")
+    kept = "kept" if decision.keep_adaptation else "fell back to M_A"
+    return f"{chosen}; {guard} guard: {verdict}, {kept}"
+
+
 def selection_record(criterion: str, decision: Decision | None, best_score: float, best_epoch: int,
-                     no_adaptation: dict | None, margin: float, plan: LabelPlan | None = None) -> dict[str, Any]:
+                     no_adaptation: dict | None, margin: float, plan: LabelPlan | None = None,
+                     guard: str = "off") -> dict[str, Any]:
     """What result.json records of a transfer run's choice: which model was kept and why
     (`decision` is None when no comparison with where the run started ran), and its label plan."""
     keeps = decision is None or decision.keep_adaptation
     return {
         **(plan.record() if plan is not None else {}),
         "selection_criterion": criterion,
+        "selection_rule": selection_rule(criterion, guard, decision),
+        "guard": guard,
         "selected_model": ADAPTED if keeps else NO_ADAPTATION,
         "selection_score": best_score if keeps else no_adaptation["target_score"],
         "no_adaptation_score": no_adaptation["target_score"] if no_adaptation else None,
         "adapted_epoch": best_epoch,
         "selection_decision": decision.to_dict() if decision is not None else None,
-        "selection_margin": margin if decision is not None and criterion == TARGET_PLAUSIBILITY else None,
+        "selection_margin": margin if guard == "strict" and decision is not None and criterion == TARGET_PLAUSIBILITY
+        else None,
     }

@@ -13,13 +13,20 @@ import torch.nn.functional as F
 
 from models.loss_names import LOSSES
 
+# A target pixel of this value carries no label and adds nothing to any loss: self-training marks
+# the pixels its teacher is unsure of so (engine/self_training.py). Masks are stored as uint8, so
+# the value must fit one; a mask warped by the augmentation keeps it (nearest sampling).
+IGNORE_INDEX = 255
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - soft Dice of the foreground classes, averaged over the batch and classes."""
-    probabilities = logits.float().softmax(dim=1)[:, 1:]
-    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()[:, 1:]
+    labelled = (target != IGNORE_INDEX).unsqueeze(1).float()
+    probabilities = logits.float().softmax(dim=1)[:, 1:] * labelled
+    one_hot = F.one_hot(target.masked_fill(target == IGNORE_INDEX, 0), logits.shape[1])
+    one_hot = one_hot.permute(0, 3, 1, 2).float()[:, 1:] * labelled
     intersection = (probabilities * one_hot).sum(dim=(2, 3))
     total = probabilities.sum(dim=(2, 3)) + one_hot.sum(dim=(2, 3))
     return 1 - ((2 * intersection + eps) / (total + eps)).mean()
@@ -35,15 +42,18 @@ def inverse_frequency_weights(foreground_fraction: float) -> torch.Tensor:
 def build_loss(name: str, foreground_fraction: float | None = None) -> Loss:
     """The loss `name` for logits [B, C, H, W] and integer targets [B, H, W].
 
-    `foreground_fraction` (of the training masks) is needed by "weighted_ce" only.
+    `foreground_fraction` (of the training masks) is needed by "weighted_ce" only. Target pixels
+    equal to IGNORE_INDEX count in none of them.
     """
     if name == "ce":
-        return lambda logits, target: F.cross_entropy(logits.float(), target)
+        return lambda logits, target: F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
     if name == "weighted_ce":
         if foreground_fraction is None:
             raise ValueError("weighted_ce needs the foreground fraction of the training masks")
         weights = inverse_frequency_weights(foreground_fraction)
-        return lambda logits, target: F.cross_entropy(logits.float(), target, weight=weights.to(logits.device))
+        return lambda logits, target: F.cross_entropy(logits.float(), target, weight=weights.to(logits.device),
+                                                      ignore_index=IGNORE_INDEX)
     if name == "ce_dice":
-        return lambda logits, target: F.cross_entropy(logits.float(), target) + soft_dice_loss(logits, target)
+        return lambda logits, target: (F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+                                       + soft_dice_loss(logits, target))
     raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")

@@ -38,8 +38,17 @@ LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
 # Training-time augmentation recipes (engine/augmentation.py): "none" is the paper's protocol,
 # "affine" the small warps of earlier versions' augment=true, "robust" the default.
 AUGMENTATIONS = ("none", "affine", "robust")
-# How a proposed run at 0 % target labels picks its epoch (engine/selection.py).
-SELECTIONS = ("target", "source")
+# Which epoch of an adaptation run gives its result (engine/selection.py, engine/label_budget.py):
+# "schedule", the end of its fixed schedule (its last epoch, or its weight average); "target", the
+# epoch its label plan's criterion follows (target plausibility without labels, held-back labels
+# with them); "source", the paper's: the best source validation Jaccard through A -> B -> A.
+SELECTIONS = ("schedule", "target", "source")
+# Whether a transfer run's result replaces M_A as it is (engine/guard.py): "harm", unless the
+# label-free evidence (or held-back labels) shows it harmful; "strict", only when its own
+# criterion shows it clearly better; "off", always (the paper's protocol).
+GUARDS = ("harm", "strict", "off")
+# Who labels the target images for a self-training student (engine/self_training.py).
+PSEUDO_LABEL_TEACHERS = ("source", "average")
 # Which target labels a transfer run may read (engine/label_budget.py): "honest", only its
 # label fraction's, for training and epoch selection together; "paper", the paper's protocol, where
 # the labelled target validation split also chooses the epoch.
@@ -192,18 +201,41 @@ class RunConfig:
     d_lr_ratio: float = checked(1.0, above=0)  # discriminator learning rate as a multiple of gan_lr
     # semantic-aware adversarial term on predicted target masks (SeUDA); 0 = off
     w_semantic: float = checked(0.0, at_least=0)
-    # Which transfer epoch is kept at 0 % target labels (engine/selection.py): "target" scores
-    # target validation images without labels, with "no adaptation" as a candidate; "source" is the
-    # paper's validation on source images through A -> B -> A.
-    selection: str = checked("target", one_of=SELECTIONS)
-    # The smallest mean gain in target plausibility that may replace no adaptation: about what a
-    # correct lung mask's plausibility changes with a 5 % change of field of view (measured on the
-    # source masks), a difference datasets show without any segmentation being better.
+    # Which epoch of a transfer run gives its result (SELECTIONS): by default its fixed schedule's
+    # end; label-free epoch choice ranks candidates poorly on real shifts (docs/adaptation.md).
+    selection: str = checked("schedule", one_of=SELECTIONS)
+    # Whether that result replaces M_A as it is (GUARDS): by default unless there is evidence of
+    # harm (engine/guard.py); "strict" asks the selection criterion for a clear gain instead.
+    guard: str = checked("harm", one_of=GUARDS)
+    # The harm guard's tolerances, in the means of its per-image signals (engine/guard.py): a
+    # result is refused when, significantly (one-sided, paired), its source-side Jaccard falls by
+    # more than guard_source_drop, or the plausibility of its target masks by more than
+    # guard_collapse_drop; a source-side loss is outweighed when its target masks are more
+    # plausible by guard_rescue_gain (gross failures of M_A repaired). The plausibility of a correct
+    # lung mask moves by about 0.04 with a 5 % change of field of view: changes within about that
+    # are noise between sound masks, and the collapse and rescue levels lie beyond it.
+    guard_source_drop: float = checked(0.01, at_least=0, at_most=1)
+    guard_collapse_drop: float = checked(0.05, at_least=0, at_most=1)
+    guard_rescue_gain: float = checked(0.10, at_least=0, at_most=1)
+    # The strict guard's smallest mean gain in target plausibility that may replace no adaptation:
+    # about what a correct lung mask's plausibility changes with a 5 % change of field of view
+    # (measured on the source masks), a difference datasets show without any segmentation being better.
     selection_margin: float = checked(0.04, at_least=0, at_most=1)
     # Self-training (method "self_training"): the share of the unlabelled target training images
     # whose pseudo-labels (M_A's predictions) are kept, the most plausible first (selection.py's
     # shape prior), as in curriculum pseudo-labelling; the student trains transfer_epochs epochs.
     pseudo_label_keep: float = checked(0.8, above=0, at_most=1)
+    # Fine-tuning also trains on the source training images (with their truth) every epoch.
+    source_replay: bool = checked(False)
+    # Who labels the target images for the student: "source", M_A once before the first epoch;
+    # "average", refreshed after every epoch by the student's weight average (a mean teacher).
+    pseudo_label_teacher: str = checked("source", one_of=PSEUDO_LABEL_TEACHERS)
+    # The teacher labels each image from its mean foreground probability over test-time variants
+    # (engine/guard.py) rather than from one pass.
+    pseudo_label_tta: bool = checked(False)
+    # Pixels where the teacher's probability of its answer is below this are left unlabelled
+    # (0.5: every pixel is labelled).
+    pseudo_label_confidence: float = checked(0.5, at_least=0.5, below=1)
     # The target labels a run at f % may read (LABEL_BUDGETS): "honest", its f % only (a held-back
     # part of them, or the unlabelled criterion when they are few, chooses the epoch); "paper",
     # the labelled validation split chooses the epoch too (PAPER_LABEL_BUDGET).
@@ -265,7 +297,7 @@ PAPER_LABEL_BUDGET: dict[str, Any] = {"label_budget": "paper"}
 # generators learn an inversion and the run select it (README, "Cross-dataset transfer").
 PAPER_TRANSFER: dict[str, Any] = {
     "w_adv": 1.0, "w_identity": 0.0, "spectral_norm": False, "residual_generators": False, "r1_gamma": 0.0,
-    "instance_noise": 0.0, "d_lr_ratio": 1.0, "w_semantic": 0.0, "selection": "source",
+    "instance_noise": 0.0, "d_lr_ratio": 1.0, "w_semantic": 0.0, "selection": "source", "guard": "off",
 }
 
 

@@ -69,9 +69,10 @@ QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the ta
 # applied to cells only, never to translator warm-ups.
 Tuned = Callable[[RunConfig], RunConfig]
 
-# Translator and transfer-loss fields are recognised by prefix, and every translator argument
-# by the registry's defaults, so fields added later join the right group without an edit here.
-_TRANSLATION_PREFIXES = ("translator", "gan_", "w_")
+# Translator, transfer-loss, selection, guard and pseudo-label fields are recognised by prefix, and
+# every translator argument by the registry's defaults, so fields added later join the right group
+# without an edit here.
+_TRANSFER_PREFIXES = ("translator", "gan_", "w_", "selection", "guard", "pseudo_label_")
 _TRANSLATOR_FIELDS = frozenset(config_field(name) for defaults in TRANSLATOR_DEFAULTS.values() for name in defaults)
 
 
@@ -79,9 +80,9 @@ def _is_transfer_only(name: str) -> bool:
     """Fields a segmentation run ignores. They are reset to the profile's values in Table I
     configs so that a Table I trial and the M_A a transfer trial asks for are the same trial
     (whatever preset or --set gave the transfer side)."""
-    return name.startswith(_TRANSLATION_PREFIXES) or name in _TRANSLATOR_FIELDS or name in {
+    return name.startswith(_TRANSFER_PREFIXES) or name in _TRANSLATOR_FIELDS or name in {
         "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs",
-        "d_lr_ratio", "selection", "selection_margin", "pseudo_label_keep", "label_budget"}
+        "d_lr_ratio", "label_budget", "source_replay"}
 
 
 # Methods that read M_A (scratch: its architecture only), and the one that also needs the

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 from errors import MissingInput, UserError
 from protocol.config import RunConfig
 
-SCHEMA_VERSION = 5  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection;
+SCHEMA_VERSION = 6  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection;
 # 4: cfg_augmentation (the training recipe) in place of cfg_augment, cfg_pseudo_label_keep;
-# 5: cfg_label_budget, target_labels_used, every transfer method's selection
+# 5: cfg_label_budget, target_labels_used, every transfer method's selection; 6: selection_rule
 
 # Columns that identify a trial; shared by both tables.
 KEY_COLUMNS: dict[str, pa.DataType] = {
@@ -55,6 +55,9 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     # Transfer runs only (null for segmentation; result.json explains in full):
     "selection_criterion": pa.string(),  # what ranked its epochs (engine/label_budget.py)
     "selected_model": pa.string(),  # "adapted", or "no_adaptation" when it fell back to M_A on b as it is
+    # How the model was chosen and what decided it, in words: "fixed schedule; harm guard: no harm
+    # found, kept", "...; harm guard: harm (source), fell back to M_A", "best epoch by ...; unguarded".
+    "selection_rule": pa.string(),
     "selection_score": pa.float64(),  # target plausibility of the kept model (target_plausibility criterion)
     "no_adaptation_score": pa.float64(),  # the same score of M_A on b as it is
     "discriminators_saturated": pa.bool_(),  # proposed: saturated during the warm-up or the transfer epochs

@@ -51,6 +51,7 @@ TARGET_JACCARD = "target_val_jaccard"  # labelled target validation split (the p
 HELD_OUT_JACCARD = "held_out_target_jaccard"  # a held-back part of the run's own labelled images (honest budget)
 TARGET_PLAUSIBILITY = "target_plausibility"  # unlabelled target validation images, no-adaptation fallback
 SOURCE_JACCARD = "source_val_jaccard"  # source validation images through A -> B -> A (the paper's)
+FIXED_SCHEDULE = "fixed_schedule"  # no epoch chosen: the run's schedule ends where it ends
 
 # A translator warm-up's folder: its checkpoint and, beside it, samples of its translations.
 TRANSLATOR_GLOB = "translator-*.pt"
@@ -120,7 +121,8 @@ class RunResult:
 
 # What a transfer run's result.json adds that trials.parquet carries too (the rest of its
 # selection record stays in result.json; engine.transfer_common.selection_record writes it).
-PROPOSED_TABLED_FIELDS = ("selection_criterion", "selected_model", "selection_score", "no_adaptation_score",
+PROPOSED_TABLED_FIELDS = ("selection_criterion", "selected_model", "selection_rule", "selection_score",
+                          "no_adaptation_score",
                           "discriminators_saturated", "target_labels_used")
 # The result.json fields a trials.parquet row copies: RunResult's, less what says nothing of the
 # outcome (where it lay, how much this call trained, the per-epoch history), and the proposed method's.

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Retries of a trial whose worker process or node was lost (a reclaimed spot instance), besides
+# `retries` (sweep.retries). Generous: a retried trial resumes from its last checkpoint, so a loss
+# costs at most the training since then; the bound stops a trial that takes its worker down every
+# time (e.g. one the memory monitor kills) from retrying for ever.
+LOST_WORKER_RETRIES = 5
+
 
 @dataclass
 class SweepOptions:
@@ -12,7 +18,10 @@ class SweepOptions:
     gpus_per_trial: float | None = None  # None: the profile's share (protocol.config.GPUS_PER_TRIAL)
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0  # 0: as many as the resources allow
-    retries: int = 1  # extra attempts of a failed trial, each from its last checkpoint
+    # Extra attempts of a trial that raised, each from its last checkpoint; a trial whose worker
+    # process or node was lost is retried besides, up to LOST_WORKER_RETRIES times, unless
+    # retries is 0 (sweep.retries).
+    retries: int = 1
     resume: bool = False
     progress_every_s: float = 10.0
     fuse: int | None = None  # up to this many trials trained as one computation (None: protocol.config.FUSED_TRIALS)

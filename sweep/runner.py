@@ -27,7 +27,8 @@ from protocol.config import FUSED_TRIALS
 from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import RunStore
-from sweep import resources, test_hooks
+from sweep import resources, retries, test_hooks
+from sweep.driver_lock import DriverLock
 from sweep.fused_trials import run_trial_or_group
 from sweep.inputs import DataPaths, data_identity, data_settings, load_trial_datasets
 from sweep.options import SweepOptions
@@ -167,10 +168,13 @@ class _Runner:
                 ),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.store.uri("ray"),
-                    failure_config=tune.FailureConfig(max_failures=self.options.retries),
+                    # A trial's own error and the loss of its worker (a reclaimed spot node) have
+                    # separate retry budgets: sweep.retries.
+                    failure_config=retries.failure_config(self.options.retries),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # TensorBoard curves of every trial's per-epoch metrics (tensorboard --logdir OUT/ray).
-                    callbacks=[ProgressRelay(), TBXLoggerCallback()], verbose=0,
+                    callbacks=[ProgressRelay(), TBXLoggerCallback(), *retries.callbacks(self.options.retries)],
+                    verbose=0,
                 ),
             )
         with _pending_trials(self._slots()), _tune_output_off():
@@ -200,8 +204,8 @@ class _Runner:
 
     def _collect(self, results, specs: list[TrialSpec]) -> None:
         by_id = {s.trial_id: s for s in specs}
-        for result in results:
-            entries = result.config.get("members") or [result.config["trial"]]
+        for result, config in _with_configs(results):
+            entries = config.get("members") or [config["trial"]]
             for entry in entries:
                 trial_id = entry["spec"]["trial_id"]
                 spec = by_id.get(trial_id)
@@ -217,7 +221,7 @@ class _Runner:
                     self.outcome.not_applicable.append(trial_id)
                     continue
                 if result.error is not None:
-                    error = error_summary(result.error)
+                    error = retries.describe_lost_worker(result.error) or error_summary(result.error)
                 else:
                     # A member that failed in its fused group recorded its own error.
                     error = self.store.failure_of(spec) or "the trial ended without publishing its outputs"
@@ -249,6 +253,15 @@ class _Runner:
 
     def _gather(self) -> None:
         self.outcome.trial_rows, self.outcome.image_rows = write_results(self.store, self.current)
+
+
+def _with_configs(results) -> list[tuple[Any, dict]]:
+    """Each Tune result with its trial's config. `Result.config` is read from the trial's last
+    report (or the defaults its worker filled in): a trial whose worker was lost before it got
+    that far (a node reclaimed while the trial started) has none, so it comes from the trial
+    itself (the results are built from the experiment's trials, in their order)."""
+    trials = results._experiment_analysis.trials
+    return [(result, result.config or trial.config) for result, trial in zip(results, trials, strict=True)]
 
 
 @contextlib.contextmanager
@@ -301,7 +314,14 @@ def run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say=print,
              datasets: dict[str, Any] | None = None) -> SweepOutcome:
     """Run every trial of `grid` that OUT does not already hold on the same data; write the
     result tables. The data is read (`datasets`, or from `paths`) before Ray starts: its
-    fingerprints are part of every trial's identity."""
+    fingerprints are part of every trial's identity. Refused (`OutInUse`) while another driver
+    runs on the same OUT (sweep.driver_lock)."""
+    with DriverLock(options.out):
+        return _run_grid(grid, paths, options, say, datasets)
+
+
+def _run_grid(grid: Grid, paths: DataPaths, options: SweepOptions, say, datasets: dict[str, Any] | None
+              ) -> SweepOutcome:
     # Experiment state saved every 2 s, so a killed driver loses almost nothing. (At 0, every
     # step, Tune's background sync races its own state writes and logs spurious errors.)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")

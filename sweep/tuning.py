@@ -25,7 +25,8 @@ from protocol.config import RunConfig
 from protocol.grid import Grid, TrialSpec, config_hash, spec_to_dict
 from protocol.store import RunStore
 from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of, tuning_cell
-from sweep import resources
+from sweep import resources, retries
+from sweep.driver_lock import DriverLock
 from sweep.inputs import DataPaths, load_trial_datasets
 from sweep.options import SweepOptions
 from sweep.progress import ray_log_path
@@ -86,7 +87,14 @@ def _tune_trial(config: dict, datasets: dict) -> None:
 def run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOptions, n_trials: int,
                best_file: Path, say=print) -> TuningRecord:
     """Search each cell (`[cell, *dependencies]`, one per fold / repetition) after running the
-    dependencies; write the record (one entry per cell) to `best_file` and return it."""
+    dependencies; write the record (one entry per cell) to `best_file` and return it. Refused
+    while another driver runs on the same OUT (sweep.driver_lock)."""
+    with DriverLock(options.out):
+        return _run_tuning(cells, paths, options, n_trials, best_file, say)
+
+
+def _run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOptions, n_trials: int,
+                best_file: Path, say) -> TuningRecord:
     everything = [spec for specs in cells for spec in specs]
     datasets = load_trial_datasets(everything, paths)
     fingerprints = {name: dataset.fingerprint for name, dataset in datasets.items()}
@@ -145,9 +153,9 @@ def _search(cell: TrialSpec, dependencies: list[TrialSpec], datasets: dict, opti
         ),
         run_config=tune.RunConfig(name=f"tune-{cell.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=store.uri("ray"),
-                                  failure_config=tune.FailureConfig(max_failures=options.retries),
+                                  failure_config=retries.failure_config(options.retries),
                                   # Each tuning trial's curves under OUT/ray/tune-<cell>-<time>/.
-                                  callbacks=[TBXLoggerCallback()], verbose=1),
+                                  callbacks=[TBXLoggerCallback(), *retries.callbacks(options.retries)], verbose=1),
     )
     say(f"[tune] Ray's own messages of the tuning trials (checkpoints): {ray_log_path(RunStore(store.uri('tune')))}"
         + ("" if store.is_local else " on each node"))

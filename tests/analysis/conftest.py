@@ -5,7 +5,8 @@ Planted on purpose (the tests check each one):
 - Table I: `heart / fcn` has no trial at all (missing); `clavicles / segnet` fold 3 failed.
 - Table II: finetune and scratch at 0 % labels are not applicable, and so is source_only above
   0 % (as the sweep's grid declares); scratch at 50 % is missing; finetune at 5 % failed in
-  repetition 1; proposed at 100 % finished only repetition 0.
+  repetition 1; proposed at 100 % finished only repetition 0; self_training at 0 % fell back to
+  M_A in repetition 2, refused by its harm guard.
 Run directories follow the sweep's layout, `OUT/runs/<trial_id>/{overlays,translations}/*.png`.
 """
 from __future__ import annotations
@@ -28,6 +29,9 @@ NOT_APPLICABLE_AT_ZERO = ("finetune", "scratch")
 MISSING_TRANSFER_CELL = (50.0, "scratch")
 FAILED_TRANSFER_TRIAL = (5.0, "finetune", 1)
 SINGLE_REPETITION_CELL = (100.0, "proposed")
+FELL_BACK_TRIAL = (0.0, "self_training", 2)
+KEPT_RULE = "fixed schedule; harm guard: no harm found, kept"
+FELL_BACK_RULE = "fixed schedule; harm guard: harm (source), fell back to M_A"
 LABEL_FREE_METHOD = "source_only"
 TARGET = "montgomery"
 SOURCE_ONLY_JACCARD = 0.86
@@ -46,6 +50,7 @@ class FakeSweep:
     missing_transfer_cell: tuple = MISSING_TRANSFER_CELL
     failed_transfer_trial: tuple = FAILED_TRANSFER_TRIAL
     single_repetition_cell: tuple = SINGLE_REPETITION_CELL
+    fell_back_trial: tuple = FELL_BACK_TRIAL
     label_free_method: str = LABEL_FREE_METHOD
 
 
@@ -91,7 +96,7 @@ def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, im
     rng = np.random.default_rng(seed)
     trials, images = [], []
 
-    def add(cfg, trial_id, status, centre=None, spread=None, image_ids=(), error=None):
+    def add(cfg, trial_id, status, centre=None, spread=None, image_ids=(), error=None, **outcome):
         jaccard = dice = None
         if status == "ok":
             jaccard, dice = _image_scores(rng, centre, spread, len(image_ids))
@@ -101,7 +106,7 @@ def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, im
             if overlays_in_every_run:
                 _save_run_dir(out_dir, cfg, trial_id, image_ids[:overlays_in_every_run],
                               with_translations=cfg.method == "proposed")
-        trials.append(_trial_row(cfg, trial_id, status, jaccard, dice, error))
+        trials.append({**_trial_row(cfg, trial_id, status, jaccard, dice, error), **outcome})
 
     for task in TASKS:
         for model in SEGMENTATION_MODELS:
@@ -144,7 +149,13 @@ def write_fake_sweep(out_dir: Path, n_folds: int = 5, n_repetitions: int = 3, im
                     continue
                 published = paper_values.table_ii_value(TARGET, fraction, method)
                 centre = published.mean / 100 if published else SOURCE_ONLY_JACCARD
-                add(cfg, trial_id, "ok", centre + rng.normal(0, 0.01), 0.07, test_ids)
+                outcome = {}
+                if method != LABEL_FREE_METHOD:
+                    fell_back = (fraction, method, repetition) == FELL_BACK_TRIAL
+                    outcome = {"selected_model": "no_adaptation" if fell_back else "adapted",
+                               "selection_rule": FELL_BACK_RULE if fell_back else KEPT_RULE,
+                               "target_labels_used": round(fraction * 0.82)}
+                add(cfg, trial_id, "ok", centre + rng.normal(0, 0.01), 0.07, test_ids, **outcome)
                 if (fraction, method, repetition) == (0.0, "proposed", 0) and not overlays_in_every_run:
                     _save_run_dir(out_dir, cfg, trial_id, test_ids[:3], with_translations=True)
 

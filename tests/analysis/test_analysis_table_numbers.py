@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from analysis.tables import format_fraction
+
 
 def read_markdown_table(path) -> dict[str, dict[str, list[str]]]:
     """{section: {first cell: [cells...]}} from a rendered Markdown table, bold markers removed."""
@@ -134,6 +136,8 @@ def test_table2_equals_direct_recomputation(built_report, parquet, fake_sweep):
         assert got["jaccard_mean_pct"] == pytest.approx(mean, abs=1e-9)
         assert got["jaccard_std_pct"] == pytest.approx(std, abs=1e-9)
         assert got["n_repetitions_ok"] == len(cell)
+        fell_back = int((cell["selected_model"] == "no_adaptation").sum())
+        marker = (f" ({fell_back}/{len(cell)} M_A)" if fell_back else "") + marker
         assert markdown[f"{fraction:g}"][columns.index(method)] == shown(mean, std) + marker
         checked += 1
     assert checked == len(finished.groupby(["label_fraction", "method"])) > 20
@@ -199,4 +203,28 @@ def test_latex_tables_are_plain_ascii_with_the_same_numbers(built_report):
         markdown = read_markdown_table(built_report.parent / f"{name}.md")
         for rows in markdown.values():
             for cell in (c for row in rows.values() for c in row[1:] if "±" in c):
-                assert cell.replace("±", "$\\pm$").replace(" †", " \\dag{}") in tex
+                assert cell.replace("±", "$\\pm$").replace(" †", " \\dag{}").replace("M_A", "M\\_A") in tex
+
+
+def _markdown_rows(path) -> list[list[str]]:
+    return [[c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+            for line in path.read_text().splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+
+
+def test_table2_says_how_each_cell_chose_its_model_and_the_labels_it_read(built_report, fake_sweep):
+    from tests.analysis.conftest import FELL_BACK_RULE, KEPT_RULE
+
+    fraction, method, _ = fake_sweep.fell_back_trial
+    n = fake_sweep.n_repetitions
+    table2 = _markdown_rows(built_report.parent / "table2.md")
+    header = table2[0]
+    row = next(r for r in table2 if r[0] == format_fraction(fraction))
+    assert row[header.index(method)].endswith(f"(1/{n} M_A)")
+    assert "M_A" not in row[header.index("proposed")]  # no repetition of it fell back
+    selection = _markdown_rows(built_report.parent / "table2_selection.md")
+    fell_back = next(r for r in selection if r[0] == format_fraction(fraction) and r[1] == method)
+    assert fell_back[2] == f"1 of {n}"
+    assert fell_back[3] == f"{KEPT_RULE} (x{n - 1}); {FELL_BACK_RULE} (x1)"
+    labelled = next(r for r in selection if r[0] == "100" and r[1] == "finetune")
+    assert labelled[4] == "82" and labelled[3] == f"{KEPT_RULE} (x{n})"
+    assert "how each cell chose its model" in (built_report.parent / "index.html").read_text()

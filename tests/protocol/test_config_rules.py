@@ -41,7 +41,9 @@ BAD_SETS = [
     ("method=magic", "method must be one of supervised, proposed, self_training, finetune, scratch, source_only, "
                      "got 'magic'"),  # unknown names
     ("loss=focal", "loss must be one of ce, weighted_ce, ce_dice, got 'focal'"),
-    ("selection=best", "selection must be one of target, source, got 'best'"),
+    ("selection=best", "selection must be one of schedule, target, source, got 'best'"),
+    ("guard=maybe", "guard must be one of harm, strict, off, got 'maybe'"),
+    ("pseudo_label_confidence=0.3", "pseudo_label_confidence must be >= 0.5 and < 1, got 0.3"),
     ("translator=pix2pix", "translator must be one of munit, cyclegan, got 'pix2pix'"),
     ("augmentation=heavy", "augmentation must be one of none, affine, robust, got 'heavy'"),
     ("label_budget=all", "label_budget must be one of honest, paper, got 'all'"),

@@ -131,6 +131,46 @@ def _pids_mentioning(marker: str) -> list[int]:
     return pids
 
 
+def _descendants(pids: list[int]) -> list[int]:
+    """`pids` and every process under them (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(proc.name))
+    found, todo = set(pids), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
+def kill_ray_node(temp_dir: str) -> list[int]:
+    """SIGKILL, all at once, every process of the Ray node started with `temp_dir` (its raylet,
+    agents, and the worker processes under them), as a reclaimed spot instance loses them.
+    Returns the process ids killed."""
+    import signal
+
+    victims = _descendants(_pids_mentioning(temp_dir))
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return victims
+
+
+@pytest.fixture
+def kill_node():
+    """`kill_ray_node`, for a test that takes a node of its own cluster away."""
+    return kill_ray_node
+
+
 @pytest.fixture
 def ray_temp_dirs():
     """Short private Ray temp dirs (socket paths must stay short). At teardown, the Ray

@@ -100,7 +100,7 @@ def test_the_papers_selection_keeps_the_adapted_model_without_a_fallback(make_cf
 
 def test_an_unknown_selection_is_refused(make_cfg):
     """Where the config is built, before any run starts."""
-    with pytest.raises(ValueError, match="selection must be one of target, source, got 'test_labels'"):
+    with pytest.raises(ValueError, match="selection must be one of schedule, target, source, got 'test_labels'"):
         make_cfg(selection="test_labels")
 
 

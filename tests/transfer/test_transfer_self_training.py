@@ -1,14 +1,15 @@
-"""Self-training (engine/self_training.py): pseudo-labels from M_A on the unlabelled target
+"""Self-training (engine/self_training.py): pseudo-labels from a teacher on the unlabelled target
 training images only, a student guarded against no adaptation, exact resume."""
 import json
 
 import numpy as np
 import pytest
 
-from engine.self_training import pseudo_labels
+from engine.self_training import PseudoLabeller
 from engine.transfer import train_transfer
 from engine.transfer_data import transfer_data
-from models.registry import read_segmenter_checkpoint
+from models.losses import IGNORE_INDEX
+from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from protocol.run_dir import NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
 
@@ -23,18 +24,39 @@ def test_pseudo_labels_come_from_the_unlabelled_training_images_only(make_cfg, s
     # None of them is a labelled image, a validation or a test image.
     for other in (data.target_labelled_images, data.target_val_images, data.target_test_images):
         assert not any(np.array_equal(u, o) for u in unlabelled for o in other)
-    images, masks, record = pseudo_labels(read_segmenter_checkpoint(trained_segmenter_checkpoint), data, 0.5,
-                                          torch.device("cpu"))
-    assert record["n_candidates"] == len(unlabelled) and record["n_kept"] == len(images) == round(0.5 * len(unlabelled))
-    assert all(any(np.array_equal(i, u) for u in unlabelled) for i in images)
-    assert masks.shape == images.shape and set(np.unique(masks)) <= {0, 1}
+    teacher = segmenter_from_checkpoint(read_segmenter_checkpoint(trained_segmenter_checkpoint))
+    for tta in (False, True):
+        labeller = PseudoLabeller(cfg.replace(pseudo_label_keep=0.5, pseudo_label_tta=tta), data, torch.device("cpu"))
+        images, masks, record = labeller(teacher)
+        assert record["n_candidates"] == len(unlabelled)
+        assert record["n_kept"] == len(images) == round(0.5 * len(unlabelled))
+        assert all(any(np.array_equal(i, u) for u in unlabelled) for i in images)
+        assert masks.shape == images.shape and set(np.unique(masks)) <= {0, 1}
+
+
+def test_pixels_the_teacher_is_unsure_of_are_left_unlabelled(make_cfg, source, mild_target,
+                                                             trained_segmenter_checkpoint):
+    import torch
+
+    cfg = make_cfg(method="self_training")
+    data = transfer_data(cfg, source, mild_target)
+    teacher = segmenter_from_checkpoint(read_segmenter_checkpoint(trained_segmenter_checkpoint))
+    every = PseudoLabeller(cfg, data, torch.device("cpu"))(teacher)[1]
+    sure = PseudoLabeller(cfg.replace(pseudo_label_confidence=0.95), data, torch.device("cpu"))
+    masks = sure(teacher)[1]
+    probability = sure.probabilities(teacher)
+    unsure = np.maximum(probability, 1 - probability) < 0.95
+    assert 0 < (masks == IGNORE_INDEX).sum() < masks.size
+    kept = np.sort(np.argsort(-sure.prior.plausibility(probability >= 0.5), kind="stable")[:sure.n_kept])
+    assert np.array_equal(masks == IGNORE_INDEX, unsure[kept])
+    assert np.array_equal(masks[masks != IGNORE_INDEX], every[masks != IGNORE_INDEX])
 
 
 def test_a_student_no_better_than_m_a_falls_back_to_it(make_cfg, source, mild_target, segmenter_checkpoint,
                                                        tmp_path):
-    """M_A with random weights: its pseudo-labels, and so the student's masks, are implausible;
-    the run must keep no adaptation and score exactly as source_only does."""
-    cfg = make_cfg(method="self_training", transfer_epochs=2)
+    """The strict rule: M_A with random weights, its pseudo-labels and so the student's masks are
+    implausible; the run must keep no adaptation and score exactly as source_only does."""
+    cfg = make_cfg(method="self_training", transfer_epochs=2, selection="target", guard="strict")
     data = transfer_data(cfg, source, mild_target)
     result = train_transfer(cfg, data, tmp_path / "st", segmenter_checkpoint)
     baseline = train_transfer(make_cfg(method="source_only"), data, tmp_path / "so", segmenter_checkpoint)
@@ -54,19 +76,22 @@ def test_with_target_labels_the_epoch_is_chosen_on_them(make_cfg, source, target
     train_transfer(cfg, transfer_data(cfg, source, target), tmp_path / "st", segmenter_checkpoint)
     summary = json.loads((tmp_path / "st" / "result.json").read_text())
     assert summary["selection_criterion"] == TARGET_JACCARD and summary["val_split"] == "target"
-    # M_A as it is was a candidate, judged on the same labelled images.
+    # M_A as it is is judged against on the same labelled images, by the harm guard.
     decision = summary["selection_decision"]
     assert decision is not None and decision["keep_adaptation"] == (summary["selected_model"] == "adapted")
+    assert "labelled" in decision["evidence"]
     assert summary["best_epoch"] == (summary["adapted_epoch"] if decision["keep_adaptation"] else 0)
 
 
-def test_self_training_resumes_exactly(make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
-    cfg = make_cfg(method="self_training", transfer_epochs=2, augmentation="robust")
+@pytest.mark.parametrize("teacher", [{}, {"pseudo_label_teacher": "average", "pseudo_label_tta": True,
+                                         "pseudo_label_confidence": 0.8}])
+def test_self_training_resumes_exactly(teacher, make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
+    cfg = make_cfg(method="self_training", transfer_epochs=3, augmentation="robust", **teacher)
     data = transfer_data(cfg, source, mild_target)
     straight = train_transfer(cfg, data, tmp_path / "straight", trained_segmenter_checkpoint)
     train_transfer(cfg.replace(transfer_epochs=1), data, tmp_path / "resumed", trained_segmenter_checkpoint)
     resumed = train_transfer(cfg, data, tmp_path / "resumed", trained_segmenter_checkpoint)
-    assert resumed.epochs_trained == 1
+    assert resumed.epochs_trained == 2
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert [h.get("target_score") for h in resumed.history] == [h.get("target_score") for h in straight.history]
     assert resumed.test_jaccard_mean == straight.test_jaccard_mean
