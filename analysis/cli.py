@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from analysis.choices import CI_METHODS, FORMATS
+from errors import MissingInput
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,7 @@ def report_from_storage(out: str, **options) -> str:
     with tempfile.TemporaryDirectory(prefix="cxrsweep-report-") as tmp:
         local = Path(tmp)
         if not store.download(local, "results", suffixes=(".parquet",)):
-            raise FileNotFoundError(f"{store.uri('results')}: results directory not found (is {out} a sweep's output?)")
+            raise MissingInput(f"{store.uri('results')}: results directory not found (is {out} a sweep's output?)")
         # What the report shows beside the tables: overlays, translations and each run's labels.
         store.download(local, "runs", suffixes=(".png", "/result.json"))
         built = build_report(local, **options)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from errors import MissingInput, UserError
 from protocol.results import IMAGES_SCHEMA, KEY_COLUMNS, STATUSES, read_images, read_trials
 
 # The config column of the training recipe: a grid axis (build_grid's augmentations), so part of a cell.
@@ -47,15 +48,15 @@ def load_results(out_dir: str | Path, profile: str | None = None) -> Results:
     out_dir = Path(out_dir)
     results_dir = out_dir / "results"
     if not results_dir.is_dir():
-        raise FileNotFoundError(f"{results_dir}: results directory not found (is {out_dir} a sweep's output?)")
+        raise MissingInput(f"{results_dir}: results directory not found (is {out_dir} a sweep's output?)")
     notes: list[str] = []
     trials = read_trials(out_dir)
     trials_path = results_dir / "trials.parquet"
     unknown = sorted(set(trials["status"].dropna()) - set(STATUSES))
     if unknown:
-        raise ValueError(f"{trials_path}: unknown status value(s) {', '.join(unknown)}; expected {', '.join(STATUSES)}")
+        raise UserError(f"{trials_path}: unknown status value(s) {', '.join(unknown)}; expected {', '.join(STATUSES)}")
     if trials["status"].isna().any():
-        raise ValueError(f"{trials_path}: {int(trials['status'].isna().sum())} trial(s) without a status")
+        raise UserError(f"{trials_path}: {int(trials['status'].isna().sum())} trial(s) without a status")
 
     images_path = results_dir / "images.parquet"
     if images_path.exists():
@@ -67,12 +68,12 @@ def load_results(out_dir: str | Path, profile: str | None = None) -> Results:
     profiles = sorted(trials["profile"].dropna().unique())
     if profile is not None:
         if profile not in profiles:
-            raise ValueError(f"{trials_path}: no trials of profile {profile!r}; "
-                             f"it holds {', '.join(profiles) or 'none'}")
+            raise UserError(f"{trials_path}: no trials of profile {profile!r}; "
+                            f"it holds {', '.join(profiles) or 'none'}")
         trials = trials[trials["profile"] == profile]
         images = images[images["profile"] == profile]
     elif len(profiles) > 1:
-        raise ValueError(
+        raise UserError(
             f"{trials_path}: trials of several profiles ({', '.join(profiles)}); choose one with --profile"
         )
     else:

@@ -19,6 +19,7 @@ from analysis import figures, overlays, render, tables
 from analysis.choices import CI_METHODS, FORMATS
 from analysis.loading import Results, load_results
 from analysis.stats import BOOTSTRAP_RESAMPLES
+from errors import UserError
 from protocol.results import CONFIG_COLUMNS, SCHEMA_VERSION
 
 FIGURE_FILES = {"fig7": "fig7_jaccard_ci.png", "fig8": "fig8_transfer_ci.png", "fig9": "fig9_overlays.png"}
@@ -33,9 +34,9 @@ def build_report(out_dir: str | Path, formats: Iterable[str] = FORMATS, ci: str 
     formats = tuple(formats)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        raise ValueError(f"unknown report format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        raise UserError(f"unknown report format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     if ci not in CI_METHODS:
-        raise ValueError(f"unknown confidence-interval method {ci!r}; choose from {', '.join(CI_METHODS)}")
+        raise UserError(f"unknown confidence-interval method {ci!r}; choose from {', '.join(CI_METHODS)}")
     results = load_results(out_dir, profile=profile)
     report_dir = results.out_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)

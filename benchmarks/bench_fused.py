@@ -202,17 +202,18 @@ def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epoch
 
 def projection(rows: dict, gpus: list[int]) -> dict:
     """The paper grid's wall time before and after fusing, every trial's seconds from
-    benchmarks.bench_gpu's cost model (its own engine measurements of one paper trial of each
+    protocol.cost's model (bench_gpu's own engine measurements of one paper trial of each
     segmenter and of the proposed step, reduced on a CPU). A fluid model: a GPU running P trial
     slots gives each slot 1/P of its throughput, which for U-Net-like work is packed(P) x one
     trial's, and for segmentation trials fused K at a time fused(K) x one trial's."""
     from benchmarks import bench_gpu
     from engine.fused import group_key
+    from protocol.cost import packing_kind, split_sizes, trial_seconds
     from protocol.grid import build_grid
 
     reduced = not GPU
     paper = bench_gpu.bench_config("paper", reduced)
-    sizes = bench_gpu.split_sizes()
+    sizes = split_sizes()
     trial = bench_gpu.trial_sizes(reduced, sizes)
     with tempfile.TemporaryDirectory() as tmp:
         rates = {m: bench_gpu.measure_segmenter(paper.replace(model=m), trial["train"], trial["val"], Path(tmp))
@@ -220,8 +221,8 @@ def projection(rows: dict, gpus: list[int]) -> dict:
         proposed = bench_gpu.measure_proposed(bench_gpu.proposed_config(paper), trial["source"], trial["target"],
                                               trial["target_val"], Path(tmp))
     specs = list(build_grid("all", make_config("paper")).runnable())
-    alone = {s.trial_id: bench_gpu.trial_seconds(s, rates, proposed, sizes, {"unet": 1.0, "proposed": 1.0},
-                                                 paper.checkpoint_every_s, 3.0)[0] for s in specs}
+    alone = {s.trial_id: trial_seconds(s, rates, proposed, sizes, {"unet": 1.0, "proposed": 1.0},
+                                       paper.checkpoint_every_s, 3.0)[0] for s in specs}
     speed = _speeds(rows, "unet")
     best_pack = max(speed["packed"], key=lambda k: speed["packed"][k])
     best_fuse = max(speed["fused"], key=lambda k: speed["fused"][k])
@@ -240,13 +241,13 @@ def projection(rows: dict, gpus: list[int]) -> dict:
     # Trials alone or packed best_pack to a GPU: the proposed method's at its own packing where measured.
     packing = {"unet": speed["packed"][best_pack],
                "proposed": (proposed_speed or {}).get("packed", {}).get(best_pack, speed["packed"][best_pack])}
-    before = {s.trial_id: alone[s.trial_id] * best_pack / packing[bench_gpu.packing_kind(s)] for s in specs}
+    before = {s.trial_id: alone[s.trial_id] * best_pack / packing[packing_kind(s)] for s in specs}
 
     def fused(spec) -> float:
         """A trial's seconds per slot once what engine.fused.group_key fuses runs fused."""
         if group_key(spec) is None:
             return before[spec.trial_id]
-        if bench_gpu.packing_kind(spec) == "proposed":
+        if packing_kind(spec) == "proposed":
             return alone[spec.trial_id] * best_pack / proposed_speed["fused"][best_proposed] if proposed_speed \
                 else before[spec.trial_id]
         return alone[spec.trial_id] * best_pack / speed["fused"][best_fuse]

@@ -57,12 +57,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from protocol.config import GPUS_PER_TRIAL, RunConfig, make_config  # noqa: E402
+from protocol.cost import PACKING_KINDS, checkpoints_of, split_sizes, trial_seconds  # noqa: E402
 from protocol.durations import format_duration  # noqa: E402
 
-# The paper's sets as distributed: JSRT (Table I, source) and Montgomery (Table II target).
-PAPER_CASES = {"jsrt": 247, "montgomery": 138}
 PACKINGS = (1, 2, 4, 8)
-PACKING_KINDS = ("unet", "proposed")  # U-Net-like trials (Table I, finetune, scratch) and proposed ones
 # Settings that make a CPU run of this script finish in minutes.
 REDUCED = {"image_size": 64, "width": 0.125, "translator_width": 8}
 REDUCED_IMAGES = 16  # training images per epoch on a CPU (the GPU uses the real split sizes)
@@ -85,16 +83,6 @@ def bench_config(profile: str, reduced: bool, **keys) -> RunConfig:
     overrides = dict(REDUCED) if reduced and profile == "paper" else {}
     overrides.update(num_threads=0 if torch.cuda.is_available() else 1)
     return make_config(profile, overrides, **keys)
-
-
-def split_sizes(seed: int = 0) -> dict[str, int]:
-    """Images per split of the paper's sets at fold / repetition 0 (sweep/data splits)."""
-    from data_io.splits import cv_split, transfer_split
-
-    jsrt = cv_split(PAPER_CASES["jsrt"], 0, seed=seed)
-    target = transfer_split(PAPER_CASES["montgomery"], 0, seed=seed)
-    return {"jsrt_train": len(jsrt.train), "jsrt_val": len(jsrt.val), "jsrt_test": len(jsrt.test),
-            "target_train": len(target.train), "target_val": len(target.val), "target_test": len(target.test)}
 
 
 def trial_sizes(reduced: bool, sizes: dict[str, int]) -> dict[str, int]:
@@ -397,59 +385,8 @@ def measure_packing(jobs: list[tuple[str, str]], reduced: bool, trial: dict[str,
 
 
 # ---------------------------------------------------------------------------------------------
-# (c) and (d): checkpoint share and the paper grid's wall time
-
-
-def checkpoints_of(train_s: float, every_s: float) -> int:
-    """Checkpoints a trial of `train_s` seconds writes: one per `every_s` seconds and one at the end."""
-    return (int(train_s // every_s) if every_s > 0 else 0) + 1
-
-
-def packing_kind(spec) -> str:
-    """Whose packing measurement a trial of the grid follows: the trials that train a translator
-    (warm-ups, the methods of protocol.grid.METHODS_NEEDING_TRANSLATOR, the Fig. 9 runs) the
-    proposed one, everything else (a segmenter trained or applied) the U-Net's."""
-    from protocol.grid import METHODS_NEEDING_TRANSLATOR, QUALITATIVE, TRANSLATOR_WARMUP
-
-    translates = spec.kind in (TRANSLATOR_WARMUP, QUALITATIVE) or spec.config.method in METHODS_NEEDING_TRANSLATOR
-    return "proposed" if translates else "unet"
-
-
-def trial_seconds(spec, rates: dict, proposed: dict, sizes: dict, efficiency: dict[str, float], every_s: float,
-                  overhead_s: float) -> tuple[float, float]:
-    """(seconds, of which checkpoints) for one trial of the paper grid, its kind packed at
-    `efficiency[kind]`; its epochs are the grid's (protocol.grid.TrialSpec.training_epochs)."""
-    from protocol.grid import SEGMENTATION, TRANSLATOR_WARMUP
-
-    cfg, epochs = spec.config, spec.training_epochs
-    unet = rates["unet"]
-    packed = efficiency[packing_kind(spec)]
-    steps = math.ceil(max(sizes["jsrt_train"], sizes["target_train"]) / cfg.batch_size)
-    compile_s = proposed.get("trial_compile_s", 0.0)
-    if spec.kind == TRANSLATOR_WARMUP:
-        return epochs * steps * (proposed["D_s"] + proposed["G_s"]) / packed + overhead_s + compile_s, 0.0
-    if packing_kind(spec) == "proposed":  # proposed cells and the Fig. 9 runs
-        n_val = sizes["target_val"] if (cfg.label_fraction or 0) > 0 else sizes["jsrt_val"]
-        train = epochs * (steps * proposed["step_s"] + n_val / proposed["val_images_per_s"]) / packed
-        checkpoint = checkpoints_of(train, every_s) * (proposed["checkpoint_s"] + proposed["checkpoint_copy_s"])
-        return train + checkpoint + overhead_s + compile_s, checkpoint
-    if epochs == 0:  # source_only: M_A evaluated on the validation and test splits, nothing trained
-        return (sizes["jsrt_val"] + sizes["target_test"]) / unet["eval_images_per_s"] + overhead_s, 0.0
-    rate, n_test, extra = unet, sizes["target_test"], 0.0
-    n_val = sizes["target_val"] if (cfg.label_fraction or 0) > 0 else sizes["jsrt_val"]
-    if spec.kind == SEGMENTATION:
-        rate, n_train, n_val, n_test = rates[cfg.model], sizes["jsrt_train"], sizes["jsrt_val"], sizes["jsrt_test"]
-    elif cfg.method == "self_training":
-        # The student on the source training images and (at most) every target training image,
-        # pseudo-labelled or labelled; the teacher labels the target training images once.
-        n_train = sizes["jsrt_train"] + sizes["target_train"]
-        extra = sizes["target_train"] / unet["eval_images_per_s"]
-    else:  # finetune, scratch: the labelled target images, repeated up to the target training split
-        n_train, n_val = sizes["target_train"], sizes["target_val"]
-    train = epochs * (n_train / rate["train_images_per_s"] + n_val / rate["eval_images_per_s"]) / packed
-    checkpoint = checkpoints_of(train, every_s) * (rate["checkpoint_s"] + rate["checkpoint_copy_s"])
-    test = n_test / rate["eval_images_per_s"]
-    return train + test + extra + checkpoint + overhead_s + rate.get("trial_compile_s", 0.0), checkpoint
+# (c) and (d): checkpoint share and the paper grid's wall time (the cost model of one trial:
+# protocol/cost.py)
 
 
 def makespan(specs, seconds: dict[str, float], slots: int) -> float:

@@ -1,12 +1,12 @@
-"""Flags every training command shares: the config flags (`--profile`, `--config`, `--set`), the
-data flags, and how they become a RunConfig. Nothing heavy at import."""
+"""Flags every training command shares: the config flags (`--profile`, `--preset`, `--config`,
+`--set`), the data flags, and how they become a RunConfig. Nothing heavy at import."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
 from data_io.datasets import TARGET_DATASETS
-from protocol.config import PROFILES, RunConfig
+from protocol.config import DEFAULT_PRESET, PRESETS, PROFILES, RunConfig
 
 # The default-profile rule: a single run on this machine defaults to the CPU-sized profile,
 # a sweep (which may use a GPU cluster) to the paper's, the demo to its own (protocol.config.PROFILES).
@@ -20,12 +20,22 @@ def add_profile_flag(parser: argparse.ArgumentParser, command: str) -> None:
                         help=f"scale of the runs ({PROFILE_RULE}; here {DEFAULT_PROFILE[command]})")
 
 
+def add_preset_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+        help=f"the protocol, apart from the scale (--profile): {DEFAULT_PRESET} (default: robust augmentation, the "
+             "honest label budget, the balanced GAN, target-aware epoch selection) or paper (the paper's in full: "
+             + ", ".join(f"{k}={v}" for k, v in PRESETS["paper"].items()) + "); --set overrides it")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, command: str, config_help: str | None = None) -> None:
     add_profile_flag(parser, command)
+    add_preset_flag(parser)
     parser.add_argument("--config", "--config-from", dest="config", metavar="FILE",
                         help=config_help or "JSON object of config fields (--config-from: its former name)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any run-config field, e.g. --set epochs=5 --set augmentation=none (repeatable)")
+                        help="override any run-config field, e.g. --set epochs=5 --set augmentation=none (repeatable); "
+                             "each value is checked against its field's type and range before anything starts")
 
 
 def add_data_flags(parser: argparse.ArgumentParser, *, required: bool = False, targets: bool = True) -> None:
@@ -60,8 +70,8 @@ def add_progress_flag(parser, what: str = "progress lines") -> None:
 
 def config_from_args(args: argparse.Namespace, *, record_applied: bool = False,
                      flags: dict[str, Any] | None = None, **keys: Any) -> RunConfig:
-    """The profile, then `keys` (the command's own run keys), then the --config file's fields, then
-    --set, then `flags` (config fields the command has flags of, e.g. --init-weights) and
+    """The profile and the preset, then `keys` (the command's own run keys), then the --config
+    file's fields, then --set, then `flags` (config fields the command has flags of, e.g. --init-weights) and
     --checkpoint-every-s where the command has it. With `record_applied`, the --config file is a
     `cxrsweep tune` record the caller has read and applies per trial, so no fields are read from it
     here; otherwise a record given to --config is refused with a message (load_config_file)."""
@@ -75,4 +85,4 @@ def config_from_args(args: argparse.Namespace, *, record_applied: bool = False,
     values.update(flags or {})
     if getattr(args, "checkpoint_every_s", None) is not None:
         values["checkpoint_every_s"] = args.checkpoint_every_s
-    return make_config(args.profile, values, **keys)
+    return make_config(args.profile, values, preset=args.preset, **keys)

@@ -11,17 +11,20 @@ from commands.common import (
     add_cache_dir_flag,
     add_config_flags,
     add_data_flags,
+    add_preset_flag,
     add_profile_flag,
     add_progress_flag,
     config_from_args,
 )
 from data_io.datasets import TARGET_DATASETS
+from errors import UserError
 from protocol.config import (
     AUGMENTATIONS,
     FUSE_DEFAULTS_NOTE,
     FUSED_TRIALS,
     GPUS_PER_TRIAL,
     LABEL_FRACTIONS,
+    PRESETS,
     SEGMENTATION_MODELS,
     TASKS,
     TRANSFER_METHODS,
@@ -40,6 +43,43 @@ def _csv(kind):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
 
     return parse
+
+
+def _number(kind, *, at_least: float | None = None, above: float | None = None):
+    """An argparse type: a number of `kind` within its bound, refused with argparse's one line."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if at_least is not None and value < at_least or above is not None and value <= above:
+            bound = f">= {at_least:g}" if at_least is not None else f"> {above:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def _gpu_share(text: str) -> float:
+    """--gpus-per-trial: 0 (no GPU), a fraction in (0, 1] (trials share a GPU) or whole GPUs."""
+    value = _number(float, at_least=0)(text)
+    if value > 1 and not value.is_integer():
+        raise argparse.ArgumentTypeError(f"use a fraction in (0, 1] or a whole number of GPUs, got {text}")
+    return value
+
+
+def add_dry_run_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the trials by kind and profile, what each asks of the cluster, the projected "
+                             "GPU-hours and the effective config, then exit: no data read, no Ray started, nothing "
+                             "written (--out and the data flags may be left out)")
+
+
+def required_out(args) -> str:
+    """--out, which every command but a dry run needs (argparse cannot say "unless --dry-run")."""
+    if not args.out:
+        raise UserError(f"the following argument is required: --out (cxrsweep {args.command} --help)")
+    return args.out
 
 
 # The demo's slice of the grid: every model, task and method, the paper's protocol and ours, on
@@ -62,14 +102,15 @@ def add_augmentations_flag(parser: argparse.ArgumentParser, default: str | None 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     ray_group = parser.add_argument_group("Ray")
     add_address_flag(ray_group)
-    ray_group.add_argument("--gpus-per-trial", type=float, default=None,
+    ray_group.add_argument("--gpus-per-trial", type=_gpu_share, default=None,
                            help="GPU share per trial; fractions pack several trials on one GPU (default per profile: "
                                 + ", ".join(f"{p} {g:g}" for p, g in GPUS_PER_TRIAL.items())
                                 + "); ignored with a message when the cluster has no GPUs")
-    ray_group.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    ray_group.add_argument("--max-concurrent", type=int, default=0,
+    ray_group.add_argument("--cpus-per-trial", type=_number(float, above=0), default=1.0,
+                           help="CPUs per trial (default 1)")
+    ray_group.add_argument("--max-concurrent", type=_number(int, at_least=0), default=0,
                            help="at most this many trials at once (0: no limit)")
-    ray_group.add_argument("--retries", type=int, default=1,
+    ray_group.add_argument("--retries", type=_number(int, at_least=0), default=1,
                            help="retries of a trial that raised an error, each from its last checkpoint (default 1); "
                                 "a trial whose worker process or node was lost (a reclaimed spot instance) is "
                                 f"retried besides, up to {LOST_WORKER_RETRIES} times; 0: no retries at all")
@@ -146,11 +187,12 @@ def register(subparsers) -> None:
                      help=f"target datasets (default montgomery): {','.join(TARGET_DATASETS)} or the name of a "
                           "--target-dir folder")
     add_data_flags(run)
-    run.add_argument("--out", required=True, help="output folder or storage URI (s3://, gs://)")
+    run.add_argument("--out", help="output folder or storage URI (s3://, gs://); required unless --dry-run")
+    add_dry_run_flag(run)
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted sweep: running trials resume from their last checkpoint")
     add_cluster_flags(run)
-    run.add_argument("--fuse", type=int, default=None, metavar="K",
+    run.add_argument("--fuse", type=_number(int, at_least=1), default=None, metavar="K",
                      help="train up to K ready trials of one network, task, image size, batch size and epoch "
                           "count as one computation on one device: Table I / M_A trials, or the finetune and "
                           "scratch runs of one target, or its self-training runs (each keeps its own trial, images, "
@@ -178,11 +220,12 @@ def register(subparsers) -> None:
     tune_parser.add_argument("--repetition", type=int, default=0, help="transfer: the repetition the config is for")
     tune_parser.add_argument("--repetitions", type=_csv(int),
                              help="transfer: one search per repetition, e.g. 0,1,2,3,4")
-    tune_parser.add_argument("--trials", type=int, default=20, help="Optuna samples (default 20)")
+    tune_parser.add_argument("--trials", type=_number(int, at_least=1), default=20, help="Optuna samples (default 20)")
     tune_parser.add_argument("--best-config", metavar="FILE",
                              help="where to write the best config (default OUT/best-config.json)")
     add_data_flags(tune_parser)
-    tune_parser.add_argument("--out", required=True, help="output folder or storage URI")
+    tune_parser.add_argument("--out", help="output folder or storage URI; required unless --dry-run")
+    add_dry_run_flag(tune_parser)
     add_cluster_flags(tune_parser)
     tune_parser.set_defaults(func=cmd_tune)
 
@@ -191,66 +234,89 @@ def register(subparsers) -> None:
         description="Synthesises phantom datasets once (cached), runs a slice of `all` (every model, task, method "
                     "and both training recipes; fewer folds, repetitions and label fractions) at the demo profile "
                     "on a local Ray runtime and writes the report (or prints the result tables).")
-    demo.add_argument("--out", required=True, help="output folder")
+    demo.add_argument("--out", help="output folder; required unless --dry-run")
+    add_dry_run_flag(demo)
     add_profile_flag(demo, "demo")
+    add_preset_flag(demo)
     demo.add_argument("--folds", type=_csv(int), default=list(DEMO_SLICE["folds"]),
                       help=f"JSRT folds (default {_text(DEMO_SLICE['folds'])})")
     demo.add_argument("--repetitions", type=_csv(int), default=list(DEMO_SLICE["repetitions"]),
                       help=f"transfer repetitions (default {_text(DEMO_SLICE['repetitions'])})")
     demo.add_argument("--fractions", type=_csv(float), default=list(DEMO_SLICE["fractions"]),
                       help=f"label fractions in percent (default {_text(DEMO_SLICE['fractions'])})")
-    add_augmentations_flag(demo, _text(DEMO_SLICE["augmentations"]))
+    demo.add_argument("--augmentations", type=_csv(str), default=None,
+                      help=f"training recipes (default {_text(DEMO_SLICE['augmentations'])}: the paper's protocol and "
+                           "ours side by side; with --preset paper, none: the paper's alone)")
     demo.add_argument("--phantoms", help="phantom folder (default: a cached one under the preprocessing cache)")
     add_cache_dir_flag(demo)
-    demo.add_argument("--cpus-per-trial", type=float, default=1.0)
+    demo.add_argument("--cpus-per-trial", type=_number(float, above=0), default=1.0, help="CPUs per trial (default 1)")
     add_progress_flag(demo)
     demo.set_defaults(func=cmd_demo)
 
 
 def cmd_run(args) -> int:
     from protocol.grid import build_grid
-    from protocol.tuned import check_grid
-    from sweep.inputs import load_trial_datasets
-    from sweep.runner import run_grid
 
     base, record = run_config(args)
     grid = build_grid(args.experiment, base, models=args.models, tasks=args.tasks, folds=args.folds,
                       methods=args.methods, fractions=args.fractions, repetitions=args.repetitions,
                       targets=args.targets, tuned=record.adjust if record else None,
                       augmentations=args.augmentations)
+    if args.dry_run:
+        from commands.dry_run import print_grid
+
+        notes = [f"tuning record {args.config}: its entries configure their cells above; the check that no trial is "
+                 "configured with its own test images reads the data, so it runs when the sweep starts"] \
+            if record else []
+        return print_grid(f"run {args.experiment}", grid, base, args, notes=notes)
+    required_out(args)
     datasets = None
     if record is not None and grid.runnable():
+        from protocol.tuned import check_grid
+        from sweep.inputs import load_trial_datasets
+
         # Before Ray starts or anything trains: no trial may be configured with its own test images.
         datasets = load_trial_datasets(grid.runnable(), data_paths(args))
         check_grid(record, grid, datasets)
+    from sweep.runner import run_grid
+
     outcome = run_grid(grid, data_paths(args), sweep_options(args, resume=args.resume), datasets=datasets)
     return 0 if outcome.ok else EXIT_TRIALS_FAILED
 
 
-def cmd_tune(args) -> int:
+def tune_cells(args, base: RunConfig) -> list:
+    """`[cell, *dependencies]` of each search `cxrsweep tune` asks for (protocol.tuned.tuning_cell)."""
     from data_io.datasets import check_target_name
-    from sweep.tuning import run_tuning, tuned_cell
+    from protocol.tuned import tuning_cell
 
-    # A tuning record given to --config is refused here, before Ray starts: its entries belong to
-    # particular folds / repetitions, and only `cxrsweep run` applies and checks them.
-    base = config_from_args(args)
-    if args.trials < 1:
-        raise ValueError(f"--trials {args.trials}: must be at least 1")
     method = None if args.method == "supervised" else args.method
     check_target_name(args.target)
     if method is None:
         folds = args.folds if args.folds is not None else [args.fold]
         bad = [f for f in folds if not 0 <= f < base.n_folds]
         if bad or not folds:
-            raise ValueError(f"--folds {bad or folds}: outside 0..{base.n_folds - 1}")
-        cells = [tuned_cell(base, args.model, args.task, fold, None, 0.0, args.target, 0) for fold in folds]
-    else:
-        repetitions = args.repetitions if args.repetitions is not None else [args.repetition]
-        if not repetitions or any(r < 0 for r in repetitions):
-            raise ValueError(f"--repetitions {repetitions}: must be >= 0")
-        cells = [tuned_cell(base, args.model, args.task, 0, method, args.label_fraction, args.target, repetition)
-                 for repetition in repetitions]
-    best_file = Path(args.best_config) if args.best_config else Path(args.out) / "best-config.json"
+            raise UserError(f"--folds {bad or folds}: outside 0..{base.n_folds - 1}")
+        return [tuning_cell(base, args.model, args.task, fold, None, 0.0, args.target, 0) for fold in folds]
+    repetitions = args.repetitions if args.repetitions is not None else [args.repetition]
+    if not repetitions or any(r < 0 for r in repetitions):
+        raise UserError(f"--repetitions {repetitions}: must be >= 0")
+    return [tuning_cell(base, args.model, args.task, 0, method, args.label_fraction, args.target, repetition)
+            for repetition in repetitions]
+
+
+def cmd_tune(args) -> int:
+    # A tuning record given to --config is refused here, before Ray starts: its entries belong to
+    # particular folds / repetitions, and only `cxrsweep run` applies and checks them.
+    base = config_from_args(args)
+    cells = tune_cells(args, base)
+    if args.dry_run:
+        from commands.dry_run import print_tuning
+
+        return print_tuning(cells, args.trials, base, args)
+    from sweep.tuning import run_tuning
+
+    out = required_out(args)
+    best_file = Path(args.best_config) if args.best_config else Path(out) / "best-config.json"
     run_tuning(cells, data_paths(args), sweep_options(args), args.trials, best_file)
     return 0
 
@@ -276,21 +342,37 @@ def demo_phantoms(folder: str | None, cache_dir: str | None) -> dict[str, str]:
     return written
 
 
+def demo_recipes(args, base: RunConfig) -> list[str]:
+    """--augmentations, else the demo's both recipes; under a preset that names one (paper: none), that one."""
+    if args.augmentations:
+        return args.augmentations
+    return [base.augmentation] if "augmentation" in PRESETS[args.preset] else list(DEMO_SLICE["augmentations"])
+
+
 def cmd_demo(args) -> int:
     import time
 
     from protocol.config import make_config
     from protocol.grid import build_grid
+
+    base = make_config(args.profile, preset=args.preset)
+    grid = build_grid("all", base, folds=args.folds, repetitions=args.repetitions, fractions=args.fractions,
+                      augmentations=demo_recipes(args, base))
+    if args.dry_run:
+        from commands.dry_run import print_grid
+
+        return print_grid("demo", grid, base, args, notes=[
+            f"the demo synthesises phantoms once ({', '.join(f'{k} {v}' for k, v in DEMO_PHANTOMS.items())}) and runs "
+            "on a local Ray runtime of this machine"])
     from sweep.inputs import DataPaths
     from sweep.options import SweepOptions
     from sweep.runner import run_grid
 
+    required_out(args)
     started = time.time()
     phantoms = demo_phantoms(args.phantoms, args.cache_dir)
     paths = DataPaths(jsrt=phantoms["jsrt"], scr=phantoms["scr"], montgomery=phantoms["montgomery"],
                       cache_dir=args.cache_dir)
-    grid = build_grid("all", make_config(args.profile), folds=args.folds, repetitions=args.repetitions,
-                      fractions=args.fractions, augmentations=args.augmentations)
     options = SweepOptions(out=args.out, cpus_per_trial=args.cpus_per_trial,
                            progress_every_s=args.progress_every, object_store_memory=512 * 1024 * 1024)
     outcome = run_grid(grid, paths, options)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from commands.common import add_address_flag, add_config_flags, add_data_flags, add_progress_flag, config_from_args
+from errors import UserError
 from protocol.config import SEGMENTATION_MODELS, TASKS
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,9 @@ RAY_MIN_IMAGES = 1000
 def register(subparsers) -> None:
     train = subparsers.add_parser(
         "train", help="train one segmentation network on JSRT (one cross-validation fold, no Ray)",
-        description="Trains with the paper's protocol at the chosen profile and writes best.pt, "
-                    "images.parquet (per test image), result.json and overlays/ to --out. "
+        description="Trains at the chosen profile (scale) and preset (protocol) and writes best.pt, "
+                    "images.parquet (per test image), result.json, history.csv (one row per epoch) and overlays/ "
+                    "to --out. "
                     "Networks start from random initialisation unless --init-weights names local weights. "
                     "An --out directory that holds checkpoints/last.pt is resumed.")
     train.add_argument("--model", choices=SEGMENTATION_MODELS, default="unet")
@@ -82,18 +84,19 @@ def run_train(args: argparse.Namespace) -> int:
     from data_io.cache import load_jsrt
     from engine.data import segmentation_data
     from engine.supervised import train_supervised
-    from protocol.run_dir import BEST_CHECKPOINT, IMAGES_PARQUET, OVERLAYS_DIR, RESULT_JSON
+    from protocol.run_dir import BEST_CHECKPOINT, HISTORY_CSV, IMAGES_PARQUET, OVERLAYS_DIR, RESULT_JSON, write_history
 
     flags = {"init_weights": str(args.init_weights)} if args.init_weights is not None else {}
     cfg = config_from_args(args, flags=flags, model=args.model, task=args.task, fold=args.fold, seed=args.seed)
     dataset = load_jsrt(args.jsrt, args.scr, cfg.image_size, cache_dir=args.cache_dir, crop_borders=cfg.crop_borders)
     data = segmentation_data(cfg, dataset)
     result = train_supervised(cfg, data, args.out)
+    write_history(args.out, result.history)
     print(f"{cfg.model} {cfg.task} fold {cfg.fold} ({cfg.profile}): best epoch {result.best_epoch}, "
           f"val Jaccard {result.val_jaccard:.4f}; test Jaccard {result.test_jaccard_mean:.4f} ± "
           f"{result.test_jaccard_std:.4f}, Dice {result.test_dice_mean:.4f} ± {result.test_dice_std:.4f} "
           f"on {result.n_test_images} images; {result.duration_s:.1f}s on {result.device}")
-    print(f"wrote {args.out}/{BEST_CHECKPOINT}, {IMAGES_PARQUET}, {RESULT_JSON}, {OVERLAYS_DIR}/")
+    print(f"wrote {args.out}/{BEST_CHECKPOINT}, {IMAGES_PARQUET}, {RESULT_JSON}, {HISTORY_CSV}, {OVERLAYS_DIR}/")
     return 0
 
 
@@ -118,7 +121,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from inference.stages import checkpoint_info
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     info = checkpoint_info(args.checkpoint)
     items = list_inputs(args.inputs)
     output = SegmentOutput(args.out, info, args.checkpoint)

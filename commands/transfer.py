@@ -8,6 +8,7 @@ from pathlib import Path
 
 from commands.common import add_config_flags, add_data_flags, config_from_args
 from data_io.datasets import TARGET_DATASETS
+from errors import UserError
 from models.translator_defaults import DEFAULT_TRANSLATOR, TRANSLATOR_DEFAULTS
 from protocol.config import TASKS, TRANSFER_METHODS
 
@@ -18,8 +19,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-transfer", help="one transfer run from JSRT to a target dataset (proposed method or a baseline, no Ray)",
         description="Writes to --out what `cxrsweep train` writes (best.pt, images.parquet for the target test "
-                    "images, result.json, overlays/) plus translations/ (A->B->A and B->A->B samples) for the "
-                    "proposed method. M_A, the U-Net pre-trained on JSRT, comes from --segmenter or is trained "
+                    "images, result.json, history.csv, overlays/) plus translations/ (A->B->A and B->A->B samples) "
+                    "for the proposed method. M_A, the U-Net pre-trained on JSRT, comes from --segmenter or is trained "
                     "into OUT/m_a on the matching fold. The translator warm-up is cached under --translator-cache "
                     "and reused by every task and label fraction. Heart and clavicle runs on a target without "
                     "those labels give overlays only.")
@@ -48,7 +49,15 @@ def run_train_transfer(args: argparse.Namespace) -> int:
     from engine.transfer import NotApplicable, check_applicable, train_transfer
     from engine.transfer_data import transfer_data
     from engine.translation import warmup_translator
-    from protocol.run_dir import BEST_CHECKPOINT, IMAGES_PARQUET, OVERLAYS_DIR, RESULT_JSON, TRANSLATIONS_DIR
+    from protocol.run_dir import (
+        BEST_CHECKPOINT,
+        HISTORY_CSV,
+        IMAGES_PARQUET,
+        OVERLAYS_DIR,
+        RESULT_JSON,
+        TRANSLATIONS_DIR,
+        write_history,
+    )
 
     target_dir = target_folder(args)
     flags = {"translator": args.translator} if args.translator else {}
@@ -70,6 +79,7 @@ def run_train_transfer(args: argparse.Namespace) -> int:
         cache = args.translator_cache or Path(args.cache_dir or default_cache_dir()) / "translators"
         translator = warmup_translator(cfg, source, target, cache)
     result = train_transfer(cfg, data, args.out, segmenter, translator)
+    write_history(args.out, result.history)
     if result.n_test_images:
         outcome = (f"test Jaccard {result.test_jaccard_mean:.4f} ± {result.test_jaccard_std:.4f}, Dice "
                    f"{result.test_dice_mean:.4f} ± {result.test_dice_std:.4f} on {result.n_test_images} "
@@ -83,7 +93,7 @@ def run_train_transfer(args: argparse.Namespace) -> int:
     summary = json.loads((Path(args.out) / RESULT_JSON).read_text())
     if "selected_model" in summary:
         print(proposed_outcome(summary))
-    print(f"wrote {args.out}/{BEST_CHECKPOINT}, {IMAGES_PARQUET}, {RESULT_JSON}, {OVERLAYS_DIR}/{extra}")
+    print(f"wrote {args.out}/{BEST_CHECKPOINT}, {IMAGES_PARQUET}, {RESULT_JSON}, {HISTORY_CSV}, {OVERLAYS_DIR}/{extra}")
     return 0
 
 
@@ -119,11 +129,11 @@ def target_folder(args: argparse.Namespace) -> Path:
     folders = target_dirs(args.target_dir, args.target)
     other = sorted(set(folders) - {args.target})
     if other:
-        raise ValueError(f"--target-dir {other[0]}=...: this run transfers to --target {args.target}")
+        raise UserError(f"--target-dir {other[0]}=...: this run transfers to --target {args.target}")
     folder = folders.get(args.target) or (getattr(args, args.target) if args.target in TARGET_DATASETS else None)
     if folder is None:
         known = f"--{args.target} DIR or " if args.target in TARGET_DATASETS else ""
-        raise ValueError(f"--target {args.target} needs {known}--target-dir DIR (the target set's folder)")
+        raise UserError(f"--target {args.target} needs {known}--target-dir DIR (the target set's folder)")
     return Path(folder)
 
 

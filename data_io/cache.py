@@ -42,6 +42,7 @@ from data_io.preprocess import (
     unreadable_reason,
 )
 from data_io.readers import read_mask
+from errors import MissingInput, UserError
 
 __all__ = ["CachedDataset", "cache_key", "default_cache_dir", "fingerprint_arrays", "load_cache_file", "load_jsrt",
            "load_target", "prepare_case", "preprocess"]
@@ -131,9 +132,9 @@ def load_cache_file(path: str | Path) -> CachedDataset:
             full_masks = {task: unpack(f"full_mask_{task}") for task in meta.get("full_mask_tasks", [])} or None
             crop_boxes = archive["crop_boxes"].astype(np.int32) if "crop_boxes" in archive.files else None
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: cache file not found") from None
+        raise MissingInput(f"{path}: cache file not found") from None
     except (KeyError, ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable cxrsweep cache file ({exc})") from None
+        raise UserError(f"{path}: not a readable cxrsweep cache file ({exc})") from None
     return CachedDataset(
         name=meta["name"],
         ids=list(meta["ids"]),
@@ -180,7 +181,7 @@ def cache_key(scan: Scan, image_size: int, crop_borders: bool = True) -> str:
         try:
             stat = os.stat(name)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: disappeared while reading the dataset") from None
+            raise MissingInput(f"{path}: disappeared while reading the dataset") from None
         digest.update(f"\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
@@ -341,8 +342,8 @@ def preprocess(scan: Scan, image_size: int, workers: int | None = None, crop_bor
     unreadable = [{"id": case.id, "reason": f"{UNREADABLE}{outcome}"}
                   for case, outcome in zip(scan.cases, outcomes) if isinstance(outcome, str)]
     if unreadable and len(unreadable) == len(scan.cases):
-        raise ValueError(f"{scan.image_root}: none of its {len(scan.cases)} image(s) could be read "
-                         f"({scan.cases[0].image.name}: {outcomes[0]})")
+        raise UserError(f"{scan.image_root}: none of its {len(scan.cases)} image(s) could be read "
+                        f"({scan.cases[0].image.name}: {outcomes[0]})")
     read = [(case, outcome) for case, outcome in zip(scan.cases, outcomes) if not isinstance(outcome, str)]
     cases, results = [case for case, _ in read], [result for _, result in read]
     mirrored = [case.id for case, result in read if result.mirrored]

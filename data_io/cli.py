@@ -9,6 +9,7 @@ from pathlib import Path
 from data_io import datasets
 from data_io.phantoms import TARGET_SHIFTS
 from data_io.readers import image_size, radiograph_size
+from errors import UserError
 
 DECODE_CHECK_SIZE = 32  # `check --decode` runs the real preprocessing, small, for every case
 
@@ -123,7 +124,7 @@ def check_dataset(scan: datasets.Scan, decode: bool = False) -> dict:
 
 def _run_check(args: argparse.Namespace) -> int:
     if (args.jsrt is None) != (args.scr is None):
-        raise ValueError("--jsrt and --scr go together: JSRT images need their SCR masks")
+        raise UserError("--jsrt and --scr go together: JSRT images need their SCR masks")
     requested = {}
     if args.jsrt is not None:
         requested["jsrt"] = lambda: datasets.scan_jsrt(args.jsrt, args.scr)
@@ -134,12 +135,12 @@ def _run_check(args: argparse.Namespace) -> int:
     for name, folder in datasets.target_dirs(args.target_dir, args.target or "folder").items():
         requested[name] = lambda name=name, folder=folder: datasets.scan_target(name, folder)
     if not requested:
-        raise ValueError("nothing to check: give --jsrt/--scr, --montgomery, --shenzhen and/or --target-dir")
+        raise UserError("nothing to check: give --jsrt/--scr, --montgomery, --shenzhen and/or --target-dir")
     report, broken = {}, False
     for name, scan in requested.items():
         try:
             report[name] = check_dataset(scan(), decode=args.decode)
-        except (FileNotFoundError, ValueError) as exc:
+        except UserError as exc:  # a broken dataset; anything else is a bug and keeps its traceback
             report[name] = {"error": str(exc)}
             broken = True
     if args.json:

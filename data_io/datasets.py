@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data_io.readers import PICTURE_SUFFIXES, is_radiograph_file, radiograph_id, radiograph_kind
+from errors import MissingInput, UserError
 
 DATASETS = ("jsrt", "montgomery", "shenzhen")
 # The target sets known by name (their layouts below); any other valid name is a folder target.
@@ -95,9 +96,9 @@ def _subfolders(folder: Path) -> list[Path]:
 def _require_folder(folder: str | Path, flag: str) -> Path:
     folder = Path(folder)
     if not folder.exists():
-        raise FileNotFoundError(f"{folder}: {flag} folder does not exist")
+        raise MissingInput(f"{folder}: {flag} folder does not exist")
     if not folder.is_dir():
-        raise ValueError(f"{folder}: {flag} must be a folder, not a file")
+        raise UserError(f"{folder}: {flag} must be a folder, not a file")
     return folder
 
 
@@ -111,8 +112,8 @@ def _here_or_one_below(folder: Path, matches, what: str):
         return hits[0]
     if len(hits) > 1:
         names = ", ".join(str(sub) for sub, _ in hits)
-        raise ValueError(f"{folder}: several subfolders look like {what} ({names}); pass one of them")
-    raise ValueError(f"{folder}: no {what} found here or in its subfolders")
+        raise UserError(f"{folder}: several subfolders look like {what} ({names}); pass one of them")
+    raise UserError(f"{folder}: no {what} found here or in its subfolders")
 
 
 # --- JSRT + SCR -------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def scan_jsrt(jsrt_dir: str | Path, scr_dir: str | Path) -> Scan:
     )
     missing = [s for s in SCR_STRUCTURES if s not in structure_folders]
     if missing:
-        raise ValueError(f"{mask_root}: no mask folder for {', '.join(repr(m) for m in missing)}")
+        raise UserError(f"{mask_root}: no mask folder for {', '.join(repr(m) for m in missing)}")
     masks: dict[str, dict[str, Path]] = {}
     for structure, folders in structure_folders.items():
         by_id: dict[str, Path] = {}
@@ -177,18 +178,18 @@ def scan_jsrt(jsrt_dir: str | Path, scr_dir: str | Path) -> Scan:
                     continue
                 case_id = re.sub(r"(\.img)$", "", path.stem, flags=re.IGNORECASE)
                 if case_id in by_id:
-                    raise ValueError(f"{path}: duplicate '{structure}' mask for {case_id} (also {by_id[case_id]})")
+                    raise UserError(f"{path}: duplicate '{structure}' mask for {case_id} (also {by_id[case_id]})")
                 by_id[case_id] = path
         masks[structure] = by_id
     for structure, by_id in masks.items():
         for case_id, path in sorted(by_id.items()):
             if case_id not in images:
-                raise ValueError(f"{path}: mask without an image ({case_id} is not in {image_root})")
+                raise UserError(f"{path}: mask without an image ({case_id} is not in {image_root})")
     cases = []
     for case_id in sorted(images):
         for structure in SCR_STRUCTURES:
             if case_id not in masks[structure]:
-                raise ValueError(
+                raise UserError(
                     f"{images[case_id]}: image without its '{structure}' mask "
                     f"(no {case_id}.gif under {mask_root})"
                 )
@@ -226,9 +227,9 @@ def is_folder_target(name: str) -> bool:
 def check_target_name(name: str) -> str:
     """A target name goes into trial ids, cache and file names: short, lower case, no path characters."""
     if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
-        raise ValueError(f"target name {name!r}: use lower-case letters, digits, '-' and '_' (e.g. 'hospital-a')")
+        raise UserError(f"target name {name!r}: use lower-case letters, digits, '-' and '_' (e.g. 'hospital-a')")
     if name == "jsrt":
-        raise ValueError("target name 'jsrt': JSRT is the source; name the target set something else")
+        raise UserError("target name 'jsrt': JSRT is the source; name the target set something else")
     return name
 
 
@@ -239,11 +240,11 @@ def target_dirs(values: list[str] | None, default_name: str | None = None) -> di
         name, sep, folder = value.partition("=")
         if not (sep and TARGET_NAME.fullmatch(name)):
             if default_name is None:
-                raise ValueError(f"--target-dir {value}: say which target it holds, as NAME=DIR")
+                raise UserError(f"--target-dir {value}: say which target it holds, as NAME=DIR")
             name, folder = default_name, value
         check_target_name(name)
         if name in out and out[name] != folder:
-            raise ValueError(f"--target-dir: two folders for target {name!r} ({out[name]} and {folder})")
+            raise UserError(f"--target-dir: two folders for target {name!r} ({out[name]} and {folder})")
         out[name] = folder
     return out
 
@@ -267,7 +268,7 @@ def _pair_masks(images: dict[str, Path], image_folder: Path, mask_root: Path,
         for path in paths:
             case_id = _mask_id(path)
             if case_id not in images:
-                raise ValueError(f"{path}: mask without an image ({case_id} is not in {image_folder})")
+                raise UserError(f"{path}: mask without an image ({case_id} is not in {image_folder})")
             by_id[case_id] = path
         masks[structure] = by_id
     cases, skipped = [], []
@@ -278,7 +279,7 @@ def _pair_masks(images: dict[str, Path], image_folder: Path, mask_root: Path,
             continue
         reason = f"no {' / '.join(absent)} mask in {mask_root}"
         if not skip_unmasked or len(absent) < len(masks):
-            raise ValueError(f"{images[case_id]}: image without its mask ({reason})")
+            raise UserError(f"{images[case_id]}: image without its mask ({reason})")
         skipped.append({"id": case_id, "reason": reason})
     return cases, skipped
 
@@ -296,14 +297,14 @@ def scan_target(name: str, root: str | Path) -> Scan:
     images = {p.stem: p for p in _pngs(image_folder)}
     found = _lung_mask_files(data_root)
     if found is None:
-        raise ValueError(
+        raise UserError(
             f"{data_root}: no lung masks (expected ManualMask/leftMask + ManualMask/rightMask, "
             f"or merged masks in one of {', '.join(MERGED_MASK_FOLDERS)}/)"
         )
     layout, mask_root, structure_files = found
     cases, skipped = _pair_masks(images, image_folder, mask_root, structure_files, SKIP_UNMASKED[name])
     if not cases:
-        raise ValueError(f"{data_root}: no {name} image has a lung mask")
+        raise UserError(f"{data_root}: no {name} image has a lung mask")
     return Scan(name, image_folder, mask_root, "png", layout, cases, skipped)
 
 
@@ -346,12 +347,12 @@ def scan_folder_target(name: str, root: str | Path) -> Scan:
     for path in files:
         case_id = radiograph_id(path)
         if case_id in images:
-            raise ValueError(f"{path}: two radiographs named {case_id} ({images[case_id].name} and {path.name}); "
-                             "masks are matched by name, so names must be unique")
+            raise UserError(f"{path}: two radiographs named {case_id} ({images[case_id].name} and {path.name}); "
+                            "masks are matched by name, so names must be unique")
         images[case_id] = path
     if not images:
-        raise ValueError(f"{data_root}: no radiographs (DICOM, {', '.join(PICTURE_SUFFIXES)}) here or in "
-                         f"{' or '.join(IMAGE_FOLDERS)}/")
+        raise UserError(f"{data_root}: no radiographs (DICOM, {', '.join(PICTURE_SUFFIXES)}) here or in "
+                        f"{' or '.join(IMAGE_FOLDERS)}/")
     image_format = "+".join(sorted({_image_format(p) for p in images.values()}))
     found = _lung_mask_files(data_root)
     if found is None:
@@ -369,24 +370,24 @@ def check_sizes(scan: Scan, case: Case, image_shape: tuple[int, int], mask_shape
     """Enforce the dataset's image/mask size rule for one case; the error names the offending file."""
     image_h, image_w = image_shape
     if scan.name == "jsrt" and image_h != image_w:
-        raise ValueError(f"{case.image}: JSRT image is {image_h}x{image_w}, expected a square")
+        raise UserError(f"{case.image}: JSRT image is {image_h}x{image_w}, expected a square")
     first_shape = None
     for structure, (mask_h, mask_w) in mask_shapes.items():
         mask_path = case.masks[structure]
         if scan.name != "jsrt":
             if (mask_h, mask_w) != (image_h, image_w):
-                raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} "
-                                 f"but its image {case.image.name} is {image_h}x{image_w}")
+                raise UserError(f"{mask_path}: mask is {mask_h}x{mask_w} "
+                                f"but its image {case.image.name} is {image_h}x{image_w}")
             continue
         if mask_h != mask_w:
-            raise ValueError(f"{mask_path}: SCR mask is {mask_h}x{mask_w}, expected a square")
+            raise UserError(f"{mask_path}: SCR mask is {mask_h}x{mask_w}, expected a square")
         if first_shape is not None and (mask_h, mask_w) != first_shape:
-            raise ValueError(f"{mask_path}: mask is {mask_h}x{mask_w} "
-                             f"but the other masks of {case.id} are {first_shape[0]}x{first_shape[1]}")
+            raise UserError(f"{mask_path}: mask is {mask_h}x{mask_w} "
+                            f"but the other masks of {case.id} are {first_shape[0]}x{first_shape[1]}")
         first_shape = (mask_h, mask_w)
         # Original data: 2048 image, 1024 masks. Re-packaged PNGs were rescaled; any square pair goes.
         if scan.image_format == "jsrt-img" and image_h != 2 * mask_h:
-            raise ValueError(
+            raise UserError(
                 f"{mask_path}: mask is {mask_h}x{mask_w} but its image {case.image.name} is "
                 f"{image_h}x{image_w}; SCR masks are half the .IMG side"
             )

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from errors import UserError
+
 # Digital X-Ray Image Storage - For Presentation.
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -104,7 +106,7 @@ def convert_folder(source: str | Path, out: str | Path, monochrome1_every: int =
     source = Path(source)
     files = [p for p in radiograph_files(source) if p.suffix.lower() in PICTURE_SUFFIXES]
     if not files:
-        raise ValueError(f"{source}: no picture files ({', '.join(PICTURE_SUFFIXES)}) to convert")
+        raise UserError(f"{source}: no picture files ({', '.join(PICTURE_SUFFIXES)}) to convert")
     converted = Converted([], [])
     for index, path in enumerate(files):
         pixels = decode_radiograph(path).pixels  # a picture: its gray levels as stored

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from data_io.datasets import SCR_STRUCTURES
+from errors import UserError
 
 JSRT_MAX = 4095  # 12-bit
 RENDER_MAX_SIDE = 512
@@ -719,7 +720,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 def _write_source(out: Path, count: int, size: int, rng: np.random.Generator) -> tuple[Path, Path]:
     if size % 2:
-        raise ValueError(f"source_size must be even (SCR masks are half the image side), got {size}")
+        raise UserError(f"source_size must be even (SCR masks are half the image side), got {size}")
     jsrt_dir, scr_dir = out / "jsrt", out / "scr"
     jsrt_dir.mkdir(parents=True, exist_ok=True)
     ids = _jsrt_ids(count)
@@ -883,22 +884,22 @@ def synthesize(
     Each domain draws from its own random stream, so changing one count leaves the others' files unchanged.
     """
     if n_source < 1 or n_target < 0 or n_shenzhen < 0:
-        raise ValueError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; "
-                         f"got {n_source}, {n_target}, {n_shenzhen}")
+        raise UserError(f"phantom counts must be n_source >= 1, n_target >= 0, n_shenzhen >= 0; "
+                        f"got {n_source}, {n_target}, {n_shenzhen}")
     if isinstance(target_shift, str) and target_shift not in TARGET_SHIFTS:
-        raise ValueError(f"target_shift must be one of {', '.join(TARGET_SHIFTS)} (or a MildShift or HeldOutShift), "
-                         f"got {target_shift!r}")
+        raise UserError(f"target_shift must be one of {', '.join(TARGET_SHIFTS)} (or a MildShift or HeldOutShift), "
+                        f"got {target_shift!r}")
     mild = MildShift() if target_shift == "mild" else target_shift if isinstance(target_shift, MildShift) else None
     held_out = (HeldOutShift() if target_shift == "heldout"
                 else target_shift if isinstance(target_shift, HeldOutShift) else None)
     if (mild is not None or held_out is not None) and target_inverted_fraction is not None:
-        raise ValueError("target_inverted_fraction applies to the severe target only; the mild and held-out targets "
-                         "keep the source's polarity")
+        raise UserError("target_inverted_fraction applies to the severe target only; the mild and held-out targets "
+                        "keep the source's polarity")
     inverted_fraction = 1.0 if target_inverted_fraction is None else target_inverted_fraction
     if not 0 <= inverted_fraction <= 1:
-        raise ValueError(f"target_inverted_fraction must be in [0, 1], got {inverted_fraction}")
+        raise UserError(f"target_inverted_fraction must be in [0, 1], got {inverted_fraction}")
     if source_size < 32 or target_size < 32:
-        raise ValueError(f"phantom sizes must be at least 32 px; got source {source_size}, target {target_size}")
+        raise UserError(f"phantom sizes must be at least 32 px; got source {source_size}, target {target_size}")
     out = Path(out_dir)
     streams = np.random.SeedSequence(seed).spawn(3)
     jsrt_dir, scr_dir = _write_source(out, n_source, source_size, np.random.default_rng(streams[0]))

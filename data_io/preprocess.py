@@ -20,6 +20,7 @@ from PIL import Image
 
 from data_io import datasets
 from data_io.readers import Radiograph, UnreadableImage, radiograph_kind, read_dicom, read_gray, read_jsrt_img
+from errors import MissingInput
 
 # Bump when decoding, orientation, the content crop, resizing or normalisation changes: old caches then miss.
 # 2: orientation at full resolution, then the content crop. 3: DICOM decoded here too (MONOCHROME1
@@ -267,7 +268,7 @@ def decode_radiograph(path: Path | str, image_format: str | None = None) -> Radi
     if kind == "dicom":
         return read_dicom(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingInput(f"{path}: file not found")
     raw = read_gray(path)
     if raw.ndim != 2:
         raise UnreadableImage(f"{path}: expected a single-channel radiograph, got shape {raw.shape}")

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from errors import MissingInput, UserError
+
 JSRT_BYTES_PER_PIXEL = 2
 
 # Radiograph files by suffix: JSRT's raw .IMG, DICOM, and the common picture formats. A file
@@ -22,7 +24,7 @@ RADIOGRAPH_SUFFIXES = JSRT_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(UserError):
     """This file's content cannot be decoded or is not a usable radiograph (damaged, truncated,
     a format or compression no installed decoder reads, colour, several frames, uniform, ...).
     The message begins with the file's path. What the program gets wrong is never one: a job
@@ -36,7 +38,7 @@ def jsrt_img_side(path: str | Path) -> int:
     try:
         n_bytes = os.path.getsize(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: JSRT image not found") from None
+        raise MissingInput(f"{path}: JSRT image not found") from None
     if n_bytes == 0 or n_bytes % JSRT_BYTES_PER_PIXEL:
         raise UnreadableImage(f"{path}: {n_bytes} bytes is not a whole number of 16-bit pixels (truncated .IMG?)")
     n_pixels = n_bytes // JSRT_BYTES_PER_PIXEL
@@ -69,7 +71,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingInput(f"{path}: file not found") from None
     except PICTURE_DECODE_ERRORS as exc:
         raise UnreadableImage(f"{path}: not a readable image ({exc})") from None
     return height, width
@@ -111,7 +113,7 @@ def _decoded_picture(path: Path) -> Image.Image:
             image.close()
             raise
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingInput(f"{path}: file not found") from None
     except PICTURE_DECODE_ERRORS as exc:
         raise UnreadableImage(f"{path}: not a readable image ({exc})") from None
     return image
@@ -179,7 +181,7 @@ def _read_dicom_dataset(path: Path, header_only: bool = False):
     try:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingInput(f"{path}: file not found") from None
     except InvalidDicomError as exc:
         raise UnreadableImage(f"{path}: not a readable DICOM file ({exc})") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:

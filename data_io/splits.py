@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from errors import UserError
+
 TRANSFER_FRACTIONS = (0.6, 0.2, 0.2)  # train / validation / test
 
 
@@ -21,7 +23,7 @@ class Split:
 
 def _check_count(n_items: int, minimum: int, what: str) -> None:
     if int(n_items) != n_items or n_items < minimum:
-        raise ValueError(f"{what} needs at least {minimum} items, got {n_items}")
+        raise UserError(f"{what} needs at least {minimum} items, got {n_items}")
 
 
 def _permutation(n_items: int, *seed: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engine.device import load_scaler_state
+from errors import UserError
 from models.registry import load_torch_file, read_segmenter_checkpoint
 from protocol.config import EXECUTION_FIELDS
 from protocol.results import replace_atomically
@@ -183,8 +184,8 @@ def check_resumable(path: Path, saved: dict, current: dict) -> None:
                        if k not in RESUMABLE_DIFFERENCES and saved.get(k) != current.get(k))
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
-        raise ValueError(f"{path}: cannot resume, the run directory was started with another config ({details}); "
-                         "use a fresh --out directory")
+        raise UserError(f"{path}: cannot resume, the run directory was started with another config ({details}); "
+                        "use a fresh --out directory")
 
 
 def load_init_weights(model: nn.Module, path: str | Path) -> int:
@@ -198,12 +199,12 @@ def load_init_weights(model: nn.Module, path: str | Path) -> int:
     if isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a state_dict or a checkpoint dict, got {type(loaded).__name__}")
+        raise UserError(f"{path}: expected a state_dict or a checkpoint dict, got {type(loaded).__name__}")
     target = unwrap(model).state_dict()
     matching = {k: v for k, v in loaded.items()
                 if k in target and isinstance(v, torch.Tensor) and v.shape == target[k].shape}
     if not matching:
-        raise ValueError(f"{path}: no tensor matches the network by name and shape (wrong architecture or width?)")
+        raise UserError(f"{path}: no tensor matches the network by name and shape (wrong architecture or width?)")
     unwrap(model).load_state_dict(matching, strict=False)
     skipped = len(target) - len(matching)
     log.info("initialised %d tensors from %s (%d left at random init)", len(matching), path, skipped)

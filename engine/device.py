@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from errors import UserError
+
 # Images per forward pass when predicting. On the CPU the batches every recorded CPU result was
 # computed in (a CPU convolution may round differently at another batch size); on a GPU larger
 # batches mean fewer launches (a paper-size validation split, 50 images, is two passes).
@@ -22,7 +24,7 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda was asked for but torch sees no CUDA device")
+        raise UserError("device=cuda was asked for but torch sees no CUDA device")
     return torch.device(name)
 
 

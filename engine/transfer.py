@@ -77,6 +77,7 @@ from engine.translation import (
     warmup_translator,
     watch_saturation,
 )
+from errors import UserError
 from models.loading import TranslateThenSegment, load_translator
 from models.losses import build_loss
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
@@ -173,12 +174,12 @@ def _prepare(cfg: RunConfig, data: TransferData, run_dir: str | Path, segmenter_
 
 def _check_source_model(path: Path, checkpoint: dict, data: TransferData) -> None:
     if checkpoint["task"] != data.task:
-        raise ValueError(f"{path}: M_A was trained for {checkpoint['task']!r}, this run transfers {data.task!r}")
+        raise UserError(f"{path}: M_A was trained for {checkpoint['task']!r}, this run transfers {data.task!r}")
     if checkpoint["image_size"] != data.image_size:
-        raise ValueError(f"{path}: M_A was trained at {checkpoint['image_size']} px, the data is {data.image_size} px")
+        raise UserError(f"{path}: M_A was trained at {checkpoint['image_size']} px, the data is {data.image_size} px")
     if checkpoint["normalisation"] != data.normalisation:
-        raise ValueError(f"{path}: M_A expects {checkpoint['normalisation']} intensities, the data has "
-                         f"{data.normalisation}")
+        raise UserError(f"{path}: M_A expects {checkpoint['normalisation']} intensities, the data has "
+                        f"{data.normalisation}")
 
 
 def check_source_split(path: Path, checkpoint: dict, cfg: RunConfig, data: TransferData) -> None:
@@ -192,15 +193,15 @@ def check_source_split(path: Path, checkpoint: dict, cfg: RunConfig, data: Trans
     needed = f"fold {fold} of {cfg.n_folds} (seed {cfg.seed}) on {data.source_name} data " \
              f"{data.fingerprints.get(data.source_name, 'unknown')}"
     if data.source_name not in recorded:
-        raise ValueError(f"{path}: M_A does not record the data it was trained on (written before cxrsweep "
-                         f"recorded it), so its training images cannot be checked; repetition {cfg.repetition} "
-                         f"needs the U-Net of {needed}: train it with `cxrsweep train --model unet --task "
-                         f"{data.task} --fold {fold}`, or leave out --segmenter")
+        raise UserError(f"{path}: M_A does not record the data it was trained on (written before cxrsweep "
+                        f"recorded it), so its training images cannot be checked; repetition {cfg.repetition} "
+                        f"needs the U-Net of {needed}: train it with `cxrsweep train --model unet --task "
+                        f"{data.task} --fold {fold}`, or leave out --segmenter")
     have = f"fold {trained.get('fold')} of {trained.get('n_folds')} (seed {trained.get('seed')}) on " \
            f"{data.source_name} data {recorded[data.source_name]}"
     if have != needed:
-        raise ValueError(f"{path}: M_A was trained on {have}, but repetition {cfg.repetition} needs the U-Net of "
-                         f"{needed}; its training images could be this run's source validation images")
+        raise UserError(f"{path}: M_A was trained on {have}, but repetition {cfg.repetition} needs the U-Net of "
+                        f"{needed}; its training images could be this run's source validation images")
 
 
 def _source_only(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, source_model: dict) -> RunResult:

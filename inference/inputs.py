@@ -10,6 +10,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from errors import MissingInput, UserError
+
 
 @dataclass(frozen=True)
 class ImageItem:
@@ -39,24 +41,24 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[ImageItem]:
                            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(given).parts)
                            and is_radiograph_file(p))
             if not files:
-                raise FileNotFoundError(f"{given}: no radiographs (DICOM, PNG, JPEG, TIFF, BMP, GIF, JSRT .IMG) "
-                                        "in this folder or below")
+                raise MissingInput(f"{given}: no radiographs (DICOM, PNG, JPEG, TIFF, BMP, GIF, JSRT .IMG) "
+                                   "in this folder or below")
             found += [(p, p.relative_to(given)) for p in files]
         elif given.is_file():
             if not is_radiograph_file(given):
-                raise ValueError(f"{given}: unsupported file type; expected a radiograph (DICOM, PNG, JPEG, TIFF, "
-                                 "BMP, GIF or JSRT .IMG)")
+                raise UserError(f"{given}: unsupported file type; expected a radiograph (DICOM, PNG, JPEG, TIFF, "
+                                "BMP, GIF or JSRT .IMG)")
             found.append((given, Path(given.name)))
         else:
-            raise FileNotFoundError(f"{given}: no such file or folder")
+            raise MissingInput(f"{given}: no such file or folder")
     items, owners = [], {}
     for path, relative in found:
         parts = [safe_name(part) for part in relative.parent.parts] + [safe_name(radiograph_id(relative)) + ".png"]
         mask_name = "/".join(parts)
         absolute = os.path.abspath(path)
         if mask_name in owners and owners[mask_name] != absolute:
-            raise ValueError(f"{path}: its mask would be masks/{mask_name}, like that of {owners[mask_name]}; "
-                             "segment them into different --out folders")
+            raise UserError(f"{path}: its mask would be masks/{mask_name}, like that of {owners[mask_name]}; "
+                            "segment them into different --out folders")
         if mask_name in owners:
             continue  # the same file named twice
         owners[mask_name] = absolute

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from errors import UserError
 from protocol.results import (
     SEGMENTATIONS_SCHEMA,
     SEGMENTATIONS_SCHEMA_VERSION,
@@ -49,11 +50,11 @@ class SegmentOutput:
             try:
                 recorded = json.loads(manifest.read_text())
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{manifest}: not valid JSON ({exc})") from None
+                raise UserError(f"{manifest}: not valid JSON ({exc})") from None
             if recorded.get("sha256") != info.sha256:
-                raise ValueError(f"{self.out}: holds segmentations by another checkpoint "
-                                 f"({recorded.get('checkpoint')}, sha256 {str(recorded.get('sha256'))[:12]}...); "
-                                 "use another --out")
+                raise UserError(f"{self.out}: holds segmentations by another checkpoint "
+                                f"({recorded.get('checkpoint')}, sha256 {str(recorded.get('sha256'))[:12]}...); "
+                                "use another --out")
         else:
             payload = {**info.to_dict(), "checkpoint": str(Path(checkpoint_path).resolve())}
             replace_atomically(manifest, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
@@ -75,8 +76,8 @@ class SegmentOutput:
                 try:
                     frames.append(pq.read_table(path).to_pandas())
                 except Exception as exc:  # pyarrow raises several types for damaged files
-                    raise ValueError(f"{path}: not a readable Parquet file ({exc}); "
-                                     "delete it to redo its images") from None
+                    raise UserError(f"{path}: not a readable Parquet file ({exc}); "
+                                    "delete it to redo its images") from None
         if not frames:
             return pd.DataFrame(columns=SEGMENTATIONS_SCHEMA.names)
         rows = pd.concat(frames, ignore_index=True)

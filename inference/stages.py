@@ -19,6 +19,7 @@ from PIL import Image
 
 from data_io.preprocess import NORMALISATION
 from engine.device import memory_format_for, predict_foreground, resolve_device
+from errors import UserError
 from models.loading import checkpoint_arch, load_network
 from models.registry import read_segmenter_checkpoint
 from protocol.results import SEGMENTATIONS_SCHEMA, SEGMENTATIONS_SCHEMA_VERSION
@@ -113,8 +114,8 @@ class Segmenter:
     def from_checkpoint(cls, path: Path, device: str = "auto") -> "Segmenter":
         model, checkpoint = load_network(path)
         if checkpoint["normalisation"] != NORMALISATION:
-            raise ValueError(f"{path}: trained on {checkpoint['normalisation']!r} images; this cxrsweep prepares "
-                             f"{NORMALISATION!r}")
+            raise UserError(f"{path}: trained on {checkpoint['normalisation']!r} images; this cxrsweep prepares "
+                            f"{NORMALISATION!r}")
         torch_device = resolve_device(device)
         model = model.to(torch_device, memory_format=memory_format_for(torch_device))
         return cls(model.eval(), checkpoint_arch(checkpoint), checkpoint["task"], int(checkpoint["image_size"]),
@@ -131,7 +132,7 @@ class BatchModel:
         if threads > 0:
             torch.set_num_threads(threads)
         if file_sha256(checkpoint) != sha256:
-            raise ValueError(f"{checkpoint}: not the checkpoint the job started with (its contents changed)")
+            raise UserError(f"{checkpoint}: not the checkpoint the job started with (its contents changed)")
         self.segmenter = Segmenter.from_checkpoint(Path(checkpoint), device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from errors import UserError
+
 
 def register(subparsers) -> None:
     models = subparsers.add_parser(
@@ -20,7 +22,7 @@ def run_models(args: argparse.Namespace) -> int:
     from models.registry import SEGMENTERS, build_segmenter, list_segmenters
 
     if args.width <= 0:
-        raise ValueError(f"--width must be positive, got {args.width}")
+        raise UserError(f"--width must be positive, got {args.width}")
     print(f"{'name':<8} {'parameters':>12}  description (width {args.width:g})")
     for name in list_segmenters():
         model = build_segmenter(name, width=args.width, in_channels=args.in_channels, num_classes=args.num_classes)

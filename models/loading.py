@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from errors import UserError
 from models.registry import build_translator, load_torch_file, read_segmenter_checkpoint, segmenter_from_checkpoint
 from models.translators.base import Translator
 
@@ -36,7 +37,7 @@ def translator_from(payload: Any, path: str | Path) -> tuple[Translator, dict]:
         payload = payload["translator"]  # a transfer run's checkpoint carries its translator inside
     missing = [k for k in ("translator", "kwargs", "state_dict") if not isinstance(payload, dict) or k not in payload]
     if missing:
-        raise ValueError(f"{path}: not a cxrsweep translator checkpoint (missing {', '.join(missing)})")
+        raise UserError(f"{path}: not a cxrsweep translator checkpoint (missing {', '.join(missing)})")
     translator = build_translator(payload["translator"], **payload["kwargs"])
     translator.load_state_dict(payload["state_dict"])
     return translator.eval(), payload

@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "weighted_ce", "ce_dice")
+from models.loss_names import LOSSES
+
 # A target pixel of this value carries no label and adds nothing to any loss: self-training marks
 # the pixels its teacher is unsure of so (engine/self_training.py). Masks are stored as uint8, so
 # the value must fit one; a mask warped by the augmentation keeps it (nearest sampling).

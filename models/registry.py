@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from errors import MissingInput, UserError
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -101,26 +103,26 @@ def load_torch_file(path, what: str = "checkpoint") -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
+        raise MissingInput(f"{path}: {what} not found")
     try:
         # weights_only: a checkpoint is tensors and plain Python values, and a file from
         # elsewhere (--segmenter, --init-weights, `cxrsweep segment`) must never run code on load.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: {what} holds more than tensors and plain values, which cxrsweep does not "
-                         f"load (it could run code): {str(exc).strip().splitlines()[0]}") from None
+        raise UserError(f"{path}: {what} holds more than tensors and plain values, which cxrsweep does not "
+                        f"load (it could run code): {str(exc).strip().splitlines()[0]}") from None
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable PyTorch {what} ({exc})") from None
+        raise UserError(f"{path}: not a readable PyTorch {what} ({exc})") from None
 
 
 def read_segmenter_checkpoint(path) -> dict[str, Any]:
     """The checkpoint dict at `path`, checked for the keys needed to rebuild its network."""
     checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
+        raise UserError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
     missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
-        raise ValueError(f"{path}: not a cxrsweep segmenter checkpoint (missing {', '.join(missing)})")
+        raise UserError(f"{path}: not a cxrsweep segmenter checkpoint (missing {', '.join(missing)})")
     return checkpoint
 
 

@@ -1,16 +1,28 @@
-"""Run configuration and profiles.
+"""Run configuration, its validation, profiles (scale) and presets (protocol).
 
 A `RunConfig` is a flat dataclass so that every field can be overridden with
-``--set key=value``, recorded in a Parquet row and compared across runs.
+``--set key=value``, recorded in a Parquet row and compared across runs. Each field declares
+what it accepts beside its default (`checked`): its type is the annotation, its range or names
+the rule, and a config is checked whole when it is built (`RunConfig(...)`, `from_dict`,
+`make_config`, a JSON file, a tuning record), so a bad value stops a command before anything
+starts, with a `ConfigError` naming the field, the value and what is allowed.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
+
+from data_io.datasets import check_target_name
+from errors import MissingInput, UserError
+from models.loss_names import LOSSES
 from models.translator_defaults import DEFAULT_TRANSLATOR, TRANSLATOR_DEFAULTS, config_default, config_field
 
 TASKS = ("lungs", "heart", "clavicles")
@@ -41,83 +53,160 @@ PSEUDO_LABEL_TEACHERS = ("source", "average")
 # label fraction's, for training and epoch selection together; "paper", the paper's protocol, where
 # the labelled target validation split also chooses the epoch.
 LABEL_BUDGETS = ("honest", "paper")
+EXPERIMENT_KINDS = ("segmentation", "transfer")  # a config's experiment (Table I, Table II)
+METHODS = ("supervised", *TRANSFER_METHODS)  # a config's method: Table I's, or a transfer method
+DEVICES = ("auto", "cpu", "cuda")  # engine.device.resolve_device
+# Segmenters halve the image five times (models/segmenters): a side must divide by 2 ** 5.
+IMAGE_SIDE_MULTIPLE = 32
+
+
+class ConfigError(UserError):
+    """A config value, field name, profile or preset that is not allowed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a RunConfig field accepts beyond its type (the field's annotation): names (`one_of`,
+    a tuple or a function giving one, for names declared below the dataclass), bounds, a multiple,
+    or a `check` that raises ConfigError / ValueError with its own reason. Floats must be finite
+    unless `infinite` allows +-inf; NaN is never a value."""
+
+    one_of: tuple | Callable[[], Iterable] | None = None
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+    multiple_of: int | None = None
+    check: Callable[[Any], Any] | None = None
+    infinite: bool = False
+
+    def names(self) -> tuple:
+        return tuple(self.one_of() if callable(self.one_of) else self.one_of)
+
+    def allowed(self) -> str:
+        """What the rule allows, as words (the error messages')."""
+        parts = []
+        if self.one_of is not None:
+            parts.append("one of " + ", ".join(map(str, self.names())))
+        bounds = [f"{sign} {bound:g}" for sign, bound in ((">=", self.at_least), (">", self.above),
+                                                          ("<=", self.at_most), ("<", self.below)) if bound is not None]
+        if bounds:
+            parts.append(" and ".join(bounds))
+        if self.multiple_of is not None:
+            parts.append(f"a multiple of {self.multiple_of}")
+        return ", ".join(parts) or "any value"
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """Why `value` (already of the field's type; None passes) breaks the rule, or None."""
+        if value is None:
+            return None
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value) and not self.infinite):
+            return f"{name} must be a finite number, got {value}"
+        if self.one_of is not None and value not in self.names():
+            return f"{name} must be one of {', '.join(map(str, self.names()))}, got {value!r}"
+        for sign, bound, broken in ((">=", self.at_least, lambda b: value < b), (">", self.above, lambda b: value <= b),
+                                    ("<=", self.at_most, lambda b: value > b), ("<", self.below, lambda b: value >= b)):
+            if bound is not None and broken(bound):
+                return f"{name} must be {self.allowed()}, got {value}"
+        if self.multiple_of is not None and value % self.multiple_of:
+            return f"{name} must be {self.allowed()}, got {value}"
+        if self.check is not None:
+            try:
+                self.check(value)
+            except ValueError as exc:
+                return f"{name}: {exc}"
+        return None
+
+
+def checked(default: Any, **rule: Any) -> Any:
+    """A RunConfig field with its default and its Rule (see Rule for the keywords)."""
+    return dataclasses.field(default=default, metadata={"rule": Rule(**rule)})
 
 
 @dataclass
 class RunConfig:
     """Everything that determines one training run. Defaults are the paper's settings, except
-    the training augmentation (PAPER_PROTOCOL: the paper trains without) and the transfer settings
-    PAPER_TRANSFER lists (the proposed method's balance and selection)."""
+    the training augmentation (PAPER_PROTOCOL: the paper trains without), the label budget
+    (PAPER_LABEL_BUDGET) and the transfer settings PAPER_TRANSFER lists (the proposed method's
+    balance and selection); the paper preset (PRESETS) restores them all. Every field is
+    `checked`: its rule says what it accepts, and a config is checked whole when it is built."""
 
     # --- identity of the run (the keys of a Parquet row) ---
-    experiment: str = "segmentation"  # "segmentation" (Table I) or "transfer" (Table II)
-    model: str = "unet"
-    task: str = "lungs"
-    fold: int = 0  # test fold of the 5-fold JSRT cross-validation
-    n_folds: int = 5
-    repetition: int = 0  # transfer: which seeded 60/20/20 split
-    method: str = "supervised"  # "supervised" or one of TRANSFER_METHODS
-    label_fraction: float | None = None  # percent of the target training split; None outside transfer
-    target: str = "montgomery"
-    profile: str = "paper"
-    seed: int = 0
+    # "segmentation" (Table I) or "transfer" (Table II)
+    experiment: str = checked("segmentation", one_of=EXPERIMENT_KINDS)
+    model: str = checked("unet", one_of=SEGMENTATION_MODELS)
+    task: str = checked("lungs", one_of=TASKS)
+    fold: int = checked(0, at_least=0)  # test fold (< n_folds) of the 5-fold JSRT cross-validation
+    n_folds: int = checked(5, at_least=3)  # test, second validation and training folds
+    repetition: int = checked(0, at_least=0)  # transfer: which seeded 60/20/20 split
+    method: str = checked("supervised", one_of=METHODS)  # "supervised" or one of TRANSFER_METHODS
+    # percent of the target training split; None outside transfer
+    label_fraction: float | None = checked(None, at_least=0, at_most=100)
+    target: str = checked("montgomery", check=check_target_name)  # a named set or a folder target's name
+    profile: str = checked("paper", one_of=lambda: PROFILES)
+    seed: int = checked(0, at_least=0)
 
     # --- data ---
-    image_size: int = 256
+    image_size: int = checked(256, at_least=IMAGE_SIDE_MULTIPLE, multiple_of=IMAGE_SIDE_MULTIPLE)
     # Every segmenter trains with the robust recipe (rotation, zoom, aspect, shift, noise, blur,
     # brightness, contrast, low resolution, gamma; engine/augmentation.py) unless told
     # otherwise: a source model trained to expect other scanners decides most of a transfer.
     # "none" is the paper's protocol (PAPER_PROTOCOL), "affine" earlier versions' augment=true.
-    augmentation: str = "robust"
+    augmentation: str = checked("robust", one_of=AUGMENTATIONS)
     # Trim padding and collimation bands before resizing, score in the whole frame
     # (data_io.preprocess); false: resize whole images, the behaviour before the content crop.
-    crop_borders: bool = True
+    crop_borders: bool = checked(True)
 
     # --- segmentation network and optimisation (paper §V-B) ---
-    width: float = 1.0  # channel multiplier of the segmentation network
-    epochs: int = 150
-    batch_size: int = 4
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    loss: str = "ce"  # "ce" (paper), "ce_dice" or "weighted_ce" (options, never silent)
-    init_weights: str = ""  # local weights to start the segmenter from; "" = random init (paper: none shipped)
-    eval_every: int = 1
+    width: float = checked(1.0, above=0)  # channel multiplier of the segmentation network
+    epochs: int = checked(150, at_least=1)
+    batch_size: int = checked(4, at_least=1)
+    lr: float = checked(1e-4, above=0)
+    weight_decay: float = checked(5e-4, at_least=0)
+    beta1: float = checked(0.9, at_least=0, below=1)  # Adam's betas
+    beta2: float = checked(0.999, at_least=0, below=1)
+    loss: str = checked("ce", one_of=LOSSES)  # "ce" (paper), "ce_dice" or "weighted_ce" (options, never silent)
+    init_weights: str = checked("")  # local weights to start the segmenter from; "" = random init (paper: none shipped)
+    eval_every: int = checked(1, at_least=1)
 
     # --- transfer (paper §IV-C, §V-C; loss weights from the authors' follow-up code) ---
     # The translator's own fields default to the default translator's registry entry
     # (models/translator_defaults.py); translator_arguments() passes them on.
-    translator: str = DEFAULT_TRANSLATOR  # "munit" or "cyclegan"
-    translator_width: int = config_default("translator_width")
-    style_dim: int = config_default("style_dim")
-    warmup_epochs: int = 20  # translator trained alone before M_A joins
-    transfer_epochs: int = 30
-    gan_lr: float = 1e-4
-    gan_beta1: float = 0.5
-    gan_beta2: float = 0.999
-    gan_weight_decay: float = 1e-4
+    translator: str = checked(DEFAULT_TRANSLATOR, one_of=tuple(TRANSLATOR_DEFAULTS))  # "munit" or "cyclegan"
+    translator_width: int = checked(config_default("translator_width"), at_least=1)
+    style_dim: int = checked(config_default("style_dim"), at_least=1)
+    warmup_epochs: int = checked(20, at_least=1)  # translator trained alone before M_A joins
+    transfer_epochs: int = checked(30, at_least=1)
+    gan_lr: float = checked(1e-4, above=0)
+    gan_beta1: float = checked(0.5, at_least=0, below=1)
+    gan_beta2: float = checked(0.999, at_least=0, below=1)
+    gan_weight_decay: float = checked(1e-4, at_least=0)
     # w_adv: the follow-up code's 1 let the discriminators win outright (PAPER_TRANSFER)
-    w_adv: float = config_default("w_adv")
-    w_recon: float = config_default("w_recon")
-    w_cycle: float = config_default("w_cycle")
-    w_style: float = config_default("w_style")
-    w_content: float = config_default("w_content")
-    w_seg: float = 1.0
-    w_identity: float = config_default("w_identity")  # identity term (both translators), as a multiple of w_cycle
+    w_adv: float = checked(config_default("w_adv"), at_least=0)
+    w_recon: float = checked(config_default("w_recon"), at_least=0)
+    w_cycle: float = checked(config_default("w_cycle"), at_least=0)
+    w_style: float = checked(config_default("w_style"), at_least=0)
+    w_content: float = checked(config_default("w_content"), at_least=0)
+    w_seg: float = checked(1.0, at_least=0)
+    # identity term (both translators), as a multiple of w_cycle
+    w_identity: float = checked(config_default("w_identity"), at_least=0)
     # Keeping the adversarial game balanced (PAPER_TRANSFER switches these off):
-    residual_generators: bool = config_default("residual_generators")  # generators start at the identity
-    spectral_norm: bool = config_default("spectral_norm")  # spectral normalisation of the discriminators' layers
-    r1_gamma: float = config_default("r1_gamma")  # zero-centred gradient penalty on real discriminator inputs; 0 = off
-    instance_noise: float = config_default("instance_noise")  # std of Gaussian noise on discriminator inputs; 0 = off
-    d_lr_ratio: float = 1.0  # discriminator learning rate as a multiple of gan_lr
-    w_semantic: float = 0.0  # semantic-aware adversarial term on predicted target masks (SeUDA); 0 = off
+    residual_generators: bool = checked(config_default("residual_generators"))  # generators start at the identity
+    # spectral normalisation of the discriminators' layers
+    spectral_norm: bool = checked(config_default("spectral_norm"))
+    # zero-centred gradient penalty on real discriminator inputs; 0 = off
+    r1_gamma: float = checked(config_default("r1_gamma"), at_least=0)
+    # std of Gaussian noise on discriminator inputs; 0 = off
+    instance_noise: float = checked(config_default("instance_noise"), at_least=0)
+    d_lr_ratio: float = checked(1.0, above=0)  # discriminator learning rate as a multiple of gan_lr
+    # semantic-aware adversarial term on predicted target masks (SeUDA); 0 = off
+    w_semantic: float = checked(0.0, at_least=0)
     # Which epoch of a transfer run gives its result (SELECTIONS): by default its fixed schedule's
     # end; label-free epoch choice ranks candidates poorly on real shifts (docs/adaptation.md).
-    selection: str = "schedule"
+    selection: str = checked("schedule", one_of=SELECTIONS)
     # Whether that result replaces M_A as it is (GUARDS): by default unless there is evidence of
     # harm (engine/guard.py); "strict" asks the selection criterion for a clear gain instead.
-    guard: str = "harm"
+    guard: str = checked("harm", one_of=GUARDS)
     # The harm guard's tolerances, in the means of its per-image signals (engine/guard.py): a
     # result is refused when, significantly (one-sided, paired), its source-side Jaccard falls by
     # more than guard_source_drop, or the plausibility of its target masks by more than
@@ -125,57 +214,48 @@ class RunConfig:
     # plausible by guard_rescue_gain (gross failures of M_A repaired). The plausibility of a correct
     # lung mask moves by about 0.04 with a 5 % change of field of view: changes within about that
     # are noise between sound masks, and the collapse and rescue levels lie beyond it.
-    guard_source_drop: float = 0.01
-    guard_collapse_drop: float = 0.05
-    guard_rescue_gain: float = 0.10
+    guard_source_drop: float = checked(0.01, at_least=0, at_most=1)
+    guard_collapse_drop: float = checked(0.05, at_least=0, at_most=1)
+    guard_rescue_gain: float = checked(0.10, at_least=0, at_most=1)
     # The strict guard's smallest mean gain in target plausibility that may replace no adaptation:
     # about what a correct lung mask's plausibility changes with a 5 % change of field of view
     # (measured on the source masks), a difference datasets show without any segmentation being better.
-    selection_margin: float = 0.04
+    selection_margin: float = checked(0.04, at_least=0, at_most=1)
     # Self-training (method "self_training"): the share of the unlabelled target training images
     # whose pseudo-labels (M_A's predictions) are kept, the most plausible first (selection.py's
     # shape prior), as in curriculum pseudo-labelling; the student trains transfer_epochs epochs.
-    pseudo_label_keep: float = 0.8
+    pseudo_label_keep: float = checked(0.8, above=0, at_most=1)
     # Fine-tuning also trains on the source training images (with their truth) every epoch.
-    source_replay: bool = False
+    source_replay: bool = checked(False)
     # Who labels the target images for the student: "source", M_A once before the first epoch;
     # "average", refreshed after every epoch by the student's weight average (a mean teacher).
-    pseudo_label_teacher: str = "source"
+    pseudo_label_teacher: str = checked("source", one_of=PSEUDO_LABEL_TEACHERS)
     # The teacher labels each image from its mean foreground probability over test-time variants
     # (engine/guard.py) rather than from one pass.
-    pseudo_label_tta: bool = False
+    pseudo_label_tta: bool = checked(False)
     # Pixels where the teacher's probability of its answer is below this are left unlabelled
     # (0.5: every pixel is labelled).
-    pseudo_label_confidence: float = 0.5
+    pseudo_label_confidence: float = checked(0.5, at_least=0.5, below=1)
     # The target labels a run at f % may read (LABEL_BUDGETS): "honest", its f % only (a held-back
     # part of them, or the unlabelled criterion when they are few, chooses the epoch); "paper",
     # the labelled validation split chooses the epoch too (PAPER_LABEL_BUDGET).
-    label_budget: str = "honest"
+    label_budget: str = checked("honest", one_of=LABEL_BUDGETS)
 
     # --- execution (EXECUTION_FIELDS: how a run executes, not what it computes) ---
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    device: str = checked("auto", one_of=DEVICES)
+    num_threads: int = checked(0, at_least=0)  # torch intra-op threads on CPU; 0 = torch's default
     # checkpoints/last.pt is written at most this often, and after the last epoch; <= 0: every epoch.
     # Paper-size last.pt (U-Net + Adam state) is ~0.37 GB and a GPU epoch ~1 s, so not every epoch.
-    checkpoint_every_s: float = 300.0
-    compile: bool = False  # torch.compile the networks (in place; checkpoints keep their keys)
+    checkpoint_every_s: float = checked(300.0, infinite=True)
+    compile: bool = checked(False)  # torch.compile the networks (in place; checkpoints keep their keys)
 
     def __post_init__(self) -> None:
-        if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.augmentation!r}")
-        if self.label_budget not in LABEL_BUDGETS:
-            raise ValueError(f"label_budget must be one of {', '.join(LABEL_BUDGETS)}, got {self.label_budget!r}")
-        if not 0 < self.pseudo_label_keep <= 1:
-            raise ValueError(f"pseudo_label_keep must be in (0, 1], got {self.pseudo_label_keep}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        if self.guard not in GUARDS:
-            raise ValueError(f"guard must be one of {', '.join(GUARDS)}, got {self.guard!r}")
-        if self.pseudo_label_teacher not in PSEUDO_LABEL_TEACHERS:
-            raise ValueError(f"pseudo_label_teacher must be one of {', '.join(PSEUDO_LABEL_TEACHERS)}, "
-                             f"got {self.pseudo_label_teacher!r}")
-        if not 0.5 <= self.pseudo_label_confidence < 1:
-            raise ValueError(f"pseudo_label_confidence must be in [0.5, 1), got {self.pseudo_label_confidence}")
+        """Every field of its type (ints where a float is asked become floats) and within its rule."""
+        for f in fields(self):
+            value = field_value(f.name, getattr(self, f.name))
+            setattr(self, f.name, value)
+        if self.fold >= self.n_folds:
+            raise ConfigError(f"fold must be < n_folds ({self.n_folds}), got {self.fold}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,11 +266,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
         values = _upgrade(values)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
-        return cls(**dict(values))
+        check_field_names(values)
+        return cls(**values)
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -201,12 +278,12 @@ def _upgrade(values: Mapping[str, Any]) -> dict[str, Any]:
     protocol, true: the small affine warps), read as the run it was."""
     values = dict(values)
     if "augment" in values and "augmentation" not in values:
-        values["augmentation"] = "affine" if values.pop("augment") else "none"
+        values["augmentation"] = "affine" if _as_bool("augment", values.pop("augment")) else "none"
     return values
 
 
-# The paper's training protocol for segmenters (§V-B: no augmentation): `--set` it, or sweep both
-# with `cxrsweep run --augmentations none,robust`.
+# The paper's training protocol for segmenters (§V-B: no augmentation): part of the paper preset
+# (PRESETS); `cxrsweep run --augmentations none,robust` sweeps it beside ours.
 PAPER_PROTOCOL: dict[str, Any] = {"augmentation": "none"}
 
 
@@ -215,7 +292,7 @@ PAPER_LABEL_BUDGET: dict[str, Any] = {"label_budget": "paper"}
 
 
 # The proposed method as the paper ran it (loss weights of the authors' follow-up code, epoch chosen
-# on source images through A -> B -> A): `--set` each of these to get it back. The defaults differ
+# on source images through A -> B -> A): part of the paper preset (PRESETS). The defaults differ
 # where measurement showed the paper's settings let the discriminators win outright, the
 # generators learn an inversion and the run select it (README, "Cross-dataset transfer").
 PAPER_TRANSFER: dict[str, Any] = {
@@ -313,6 +390,21 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Each preset is a protocol: the settings a config follows, apart from its scale (PROFILES set
+# sizes, widths, epochs and learning rates; presets what is trained on, how and how the epoch is
+# chosen; the two never set the same field). `--preset`, then `--set` over it.
+PRESETS: dict[str, dict[str, Any]] = {
+    # This project's protocol, RunConfig's defaults: the robust augmentation recipe, the honest
+    # label budget, the balanced adversarial game and target-aware epoch selection.
+    "cxrsweep": {},
+    # The paper's protocol in full: no augmentation, the labelled target validation split chooses
+    # every transfer run's epoch, the proposed method with the follow-up code's loss weights and its
+    # epoch chosen on source images through A -> B -> A.
+    "paper": {**PAPER_PROTOCOL, **PAPER_LABEL_BUDGET, **PAPER_TRANSFER},
+}
+DEFAULT_PRESET = "cxrsweep"
+
+
 # `cxrsweep run --gpus-per-trial` default per profile: the GPU share of one trial, so 1 / share
 # trials run on a GPU at once. From `benchmarks/bench_gpu.py` (b), aggregate U-Net training
 # images/s with 1, 2, 4, 8 trials packed on one GPU through Ray, measured on an NVIDIA H200: paper
@@ -335,30 +427,112 @@ FUSE_DEFAULTS_NOTE = ("1 on a CPU, where fusing measured no faster than trials s
                       "until benchmarks/bench_fused.py has measured a GPU")
 
 
-def parse_value(text: str, like: Any) -> Any:
-    """Parse a --set value into the type of the field's current value."""
-    if isinstance(like, bool):
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if isinstance(like, int):
-        return int(text)
-    if isinstance(like, float) or like is None and _looks_numeric(text):
-        return None if text.lower() == "none" else float(text)
-    if like is None and text.lower() == "none":
-        return None
-    return text
+# Words a boolean field accepts from text (--set, a JSON string).
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+NONE_WORDS = ("none", "null")
 
 
-def _looks_numeric(text: str) -> bool:
+def _field_kinds(name: str) -> set[str]:
+    """The type names of a field's annotation ("float | None" -> {"float", "None"})."""
+    annotation = _FIELDS[name].type
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return {part.strip() for part in text.split("|")}
+
+
+def field_value(name: str, value: Any) -> Any:
+    """`value` as field `name` holds it: of the field's type (an int where a float is asked
+    becomes a float; numpy scalars become Python's), within its rule; ConfigError naming the
+    field, the value and what is allowed otherwise. Text is not parsed here (parse_field does)."""
+    if name not in _FIELDS:
+        raise ConfigError(unknown_field_message([name]))
+    kinds = _field_kinds(name)
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{name}: None is not {_KIND_WORDS[_main_kind(kinds)]}")
+    kind = _main_kind(kinds)
+    boolean = isinstance(value, (bool, np.bool_))
+    if kind == "bool":
+        ok = boolean
+        value = bool(value) if ok else value
+    elif kind == "int":
+        ok = isinstance(value, numbers.Integral) and not boolean
+        value = int(value) if ok else value
+    elif kind == "float":
+        ok = isinstance(value, numbers.Real) and not boolean
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{name}: {value!r} is not {_KIND_WORDS[kind]}")
+    problem = _FIELDS[name].metadata["rule"].problem(name, value)
+    if problem:
+        raise ConfigError(problem)
+    return value
+
+
+_KIND_WORDS = {"bool": "a boolean (true/false, yes/no, on/off, 1/0)", "int": "an integer", "float": "a number",
+               "str": "a string"}
+
+
+def _main_kind(kinds: set[str]) -> str:
+    return next(k for k in ("bool", "int", "float", "str") if k in kinds)
+
+
+def parse_field(name: str, value: Any) -> Any:
+    """A field's value from --set or a JSON file: text is parsed into the field's type (a JSON
+    string such as "1e-3" included), then checked as `field_value` checks it."""
+    if name not in _FIELDS:
+        raise ConfigError(unknown_field_message([name]))
+    kinds = _field_kinds(name)
+    kind = _main_kind(kinds)
+    if isinstance(value, str) and kind != "str":
+        text = value.strip()
+        if "None" in kinds and text.lower() in NONE_WORDS:
+            return None
+        if kind == "bool":
+            return field_value(name, _as_bool(name, text))
+        try:
+            value = int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not {_KIND_WORDS[kind]}") from None
+    return field_value(name, value)
+
+
+def _as_bool(name: str, value: Any) -> Any:
+    """A boolean from its words (TRUE_WORDS, FALSE_WORDS); any other value as it is."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() not in TRUE_WORDS + FALSE_WORDS:
+        raise ConfigError(f"{name}: {value!r} is not {_KIND_WORDS['bool']}")
+    return value.strip().lower() in TRUE_WORDS
+
+
+def unknown_field_message(names: Iterable[str]) -> str:
+    """'unknown config field 'lrr' (did you mean 'lr'?)', for every unknown name."""
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(str(name), list(_FIELDS), n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"unknown config field{'s' if len(parts) > 1 else ''} {', '.join(parts)}; "
+            "the fields are RunConfig's (protocol/config.py)")
+
+
+def check_field_names(names: Iterable[str]) -> None:
+    unknown = [name for name in dict.fromkeys(names) if name not in _FIELDS]
+    if unknown:
+        raise ConfigError(unknown_field_message(unknown))
+
+
+def check_values(values: Mapping[str, Any], origin: str | Path) -> dict[str, Any]:
+    """The values of a JSON file or a tuning record's entry, each parsed and checked as its field
+    (parse_field); an error names `origin` (the file) first."""
     try:
-        float(text)
-        return True
-    except ValueError:
-        return text.lower() == "none"
+        values = _upgrade(values)
+        check_field_names(values)
+        return {name: parse_field(name, value) for name, value in values.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
@@ -366,20 +540,25 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
 
 
-def make_config(profile: str = "paper", overrides: Mapping[str, Any] | Iterable[str] = (), **keys: Any) -> RunConfig:
-    """Build the effective config: paper defaults, then the profile, then run keys, then overrides.
+def make_config(profile: str = "paper", overrides: Mapping[str, Any] | Iterable[str] = (), preset: str = DEFAULT_PRESET,
+                **keys: Any) -> RunConfig:
+    """Build the effective config: the defaults, the profile (scale), the preset (protocol), then
+    run keys, then overrides.
 
-    `overrides` may be a mapping of typed values or an iterable of "key=value" strings.
+    `overrides` may be a mapping of values (text is parsed into each field's type) or an
+    iterable of "key=value" strings.
     """
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
-    cfg = RunConfig(profile=profile, **PROFILES[profile])
+        raise ConfigError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cfg = RunConfig(profile=profile, **PROFILES[profile], **PRESETS[preset])
     cfg = _apply(cfg, keys)
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
@@ -387,18 +566,32 @@ def make_config(profile: str = "paper", overrides: Mapping[str, Any] | Iterable[
 
 
 def _apply(cfg: RunConfig, values: Mapping[str, Any]) -> RunConfig:
-    if "augment" in values and "augmentation" not in values:  # the flag of earlier versions
-        values = {**values, "augment": parse_value(values["augment"], False)
-                  if isinstance(values["augment"], str) else values["augment"]}
-        values = _upgrade(values)
-    known = {f.name: f for f in fields(RunConfig)}
-    changes: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ValueError(f"unknown config field {key!r}; known fields: {', '.join(sorted(known))}")
-        current = getattr(cfg, key)
-        changes[key] = parse_value(value, current) if isinstance(value, str) and not isinstance(current, str) else value
-    return dataclasses.replace(cfg, **changes)
+    values = _upgrade(values)  # the augment flag of earlier versions
+    check_field_names(values)
+    return dataclasses.replace(cfg, **{key: parse_field(key, value) for key, value in values.items()})
+
+
+def config_changes(cfg: RunConfig, profile: str | None = None, preset: str | None = None) -> list[tuple[str, Any, str]]:
+    """(field, value, where it comes from) of every field of `cfg` that differs from RunConfig's
+    defaults: "profile NAME", "preset NAME", or "run" (the command's run keys, --config, --set)
+    where neither sets it to that value."""
+    defaults = RunConfig()
+    changes = []
+    for f in fields(RunConfig):
+        value = getattr(cfg, f.name)
+        if value == getattr(defaults, f.name):
+            continue
+        if profile is not None and (f.name == "profile" or PROFILES[profile].get(f.name, _UNSET) == value):
+            source = f"profile {profile}"
+        elif preset is not None and PRESETS[preset].get(f.name, _UNSET) == value:
+            source = f"preset {preset}"
+        else:
+            source = "run"
+        changes.append((f.name, value, source))
+    return changes
+
+
+_UNSET = object()
 
 
 def read_json_file(path: str | Path, what: str = "config file") -> Any:
@@ -407,13 +600,11 @@ def read_json_file(path: str | Path, what: str = "config file") -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise MissingInput(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: {what} is a folder, not a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
-def check_field_names(path: str | Path, names) -> None:
-    unknown = sorted(set(names) - {f.name for f in fields(RunConfig)})
-    if unknown:
-        raise ValueError(f"{path}: unknown config field(s): {', '.join(unknown)}")
-
+_FIELDS = {f.name: f for f in fields(RunConfig)}

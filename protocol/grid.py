@@ -33,19 +33,21 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from data_io.datasets import TARGET_DATASETS, check_target_name
+from errors import UserError
+from models.translator_defaults import TRANSLATOR_DEFAULTS, config_field
 from protocol.config import (
-                             AUGMENTATIONS,
-                             EXECUTION_FIELDS,
-                             LABEL_FRACTIONS,
-                             METHODS_NEEDING_TARGET_LABELS,
-                             PROFILES,
-                             SEGMENTATION_MODELS,
-                             TASKS,
-                             TRANSFER_METHODS,
-                             RunConfig,
-                             make_config,
-                             warmup_identity,
-                             )
+    AUGMENTATIONS,
+    EXECUTION_FIELDS,
+    LABEL_FRACTIONS,
+    METHODS_NEEDING_TARGET_LABELS,
+    PROFILES,
+    SEGMENTATION_MODELS,
+    TASKS,
+    TRANSFER_METHODS,
+    RunConfig,
+    make_config,
+    warmup_identity,
+)
 
 EXPERIMENTS = ("segmentation", "transfer", "all")
 
@@ -67,17 +69,20 @@ QUALITATIVE = "transfer_qualitative"  # Fig. 9: proposed at 0 % on a task the ta
 # applied to cells only, never to translator warm-ups.
 Tuned = Callable[[RunConfig], RunConfig]
 
-# Translator, transfer-loss, selection, guard and pseudo-label fields are recognised by prefix, so
-# fields added later join the right group without an edit here.
+# Translator, transfer-loss, selection, guard and pseudo-label fields are recognised by prefix, and
+# every translator argument by the registry's defaults, so fields added later join the right group
+# without an edit here.
 _TRANSFER_PREFIXES = ("translator", "gan_", "w_", "selection", "guard", "pseudo_label_")
+_TRANSLATOR_FIELDS = frozenset(config_field(name) for defaults in TRANSLATOR_DEFAULTS.values() for name in defaults)
 
 
 def _is_transfer_only(name: str) -> bool:
     """Fields a segmentation run ignores. They are reset to the profile's values in Table I
-    configs so that a Table I trial and the M_A a transfer trial asks for are the same trial."""
-    return name.startswith(_TRANSFER_PREFIXES) or name in {
+    configs so that a Table I trial and the M_A a transfer trial asks for are the same trial
+    (whatever preset or --set gave the transfer side)."""
+    return name.startswith(_TRANSFER_PREFIXES) or name in _TRANSLATOR_FIELDS or name in {
         "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs",
-        "label_budget", "source_replay"}
+        "d_lr_ratio", "label_budget", "source_replay"}
 
 
 # Methods that read M_A (scratch: its architecture only), and the one that also needs the
@@ -290,8 +295,8 @@ def qualitative_trials(base: RunConfig, task: str, target: str, repetition: int,
 def _check_choice(flag: str, values: Sequence, allowed: Sequence) -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise ValueError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; "
-                         f"choose from {', '.join(map(str, allowed))}")
+        raise UserError(f"{flag}: unknown value(s) {', '.join(map(str, bad))}; "
+                        f"choose from {', '.join(map(str, allowed))}")
 
 
 def build_grid(
@@ -331,11 +336,11 @@ def build_grid(
 def _build_grid(experiment, base, models, tasks, folds, methods, fractions, repetitions, targets, tuned) -> Grid:
     _check_choice("experiment", [experiment], EXPERIMENTS)
     if base.profile not in PROFILES:
-        raise ValueError(f"--profile: unknown profile {base.profile!r}")
+        raise UserError(f"--profile: unknown profile {base.profile!r}")
     folds = list(range(base.n_folds)) if folds is None else list(folds)
     bad_folds = [f for f in folds if not 0 <= f < base.n_folds]
     if bad_folds:
-        raise ValueError(f"--folds: {bad_folds} outside 0..{base.n_folds - 1}")
+        raise UserError(f"--folds: {bad_folds} outside 0..{base.n_folds - 1}")
     grid = Grid()
     if experiment in ("segmentation", "all"):
         seg_models = list(models or SEGMENTATION_MODELS)
@@ -360,9 +365,9 @@ def _build_grid(experiment, base, models, tasks, folds, methods, fractions, repe
             check_target_name(target)
         bad = [f for f in label_fractions if not 0 <= f <= 100]
         if bad:
-            raise ValueError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")
+            raise UserError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")
         if any(r < 0 for r in reps):
-            raise ValueError(f"--repetitions: {reps} must be >= 0")
+            raise UserError(f"--repetitions: {reps} must be >= 0")
         for target in transfer_targets:
             for task in transfer_tasks:
                 for method in transfer_methods:

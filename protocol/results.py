@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from errors import MissingInput, UserError
 from protocol.config import RunConfig
 
 SCHEMA_VERSION = 6  # 2: checkpoint_count, checkpoint_bytes, checkpoint_s; 3: the proposed method's selection;
@@ -149,18 +150,18 @@ def write_atomic(table: pa.Table, path: str | Path) -> Path:
 def _read(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: results file not found")
+        raise MissingInput(f"{path}: results file not found")
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise UserError(f"{path}: not a readable Parquet file ({exc})") from None
     expected = int(schema.metadata[b"cxrsweep_schema_version"])
     version = (table.schema.metadata or {}).get(b"cxrsweep_schema_version")
     if version is None or int(version) != expected:
-        raise ValueError(f"{path}: schema version {version!r}, this cxrsweep reads version {expected}")
+        raise UserError(f"{path}: schema version {version!r}, this cxrsweep reads version {expected}")
     missing = [n for n in schema.names if n not in table.schema.names]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
     return table.to_pandas()
 
 

@@ -3,6 +3,8 @@ function that writes a run's test outputs.
 
     <run_dir>/
         result.json          summary (RunResult's fields, the proposed method's selection, config)
+        history.csv          one row per epoch, the metrics the engine logs (`cxrsweep train`,
+                             `cxrsweep train-transfer`: write_history)
         images.parquet       one row per test image (protocol.results.IMAGES_SCHEMA)
         best.pt              the kept network (written when the run ends)
         checkpoints/last.pt  what a resume needs (engine.checkpoints.CheckpointClock)
@@ -18,7 +20,9 @@ Importing this module stays light (no torch, no Ray): the report reads the names
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 RESULT_JSON = "result.json"
+HISTORY_CSV = "history.csv"
 IMAGES_PARQUET = "images.parquet"
 BEST_CHECKPOINT = "best.pt"
 CHECKPOINTS_DIR = "checkpoints"
@@ -158,3 +163,28 @@ def write_test_outputs(run_dir: Path, cfg, test_ids: Sequence[str], test_images:
     summary["config"] = cfg.to_dict()
     (run_dir / RESULT_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def write_history(run_dir: str | Path, history: Sequence[dict]) -> Path:
+    """run_dir/history.csv: one row per epoch of `history` (RunResult.history), one column per
+    metric any epoch logged ("epoch" first, then in the order they first appear); a metric an
+    epoch did not log (validation on epochs that skip it, checkpoint figures between
+    checkpoints) is an empty cell. Written whole, atomically (a resumed run writes its whole
+    history again)."""
+    from protocol.results import replace_atomically
+
+    columns = list(dict.fromkeys(["epoch", *(name for row in history for name in row)]))
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)  # "nan" / "inf", which csv and pandas read back
+        return value
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            for row in history:
+                writer.writerow({name: cell(value) for name, value in row.items()})
+
+    return replace_atomically(Path(run_dir) / HISTORY_CSV, write)

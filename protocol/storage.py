@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from errors import UserError
 from protocol.results import replace_atomically, write_atomic
 
 
@@ -42,7 +43,7 @@ class Storage:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(_small_writes_in_one_put(self.location))
             except Exception as exc:
-                raise ValueError(f"--out {self.location}: not a storage URI pyarrow can open ({exc})") from None
+                raise UserError(f"--out {self.location}: not a storage URI pyarrow can open ({exc})") from None
             if "?" in self.location:
                 self.query = "?" + self.location.split("?", 1)[1]
         else:
@@ -111,7 +112,7 @@ class Storage:
         try:
             return json.loads(self.read_bytes(path))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
 
     def write_json(self, path: str, value: Any) -> None:
         """Readers see the old file or the new one (rename locally, one PUT in a bucket)."""

@@ -23,8 +23,17 @@ from typing import Any
 import numpy as np
 
 from data_io.splits import cv_split, repetition_splits
-from protocol.config import RunConfig, check_field_names, read_json_file
-from protocol.grid import SEGMENTATION, TRANSLATOR_WARMUP, Grid, TrialSpec
+from errors import UserError
+from protocol.config import RunConfig, check_values, read_json_file
+from protocol.grid import (
+    EPOCHS_FIELD,
+    SEGMENTATION,
+    TRANSLATOR_WARMUP,
+    Grid,
+    TrialSpec,
+    segmentation_trial,
+    transfer_trials,
+)
 
 RECORD_KIND = "cxrsweep-tuning"
 RECORD_VERSION = 2
@@ -58,6 +67,20 @@ def split_ids(spec: TrialSpec, ids: dict[str, list[str]]) -> dict[str, dict[str,
             "test": {cfg.target: named(cfg.target, target.test)}}
 
 
+
+
+def tuning_cell(base: RunConfig, model: str, task: str, fold: int, method: str | None, label_fraction: float,
+                target: str, repetition: int) -> list[TrialSpec]:
+    """The cell a search tunes at one fold (Table I) or repetition (Table II), then its
+    dependencies; a cell that is not applicable or trains nothing is refused (UserError)."""
+    if method in (None, "supervised"):
+        return [segmentation_trial(base, model, task, fold)]
+    specs = transfer_trials(base, method, task, target, repetition, label_fraction)
+    if specs[0].not_applicable:
+        raise UserError(f"--method {method} at --label-fraction {label_fraction:g}: {specs[0].not_applicable}")
+    if EPOCHS_FIELD[method] is None:
+        raise UserError(f"--method {method} trains nothing (M_A applied as it is): there is nothing to tune")
+    return specs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +137,9 @@ class TuningRecord:
         if len(candidates) == 1:
             return candidates[0]
         name = candidates[0].split[0]
-        raise ValueError(f"{self.path}: tunes {_scope_text(candidates[0])} for {name}s "
-                         f"{', '.join(str(e.split[1]) for e in candidates)}, and {name} {getattr(cfg, name)} has "
-                         f"no tuned config; tune it (`cxrsweep tune --{name}s ...`) or leave it out of the run")
+        raise UserError(f"{self.path}: tunes {_scope_text(candidates[0])} for {name}s "
+                        f"{', '.join(str(e.split[1]) for e in candidates)}, and {name} {getattr(cfg, name)} has "
+                        f"no tuned config; tune it (`cxrsweep tune --{name}s ...`) or leave it out of the run")
 
     def adjust(self, cfg: RunConfig) -> RunConfig:
         """`cfg` with the tuned values of its entry (unchanged outside the tuned cells): the hook
@@ -152,15 +175,17 @@ def read_record(path: str | Path) -> TuningRecord:
 def record_from(path: str | Path, values: Any) -> TuningRecord:
     """The record in `values`, read from `path`."""
     if not is_tuning_record(values):
-        raise ValueError(f"{path}: not a tuning record written by `cxrsweep tune`")
+        raise UserError(f"{path}: not a tuning record written by `cxrsweep tune`")
     if values.get("version") != RECORD_VERSION:
-        raise ValueError(f"{path}: written by an older `cxrsweep tune` that did not record which images it trained "
-                         "and scored on, so it cannot be checked against the test images of a run; tune again")
+        raise UserError(f"{path}: written by an older `cxrsweep tune` that did not record which images it trained "
+                        "and scored on, so it cannot be checked against the test images of a run; tune again")
     try:
         entries = [TunedEntry(**entry) for entry in values["entries"]]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: malformed tuning record ({exc})") from None
-    check_field_names(path, {name for e in entries for name in e.values})
+        origins = [f"{path}, the entry of {_scope_text(e)} {e.split[0]} {e.split[1]}" for e in entries]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: malformed tuning record ({type(exc).__name__}: {exc})") from None
+    # Each entry's values checked as --set checks them, before any of them configures a trial.
+    entries = [dataclasses.replace(e, values=check_values(e.values, origin)) for e, origin in zip(entries, origins)]
     return TuningRecord(str(path), entries)
 
 
@@ -169,7 +194,7 @@ def record_from(path: str | Path, values: Any) -> TuningRecord:
 
 
 def check_grid(record: TuningRecord, grid: Grid, datasets: dict, say=print) -> None:
-    """Refuse (ValueError) when a trial of `grid` that a tuned entry configures has a test image
+    """Refuse (UserError) when a trial of `grid` that a tuned entry configures has a test image
     that the tuning trained or scored on, naming the trial and the images."""
     ids = {name: list(dataset.ids) for name, dataset in datasets.items()}
     fingerprints = {name: dataset.fingerprint for name, dataset in datasets.items()}
@@ -197,9 +222,9 @@ def check_grid(record: TuningRecord, grid: Grid, datasets: dict, say=print) -> N
                                 f"used to tune the config of {split_name} {split_value} in {record.path} "
                                 f"({len(scored)} scored on, {len(overlap) - len(scored)} trained on): {shown}")
     if problems:
-        raise ValueError("tuned config refused, it would configure trials with their own test images:\n  "
-                         + "\n  ".join(problems)
-                         + "\ntune each fold / repetition on its own (`cxrsweep tune --folds 0,1,2,3,4` or "
+        raise UserError("tuned config refused, it would configure trials with their own test images:\n  "
+                        + "\n  ".join(problems)
+                        + "\ntune each fold / repetition on its own (`cxrsweep tune --folds 0,1,2,3,4` or "
                            "`--repetitions ...`) and run each with its own entry")
 
 
@@ -233,10 +258,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if is_tuning_record(data):
         # Its entries belong to particular folds or repetitions, and only `cxrsweep run` checks
         # them against each run's test images.
-        raise ValueError(f"{path}: a tuning record written by `cxrsweep tune`; apply it with `cxrsweep run "
-                         "--config FILE`, which gives each fold / repetition its own entry and refuses a run "
-                         "whose test images the tuning used")
+        raise UserError(f"{path}: a tuning record written by `cxrsweep tune`; apply it with `cxrsweep run "
+                        "--config FILE`, which gives each fold / repetition its own entry and refuses a run "
+                        "whose test images the tuning used")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of config fields")
-    check_field_names(path, data)
-    return data
+        raise UserError(f"{path}: expected a JSON object of config fields")
+    return check_values(data, path)

@@ -26,6 +26,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from errors import UserError
 from protocol.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 120.0
 
 
-class OutInUse(ValueError):
+class OutInUse(UserError):
     """OUT is being written by another running driver (user-facing: one line, exit 2)."""
 
 

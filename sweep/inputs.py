@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from data_io.datasets import TARGET_DATASETS
+from errors import UserError
 from protocol.collect import CurrentData
 from protocol.grid import TrialSpec
 
@@ -38,11 +39,11 @@ def check_data_flags(names: set[str], paths: DataPaths) -> None:
     """Fail before Ray starts when a dataset the trials need was not given."""
     missing = [flag for flag, value in (("--jsrt", paths.jsrt), ("--scr", paths.scr)) if not value]
     if missing:
-        raise ValueError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
+        raise UserError(f"{' and '.join(missing)} required: every trial reads JSRT images and SCR masks")
     for name in sorted(names - {"jsrt"}):
         if not paths.target_dir(name):
             flag = f"--{name} DIR or --target-dir {name}=DIR" if name in TARGET_DATASETS else f"--target-dir {name}=DIR"
-            raise ValueError(f"{flag} required: the grid has transfer trials with target {name}")
+            raise UserError(f"{flag} required: the grid has transfer trials with target {name}")
 
 
 def data_settings(specs: Sequence[TrialSpec]) -> tuple[int, bool]:
@@ -50,10 +51,10 @@ def data_settings(specs: Sequence[TrialSpec]) -> tuple[int, bool]:
     prepared at ((0, True) for none). A mix is refused: one sweep per setting."""
     sizes = {spec.config.image_size for spec in specs}
     if len(sizes) > 1:
-        raise ValueError(f"the trials mix image sizes {sorted(sizes)}; run one sweep per size")
+        raise UserError(f"the trials mix image sizes {sorted(sizes)}; run one sweep per size")
     crops = {spec.config.crop_borders for spec in specs}
     if len(crops) > 1:
-        raise ValueError("the trials mix crop_borders true and false; run one sweep per setting")
+        raise UserError("the trials mix crop_borders true and false; run one sweep per setting")
     return (sizes.pop() if sizes else 0), (crops.pop() if crops else True)
 
 

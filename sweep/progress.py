@@ -46,8 +46,11 @@ def ray_log_path(store) -> Path:
 
 def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> None:
     """Ray's loggers in this process (driver or trial worker) write to `path` and no longer reach
-    the console (a worker's stderr is what Ray forwards to the driver's). Idempotent: a worker
-    process runs trial after trial. `loggers`: whose messages (and their children's)."""
+    the console (a worker's stderr is what Ray forwards to the driver's), except their errors
+    while this process logs at debug level (`cxrsweep -v`): a failed trial's traceback, which
+    Tune logs on the driver, is then on the console too. Idempotent: a worker process runs trial
+    after trial. `loggers`: whose messages (and their children's)."""
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for name in loggers:
@@ -64,6 +67,14 @@ def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> 
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s pid {os.getpid()} %(name)s: "
                                                    "%(message)s"))
             logger.addHandler(handler)
+        for old in [h for h in logger.handlers if getattr(h, "cxrsweep_console_errors", False)]:
+            logger.removeHandler(old)
+        if verbose:
+            console = logging.StreamHandler(sys.stderr)
+            console.cxrsweep_console_errors = True
+            console.setLevel(logging.ERROR)
+            console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(console)
         logger.propagate = False
         if not name.startswith("ray."):
             logger.setLevel(logging.INFO)

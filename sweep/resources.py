@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import ray
 
+from errors import UserError
 from protocol.config import GPUS_PER_TRIAL
 from sweep.options import SweepOptions
 from sweep.progress import worker_runtime_env
@@ -48,9 +49,9 @@ def plan_resources(gpus: float, cpus: float, cluster_gpus: float, largest_node_c
                    scaling_gpu_types: Sequence[str] = (), say=print) -> dict[str, float]:
     """{'cpu': c, 'gpu': g} for every trial; GPUs dropped (with a message) when none can exist."""
     if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
-        raise ValueError(f"--gpus-per-trial {gpus:g}: use a fraction in (0, 1] or a whole number of GPUs")
+        raise UserError(f"--gpus-per-trial {gpus:g}: use a fraction in (0, 1] or a whole number of GPUs")
     if cpus <= 0:
-        raise ValueError(f"--cpus-per-trial {cpus:g}: must be positive")
+        raise UserError(f"--cpus-per-trial {cpus:g}: must be positive")
     if gpus > 0 and cluster_gpus == 0:
         if scaling_gpu_types:
             say(f"[sweep] no GPU node is up yet; the autoscaler adds {', '.join(scaling_gpu_types)} workers on demand")
@@ -59,7 +60,7 @@ def plan_resources(gpus: float, cpus: float, cluster_gpus: float, largest_node_c
                 f"--gpus-per-trial {gpus:g} ignored)")
             gpus = 0.0
     if not scaling_gpu_types and cpus > largest_node_cpus:
-        raise ValueError(f"--cpus-per-trial {cpus:g}: no node has that many CPUs (largest: {largest_node_cpus:g})")
+        raise UserError(f"--cpus-per-trial {cpus:g}: no node has that many CPUs (largest: {largest_node_cpus:g})")
     return {"cpu": float(cpus), "gpu": float(gpus)}
 
 

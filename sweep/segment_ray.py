@@ -34,6 +34,7 @@ from typing import Sequence
 
 import ray
 
+from errors import UserError
 from inference.inputs import ImageItem, batches, item_columns
 from inference.local import Progress
 from inference.output import SegmentOutput
@@ -151,7 +152,7 @@ def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptio
     info: CheckpointInfo = output.info
     cluster = ray.cluster_resources()
     if options.gpus_per_worker > 0 and not cluster.get("GPU"):
-        raise ValueError(f"--gpus-per-worker {options.gpus_per_worker:g}: the Ray cluster has no GPU")
+        raise UserError(f"--gpus-per-worker {options.gpus_per_worker:g}: the Ray cluster has no GPU")
     workers = worker_count(options, cluster)
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
     node_cpus = max([float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1.0])

@@ -107,8 +107,10 @@ def trial_entries(specs: Sequence[TrialSpec]) -> dict[str, dict[str, Any]]:
 # The trial's side (sweep.trainables.run_trial): epoch callbacks that fail or hold it.
 
 
-class InjectedFailure(RuntimeError):
-    """Raised by the failure-injection test hook."""
+class InjectedFailure(ValueError):
+    """Raised by the failure-injection test hook: a ValueError, as a bug deep in an engine may
+    raise one, which the command line must report as a bug (its traceback in the log), never as
+    bad input."""
 
 
 class _FailureHook:

@@ -20,10 +20,11 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from errors import UserError
 from protocol.config import RunConfig
-from protocol.grid import Grid, TrialSpec, config_hash, segmentation_trial, spec_to_dict, transfer_trials
+from protocol.grid import Grid, TrialSpec, config_hash, spec_to_dict
 from protocol.store import RunStore
-from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of
+from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of, tuning_cell
 from sweep import resources, retries
 from sweep.driver_lock import DriverLock
 from sweep.inputs import DataPaths, load_trial_datasets
@@ -56,7 +57,7 @@ PROPOSED_SPACE = {
 def search_space(cfg: RunConfig) -> dict[str, Any]:
     """The fields a search of this cell samples: each one acts in the cell's training."""
     if cfg.method == "source_only":
-        raise ValueError("--method source_only trains nothing (M_A applied as it is): there is nothing to tune")
+        raise UserError("--method source_only trains nothing (M_A applied as it is): there is nothing to tune")
     space = dict(SUPERVISED_SPACE)
     if cfg.method == "proposed":
         space.update(PROPOSED_SPACE)
@@ -65,13 +66,10 @@ def search_space(cfg: RunConfig) -> dict[str, Any]:
 
 def tuned_cell(base: RunConfig, model: str, task: str, fold: int, method: str | None, label_fraction: float,
                target: str, repetition: int) -> list[TrialSpec]:
-    """The cell being tuned at one fold (Table I) or repetition (Table II), then its dependencies."""
-    if method in (None, "supervised"):
-        return [segmentation_trial(base, model, task, fold)]
-    specs = transfer_trials(base, method, task, target, repetition, label_fraction)
-    if specs[0].not_applicable:
-        raise ValueError(f"--method {method} at --label-fraction {label_fraction:g}: {specs[0].not_applicable}")
-    search_space(specs[0].config)  # refuses a cell with nothing to tune before anything runs
+    """The cell being tuned at one fold (Table I) or repetition (Table II), then its dependencies
+    (protocol.tuned.tuning_cell), with a search space."""
+    specs = tuning_cell(base, model, task, fold, method, label_fraction, target, repetition)
+    search_space(specs[0].config)
     return specs
 
 

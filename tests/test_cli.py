@@ -59,7 +59,13 @@ def test_training_commands_share_one_set_of_config_and_data_flags(tmp_path):
             assert (args.jsrt, args.scr, args.cache_dir) == ("J", "S", None)
             cfg = config_from_args(args)
             assert (cfg.profile, cfg.lr, cfg.epochs) == (DEFAULT_PROFILE[command], 0.5, 3), command
+    from commands.grid_runs import demo_recipes
+    from protocol.config import make_config
+
     demo = parser.parse_args(["demo", "--out", str(tmp_path)])
     assert demo.profile == DEFAULT_PROFILE["demo"] == "demo"
-    assert demo.augmentations == ["none", "robust"]  # the paper's protocol and ours side by side
+    # the paper's protocol and ours side by side; the paper preset runs the paper's alone
+    assert demo_recipes(demo, make_config("demo")) == ["none", "robust"]
+    paper = parser.parse_args(["demo", "--out", str(tmp_path), "--preset", "paper"])
+    assert demo_recipes(paper, make_config("demo", preset="paper")) == ["none"]
     assert (DEFAULT_PROFILE["train"], DEFAULT_PROFILE["run"]) == ("cpu", "paper")  # unchanged defaults

@@ -8,7 +8,7 @@ import sys
 from protocol.config import RunConfig, make_config, warmup_identity
 from protocol.results import OUTCOME_COLUMNS
 
-RAY_FREE = ("data_io", "models", "protocol", "engine", "inference", "analysis", "commands")
+RAY_FREE = ("errors", "data_io", "models", "protocol", "engine", "inference", "analysis", "commands")
 
 
 def test_the_packages_below_sweep_never_import_ray():

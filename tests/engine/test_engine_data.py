@@ -37,8 +37,8 @@ def test_validation_fold_is_the_next_test_fold(jsrt):
 def test_mismatches_are_reported(jsrt):
     with pytest.raises(ValueError, match="cached at 64 px.*128 px"):
         segmentation_data(make_config("cpu"), jsrt)
-    with pytest.raises(ValueError, match="fold 7"):
-        segmentation_data(make_config("smoke", fold=7), jsrt)
+    with pytest.raises(ValueError, match="fold must be < n_folds \\(5\\), got 7"):
+        make_config("smoke", fold=7)  # refused where the config is built, before any data is read
     empty = np.zeros((0, 64, 64), np.float32)
     with pytest.raises(ValueError, match="no validation images"):
         SegmentationData(jsrt.images, jsrt.masks["lungs"], empty, empty.astype(np.uint8), empty,

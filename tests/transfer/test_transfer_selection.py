@@ -98,11 +98,10 @@ def test_the_papers_selection_keeps_the_adapted_model_without_a_fallback(make_cf
     assert "translator" in read_segmenter_checkpoint(tmp_path / "run" / "best.pt")
 
 
-def test_an_unknown_selection_is_refused(make_cfg, data_for, trained_segmenter_checkpoint, warmed_translator,
-                                         tmp_path):
-    cfg = make_cfg(selection="test_labels")
-    with pytest.raises(ValueError, match="selection must be one of target, source"):
-        train_transfer(cfg, data_for(cfg), tmp_path / "run", trained_segmenter_checkpoint, warmed_translator)
+def test_an_unknown_selection_is_refused(make_cfg):
+    """Where the config is built, before any run starts."""
+    with pytest.raises(ValueError, match="selection must be one of schedule, target, source, got 'test_labels'"):
+        make_cfg(selection="test_labels")
 
 
 def test_keep_best_counts_the_start_and_keeps_a_trained_epoch_only_when_clearly_better():
