@@ -1,6 +1,6 @@
 """Several runs of the proposed method trained as one computation on one device.
 
-The proposed method is the grid's largest kind of trial (README, "Fused training"), and its
+The proposed method is the grid's largest kind of trial (docs/performance.md, "Fused trials"), and its
 repetitions and label fractions of one target are the same networks (M_A's U-Net and the
 MUNIT translator) with the same hyper-parameters on different images, labels and warm-ups:
 engine.fused's horizontal fusion applies. Each of the method's three steps (discriminative,

@@ -161,8 +161,8 @@ def target_trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir:
                    source_model: dict) -> TargetTrainer:
     """The trainer of a finetune (from M_A) or scratch (M_A's architecture from random
     initialisation) run on the plan's labelled target training images, both for `cfg.epochs`
-    epochs: the same budget, so that neither baseline is the weaker for fewer steps (README,
-    "Label budget"). Fine-tuning with `source_replay` also trains on the source training images
+    epochs: the same budget, so that neither baseline is the weaker for fewer steps
+    (docs/adaptation.md). Fine-tuning with `source_replay` also trains on the source training images
     with their truth, every epoch: with few target labels, a network trained on them alone learns
     them by heart and forgets the anatomy it knew; rehearsing the source keeps it (experience
     replay, as in continual learning). `run()` trains it alone; engine.fused trains several together."""

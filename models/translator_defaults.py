@@ -15,7 +15,7 @@ TRANSLATOR_DEFAULTS: dict[str, dict[str, Any]] = {
     # The authors' follow-up code: 32 channels, style 8, image reconstruction 10, style and content 1;
     # cycle 10 because the outputs must stay pixel-aligned. Generators that start at the identity,
     # adversarial 10 (theirs: 1), the identity term and spectral normalisation keep the game balanced
-    # and the translation from rewriting what needs no rewriting (README, "Cross-dataset transfer");
+    # and the translation from rewriting what needs no rewriting (docs/transfer.md);
     # protocol.config.PAPER_TRANSFER restores the paper's settings.
     "munit": {**SHARED, "style_dim": 8, "w_recon": 10.0, "w_style": 1.0, "w_content": 1.0},
     # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT;

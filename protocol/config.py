@@ -294,7 +294,7 @@ PAPER_LABEL_BUDGET: dict[str, Any] = {"label_budget": "paper"}
 # The proposed method as the paper ran it (loss weights of the authors' follow-up code, epoch chosen
 # on source images through A -> B -> A): part of the paper preset (PRESETS). The defaults differ
 # where measurement showed the paper's settings let the discriminators win outright, the
-# generators learn an inversion and the run select it (README, "Cross-dataset transfer").
+# generators learn an inversion and the run select it (docs/transfer.md).
 PAPER_TRANSFER: dict[str, Any] = {
     "w_adv": 1.0, "w_identity": 0.0, "spectral_norm": False, "residual_generators": False, "r1_gamma": 0.0,
     "instance_noise": 0.0, "d_lr_ratio": 1.0, "w_semantic": 0.0, "selection": "source", "guard": "off",

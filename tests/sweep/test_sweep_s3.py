@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def test_run_report_and_resume_in_a_bucket(ray_runtime, data_flags, s3_bucket, tmp_path, capsys):
     bucket, endpoint = s3_bucket
-    # The endpoint travels inside the URI, as pyarrow and Ray read it (MinIO users: the README).
+    # The endpoint travels inside the URI, as pyarrow and Ray read it (MinIO users: docs/usage.md).
     out = f"s3://{bucket}/sweep?endpoint_override={endpoint}&scheme=http"
     command = ["run", "all", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet", "--tasks", "lungs",
                "--folds", "0", "--repetitions", "0", "--methods", "source_only", "--fractions", "0",
