@@ -13,7 +13,7 @@ from engine.label_budget import HOLD_OUT_MIN, held_out_count, label_plan
 from engine.transfer import train_transfer
 from engine.transfer_data import transfer_data
 from models.registry import read_segmenter_checkpoint
-from protocol.run_dir import HELD_OUT_JACCARD, NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
+from protocol.run_dir import FIXED_SCHEDULE, HELD_OUT_JACCARD, NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
 
 def _rows(data, images):
@@ -22,14 +22,24 @@ def _rows(data, images):
     return sorted(int(np.flatnonzero((flat == image.reshape(-1)).all(axis=1))[0]) for image in images)
 
 
-def test_the_honest_plan_splits_the_fraction_s_own_labels_and_nothing_else(make_cfg, data_for):
+def test_the_fixed_schedule_trains_on_every_label_of_the_fraction_and_reads_no_other(make_cfg, data_for):
+    cfg = make_cfg(label_fraction=100.0)
+    assert cfg.selection == "schedule"
+    data = data_for(cfg)
+    plan = label_plan(cfg, data)
+    assert plan.criterion == FIXED_SCHEDULE and plan.n_select == 0 and plan.n_train == data.n_labelled
+    assert _rows(data, plan.train_images) == sorted(data.target_labelled_positions)
+    assert plan.record()["target_labels_used"] == data.n_labelled
+
+
+def test_the_honest_plan_that_chooses_epochs_splits_the_fraction_s_own_labels_and_nothing_else(make_cfg, data_for):
     few = data_for(make_cfg(label_fraction=50.0))  # 3 of 6 training images: too few to hold any back
     assert few.n_labelled < HOLD_OUT_MIN
-    plan = label_plan(make_cfg(label_fraction=50.0), few)
+    plan = label_plan(make_cfg(label_fraction=50.0, selection="target"), few)
     assert plan.criterion == TARGET_PLAUSIBILITY and plan.n_train == few.n_labelled and plan.n_select == 0
     assert plan.record()["target_labels_used"] == few.n_labelled
 
-    cfg = make_cfg(label_fraction=100.0)
+    cfg = make_cfg(label_fraction=100.0, selection="target")
     data = data_for(cfg)
     plan = label_plan(cfg, data)
     assert plan.criterion == HELD_OUT_JACCARD

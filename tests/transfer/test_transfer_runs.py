@@ -55,7 +55,7 @@ def test_a_fraction_of_labels_the_target_does_not_have_is_not_applicable(make_cf
 
 
 @pytest.mark.parametrize("method,fraction,val_split", [
-    ("proposed", 0.0, "source"), ("proposed", 100.0, "target"), ("source_only", 0.0, "source"),
+    ("proposed", 0.0, "source"), ("proposed", 100.0, "source"), ("source_only", 0.0, "source"),
     ("self_training", 0.0, None), ("finetune", 50.0, None), ("scratch", 50.0, None)])
 def test_each_method_writes_the_supervised_run_layout(method, fraction, val_split, make_cfg, data_for,
                                                       segmenter_checkpoint, warmed_translator, tmp_path):

@@ -53,20 +53,27 @@ def test_the_kept_epoch_is_the_latest_not_significantly_less_plausible_than_the_
     assert not TargetSelection.follows(leader - 0.1, leader)  # clearly worse on every image
 
 
-def test_a_translation_that_destroys_its_input_falls_back_to_no_adaptation(make_cfg, source, mild_target, tmp_path,
-                                                                           trained_segmenter_checkpoint, monkeypatch,
-                                                                           caplog):
-    cfg = make_cfg(transfer_epochs=2)
+@pytest.mark.parametrize("rule", ["harm", "strict"])
+def test_a_translation_that_destroys_its_input_falls_back_to_no_adaptation(rule, make_cfg, source, mild_target,
+                                                                           tmp_path, trained_segmenter_checkpoint,
+                                                                           monkeypatch, caplog):
+    # The harm guard (the default) on the fixed schedule's result, and the strict rule on the epoch
+    # target plausibility follows.
+    cfg = make_cfg(transfer_epochs=2, **({"selection": "target", "guard": "strict"} if rule == "strict" else {}))
     data = transfer_data(cfg, source, mild_target)
     translator = warmup_translator(cfg, source, mild_target, tmp_path / "translators")
     monkeypatch.setattr(MUNITTranslator, "translate_ba", lambda self, b: 3 * torch.randn_like(b))
     with caplog.at_level(logging.WARNING, logger="engine.transfer"):
         result = train_transfer(cfg, data, tmp_path / "run", trained_segmenter_checkpoint, translator)
     summary = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert summary["selection_criterion"] == TARGET_PLAUSIBILITY
     assert summary["selected_model"] == NO_ADAPTATION and result.best_epoch == 0
-    assert summary["selection_score"] == summary["no_adaptation_score"] > 0.6
-    assert summary["selection_decision"]["mean_gain"] < -0.3  # the criterion saw the destruction
+    if rule == "strict":
+        assert summary["selection_criterion"] == TARGET_PLAUSIBILITY
+        assert summary["selection_score"] == summary["no_adaptation_score"] > 0.6
+        assert summary["selection_decision"]["mean_gain"] < -0.3  # the criterion saw the destruction
+    else:
+        evidence = summary["selection_decision"]["evidence"]
+        assert "collapse" in summary["selection_rule"] and evidence["plausibility"]["change"] < -0.3
     assert any("falls back" in r.getMessage() for r in caplog.records)
     # What is kept and evaluated is exactly the source_only model: M_A on b, no translator.
     kept_checkpoint = read_segmenter_checkpoint(tmp_path / "run" / "best.pt")
@@ -88,7 +95,7 @@ def test_a_translation_that_destroys_its_input_falls_back_to_no_adaptation(make_
 
 def test_the_papers_selection_keeps_the_adapted_model_without_a_fallback(make_cfg, source, mild_target, tmp_path,
                                                                           trained_segmenter_checkpoint):
-    cfg = make_cfg(selection="source")
+    cfg = make_cfg(selection="source", guard="off")
     translator = warmup_translator(cfg, source, mild_target, tmp_path / "translators")
     train_transfer(cfg, transfer_data(cfg, source, mild_target), tmp_path / "run", trained_segmenter_checkpoint,
                    translator)

@@ -79,7 +79,9 @@ def test_with_target_labels_the_epoch_is_chosen_on_them(make_cfg, source, target
     # M_A as it is is judged against on the same labelled images, by the harm guard.
     decision = summary["selection_decision"]
     assert decision is not None and decision["keep_adaptation"] == (summary["selected_model"] == "adapted")
-    assert "labelled" in decision["evidence"]
+    # Either no trained epoch beat M_A on those images, or the guard weighed them with the rest.
+    assert decision["rule"].startswith("no trained epoch beat M_A by target_val_jaccard") \
+        or "labelled" in decision["evidence"]
     assert summary["best_epoch"] == (summary["adapted_epoch"] if decision["keep_adaptation"] else 0)
 
 
