@@ -356,7 +356,9 @@ def method_epochs(method: str, rows: pd.DataFrame) -> str:
         return "/".join(str(e) for e in sorted(set(rows["cfg_epochs"].astype(int))))
     if method == "source_only":
         return "0"
-    transfer = "/".join(str(e) for e in sorted(set(rows["cfg_transfer_epochs"].astype(int))))
+    column = "cfg_self_training_epochs" if method == "self_training" and "cfg_self_training_epochs" in rows \
+        else "cfg_transfer_epochs"
+    transfer = "/".join(str(e) for e in sorted(set(rows[column].astype(int))))
     if method == "proposed":
         return "/".join(str(e) for e in sorted(set(rows["cfg_warmup_epochs"].astype(int)))) + "+" + transfer
     return transfer

@@ -108,7 +108,7 @@ class SelfTrainingRun(TargetTrainer):
         train_images = np.concatenate([data.source_train_images, kept_images, plan.train_images])
         train_masks = np.concatenate([data.source_train_masks, kept_masks, plan.train_masks])
         student = cfg.replace(model=source_model["arch"], width=source_model["arch_kwargs"]["width"],
-                              init_weights=str(segmenter_path), epochs=cfg.transfer_epochs)
+                              init_weights=str(segmenter_path), epochs=cfg.self_training_epochs)
         super().__init__(cfg, data, plan, run_dir, source_model, student, train_images, train_masks, from_source=True)
         # The candidate of each epoch: the running average of the student's weights at the ends
         # of its epochs so far (stochastic weight averaging, Izmailov et al. 2018). Pseudo-labels
@@ -174,6 +174,4 @@ class SelfTrainingRun(TargetTrainer):
 def self_training_run(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
                       source_model: dict) -> SelfTrainingRun:
     """The trainer of a self-training run: `run()` trains it alone; engine.fused trains several together."""
-    if cfg.transfer_epochs < 1:
-        raise ValueError(f"transfer_epochs must be at least 1, got {cfg.transfer_epochs}")
     return SelfTrainingRun(cfg, data, plan, run_dir, source_model, segmenter_path)

@@ -94,7 +94,7 @@ class TargetTrainer(Trainer):
     def resume(self) -> bool:
         # Extending a run with more epochs is a resumption, as for the proposed method.
         state = self.read_last(lambda config: {k: v for k, v in config.items()
-                                               if k not in ("transfer_epochs", "epochs")})
+                                               if k not in ("transfer_epochs", "self_training_epochs", "epochs")})
         if state is None:
             return False
         return self.resume_from(state)

@@ -177,6 +177,9 @@ class RunConfig:
     style_dim: int = checked(config_default("style_dim"), at_least=1)
     warmup_epochs: int = checked(20, at_least=1)  # translator trained alone before M_A joins
     transfer_epochs: int = checked(30, at_least=1)
+    # The self-training student's epochs (engine/self_training.py): a teacher refreshed after every
+    # epoch needs rounds to improve its labels, and a student epoch costs a fraction of a proposed one.
+    self_training_epochs: int = checked(30, at_least=1)
     gan_lr: float = checked(1e-4, above=0)
     gan_beta1: float = checked(0.5, at_least=0, below=1)
     gan_beta2: float = checked(0.999, at_least=0, below=1)
@@ -223,7 +226,7 @@ class RunConfig:
     selection_margin: float = checked(0.04, at_least=0, at_most=1)
     # Self-training (method "self_training"): the share of the unlabelled target training images
     # whose pseudo-labels (M_A's predictions) are kept, the most plausible first (selection.py's
-    # shape prior), as in curriculum pseudo-labelling; the student trains transfer_epochs epochs.
+    # shape prior), as in curriculum pseudo-labelling; the student trains self_training_epochs epochs.
     pseudo_label_keep: float = checked(0.8, above=0, at_most=1)
     # Fine-tuning also trains on the source training images (with their truth) every epoch.
     source_replay: bool = checked(False)
@@ -361,6 +364,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # learning rate so the few hundred GAN steps a CPU affords still converge.
         "warmup_epochs": 20,
         "transfer_epochs": 8,
+        "self_training_epochs": 16,
         "translator_width": 8,
         "gan_lr": 2e-4,
     },
@@ -375,6 +379,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "warmup_epochs": 8,
         "transfer_epochs": 4,
+        "self_training_epochs": 8,
         "translator_width": 8,
         "gan_lr": 2e-4,
     },
@@ -385,6 +390,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "epochs": 2,
         "warmup_epochs": 1,
         "transfer_epochs": 1,
+        "self_training_epochs": 1,
         "translator_width": 8,
     },
 }

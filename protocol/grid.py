@@ -82,6 +82,7 @@ def _is_transfer_only(name: str) -> bool:
     (whatever preset or --set gave the transfer side)."""
     return name.startswith(_TRANSFER_PREFIXES) or name in _TRANSLATOR_FIELDS or name in {
         "repetition", "method", "label_fraction", "target", "style_dim", "warmup_epochs", "transfer_epochs",
+        "self_training_epochs",
         "d_lr_ratio", "label_budget", "source_replay"}
 
 
@@ -92,9 +93,9 @@ METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
 
 # The config field that sets how many epochs a transfer method trains (None: it trains nothing).
 # finetune and scratch train `epochs`, the same budget (engine/target_training.py); proposed
-# (after its warm-up, a trial of its own) and self_training's student train `transfer_epochs`;
+# (after its warm-up, a trial of its own) `transfer_epochs`, self_training's student `self_training_epochs`;
 # source_only applies M_A as it is.
-EPOCHS_FIELD = {"proposed": "transfer_epochs", "self_training": "transfer_epochs", "finetune": "epochs",
+EPOCHS_FIELD = {"proposed": "transfer_epochs", "self_training": "self_training_epochs", "finetune": "epochs",
                 "scratch": "epochs", "source_only": None}
 
 

@@ -119,7 +119,7 @@ def _run_tuning(cells: list[list[TrialSpec]], paths: DataPaths, options: SweepOp
 
 def asha_max_t(cell: TrialSpec) -> int:
     """ASHA's horizon for `cell`: one past the last epoch its engine trains (TrialSpec's
-    training_epochs: `transfer_epochs` for proposed and self-training, `epochs` otherwise). ASHA
+    training_epochs: `transfer_epochs` for proposed, `self_training_epochs` for self-training, `epochs` otherwise). ASHA
     stops a trial that reaches max_t, and a trial must live through its last epoch to evaluate its
     best epoch and publish."""
     return max(cell.training_epochs, 1) + 1

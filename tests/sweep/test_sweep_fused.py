@@ -59,7 +59,7 @@ def test_table_two_runs_fuse_by_method_after_their_m_a(ray_runtime, data_paths, 
     M_A is published, the four other baselines go out as one fused Tune trial and the three
     self-training runs as another, and once the translator is warmed the three proposed runs as a
     third (engine.fused_proposed); each member is published as its own trial."""
-    base = make_config("smoke", {"num_threads": 1, "epochs": 2, "transfer_epochs": 2})
+    base = make_config("smoke", {"num_threads": 1, "epochs": 2, "transfer_epochs": 2, "self_training_epochs": 2})
     grid = build_grid("transfer", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
                       methods=["finetune", "scratch", "self_training", "proposed"], fractions=[0, 50, 100])
     lines: list[str] = []

@@ -5,9 +5,9 @@ from protocol.grid import EPOCHS_FIELD, QUALITATIVE, SEGMENTATION, TRANSLATOR_WA
 
 
 def test_every_trial_trains_the_epochs_its_engine_runs():
-    base = make_config("smoke", ["epochs=7", "transfer_epochs=3", "warmup_epochs=2"])
+    base = make_config("smoke", ["epochs=7", "transfer_epochs=3", "self_training_epochs=4", "warmup_epochs=2"])
     assert set(EPOCHS_FIELD) == set(TRANSFER_METHODS)
-    expected = {"proposed": 3, "self_training": 3, "finetune": 7, "scratch": 7, "source_only": 0}
+    expected = {"proposed": 3, "self_training": 4, "finetune": 7, "scratch": 7, "source_only": 0}
     seen = set()
     for spec in build_grid("all", base, folds=[0], repetitions=[0]).runnable():
         if spec.kind == SEGMENTATION:
@@ -25,10 +25,10 @@ def test_every_trial_trains_the_epochs_its_engine_runs():
 
 def test_asha_lets_every_tuned_trial_live_through_its_last_epoch():
     """ASHA's max_t is one past the epochs the cell's engine trains: a self-training cell trains
-    transfer_epochs, not epochs (a horizon of epochs + 1 = 3 would stop it before its 5th epoch)."""
+    self_training_epochs, not epochs (a horizon of epochs + 1 = 3 would stop it before its 5th epoch)."""
     from sweep.tuning import asha_max_t
 
-    base = make_config("smoke", ["epochs=2", "transfer_epochs=5"])
+    base = make_config("smoke", ["epochs=2", "transfer_epochs=5", "self_training_epochs=5"])
     grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
                       methods=["proposed", "self_training", "finetune"], fractions=[50])
     horizons = {(spec.kind, spec.config.method): asha_max_t(spec) for spec in grid.runnable()

@@ -27,13 +27,15 @@ def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segm
     segmenter_checkpoint = trained_segmenter_checkpoint  # finetune starts from an M_A that has learnt
     # Two groups, as the sweep forms them (engine.fused.group_key): the baselines, and the
     # self-training runs, whose epochs differ in length (source + pseudo-labelled + labelled images).
-    configs = [make_cfg(method=method, label_fraction=fraction, epochs=EPOCHS, transfer_epochs=EPOCHS, lr=3e-3)
+    configs = [make_cfg(method=method, label_fraction=fraction, epochs=EPOCHS, transfer_epochs=EPOCHS,
+                       self_training_epochs=EPOCHS, lr=3e-3)
                for method, fraction in RUNS]
     data = [data_for(cfg) for cfg in configs]
     alone = [train_transfer(cfg, d, tmp_path / "alone" / str(k), segmenter_checkpoint)
              for k, (cfg, d) in enumerate(zip(configs, data))]
     # A finetune run at 0 % labels has nothing to train on: it fails alone, its siblings go on.
-    empty = make_cfg(method="finetune", label_fraction=0.0, epochs=EPOCHS, transfer_epochs=EPOCHS, lr=3e-3)
+    empty = make_cfg(method="finetune", label_fraction=0.0, epochs=EPOCHS, transfer_epochs=EPOCHS,
+                     self_training_epochs=EPOCHS, lr=3e-3)
     students = [k for k, (method, _) in enumerate(RUNS) if method == "self_training"]
     baselines = [k for k in range(len(RUNS)) if k not in students]
     assert len({len(data[k].source_train_images) + len(data[k].target_labelled_images) for k in students}) > 1
@@ -127,7 +129,8 @@ def test_a_fused_baseline_resumes_from_its_own_checkpoint(make_cfg, data_for, tr
     def group(epochs: int, root):
         members = []
         for method, fraction in runs:
-            cfg = make_cfg(method=method, label_fraction=fraction, epochs=epochs, transfer_epochs=epochs, lr=3e-3)
+            cfg = make_cfg(method=method, label_fraction=fraction, epochs=epochs, transfer_epochs=epochs,
+                           self_training_epochs=epochs, lr=3e-3)
             members.append(_member(cfg, data_for(cfg), root / method, trained_segmenter_checkpoint))
         return members
 

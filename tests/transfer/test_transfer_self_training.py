@@ -56,7 +56,7 @@ def test_a_student_no_better_than_m_a_falls_back_to_it(make_cfg, source, mild_ta
                                                        tmp_path):
     """The strict rule: M_A with random weights, its pseudo-labels and so the student's masks are
     implausible; the run must keep no adaptation and score exactly as source_only does."""
-    cfg = make_cfg(method="self_training", transfer_epochs=2, selection="target", guard="strict")
+    cfg = make_cfg(method="self_training", self_training_epochs=2, selection="target", guard="strict")
     data = transfer_data(cfg, source, mild_target)
     result = train_transfer(cfg, data, tmp_path / "st", segmenter_checkpoint)
     baseline = train_transfer(make_cfg(method="source_only"), data, tmp_path / "so", segmenter_checkpoint)
@@ -88,10 +88,10 @@ def test_with_target_labels_the_epoch_is_chosen_on_them(make_cfg, source, target
 @pytest.mark.parametrize("teacher", [{}, {"pseudo_label_teacher": "average", "pseudo_label_tta": True,
                                          "pseudo_label_confidence": 0.8}])
 def test_self_training_resumes_exactly(teacher, make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
-    cfg = make_cfg(method="self_training", transfer_epochs=3, augmentation="robust", **teacher)
+    cfg = make_cfg(method="self_training", self_training_epochs=3, augmentation="robust", **teacher)
     data = transfer_data(cfg, source, mild_target)
     straight = train_transfer(cfg, data, tmp_path / "straight", trained_segmenter_checkpoint)
-    train_transfer(cfg.replace(transfer_epochs=1), data, tmp_path / "resumed", trained_segmenter_checkpoint)
+    train_transfer(cfg.replace(self_training_epochs=1), data, tmp_path / "resumed", trained_segmenter_checkpoint)
     resumed = train_transfer(cfg, data, tmp_path / "resumed", trained_segmenter_checkpoint)
     assert resumed.epochs_trained == 2
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
@@ -113,7 +113,7 @@ def test_a_killed_self_training_run_with_a_refreshing_teacher_resumes_to_the_uni
 
     from tests.transfer.test_transfer_runs import KILLED_TRANSFER
 
-    cfg = make_cfg(method="self_training", transfer_epochs=3, checkpoint_every_s=0, augmentation="robust",
+    cfg = make_cfg(method="self_training", self_training_epochs=3, checkpoint_every_s=0, augmentation="robust",
                    pseudo_label_teacher="average", pseudo_label_tta=True, pseudo_label_confidence=0.8)
     data = transfer_data(cfg, source, mild_target)
     inputs = tmp_path / "inputs.pkl"
