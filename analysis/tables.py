@@ -335,9 +335,10 @@ def table2_selection_display(frame: pd.DataFrame) -> DisplayTable:
 
 # How each label budget (cfg_label_budget) is named in Table II's notes.
 LABEL_BUDGET_TEXT = {
-    "honest": "honest (a run at f % reads only its f % of target labels: with 5 or more it holds back a fifth of "
-              "them, at least 2, to choose its epoch and trains on the rest; with fewer it trains on all and chooses "
-              "by the plausibility of its masks on the unlabelled target validation images, as at 0 %)",
+    "honest": "honest (a run at f % reads only its f % of target labels: under the fixed schedule it trains on all "
+              "of them; a run that chooses its epoch (selection=target) holds back a fifth of them, at least 2, when "
+              "it has 5 or more, and otherwise chooses by the plausibility of its masks on the unlabelled target "
+              "validation images, as at 0 %)",
     "paper": "the paper's (the labelled target validation split chooses the epoch at every fraction above 0, so a "
              "run uses more labels than its fraction)",
 }
@@ -345,7 +346,8 @@ LABEL_BUDGET_TEXT = {
 
 def label_budget_note(names) -> str:
     return ("Label budget: " + "; ".join(LABEL_BUDGET_TEXT.get(n, n) for n in names) + ". Every method that starts "
-            "from M_A counts M_A as it is (epoch 0) among its candidates, by the same criterion.")
+            "from M_A is judged against M_A as it is by its guard and keeps M_A when the guard refuses its result "
+            "(table2_selection gives each cell's rule).")
 
 
 def method_epochs(method: str, rows: pd.DataFrame) -> str:
@@ -367,14 +369,18 @@ def method_epochs(method: str, rows: pd.DataFrame) -> str:
 def epoch_budget_notes(trials: pd.DataFrame) -> list[str]:
     """What each transfer method trained for, from the configs the counted trials ran."""
     transfer = trials[(trials["experiment"] == TRANSFER) & (trials["status"] == "ok")]
-    start = {"finetune": " from M_A", "scratch": " from random initialisation", "self_training": " from M_A",
+    finetune = transfer[transfer["method"] == "finetune"]
+    replay = "cfg_source_replay" in finetune and len(finetune) and bool(finetune["cfg_source_replay"].all())
+    start = {"finetune": " from M_A" + (" with source replay" if replay else ""),
+             "scratch": " from random initialisation", "self_training": " from M_A",
              "proposed": " (translator warm-up + transfer) from M_A"}
     parts = [f"{method} {method_epochs(method, transfer[transfer['method'] == method])}{start[method]}"
              for method in _ordered(TRANSFER_METHODS, transfer["method"].dropna()) if method in start]
     if not parts:
         return []
-    return ["Epochs per method (an epoch of finetune and scratch is as many updates as the target training split "
-            "has images, whatever the fraction): " + "; ".join(parts) + "."]
+    return ["Epochs per method (an epoch of finetune and scratch passes over as many labelled target images as the "
+            "target training split has images, whatever the fraction; with source replay, fine-tuning's epoch also "
+            "passes over the source training images): " + "; ".join(parts) + "."]
 
 
 def label_free_methods(trials: pd.DataFrame) -> set[str]:
@@ -462,8 +468,8 @@ def not_applicable_reasons(trials: pd.DataFrame) -> list[str]:
 
 
 VARIANT_TEXT = {
-    "default": "the default variant (balanced adversarial training; at 0 % labels the epoch is chosen by the "
-               "plausibility of its target masks, with no adaptation as a candidate)",
+    "default": "the default variant (balanced adversarial training; its fixed schedule's last epoch, kept unless "
+               "the harm guard finds it harmful next to M_A as it is)",
     "paper": "the paper-faithful variant (protocol.config.PAPER_TRANSFER: the follow-up code's loss weights, "
              "epoch chosen on source images through A → B → A)",
 }
@@ -482,7 +488,7 @@ def proposed_variant_notes(trials: pd.DataFrame) -> list[str]:
         fell_back = int((rows["selected_model"] == NO_ADAPTATION).sum())
         note = f"The proposed method ran {VARIANT_TEXT.get(variant, 'a custom variant (' + variant + ')')} in " \
                f"{len(rows)} finished trial(s)"
-        if TARGET_PLAUSIBILITY in set(rows["selection_criterion"].dropna()):
+        if fell_back or TARGET_PLAUSIBILITY in set(rows["selection_criterion"].dropna()):
             note += f"; {fell_back} of them kept no adaptation (M_A on the target as it is, the source_only model)"
         saturated = int(rows["discriminators_saturated"].fillna(False).astype(bool).sum())
         if saturated:

@@ -1,19 +1,26 @@
 """Self-training (transfer method "self_training"): adaptation by pseudo-labels.
 
-M_A, trained on the source, labels the target training images it has no labels for (the
-teacher's pseudo-labels); the most plausible `pseudo_label_keep` share of them is kept, judged by
-the same shape prior that selects epochs at 0 % labels (engine/selection.py: an implausible
-pseudo-label, e.g. a blob over the body, is the teacher's mistake and would only be learnt). A
-student that starts from M_A then trains `transfer_epochs` epochs on the source training images
-with their truth, the kept pseudo-labelled target images and the target images the label fraction
-keeps for training (with their truth; engine/label_budget.py), with the run's augmentation
-recipe: self-training with a strong augmentation on the student and none on the teacher, as in
-FixMatch / "Noisy Student" and the self-training baselines of domain adaptation for segmentation
-(Zou et al., ECCV 2018).
+A teacher labels the target training images the run has no labels for (pseudo-labels); the most
+plausible `pseudo_label_keep` share of them is kept, judged by the shape prior of
+engine/selection.py (an implausible pseudo-label, e.g. a blob over the body, is the teacher's
+mistake and would only be learnt). A student that starts from M_A trains `self_training_epochs`
+epochs on the source training images with their truth (source replay), the kept pseudo-labelled
+target images and the target images the label fraction keeps (with their truth;
+engine/label_budget.py), with the run's augmentation recipe: a strong augmentation on the student
+and none on the teacher, as in FixMatch / "Noisy Student" and the self-training baselines of
+domain adaptation for segmentation (Zou et al., ECCV 2018). Its result is the average of its
+weights at the ends of its epochs.
 
-The epoch is chosen as every transfer run chooses its own (engine/target_training.py): by the
-label plan's criterion, with M_A as it is (epoch 0) a candidate the student must beat, else the run
-falls back to M_A and says so.
+The teacher (`pseudo_label_teacher`): "average" (the default), the student's weight average,
+refreshed after every epoch, a mean teacher at the granularity of epochs (Tarvainen & Valpola
+2017): it improves as the student does and is steadier than it; "source", M_A once, before the
+first epoch. With `pseudo_label_tta` (the default) the teacher labels each image from its mean
+probability over test-time variants (engine/guard.py), an ensemble's labels. Pixels the teacher
+is unsure of can be left unlabelled (`pseudo_label_confidence`; off by default: measured on the
+phantoms it cost the boundary, docs/adaptation.md).
+
+Whether the result replaces M_A is the run's guard's question (engine/guard.py), as for every
+transfer method.
 """
 from __future__ import annotations
 
