@@ -167,8 +167,8 @@ def figure8(table2: pd.DataFrame) -> Figure:
                      f"{epochs_text(rows)}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)}; "
-                 "beside each point: the target labels it read, and M_A k/n when its guard kept M_A as it is "
-                 "in k of n repetitions)", fontsize=11)
+    fig.suptitle(f"Fig. 8-style: transfer from JSRT, target Jaccard with 95 % CI bands\n({_ci_label(table2)})\n"
+                 "beside each point: the target labels it read, and 'M_A k/n' where its guard kept M_A as it is "
+                 "in k of n repetitions", fontsize=10)
     fig.tight_layout()
     return fig

@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -161,9 +162,11 @@ def guard_verdicts(runs: dict[tuple, list[dict]], regime: str, tolerances: dict[
           f"kept {even[1]} of {even[0]} within it")
 
 
-def report(rows: list[dict]) -> None:
+def report(rows: list[dict], only: str | None = None) -> None:
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
+        if only and not re.search(only, row["run"]):
+            continue
         runs.setdefault((row["regime"], row["repetition"], row["run"]), []).append(row)
     for regime in sorted({key[0] for key in runs}):
         deltas: dict[str, list[float]] = {key: [] for key in (*SIGNALS, *TRUTH)}
@@ -218,6 +221,7 @@ def main() -> None:
                         help="config override for every run")
     parser.add_argument("--work", required=True)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--only", metavar="REGEX", help="report only the runs whose name matches")
     args = parser.parse_args()
     path = Path(args.work) / "candidates.csv"
     if not args.report_only:
@@ -242,7 +246,7 @@ def main() -> None:
                         if new:
                             out.writeheader()
                         out.writerows(rows)
-    report(load_rows(path))
+    report(load_rows(path), args.only)
 
 
 if __name__ == "__main__":

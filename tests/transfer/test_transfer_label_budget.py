@@ -7,13 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from engine.label_budget import HOLD_OUT_MIN, held_out_count, label_plan
 from engine.transfer import train_transfer
 from engine.transfer_data import transfer_data
-from models.registry import read_segmenter_checkpoint
-from protocol.run_dir import FIXED_SCHEDULE, HELD_OUT_JACCARD, NO_ADAPTATION, TARGET_JACCARD, TARGET_PLAUSIBILITY
+from protocol.run_dir import FIXED_SCHEDULE, HELD_OUT_JACCARD, TARGET_JACCARD, TARGET_PLAUSIBILITY
 
 
 def _rows(data, images):
@@ -90,24 +88,3 @@ def test_a_run_at_f_percent_reads_no_target_label_outside_its_f_percent(
         clean = train_transfer(paper, data, tmp_path / "paper-clean", trained_segmenter_checkpoint)
         poisoned = train_transfer(paper, _poisoned(data), tmp_path / "paper-poisoned", trained_segmenter_checkpoint)
         assert _choices(tmp_path / "paper-clean", clean)[0] != _choices(tmp_path / "paper-poisoned", poisoned)[0]
-
-
-@pytest.mark.parametrize("method,budget", [("finetune", "honest"), ("finetune", "paper"), ("proposed", "honest")])
-def test_a_run_that_only_gets_worse_returns_m_a_and_records_it(method, budget, make_cfg, source, mild_target,
-                                                               trained_segmenter_checkpoint, tmp_path):
-    from engine.transfer import warmup_translator
-
-    # An absurd learning rate wrecks the segmenter from its first step: every trained epoch is worse.
-    cfg = make_cfg(method=method, label_fraction=100.0, label_budget=budget, epochs=2, transfer_epochs=2, lr=5.0)
-    data = transfer_data(cfg, source, mild_target)
-    translator = warmup_translator(cfg, source, mild_target, tmp_path / "translators") if method == "proposed" else None
-    result = train_transfer(cfg, data, tmp_path / "run", trained_segmenter_checkpoint, translator)
-    as_is = train_transfer(cfg.replace(method="source_only", label_fraction=0.0), data, tmp_path / "source_only",
-                           trained_segmenter_checkpoint)
-    summary = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert summary["selected_model"] == NO_ADAPTATION and result.best_epoch == 0
-    assert summary["selection_decision"]["keep_adaptation"] is False and summary["selection_decision"]["mean_gain"] <= 0
-    assert result.test_jaccard_mean == pytest.approx(as_is.test_jaccard_mean)
-    kept = read_segmenter_checkpoint(tmp_path / "run" / "best.pt")["state_dict"]
-    m_a = read_segmenter_checkpoint(trained_segmenter_checkpoint)["state_dict"]
-    assert all(torch.equal(kept[name], m_a[name]) for name in m_a)
