@@ -92,7 +92,8 @@ def group_key(spec: "TrialSpec") -> tuple | None:
     """What a grid trial shares with the trials it may be fused with, or None for a trial that is
     trained alone. Fused: supervised segmentation trials (Table I, and M_A) of one task; the
     finetune / scratch runs of one task and target (every label fraction and repetition: their
-    epochs are the same number of steps, engine.target_training); the self-training runs of one
+    epochs are the same number of steps, engine.target_training), fine-tuning that replays the
+    source images apart from runs on the target alone; the self-training runs of one
     task and target (their epochs differ by the pseudo-labels each keeps: a shorter member sits
     out the last steps); the proposed runs of one task and target (every fraction and repetition,
     engine.fused_proposed) where `proposed_fusable`. The warm-ups, source_only and the Fig. 9 runs

@@ -56,9 +56,10 @@ def test_a_fused_group_keeps_each_member_and_fails_one_alone(ray_runtime, data_p
 def test_table_two_runs_fuse_by_method_after_their_m_a(ray_runtime, data_paths, tmp_path):
     """finetune, scratch, self-training and the proposed method at 0, 50 and 100 % labels with
     --fuse 4: the 0 % finetune and scratch cells are not applicable (nothing to train on); once
-    M_A is published, the four other baselines go out as one fused Tune trial and the three
-    self-training runs as another, and once the translator is warmed the three proposed runs as a
-    third (engine.fused_proposed); each member is published as its own trial."""
+    M_A is published, the two other finetune cells go out as one fused Tune trial (their epochs
+    replay the source images), the two scratch cells as another and the three self-training runs
+    as a third, and once the translator is warmed the three proposed runs as a fourth
+    (engine.fused_proposed); each member is published as its own trial."""
     base = make_config("smoke", {"num_threads": 1, "epochs": 2, "transfer_epochs": 2, "self_training_epochs": 2})
     grid = build_grid("transfer", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
                       methods=["finetune", "scratch", "self_training", "proposed"], fractions=[0, 50, 100])
@@ -77,8 +78,7 @@ def test_table_two_runs_fuse_by_method_after_their_m_a(ray_runtime, data_paths, 
     assert ran.test_jaccard_mean.between(0, 1).all()
     for trial_id in ran.index:
         info = json.loads((tmp_path / "runs" / trial_id / "trial.json").read_text())
-        kinds = ran.method.replace({"finetune": "baseline", "scratch": "baseline"})
-        siblings = set(ran.index[kinds == kinds[trial_id]])
+        siblings = set(ran.index[ran.method == ran.method[trial_id]])
         assert sorted(info["fused_with"]) == sorted(siblings - {trial_id}), trial_id
         summary = json.loads((tmp_path / "runs" / trial_id / "result.json").read_text())
         assert summary["epochs_trained"] == 2 and summary["config"]["method"] == ran.loc[trial_id, "method"]
