@@ -201,3 +201,78 @@ def test_a_lost_worker_node_loses_no_trial(retries, data_flags, ray_temp_dirs, k
         assert summary["epochs_trained"] == epochs - held_epoch, f"{trial_id} did not continue from its checkpoint"
         assert rows.loc[trial_id, "checkpoint_count"] == epochs  # one per epoch across its attempts
     assert len(list((out / "ray" / "injected-failures").glob("*"))) == 1  # fold 0 did raise after its resume
+
+
+def _fake_autoscaling_config(cluster_yaml: Path, port: int, idle_timeout_minutes: float) -> dict:
+    """cluster.yaml's node types for Ray's fake multi-node provider, which starts each node the
+    autoscaler launches as local processes: the worker types with their resources and limits,
+    the head as the provider's head type with no resources (cluster.yaml's head runs no trial)."""
+    import yaml
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
+
+    cluster = yaml.safe_load(cluster_yaml.read_text())
+    types = {name: {"resources": {**node["resources"], "object_store_memory": 100_000_000}, "node_config": {},
+                    "min_workers": node.get("min_workers", 0), "max_workers": node["max_workers"]}
+             for name, node in cluster["available_node_types"].items() if name != cluster["head_node_type"]}
+    types[FAKE_HEAD_NODE_TYPE] = {"resources": {}, "node_config": {}, "max_workers": 0}
+    return {"cluster_name": "fake", "max_workers": cluster["max_workers"],
+            "upscaling_speed": cluster.get("upscaling_speed", 1.0), "idle_timeout_minutes": idle_timeout_minutes,
+            # Nodes share one IP here: the autoscaler tells them apart by node id, and updates none.
+            "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
+                         "disable_node_updaters": True, "disable_launch_config_check": True},
+            "available_node_types": types, "head_node_type": FAKE_HEAD_NODE_TYPE, "auth": {"ssh_user": "ubuntu"},
+            "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+            "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
+            "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+            "worker_start_ray_commands": []}
+
+
+def _autoscaler_events(head_temp_dir: str) -> list[str]:
+    events = Path(head_temp_dir, "session_latest", "logs", "events", "event_AUTOSCALER.log")
+    return [json.loads(line)["message"] for line in events.read_text().splitlines()] if events.exists() else []
+
+
+def _count_nodes(events: list[str], verb: str, node_type: str) -> int:
+    """Nodes of `node_type` in the autoscaler's "Adding N node(s) of type T." / "Removing N nodes
+    of type T (idle)." events."""
+    return sum(int(e.split()[1]) for e in events if e.startswith(verb) and f" of type {node_type}" in e)
+
+
+def test_the_autoscaler_adds_gpu_workers_while_trials_wait_and_removes_them_idle(
+        data_flags, ray_temp_dirs, repo_root, tmp_path):
+    """cluster.yaml's node types under Ray's autoscaler, on Ray's fake multi-node provider: a head
+    with no resources, no worker up. The sweep sees the GPU worker types the launcher may add
+    (~/ray_bootstrap_config.yaml, as `ray up` leaves it on the head) and keeps every trial's GPU
+    share; its trials wait; the autoscaler adds workers of the smallest GPU type that fits them
+    (never the 4-GPU on-demand one for two half-GPU trials), the trials run there, and once they
+    are done the idle workers are removed (cluster.yaml's 10-minute idle timeout cut to 6 s)."""
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
+    port, head = _free_port(), ray_temp_dirs()
+    home = tmp_path / "home"
+    home.mkdir()
+    config = _fake_autoscaling_config(repo_root / "cluster.yaml", port, idle_timeout_minutes=0.1)
+    (home / "ray_bootstrap_config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    env = _env("/tmp")
+    head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}
+    _start_node([_ray_cli(), "start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
+                 "--object-store-memory=100000000", "--include-dashboard=false", "--disable-usage-stats",
+                 f"--temp-dir={head}", f"--autoscaling-config={home / 'ray_bootstrap_config.yaml'}"], head_env)
+    out = tmp_path / "out"
+    sweep = _cxrsweep(["run", "segmentation", "--profile", "smoke", "--set", "epochs=2", "--set", "num_threads=1",
+                       "--models", "unet", "--tasks", "lungs", "--folds", "0,1", "--gpus-per-trial", "0.5",
+                       "--out", str(out), "--address", f"127.0.0.1:{port}", "--progress-every", "5", *data_flags],
+                      {**env, "HOME": str(home)})
+    log, _ = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, log
+    assert "no GPU node is up yet; the autoscaler adds gpu.a10g.spot, gpu.a10g.x4.ondemand workers" in log, log
+    trials = read_trials(out)
+    assert (trials.status == "ok").all() and len(trials) == 2, trials[["trial_id", "status"]]
+    assert trials.node_id.str.len().eq(len(FAKE_HEAD_NODE_ID)).all() and (trials.node_id != FAKE_HEAD_NODE_ID).all(), \
+        trials.node_id
+    events = _autoscaler_events(head)
+    added = _count_nodes(events, "Adding", "gpu.a10g.spot")
+    assert added >= 1 and _count_nodes(events, "Adding", "gpu.a10g.x4.ondemand") == 0, events
+    _wait_for(lambda: _count_nodes(_autoscaler_events(head), "Removing", "gpu.a10g.spot") >= added, 120,
+              f"the {added} idle gpu.a10g.spot worker(s) to be removed: {_autoscaler_events(head)}")
