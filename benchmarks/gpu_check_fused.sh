@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of fused trials (`cxrsweep run --fuse K`, issue 18), as one script (about 8.5 minutes on
+# The GPU check of fused trials (`cxrsweep run --fuse K`), as one script (about 8.5 minutes on
 # an H100 / H200: 8 minutes of part limits, plus start-up and clean-up; run it with the
 # device tool's whole 600 s):
 #   1. environment (GPU, torch, Ray),

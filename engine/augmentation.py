@@ -2,14 +2,14 @@
 
 Recipes (`RunConfig.augmentation`, names in protocol.config.AUGMENTATIONS):
 - "none": the paper's protocol (§V-B trains without augmentation).
-- "affine": small affine warps (rotation ±10°, scale ±10 %, shift ±5 %): the `augment=true`
-  option of earlier versions, kept so that their results stay reproducible.
+- "affine": small affine warps (rotation ±10°, scale ±10 %, shift ±5 %): what a config's
+  `augment=true` stands for, kept so that results trained with it stay reproducible.
 - "robust" (the default): a segmenter trained to expect other scanners and other patients.
   Every parameter below comes from a published recipe, not from our phantoms:
   * geometry, on every sample (as bob.ip.binseg's and torchvision's random affine are): rotation
     ±15° (bob.ip.binseg's chest X-ray recipe; nnU-Net's ±180° would turn films upside down),
     isotropic zoom 0.7-1.4 (nnU-Net v2), anisotropic aspect 0.8-1.25 and translation ±8 % of the
-    side (the recipe the JSRT -> Montgomery probe measured on the real data; issue 16);
+    side (the recipe a probe of the real JSRT -> Montgomery pair measured);
   * appearance, each with nnU-Net v2's 2D probability and range: Gaussian noise (p 0.1,
     variance 0-0.1 of the standardised image), Gaussian blur (p 0.2, sigma 0.5-1 px),
     brightness x0.75-1.25 (p 0.15), contrast x0.75-1.25 (p 0.15), simulated low resolution

@@ -1,12 +1,15 @@
-"""Choosing the transfer epoch without target labels (issue 9): plain PyTorch + numpy.
+"""The shape-plausibility score of predicted masks, and choosing a transfer epoch with it:
+plain PyTorch + numpy.
 
 At 0 % target labels nothing on the target can be scored against truth, and the source-side
 validation (A -> B -> A) is blind to what the translation does to target images: a translator
 that inverts both domains is perfectly cycle-consistent, the source score stays high, and
-M_A(G_BA(b)) labels the body. So the epoch is chosen on the TARGET validation images, without
-their labels, by how plausible the predicted masks are as masks of the structure, and "no
-adaptation" (M_A on b as it is, the source_only model) is always a candidate: an adapted epoch is
-kept only if it is clearly (by `margin`) more plausible; otherwise the run falls back and says so.
+M_A(G_BA(b)) labels the body. The plausibility of the masks predicted on the TARGET validation
+images, without their labels, sees that. Under `selection=target` it chooses the epoch at 0 %
+labels, and under `guard=strict` "no adaptation" (M_A on b as it is, the source_only model) is
+always a candidate: an adapted epoch is kept only if it is clearly (by `margin`) more plausible;
+otherwise the run falls back and says so. Under the default fixed schedule it is one of the harm guard's signals
+(engine.guard), where it decides only collapse and the repair of gross failures.
 
 Plausibility of one predicted mask (`ShapePrior.plausibility`): its best Jaccard overlap with any
 SOURCE training mask, both resampled to a coarse SHAPE_GRID x SHAPE_GRID grid (a multi-atlas,
@@ -17,10 +20,9 @@ known failure modes all fall off the source masks:
 - an inverted translation makes M_A label the body: a wide blob where no lung mask lies;
 - padding, collimation bands or the dark air outside the body labelled lung: extra regions;
 - a translator that outputs noise: fragments, holes, or nothing (an empty mask scores 0).
-Measured on phantoms of both regimes (severe and mild shift), the score ranked the candidate
-epochs of many runs in the order of their true target Jaccard (Spearman about 0.9), where the
-segmenter's confidence ranked them backwards on the mild shift (confidently labelling the body)
-and a position-free variant (masks cropped to their bounding box) let an inverted run through.
+It separates gross failures from sound masks, not sound masks from each other: it saturates on
+sound masks, so on a mild shift it can rank a worse model as more plausible (its rank
+correlation with the true target Jaccard per regime: docs/adaptation.md).
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ from protocol.run_dir import FIXED_SCHEDULE, SOURCE_JACCARD, TARGET_PLAUSIBILITY
 SHAPE_GRID = 32
 # One-sided confidence of the paired comparisons of TargetSelection: an adapted epoch must beat no
 # adaptation, and an earlier epoch a later one, at this level (a paired t over the validation
-# images). 0.9 rather than 0.95: with the phantoms' 6 validation images, 0.95 refused a
-# translation that lifted 4 of them from about 0.1 to 0.6 Jaccard (and cost 2 of them a little).
+# images). 0.9 rather than 0.95: with a handful of validation images, 0.95 refuses a translation
+# that lifts most of them from gross failure to sound masks while costing the others a little.
 SELECTION_CONFIDENCE = 0.9
 
 

@@ -36,7 +36,7 @@ TRAINER_METHODS = (*METHODS_NEEDING_TARGET_LABELS, "self_training")
 # Fractions of the target training split that keep their labels (paper, Table II), in percent.
 LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
 # Training-time augmentation recipes (engine/augmentation.py): "none" is the paper's protocol,
-# "affine" the small warps of earlier versions' augment=true, "robust" the default.
+# "affine" small warps (what a config's `augment=true` stands for), "robust" the default.
 AUGMENTATIONS = ("none", "affine", "robust")
 # Which epoch of an adaptation run gives its result (engine/selection.py, engine/label_budget.py):
 # "schedule", the end of its fixed schedule (its last epoch, or its weight average); "target", the
@@ -151,10 +151,10 @@ class RunConfig:
     # Every segmenter trains with the robust recipe (rotation, zoom, aspect, shift, noise, blur,
     # brightness, contrast, low resolution, gamma; engine/augmentation.py) unless told
     # otherwise: a source model trained to expect other scanners decides most of a transfer.
-    # "none" is the paper's protocol (PAPER_PROTOCOL), "affine" earlier versions' augment=true.
+    # "none" is the paper's protocol (PAPER_PROTOCOL), "affine" what `augment=true` stands for.
     augmentation: str = checked("robust", one_of=AUGMENTATIONS)
     # Trim padding and collimation bands before resizing, score in the whole frame
-    # (data_io.preprocess); false: resize whole images, the behaviour before the content crop.
+    # (data_io.preprocess); false: resize whole images as they are.
     crop_borders: bool = checked(True)
 
     # --- segmentation network and optimisation (paper §V-B) ---
@@ -416,23 +416,16 @@ DEFAULT_PRESET = "cxrsweep"
 
 
 # `cxrsweep run --gpus-per-trial` default per profile: the GPU share of one trial, so 1 / share
-# trials run on a GPU at once. From `benchmarks/bench_gpu.py` (b), aggregate U-Net training
-# images/s with 1, 2, 4, 8 trials packed on one GPU through Ray, measured on an NVIDIA H200: paper
-# x1.38 / x1.38 / x1.39 (two trials take what packing gives: the GPU is the bottleneck past that),
-# cpu x1.85 / x3.31 / x4.55, smoke x1.94 / x3.46 / x5.65 (small trials leave a GPU mostly idle, so
-# eight share one). The benchmark recommends the fewest trials within 5 % of the best aggregate.
+# trials run on a GPU at once. A paper-size trial keeps a GPU busy, so two share one (more gain
+# nothing); the smaller profiles' trials leave a GPU mostly idle, so eight share one.
+# `benchmarks/bench_gpu.py` measures it and recommends the fewest trials per GPU within 5 % of the
+# best aggregate images/s (figures: docs/performance.md).
 GPUS_PER_TRIAL: dict[str, float] = {"paper": 0.5, "cpu": 0.125, "demo": 0.125, "smoke": 0.125}
 
 # `cxrsweep run --fuse` default per profile: how many trials of one kind train as one computation
 # (engine.fused, engine.fused_proposed). FUSE_DEFAULTS_NOTE says what the values rest on.
 FUSED_TRIALS: dict[str, int] = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
-# cpu / demo / smoke, measured on 2 CPU cores (benchmarks/bench_fused.py, 2026-12-04): two fused U-Nets
-# trained at 1.04-1.39x one trial's images/s, two trials packed side by side at 1.39-2.96x; the
-# demo's slice took 260 s fused 4 at a time against 257 s alone. 2026-12-06, U-Net and SegNet at cpu and
-# reduced paper size, K = 2 / 4: the vmapped step 0.95-1.45x, member by member (the CPU's way since,
-# engine.fused.grouped_on) 0.80-1.58x, side by side 1.18-2.14x. The proposed method's runs
-# (engine.fused_proposed), K = 2 / 4: member by member 1.83 / 1.52x (cpu) and 1.39 / 1.46x (paper,
-# reduced), side by side 2.04 / 2.06x and 1.64 / 1.90x. paper: no GPU measured yet.
+# What the CPU measured (benchmarks/bench_fused.py) is in docs/performance.md#fused-trials.
 FUSE_DEFAULTS_NOTE = ("1 on a CPU, where fusing measured no faster than trials side by side; 1 for paper "
                       "until benchmarks/bench_fused.py has measured a GPU")
 
@@ -576,7 +569,7 @@ def make_config(profile: str = "paper", overrides: Mapping[str, Any] | Iterable[
 
 
 def _apply(cfg: RunConfig, values: Mapping[str, Any]) -> RunConfig:
-    values = _upgrade(values)  # the augment flag of earlier versions
+    values = _upgrade(values)  # an `augment` flag becomes its augmentation recipe
     check_field_names(values)
     return dataclasses.replace(cfg, **{key: parse_field(key, value) for key, value in values.items()})
 

@@ -30,7 +30,7 @@ PAPER_CASES = {"jsrt": 247, "montgomery": 138}
 PACKING_KINDS = ("unet", "proposed")
 TRIAL_OVERHEAD_S = 3.0  # a trial's cost outside the engine: actor hand-over, data, dependencies
 
-# Measured on one NVIDIA H200 (torch 2.11 + CUDA 13.0, 2026-11-26, benchmarks/gpu_check_short.sh:
+# Measured on one NVIDIA H200 (torch 2.11 + CUDA 13.0, benchmarks/gpu_check_short.sh:
 # bench_gpu.py at the paper profile, 256 px, batch 4); ranges are given as their middle.
 H200: dict[str, Any] = {
     "device": "NVIDIA H200",

@@ -79,7 +79,7 @@ def test_checkpoints_record_the_preprocessing(lung_model, phantom_folders, tmp_p
 
 @pytest.mark.parametrize("path", ["local", "ray"])
 def test_a_padded_copy_gets_the_same_mask_as_the_film(lung_model, films, tmp_path, request, path):
-    """Acceptance (issue 9): masks of padded and unpadded copies agree after mapping back (J >= 0.98),
+    """Masks of padded and unpadded copies agree after mapping back (J >= 0.98),
     on the plain loop and on Ray (each reader applies the checkpoint's crop)."""
     plain, padded_dir = films
     if path == "ray":

@@ -51,7 +51,7 @@ def test_sweep_on_an_unlabelled_dicom_folder(ray_runtime, sweep_phantoms, tmp_pa
 
 
 def test_a_folder_target_has_a_content_identity(sweep_phantoms, tmp_path):
-    """Trial identity (issue 11) for a folder target: the loader fingerprints it with the grid's
+    """Trial identity for a folder target: the loader fingerprints it with the grid's
     crop setting, the transfer trials carry that fingerprint, and other content gives another."""
     from data_io.dicom import convert_folder
     from sweep.inputs import load_datasets

@@ -1,4 +1,4 @@
-"""The honest label budget (issue 19): a run at f % reads no target label outside its f %, and a
+"""The honest label budget: a run at f % reads no target label outside its f %, and a
 run that only gets worse returns where it started, and says so."""
 from __future__ import annotations
 
