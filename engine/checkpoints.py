@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.data import labelled_foreground_share
 from engine.device import load_scaler_state
 from errors import UserError
 from models.registry import load_torch_file, read_segmenter_checkpoint
@@ -158,7 +159,7 @@ def network_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict, config: d
 def foreground_range(train_masks: Sequence[np.ndarray]) -> list[float] | None:
     """The least and largest per-image foreground share of the training masks (in the cropped
     frame), or None without any."""
-    fractions = [np.asarray(m).reshape(len(m), -1).mean(axis=1) for m in train_masks if len(m)]
+    fractions = [labelled_foreground_share(np.asarray(m).reshape(len(m), -1), axis=1) for m in train_masks if len(m)]
     if not fractions:
         return None
     every = np.concatenate(fractions)

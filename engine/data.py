@@ -8,6 +8,7 @@ import numpy as np
 
 from data_io.preprocess import NORMALISATION
 from engine.metrics import dice_per_image, jaccard_per_image
+from models.losses import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from data_io.cache import CachedDataset
@@ -120,8 +121,18 @@ class SegmentationData:
 
     @property
     def foreground_fraction(self) -> float:
-        return float(self.train_masks.mean())
+        """Foreground share of the labelled training pixels (pseudo-labels may leave some
+        unlabelled: IGNORE_INDEX)."""
+        return labelled_foreground_share(self.train_masks)
 
+
+
+def labelled_foreground_share(masks: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """Share of foreground (1) among the labelled pixels of `masks` (IGNORE_INDEX excluded), over
+    all of them or along `axis`."""
+    labelled = np.count_nonzero(masks != IGNORE_INDEX, axis=axis)
+    share = np.count_nonzero(masks == 1, axis=axis) / np.maximum(labelled, 1)
+    return float(share) if axis is None else share
 
 def segmentation_data(cfg: "RunConfig", dataset: "CachedDataset") -> SegmentationData:
     """Train / second-validation / test arrays of `cfg.task` for JSRT cross-validation fold `cfg.fold`."""

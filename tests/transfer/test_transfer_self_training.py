@@ -43,13 +43,26 @@ def test_pixels_the_teacher_is_unsure_of_are_left_unlabelled(make_cfg, source, m
     teacher = segmenter_from_checkpoint(read_segmenter_checkpoint(trained_segmenter_checkpoint))
     every = PseudoLabeller(cfg, data, torch.device("cpu"))(teacher)[1]
     sure = PseudoLabeller(cfg.replace(pseudo_label_confidence=0.95), data, torch.device("cpu"))
-    masks = sure(teacher)[1]
+    images, masks, _ = sure(teacher)
     probability = sure.probabilities(teacher)
     unsure = np.maximum(probability, 1 - probability) < 0.95
     assert 0 < (masks == IGNORE_INDEX).sum() < masks.size
-    kept = np.sort(np.argsort(-sure.prior.plausibility(probability >= 0.5), kind="stable")[:sure.n_kept])
+    # Which unlabelled image each pseudo-label belongs to, found by the image itself.
+    kept = [next(i for i, u in enumerate(data.target_unlabelled_images) if np.array_equal(u, image))
+            for image in images]
     assert np.array_equal(masks == IGNORE_INDEX, unsure[kept])
     assert np.array_equal(masks[masks != IGNORE_INDEX], every[masks != IGNORE_INDEX])
+
+
+def test_a_student_on_partly_unlabelled_pseudo_labels_trains_with_the_class_weighted_loss(
+        make_cfg, source, mild_target, trained_segmenter_checkpoint, tmp_path):
+    """The class weights come from the foreground share of the labelled pixels only: pixels left
+    unlabelled (IGNORE_INDEX) count as neither class."""
+    cfg = make_cfg(method="self_training", self_training_epochs=1, loss="weighted_ce", pseudo_label_confidence=0.95)
+    result = train_transfer(cfg, transfer_data(cfg, source, mild_target), tmp_path / "st", trained_segmenter_checkpoint)
+    summary = json.loads((tmp_path / "st" / "result.json").read_text())
+    assert summary["pseudo_labels"]["unlabelled_pixel_share"] > 0
+    assert result.epochs_trained == 1 and np.isfinite(result.history[0]["train_loss"])
 
 
 def test_a_student_no_better_than_m_a_falls_back_to_it(make_cfg, source, mild_target, segmenter_checkpoint,
