@@ -459,8 +459,12 @@ class ProposedRun(EpochLoop):
         return {**losses, **self.epoch_balance}
 
     def evaluate(self, metrics: dict[str, Any]) -> tuple[np.ndarray, float]:
-        val_jaccard, val_on = self.validate(self.model)
-        per_image = self.scores(self.model)
+        if self.scores.selection is None:  # the criterion is the validation pass itself: score it once
+            per_image = self.validate.per_image(self.model)
+            val_jaccard, val_on = float(per_image.mean()), self.validate.split
+        else:
+            val_jaccard, val_on = self.validate(self.model)
+            per_image = self.scores(self.model)
         score = float(per_image.mean())
         metrics.update(val_jaccard=val_jaccard, val_split=val_on)
         if self.scores.selection is not None:

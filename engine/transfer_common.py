@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from data_io.preprocess import preprocessing_record
 from engine import checkpoints as ckpt
-from engine.guard import HarmGuard
+from engine.guard import HarmGuard, SourceSide
 from engine.label_budget import LabelPlan
 from engine.scoring import SplitScorer, predict_and_score
 from engine.selection import Decision, KeepBest, TargetSelection
@@ -53,12 +53,7 @@ class ValidationScorer:
             self.scorer = SplitScorer(data.source_val_images, data.source_val_masks, data.source_val_frame, device)
 
     def per_image(self, model: TranslateThenSegment) -> np.ndarray:
-        scored: nn.Module = model
-        if not self.on_target:
-            scored = model.segmenter
-            if model.translator is not None:
-                scored = nn.Sequential(_CycleABA(model.translator), model.segmenter)
-        return self.scorer(scored)[0]
+        return self.scorer(model if self.on_target else SourceSide(model))[0]
 
     def __call__(self, model: TranslateThenSegment) -> tuple[float, str]:
         return float(self.per_image(model).mean()), self.split
@@ -85,15 +80,6 @@ def validation_jaccard(data: TransferData, plan: LabelPlan, model: TranslateThen
                        device: torch.device) -> tuple[float, str]:
     """One validation pass (ValidationScorer) for a run that scores once."""
     return ValidationScorer(data, plan, device)(model)
-
-
-class _CycleABA(nn.Module):
-    def __init__(self, translator: Translator):
-        super().__init__()
-        self.translator = translator
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.translator.cycle_aba(images)
 
 
 def finish_run(cfg: RunConfig, data: TransferData, run_dir: Path, model: TranslateThenSegment, device: torch.device,
