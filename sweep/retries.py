@@ -13,6 +13,11 @@ paper sweep may be on a node that is reclaimed more than once. So the sweep keep
 
 `--retries 0` retries nothing, a lost worker included. A node that Ray drained for preemption
 before it went (`RayActorError.preempted`) is not counted by Tune in the first place.
+
+The lost-worker budget is given back after the fact: Tune decides whether to retry a failure
+before its callbacks hear of it, and one budget cannot both refuse a trial's next own error and
+accept its next lost worker. So a trial that has used up its `--retries` on its own errors and
+then loses its worker fails; `--resume` starts it again from its last checkpoint.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from ray import cloudpickle, tune
 from ray.exceptions import RayActorError, RayTaskError
 from ray.tune import Callback
 
+from errors import UserError
 from sweep.options import LOST_WORKER_RETRIES
 
 
@@ -35,7 +41,7 @@ def lost_worker(error: BaseException | None) -> RayActorError | None:
 
 def failure_config(retries: int) -> tune.FailureConfig:
     if retries < 0:
-        raise ValueError(f"--retries {retries}: must be 0 or more")
+        raise UserError(f"--retries {retries}: must be 0 or more")
     return tune.FailureConfig(max_failures=retries)
 
 
