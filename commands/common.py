@@ -24,7 +24,8 @@ def add_preset_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
         help=f"the protocol, apart from the scale (--profile): {DEFAULT_PRESET} (default: robust augmentation, the "
-             "honest label budget, the balanced GAN, target-aware epoch selection) or paper (the paper's in full: "
+             "honest label budget, the balanced GAN, each method's fixed schedule under the harm guard, fine-tuning "
+             "with source replay) or paper (the paper's in full: "
              + ", ".join(f"{k}={v}" for k, v in PRESETS["paper"].items()) + "); --set overrides it")
 
 

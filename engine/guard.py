@@ -147,9 +147,6 @@ class Evidence:
 
     values: dict[str, np.ndarray]
 
-    def means(self) -> dict[str, float]:
-        return {name: float(value.mean()) for name, value in self.values.items()}
-
 
 class GuardSignals:
     """The signals of SIGNALS for a candidate model, on one transfer run's images. The source

@@ -196,11 +196,6 @@ class KeepBest:
     def compares_start(self) -> bool:
         return self.start_is_candidate and self.criterion != SOURCE_JACCARD
 
-    @property
-    def kept_any(self) -> bool:
-        """Whether a trained epoch was kept (False: none beat where the run started)."""
-        return self.kept_scores is not None
-
     def start(self, scores: np.ndarray) -> None:
         if self.compares_start:
             self.start_scores = np.asarray(scores, float)

@@ -24,7 +24,7 @@ from errors import UserError
 from protocol.config import RunConfig
 from protocol.grid import Grid, TrialSpec, config_hash, spec_to_dict
 from protocol.store import RunStore
-from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of, tuning_cell
+from protocol.tuned import TunedEntry, TuningRecord, provenance, scope_of
 from sweep import resources, retries
 from sweep.driver_lock import DriverLock
 from sweep.inputs import DataPaths, load_trial_datasets
@@ -62,15 +62,6 @@ def search_space(cfg: RunConfig) -> dict[str, Any]:
     if cfg.method == "proposed":
         space.update(PROPOSED_SPACE)
     return space
-
-
-def tuned_cell(base: RunConfig, model: str, task: str, fold: int, method: str | None, label_fraction: float,
-               target: str, repetition: int) -> list[TrialSpec]:
-    """The cell being tuned at one fold (Table I) or repetition (Table II), then its dependencies
-    (protocol.tuned.tuning_cell), with a search space."""
-    specs = tuning_cell(base, model, task, fold, method, label_fraction, target, repetition)
-    search_space(specs[0].config)
-    return specs
 
 
 def _tune_trial(config: dict, datasets: dict) -> None:
