@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from protocol.config import FUSED_TRIALS, GPUS_PER_TRIAL, RunConfig, config_changes
+from protocol.config import RunConfig, config_changes
 from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, Grid, TrialSpec
+from sweep.options import fuse_count, gpu_share
 
 KIND_NAMES = {SEGMENTATION: "Table I", TRANSFER: "Table II", TRANSLATOR_WARMUP: "translator warm-up",
               QUALITATIVE: "Fig. 9 run"}
@@ -29,15 +30,14 @@ class Resources:
     def of(cls, args, profile: str) -> "Resources":
         """From a command's sweep flags; a flag the command lacks (demo: most) takes the sweep's default."""
         gpus = getattr(args, "gpus_per_trial", None)
-        fuse = None
-        if hasattr(args, "fuse"):
-            fuse = FUSED_TRIALS[profile] if args.fuse is None else args.fuse
-        return cls(cpus=float(args.cpus_per_trial), gpus=GPUS_PER_TRIAL[profile] if gpus is None else float(gpus),
-                   gpus_default=gpus is None, fuse=fuse, max_concurrent=getattr(args, "max_concurrent", 0),
-                   retries=getattr(args, "retries", None))
+        fuse = fuse_count(args.fuse, profile) if hasattr(args, "fuse") else None
+        return cls(cpus=float(args.cpus_per_trial), gpus=gpu_share(gpus, profile), gpus_default=gpus is None,
+                   fuse=fuse, max_concurrent=getattr(args, "max_concurrent", 0), retries=getattr(args, "retries", None))
 
     def lines(self, profile: str) -> list[str]:
-        gpu = (f"{self.gpus:g} GPU" + (f" (profile {profile}'s default: {round(1 / self.gpus)} trials per GPU)"
+        from protocol.cost import trials_per_gpu
+
+        gpu = (f"{self.gpus:g} GPU" + (f" (profile {profile}'s default: {trials_per_gpu(self.gpus)} trials per GPU)"
                                        if self.gpus_default and 0 < self.gpus < 1 else ""))
         out = [f"each trial asks for {self.cpus:g} CPU and {gpu}; on a cluster without GPUs it runs on its CPU "
                "share (the GPU share is then ignored, with a message)"]
@@ -65,7 +65,7 @@ def _epochs(specs: Sequence[TrialSpec]) -> str:
     return ",".join(map(str, values))
 
 
-def grid_lines(specs: Sequence[TrialSpec], resources: Resources, say_not_run: str = "") -> list[str]:
+def grid_lines(specs: Sequence[TrialSpec], resources: Resources) -> list[str]:
     """The trials by kind and profile with their epochs and projected GPU-hours, and the total."""
     from protocol.cost import H200, figures_do_not_fit, project
 
@@ -74,14 +74,14 @@ def grid_lines(specs: Sequence[TrialSpec], resources: Resources, say_not_run: st
         recipe = "-" if spec.kind == TRANSLATOR_WARMUP else spec.config.augmentation  # a warm-up trains no segmenter
         rows.setdefault((_row_name(spec), spec.config.profile, recipe), []).append(spec)
     unfit = figures_do_not_fit(s.config for s in specs)
-    projection = None if unfit else project(specs, resources.gpus if resources.gpus > 0 else 1.0)
+    projection = None if unfit else project(specs, resources.gpus)
     header = f"  {'trials':<28} {'profile':<8} {'training':<9} {'count':>5}  {'epochs':<8} {'GPU-hours':>9}"
     lines = [header]
     for (name, profile, recipe), group in rows.items():
         hours = f"{projection.gpu_hours(s.trial_id for s in group):9.2f}" if projection else f"{'-':>9}"
         lines.append(f"  {name:<28} {profile:<8} {recipe:<9} {len(group):>5}  {_epochs(group):<8} {hours}")
     total = f"{projection.gpu_hours():9.2f}" if projection else f"{'-':>9}"
-    lines.append(f"  {'total' + say_not_run:<48} {len(specs):>5}  {'':<8} {total}")
+    lines.append(f"  {'total':<48} {len(specs):>5}  {'':<8} {total}")
     lines.append("")
     if projection is None:
         lines.append(f"projected GPU-hours: none ({unfit}; protocol/cost.py has no figures for that scale)")
@@ -117,9 +117,10 @@ def print_grid(command: str, grid: Grid, base: RunConfig, args, say: Callable[[s
     say(f"[dry run] cxrsweep {command}: {len(runnable)} trials to run"
         + (f", {skipped} cells not applicable (recorded, never run)" if skipped else "")
         + "; no data read, no Ray started, nothing written")
-    for line in grid_lines(runnable, Resources.of(args, base.profile)):
+    resources = Resources.of(args, base.profile)
+    for line in grid_lines(runnable, resources):
         say(line)
-    for line in Resources.of(args, base.profile).lines(base.profile):
+    for line in resources.lines(base.profile):
         say(line)
     for line in config_lines(base, base.profile, args.preset):
         say(line)
@@ -146,7 +147,7 @@ def print_tuning(cells: list[list[TrialSpec]], n_trials: int, base: RunConfig, a
     if unfit:
         say(f"projected GPU-hours: none ({unfit})")
     else:
-        projection = project([s for specs in cells for s in specs], resources.gpus if resources.gpus > 0 else 1.0)
+        projection = project([s for specs in cells for s in specs], resources.gpus)
         hours = projection.gpu_hours(d.trial_id for d in dependencies) + n_trials * projection.gpu_hours(
             specs[0].trial_id for specs in cells)
         say(f"projected: at most {hours:.2f} GPU-hours on the protocol/cost.py figures (every sample trained to the "

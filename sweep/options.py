@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.config import FUSED_TRIALS, GPUS_PER_TRIAL
+
 # Retries of a trial whose worker process or node was lost (a reclaimed spot instance), besides
 # `retries` (sweep.retries). Generous: a retried trial resumes from its last checkpoint, so a loss
 # costs at most the training since then; the bound stops a trial that takes its worker down every
@@ -26,3 +28,13 @@ class SweepOptions:
     progress_every_s: float = 10.0
     fuse: int | None = None  # up to this many trials trained as one computation (None: protocol.config.FUSED_TRIALS)
     object_store_memory: int | None = None  # bytes, for a runtime started here
+
+
+def gpu_share(requested: float | None, profile: str) -> float:
+    """--gpus-per-trial, or the profile's default share (protocol.config.GPUS_PER_TRIAL)."""
+    return float(requested if requested is not None else GPUS_PER_TRIAL[profile])
+
+
+def fuse_count(requested: int | None, profile: str) -> int:
+    """--fuse, or the profile's default (protocol.config.FUSED_TRIALS)."""
+    return int(requested if requested is not None else FUSED_TRIALS.get(profile, 1))

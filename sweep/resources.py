@@ -12,8 +12,7 @@ from typing import Any, Sequence
 import ray
 
 from errors import UserError
-from protocol.config import GPUS_PER_TRIAL
-from sweep.options import SweepOptions
+from sweep.options import SweepOptions, gpu_share
 from sweep.progress import worker_runtime_env
 
 
@@ -64,11 +63,6 @@ def plan_resources(gpus: float, cpus: float, cluster_gpus: float, largest_node_c
     return {"cpu": float(cpus), "gpu": float(gpus)}
 
 
-def gpus_per_trial(options: SweepOptions, profile: str) -> float:
-    """--gpus-per-trial, or the profile's default share (protocol.config.GPUS_PER_TRIAL)."""
-    return float(options.gpus_per_trial if options.gpus_per_trial is not None else GPUS_PER_TRIAL[profile])
-
-
 def trial_resources(options: SweepOptions, profile: str, say=print) -> dict[str, float]:
     """`plan_resources` for the connected cluster; logs what each node offers."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -76,5 +70,5 @@ def trial_resources(options: SweepOptions, profile: str, say=print) -> dict[str,
         offered = {k: v for k, v in node["Resources"].items() if k in ("CPU", "GPU")}
         say(f"[sweep] node {node['NodeID'][:12]} ({node['NodeManagerAddress']}): {offered}")
     largest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    return plan_resources(gpus_per_trial(options, profile), float(options.cpus_per_trial),
+    return plan_resources(gpu_share(options.gpus_per_trial, profile), float(options.cpus_per_trial),
                           ray.cluster_resources().get("GPU", 0), largest, autoscaler_gpu_node_types(), say)

@@ -23,7 +23,6 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
 from protocol.collect import CurrentData, write_results
-from protocol.config import FUSED_TRIALS
 from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import RunStore
@@ -31,7 +30,7 @@ from sweep import resources, retries, test_hooks
 from sweep.driver_lock import DriverLock
 from sweep.fused_trials import run_trial_or_group
 from sweep.inputs import DataPaths, data_identity, data_settings, load_trial_datasets
-from sweep.options import SweepOptions
+from sweep.options import SweepOptions, fuse_count
 from sweep.progress import (
     ProgressRelay,
     SweepProgress,
@@ -84,7 +83,7 @@ class _Runner:
         self.hooks = test_hooks.trial_entries(list(grid.trials.values()))
         profiles = {s.config.profile for s in grid.runnable()}
         self.profile = profiles.pop() if len(profiles) == 1 else "paper"
-        self.fuse = options.fuse if options.fuse is not None else FUSED_TRIALS.get(self.profile, 1)
+        self.fuse = fuse_count(options.fuse, self.profile)
         if self.fuse < 1:
             raise ValueError(f"--fuse must be at least 1, got {self.fuse}")
 
