@@ -287,19 +287,19 @@ def cmd_run(args) -> int:
 def tune_cells(args, base: RunConfig) -> list:
     """`[cell, *dependencies]` of each search `cxrsweep tune` asks for (protocol.tuned.tuning_cell)."""
     from data_io.datasets import check_target_name
+    from protocol.grid import check_folds, check_repetitions
     from protocol.tuned import tuning_cell
 
     method = None if args.method == "supervised" else args.method
     check_target_name(args.target)
     if method is None:
-        folds = args.folds if args.folds is not None else [args.fold]
-        bad = [f for f in folds if not 0 <= f < base.n_folds]
-        if bad or not folds:
-            raise UserError(f"--folds {bad or folds}: outside 0..{base.n_folds - 1}")
+        folds = check_folds(args.folds if args.folds is not None else [args.fold], base.n_folds)
+        if not folds:
+            raise UserError("--folds: none given")
         return [tuning_cell(base, args.model, args.task, fold, None, 0.0, args.target, 0) for fold in folds]
-    repetitions = args.repetitions if args.repetitions is not None else [args.repetition]
-    if not repetitions or any(r < 0 for r in repetitions):
-        raise UserError(f"--repetitions {repetitions}: must be >= 0")
+    repetitions = check_repetitions(args.repetitions if args.repetitions is not None else [args.repetition])
+    if not repetitions:
+        raise UserError("--repetitions: none given")
     return [tuning_cell(base, args.model, args.task, 0, method, args.label_fraction, args.target, repetition)
             for repetition in repetitions]
 

@@ -95,7 +95,11 @@ def log_path(args: argparse.Namespace) -> Path | None:
     """OUT/logs/cxrsweep.log of a command that has a local OUT; None without one (no --out, an
     object-storage URI, a dry run, which writes nothing)."""
     out = getattr(args, "out", None)
-    if out is None or getattr(args, "dry_run", False) or "://" in str(out):
+    if out is None or getattr(args, "dry_run", False):
+        return None
+    from protocol.storage import is_uri  # here: pandas and pyarrow load with it, which a dry run need not
+
+    if is_uri(str(out)):
         return None
     return Path(out) / LOG_FOLDER / LOG_NAME
 

@@ -322,8 +322,6 @@ def transfer_variant(values: Mapping[str, Any]) -> str:
 
 def translator_arguments(cfg: RunConfig) -> dict[str, Any]:
     """The translator's constructor arguments: its registry defaults, overridden by the config."""
-    if cfg.translator not in TRANSLATOR_DEFAULTS:
-        raise ValueError(f"unknown translator {cfg.translator!r}; available: {', '.join(sorted(TRANSLATOR_DEFAULTS))}")
     return {name: getattr(cfg, config_field(name), default)
             for name, default in TRANSLATOR_DEFAULTS[cfg.translator].items()}
 

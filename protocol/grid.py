@@ -40,7 +40,6 @@ from protocol.config import (
     EXECUTION_FIELDS,
     LABEL_FRACTIONS,
     METHODS_NEEDING_TARGET_LABELS,
-    PROFILES,
     SEGMENTATION_MODELS,
     TASKS,
     TRANSFER_METHODS,
@@ -334,14 +333,24 @@ def build_grid(
     return grid
 
 
+def check_folds(folds: list[int], n_folds: int) -> list[int]:
+    """`folds` (--folds), each a JSRT cross-validation fold of `n_folds`."""
+    bad = [f for f in folds if not 0 <= f < n_folds]
+    if bad:
+        raise UserError(f"--folds: {bad} outside 0..{n_folds - 1}")
+    return folds
+
+
+def check_repetitions(repetitions: list[int]) -> list[int]:
+    """`repetitions` (--repetitions), none negative."""
+    if any(r < 0 for r in repetitions):
+        raise UserError(f"--repetitions: {repetitions} must be >= 0")
+    return repetitions
+
+
 def _build_grid(experiment, base, models, tasks, folds, methods, fractions, repetitions, targets, tuned) -> Grid:
     _check_choice("experiment", [experiment], EXPERIMENTS)
-    if base.profile not in PROFILES:
-        raise UserError(f"--profile: unknown profile {base.profile!r}")
-    folds = list(range(base.n_folds)) if folds is None else list(folds)
-    bad_folds = [f for f in folds if not 0 <= f < base.n_folds]
-    if bad_folds:
-        raise UserError(f"--folds: {bad_folds} outside 0..{base.n_folds - 1}")
+    folds = check_folds(list(range(base.n_folds)) if folds is None else list(folds), base.n_folds)
     grid = Grid()
     if experiment in ("segmentation", "all"):
         seg_models = list(models or SEGMENTATION_MODELS)
@@ -367,8 +376,7 @@ def _build_grid(experiment, base, models, tasks, folds, methods, fractions, repe
         bad = [f for f in label_fractions if not 0 <= f <= 100]
         if bad:
             raise UserError(f"--fractions: {bad} outside 0..100 (percent of the target training split)")
-        if any(r < 0 for r in reps):
-            raise UserError(f"--repetitions: {reps} must be >= 0")
+        check_repetitions(reps)
         for target in transfer_targets:
             for task in transfer_tasks:
                 for method in transfer_methods:
