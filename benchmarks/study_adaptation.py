@@ -34,19 +34,18 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from commands.transfer import train_source_model
 from data_io.cache import load_jsrt, load_target
-from engine.data import segmentation_data
 from engine.device import torch_threads
 from engine.guard import SIGNALS, GuardSignals, weigh
 from engine.scoring import SplitScorer
-from engine.supervised import train_supervised
 from engine.transfer import proposed_run, transfer_trainer
 from engine.transfer_data import transfer_data
 from engine.translation import warmup_translator
 from models.loading import TranslateThenSegment
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from protocol.config import make_config
-from protocol.grid import source_model_config
+from protocol.grid import config_hash, source_model_config
 from protocol.run_dir import best_checkpoint_path
 
 TRUTH = ("truth_val", "truth_test")
@@ -61,12 +60,11 @@ def parse_run(text: str) -> tuple[str, str, dict[str, str]]:
     return name, method, pairs
 
 
-def source_model(cfg, source, work: Path) -> Path:
-    m_a_cfg = source_model_config(cfg)
-    run_dir = work / "m_a" / f"rep{cfg.repetition}-{cfg.augmentation}"
-    if not best_checkpoint_path(run_dir).is_file():
-        train_supervised(m_a_cfg, segmentation_data(m_a_cfg, source), run_dir)
-    return best_checkpoint_path(run_dir)
+def source_model(cfg, source, work: Path, regime: str) -> Path:
+    """M_A of the repetition, trained once per regime and M_A config (its hash names the folder)."""
+    run_dir = work / "m_a" / regime / f"rep{cfg.repetition}-{config_hash(source_model_config(cfg))}"
+    path = best_checkpoint_path(run_dir)
+    return path if path.is_file() else train_source_model(cfg, source, run_dir)
 
 
 class Truth:
@@ -93,7 +91,7 @@ def study_run(regime: str, repetition: int, name: str, method: str, overrides: d
                       target="montgomery", repetition=repetition)
     work = Path(args.work)
     data = transfer_data(cfg, source, target)
-    segmenter = source_model(cfg, source, work)
+    segmenter = source_model(cfg, source, work, regime)
     run_dir = work / "runs" / regime / f"rep{repetition}" / name
     if run_dir.exists():
         import shutil
@@ -162,7 +160,8 @@ def guard_verdicts(runs: dict[tuple, list[dict]], regime: str, tolerances: dict[
           f"kept {even[1]} of {even[0]} within it")
 
 
-def report(rows: list[dict], only: str | None = None) -> None:
+def report(rows: list[dict], guard_cfg, only: str | None = None) -> None:
+    """The study's tables; the guard verdicts with `guard_cfg`'s tolerances (the runs' config)."""
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
         if only and not re.search(only, row["run"]):
@@ -194,9 +193,8 @@ def report(rows: list[dict], only: str | None = None) -> None:
                   f"({len(within[name])} runs)")
         rho = spearmanr(deltas["truth_val"], deltas["truth_test"]).statistic if n > 2 else float("nan")
         print(f"  {'(val truth)':>12}: pooled Spearman {rho:+.2f} (labelled validation images: the ceiling)")
-        defaults = make_config("cpu")
-        guard_verdicts(runs, regime, {"source": defaults.guard_source_drop,
-                                      "plausibility": defaults.guard_collapse_drop}, defaults.guard_rescue_gain)
+        guard_verdicts(runs, regime, {"source": guard_cfg.guard_source_drop,
+                                      "plausibility": guard_cfg.guard_collapse_drop}, guard_cfg.guard_rescue_gain)
         print(f"\n  {regime}: the fixed schedule's result (last epoch) against M_A, means over images")
         print(f"  {'run':<28} {'rep':>3} {'M_A test':>8} {'d test':>7} {'d val':>7} "
               + " ".join(f"{'d ' + name[:6]:>8}" for name in SIGNALS))
@@ -246,7 +244,7 @@ def main() -> None:
                         if new:
                             out.writeheader()
                         out.writerows(rows)
-    report(load_rows(path), args.only)
+    report(load_rows(path), make_config(args.profile, args.overrides), args.only)
 
 
 if __name__ == "__main__":
