@@ -112,8 +112,6 @@ def epochs_text(rows: pd.DataFrame) -> str:
 def _annotate_cells(ax, x: np.ndarray, mean: np.ndarray, line: pd.DataFrame, colour) -> None:
     """Beside each point of a method that reads target labels: how many it read, and how many
     repetitions fell back to M_A as it is (Table II's table2_selection has the rules in full)."""
-    if "target_labels_read" not in line:
-        return
     for position, value, labels, fell_back, n in zip(x, mean, line["target_labels_read"], line["n_fell_back"],
                                                      line["n_repetitions_ok"]):
         if not np.isfinite(value):

@@ -303,11 +303,10 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
 def _how_kept(ok: pd.DataFrame) -> dict:
     """How a cell's finished trials chose their model: how many fell back to M_A as it is, each
     rule that decided (with its count of repetitions), and the target labels each read."""
-    rules = ok["selection_rule"].dropna() if "selection_rule" in ok else pd.Series(dtype=str)
-    labels = ok["target_labels_used"].dropna().astype(int) if "target_labels_used" in ok else pd.Series(dtype=int)
-    counts = rules.value_counts(sort=False)
+    labels = ok["target_labels_used"].dropna().astype(int)
+    counts = ok["selection_rule"].dropna().value_counts(sort=False)
     return {
-        "n_fell_back": int((ok["selected_model"] == NO_ADAPTATION).sum()) if "selected_model" in ok else 0,
+        "n_fell_back": int((ok["selected_model"] == NO_ADAPTATION).sum()),
         "selection_rules": "; ".join(f"{rule} (x{count})" for rule, count in counts.items()),
         "target_labels_read": "/".join(str(n) for n in sorted(set(labels))),
     }
@@ -358,8 +357,7 @@ def method_epochs(method: str, rows: pd.DataFrame) -> str:
         return "/".join(str(e) for e in sorted(set(rows["cfg_epochs"].astype(int))))
     if method == "source_only":
         return "0"
-    column = "cfg_self_training_epochs" if method == "self_training" and "cfg_self_training_epochs" in rows \
-        else "cfg_transfer_epochs"
+    column = "cfg_self_training_epochs" if method == "self_training" else "cfg_transfer_epochs"
     transfer = "/".join(str(e) for e in sorted(set(rows[column].astype(int))))
     if method == "proposed":
         return "/".join(str(e) for e in sorted(set(rows["cfg_warmup_epochs"].astype(int)))) + "+" + transfer
@@ -370,7 +368,7 @@ def epoch_budget_notes(trials: pd.DataFrame) -> list[str]:
     """What each transfer method trained for, from the configs the counted trials ran."""
     transfer = trials[(trials["experiment"] == TRANSFER) & (trials["status"] == "ok")]
     finetune = transfer[transfer["method"] == "finetune"]
-    replay = "cfg_source_replay" in finetune and len(finetune) and bool(finetune["cfg_source_replay"].all())
+    replay = len(finetune) > 0 and bool(finetune["cfg_source_replay"].all())
     start = {"finetune": " from M_A" + (" with source replay" if replay else ""),
              "scratch": " from random initialisation", "self_training": " from M_A",
              "proposed": " (translator warm-up + transfer) from M_A"}
