@@ -132,69 +132,131 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.reshape(n, 1, height, width)
 
 
-def robust_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
-                 recipe: RobustRecipe = ROBUST_RECIPE) -> tuple[torch.Tensor, torch.Tensor]:
-    """The robust recipe on a batch (module docstring). All parameters of the batch are drawn at
-    once on the host and staged to the device in one copy; noise is drawn on the device."""
-    n, _, height, width = images.shape
-    device = images.device
-    draw = torch.rand(n, 20, generator=generator)
-    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    draw = draw.to(device, non_blocking=True)
-    # --- geometry: rotation, zoom, aspect, translation on every sample ---
-    angle = (draw[:, 0] * 2 - 1) * math.radians(recipe.rotation_deg)
-    zoom = _log_uniform(draw[:, 1], recipe.zoom)
-    aspect = _log_uniform(draw[:, 2], recipe.aspect)
-    shift = (draw[:, 3:5] * 2 - 1) * recipe.shift * 2  # grid units span 2 per side
+# A batch's uniform draw has DRAW_COLUMNS columns, one row per sample; RobustDraw.of reads them.
+# The column of each parameter and the width are part of what a seed means: a resumed or repeated
+# run replays its augmentations only if both stay as they are (the last column is drawn, unused).
+DRAW_COLUMNS = 20
+
+
+@dataclass(frozen=True)
+class RobustDraw:
+    """The robust recipe's parameters of a batch, one value per sample (tensors of length B; shift [B, 2])."""
+
+    angle: torch.Tensor  # radians
+    zoom: torch.Tensor
+    aspect: torch.Tensor
+    shift: torch.Tensor  # (x, y) in grid units
+    noise: torch.Tensor  # bool: whether Gaussian noise is added
+    noise_variance: torch.Tensor
+    blur_sigma: torch.Tensor  # px; 0: no blur
+    brightness: torch.Tensor  # factor; 1: unchanged
+    contrast: torch.Tensor  # factor; 1: unchanged
+    low_resolution: torch.Tensor  # bool: whether the image is simulated at a lower resolution
+    low_resolution_factor: torch.Tensor  # of the side
+    inverted_gamma: torch.Tensor  # bool
+    inverted_gamma_exponent: torch.Tensor
+    gamma: torch.Tensor  # bool
+    gamma_exponent: torch.Tensor
+
+    @classmethod
+    def of(cls, draw: torch.Tensor, recipe: RobustRecipe) -> "RobustDraw":
+        """The parameters that `draw` (uniform [B, DRAW_COLUMNS]) stands for under `recipe`."""
+        column = draw.unbind(1)
+        return cls(
+            angle=(column[0] * 2 - 1) * math.radians(recipe.rotation_deg),
+            zoom=_log_uniform(column[1], recipe.zoom),
+            aspect=_log_uniform(column[2], recipe.aspect),
+            shift=(draw[:, 3:5] * 2 - 1) * recipe.shift * 2,  # grid units span 2 per side
+            noise=column[5] < recipe.p_noise,
+            noise_variance=_uniform(column[6], recipe.noise_variance),
+            blur_sigma=torch.where(column[7] < recipe.p_blur, _uniform(column[8], recipe.blur_sigma),
+                                   torch.zeros_like(column[8])),
+            brightness=torch.where(column[9] < recipe.p_brightness, _uniform(column[10], recipe.brightness),
+                                   torch.ones_like(column[10])),
+            contrast=torch.where(column[11] < recipe.p_contrast, _uniform(column[12], recipe.contrast),
+                                 torch.ones_like(column[12])),
+            low_resolution=column[13] < recipe.p_low_resolution,
+            low_resolution_factor=_uniform(column[14], recipe.low_resolution),
+            inverted_gamma_exponent=_uniform(column[15], recipe.gamma),
+            inverted_gamma=column[16] < recipe.p_inverted_gamma,
+            gamma_exponent=_uniform(column[17], recipe.gamma),
+            gamma=column[18] < recipe.p_gamma,
+        )
+
+
+def _per_image(values: torch.Tensor) -> torch.Tensor:
+    """Per-sample values [B] shaped to broadcast over images [B, 1, H, W]."""
+    return values.view(-1, 1, 1, 1)
+
+
+def _robust_geometry(images: torch.Tensor, masks: torch.Tensor,
+                     params: RobustDraw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation, zoom, aspect and translation, on every sample."""
     # theta maps output coordinates to input ones: the inverse of magnifying by zoom * sqrt(aspect)
     # horizontally and zoom / sqrt(aspect) vertically, after rotating.
-    sx, sy = 1 / (zoom * aspect.sqrt()), aspect.sqrt() / zoom
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = 1 / (params.zoom * params.aspect.sqrt()), params.aspect.sqrt() / params.zoom
+    cos, sin = torch.cos(params.angle), torch.sin(params.angle)
+    shift = params.shift
     theta = torch.stack([torch.stack([cos * sx, -sin * sy, shift[:, 0]], 1),
                          torch.stack([sin * sx, cos * sy, shift[:, 1]], 1)], 1)
     # What a zoomed-out or shifted film shows beyond the original frame: air, the darkest value
     # of the radiograph (a constant, as nnU-Net pads; its mean-grey 0 would be a band no film has,
     # and a network never shown air beside the body labels it lung on a wider field of view).
-    air = images.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    air = _per_image(images.flatten(1).min(1).values)
     images, masks = _warp(images - air, masks, theta, "zeros")
-    images = images + air
-    # --- noise and blur, in standardised units ---
-    use_noise = (draw[:, 5] < recipe.p_noise).to(images.dtype)
-    noise_std = _uniform(draw[:, 6], recipe.noise_variance).sqrt() * use_noise
-    noise_generator = torch.Generator(device=device).manual_seed(noise_seed)
-    noise = torch.randn(images.shape, generator=noise_generator, device=device, dtype=images.dtype)
-    images = images + noise * noise_std.view(-1, 1, 1, 1)
-    blur = torch.where(draw[:, 7] < recipe.p_blur, _uniform(draw[:, 8], recipe.blur_sigma),
-                       torch.zeros_like(draw[:, 8]))
-    if bool((blur > 0).any()):
-        images = _gaussian_blur(images, blur.to(images.dtype))
-    # --- brightness, contrast, resolution and gamma on [0, 1] by each image's range, clipped ---
+    return images + air, masks
+
+
+def _robust_noise_and_blur(images: torch.Tensor, params: RobustDraw, noise_seed: int) -> torch.Tensor:
+    """Gaussian noise, then Gaussian blur, in standardised units."""
+    noise_std = params.noise_variance.sqrt() * params.noise.to(images.dtype)
+    noise_generator = torch.Generator(device=images.device).manual_seed(noise_seed)
+    noise = torch.randn(images.shape, generator=noise_generator, device=images.device, dtype=images.dtype)
+    images = images + noise * _per_image(noise_std)
+    if bool((params.blur_sigma > 0).any()):
+        images = _gaussian_blur(images, params.blur_sigma.to(images.dtype))
+    return images
+
+
+def _low_resolution(unit: torch.Tensor, params: RobustDraw) -> torch.Tensor:
+    """The images drawn for it brought down to a share of the side (nearest) and back up (bicubic)."""
+    chosen = params.low_resolution.tolist()
+    if not any(chosen):
+        return unit
+    height, width = unit.shape[2:]
+    resampled = []
+    for index, (apply, factor) in enumerate(zip(chosen, params.low_resolution_factor.tolist())):
+        image = unit[index:index + 1]
+        if apply:
+            small = (max(1, round(height * factor)), max(1, round(width * factor)))
+            image = F.interpolate(F.interpolate(image, size=small, mode="nearest"), size=(height, width),
+                                  mode="bicubic", align_corners=False).clamp(0, 1)
+        resampled.append(image)
+    return torch.cat(resampled)
+
+
+def _robust_intensity(images: torch.Tensor, params: RobustDraw) -> torch.Tensor:
+    """Brightness, contrast, resolution and the gammas, on [0, 1] by each image's range, clipped;
+    returns the images in [0, 1] (module docstring: why not on the standardised image)."""
     flat = images.flatten(1)
-    low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
+    low, high = _per_image(flat.min(1).values), _per_image(flat.max(1).values)
     unit = (images - low) / (high - low).clamp_min(1e-6)
-    brightness = torch.where(draw[:, 9] < recipe.p_brightness, _uniform(draw[:, 10], recipe.brightness),
-                             torch.ones_like(draw[:, 10]))
-    unit = (unit * brightness.view(-1, 1, 1, 1)).clamp(0, 1)
-    contrast = torch.where(draw[:, 11] < recipe.p_contrast, _uniform(draw[:, 12], recipe.contrast),
-                           torch.ones_like(draw[:, 12]))
-    mean = unit.flatten(1).mean(1).view(-1, 1, 1, 1)
-    unit = ((unit - mean) * contrast.view(-1, 1, 1, 1) + mean).clamp(0, 1)
-    low_resolution = (draw[:, 13] < recipe.p_low_resolution).tolist()
-    if any(low_resolution):
-        factors = _uniform(draw[:, 14], recipe.low_resolution).tolist()
-        resampled = []
-        for index, (apply, factor) in enumerate(zip(low_resolution, factors)):
-            image = unit[index:index + 1]
-            if apply:
-                small = (max(1, round(height * factor)), max(1, round(width * factor)))
-                image = F.interpolate(F.interpolate(image, size=small, mode="nearest"), size=(height, width),
-                                      mode="bicubic", align_corners=False).clamp(0, 1)
-            resampled.append(image)
-        unit = torch.cat(resampled)
-    gamma = _uniform(draw[:, 15], recipe.gamma).view(-1, 1, 1, 1)
-    inverted = (draw[:, 16] < recipe.p_inverted_gamma).view(-1, 1, 1, 1)
-    unit = torch.where(inverted, 1 - (1 - unit).clamp_min(0) ** gamma, unit)
-    gamma = _uniform(draw[:, 17], recipe.gamma).view(-1, 1, 1, 1)
-    plain = (draw[:, 18] < recipe.p_gamma).view(-1, 1, 1, 1)
-    unit = torch.where(plain, unit.clamp_min(0) ** gamma, unit)
-    return _standardise(unit), masks
+    unit = (unit * _per_image(params.brightness)).clamp(0, 1)
+    mean = _per_image(unit.flatten(1).mean(1))
+    unit = ((unit - mean) * _per_image(params.contrast) + mean).clamp(0, 1)
+    unit = _low_resolution(unit, params)
+    unit = torch.where(_per_image(params.inverted_gamma),
+                       1 - (1 - unit).clamp_min(0) ** _per_image(params.inverted_gamma_exponent), unit)
+    return torch.where(_per_image(params.gamma), unit.clamp_min(0) ** _per_image(params.gamma_exponent), unit)
+
+
+def robust_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
+                 recipe: RobustRecipe = ROBUST_RECIPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The robust recipe on a batch (module docstring). All parameters of the batch are drawn at
+    once on the host and staged to the device in one copy; noise is drawn on the device."""
+    draw = torch.rand(images.shape[0], DRAW_COLUMNS, generator=generator)
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    params = RobustDraw.of(draw.to(images.device, non_blocking=True), recipe)
+    images, masks = _robust_geometry(images, masks, params)
+    images = _robust_noise_and_blur(images, params, noise_seed)
+    return _standardise(_robust_intensity(images, params)), masks
