@@ -240,64 +240,89 @@ def table2_frame(results: Results, ci: str = "t") -> pd.DataFrame:
     The spread is across repetitions when at least two finished; with one, it is the spread
     across that repetition's test images (column `spread_across` says which).
     """
-    transfer = results.trials[results.trials["experiment"] == TRANSFER]
-    images = results.images
     label_free = label_free_methods(results.trials)
-    rows = []
-    for target, task, model, recipe, budget in _transfer_groups(results.trials):
-        group = transfer[(transfer["target"] == target) & (transfer["task"] == task) & (transfer["model"] == model)
-                         & (transfer[RECIPE] == recipe) & (transfer[LABEL_BUDGET] == budget)]
-        fractions = _ordered(LABEL_FRACTIONS, group["label_fraction"].dropna().astype(float))
-        methods = _ordered(TRANSFER_METHODS, group["method"].dropna())
-        for fraction in fractions:
-            for method in methods:
-                cell = group[(group["label_fraction"] == fraction) & (group["method"] == method)]
-                ok = cell[cell["status"] == "ok"]
-                cell_images = _percent(images.loc[images["trial_id"].isin(ok["trial_id"]), "jaccard"])
-                repetition_values = _percent(ok["test_jaccard_mean"])
-                mean, std_across_repetitions, n_repetitions = mean_std(repetition_values)
-                _, std_across_images, n_images = mean_std(cell_images)
-                across_repetitions = n_repetitions >= 2
-                if ci == "t":
-                    ci_low, ci_high = interval(repetition_values if across_repetitions else cell_images, "t")
-                    ci_unit = "repetitions" if across_repetitions else "images"
-                else:
-                    ci_low, ci_high = interval(cell_images, "bootstrap")
-                    ci_unit = "images"
-                paper = paper_values.table_ii_value(target, fraction, method) if _is_paper_setting(
-                    target, task, model) else None
-                kept = _how_kept(ok)
-                rows.append(
-                    {
-                        "target": target,
-                        "task": task,
-                        "model": model,
-                        "augmentation": recipe,
-                        "label_budget": budget,
-                        "label_fraction": float(fraction),
-                        "method": method,
-                        "epochs": method_epochs(method, ok),
-                        "uses_no_target_labels": method in label_free,
-                        "status": cell_status(cell),
-                        "n_repetitions_ok": n_repetitions,
-                        "n_repetitions_failed": int((cell["status"] == "failed").sum()),
-                        "n_images": n_images,
-                        "jaccard_mean_pct": mean,
-                        "jaccard_std_pct": std_across_repetitions if across_repetitions else std_across_images,
-                        "spread_across": ("repetitions" if across_repetitions else "images") if n_repetitions else "",
-                        "ci_method": ci,
-                        "ci_unit": ci_unit,
-                        "jaccard_ci_low_pct": ci_low,
-                        "jaccard_ci_high_pct": ci_high,
-                        "paper_jaccard_mean_pct": paper.mean if paper else math.nan,
-                        "paper_jaccard_std_pct": _std_or_nan(paper) if paper else math.nan,
-                        **kept,
-                    }
-                )
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([_table2_row(group, fraction, method, cell, results.images, label_free, ci)
+                          for group, fraction, method, cell in _table2_cells(results.trials)])
     frame["best_in_row"] = _is_best(frame, "jaccard_mean_pct",
                                     by=["target", "task", "model", "augmentation", "label_budget", "label_fraction"])
     return frame
+
+
+def _table2_cells(trials: pd.DataFrame):
+    """(group, label fraction, method, the cell's transfer trials) in display order: per group
+    (_transfer_groups), every declared fraction and method and any other found, so that a partial
+    sweep shows its gaps as empty cells."""
+    transfer = trials[trials["experiment"] == TRANSFER]
+    for group in _transfer_groups(trials):
+        target, task, model, recipe, budget = group
+        trials_of_group = transfer[(transfer["target"] == target) & (transfer["task"] == task)
+                                   & (transfer["model"] == model) & (transfer[RECIPE] == recipe)
+                                   & (transfer[LABEL_BUDGET] == budget)]
+        fractions = _ordered(LABEL_FRACTIONS, trials_of_group["label_fraction"].dropna().astype(float))
+        methods = _ordered(TRANSFER_METHODS, trials_of_group["method"].dropna())
+        for fraction in fractions:
+            for method in methods:
+                yield group, fraction, method, trials_of_group[(trials_of_group["label_fraction"] == fraction)
+                                                               & (trials_of_group["method"] == method)]
+
+
+def _table2_row(group: tuple[str, str, str, str, str], fraction: float, method: str, cell: pd.DataFrame,
+                images: pd.DataFrame, label_free: set[str], ci: str) -> dict:
+    """Table II's row of one cell: who it is, how its trials ended, their target Jaccard, the
+    paper's value where the setting is the paper's, and how its models were kept."""
+    target, task, model, recipe, budget = group
+    ok = cell[cell["status"] == "ok"]
+    return {
+        "target": target,
+        "task": task,
+        "model": model,
+        "augmentation": recipe,
+        "label_budget": budget,
+        "label_fraction": float(fraction),
+        "method": method,
+        "epochs": method_epochs(method, ok),
+        "uses_no_target_labels": method in label_free,
+        "status": cell_status(cell),
+        **_cell_jaccard(cell, ok, images, ci),
+        **_published_columns(target, task, model, fraction, method),
+        **_how_kept(ok),
+    }
+
+
+def _cell_jaccard(cell: pd.DataFrame, ok: pd.DataFrame, images: pd.DataFrame, ci: str) -> dict:
+    """A cell's repetitions (finished, failed), test images and target Jaccard in percent: the
+    mean of its repetitions' means, the spread and interval across repetitions when at least two
+    finished, else across the test images (a bootstrap interval is always across the images)."""
+    cell_images = _percent(images.loc[images["trial_id"].isin(ok["trial_id"]), "jaccard"])
+    repetition_values = _percent(ok["test_jaccard_mean"])
+    mean, std_across_repetitions, n_repetitions = mean_std(repetition_values)
+    _, std_across_images, n_images = mean_std(cell_images)
+    across_repetitions = n_repetitions >= 2
+    if ci == "t":
+        ci_low, ci_high = interval(repetition_values if across_repetitions else cell_images, "t")
+        ci_unit = "repetitions" if across_repetitions else "images"
+    else:
+        ci_low, ci_high = interval(cell_images, "bootstrap")
+        ci_unit = "images"
+    return {
+        "n_repetitions_ok": n_repetitions,
+        "n_repetitions_failed": int((cell["status"] == "failed").sum()),
+        "n_images": n_images,
+        "jaccard_mean_pct": mean,
+        "jaccard_std_pct": std_across_repetitions if across_repetitions else std_across_images,
+        "spread_across": ("repetitions" if across_repetitions else "images") if n_repetitions else "",
+        "ci_method": ci,
+        "ci_unit": ci_unit,
+        "jaccard_ci_low_pct": ci_low,
+        "jaccard_ci_high_pct": ci_high,
+    }
+
+
+def _published_columns(target: str, task: str, model: str, fraction: float, method: str) -> dict:
+    """The paper's Table II mean and std of the cell; NaN outside the paper's setting or where it printed none."""
+    paper = paper_values.table_ii_value(target, fraction, method) if _is_paper_setting(target, task, model) else None
+    return {"paper_jaccard_mean_pct": paper.mean if paper else math.nan,
+            "paper_jaccard_std_pct": _std_or_nan(paper) if paper else math.nan}
 
 
 def _how_kept(ok: pd.DataFrame) -> dict:
