@@ -71,14 +71,18 @@ def best_of(last: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
 
 class ResumableRun(RunDirectoryPaths):
     """The resume steps both engines share, for a trainer with `cfg`, `run_dir`, `scaler` and the
-    best-so-far bookkeeping (`epoch`, `best_val`, `best_epoch`, `best`, `history`, `duration_s`)."""
+    best-so-far bookkeeping (`epoch`, `best_val`, `best_epoch`, `best`, `history`, `duration_s`).
+    A run whose last.pt is not a segmenter checkpoint (the translator warm-up) overrides `read_state`."""
+
+    def read_state(self, path: Path) -> dict[str, Any]:
+        return read_checkpoint(path)
 
     def read_last(self, comparable: Callable[[dict], dict] = dict) -> dict[str, Any] | None:
         """The run directory's last.pt, or None; refused when the run was started with another
         config (as `comparable` sees both)."""
         if not self.last_path.exists():
             return None
-        state = read_checkpoint(self.last_path)
+        state = self.read_state(self.last_path)
         check_resumable(self.last_path, comparable(state["config"]), comparable(self.cfg.to_dict()))
         return state
 

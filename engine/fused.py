@@ -29,9 +29,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
@@ -40,7 +41,7 @@ from engine import checkpoints as ckpt
 from engine.augmentation import augment
 from engine.data import SegmentationData
 from engine.device import autocast_for, torch_threads
-from engine.loop import EpochCallback
+from engine.loop import EpochCallback, TrainingRun, drive, train_one_epoch
 from engine.supervised import Trainer, check_finite_loss, epoch_seed
 from protocol.config import TRAINER_METHODS, RunConfig, translator_arguments
 from protocol.grid import SEGMENTATION, TRANSFER
@@ -121,10 +122,10 @@ class Member:
     data: SegmentationData | None
     run_dir: Path
     callbacks: Sequence[EpochCallback] = field(default_factory=tuple)
-    trainer: Callable[[], Trainer] | None = None
+    trainer: Callable[[], TrainingRun] | None = None
     step: type | None = None  # the fused step that trains it (None: FusedStep; the group's first member's counts)
 
-    def start(self) -> Trainer:
+    def start(self) -> TrainingRun:
         """The member's Trainer (or run of `step`'s kind), ready for `begin()`."""
         return self.trainer() if self.trainer is not None else Trainer(self.cfg, self.data, Path(self.run_dir))
 
@@ -381,58 +382,65 @@ class FusedStep:
             if self.dropout is not None:
                 self.dropout.current = None
 
-    def train_epoch(self) -> list[dict[str, Any] | BaseException]:
-        """One epoch of every member (each from its own epoch count); per member its metrics, or
-        the exception that failed it."""
-        started = time.perf_counter()
-        outcome: list[dict[str, Any] | BaseException | None] = [None] * len(self.trainers)
-        generators, orders = [], []
+    # --- one epoch of every member, batch by batch (engine.loop.EpochSteps) ---
+    def epoch_batches(self) -> range:
+        """Each member's shuffle and augmentation stream, as its run alone draws them; the batch
+        starts of the longest member's epoch (a shorter member sits out the last ones)."""
+        self.outcome: list[dict[str, Any] | BaseException | None] = [None] * len(self.trainers)
+        self.epoch_generators, self.orders = [], []
         for t in self.trainers:
             t.model.train()
             generator = torch.Generator().manual_seed(epoch_seed(t.cfg.seed, t.epoch))
-            generators.append(generator)
-            orders.append(torch.randperm(len(t.train_images), generator=generator).to(self.device))
+            self.epoch_generators.append(generator)
+            self.orders.append(torch.randperm(len(t.train_images), generator=generator).to(self.device))
         self.base.train()  # a copy of the first member as it was (in eval mode after a validation)
         for layer in (self.dropout.layers.values() if self.dropout else ()):
             layer.eval()  # the member's own masks come in through the hook
-        totals = [torch.zeros((), device=self.device) for _ in self.trainers]
+        self.totals = [torch.zeros((), device=self.device) for _ in self.trainers]
+        return range(0, max(len(order) for order in self.orders), self.trainers[0].cfg.batch_size)
+
+    def training_step(self, start: int) -> None:
+        """One step of every member with a batch at `start`; members of one batch shape share a forward."""
         batch_size = self.trainers[0].cfg.batch_size
-        for start in range(0, max(len(order) for order in orders), batch_size):
-            batches: dict[tuple, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
-            for row, (t, order) in enumerate(zip(self.trainers, orders)):
-                index = order[start:start + batch_size]
-                if outcome[row] is not None or len(index) == 0:
-                    continue
-                try:
-                    images, masks = t.train_images[index], t.train_masks[index].long()
-                    images, masks = augment(t.cfg.augmentation, images, masks, generators[row])
-                except Exception as exc:  # this member's data or augmentation: it fails alone
-                    outcome[row] = exc
-                    continue
-                batches.setdefault(tuple(images.shape), []).append((row, images, masks))
-            stepped: list[int] = []
-            for group in batches.values():
-                rows = [row for row, _, _ in group]
-                out = self._forward(rows, torch.stack([images for _, images, _ in group]))
-                losses = []
-                for j, (row, _, masks) in enumerate(group):
-                    with autocast_for(self.device):
-                        losses.append(self.trainers[row].loss_fn(out[j], masks))
-                    totals[row] += losses[-1].detach() * len(masks)
-                torch.stack(losses).sum().backward()
-                stepped += rows
-            if stepped:
-                self.optimizer.step(sorted(stepped))
-            for p in self.params.values():
-                p.grad = None
+        batches: dict[tuple, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        for row, (t, order) in enumerate(zip(self.trainers, self.orders)):
+            index = order[start:start + batch_size]
+            if self.outcome[row] is not None or len(index) == 0:
+                continue
+            try:
+                images, masks = t.train_images[index], t.train_masks[index].long()
+                images, masks = augment(t.cfg.augmentation, images, masks, self.epoch_generators[row])
+            except Exception as exc:  # this member's data or augmentation: it fails alone
+                self.outcome[row] = exc
+                continue
+            batches.setdefault(tuple(images.shape), []).append((row, images, masks))
+        stepped: list[int] = []
+        for group in batches.values():
+            rows = [row for row, _, _ in group]
+            out = self._forward(rows, torch.stack([images for _, images, _ in group]))
+            losses = []
+            for j, (row, _, masks) in enumerate(group):
+                with autocast_for(self.device):
+                    losses.append(self.trainers[row].loss_fn(out[j], masks))
+                self.totals[row] += losses[-1].detach() * len(masks)
+            torch.stack(losses).sum().backward()
+            stepped += rows
+        if stepped:
+            self.optimizer.step(sorted(stepped))
+        for p in self.params.values():
+            p.grad = None
+
+    def epoch_end(self, started: float) -> list[dict[str, Any] | BaseException]:
+        """Per member its epoch's metrics, or the exception that failed it."""
         train_s = time.perf_counter() - started
         self._unstack()
         results: list[dict[str, Any] | BaseException] = []
         for row, t in enumerate(self.trainers):
-            if outcome[row] is not None:
-                results.append(outcome[row])
+            outcome = self.outcome[row]
+            if outcome is not None:
+                results.append(outcome)
                 continue
-            loss = float(totals[row]) / len(t.train_images)
+            loss = float(self.totals[row]) / len(t.train_images)
             try:
                 t.trained_epoch()
                 check_finite_loss(t, loss)
@@ -443,6 +451,10 @@ class FusedStep:
                             "train_images_per_s": len(t.data.train_images) / max(train_s, 1e-9)})
         return results
 
+    def train_epoch(self) -> list[dict[str, Any] | BaseException]:
+        """One epoch of every member (each from its own epoch count)."""
+        return train_one_epoch(self)
+
     @torch.no_grad()
     def _unstack(self) -> None:
         """Each member's weights, statistics and Adam state back into its own module and optimiser."""
@@ -452,69 +464,87 @@ class FusedStep:
                 buffer.copy_(self.buffers[name][row])
 
 
+class Fused:
+    """engine.loop's strategy for a fused group: each epoch, one `step_type` (FusedStep, or
+    engine.fused_proposed.FusedProposedStep) over the live members' stacked state trains them all;
+    each member's failure is its own. The global random state is each member's own around its
+    step and its epoch's end (what its checkpoint saves and its run alone would hold)."""
+
+    contains_failures = True
+
+    def __init__(self, step_type: type, rng: dict[int, torch.Tensor], grouped: bool | None):
+        self.step_type, self.rng, self.grouped = step_type, rng, grouped
+
+    def train_epoch(self, indices: Sequence[int], runs: Sequence[TrainingRun]) -> list[Any]:
+        step = self.step_type(runs, [self.rng[i] for i in indices], self.grouped)
+        outcomes = step.train_epoch()
+        self.ended_states = dict(zip(indices, step.rng_states))
+        return outcomes
+
+    @contextmanager
+    def ending(self, index: int) -> Iterator[None]:
+        torch.set_rng_state(self.ended_states[index])
+        yield
+        self.rng[index] = torch.get_rng_state()
+
+
+def _start_members(members: Sequence[Member], step_type: type) -> tuple[dict[int, TrainingRun], dict[int, torch.Tensor],
+                                                                          dict[int, BaseException]]:
+    """Each member's run, begun (or resumed), with its global random state as it began; a member
+    that cannot start, or does not share the group's shape (the first started member's), fails alone."""
+    runs: dict[int, TrainingRun] = {}
+    rng: dict[int, torch.Tensor] = {}
+    failed: dict[int, BaseException] = {}
+    for i, member in enumerate(members):
+        try:
+            Path(member.run_dir).mkdir(parents=True, exist_ok=True)
+            run = member.start()  # seeds the global stream
+            own = step_type.shape(run)
+            shape = next((step_type.shape(r) for r in runs.values()), own)
+            if own != shape:
+                raise ValueError(f"fused members must share {', '.join(step_type.FIELDS)}: this one trains "
+                                 f"{own}, the group {shape}")
+            resumed = run.begin()  # or restores it
+            log.info("%s %s fused with %d other run(s) on %s, writing to %s",
+                     "resuming" if resumed else "training", run.describe(), len(members) - 1,
+                     getattr(run, "device", "?"), member.run_dir)
+            runs[i], rng[i] = run, torch.get_rng_state()
+        except Exception as exc:
+            log.exception("%s: could not start", member.run_dir)
+            failed[i] = exc
+    return runs, rng, failed
+
+
 def train_fused(members: Sequence[Member], after_epoch: Callable[[list[int]], None] | None = None,
                 grouped: bool | None = None) -> list[RunResult | BaseException]:
-    """Train the members together; per member (in order) its RunResult, as `train_supervised`
-    returns it, or the exception that failed it. `after_epoch(indices)` is called after each
-    fused epoch with the members that ended an epoch in it (their callbacks have run). `grouped`:
-    see FusedStep (None: the device's way, `grouped_on`)."""
+    """Train the members together on engine.loop's driver; per member (in order) its RunResult, as
+    `train_supervised` returns it, or the exception that failed it. `after_epoch(indices)` is called
+    after each fused epoch with the members that ended an epoch in it (their callbacks have run).
+    `grouped`: see FusedStep (None: the device's way, `grouped_on`)."""
     if not members:
         return []
     step_type = members[0].step or FusedStep
-    results: list[RunResult | BaseException | None] = [None] * len(members)
-    trainers: dict[int, Trainer] = {}
-    rng: dict[int, torch.Tensor] = {}  # each member's own global random state between epochs
-    trained = [0] * len(members)
     outer_rng = torch.get_rng_state()
     try:
         with torch_threads(members[0].cfg.num_threads):
-            for i, member in enumerate(members):
+            runs, rng, failed = _start_members(members, step_type)
+            order = sorted(runs)  # the members that started, by their place in `members`
+            strategy = Fused(step_type, {j: rng[i] for j, i in enumerate(order)}, grouped)
+            trained, failed_training = drive(
+                [runs[i] for i in order], strategy, [members[i].callbacks for i in order],
+                None if after_epoch is None else lambda ended: after_epoch([order[j] for j in ended]))
+            failed.update({order[j]: exc for j, exc in failed_training.items()})
+            results: list[RunResult | BaseException] = []
+            for i in range(len(members)):
+                if i in failed:
+                    results.append(failed[i])
+                    continue
+                j = order.index(i)
                 try:
-                    Path(member.run_dir).mkdir(parents=True, exist_ok=True)
-                    trainer = member.start()  # seeds the global stream
-                    # What the members train must be one computation: the first started is the group's.
-                    own = step_type.shape(trainer)
-                    shape = next((step_type.shape(t) for t in trainers.values()), own)
-                    if own != shape:
-                        raise ValueError(f"fused members must share {', '.join(step_type.FIELDS)}: this one trains "
-                                         f"{own}, the group {shape}")
-                    resumed = trainer.begin()  # or restores it
-                    log.info("%s %s fused with %d other run(s) on %s, writing to %s",
-                             "resuming" if resumed else "training", trainer.describe(), len(members) - 1,
-                             trainer.device, member.run_dir)
-                    trainers[i], rng[i] = trainer, torch.get_rng_state()
+                    torch.set_rng_state(strategy.rng[j])
+                    results.append(runs[i].finish(trained[j]))
                 except Exception as exc:
-                    log.exception("%s: could not start", member.run_dir)
-                    results[i] = exc
-            while True:
-                live = [i for i, t in trainers.items() if results[i] is None and t.epoch < t.total_epochs]
-                if not live:
-                    break
-                started = time.perf_counter()
-                step = step_type([trainers[i] for i in live], [rng[i] for i in live], grouped)
-                outcomes = step.train_epoch()
-                ended = []
-                for i, outcome, state in zip(live, outcomes, step.rng_states):
-                    try:
-                        if isinstance(outcome, BaseException):
-                            raise outcome
-                        torch.set_rng_state(state)  # what the member's checkpoint saves
-                        trainers[i].end_epoch(outcome, started, members[i].callbacks)
-                        rng[i] = torch.get_rng_state()
-                        trained[i] += 1
-                        ended.append(i)
-                    except Exception as exc:
-                        log.error("%s: failed at epoch %d: %s", members[i].run_dir, trainers[i].epoch + 1, exc)
-                        results[i] = exc
-                if after_epoch is not None:
-                    after_epoch(ended)
-            for i, trainer in trainers.items():
-                if results[i] is None:
-                    try:
-                        torch.set_rng_state(rng[i])
-                        results[i] = trainer.finish(trained[i])
-                    except Exception as exc:
-                        results[i] = exc
+                    results.append(exc)
+            return results
     finally:
         torch.set_rng_state(outer_rng)
-    return results  # type: ignore[return-value]

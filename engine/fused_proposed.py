@@ -36,6 +36,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 
 from engine.device import autocast_for
 from engine.fused import PROPOSED_FUSE_FIELDS, grouped_on, proposed_fusable, proposed_fuse_key, stack_adam, unstack_adam
+from engine.loop import train_one_epoch
 from engine.transfer import STEP_CLOCKS, ProposedRun, StepClock
 from engine.translation import LossSums
 
@@ -186,59 +187,70 @@ class FusedProposedStep:
         self._update("S", rows, torch.stack(totals))
         return losses
 
-    def train_epoch(self) -> list[dict[str, Any] | BaseException]:
-        """One epoch of every member (each from its own epoch count); per member its metrics, or
-        the exception that failed it."""
-        outcome: list[dict[str, Any] | BaseException | None] = [None] * len(self.runs)
-        plans = []
+    # --- one epoch of every member, batch by batch (engine.loop.EpochSteps) ---
+    def epoch_batches(self) -> range:
+        """Each member's epoch draws, as its run alone makes them; the steps of the longest
+        member's epoch (a shorter member sits out the last ones)."""
+        self.outcome: list[dict[str, Any] | BaseException | None] = [None] * len(self.runs)
+        self.plans = []
         for row, run in enumerate(self.runs):
             run.model.train()
-            plans.append(run.epoch_draws())  # seeds the global stream: the member's epoch starts from it
+            self.plans.append(run.epoch_draws())  # seeds the global stream: the member's epoch starts from it
             self.rng[row] = torch.get_rng_state()
-        sums = [LossSums() for _ in self.runs]
-        clock = StepClock(self.device, STEP_CLOCKS)
-        for step in range(max(len(batches) for batches, _ in plans)):
-            rows = [row for row, (batches, _) in enumerate(plans) if outcome[row] is None and step < len(batches)]
-            if not rows:
-                break
-            rows, inputs = _per_member(rows, outcome, lambda row: self.runs[row].batch(*plans[row][0][step]))
-            if not rows:
-                continue
-            a = torch.stack([inputs[row][0] for row in rows])
-            b = torch.stack([inputs[row][2] for row in rows])
-            start = clock.now()
-            records = {row: {} for row in rows}
-            for kind in ("D", "G"):
-                losses = self._run(kind, rows, a, b)
-                self._update(kind, rows, losses["total"])
-                for j, row in enumerate(rows):
-                    records[row].update({f"{kind}_{name}": value[j].detach() for name, value in losses.items()})
-                ended = clock.now()
-                clock.add(f"{kind}_s", start, ended)
-                start = ended
-            # (source images, masks, labelled target images, masks), augmented by each member's recipe
-            rows, augmented = _per_member(rows, outcome, lambda row: self.runs[row].augmented(
-                *inputs[row][:2], *inputs[row][3:], plans[row][1]))
-            if rows:
-                for row, losses in self._supervised(rows, augmented).items():
-                    records[row].update(losses)
-            clock.add("S_s", start, clock.now())
-            for row in rows:
-                sums[row].add(records[row])
+        self.sums = [LossSums() for _ in self.runs]
+        self.clock = StepClock(self.device, STEP_CLOCKS)
+        return range(max(len(batches) for batches, _ in self.plans))
+
+    def training_step(self, step: int) -> None:
+        """The three steps of every member with a batch at `step`."""
+        outcome, plans, clock = self.outcome, self.plans, self.clock
+        rows = [row for row, (batches, _) in enumerate(plans) if outcome[row] is None and step < len(batches)]
+        rows, inputs = _per_member(rows, outcome, lambda row: self.runs[row].batch(*plans[row][0][step]))
+        if not rows:
+            return
+        a = torch.stack([inputs[row][0] for row in rows])
+        b = torch.stack([inputs[row][2] for row in rows])
+        start = clock.now()
+        records: dict[int, dict[str, Tensor]] = {row: {} for row in rows}
+        for kind in ("D", "G"):
+            losses = self._run(kind, rows, a, b)
+            self._update(kind, rows, losses["total"])
+            for j, row in enumerate(rows):
+                records[row].update({f"{kind}_{name}": value[j].detach() for name, value in losses.items()})
+            ended = clock.now()
+            clock.add(f"{kind}_s", start, ended)
+            start = ended
+        # (source images, masks, labelled target images, masks), augmented by each member's recipe
+        rows, augmented = _per_member(rows, outcome, lambda row: self.runs[row].augmented(
+            *inputs[row][:2], *inputs[row][3:], plans[row][1]))
+        if rows:
+            for row, losses in self._supervised(rows, augmented).items():
+                records[row].update(losses)
+        clock.add("S_s", start, clock.now())
+        for row in rows:
+            self.sums[row].add(records[row])
+
+    def epoch_end(self, started: float) -> list[dict[str, Any] | BaseException]:
+        """Per member its epoch's metrics, or the exception that failed it."""
         self._unstack()
-        seconds = clock.seconds()
+        seconds = self.clock.seconds()
         results: list[dict[str, Any] | BaseException] = []
         for row, run in enumerate(self.runs):
-            if outcome[row] is not None:
-                results.append(outcome[row])
+            outcome = self.outcome[row]
+            if outcome is not None:
+                results.append(outcome)
                 continue
             try:
-                metrics = run.trained_epoch(run.epoch_losses_of(sums[row], seconds))
+                metrics = run.trained_epoch(run.epoch_losses_of(self.sums[row], seconds))
             except Exception as exc:
                 results.append(exc)
                 continue
             results.append({**metrics, "fused_members": len(self.runs)})
         return results
+
+    def train_epoch(self) -> list[dict[str, Any] | BaseException]:
+        """One epoch of every member (each from its own epoch count)."""
+        return train_one_epoch(self)
 
     @torch.no_grad()
     def _unstack(self) -> None:

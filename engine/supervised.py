@@ -34,7 +34,7 @@ from engine.device import (
     resolve_device,
     torch_threads,
 )
-from engine.loop import EpochCallback, EpochLoop, HighestMean, Selector
+from engine.loop import EpochCallback, EpochLoop, HighestMean, Selector, TrainingDiverged
 from engine.scoring import SplitScorer, predict_and_score
 from models.losses import build_loss
 from models.registry import build_segmenter
@@ -54,10 +54,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def arch_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return {"width": cfg.width, "in_channels": IN_CHANNELS, "num_classes": NUM_CLASSES}
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss of an epoch is not finite: the run has no result to give."""
 
 
 def check_finite_loss(trainer: "Trainer", loss: float) -> None:
@@ -142,26 +138,36 @@ class Trainer(EpochLoop):
                  self.run_dir, self.epoch, self.best_val, self.best_epoch)
         return True
 
-    # --- training and evaluation ---
-    def train_epoch(self) -> float:
+    # --- one epoch's batches and steps (engine.loop.EpochSteps) ---
+    def epoch_batches(self) -> list[torch.Tensor]:
+        """The epoch's shuffle, seeded by (seed, epoch); its generator then draws the augmentation."""
         self.model.train()
-        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.epoch))
-        order = torch.randperm(len(self.train_images), generator=generator).to(self.device, non_blocking=True)
-        total = torch.zeros((), device=self.device)
-        for start in range(0, len(order), self.cfg.batch_size):
-            index = order[start:start + self.cfg.batch_size]
-            images, masks = self.train_images[index], self.train_masks[index].long()
-            images, masks = augment(self.cfg.augmentation, images, masks, generator)
-            images = images.contiguous(memory_format=self.memory_format)
-            with autocast_for(self.device):
-                loss = self.loss_fn(self.model(images), masks)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            # Summed on the device: one host sync per epoch, not per step.
-            total += loss.detach() * len(index)
-        return float(total) / len(order)
+        self.epoch_generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.epoch))
+        order = torch.randperm(len(self.train_images), generator=self.epoch_generator).to(self.device,
+                                                                                         non_blocking=True)
+        # Summed on the device: one host sync per epoch, not per step.
+        self.epoch_loss_sum = torch.zeros((), device=self.device)
+        return list(order.split(self.cfg.batch_size))
+
+    def training_step(self, index: torch.Tensor) -> None:
+        images, masks = self.train_images[index], self.train_masks[index].long()
+        images, masks = augment(self.cfg.augmentation, images, masks, self.epoch_generator)
+        images = images.contiguous(memory_format=self.memory_format)
+        with autocast_for(self.device):
+            loss = self.loss_fn(self.model(images), masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.epoch_loss_sum += loss.detach() * len(index)
+
+    def epoch_end(self, started: float) -> dict[str, Any]:
+        loss = float(self.epoch_loss_sum) / len(self.train_images)
+        self.trained_epoch()
+        train_s = time.perf_counter() - started
+        check_finite_loss(self, loss)
+        return {"train_loss": loss, "train_s": train_s,
+                "train_images_per_s": len(self.data.train_images) / max(train_s, 1e-9)}
 
     def trained_epoch(self) -> None:
         """After an epoch's steps, before it is judged (a fused group calls it for each member too):
@@ -171,15 +177,6 @@ class Trainer(EpochLoop):
     @property
     def total_epochs(self) -> int:
         return self.cfg.epochs
-
-    def epoch_metrics(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        loss = self.train_epoch()
-        self.trained_epoch()
-        train_s = time.perf_counter() - started
-        check_finite_loss(self, loss)
-        return {"train_loss": loss, "train_s": train_s,
-                "train_images_per_s": len(self.data.train_images) / max(train_s, 1e-9)}
 
     def evaluates(self, epoch: int) -> bool:
         return epoch % max(self.cfg.eval_every, 1) == 0 or epoch == self.cfg.epochs

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from engine import checkpoints as ckpt
 from engine.data import SegmentationData
 from engine.label_budget import LabelPlan
-from engine.loop import EpochCallback
 from engine.selection import KeepBest
 from engine.supervised import Trainer
 from engine.transfer_common import (
@@ -126,10 +125,6 @@ class TargetTrainer(Trainer):
                  self.describe(), self.device, len(self.data.train_images), self.cfg.epochs,
                  "M_A" if self.from_source else "random initialisation", self.plan.criterion, self.run_dir)
         return resumed
-
-    def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
-        self.begin()
-        return self.finish(self.fit(callbacks))
 
     def finish(self, trained: int) -> RunResult:
         """The kept epoch (or M_A, when the run's guard refuses it) on the target's test split."""

@@ -367,28 +367,36 @@ class ProposedRun(EpochLoop):
         return (self.source_images[index_a], self.source_masks[index_a].long(), self.target_images[index_b],
                 labelled_b, labelled_masks)
 
-    def train_epoch(self) -> dict[str, float]:
+    # --- one epoch's batches and steps (engine.loop.EpochSteps) ---
+    def epoch_batches(self) -> list[tuple[Tensor, ...]]:
         self.model.train()
-        batches, augmentation = self.epoch_draws()
-        sums, clock = LossSums(), StepClock(self.device, STEP_CLOCKS + (("SEM_s",) if self.semantic else ()))
-        for index_a, index_b, index_l in batches:
-            a, a_masks, b, labelled_b, labelled_masks = self.batch(index_a, index_b, index_l)
-            start = clock.now()
-            record = self.translation.discriminative_step(a, b)
-            after_d = clock.now()
-            record.update(self.translation.generative_step(a, b))
-            after_g = clock.now()
-            record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks, augmentation))
-            after_s = clock.now()
-            clock.add("D_s", start, after_d)
-            clock.add("G_s", after_d, after_g)
-            clock.add("S_s", after_g, after_s)
-            if self.semantic is not None:
-                record.update(self.semantic.step(self.model.translator, self.model.segmenter,
-                                                 self.translation.generator_optimizer, b, a_masks))
-                clock.add("SEM_s", after_s, clock.now())
-            sums.add(record)
-        return self.epoch_losses_of(sums, clock.seconds())
+        batches, self.epoch_augmentation = self.epoch_draws()
+        self.epoch_sums = LossSums()
+        self.epoch_clock = StepClock(self.device, STEP_CLOCKS + (("SEM_s",) if self.semantic else ()))
+        return batches
+
+    def training_step(self, batch: tuple[Tensor, ...]) -> None:
+        """The three steps (and the semantic adversary's, when on) on one batch of indices."""
+        clock = self.epoch_clock
+        a, a_masks, b, labelled_b, labelled_masks = self.batch(*batch)
+        start = clock.now()
+        record = self.translation.discriminative_step(a, b)
+        after_d = clock.now()
+        record.update(self.translation.generative_step(a, b))
+        after_g = clock.now()
+        record.update(self.supervised_step(a, a_masks, labelled_b, labelled_masks, self.epoch_augmentation))
+        after_s = clock.now()
+        clock.add("D_s", start, after_d)
+        clock.add("G_s", after_d, after_g)
+        clock.add("S_s", after_g, after_s)
+        if self.semantic is not None:
+            record.update(self.semantic.step(self.model.translator, self.model.segmenter,
+                                             self.translation.generator_optimizer, b, a_masks))
+            clock.add("SEM_s", after_s, clock.now())
+        self.epoch_sums.add(record)
+
+    def epoch_end(self, started: float) -> dict[str, Any]:
+        return self.trained_epoch(self.epoch_losses_of(self.epoch_sums, self.epoch_clock.seconds()))
 
     def epoch_losses_of(self, sums: LossSums, seconds: dict[str, float]) -> dict[str, float]:
         """An epoch's mean losses (its one host sync), checked finite, and its seconds per step kind."""
@@ -449,9 +457,6 @@ class ProposedRun(EpochLoop):
     def total_epochs(self) -> int:
         return self.cfg.transfer_epochs
 
-    def epoch_metrics(self) -> dict[str, Any]:
-        return self.trained_epoch(self.train_epoch())
-
     def trained_epoch(self, losses: dict[str, float]) -> dict[str, Any]:
         """An epoch's metrics from its losses, trained here or in a fused group (engine.fused_proposed)."""
         self.epoch_losses = losses
@@ -498,10 +503,6 @@ class ProposedRun(EpochLoop):
         scores = self.scores(model)
         self.keeper.start(scores)
         return {"target_score": float(scores.mean()), "val_jaccard": self.validate(model)[0]}
-
-    def run(self, callbacks: Sequence[EpochCallback]) -> RunResult:
-        self.begin()
-        return self.finish(self.fit(callbacks))
 
     def describe(self) -> str:
         return f"proposed {self.data.task} {self.data.target_name} {self.data.label_fraction:g} % " \

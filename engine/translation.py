@@ -11,14 +11,16 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.checkpoints import rng_state as ckpt_rng_state
 from engine.checkpoints import save_atomic
 from engine.device import adam as adam_for
 from engine.device import (
@@ -31,7 +33,9 @@ from engine.device import (
     resolve_device,
     torch_threads,
 )
-from models.registry import build_translator
+from engine.loop import EpochCallback, EpochLoop, TrainingDiverged
+from errors import UserError
+from models.registry import build_translator, load_torch_file
 from models.translators.base import N_ADVERSARIAL_TERMS, Translator
 from protocol.config import translator_arguments, warmup_identity
 from protocol.run_dir import translator_checkpoint_name, translator_samples_name
@@ -44,10 +48,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the warm-up's meaning changes, so that cached translators are not reused wrongly.
 WARMUP_VERSION = 2
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the run fails with this reason rather than going on."""
 
 
 def build_translator_from_config(cfg: "RunConfig") -> Translator:
@@ -317,9 +317,11 @@ def translator_key(cfg: "RunConfig", source_key: str, target_key: str) -> str:
 
 
 def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "CachedDataset", out_dir: str | Path,
-                      device: torch.device | None = None) -> Path:
+                      device: torch.device | None = None, callbacks: Sequence[EpochCallback] = ()) -> Path:
     """Train the translator alone for `cfg.warmup_epochs` on the source and target training
     splits (target labels unused), or return the cached result of an identical earlier warm-up.
+    An interrupted warm-up resumes from its last.pt (in `out_dir`/warmup-KEY, removed once the
+    translator is saved); `callbacks` are called after every epoch, as a training run's.
 
     Returns the path of a translator checkpoint; samples of its translations lie beside it.
     """
@@ -334,44 +336,104 @@ def warmup_translator(cfg: "RunConfig", source: "CachedDataset", target: "Cached
     source_split, target_split = transfer_splits(cfg, len(source.ids), len(target.ids))
     images_a, images_b = source.images[source_split.train], target.images[target_split.train]
     device = device or resolve_device(cfg.device)
+    run_dir = out_dir / f"warmup-{key}"
     with torch_threads(cfg.num_threads):
-        translator, history = train_translation(cfg, images_a, images_b, device)
+        run = WarmupRun(cfg, images_a, images_b, device, run_dir)
+        translator = run.run(callbacks)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_translator(path, translator, cfg, key, history)
+    save_translator(path, translator, cfg, key, run.history)
     save_translation_samples(translator, images_a, images_b, out_dir / translator_samples_name(cfg.translator, key))
+    shutil.rmtree(run_dir, ignore_errors=True)  # its result is the translator checkpoint
     return path
 
 
-def train_translation(cfg: "RunConfig", images_a: np.ndarray, images_b: np.ndarray,
-                      device: torch.device) -> tuple[Translator, list[dict[str, float]]]:
-    """The discriminative and generative steps alternated for `cfg.warmup_epochs` epochs (the
-    images moved to the device once; losses read once per epoch)."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    prepare_device(device)
-    translator = build_translator_from_config(cfg).to(device).train()
-    if cfg.compile:
-        compile_in_place(translator)
-    trainer = TranslationTrainer(translator, cfg)
-    log.info("warming up %s (width %d) on %s: %d source / %d target images, %d epochs", cfg.translator,
-             cfg.translator_width, device, len(images_a), len(images_b), cfg.warmup_epochs)
-    all_a, all_b = as_batch(images_a, device), as_batch(images_b, device)
-    history = []
-    for epoch in range(1, cfg.warmup_epochs + 1):
-        started = time.perf_counter()
-        sums = LossSums()
-        for index_a, index_b in device_batches(paired_batches(len(images_a), len(images_b), cfg.batch_size, rng),
-                                               device):
-            a, b = all_a[index_a], all_b[index_b]
-            sums.add({**trainer.discriminative_step(a, b), **trainer.generative_step(a, b)})
-        losses = sums.means()
-        check_finite(losses, f"translator warm-up epoch {epoch}")
-        balance = adversarial_balance(losses, cfg.w_adv)
-        history.append({"epoch": epoch, **losses, **balance, "seconds": time.perf_counter() - started})
-        log.info("warm-up epoch %d/%d  %s | %s  %.1f s", epoch, cfg.warmup_epochs, format_losses(losses),
-                 format_balance(balance), history[-1]["seconds"])
-        watch_saturation(history, "warm-up")
-    return translator.eval(), history
+class WarmupRun(EpochLoop):
+    """The translator alone on engine.loop: the discriminative and generative steps alternated for
+    `cfg.warmup_epochs` epochs (the images moved to the device once; losses read once per epoch).
+    Nothing is selected (the warm-up's result is its last epoch); its last.pt (translator,
+    optimisers, both random streams) resumes it exactly."""
+
+    def __init__(self, cfg: "RunConfig", images_a: np.ndarray, images_b: np.ndarray, device: torch.device,
+                 run_dir: Path):
+        self.cfg, self.device, self.run_dir = cfg, device, Path(run_dir)
+        torch.manual_seed(cfg.seed)
+        # The index draws' stream runs on across epochs; last.pt carries its state.
+        self.rng = np.random.default_rng(cfg.seed)
+        prepare_device(device)
+        self.translator = build_translator_from_config(cfg).to(device).train()
+        if cfg.compile:
+            compile_in_place(self.translator)
+        self.trainer = TranslationTrainer(self.translator, cfg)
+        self.scaler = self.trainer.generator_scaler  # restored with the others by `trainer.load_state_dict`
+        self.n_a, self.n_b = len(images_a), len(images_b)
+        self.all_a, self.all_b = as_batch(images_a, device), as_batch(images_b, device)
+        self.start_bookkeeping(cfg.checkpoint_every_s)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.cfg.warmup_epochs
+
+    def describe(self) -> str:
+        return f"{self.cfg.translator} warm-up"
+
+    def read_state(self, path: Path) -> dict[str, Any]:
+        state = load_torch_file(path, "translator warm-up checkpoint")
+        if not isinstance(state, dict) or "translator_state" not in state:
+            raise UserError(f"{path}: not a translator warm-up checkpoint")
+        return state
+
+    def begin(self) -> bool:
+        """Resume from last.pt if there is one; whether it resumed."""
+        state = self.read_last()
+        if state is not None:
+            self.translator.load_state_dict(state["translator_state"])
+            self.translator.load_training_state(state["translator_training_state"])
+            self.trainer.load_state_dict(state["optimizers"])
+            self.rng.bit_generator.state = state["index_rng"]
+            self.restore_progress(state)
+            log.info("resuming the %s warm-up in %s from epoch %d", self.cfg.translator, self.run_dir, self.epoch)
+        log.info("warming up %s (width %d) on %s: %d source / %d target images, %d epochs", self.cfg.translator,
+                 self.cfg.translator_width, self.device, self.n_a, self.n_b, self.cfg.warmup_epochs)
+        return state is not None
+
+    def finish(self, epochs_trained: int) -> Translator:
+        return self.translator.eval()
+
+    # --- one epoch's batches and steps (engine.loop.EpochSteps) ---
+    def epoch_batches(self) -> list[tuple[Tensor, ...]]:
+        self.epoch_sums = LossSums()
+        return device_batches(paired_batches(self.n_a, self.n_b, self.cfg.batch_size, self.rng), self.device)
+
+    def training_step(self, batch: tuple[Tensor, ...]) -> None:
+        index_a, index_b = batch
+        a, b = self.all_a[index_a], self.all_b[index_b]
+        self.epoch_sums.add({**self.trainer.discriminative_step(a, b), **self.trainer.generative_step(a, b)})
+
+    def epoch_end(self, started: float) -> dict[str, Any]:
+        losses = self.epoch_sums.means()
+        check_finite(losses, f"translator warm-up epoch {self.epoch + 1}")
+        return {**losses, **adversarial_balance(losses, self.cfg.w_adv), "seconds": time.perf_counter() - started}
+
+    # --- nothing is judged: the log and the saturation watch ---
+    def evaluates(self, epoch: int) -> bool:
+        return False
+
+    def best_metrics(self) -> dict[str, Any]:
+        return {}
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        losses = {name: metrics[name] for name in self.epoch_sums.sums}
+        log.info("warm-up epoch %d/%d  %s | %s  %.1f s", self.epoch, self.cfg.warmup_epochs, format_losses(losses),
+                 format_balance(adversarial_balance(losses, self.cfg.w_adv)), metrics["seconds"])
+
+    def after_epoch(self) -> None:
+        watch_saturation(self.history, "warm-up")
+
+    def _last_state(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict(), "epoch": self.epoch, "translator_state": self.translator.state_dict(),
+                "translator_training_state": self.translator.training_state(), "optimizers": self.trainer.state_dict(),
+                "rng": ckpt_rng_state(), "index_rng": self.rng.bit_generator.state, "best_val_jaccard": self.best_val,
+                "best_epoch": self.best_epoch, "best": None, "history": self.history, "duration_s": self.duration_s}
 
 
 def save_translator(path: Path, translator: Translator, cfg: "RunConfig", key: str, history: list[dict]) -> Path:

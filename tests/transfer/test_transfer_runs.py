@@ -38,6 +38,39 @@ def test_warm_up_is_trained_once_and_reused_by_other_tasks_and_fractions(make_cf
     assert (tmp_path / f"{first.stem}-samples" / "b_to_a.png").is_file()
 
 
+def test_a_killed_warm_up_resumes_to_the_uninterrupted_translator(make_cfg, source, target, tmp_path):
+    """The warm-up runs on the engine's loop: killed after an epoch's checkpoint, it starts again
+    from there and ends with the translator, losses and samples of a run never interrupted (CPU)."""
+    cfg = make_cfg(warmup_epochs=3, checkpoint_every_s=0)
+    whole = torch.load(warmup_translator(cfg, source, target, tmp_path / "whole"), weights_only=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_2(epoch, metrics, run_dir):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        warmup_translator(cfg, source, target, tmp_path / "killed", callbacks=[kill_after_epoch_2])
+    left = list((tmp_path / "killed").glob("warmup-*/checkpoints/last.pt"))
+    assert len(left) == 1 and torch.load(left[0], weights_only=False)["epoch"] == 2
+    epochs = []
+    resumed = torch.load(warmup_translator(cfg, source, target, tmp_path / "killed",
+                                           callbacks=[lambda epoch, metrics, run_dir: epochs.append(epoch)]),
+                         weights_only=False)
+    assert epochs == [3]  # only the epoch the kill left
+    assert not list((tmp_path / "killed").glob("warmup-*")), "the resumable state is removed once the translator is saved"
+    assert resumed["state_dict"].keys() == whole["state_dict"].keys()
+    assert all(torch.equal(resumed["state_dict"][k], whole["state_dict"][k]) for k in whole["state_dict"])
+    losses = [{k: v for k, v in epoch.items() if not k.endswith("_s") and k not in ("seconds", "checkpoint_bytes")}
+              for epoch in resumed["history"]]
+    assert losses == [{k: v for k, v in epoch.items() if not k.endswith("_s") and k not in ("seconds",
+                                                                                          "checkpoint_bytes")}
+                      for epoch in whole["history"]]
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("method", ["finetune", "scratch"])
 def test_methods_that_need_target_labels_are_not_applicable_at_zero(method, make_cfg, data_for, segmenter_checkpoint,
                                                                     tmp_path):
@@ -190,7 +223,8 @@ def test_proposed_epoch_computes_what_a_plain_per_batch_loop_computes(make_cfg, 
         record.update({k: float(v) for k, v in plain.supervised_step(a, masks, labelled, labelled_masks,
                                                                      augmentation).items()})
         records.append(record)
-    assert set(losses) == set(records[0]) | {"D_s", "G_s", "S_s"}
+    assert set(losses) == set(records[0]) | {"D_s", "G_s", "S_s"} | (
+        {"balance_d", "balance_g", "saturated"} if cfg.w_adv > 0 else set())
     for name in records[0]:
         assert losses[name] == pytest.approx(np.mean([r[name] for r in records]), rel=1e-12, abs=1e-15)
     engine_state, plain_state = runs[0].model.state_dict(), plain.model.state_dict()
