@@ -64,11 +64,19 @@ def test_translator_defaults_live_in_the_registry():
 
 
 def test_the_report_draws_the_overlay_colours_the_engine_uses():
-    from analysis.overlays import PREDICTION_COLOUR, TRUTH_COLOUR
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    from analysis.overlays import PREDICTION_COLOUR, TRUTH_COLOUR, _hex
     from data_io.overlays import PREDICTION_RGB, TRUTH_RGB
 
-    assert PREDICTION_COLOUR == "#%02x%02x%02x" % tuple(int(v) for v in PREDICTION_RGB)
-    assert TRUTH_COLOUR == "#%02x%02x%02x" % tuple(int(v) for v in TRUTH_RGB)
+    # The engine keeps one colour as float32 and one as uint8: either gives the hex of its integer values.
+    assert _hex(np.array([255, 40, 40], dtype=np.float32)) == "#ff2828"
+    assert _hex(np.array([40, 255, 40], dtype=np.uint8)) == "#28ff28"
+    assert _hex((0, 0, 0)) == "#000000" and _hex((1, 16, 171)) == "#0110ab"
+    # Read back as matplotlib reads the legend's colours, they are the engine's, whatever those are set to.
+    for colour, rgb in ((PREDICTION_COLOUR, PREDICTION_RGB), (TRUTH_COLOUR, TRUTH_RGB)):
+        assert [round(255 * channel) for channel in to_rgb(colour)] == [int(value) for value in rgb]
 
 
 def test_m_a_of_train_transfer_is_the_sweeps_dependency(monkeypatch, tmp_path):

@@ -1,5 +1,6 @@
-"""Scores computed on the device (engine/scoring.py) equal the numpy reference
-(predict_masks + score_per_image, one image at a time) exactly, with and without content crops."""
+"""Scores computed on the device (engine/scoring.py) equal Jaccard and Dice by their definition
+(|P & T| / |P | T| and 2 |P & T| / (|P| + |T|), both empty 1), worked by hand on small masks and
+computed independently in numpy on phantoms, with and without content crops."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch import nn
 
 from data_io.cache import load_jsrt, load_target
 from data_io.preprocess import CropBox, mask_to_full_frame
-from engine.data import FullFrame, score_per_image
+from engine.data import FullFrame
 from engine.device import predict_masks
 from engine.scoring import FramePlacement, SplitScorer, predict_and_score
 from models.registry import build_segmenter
@@ -36,8 +37,66 @@ class Threshold(nn.Module):
         return torch.cat([-images, images], dim=1)
 
 
+def overlap_by_definition(predictions: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Jaccard and Dice of each [H, W] pair, one image at a time in plain numpy (both empty: 1)."""
+    jaccards, dices = [], []
+    for predicted, true in zip(predictions.astype(bool), truth.astype(bool)):
+        both, either = int((predicted & true).sum()), int((predicted | true).sum())
+        sizes = int(predicted.sum()) + int(true.sum())
+        jaccards.append(both / either if either else 1.0)
+        dices.append(2 * both / sizes if sizes else 1.0)
+    return np.array(jaccards), np.array(dices)
+
+
 def reference(model, images, masks, frame):
-    return score_per_image(predict_masks(model, images, CPU), masks, frame)
+    """The split's scores by definition: predictions on the (cropped) images, placed in the whole
+    frame one image at a time where the images were trimmed, against that frame's truth."""
+    predictions = predict_masks(model, images, CPU)
+    if frame is not None:
+        predictions = np.stack([mask_to_full_frame(p, CropBox.from_row(row), p.shape)
+                                for p, row in zip(predictions, frame.crop_boxes)])
+        masks = frame.masks
+    return overlap_by_definition(predictions, masks)
+
+
+def _square(size: int, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    mask[top:bottom, left:right] = 1
+    return mask
+
+
+def test_scores_of_hand_made_masks():
+    """Pixel counts worked by hand: (|P & T|, |P|, |T|) -> Jaccard, Dice."""
+    empty = np.zeros((4, 4), np.uint8)
+    predictions = np.stack([_square(4, 0, 0, 2, 2),  # 4 px, truth 4 px, 2 shared: 2/6, 4/8
+                            empty,  # nothing there, nothing predicted: perfect
+                            empty,  # 3 px missed entirely
+                            _square(4, 1, 1, 3, 4),  # the truth itself (6 px)
+                            _square(4, 0, 0, 1, 2),  # 2 px inside 8 px of truth: 2/8, 4/10
+                            _square(4, 0, 0, 4, 4)])  # all 16 px over 1 px of truth: 1/16, 2/17
+    truth = np.stack([_square(4, 0, 1, 2, 3), empty, _square(4, 3, 0, 4, 3), _square(4, 1, 1, 3, 4),
+                      _square(4, 0, 0, 2, 4), _square(4, 2, 2, 3, 3)])
+    expected_jaccard = [1 / 3, 1.0, 0.0, 1.0, 0.25, 1 / 16]
+    expected_dice = [0.5, 1.0, 0.0, 1.0, 0.4, 2 / 17]
+    scorer = SplitScorer(np.zeros((6, 4, 4), np.float32), truth, None, CPU)
+    jaccards, dices = scorer.score(torch.from_numpy(predictions))
+    np.testing.assert_allclose(jaccards, expected_jaccard, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(dices, expected_dice, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(overlap_by_definition(predictions, truth), [expected_jaccard, expected_dice],
+                               rtol=0, atol=1e-15)
+
+
+def test_a_trimmed_image_is_scored_in_its_whole_frame():
+    """An 8 x 8 film cropped to its top half (rows 0-3): a prediction of all foreground on the crop
+    lies on rows 0-3 of the frame; the truth's rows 0-5 (48 px) lose the 16 px the crop cut
+    away: Jaccard 32/48, Dice 64/80. The untrimmed second image is scored as it is."""
+    frame = FullFrame(masks=np.stack([_square(8, 0, 0, 6, 8), _square(8, 0, 0, 8, 4)]),
+                      crop_boxes=np.array([CropBox(0, 0, 4, 8, 8, 8).as_row(), CropBox.full(8, 8).as_row()]))
+    predictions = np.stack([np.ones((8, 8), np.uint8), _square(8, 0, 0, 8, 2)])  # second: 16 of the truth's 32 px
+    scorer = SplitScorer(np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.uint8), frame, CPU)
+    jaccards, dices = scorer.score(torch.from_numpy(predictions))
+    np.testing.assert_allclose(jaccards, [2 / 3, 0.5], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(dices, [0.8, 2 / 3], rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", ["threshold", "unet"])

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.label_budget import HOLD_OUT_MIN, held_out_count, label_plan
+from engine.label_budget import HOLD_OUT_MIN, held_out_count, held_out_positions, label_plan
 from engine.transfer import train_transfer
 from engine.transfer_data import transfer_data
 from protocol.run_dir import FIXED_SCHEDULE, HELD_OUT_JACCARD, TARGET_JACCARD, TARGET_PLAUSIBILITY
@@ -32,7 +32,7 @@ def test_the_fixed_schedule_trains_on_every_label_of_the_fraction_and_reads_no_o
 
 def test_the_honest_plan_that_chooses_epochs_splits_the_fraction_s_own_labels_and_nothing_else(make_cfg, data_for):
     few = data_for(make_cfg(label_fraction=50.0))  # 3 of 6 training images: too few to hold any back
-    assert few.n_labelled < HOLD_OUT_MIN
+    assert few.n_labelled == 3 < HOLD_OUT_MIN
     plan = label_plan(make_cfg(label_fraction=50.0, selection="target"), few)
     assert plan.criterion == TARGET_PLAUSIBILITY and plan.n_train == few.n_labelled and plan.n_select == 0
     assert plan.record()["target_labels_used"] == few.n_labelled
@@ -41,7 +41,8 @@ def test_the_honest_plan_that_chooses_epochs_splits_the_fraction_s_own_labels_an
     data = data_for(cfg)
     plan = label_plan(cfg, data)
     assert plan.criterion == HELD_OUT_JACCARD
-    assert plan.n_select == held_out_count(data.n_labelled) >= 2 and plan.n_train + plan.n_select == data.n_labelled
+    # 6 labelled images: a fifth rounds to 1, so the floor of 2 holds back 2 and 4 train.
+    assert data.n_labelled == 6 and (plan.n_select, plan.n_train) == (2, 4)
     trained, held = _rows(data, plan.train_images), _rows(data, plan.select_images)
     assert not set(trained) & set(held)
     assert sorted(trained + held) == sorted(data.target_labelled_positions)
@@ -50,6 +51,19 @@ def test_the_honest_plan_that_chooses_epochs_splits_the_fraction_s_own_labels_an
     paper = label_plan(cfg.replace(label_budget="paper"), data)
     assert paper.criterion == TARGET_JACCARD and paper.n_train == data.n_labelled
     assert paper.n_select == len(data.target_val_images)
+
+
+@pytest.mark.parametrize("n_labelled,held", [(0, 0), (1, 0), (4, 0), (5, 2), (6, 2), (8, 2), (10, 2), (12, 2),
+                                              (13, 3), (18, 4), (20, 4), (82, 16)])
+def test_five_or_more_labels_hold_back_a_seeded_fifth_at_least_two(n_labelled, held):
+    """The documented rule (engine/label_budget.py, docs/adaptation.md), worked by hand: under 5
+    labelled images none are held back; from 5 on, a fifth to the nearest image (12 -> 2.4 -> 2,
+    13 -> 2.6 -> 3; Montgomery at 10 % is 8 -> 2, at 100 % 82 -> 16), never fewer than 2."""
+    assert held_out_count(n_labelled) == held
+    positions = held_out_positions(n_labelled, seed=0, repetition=1)
+    assert len(positions) == held and len(set(positions.tolist())) == held
+    assert list(positions) == sorted(positions) and all(0 <= p < n_labelled for p in positions)
+    np.testing.assert_array_equal(positions, held_out_positions(n_labelled, seed=0, repetition=1))
 
 
 def _poisoned(data):
