@@ -23,8 +23,7 @@ from engine.supervised import Trainer
 from engine.transfer_common import (
     CandidateScorer,
     ValidationScorer,
-    fall_back_to_source,
-    finish_run,
+    conclude,
     judge,
     selection_record,
 )
@@ -136,17 +135,8 @@ class TargetTrainer(Trainer):
         summary = {**selection_record(self.plan.criterion, decision, self.best_val, self.best_epoch,
                                       self.no_adaptation, cfg.selection_margin, self.plan, cfg.guard),
                    "val_split": self.val_split, **self.extra_summary()}
-        if decision is not None and not decision.keep_adaptation:
-            model, best_epoch, val_jaccard = fall_back_to_source(
-                cfg, data, self.run_dir, self.source_model, self.device, f"{self.name}: the kept epoch",
-                self.best_epoch, self.best_val, self.no_adaptation, decision, self.plan.criterion)
-        else:
-            ckpt.save_atomic(self.best, self.best_path)
-            best_epoch = self.best_epoch
-            val_jaccard = next(h["val_jaccard"] for h in self.history if h["epoch"] == self.best_epoch)
-        duration_s = self.duration_s + time.perf_counter() - started
-        return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch, val_jaccard=val_jaccard,
-                          duration_s=duration_s, epochs_trained=trained, history=self.history, summary_extra=summary)
+        return conclude(self, cfg, data, model, decision, summary, f"{self.name}: the kept epoch", self.plan.criterion,
+                        self.duration_s + time.perf_counter() - started, trained)
 
     def extra_summary(self) -> dict[str, Any]:
         return {}

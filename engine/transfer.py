@@ -53,7 +53,7 @@ from engine.target_training import TargetTrainer, target_trainer
 from engine.transfer_common import (
     CandidateScorer,
     ValidationScorer,
-    fall_back_to_source,
+    conclude,
     finish_run,
     judge,
     save_source_model_as_best,
@@ -534,17 +534,8 @@ class ProposedRun(EpochLoop):
         decision = judge(cfg, data, self.plan, self.keeper, self.model if self.best is not None else None,
                          self.source_model, self.device)
         summary = self.summary(decision)
-        if decision is not None and not decision.keep_adaptation:
-            model, best_epoch, val_jaccard = fall_back_to_source(
-                cfg, data, self.run_dir, self.source_model, self.device, "proposed: the kept adapted epoch",
-                self.best_epoch, self.best_val, self.no_adaptation, decision, self.criterion)
-        else:
-            model, best_epoch = self.model, self.best_epoch
-            val_jaccard = self.history[self.best_epoch - 1]["val_jaccard"]
-            ckpt.save_atomic(self.best, self.best_path)
-        return finish_run(cfg, data, self.run_dir, model, self.device, best_epoch=best_epoch,
-                          val_jaccard=val_jaccard, duration_s=self.duration_s, epochs_trained=trained,
-                          history=self.history, summary_extra=summary, sample_translator=self.model.translator)
+        return conclude(self, cfg, data, self.model, decision, summary, "proposed: the kept adapted epoch",
+                        self.criterion, self.duration_s, trained, sample_translator=self.model.translator)
 
     def summary(self, decision) -> dict[str, Any]:
         """What result.json adds for the proposed method: which model was kept and why, and whether

@@ -165,6 +165,25 @@ def fall_back_to_source(cfg: RunConfig, data: TransferData, run_dir: Path, sourc
     return TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device), 0, no_adaptation["val_jaccard"]
 
 
+def conclude(run: Any, cfg: RunConfig, data: TransferData, model: nn.Module | None, decision: Decision | None,
+             summary: dict, kept: str, criterion: str, duration_s: float, epochs_trained: int,
+             sample_translator: Translator | None = None) -> RunResult:
+    """The end every transfer run shares: its kept result, or M_A as it is where the guard's
+    `decision` refuses it (fall_back_to_source), on the target's test split. `run` is the
+    engine.loop run that trained it (its run directory, device, best epoch and history)."""
+    if decision is not None and not decision.keep_adaptation:
+        model, best_epoch, val_jaccard = fall_back_to_source(
+            cfg, data, run.run_dir, run.source_model, run.device, kept, run.best_epoch, run.best_val,
+            run.no_adaptation, decision, criterion)
+    else:
+        ckpt.save_atomic(run.best, run.best_path)
+        best_epoch = run.best_epoch
+        val_jaccard = next(h["val_jaccard"] for h in run.history if h["epoch"] == run.best_epoch)
+    return finish_run(cfg, data, run.run_dir, model, run.device, best_epoch=best_epoch, val_jaccard=val_jaccard,
+                      duration_s=duration_s, epochs_trained=epochs_trained, history=run.history,
+                      summary_extra=summary, sample_translator=sample_translator)
+
+
 def selection_rule(criterion: str, guard: str, decision: Decision | None) -> str:
     """In words, how a transfer run's model was chosen and what decided it (Table II names it per
     cell): the epoch ("fixed schedule" or the criterion that chose it), then the guard's verdict."""
