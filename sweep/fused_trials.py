@@ -26,7 +26,7 @@ from ray import tune
 
 from protocol.grid import SEGMENTATION, TRANSFER, spec_from_dict
 from protocol.store import RunStore
-from sweep import test_hooks
+from sweep import failpoints
 from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
 from sweep.trainables import (
     SCRATCH,
@@ -150,10 +150,9 @@ class _Group:
             self.recorders[trial_id] = _MemberRecorder(self.stats[trial_id])
             resumed = trial_id in restored
             entry = self.entries[trial_id]
-            hooks = test_hooks.trial_callbacks({k: v for k, v in entry.items() if k != "hold_at_epoch"}, self.store,
-                                               trial_id, resumed)
-            self.holds[trial_id] = test_hooks.trial_callbacks({"hold_at_epoch": entry.get("hold_at_epoch")},
-                                                              self.store, trial_id, resumed)
+            hooks = failpoints.failure_callbacks(entry, self.store, trial_id, resumed)
+            # A member's hold runs after the group's report (`after_epoch`), as a trial alone holds.
+            self.holds[trial_id] = failpoints.hold_callbacks(entry, self.store, trial_id)
             log.info("[trial %s] %s in a fused group of %d on node %s (%s), device %s, %d thread(s)", trial_id,
                      "resuming from its checkpoint" if resumed else "starting", len(self.specs), node_id[:12],
                      socket.gethostname(), cfg.device, cfg.num_threads)
@@ -191,7 +190,7 @@ class _Group:
             if recorder.wrote:
                 recorder.stats.seconds += time.perf_counter() - report_started
                 recorder.wrote = False
-        for i, recorder in zip(ended, recorders):  # the hold test hook, after the report (as a trial alone holds)
+        for i, recorder in zip(ended, recorders):  # the hold failpoint, after the report (as a trial alone holds)
             for hold in self.holds[self.order[i]]:
                 hold(recorder.metrics.get("epoch", 0), recorder.metrics, self.group_dir / self.order[i])
 

@@ -26,8 +26,9 @@ from protocol.collect import CurrentData, write_results
 from protocol.durations import format_duration
 from protocol.grid import QUALITATIVE, Grid, TrialSpec, spec_to_dict
 from protocol.store import RunStore
-from sweep import resources, retries, test_hooks
+from sweep import resources, retries
 from sweep.driver_lock import DriverLock
+from sweep.failpoints import FAILPOINTS
 from sweep.fused_trials import run_trial_or_group
 from sweep.inputs import DataPaths, data_identity, data_settings, load_trial_datasets
 from sweep.options import SweepOptions, fuse_count
@@ -80,7 +81,7 @@ class _Runner:
         self.resources: dict[str, float] | None = None
         self.outcome = SweepOutcome()
         self.started = time.time()
-        self.hooks = test_hooks.trial_entries(list(grid.trials.values()))
+        self.failpoints = FAILPOINTS.trial_entries(list(grid.trials.values()))
         profiles = {s.config.profile for s in grid.runnable()}
         self.profile = profiles.pop() if len(profiles) == 1 else "paper"
         self.fuse = fuse_count(options.fuse, self.profile)
@@ -123,7 +124,7 @@ class _Runner:
         """What the trainable gets for `spec` (see sweep.trainables.run_trial)."""
         entry: dict[str, Any] = {"spec": spec_to_dict(spec),
                                  "dependencies": [spec_to_dict(self.grid.trials[d]) for d in spec.depends_on]}
-        entry.update(self.hooks.get(spec.trial_id, {}))
+        entry.update(self.failpoints.get(spec.trial_id, {}))
         return entry
 
     def _run(self, specs: list[TrialSpec], published: set[str], resume: bool) -> None:

@@ -128,7 +128,7 @@ class DependencyRelease(Searcher):
     """A Tune searcher over a fixed list of trials: `suggest` hands out the next ready trial's
     config (`{"trial": entry}`), None while none is ready, FINISHED when none is left.
 
-    `entries` maps trial id -> what the trainable receives (spec, dependencies, test hooks).
+    `entries` maps trial id -> what the trainable receives (spec, dependencies, failpoints).
     `out` is the sweep's output location: a trial counts as finished only once it is published
     there (or recorded as not applicable). Trials dropped because a dependency failed are told
     to the driver's progress (sweep.progress.relay_dropped).

@@ -39,7 +39,7 @@ from inference.inputs import ImageItem, batches, item_columns
 from inference.local import Progress
 from inference.output import SegmentOutput
 from inference.stages import BatchModel, CheckpointInfo, encode_batch, read_batch, segment_batch
-from sweep import test_hooks
+from sweep import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,10 @@ class SegmentWorker:
     process between its tasks (`_cached_worker`)."""
 
     def __init__(self, checkpoint: str, sha256: str, device: str, threads: int, info: CheckpointInfo,
-                 overlays: str):
+                 overlays: str, exit_marker: str | None = None):
         self.model = BatchModel(checkpoint, sha256, device=device, threads=threads)
         self.info, self.overlays = info, overlays
+        self.exit_marker = exit_marker  # FAILPOINTS.exit_segment_worker_once, armed in the driver
         self.calls = 0
 
     def segment(self, items: list[ImageItem]) -> dict:
@@ -88,7 +89,7 @@ class SegmentWorker:
 
     def _hook(self) -> None:
         self.calls += 1
-        test_hooks.after_segment_batch(self.calls)  # CXRSWEEP_SEGMENT_HOOK
+        failpoints.after_segment_batch(self.calls, self.exit_marker)
 
 
 _workers: dict[tuple, SegmentWorker] = {}  # in a worker process: its network, kept between tasks
@@ -161,12 +162,12 @@ def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptio
     log.info("segment on Ray: %d image(s), %d model worker(s) on %s (%d torch thread(s) each), batches of %d, %s",
              len(items), workers, device, threads, options.batch_size,
              "read / network / encode stages" if staged else "each worker reads, segments, encodes")
-    runtime_env = test_hooks.segment_runtime_env()
-    arguments = (str(Path(checkpoint).resolve()), info.sha256, device, threads, info, overlays)
+    arguments = (str(Path(checkpoint).resolve()), info.sha256, device, threads, info, overlays,
+                 failpoints.FAILPOINTS.segment_exit_marker)
     if staged:
         actor = ray.remote(SegmentWorker).options(
             num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None, max_restarts=WORKER_RESTARTS,
-            max_task_retries=TASK_RETRIES, runtime_env=runtime_env)
+            max_task_retries=TASK_RETRIES)
         pool = [actor.remote(*arguments) for _ in range(workers)]
         read = ray.remote(read_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
         encode = ray.remote(encode_batch).options(num_cpus=1, max_retries=TASK_RETRIES)
@@ -181,7 +182,7 @@ def _run(items, output: SegmentOutput, checkpoint: str | Path, options: RayOptio
         # As many CPUs as the worker's torch threads, so Ray runs no more tasks at once than there
         # are cores for them.
         task = ray.remote(_segment_task).options(num_cpus=max(options.cpus_per_worker, threads),
-                                                 max_retries=TASK_RETRIES, runtime_env=runtime_env)
+                                                 max_retries=TASK_RETRIES)
 
         def submit(chunk: list[ImageItem]):
             return task.remote(arguments, chunk)

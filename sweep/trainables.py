@@ -12,8 +12,8 @@ trial's checkpoint count, bytes and seconds go into its trial.json.
 Trials never open dataset paths: the arrays arrive through the object store
 (`tune.with_parameters`), and dependencies (M_A, warmed translators) are read from OUT.
 
-Test hooks (`CXRSWEEP_INJECT_FAILURE`, `CXRSWEEP_HOLD`): the driver puts them into the entries of
-the trials they match, and `run_trial` adds their callbacks.
+Failpoints (sweep.failpoints, armed by tests only): the driver puts the armed ones into the entries
+of the trials they match (`inject_failure`, `hold_at_epoch`), and `run_trial` adds their callbacks.
 """
 from __future__ import annotations
 
@@ -31,10 +31,11 @@ import ray
 from ray import tune
 
 from engine.transfer_data import hide_test
-from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, spec_from_dict
+from protocol.config import RunConfig
+from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, TrialSpec, spec_from_dict
 from protocol.run_dir import NO_ADAPTATION, RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
 from protocol.store import RunStore
-from sweep import test_hooks
+from sweep import failpoints
 from sweep.progress import ENGINE_LOGGERS, RAY_LOGGERS, ray_log_path, send_ray_messages_to
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,10 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     """One Table I / II trial, translator warm-up or qualitative (Fig. 9) transfer run.
 
     `config["trial"]` holds `spec` (a serialised TrialSpec), `dependencies` (the specs it
-    needs) and the optional test hooks `inject_failure` and `hold_at_epoch` (sweep.test_hooks); `config` also holds
-    `out` (where the trial publishes), optionally `dependencies_out` (where its dependencies
-    lie, default `out`), `cpus` (the trial's CPU share) and `tuning` (a tuning trial: its
-    validation split stands in for its test split, engine.transfer_data.hide_test)."""
-    from engine.supervised import train_supervised
-
+    needs) and the optional failpoints `inject_failure` and `hold_at_epoch` (sweep.failpoints);
+    `config` also holds `out` (where the trial publishes), optionally `dependencies_out` (where its
+    dependencies lie, default `out`), `cpus` (the trial's CPU share) and `tuning` (a tuning trial:
+    its validation split stands in for its test split, engine.transfer_data.hide_test)."""
     started_at = time.time()
     trial = config["trial"]
     spec = spec_from_dict(trial["spec"])
@@ -186,42 +185,80 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
 
     checkpoints = CheckpointStats.restored(run_dir)
     callbacks: list = [_EpochReporter(checkpoints)]
-    callbacks += test_hooks.trial_callbacks(trial, store, spec.trial_id, resumed)
+    callbacks += failpoints.trial_callbacks(trial, store, spec.trial_id, resumed)
 
-    view = hide_test if config.get("tuning") else (lambda data: data)
-    final: dict[str, Any] = {}
-    engine_started = time.perf_counter()
-    if spec.kind == SEGMENTATION:
-        from engine.data import segmentation_data
-
-        result = train_supervised(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
-        final = _final_metrics(result)
-    elif spec.kind == TRANSLATOR_WARMUP:
-        from engine.translation import warmup_translator
-
-        warmup_translator(cfg, datasets["jsrt"], datasets[cfg.target], run_dir)
-    elif spec.kind in (TRANSFER, QUALITATIVE):
-        from engine.transfer import NotApplicable, train_transfer
-
-        try:
-            data, segmenter, translator = transfer_inputs(cfg, datasets, config, trial, view)
-            result = train_transfer(cfg, data, run_dir, segmenter_checkpoint=segmenter,
-                                    translator_checkpoint=translator, callbacks=callbacks)
-        except NotApplicable as reason:
-            if spec.kind == QUALITATIVE:
-                raise  # a Fig. 9 run the engine refuses is a failure, never a quiet gap
-            # The engine knows cells the grid cannot see (e.g. a target without these labels).
-            store.record_not_applicable(spec, str(reason))
-            tune.report({"not_applicable": 1})
-            return
-        final = {**_final_metrics(result), **trial_notes(run_dir)}
-    else:
+    train = _TRAIN_BY_KIND.get(spec.kind)
+    if train is None:
         raise ValueError(f"{spec.trial_id}: unknown trial kind {spec.kind!r}")
-
+    engine_started = time.perf_counter()
+    final = train(_TrialRun(spec, cfg, config, datasets, store, run_dir, callbacks))
+    if final is None:
+        return  # not applicable: recorded in OUT and reported, nothing to publish
     engine_s = time.perf_counter() - engine_started  # the engine call, per-epoch reports and checkpoints included
     store.publish(spec, run_dir, trial_record(spec.trial_id, cfg.device, engine_s, started_at, checkpoints))
     shutil.rmtree(run_dir, ignore_errors=True)  # published; the worker's scratch copy is not needed any more
     tune.report({**final, "published": 1})
+
+
+@dataclass
+class _TrialRun:
+    """What `run_trial` hands the training function of a trial's kind."""
+
+    spec: TrialSpec
+    cfg: RunConfig  # as this worker runs it (trial_config)
+    config: dict  # the trainable's config (see run_trial)
+    datasets: dict[str, Any]
+    store: RunStore
+    run_dir: Path
+    callbacks: list
+
+    def view(self, data):
+        """The data as the trial sees it: a tuning trial's validation split stands in for its test split."""
+        return hide_test(data) if self.config.get("tuning") else data
+
+
+def _train_segmentation(run: _TrialRun) -> dict[str, Any]:
+    """A Table I trial (or a transfer trial's M_A): supervised training on JSRT."""
+    from engine.data import segmentation_data
+    from engine.supervised import train_supervised
+
+    data = run.view(segmentation_data(run.cfg, run.datasets["jsrt"]))
+    return _final_metrics(train_supervised(run.cfg, data, run.run_dir, run.callbacks))
+
+
+def _train_translator_warmup(run: _TrialRun) -> dict[str, Any]:
+    """A translator warm-up: no per-epoch reports, nothing for the final report but `published`."""
+    from engine.translation import warmup_translator
+
+    warmup_translator(run.cfg, run.datasets["jsrt"], run.datasets[run.cfg.target], run.run_dir)
+    return {}
+
+
+def _train_transfer(run: _TrialRun) -> dict[str, Any] | None:
+    """A Table II transfer trial or a qualitative (Fig. 9) run, from its published dependencies.
+    None: the engine found the trial not applicable, which is recorded in OUT and reported."""
+    from engine.transfer import NotApplicable, train_transfer
+
+    spec = run.spec
+    try:
+        data, segmenter, translator = transfer_inputs(run.cfg, run.datasets, run.config, run.config["trial"],
+                                                      run.view)
+        result = train_transfer(run.cfg, data, run.run_dir, segmenter_checkpoint=segmenter,
+                                translator_checkpoint=translator, callbacks=run.callbacks)
+    except NotApplicable as reason:
+        if spec.kind == QUALITATIVE:
+            raise  # a Fig. 9 run the engine refuses is a failure, never a quiet gap
+        # The engine knows cells the grid cannot see (e.g. a target without these labels).
+        run.store.record_not_applicable(spec, str(reason))
+        tune.report({"not_applicable": 1})
+        return None
+    return {**_final_metrics(result), **trial_notes(run.run_dir)}
+
+
+# A trial kind -> the function that trains it in its run directory and returns its final report
+# (None: not applicable, nothing to publish).
+_TRAIN_BY_KIND = {SEGMENTATION: _train_segmentation, TRANSLATOR_WARMUP: _train_translator_warmup,
+                  TRANSFER: _train_transfer, QUALITATIVE: _train_transfer}
 
 
 def trial_notes(run_dir: Path) -> dict[str, int]:

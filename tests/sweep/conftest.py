@@ -114,6 +114,33 @@ def data_flags(sweep_phantoms) -> list[str]:
 
 
 @pytest.fixture
+def failpoints():
+    """sweep.failpoints.FAILPOINTS for a test to arm in this process (the driver's), disarmed after."""
+    from sweep.failpoints import FAILPOINTS
+
+    FAILPOINTS.clear()
+    yield FAILPOINTS
+    FAILPOINTS.clear()
+
+
+@pytest.fixture
+def armed_cxrsweep():
+    """command(args, fail=[(glob, times, at_epoch)], hold=[(glob, epoch)]): the command line of a
+    `cxrsweep ARGS` process with those failpoints armed in it (tests/sweep/armed_main.py)."""
+    import sys
+
+    def command(args: list[str], fail=(), hold=()) -> list[str]:
+        armed = [sys.executable, str(Path(__file__).with_name("armed_main.py"))]
+        for pattern, times, at_epoch in fail:
+            armed += ["--fail", pattern, str(times), str(at_epoch)]
+        for pattern, epoch in hold:
+            armed += ["--hold", pattern, str(epoch)]
+        return [*armed, "--", *args]
+
+    return command
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 

@@ -34,8 +34,8 @@ def checkpoint(tmp_path_factory):
 
 
 def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, sweep_phantoms, checkpoint,
-                                                                   tmp_path, monkeypatch):
-    """The test hook makes one worker exit abruptly (os._exit) with a segmented batch in hand: Ray
+                                                                   tmp_path, failpoints):
+    """A failpoint makes one worker exit abruptly (os._exit) with a segmented batch in hand: Ray
     starts it again (it loads the checkpoint from its path) and retries its batches; every image
     gets exactly one row, every file is whole, and the masks are the plain loop's."""
     from inference.inputs import list_inputs
@@ -43,10 +43,9 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
     from inference.output import SegmentOutput
     from inference.stages import checkpoint_info
     from sweep.segment_ray import RayOptions, segment_with_ray
-    from sweep.test_hooks import SEGMENT_HOOK_ENV
 
     marker = tmp_path / "worker-exited"
-    monkeypatch.setenv(SEGMENT_HOOK_ENV, f"exit-once:{marker}")
+    failpoints.exit_segment_worker_once(marker)
     info = checkpoint_info(checkpoint)
     items = list_inputs([Path(sweep_phantoms["montgomery"]) / "CXR_png"])
     assert len(items) >= 8
@@ -55,7 +54,7 @@ def test_a_killed_model_worker_is_restarted_and_the_job_completes(ray_runtime, s
     record = output.record
     output.record = lambda columns: recorded.extend(row["path"] for row in record(columns)) or recorded
     segment_with_ray(items, output, checkpoint, RayOptions(batch_size=2, workers=2), overlays="all")
-    assert marker.exists(), "the hook did not kill a worker"
+    assert marker.exists(), "the failpoint did not kill a worker"
     assert sorted(recorded) == sorted(item.path for item in items)  # each image once, none lost
     rows = output.gather()
     assert len(rows) == len(items) and rows.path.is_unique and (rows.status == "ok").all()

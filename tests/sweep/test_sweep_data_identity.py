@@ -12,7 +12,6 @@ import pytest
 from commands.main import main
 from protocol.results import read_trials
 from sweep.runner import STATE_KEY
-from sweep.test_hooks import INJECT_FAILURE_ENV
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -63,16 +62,16 @@ def test_other_data_into_the_same_out_reruns_and_replaces_the_numbers(ray_runtim
     pd.testing.assert_frame_equal(read_trials(out), second)
 
 
-def test_resume_with_other_data_starts_the_interrupted_trials_afresh(ray_runtime, tmp_path, capsys, monkeypatch):
+def test_resume_with_other_data_starts_the_interrupted_trials_afresh(ray_runtime, tmp_path, capsys, failpoints):
     out = tmp_path / "out"
     data_a, data_b = _synth(tmp_path / "A", seed=0), _synth(tmp_path / "B", seed=1)
     # An interrupted sweep on A: its trial has a Tune experiment and a checkpoint of epoch 1.
-    monkeypatch.setenv(INJECT_FAILURE_ENV, "segmentation-*:always:1")
+    failpoints.fail("segmentation-*", times=-1, at_epoch=1)
     assert main([*SLICE, *data_a, "--out", str(out), "--checkpoint-every-s", "0"]) == 1
     state = json.loads((out / "ray" / "sweep-state.json").read_text())
     assert STATE_KEY in state and set(state["data"]) == {"jsrt"}
     assert list((out / "ray").glob(f"{state[STATE_KEY]}/*/checkpoint_*"))
-    monkeypatch.delenv(INJECT_FAILURE_ENV)
+    failpoints.clear()
     capsys.readouterr()
 
     assert main([*SLICE, *data_b, "--out", str(out), "--resume"]) == 0
@@ -85,12 +84,12 @@ def test_resume_with_other_data_starts_the_interrupted_trials_afresh(ray_runtime
 
 
 def test_resume_with_a_grown_plan_runs_the_trials_the_experiment_did_not_hold(ray_runtime, tmp_path, capsys,
-                                                                              monkeypatch):
+                                                                              failpoints):
     out = tmp_path / "out"
     data = _synth(tmp_path / "A", seed=0)
-    monkeypatch.setenv(INJECT_FAILURE_ENV, "segmentation-*:1:1")  # the first attempt fails
+    failpoints.fail("segmentation-*", times=1, at_epoch=1)  # the first attempt fails
     assert main([*SLICE, *data, "--out", str(out), "--checkpoint-every-s", "0"]) == 1
-    monkeypatch.delenv(INJECT_FAILURE_ENV)
+    failpoints.clear()
     capsys.readouterr()
 
     # Fold 1 is not in the restored Tune experiment: it runs in a Tuner of its own after it.

@@ -118,19 +118,17 @@ def test_of_two_drivers_starting_together_one_holds_the_folder(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_second_driver_on_a_running_out_is_refused(data_flags, ray_temp_dirs, tmp_path):
-    """Two real `cxrsweep run` commands on one OUT: the first holds a trial at epoch 1 (test hook),
+def test_second_driver_on_a_running_out_is_refused(data_flags, ray_temp_dirs, armed_cxrsweep, tmp_path):
+    """Two real `cxrsweep run` commands on one OUT: the first holds a trial at epoch 1 (a failpoint),
     the second exits 2 at once with one line naming the first, and writes nothing."""
-    from sweep.test_hooks import HOLD_ENV
-
     out = tmp_path / "out"
-    run = [sys.executable, "-m", "commands.main", "run", "segmentation", "--profile", "smoke", "--set", "epochs=2",
-           "--set", "num_threads=1", "--models", "unet", "--tasks", "lungs", "--folds", "0", "--out", str(out),
-           "--progress-every", "2", *data_flags]
+    run = ["run", "segmentation", "--profile", "smoke", "--set", "epochs=2", "--set", "num_threads=1",
+           "--models", "unet", "--tasks", "lungs", "--folds", "0", "--out", str(out), "--progress-every", "2",
+           *data_flags]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_temp_dirs())
     env.pop("RAY_ADDRESS", None)
-    first = subprocess.Popen(run, env={**env, HOLD_ENV: "*:1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+    first = subprocess.Popen(armed_cxrsweep(run, hold=[("*", 1)]), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 180
         while not list((out / "ray" / "held").glob("*")):
@@ -139,7 +137,8 @@ def test_second_driver_on_a_running_out_is_refused(data_flags, ray_temp_dirs, tm
             time.sleep(0.2)
         experiments = sorted(p.name for p in (out / "ray").glob("sweep-*"))
         started = time.time()
-        second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+        second = subprocess.run([sys.executable, "-m", "commands.main", *run], env=env, capture_output=True, text=True,
+                                timeout=120)
         assert second.returncode == 2, second.stdout + second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1, second.stderr

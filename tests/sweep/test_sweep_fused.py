@@ -11,19 +11,18 @@ from protocol.grid import build_grid
 from protocol.results import read_images, read_trials
 from sweep.options import SweepOptions
 from sweep.runner import run_grid
-from sweep.test_hooks import INJECT_FAILURE_ENV
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_a_fused_group_keeps_each_member_and_fails_one_alone(ray_runtime, data_paths, tmp_path, monkeypatch):
+def test_a_fused_group_keeps_each_member_and_fails_one_alone(ray_runtime, data_paths, tmp_path, failpoints):
     """Three folds of one Table I cell fused into one Tune trial (the fourth fold goes alone:
-    --fuse 3); fold 1 raises at its epoch 2 (the test hook, every attempt), so it is recorded
+    --fuse 3); fold 1 raises at its epoch 2 (a failpoint, every attempt), so it is recorded
     failed with its own error while its siblings finish, and no retry reruns them."""
     base = make_config("smoke", {"num_threads": 1, "epochs": 3, "checkpoint_every_s": 0})
     grid = build_grid("segmentation", base, models=["unet"], tasks=["lungs"], folds=[0, 1, 2, 3])
     failing = next(t for t in grid.trials if "fold1" in t)
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{failing}:always:2")
+    failpoints.fail(failing, times=-1, at_epoch=2)
     lines: list[str] = []
     outcome = run_grid(grid, data_paths, SweepOptions(out=str(tmp_path), cpus_per_trial=1, progress_every_s=60,
                                                       fuse=3), say=lines.append)

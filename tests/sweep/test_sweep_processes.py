@@ -19,15 +19,16 @@ from protocol.results import read_images, read_trials
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _cxrsweep(args: list[str], env: dict, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "commands.main", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+def _cxrsweep(args: list[str], env: dict, command: list[str] | None = None, **kw) -> subprocess.Popen:
+    """`cxrsweep ARGS` as a process of its own; `command`, when given, is its command line (one
+    that arms failpoints first: the `armed_cxrsweep` fixture)."""
+    command = command or [sys.executable, "-m", "commands.main", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def _env(ray_tmp: str) -> dict:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=ray_tmp)
     env.pop("RAY_ADDRESS", None)
-    env.pop("CXRSWEEP_INJECT_FAILURE", None)
     return env
 
 
@@ -42,20 +43,18 @@ def _wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_fused_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, tmp_path):
+def test_killed_fused_driver_resumes_without_duplicates(data_flags, ray_temp_dirs, armed_cxrsweep, tmp_path):
     """SIGKILL the driver while a fused group (folds 0 and 1, `--fuse 2`) is mid-run, at a point
-    the test controls: the hold test hook stops the group after fold 0's epoch-2 checkpoint until
+    the test controls: the hold failpoint stops the group after fold 0's epoch-2 checkpoint until
     the driver is gone; fold 2, alone, has finished. --resume must continue both members, each from
     its own checkpoint (exactly 2 epochs left each), reuse fold 2 and duplicate no row."""
-    from sweep.test_hooks import HOLD_ENV
-
     out = tmp_path / "out"
     epochs, held_epoch = 4, 2
     run = ["run", "segmentation", "--profile", "smoke", "--set", f"epochs={epochs}", "--set", "num_threads=1",
            "--models", "unet", "--tasks", "lungs", "--folds", "0,1,2", "--out", str(out), "--progress-every", "2",
            "--checkpoint-every-s", "0", "--cpus-per-trial", "0.5", "--fuse", "2", *data_flags]  # two slots on one core
-    env = {**_env(ray_temp_dirs()), HOLD_ENV: f"segmentation-unet-lungs-fold0-*:{held_epoch}"}
-    driver = _cxrsweep(run, env, start_new_session=True)
+    held_driver = armed_cxrsweep(run, hold=[("segmentation-unet-lungs-fold0-*", held_epoch)])
+    driver = _cxrsweep(run, _env(ray_temp_dirs()), held_driver, start_new_session=True)
 
     def finished() -> set[str]:
         return {p.parent.name for p in (out / "runs").glob("*/trial.json")}
@@ -145,9 +144,9 @@ def _start_node(command: list[str], env: dict) -> None:
 
 
 @pytest.mark.parametrize("retries", [1, 0])
-def test_a_lost_worker_node_loses_no_trial(retries, data_flags, ray_temp_dirs, kill_node, tmp_path):
+def test_a_lost_worker_node_loses_no_trial(retries, data_flags, ray_temp_dirs, kill_node, armed_cxrsweep, tmp_path):
     """cluster.yaml's shape on loopback: a head that runs no trial (0 CPUs) and one worker node
-    running both trials, each held after its epoch-2 checkpoint (test hook). Every process of the
+    running both trials, each held after its epoch-2 checkpoint (a failpoint). Every process of the
     worker node is killed at once, as a spot reclaim does; a fresh worker node joins, as the
     autoscaler would add one. Fold 0 also raises once as it resumes (injected failure): the node
     loss must not have used up its one retry (sweep.retries).
@@ -155,8 +154,6 @@ def test_a_lost_worker_node_loses_no_trial(retries, data_flags, ray_temp_dirs, k
     --retries 1: every trial ends done exactly once, on the new node, resumed from its own
     epoch-2 checkpoint; trials.parquet and images.parquet hold each trial and image once.
     --retries 0: nothing is retried; both trials fail, saying their worker was lost."""
-    from sweep.test_hooks import HOLD_ENV, INJECT_FAILURE_ENV
-
     port, epochs, held_epoch = _free_port(), 4, 2
     env = _env("/tmp")
     nodes = {"head": ray_temp_dirs(), "lost": ray_temp_dirs(), "new": ray_temp_dirs()}
@@ -170,8 +167,8 @@ def test_a_lost_worker_node_loses_no_trial(retries, data_flags, ray_temp_dirs, k
            "--models", "unet", "--tasks", "lungs", "--folds", "0,1", "--fuse", "1", "--checkpoint-every-s", "0",
            "--retries", str(retries), "--out", str(out), "--address", f"127.0.0.1:{port}", "--progress-every", "2",
            *data_flags]
-    hooks = {HOLD_ENV: f"*:{held_epoch}", INJECT_FAILURE_ENV: f"segmentation-unet-lungs-fold0-*:1:{held_epoch + 1}"}
-    driver = _cxrsweep(run, {**env, **hooks})
+    armed = armed_cxrsweep(run, hold=[("*", held_epoch)], fail=[("segmentation-unet-lungs-fold0-*", 1, held_epoch + 1)])
+    driver = _cxrsweep(run, env, armed)
     _wait_for(lambda: len(list((out / "ray" / "held").glob("*"))) == 2, 240, "both trials held on the worker",
               driver)
     assert kill_node(nodes["lost"])

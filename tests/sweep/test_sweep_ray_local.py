@@ -14,7 +14,6 @@ from protocol.grid import QUALITATIVE, Grid, build_grid
 from protocol.results import read_images, read_trials
 from sweep.options import SweepOptions
 from sweep.runner import run_grid
-from sweep.test_hooks import INJECT_FAILURE_ENV
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,7 +45,7 @@ def _tensorboard_scalars(paths) -> dict[str, dict[int, float]]:
 
 
 def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_flags, data_paths, tmp_path,
-                                                           monkeypatch, capsys):
+                                                           monkeypatch, capsys, failpoints):
     """`cxrsweep run all` on two Table I cells and three transfer methods at 0 % labels. M_A
     fails once (retried from its checkpoint); the FCN cell fails always (the command exits 1)."""
     from commands.main import main
@@ -64,7 +63,8 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     m_a = next(t for t in grid.trials.values() if t.config.experiment == "segmentation" and t.config.model == "unet")
     broken = next(t for t in grid.trials.values() if t.config.model == "fcn")
     warmup = next(t for t in grid.trials.values() if not t.has_row)
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{m_a.trial_id}:1:1;{broken.trial_id}:always:1")
+    failpoints.fail(m_a.trial_id, times=1, at_epoch=1)
+    failpoints.fail(broken.trial_id, times=-1, at_epoch=1)
     assert main(command) == 1
     printed = capsys.readouterr().out
     assert f"FAILED {broken.trial_id}: InjectedFailure: injected failure 2 of always" in printed
@@ -115,7 +115,7 @@ def test_all_grid_rows_dependencies_retry_failure_and_reuse(ray_runtime, data_fl
     # duplicated or lost, and the repaired trial's row replaces its failure. The rerun also asks
     # for the Fig. 9 runs (heart, clavicles): they reuse the lungs warm-up, add their Table I
     # M_A rows and no transfer row.
-    monkeypatch.delenv(INJECT_FAILURE_ENV)
+    failpoints.clear()
     fig9 = build_grid("all", base, models=["unet"], tasks=["heart", "clavicles"],
                       folds=[0], repetitions=[0], methods=["proposed"], fractions=[0])
     wider = Grid(dict(grid.trials))
@@ -304,12 +304,12 @@ def test_no_stage_barrier_and_bounded_checkpoints(ray_runtime, data_flags, tmp_p
 
 
 def test_a_failed_dependency_fails_its_dependants_without_running_them(ray_runtime, data_paths, tmp_path,
-                                                                       monkeypatch):
+                                                                       failpoints):
     base = make_config("smoke", ["num_threads=1"])
     grid = build_grid("all", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
                       methods=["source_only", "proposed"], fractions=[0])
     m_a = next(t for t in grid.trials.values() if t.config.experiment == "segmentation")
-    monkeypatch.setenv(INJECT_FAILURE_ENV, f"{m_a.trial_id}:always:1")
+    failpoints.fail(m_a.trial_id, times=-1, at_epoch=1)
     lines: list[str] = []
     outcome = run_grid(grid, data_paths, _options(tmp_path, retries=0), say=lines.append)
     dependants = [t.trial_id for t in grid.runnable() if m_a.trial_id in t.depends_on]

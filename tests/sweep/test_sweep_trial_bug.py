@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.test_hooks import INJECT_FAILURE_ENV, InjectedFailure
+from sweep.failpoints import InjectedFailure
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_a_value_error_inside_a_trial_keeps_its_traceback(verbose, ray_runtime, data_flags, tmp_path, monkeypatch,
+def test_a_value_error_inside_a_trial_keeps_its_traceback(verbose, ray_runtime, data_flags, tmp_path, failpoints,
                                                           capsys):
     from commands.main import main
 
     assert issubclass(InjectedFailure, ValueError)
-    monkeypatch.setenv(INJECT_FAILURE_ENV, "segmentation-*:always:1")
+    failpoints.fail("segmentation-*", times=-1, at_epoch=1)
     command = ["run", "segmentation", "--profile", "smoke", "--set", "num_threads=1", "--models", "unet",
                "--tasks", "lungs", "--folds", "0", "--retries", "0", "--out", str(tmp_path), *data_flags]
     assert main([*command, *(["-v"] if verbose else [])]) == 1  # a failed trial, not exit 2 (bad input)
@@ -23,5 +23,5 @@ def test_a_value_error_inside_a_trial_keeps_its_traceback(verbose, ray_runtime, 
     assert "FAILED segmentation-unet-lungs-fold0-smoke-" in captured.out and "InjectedFailure" in captured.out
     ray_log = (tmp_path / "logs" / "ray.log").read_text()
     assert "Trial task failed" in ray_log and "Traceback (most recent call last)" in ray_log
-    assert "in maybe_fail" in ray_log and "sweep.test_hooks.InjectedFailure: injected failure 1" in ray_log
+    assert "in maybe_fail" in ray_log and "sweep.failpoints.InjectedFailure: injected failure 1" in ray_log
     assert ("in maybe_fail" in captured.err) == verbose, captured.err[-2000:]
