@@ -17,7 +17,7 @@ from protocol.results import IMAGES_SCHEMA, KEY_COLUMNS, STATUSES, read_images, 
 
 # The config column of the training recipe: a grid axis (build_grid's augmentations), so part of a cell.
 RECIPE = "cfg_augmentation"
-# The config column of a transfer run's label budget (engine/label_budget.py): the same cell
+# The config column of a transfer run's label budget (engine/evaluation/label_budget.py): the same cell
 # run with the honest budget and the paper's is two cells.
 LABEL_BUDGET = "cfg_label_budget"
 # The columns that name one cell of the grid: everything in the key but the trial's id, the

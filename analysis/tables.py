@@ -60,7 +60,7 @@ RECIPE_TEXT = {
     "none": "none = the paper's protocol (no augmentation)",
     "affine": "affine = small affine warps (rotation ±10°, scale ±10 %, shift ±5 %)",
     "robust": "robust = cxrsweep's default (rotation, zoom, aspect, shift, noise, blur, brightness, contrast, "
-              "low resolution, gamma; engine/augmentation.py)",
+              "low resolution, gamma; engine/data/augmentation.py)",
 }
 
 

@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import synthetic_arrays  # noqa: E402
-from engine.augmentation import robust_batch  # noqa: E402
-from engine.data import SegmentationData  # noqa: E402
-from engine.device import resolve_device  # noqa: E402
+from engine.data.augmentation import robust_batch
+from engine.data.segmentation import SegmentationData
+from engine.runtime.device import resolve_device
 from engine.supervised import train_supervised  # noqa: E402
 from protocol.config import make_config  # noqa: E402
 

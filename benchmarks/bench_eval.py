@@ -1,5 +1,5 @@
 """What one validation pass costs outside the network: the engines' scoring on the device
-(engine/scoring.py) against the numpy reference it replaced (predict_masks, then
+(engine/evaluation/scoring.py) against the numpy reference it replaced (predict_masks, then
 score_per_image mapping each prediction back through its crop box on the host), on a
 paper-size split (50 images at 256 px) with and without content crops.
 
@@ -37,7 +37,7 @@ def crop_frame(n: int, size: int, rng: np.random.Generator):
     """Whole-frame truth and crop boxes like the mild Montgomery phantoms': 4020 x 4892 films with
     padding and collimation trimmed from up to three sides (every image trimmed)."""
     from data_io.preprocess import CropBox
-    from engine.data import FullFrame
+    from engine.data.segmentation import FullFrame
 
     boxes = []
     for _ in range(n):
@@ -60,9 +60,10 @@ def timed(function, repeats: int, device: torch.device) -> float:
 
 
 def main() -> int:
-    from engine.data import score_per_image
-    from engine.device import memory_format_for, predict_masks
-    from engine.scoring import SplitScorer, score_split
+    from engine.data.segmentation import score_per_image
+    from engine.evaluation.scoring import SplitScorer, score_split
+    from engine.runtime.device import memory_format_for
+    from engine.runtime.prediction import predict_masks
     from models.registry import build_segmenter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

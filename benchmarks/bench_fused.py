@@ -1,4 +1,4 @@
-"""Fused training (engine.fused, engine.fused_proposed, `cxrsweep run --fuse K`) against today's packing.
+"""Fused training (engine.fused, engine.fused.proposed, `cxrsweep run --fuse K`) against today's packing.
 
 For each network (and "proposed": the proposed method's runs, M_A and the translator) and profile
 it prints, side by side, the aggregate training images/s of
@@ -93,8 +93,8 @@ def trial(profile: str, model: str, n: int, seed: int, work: Path):
 
 def fused_rate(profile: str, model: str, k: int, n: int, epochs: int, grouped: bool) -> dict:
     """Aggregate training images/s of `k` fused trials (the first epoch not counted)."""
-    from engine.fused import FusedStep
-    from engine.fused_proposed import FusedProposedStep
+    from engine.fused.proposed import FusedProposedStep
+    from engine.fused.supervised import FusedStep
 
     work = Path(tempfile.mkdtemp())
     trainers = [trial(profile, model, n, i, work / str(i)) for i in range(k)]
@@ -170,7 +170,7 @@ def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epoch
     """Per profile, network and K: the packed rate and the fused rate of each step in `steps`
     (`grouped`, `each`); the row's "fused" is the device's own way (engine.fused.grouped_on).
     `on_row(rows)` after each row (a time limit then keeps the rows measured so far)."""
-    from engine.fused import grouped_on
+    from engine.fused.stacking import grouped_on
 
     own = "grouped" if grouped_on(torch.device("cuda" if GPU else "cpu")) else "each"
     rows = {}
@@ -207,9 +207,9 @@ def projection(rows: dict, gpus: list[int]) -> dict:
     slots gives each slot 1/P of its throughput, which for U-Net-like work is packed(P) x one
     trial's, and for segmentation trials fused K at a time fused(K) x one trial's."""
     from benchmarks import bench_gpu
-    from engine.fused import group_key
     from protocol.cost import packing_kind, split_sizes, trial_seconds
     from protocol.grid import build_grid
+    from sweep.fusing import group_key
 
     reduced = not GPU
     paper = bench_gpu.bench_config("paper", reduced)
@@ -226,7 +226,7 @@ def projection(rows: dict, gpus: list[int]) -> dict:
     speed = _speeds(rows, "unet")
     best_pack = max(speed["packed"], key=lambda k: speed["packed"][k])
     best_fuse = max(speed["fused"], key=lambda k: speed["fused"][k])
-    # The proposed trials fuse at their own measured speed-up (engine.fused_proposed); unmeasured, they stay as before.
+    # The proposed trials fuse at their own measured speed-up (engine.fused.proposed); unmeasured, they stay as before.
     proposed_speed = _speeds(rows, "proposed") if "paper/proposed/1" in rows else None
     best_proposed = max(proposed_speed["fused"], key=lambda k: proposed_speed["fused"][k]) if proposed_speed else None
     kinds: dict[str, float] = {}
@@ -275,15 +275,16 @@ def _speeds(rows: dict, model: str) -> dict[str, dict[int, float]]:
 
 
 def equivalence(models: list[str], epochs: int) -> dict:
-    """The 5 JSRT-phantom folds of each network (smoke profile, as tests/engine/test_fused.py)
+    """The 5 JSRT-phantom folds of each network (smoke profile, as tests/engine/fused/test_fused.py)
     trained fused on this device, the device's own way (engine.fused.grouped_on), against the
     same folds trained one by one: per fold the test-Jaccard gap and whether the best epoch agrees.
     On the CPU the gaps are 0 (member by member is bit-exact); on a GPU they are the vmapped
     step's rounding (and cuDNN's own run-to-run differences)."""
     from data_io.cache import load_jsrt
     from data_io.phantoms import synthesize
-    from engine.data import segmentation_data
-    from engine.fused import Member, grouped_on, train_fused
+    from engine.data.segmentation import segmentation_data
+    from engine.fused.stacking import grouped_on
+    from engine.fused.supervised import Member, train_fused
     from engine.supervised import train_supervised
 
     device = "cuda" if GPU else "cpu"
@@ -321,18 +322,19 @@ def equivalence_proposed(epochs: int) -> dict:
     fused on this device, the device's own way, against the same runs one by one: per run the
     test-Jaccard gap, the largest gap of an epoch's supervised loss, and whether the kept epoch
     agrees. On the CPU the gaps are 0; on a GPU they are the vmapped step's rounding and its own
-    draws of random styles (tests/transfer/test_fused_proposed.py checks both ways on the CPU)."""
+    draws of random styles (tests/engine/transfer/test_fused_proposed.py checks both ways on the CPU)."""
     from functools import partial
 
     from data_io.cache import load_jsrt, load_target
     from data_io.phantoms import synthesize
-    from engine.data import segmentation_data
-    from engine.fused import Member, grouped_on, train_fused
-    from engine.fused_proposed import FusedProposedStep
+    from engine.data.segmentation import segmentation_data
+    from engine.data.transfer import transfer_data
+    from engine.fused.proposed import FusedProposedStep
+    from engine.fused.stacking import grouped_on
+    from engine.fused.supervised import Member, train_fused
     from engine.supervised import train_supervised
-    from engine.transfer import proposed_run, train_transfer
-    from engine.transfer_data import transfer_data
-    from engine.translation import warmup_translator
+    from engine.transfer.dispatch import proposed_run, train_transfer
+    from engine.transfer.proposed.warmup import warmup_translator
     from protocol.run_dir import best_checkpoint_path
 
     device = "cuda" if GPU else "cpu"
@@ -388,7 +390,7 @@ def main() -> int:
     parser.add_argument("--equivalence", action="store_true",
                         help="instead: train the 5 phantom folds of each network (and, for proposed, three "
                              "label fractions) fused and alone on this device (smoke profile, 4 epochs, as "
-                             "tests/engine/test_fused.py and tests/transfer/test_fused_proposed.py)")
+                             "tests/engine/fused/test_fused.py and tests/engine/transfer/test_fused_proposed.py)")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     n = args.images or (148 if GPU else 8)

@@ -101,7 +101,7 @@ def synthetic_images(n: int, size: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def segmentation_data(n_train: int, n_val: int, size: int, seed: int = 0):
-    from engine.data import SegmentationData
+    from engine.data.segmentation import SegmentationData
 
     rng = np.random.default_rng(seed)
     train, val, test = (synthetic_images(n, size, rng) for n in (n_train, n_val, 4))
@@ -112,12 +112,13 @@ def segmentation_data(n_train: int, n_val: int, size: int, seed: int = 0):
 def proposed_run(cfg: RunConfig, n_source: int, n_target: int, n_val: int, work: Path):
     """A ProposedRun at full label fraction (so the supervised step includes the labelled-target
     term) on synthetic arrays, with a random M_A and translator written to `work`."""
-    from engine.checkpoints import network_checkpoint, save_atomic
-    from engine.data import PER_IMAGE_STANDARDISATION
-    from engine.label_budget import label_plan
-    from engine.transfer import ProposedRun
-    from engine.transfer_data import TransferData
-    from engine.translation import build_translator_from_config, save_translator
+    from engine.data.segmentation import PER_IMAGE_STANDARDISATION
+    from engine.data.transfer import TransferData
+    from engine.evaluation.label_budget import label_plan
+    from engine.runtime.checkpoints import network_checkpoint, save_atomic
+    from engine.transfer.proposed.gan import build_translator_from_config
+    from engine.transfer.proposed.run import ProposedRun
+    from engine.transfer.proposed.warmup import save_translator
     from models.registry import build_segmenter, read_segmenter_checkpoint
 
     rng = np.random.default_rng(1)

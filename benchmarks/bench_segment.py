@@ -34,8 +34,8 @@ from PIL import Image  # noqa: E402
 def make_checkpoint(path: Path, profile: str) -> Path:
     import torch
 
-    from engine.checkpoints import foreground_range, network_checkpoint, save_atomic
-    from engine.data import PER_IMAGE_STANDARDISATION
+    from engine.data.segmentation import PER_IMAGE_STANDARDISATION
+    from engine.runtime.checkpoints import foreground_range, network_checkpoint, save_atomic
     from engine.supervised import arch_kwargs
     from models.registry import build_segmenter
     from protocol.config import make_config

@@ -45,7 +45,7 @@ def main() -> None:
 
     from data_io.cache import load_jsrt
     from data_io.phantoms import synthesize
-    from engine.data import segmentation_data
+    from engine.data.segmentation import segmentation_data
     from engine.supervised import train_supervised
     from protocol.config import make_config
     from protocol.grid import build_grid

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.data import SegmentationData  # noqa: E402
-from engine.device import as_batch, autocast_for, memory_format_for, resolve_device  # noqa: E402
+from engine.data.segmentation import SegmentationData
+from engine.runtime.device import as_batch, autocast_for, memory_format_for, resolve_device
 from engine.supervised import train_supervised  # noqa: E402
 from models.registry import build_segmenter, list_segmenters  # noqa: E402
 from protocol.config import make_config  # noqa: E402

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.checkpoints import network_checkpoint, save_atomic
-from engine.data import PER_IMAGE_STANDARDISATION
-from engine.device import as_batch
-from engine.transfer import ProposedRun
-from engine.transfer_data import TransferData
-from engine.translation import build_translator_from_config, save_translator
+from engine.data.segmentation import PER_IMAGE_STANDARDISATION
+from engine.data.transfer import TransferData
+from engine.runtime.checkpoints import network_checkpoint, save_atomic
+from engine.runtime.device import as_batch
+from engine.transfer.proposed.gan import build_translator_from_config
+from engine.transfer.proposed.run import ProposedRun
+from engine.transfer.proposed.warmup import save_translator
 from models.registry import build_segmenter
 from protocol.config import make_config
 
@@ -63,7 +64,7 @@ def main() -> None:
                                                    "lungs", cfg.image_size, PER_IMAGE_STANDARDISATION, 0),
                                 tmp / "m_a.pt")
         translator = save_translator(tmp / "translator.pt", build_translator_from_config(cfg), cfg, "bench", [])
-        from engine.label_budget import label_plan
+        from engine.evaluation.label_budget import label_plan
         from models.registry import read_segmenter_checkpoint
 
         run = ProposedRun(cfg, data, label_plan(cfg, data), tmp / "run", read_segmenter_checkpoint(segmenter),

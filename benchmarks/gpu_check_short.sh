@@ -4,7 +4,7 @@
 #   2. phantom data sets (40 JSRT-like + 30 mild Montgomery-like cases at 256 px: the target's
 #      films are padded and collimated, so the content crop trims every one of them),
 #   3. scoring on the device: whole-frame placement and per-image scores of the engines
-#      (engine/scoring.py) against the numpy reference, on the GPU, on those phantoms,
+#      (engine/evaluation/scoring.py) against the numpy reference, on the GPU, on those phantoms,
 #   4. a 2-epoch CUDA run of the proposed method at the paper profile with the transfer engine's
 #      defaults (mixed precision; whatever adversarial regularisers and epoch selection are the
 #      default), M_A trained first for 2 epochs; prints its result.json and effective config;
@@ -55,9 +55,9 @@ import numpy as np, torch
 from data_io.cache import load_jsrt, load_target
 from data_io.preprocess import CropBox, mask_to_full_frame
 from models.registry import build_segmenter
-from engine.data import FullFrame, score_per_image
-from engine.device import memory_format_for, predict_masks, resolve_device
-from engine.scoring import FramePlacement, SplitScorer
+from engine.data.segmentation import FullFrame, score_per_image
+from engine.runtime.device import memory_format_for, predict_masks, resolve_device
+from engine.evaluation.scoring import FramePlacement, SplitScorer
 
 data, size = sys.argv[1], int(sys.argv[2])
 device = resolve_device("auto")

@@ -1,4 +1,4 @@
-"""How well each label-free guard signal (engine/guard.py) ranks adapted models the way their true
+"""How well each label-free guard signal (engine/evaluation/guard.py) ranks adapted models the way their true
 target Jaccard does, on phantoms: the evidence the harm guard's rule rests on.
 
 For each phantom regime and repetition it trains M_A (the U-Net of the matching JSRT fold) and the
@@ -36,12 +36,12 @@ from scipy.stats import spearmanr
 
 from commands.transfer import train_source_model
 from data_io.cache import load_jsrt, load_target
-from engine.device import torch_threads
-from engine.guard import SIGNALS, GuardSignals, weigh
-from engine.scoring import SplitScorer
-from engine.transfer import proposed_run, transfer_trainer
-from engine.transfer_data import transfer_data
-from engine.translation import warmup_translator
+from engine.data.transfer import transfer_data
+from engine.evaluation.guard import SIGNALS, GuardSignals, weigh
+from engine.evaluation.scoring import SplitScorer
+from engine.runtime.device import torch_threads
+from engine.transfer.dispatch import proposed_run, transfer_trainer
+from engine.transfer.proposed.warmup import warmup_translator
 from models.loading import TranslateThenSegment
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint
 from protocol.config import make_config
@@ -138,7 +138,7 @@ def load_rows(path: Path) -> list[dict]:
 
 def guard_verdicts(runs: dict[tuple, list[dict]], regime: str, tolerances: dict[str, float], rescue_gain: float,
                    material: float = 0.005) -> None:
-    """The harm guard (engine.guard.weigh, the defaults' tolerances) applied to every trained candidate
+    """The harm guard (engine.evaluation.guard.weigh, the defaults' tolerances) applied to every trained candidate
     epoch as if the schedule ended there, against the truth: how many candidates that lost more than
     `material` on the test images it refused, and how many that gained more than that it kept."""
     counts = {"lost": [0, 0], "gained": [0, 0], "even": [0, 0]}

@@ -82,7 +82,7 @@ def register(subparsers) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from data_io.cache import load_jsrt
-    from engine.data import segmentation_data
+    from engine.data.segmentation import segmentation_data
     from engine.supervised import train_supervised
     from protocol.run_dir import BEST_CHECKPOINT, HISTORY_CSV, IMAGES_PARQUET, OVERLAYS_DIR, RESULT_JSON, write_history
 

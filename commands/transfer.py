@@ -46,9 +46,9 @@ def register(subparsers) -> None:
 
 def run_train_transfer(args: argparse.Namespace) -> int:
     from data_io.cache import default_cache_dir, load_jsrt, load_target
-    from engine.transfer import NotApplicable, check_applicable, train_transfer
-    from engine.transfer_data import transfer_data
-    from engine.translation import warmup_translator
+    from engine.data.transfer import transfer_data
+    from engine.transfer.dispatch import NotApplicable, check_applicable, train_transfer
+    from engine.transfer.proposed.warmup import warmup_translator
     from protocol.run_dir import (
         BEST_CHECKPOINT,
         HISTORY_CSV,
@@ -139,7 +139,7 @@ def target_folder(args: argparse.Namespace) -> Path:
 
 def train_source_model(cfg, source, run_dir: Path) -> Path:
     """M_A: the paper's U-Net on the JSRT fold that matches the repetition (resumed if already there)."""
-    from engine.data import segmentation_data
+    from engine.data.segmentation import segmentation_data
     from engine.supervised import train_supervised
     from protocol.grid import source_model_config
     from protocol.run_dir import best_checkpoint_path

@@ -395,7 +395,7 @@ def mask_to_full_frame(mask: np.ndarray, crop: CropBox, size: tuple[int, int] | 
     result is 0. `size` = (height, width) of the output frame: default the original frame
     (crop.height x crop.width); (S, S) gives the full frame at the cache's size, where scores
     are computed. Returns uint8 {0, 1}. With an untrimmed crop and size (S, S) it returns the
-    mask unchanged. (engine.scoring applies the same samples to a batch on the device.)
+    mask unchanged. (engine.evaluation.scoring applies the same samples to a batch on the device.)
     """
     if mask.ndim != 2:
         raise ValueError(f"expected one mask [S, S], got shape {mask.shape}")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from engine import checkpoints as ckpt
+from engine.runtime import checkpoints as ckpt
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import checkpoints as ckpt
-from engine.augmentation import augment
-from engine.data import SegmentationData
-from engine.device import (
+from engine.data.augmentation import augment
+from engine.data.segmentation import SegmentationData
+from engine.evaluation.scoring import SplitScorer, predict_and_score
+from engine.loop import EpochCallback, EpochLoop, HighestMean, Selector, TrainingDiverged
+from engine.runtime import checkpoints as ckpt
+from engine.runtime.device import (
     adam,
     as_batch,
     as_mask_batch,
@@ -34,8 +36,6 @@ from engine.device import (
     resolve_device,
     torch_threads,
 )
-from engine.loop import EpochCallback, EpochLoop, HighestMean, Selector, TrainingDiverged
-from engine.scoring import SplitScorer, predict_and_score
 from models.losses import build_loss
 from models.registry import build_segmenter
 from protocol.config import RunConfig
@@ -87,7 +87,7 @@ class Trainer(EpochLoop):
                                   foreground_fraction=data.foreground_fraction if cfg.loss == "weighted_ce" else None)
         self.train_images = as_batch(data.train_images, self.device)
         self.train_masks = as_mask_batch(data.train_masks, self.device)
-        # The validation split stays on the device too, and is scored there (engine/scoring.py).
+        # The validation split stays on the device too, and is scored there (engine/evaluation/scoring.py).
         self.val_scorer = SplitScorer(data.val_images, data.val_masks, data.val_frame, self.device)
         self.foreground_range = ckpt.foreground_range([data.train_masks])
         # Bookkeeping carried across resumes.

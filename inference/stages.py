@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from data_io.preprocess import NORMALISATION
-from engine.device import memory_format_for, predict_foreground, resolve_device
+from engine.runtime.device import memory_format_for, resolve_device
+from engine.runtime.prediction import predict_foreground
 from errors import UserError
 from models.loading import checkpoint_arch, load_network
 from models.registry import read_segmenter_checkpoint

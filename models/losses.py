@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from models.loss_names import LOSSES
 
 # A target pixel of this value carries no label and adds nothing to any loss: self-training marks
-# the pixels its teacher is unsure of so (engine/self_training.py). Masks are stored as uint8, so
+# the pixels its teacher is unsure of so (engine/transfer/self_training.py). Masks are stored as uint8, so
 # the value must fit one; a mask warped by the augmentation keeps it (nearest sampling).
 IGNORE_INDEX = 255
 

@@ -90,7 +90,7 @@ def translator_defaults(name: str) -> dict[str, Any]:
     return dict(TRANSLATORS.entry(name).defaults)
 
 
-# Keys every segmenter checkpoint carries (written by engine.checkpoints).
+# Keys every segmenter checkpoint carries (written by engine.runtime.checkpoints).
 CHECKPOINT_KEYS = ("arch", "arch_kwargs", "state_dict", "config", "task", "image_size", "normalisation", "epoch")
 
 

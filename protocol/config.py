@@ -30,32 +30,32 @@ SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
 TRANSFER_METHODS = ("proposed", "self_training", "finetune", "scratch", "source_only")
 # Transfer methods that train on labelled target images: not applicable at 0 % labels.
 METHODS_NEEDING_TARGET_LABELS = ("finetune", "scratch")
-# Transfer methods whose run is the supervised engine's Trainer (engine.target_training,
-# engine.self_training): the ones engine.fused can train several of as one computation.
+# Transfer methods whose run is the supervised engine's Trainer (engine.transfer.target_training,
+# engine.transfer.self_training): the ones engine.fused can train several of as one computation.
 TRAINER_METHODS = (*METHODS_NEEDING_TARGET_LABELS, "self_training")
 # Fractions of the target training split that keep their labels (paper, Table II), in percent.
 LABEL_FRACTIONS = (0.0, 1.25, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
-# Training-time augmentation recipes (engine/augmentation.py): "none" is the paper's protocol,
+# Training-time augmentation recipes (engine/data/augmentation.py): "none" is the paper's protocol,
 # "affine" small warps (what a config's `augment=true` stands for), "robust" the default.
 AUGMENTATIONS = ("none", "affine", "robust")
-# Which epoch of an adaptation run gives its result (engine/selection.py, engine/label_budget.py):
+# Which epoch of an adaptation run gives its result (engine/evaluation/selection.py, engine/evaluation/label_budget.py):
 # "schedule", the end of its fixed schedule (its last epoch, or its weight average); "target", the
 # epoch its label plan's criterion follows (target plausibility without labels, held-back labels
 # with them); "source", the paper's: the best source validation Jaccard through A -> B -> A.
 SELECTIONS = ("schedule", "target", "source")
-# Whether a transfer run's result replaces M_A as it is (engine/guard.py): "harm", unless the
+# Whether a transfer run's result replaces M_A as it is (engine/evaluation/guard.py): "harm", unless the
 # label-free evidence (or held-back labels) shows it harmful; "strict", only when its own
 # criterion shows it clearly better; "off", always (the paper's protocol).
 GUARDS = ("harm", "strict", "off")
-# Who labels the target images for a self-training student (engine/self_training.py).
+# Who labels the target images for a self-training student (engine/transfer/self_training.py).
 PSEUDO_LABEL_TEACHERS = ("source", "average")
-# Which target labels a transfer run may read (engine/label_budget.py): "honest", only its
+# Which target labels a transfer run may read (engine/evaluation/label_budget.py): "honest", only its
 # label fraction's, for training and epoch selection together; "paper", the paper's protocol, where
 # the labelled target validation split also chooses the epoch.
 LABEL_BUDGETS = ("honest", "paper")
 EXPERIMENT_KINDS = ("segmentation", "transfer")  # a config's experiment (Table I, Table II)
 METHODS = ("supervised", *TRANSFER_METHODS)  # a config's method: Table I's, or a transfer method
-DEVICES = ("auto", "cpu", "cuda")  # engine.device.resolve_device
+DEVICES = ("auto", "cpu", "cuda")  # engine.runtime.device.resolve_device
 # Segmenters halve the image five times (models/segmenters): a side must divide by 2 ** 5.
 IMAGE_SIDE_MULTIPLE = 32
 
@@ -149,7 +149,7 @@ class RunConfig:
     # --- data ---
     image_size: int = checked(256, at_least=IMAGE_SIDE_MULTIPLE, multiple_of=IMAGE_SIDE_MULTIPLE)
     # Every segmenter trains with the robust recipe (rotation, zoom, aspect, shift, noise, blur,
-    # brightness, contrast, low resolution, gamma; engine/augmentation.py) unless told
+    # brightness, contrast, low resolution, gamma; engine/data/augmentation.py) unless told
     # otherwise: a source model trained to expect other scanners decides most of a transfer.
     # "none" is the paper's protocol (PAPER_PROTOCOL), "affine" what `augment=true` stands for.
     augmentation: str = checked("robust", one_of=AUGMENTATIONS)
@@ -177,7 +177,7 @@ class RunConfig:
     style_dim: int = checked(config_default("style_dim"), at_least=1)
     warmup_epochs: int = checked(20, at_least=1)  # translator trained alone before M_A joins
     transfer_epochs: int = checked(30, at_least=1)
-    # The self-training student's epochs (engine/self_training.py): a teacher refreshed after every
+    # The self-training student's epochs (engine/transfer/self_training.py): a teacher refreshed after every
     # epoch needs rounds to improve its labels, and a student epoch costs a fraction of a proposed one.
     self_training_epochs: int = checked(30, at_least=1)
     gan_lr: float = checked(1e-4, above=0)
@@ -208,9 +208,9 @@ class RunConfig:
     # end; label-free epoch choice ranks candidates poorly on real shifts (docs/adaptation.md).
     selection: str = checked("schedule", one_of=SELECTIONS)
     # Whether that result replaces M_A as it is (GUARDS): by default unless there is evidence of
-    # harm (engine/guard.py); "strict" asks the selection criterion for a clear gain instead.
+    # harm (engine/evaluation/guard.py); "strict" asks the selection criterion for a clear gain instead.
     guard: str = checked("harm", one_of=GUARDS)
-    # The harm guard's tolerances, in the means of its per-image signals (engine/guard.py): a
+    # The harm guard's tolerances, in the means of its per-image signals (engine/evaluation/guard.py): a
     # result is refused when, significantly (one-sided, paired), its source-side Jaccard falls by
     # more than guard_source_drop, or the plausibility of its target masks by more than
     # guard_collapse_drop; a source-side loss is outweighed when its target masks are more
@@ -236,7 +236,7 @@ class RunConfig:
     # "average", refreshed after every epoch by the student's weight average (a mean teacher).
     pseudo_label_teacher: str = checked("average", one_of=PSEUDO_LABEL_TEACHERS)
     # The teacher labels each image from its mean foreground probability over test-time variants
-    # (engine/guard.py) rather than from one pass.
+    # (engine/evaluation/guard.py) rather than from one pass.
     pseudo_label_tta: bool = checked(True)
     # Pixels where the teacher's probability of its answer is below this are left unlabelled
     # (0.5: every pixel is labelled).
@@ -334,7 +334,7 @@ def warmup_identity(cfg: RunConfig) -> dict[str, Any]:
     what only the segmentation or the transfer epochs read (augmentation, w_seg, w_semantic, the
     selection) or what merely names a scale (profile: the fields it sets are here themselves).
     The sweep's warm-up trial ids (protocol.grid) and the engine's cache key of warmed translators
-    (engine.translation.translator_key) both hash it."""
+    (engine.transfer.proposed.translator_key) both hash it."""
     return {
         "translator": cfg.translator, "kwargs": translator_arguments(cfg),
         "gan_lr": cfg.gan_lr, "gan_betas": [cfg.gan_beta1, cfg.gan_beta2], "gan_weight_decay": cfg.gan_weight_decay,
@@ -345,7 +345,7 @@ def warmup_identity(cfg: RunConfig) -> dict[str, Any]:
 
 
 # Fields that say where and how fast a run executes, not what it computes: they are left out of
-# trial ids (protocol/grid.py) and may change when a run is resumed (engine/checkpoints.py).
+# trial ids (protocol/grid.py) and may change when a run is resumed (engine/runtime/checkpoints.py).
 EXECUTION_FIELDS = frozenset({"device", "num_threads", "checkpoint_every_s", "compile"})
 
 
@@ -421,7 +421,7 @@ DEFAULT_PRESET = "cxrsweep"
 GPUS_PER_TRIAL: dict[str, float] = {"paper": 0.5, "cpu": 0.125, "demo": 0.125, "smoke": 0.125}
 
 # `cxrsweep run --fuse` default per profile: how many trials of one kind train as one computation
-# (engine.fused, engine.fused_proposed). FUSE_DEFAULTS_NOTE says what the values rest on.
+# (engine.fused, engine.fused.proposed). FUSE_DEFAULTS_NOTE says what the values rest on.
 FUSED_TRIALS: dict[str, int] = {"paper": 1, "cpu": 1, "demo": 1, "smoke": 1}
 # What the CPU measured (benchmarks/bench_fused.py) is in docs/performance.md#fused-trials.
 FUSE_DEFAULTS_NOTE = ("1 on a CPU, where fusing measured no faster than trials side by side; 1 for paper "

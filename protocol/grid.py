@@ -91,7 +91,7 @@ METHODS_NEEDING_SEGMENTER = frozenset({"proposed", "self_training", "finetune", 
 METHODS_NEEDING_TRANSLATOR = frozenset({"proposed"})
 
 # The config field that sets how many epochs a transfer method trains (None: it trains nothing).
-# finetune and scratch train `epochs`, the same budget (engine/target_training.py); proposed
+# finetune and scratch train `epochs`, the same budget (engine/transfer/target_training.py); proposed
 # (after its warm-up, a trial of its own) `transfer_epochs`, self_training's student `self_training_epochs`;
 # source_only applies M_A as it is.
 EPOCHS_FIELD = {"proposed": "transfer_epochs", "self_training": "self_training_epochs", "finetune": "epochs",

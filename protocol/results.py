@@ -53,7 +53,7 @@ OUTCOME_COLUMNS: dict[str, pa.DataType] = {
     "finished_at": pa.float64(),  # Unix seconds when it finished (sweep only)
     "device": pa.string(),
     # Transfer runs only (null for segmentation; result.json explains in full):
-    "selection_criterion": pa.string(),  # what ranked its epochs (engine/label_budget.py)
+    "selection_criterion": pa.string(),  # what ranked its epochs (engine/evaluation/label_budget.py)
     "selected_model": pa.string(),  # "adapted", or "no_adaptation" when it fell back to M_A on b as it is
     # How the model was chosen and what decided it, in words: "fixed schedule; harm guard: no harm
     # found, kept", "...; harm guard: harm (source), fell back to M_A", "best epoch by ...; unguarded".

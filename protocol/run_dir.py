@@ -7,7 +7,7 @@ function that writes a run's test outputs.
                              `cxrsweep train-transfer`: write_history)
         images.parquet       one row per test image (protocol.results.IMAGES_SCHEMA)
         best.pt              the kept network (written when the run ends)
-        checkpoints/last.pt  what a resume needs (engine.checkpoints.CheckpointClock)
+        checkpoints/last.pt  what a resume needs (engine.runtime.checkpoints.CheckpointClock)
         overlays/*.png       test images with their predicted masks drawn on them
         translations/*.png   translation samples (the proposed method)
         trial.json           the sweep's mark of a finished trial, written last (protocol.store)
@@ -46,7 +46,7 @@ NOT_APPLICABLE_MARKER = "not_applicable.json"
 # result.json "selected_model" (the proposed method's kept model) / trials.parquet column of the same name.
 NO_ADAPTATION = "no_adaptation"
 ADAPTED = "adapted"
-# result.json "selection_criterion": what ranked the epochs of a transfer run (engine.label_budget).
+# result.json "selection_criterion": what ranked the epochs of a transfer run (engine.evaluation.label_budget).
 TARGET_JACCARD = "target_val_jaccard"  # labelled target validation split (the paper's label budget)
 HELD_OUT_JACCARD = "held_out_target_jaccard"  # a held-back part of the run's own labelled images (honest budget)
 TARGET_PLAUSIBILITY = "target_plausibility"  # unlabelled target validation images, no-adaptation fallback
@@ -120,7 +120,7 @@ class RunResult:
 
 
 # What a transfer run's result.json adds that trials.parquet carries too (the rest of its
-# selection record stays in result.json; engine.transfer_common.selection_record writes it).
+# selection record stays in result.json; engine.transfer.outcome.selection_record writes it).
 PROPOSED_TABLED_FIELDS = ("selection_criterion", "selected_model", "selection_rule", "selection_score",
                           "no_adaptation_score",
                           "discriminators_saturated", "target_labels_used")

@@ -3,7 +3,7 @@ out of tuning. No Ray here: `cxrsweep run` reads and checks a record before Ray 
 
 The protocol: a configuration is tuned per test fold (Table I) or per repetition (Table II), on
 that run's own training and validation images; the tuning trials never predict a test image
-(`engine.transfer_data.hide_test`: their "test" split is the validation split). A record holds one entry per
+(`engine.data.transfer.hide_test`: their "test" split is the validation split). A record holds one entry per
 fold / repetition with its provenance: the data fingerprints, and the ids of every image the
 tuning trained on and scored on. `cxrsweep run --config RECORD` applies an entry only to
 the trials of the cell it tuned (same model and task, or same method, task and target; any

@@ -99,18 +99,18 @@ def _member(spec, cfg, entry: dict, config: dict, datasets: dict[str, Any], run_
     finetune / scratch / self-training trial, or a proposed-method trial (its inputs:
     sweep.trainables.transfer_inputs). A transfer cell the engine finds not applicable raises
     NotApplicable here, before training."""
-    from engine.fused import Member
+    from engine.fused.supervised import Member
 
     if spec.kind == SEGMENTATION:
-        from engine.data import segmentation_data
+        from engine.data.segmentation import segmentation_data
 
         return Member(cfg, view(segmentation_data(cfg, datasets["jsrt"])), run_dir, callbacks)
-    from engine.transfer import check_applicable, proposed_run, transfer_trainer
+    from engine.transfer.dispatch import check_applicable, proposed_run, transfer_trainer
 
     data, segmenter, translator = transfer_inputs(cfg, datasets, config, entry, view)
     check_applicable(cfg, data)
     if cfg.method == "proposed":
-        from engine.fused_proposed import FusedProposedStep
+        from engine.fused.proposed import FusedProposedStep
 
         return Member(cfg, None, run_dir, callbacks, step=FusedProposedStep,
                       trainer=lambda: proposed_run(cfg, data, run_dir, segmenter, translator))
@@ -137,7 +137,7 @@ class _Group:
     def start(self, datasets: dict[str, Any], restored: set[str], view) -> None:
         """Every member not yet published in OUT as an engine Member; a member the engine finds
         not applicable is recorded so, one that cannot start is kept to be recorded failed."""
-        from engine.transfer import NotApplicable
+        from engine.transfer.dispatch import NotApplicable
 
         node_id = ray.get_runtime_context().get_node_id()
         for trial_id, spec in self.specs.items():
@@ -220,8 +220,8 @@ def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     """The members of `config["members"]` (entries as sweep.trainables.run_trial takes them, all
     of one engine.fused.group_key: supervised segmentation trials, finetune / scratch trials,
     self-training trials, or proposed-method trials) trained together."""
-    from engine.fused import train_fused
-    from engine.transfer_data import hide_test
+    from engine.data.transfer import hide_test
+    from engine.fused.supervised import train_fused
 
     started_at = time.time()
     store = RunStore(config["out"])

@@ -164,7 +164,7 @@ class DependencyRelease(Searcher):
             return Searcher.FINISHED if self.queue.exhausted else None
         group = [spec]
         if self.fuse > 1:
-            from engine.fused import group_key
+            from sweep.fusing import group_key
 
             group += self.queue.pop_like(spec, group_key, self.fuse - 1)
         self.handed_out[trial_id] = [s.trial_id for s in group]

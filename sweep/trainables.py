@@ -3,7 +3,7 @@
 A trial trains in a local run directory named after its trial id. After every epoch the
 engine's callback reports the metrics to Tune; when the engine has just written
 `checkpoints/last.pt` (at most every `checkpoint_every_s` seconds, and after the last epoch:
-engine.checkpoints.CheckpointClock), that folder, holding only what a resume needs, goes
+engine.runtime.checkpoints.CheckpointClock), that folder, holding only what a resume needs, goes
 with the report as the Tune checkpoint. A retried or resumed trial restores it into a clean run
 directory and the engine continues from it. When the engine returns, the run directory is
 published to OUT (see protocol.store), which is what the result tables and later trials read; the
@@ -30,7 +30,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from engine.transfer_data import hide_test
+from engine.data.transfer import hide_test
 from protocol.config import RunConfig
 from protocol.grid import QUALITATIVE, SEGMENTATION, TRANSFER, TRANSLATOR_WARMUP, TrialSpec, spec_from_dict
 from protocol.run_dir import NO_ADAPTATION, RESULT_JSON, TRANSLATOR_GLOB, best_checkpoint_path, last_checkpoint_path
@@ -86,7 +86,7 @@ class CheckpointStats:
     def note(self, metrics: dict, run_dir: Path) -> bool:
         """Count the checkpoint the engine has just written, if this epoch's `metrics` say it
         wrote one, and keep the counts beside it (they travel with the Tune checkpoint)."""
-        from engine.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+        from engine.runtime.checkpoints import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
 
         if CHECKPOINT_BYTES not in metrics:
             return False
@@ -164,7 +164,7 @@ def run_trial(config: dict, datasets: dict[str, Any]) -> None:
     needs) and the optional failpoints `inject_failure` and `hold_at_epoch` (sweep.failpoints);
     `config` also holds `out` (where the trial publishes), optionally `dependencies_out` (where its
     dependencies lie, default `out`), `cpus` (the trial's CPU share) and `tuning` (a tuning trial:
-    its validation split stands in for its test split, engine.transfer_data.hide_test)."""
+    its validation split stands in for its test split, engine.data.transfer.hide_test)."""
     started_at = time.time()
     trial = config["trial"]
     spec = spec_from_dict(trial["spec"])
@@ -219,7 +219,7 @@ class _TrialRun:
 
 def _train_segmentation(run: _TrialRun) -> dict[str, Any]:
     """A Table I trial (or a transfer trial's M_A): supervised training on JSRT."""
-    from engine.data import segmentation_data
+    from engine.data.segmentation import segmentation_data
     from engine.supervised import train_supervised
 
     data = run.view(segmentation_data(run.cfg, run.datasets["jsrt"]))
@@ -227,17 +227,19 @@ def _train_segmentation(run: _TrialRun) -> dict[str, Any]:
 
 
 def _train_translator_warmup(run: _TrialRun) -> dict[str, Any]:
-    """A translator warm-up: no per-epoch reports, nothing for the final report but `published`."""
-    from engine.translation import warmup_translator
+    """A translator warm-up: its epochs reported (and checkpointed) as a training run's, so a lost
+    worker resumes it; nothing for the final report but `published`."""
+    from engine.transfer.proposed.warmup import warmup_translator
 
-    warmup_translator(run.cfg, run.datasets["jsrt"], run.datasets[run.cfg.target], run.run_dir)
+    warmup_translator(run.cfg, run.datasets["jsrt"], run.datasets[run.cfg.target], run.run_dir,
+                      callbacks=run.callbacks, run_dir=run.run_dir)
     return {}
 
 
 def _train_transfer(run: _TrialRun) -> dict[str, Any] | None:
     """A Table II transfer trial or a qualitative (Fig. 9) run, from its published dependencies.
     None: the engine found the trial not applicable, which is recorded in OUT and reported."""
-    from engine.transfer import NotApplicable, train_transfer
+    from engine.transfer.dispatch import NotApplicable, train_transfer
 
     spec = run.spec
     try:
@@ -296,7 +298,7 @@ def _dependency_files(store: RunStore, dependencies: list) -> tuple[Path | None,
 def transfer_inputs(cfg, datasets: dict[str, Any], config: dict, entry: dict, view):
     """A transfer trial's data (as `view` shows it) and the files of its dependencies, M_A and the
     warmed translator, read from where they were published (`dependencies_out`, default `out`)."""
-    from engine.transfer_data import transfer_data
+    from engine.data.transfer import transfer_data
 
     dependencies = [spec_from_dict(d) for d in entry.get("dependencies", [])]
     segmenter, translator = _dependency_files(RunStore(config.get("dependencies_out", config["out"])), dependencies)

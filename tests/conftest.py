@@ -1,5 +1,8 @@
-"""Settings every test shares: no telemetry, headless plotting, few threads on a 2-core box."""
+"""Settings every test shares: no telemetry, headless plotting, few threads on a 2-core box; and the
+phantom folders the engine, command and inference tests read."""
 import os
+
+import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -17,7 +20,15 @@ def pytest_collection_modifyitems(config, items):
     so the Ray modules spread over both workers instead of queueing on one. (Handing the slow
     modules out first made the two workers run Ray tests at the same time: 639 s, against 615 s
     in xdist's own order.)"""
-    import pytest
-
     for item in items:
         item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+@pytest.fixture(scope="session")
+def phantom_folders(tmp_path_factory) -> dict:
+    """Ten JSRT + SCR phantoms in the original formats (two per cross-validation fold), and a cache folder."""
+    from data_io.phantoms import synthesize
+
+    root = tmp_path_factory.mktemp("engine-phantoms")
+    folders = synthesize(root / "data", n_source=10, n_target=0, source_size=128, seed=11)
+    return {**folders, "cache": root / "cache"}

@@ -16,7 +16,7 @@ def test_the_packages_below_sweep_never_import_ray():
     sweep/ and building the command line loads no Ray."""
     modules = [info.name for package in RAY_FREE
                for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + ".")]
-    assert "engine.transfer" in modules and "inference.stages" in modules and "commands.main" in modules
+    assert "engine.transfer.dispatch" in modules and "inference.stages" in modules and "commands.main" in modules
     code = ("import importlib, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
             "sys.modules['commands.main'].build_parser()\n"
@@ -29,7 +29,7 @@ def test_the_packages_below_sweep_never_import_ray():
 def test_the_grid_and_the_engine_key_warm_ups_by_one_identity():
     """What a warm-up computes from changes both its trial id and its cache key; what it never
     reads changes neither (the grid once hashed augment(ation) and profile and missed d_lr_ratio)."""
-    from engine.translation import translator_key
+    from engine.transfer.proposed.warmup import translator_key
     from protocol.grid import warmup_trial
 
     base = make_config("smoke", experiment="transfer", method="proposed")
@@ -81,7 +81,7 @@ def test_the_report_draws_the_overlay_colours_the_engine_uses():
 
 def test_m_a_of_train_transfer_is_the_sweeps_dependency(monkeypatch, tmp_path):
     """`cxrsweep train-transfer` without --segmenter trains the very M_A the sweep's grid depends on."""
-    import engine.data
+    import engine.data.segmentation
     import engine.supervised
     from commands.transfer import train_source_model
     from protocol.grid import source_model_config, transfer_trials
@@ -90,7 +90,7 @@ def test_m_a_of_train_transfer_is_the_sweeps_dependency(monkeypatch, tmp_path):
     assert source_model_config(cell.config) == m_a.config
     trained = {}
     # train_source_model looks both up in their modules when it runs: nothing loads or trains here.
-    monkeypatch.setattr(engine.data, "segmentation_data", lambda cfg, source: ("data of", cfg, source))
+    monkeypatch.setattr(engine.data.segmentation, "segmentation_data", lambda cfg, source: ("data of", cfg, source))
     monkeypatch.setattr(engine.supervised, "train_supervised",
                         lambda cfg, data, run_dir: trained.update(cfg=cfg, data=data, run_dir=run_dir))
     train_source_model(cell.config, "jsrt", tmp_path)

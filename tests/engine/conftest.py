@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.data import SegmentationData
+from engine.data.segmentation import SegmentationData
 
 SIZE = 64
 
@@ -26,13 +26,3 @@ def ellipse_data() -> SegmentationData:
     train, val, test = (ellipse_arrays(n, rng) for n in (8, 4, 4))
     return SegmentationData(*train, *val, *test, test_ids=[f"case{i:02d}" for i in range(4)], task="lungs",
                             dataset="ellipses")
-
-
-@pytest.fixture(scope="session")
-def phantom_folders(tmp_path_factory) -> dict:
-    """Ten JSRT + SCR phantoms in the original formats (two per cross-validation fold), and a cache folder."""
-    from data_io.phantoms import synthesize
-
-    root = tmp_path_factory.mktemp("engine-phantoms")
-    folders = synthesize(root / "data", n_source=10, n_target=0, source_size=128, seed=11)
-    return {**folders, "cache": root / "cache"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.checkpoints import load_init_weights
+from engine.runtime.checkpoints import load_init_weights
 from engine.supervised import train_supervised
 from models.registry import build_segmenter, load_segmenter
 from protocol.config import make_config
@@ -74,7 +74,7 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from protocol.config import make_config
-    from engine.data import SegmentationData
+    from engine.data.segmentation import SegmentationData
     from engine.supervised import train_supervised
 
     arrays = np.load(sys.argv[1])
@@ -136,7 +136,7 @@ def test_checkpoints_are_bounded_in_time_and_hold_what_a_resume_needs(tmp_path, 
 
 
 def test_checkpoint_clock_waits_its_interval():
-    from engine.checkpoints import CheckpointClock
+    from engine.runtime.checkpoints import CheckpointClock
 
     clock = CheckpointClock(60)
     assert not clock.due(final=False) and clock.due(final=True)
@@ -151,7 +151,7 @@ def test_best_weights_are_a_snapshot_and_last_pt_stores_them_once(tmp_path):
     epoch, as one set of tensors."""
     from torch import nn
 
-    from engine.checkpoints import on_cpu, save_atomic, state_copy, with_best
+    from engine.runtime.checkpoints import on_cpu, save_atomic, state_copy, with_best
 
     model = nn.Linear(64, 64)
     snapshot = state_copy(model)

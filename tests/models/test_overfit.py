@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.metrics import jaccard_per_image
+from engine.evaluation.metrics import jaccard_per_image
 from models.registry import build_segmenter
 
 STEPS = 60

@@ -70,7 +70,7 @@ def test_unknown_name_lists_the_choices():
 
 
 def test_load_segmenter_rebuilds_the_saved_network(tmp_path):
-    from engine.checkpoints import network_checkpoint, save_atomic
+    from engine.runtime.checkpoints import network_checkpoint, save_atomic
 
     model = build_segmenter("segnet", width=0.125).eval()
     path = save_atomic(network_checkpoint(model, "segnet", {"width": 0.125, "in_channels": 1, "num_classes": 2},

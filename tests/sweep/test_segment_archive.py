@@ -89,7 +89,7 @@ def test_both_ray_pipelines_give_the_local_masks(ray_runtime, sweep_phantoms, tm
     """The staged pipeline (read tasks, network actors, encode tasks: what runs with GPUs) and
     the whole-job actors of a CPU-only cluster write what the plain loop writes, content crop
     included (the phantoms' collimation bands are trimmed)."""
-    from engine.checkpoints import network_checkpoint, save_atomic
+    from engine.runtime.checkpoints import network_checkpoint, save_atomic
     from inference.inputs import list_inputs
     from inference.local import segment_local
     from inference.output import SegmentOutput

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from engine.checkpoints import network_checkpoint, save_atomic
+    from engine.runtime.checkpoints import network_checkpoint, save_atomic
     from models.registry import build_segmenter
 
     torch.manual_seed(0)

@@ -58,7 +58,7 @@ def test_table_two_runs_fuse_by_method_after_their_m_a(ray_runtime, data_paths, 
     M_A is published, the two other finetune cells go out as one fused Tune trial (their epochs
     replay the source images), the two scratch cells as another and the three self-training runs
     as a third, and once the translator is warmed the three proposed runs as a fourth
-    (engine.fused_proposed); each member is published as its own trial."""
+    (engine.fused.proposed); each member is published as its own trial."""
     base = make_config("smoke", {"num_threads": 1, "epochs": 2, "transfer_epochs": 2, "self_training_epochs": 2})
     grid = build_grid("transfer", base, models=["unet"], tasks=["lungs"], folds=[0], repetitions=[0],
                       methods=["finetune", "scratch", "self_training", "proposed"], fractions=[0, 50, 100])

@@ -147,7 +147,7 @@ def test_fuse_groups_ready_trials_of_one_key_and_never_waits_for_a_sibling():
     """--fuse 3 over Table I folds of two networks and a transfer trial that needs fold 0's M_A:
     one network's ready folds go out together; the transfer trial, not ready, is not grouped and
     is released on its own once its dependency is done."""
-    from engine.fused import group_key
+    from sweep.fusing import group_key
 
     base = make_config("smoke")
     grid = build_grid("all", base, models=["unet", "fcn"], tasks=["lungs"], folds=[0, 1, 2, 3], repetitions=[0],
