@@ -270,15 +270,10 @@ def _table2_row(group: tuple[str, str, str, str, str], fraction: float, method: 
                 images: pd.DataFrame, label_free: set[str], ci: str) -> dict:
     """Table II's row of one cell: who it is, how its trials ended, their target Jaccard, the
     paper's value where the setting is the paper's, and how its models were kept."""
-    target, task, model, recipe, budget = group
+    target, task, model, _, _ = group
     ok = cell[cell["status"] == "ok"]
     return {
-        "target": target,
-        "task": task,
-        "model": model,
-        "augmentation": recipe,
-        "label_budget": budget,
-        "label_fraction": float(fraction),
+        **_setting_columns(group, fraction),
         "method": method,
         "epochs": method_epochs(method, ok),
         "uses_no_target_labels": method in label_free,
@@ -287,6 +282,13 @@ def _table2_row(group: tuple[str, str, str, str, str], fraction: float, method: 
         **_published_columns(target, task, model, fraction, method),
         **_how_kept(ok),
     }
+
+
+def _setting_columns(group: tuple, fraction: float) -> dict:
+    """The columns that name a Table II setting: target, task, model, recipe, budget and fraction."""
+    target, task, model, recipe, budget = group
+    return {"target": target, "task": task, "model": model, "augmentation": recipe, "label_budget": budget,
+            "label_fraction": float(fraction)}
 
 
 def _cell_jaccard(cell: pd.DataFrame, ok: pd.DataFrame, images: pd.DataFrame, ci: str) -> dict:
@@ -452,12 +454,7 @@ def paired_tests_frame(results: Results) -> pd.DataFrame:
             test = wilcoxon_paired(proposed, baselines[baseline])
             rows.append(
                 {
-                    "target": target,
-                    "task": task,
-                    "model": model,
-                    "augmentation": recipe,
-                    "label_budget": budget,
-                    "label_fraction": float(fraction),
+                    **_setting_columns((target, task, model, recipe, budget), fraction),
                     "baseline": baseline,
                     "n_pairs": test.n_pairs,
                     "statistic": test.statistic,
