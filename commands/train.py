@@ -12,10 +12,8 @@ from protocol.config import SEGMENTATION_MODELS, TASKS
 log = logging.getLogger(__name__)
 
 # `cxrsweep segment` without --ray / --local / --address: fewer images than this run the plain loop
-# in this process, since starting a local Ray runtime costs more than it saves on them. Measured
-# on 2 cores (cpu-profile U-Net, 512 px phantoms; docs/performance.md): Ray's start
-# costs about 11 s more than the loop's, its pace is 20-23 images/s to the loop's 16.5, and
-# 1,000 images took 61.8 s on Ray, 62.5 s in the loop.
+# in this process, since starting a local Ray runtime costs more than it saves on them: the count
+# where Ray's faster pace has paid for its start (benchmarks/bench_segment.py; docs/performance.md).
 RAY_MIN_IMAGES = 1000
 
 
