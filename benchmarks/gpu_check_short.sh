@@ -56,7 +56,8 @@ from data_io.cache import load_jsrt, load_target
 from data_io.preprocess import CropBox, mask_to_full_frame
 from models.registry import build_segmenter
 from engine.data.segmentation import FullFrame, score_per_image
-from engine.runtime.device import memory_format_for, predict_masks, resolve_device
+from engine.runtime.device import memory_format_for, resolve_device
+from engine.runtime.prediction import predict_masks
 from engine.evaluation.scoring import FramePlacement, SplitScorer
 
 data, size = sys.argv[1], int(sys.argv[2])
