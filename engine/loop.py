@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from engine.runtime import checkpoints as ckpt
+from engine.runtime.device import load_scaler_state
+from protocol.run_dir import RunDirectoryPaths
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +169,14 @@ class HighestMean:
         return False
 
 
-class EpochLoop(ckpt.ResumableRun):
+class EpochLoop(RunDirectoryPaths):
     """What a run that trains epoch by epoch shares; see the module's docstring for the hooks.
 
-    Subclasses set `selector` and call `start_bookkeeping` (the state `ResumableRun` restores),
-    and declare their batches and steps (`EpochSteps`)."""
+    Subclasses set `selector` and call `start_bookkeeping` (the state a resume restores from
+    last.pt), and declare their batches and steps (`EpochSteps`). A resume reads last.pt
+    (`read_last`; a run whose last.pt is not a segmenter checkpoint, the translator warm-up,
+    overrides `read_state`) and restores the loop's part of it (`restore_progress`); the run
+    restores its own networks and optimisers."""
 
     selector: Selector
 
@@ -182,6 +187,27 @@ class EpochLoop(ckpt.ResumableRun):
         self.history: list[dict] = []
         self.duration_s = 0.0
         self.clock = ckpt.CheckpointClock(checkpoint_every_s)
+
+    # --- resume: the loop's part of last.pt ---
+    def read_state(self, path: Path) -> dict[str, Any]:
+        return ckpt.read_checkpoint(path)
+
+    def read_last(self, comparable: Callable[[dict], dict] = dict) -> dict[str, Any] | None:
+        """The run directory's last.pt, or None; refused when the run was started with another
+        config (as `comparable` sees both)."""
+        if not self.last_path.exists():
+            return None
+        state = self.read_state(self.last_path)
+        ckpt.check_resumable(self.last_path, comparable(state["config"]), comparable(self.cfg.to_dict()))
+        return state
+
+    def restore_progress(self, state: dict[str, Any]) -> None:
+        """The loss scaler, the random state and the best-so-far bookkeeping a last.pt holds."""
+        load_scaler_state(self.scaler, state.get("scaler"))
+        ckpt.restore_rng_state(state["rng"])
+        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
+        self.best = ckpt.best_of(state, self.run_dir)
+        self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
 
     @property
     def total_epochs(self) -> int:

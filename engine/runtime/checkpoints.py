@@ -11,12 +11,11 @@ import torch
 from torch import nn
 
 from engine.data.segmentation import labelled_foreground_share
-from engine.runtime.device import load_scaler_state
 from errors import UserError
 from models.registry import load_torch_file, read_segmenter_checkpoint
 from protocol.config import EXECUTION_FIELDS
 from protocol.results import replace_atomically
-from protocol.run_dir import RunDirectoryPaths, best_checkpoint_path
+from protocol.run_dir import best_checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +69,6 @@ def best_of(last: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
         return last["best"]
     legacy = best_checkpoint_path(run_dir)
     return read_checkpoint(legacy) if legacy.is_file() else None
-
-
-class ResumableRun(RunDirectoryPaths):
-    """The resume steps both engines share, for a trainer with `cfg`, `run_dir`, `scaler` and the
-    best-so-far bookkeeping (`epoch`, `best_val`, `best_epoch`, `best`, `history`, `duration_s`).
-    A run whose last.pt is not a segmenter checkpoint (the translator warm-up) overrides `read_state`."""
-
-    def read_state(self, path: Path) -> dict[str, Any]:
-        return read_checkpoint(path)
-
-    def read_last(self, comparable: Callable[[dict], dict] = dict) -> dict[str, Any] | None:
-        """The run directory's last.pt, or None; refused when the run was started with another
-        config (as `comparable` sees both)."""
-        if not self.last_path.exists():
-            return None
-        state = self.read_state(self.last_path)
-        check_resumable(self.last_path, comparable(state["config"]), comparable(self.cfg.to_dict()))
-        return state
-
-    def restore_progress(self, state: dict[str, Any]) -> None:
-        """The loss scaler, the random state and the best-so-far bookkeeping a last.pt holds."""
-        load_scaler_state(self.scaler, state.get("scaler"))
-        restore_rng_state(state["rng"])
-        self.epoch, self.best_val, self.best_epoch = state["epoch"], state["best_val_jaccard"], state["best_epoch"]
-        self.best = best_of(state, self.run_dir)
-        self.history, self.duration_s = list(state["history"]), float(state["duration_s"])
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
