@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import _SpectralNorm
 
-from engine.fused.stacking import grouped_on, stack_adam, unstack_adam
+from engine.fused.stacking import grouped_on, member_outcomes, stack_adam, unstack_adam
 from engine.transfer.proposed.gan import LossSums
 from engine.transfer.proposed.run import STEP_CLOCKS, ProposedRun, StepClock
 
@@ -256,19 +256,9 @@ class FusedProposedStep:
         """Per member its epoch's metrics, or the exception that failed it."""
         self._unstack()
         seconds = self.clock.seconds()
-        results: list[dict[str, Any] | BaseException] = []
-        for row, run in enumerate(self.runs):
-            outcome = self.outcome[row]
-            if outcome is not None:
-                results.append(outcome)
-                continue
-            try:
-                metrics = run.trained_epoch(run.epoch_losses_of(self.sums[row], seconds))
-            except Exception as exc:
-                results.append(exc)
-                continue
-            results.append({**metrics, "fused_members": len(self.runs)})
-        return results
+        return member_outcomes(self.outcome, lambda row: {
+            **self.runs[row].trained_epoch(self.runs[row].epoch_losses_of(self.sums[row], seconds)),
+            "fused_members": len(self.runs)})
 
     def train_epoch(self) -> list[dict[str, Any] | BaseException]:
         """One epoch of every member (each from its own epoch count)."""

@@ -4,7 +4,7 @@ device runs the members as one vmapped computation (`grouped_on`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch.func import functional_call
@@ -178,3 +178,20 @@ class MemberDropout:
                 keep = 1 - self.layers[name].p
                 drawn[name].append(torch.empty(shape).bernoulli_(keep, generator=generator).div_(keep))
         return {name: torch.stack(masks).to(device) for name, masks in drawn.items()}
+
+
+def member_outcomes(failed: Sequence[BaseException | None],
+                    metrics: Callable[[int], dict[str, Any]]) -> list[dict[str, Any] | BaseException]:
+    """Per member of a fused epoch its metrics (`metrics(row)`), or the exception that failed it:
+    during the epoch (`failed[row]`) or in `metrics` (e.g. a loss that is not finite). A member
+    fails alone; its siblings' results stand."""
+    results: list[dict[str, Any] | BaseException] = []
+    for row, failure in enumerate(failed):
+        if failure is not None:
+            results.append(failure)
+            continue
+        try:
+            results.append(metrics(row))
+        except Exception as exc:
+            results.append(exc)
+    return results

@@ -39,7 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from engine.data.augmentation import augment
 from engine.data.segmentation import SegmentationData
-from engine.fused.stacking import MemberDropout, grouped_on, stack_adam, unstack_adam
+from engine.fused.stacking import MemberDropout, grouped_on, member_outcomes, stack_adam, unstack_adam
 from engine.loop import EpochCallback, TrainingRun, drive, train_one_epoch
 from engine.runtime import checkpoints as ckpt
 from engine.runtime.device import autocast_for, torch_threads
@@ -226,22 +226,16 @@ class FusedStep:
         """Per member its epoch's metrics, or the exception that failed it."""
         train_s = time.perf_counter() - started
         self._unstack()
-        results: list[dict[str, Any] | BaseException] = []
-        for row, t in enumerate(self.trainers):
-            outcome = self.outcome[row]
-            if outcome is not None:
-                results.append(outcome)
-                continue
+
+        def metrics(row: int) -> dict[str, Any]:
+            t = self.trainers[row]
             loss = float(self.totals[row]) / len(t.train_images)
-            try:
-                t.trained_epoch()
-                check_finite_loss(t, loss)
-            except Exception as exc:
-                results.append(exc)
-                continue
-            results.append({"train_loss": loss, "train_s": train_s, "fused_members": len(self.trainers),
-                            "train_images_per_s": len(t.data.train_images) / max(train_s, 1e-9)})
-        return results
+            t.trained_epoch()
+            check_finite_loss(t, loss)
+            return {"train_loss": loss, "train_s": train_s, "fused_members": len(self.trainers),
+                    "train_images_per_s": len(t.data.train_images) / max(train_s, 1e-9)}
+
+        return member_outcomes(self.outcome, metrics)
 
     def train_epoch(self) -> list[dict[str, Any] | BaseException]:
         """One epoch of every member (each from its own epoch count)."""
