@@ -5,7 +5,7 @@ it prints, side by side, the aggregate training images/s of
   - K trials fused into one computation (one process, one vmapped step: `grouped`), and, with
     `--steps grouped,each`, K trials fused but each member's network run on its own rows of the
     stacked state (`each`: what a fused trial does on a CPU, bit-exact with its separate run;
-    engine.fused.grouped_on), and
+    engine.fused.stacking.grouped_on), and
   - K separate trials packed on the same device (K processes started together, each with its
     own run: what `--gpus-per-trial 1/K` does through Ray),
 for K in --ks, each against one trial alone; the host memory (peak RSS) and, on a GPU, the
@@ -168,7 +168,7 @@ def packed_rate(profile: str, model: str, k: int, n: int, epochs: int) -> dict:
 def measure(models: list[str], profiles: list[str], ks: list[int], n: int, epochs: int, steps: list[str],
             on_row: Callable[[dict], None] = lambda rows: None) -> dict:
     """Per profile, network and K: the packed rate and the fused rate of each step in `steps`
-    (`grouped`, `each`); the row's "fused" is the device's own way (engine.fused.grouped_on).
+    (`grouped`, `each`); the row's "fused" is the device's own way (engine.fused.stacking.grouped_on).
     `on_row(rows)` after each row (a time limit then keeps the rows measured so far)."""
     from engine.fused.stacking import grouped_on
 
@@ -244,7 +244,7 @@ def projection(rows: dict, gpus: list[int]) -> dict:
     before = {s.trial_id: alone[s.trial_id] * best_pack / packing[packing_kind(s)] for s in specs}
 
     def fused(spec) -> float:
-        """A trial's seconds per slot once what engine.fused.group_key fuses runs fused."""
+        """A trial's seconds per slot once what sweep.fusing.group_key fuses runs fused."""
         if group_key(spec) is None:
             return before[spec.trial_id]
         if packing_kind(spec) == "proposed":
@@ -276,7 +276,7 @@ def _speeds(rows: dict, model: str) -> dict[str, dict[int, float]]:
 
 def equivalence(models: list[str], epochs: int) -> dict:
     """The 5 JSRT-phantom folds of each network (smoke profile, as tests/engine/fused/test_fused.py)
-    trained fused on this device, the device's own way (engine.fused.grouped_on), against the
+    trained fused on this device, the device's own way (engine.fused.stacking.grouped_on), against the
     same folds trained one by one: per fold the test-Jaccard gap and whether the best epoch agrees.
     On the CPU the gaps are 0 (member by member is bit-exact); on a GPU they are the vmapped
     step's rounding (and cuDNN's own run-to-run differences)."""
@@ -322,7 +322,7 @@ def equivalence_proposed(epochs: int) -> dict:
     fused on this device, the device's own way, against the same runs one by one: per run the
     test-Jaccard gap, the largest gap of an epoch's supervised loss, and whether the kept epoch
     agrees. On the CPU the gaps are 0; on a GPU they are the vmapped step's rounding and its own
-    draws of random styles (tests/engine/transfer/test_fused_proposed.py checks both ways on the CPU)."""
+    draws of random styles (tests/engine/fused/test_fused_proposed.py checks both ways on the CPU)."""
     from functools import partial
 
     from data_io.cache import load_jsrt, load_target
@@ -390,7 +390,7 @@ def main() -> int:
     parser.add_argument("--equivalence", action="store_true",
                         help="instead: train the 5 phantom folds of each network (and, for proposed, three "
                              "label fractions) fused and alone on this device (smoke profile, 4 epochs, as "
-                             "tests/engine/fused/test_fused.py and tests/engine/transfer/test_fused_proposed.py)")
+                             "tests/engine/fused/test_fused.py and tests/engine/fused/test_fused_proposed.py)")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     n = args.images or (148 if GPU else 8)

@@ -15,7 +15,7 @@ in which the grouped convolutions sum (about 1e-7 apart per layer), as the threa
 fused path with a bug (a member reading another's images, statistics or optimiser state) shows
 as a spread well above the thread count's. Downstream cells (transfer trials on a fused M_A)
 inherit their dependency's spread. On the CPU a fused trial runs member by member
-(engine.fused.grouped_on) and is its run alone bit for bit: the fused lines read 0 (a finished
+(engine.fused.stacking.grouped_on) and is its run alone bit for bit: the fused lines read 0 (a finished
 sweep in --work is reused as it is, so remove one that an older cxrsweep made).
 
 `python benchmarks/bench_fused_equivalence.py --work DIR` (about 15 minutes on 2 CPU cores at the

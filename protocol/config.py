@@ -334,7 +334,7 @@ def warmup_identity(cfg: RunConfig) -> dict[str, Any]:
     what only the segmentation or the transfer epochs read (augmentation, w_seg, w_semantic, the
     selection) or what merely names a scale (profile: the fields it sets are here themselves).
     The sweep's warm-up trial ids (protocol.grid) and the engine's cache key of warmed translators
-    (engine.transfer.proposed.translator_key) both hash it."""
+    (engine.transfer.proposed.warmup.translator_key) both hash it."""
     return {
         "translator": cfg.translator, "kwargs": translator_arguments(cfg),
         "gan_lr": cfg.gan_lr, "gan_betas": [cfg.gan_beta1, cfg.gan_beta2], "gan_weight_decay": cfg.gan_weight_decay,

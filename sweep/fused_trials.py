@@ -1,5 +1,5 @@
 """The Ray Tune trainable of a fused trial (`cxrsweep run --fuse K`): up to K grid trials trained
-as one computation on one device by `engine.fused.train_fused`.
+as one computation on one device by `engine.fused.supervised.train_fused`.
 
 Each member is still a trial of its own everywhere but in Tune: its own run directory (under
 the group's scratch folder), `result.json`, `images.parquet` rows, checkpoint, publication to
@@ -218,7 +218,7 @@ class _Group:
 
 def run_fused_trial(config: dict, datasets: dict[str, Any]) -> None:
     """The members of `config["members"]` (entries as sweep.trainables.run_trial takes them, all
-    of one engine.fused.group_key: supervised segmentation trials, finetune / scratch trials,
+    of one sweep.fusing.group_key: supervised segmentation trials, finetune / scratch trials,
     self-training trials, or proposed-method trials) trained together."""
     from engine.data.transfer import hide_test
     from engine.fused.supervised import train_fused

@@ -134,7 +134,7 @@ class DependencyRelease(Searcher):
     to the driver's progress (sweep.progress.relay_dropped).
 
     `fuse` > 1: a ready trial goes out with up to `fuse` - 1 other ready trials that may be
-    trained with it as one computation (engine.fused.group_key) as one Tune trial, whose config
+    trained with it as one computation (sweep.fusing.group_key) as one Tune trial, whose config
     also holds `members` (the entries of all of them, the first one's included)."""
 
     def __init__(self, specs: Sequence[TrialSpec], entries: dict[str, dict], out: str,

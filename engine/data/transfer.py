@@ -21,7 +21,7 @@ class TransferData:
     Target masks are None where the target dataset has no labels for the task (heart and
     clavicles on Montgomery): such runs give overlays, never numbers. With content crops
     (`crop_borders`), masks are in the cropped frame and the `*_frame`s hold the whole frame,
-    where validation and test scores are computed (engine.data.FullFrame).
+    where validation and test scores are computed (engine.data.segmentation.FullFrame).
     """
 
     task: str

@@ -1,14 +1,14 @@
 """Label-free evidence about an adapted model, next to M_A as it is: what the harm guard reads.
 
-An adaptation method produces its result by a fixed schedule (engine/transfer.py,
-engine/self_training.py); the guard then asks whether that result is harmful. Nothing here
+An adaptation method produces its result by a fixed schedule (engine/transfer/,
+engine/transfer/self_training.py); the guard then asks whether that result is harmful. Nothing here
 reads a target label. Each signal is per image, so two models can be compared image by image:
 
 - `source`: the model's Jaccard on the SOURCE validation images, applied the way it is applied to
   target images (through A -> B -> A when it has a translator). Labels exist there. A model that
   has forgotten the anatomy it was trained on, or whose translation has started to distort what
   it carries, loses here.
-- `plausibility`: the shape prior of engine/selection.py on the target validation images. It
+- `plausibility`: the shape prior of engine/evaluation/selection.py on the target validation images. It
   saturates on sound masks and cannot see a few points of boundary, but it does see gross
   collapse: a blob over the body, empty or fragmented masks.
 - `agreement`: agreement under test-time augmentation on the target validation images: the mean

@@ -11,7 +11,7 @@ The label budget of a run at f % is the labels it uses, training and selection t
 - "paper": the paper's protocol, the labelled target validation split chooses the epoch at
   every fraction above 0, so a run said to use 2 labels reads those of the validation split too.
 At 0 % both budgets are the same run. Whatever the budget, what the run ends with is judged
-against where it started (M_A as it is, for the adaptation methods) by its guard (engine/guard.py).
+against where it started (M_A as it is, for the adaptation methods) by its guard (engine/evaluation/guard.py).
 """
 from __future__ import annotations
 

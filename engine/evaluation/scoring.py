@@ -6,11 +6,11 @@ predicts in large batches, places the predictions of trimmed images, counts pixe
 and hands the host one [3, N] array of counts: one host sync per pass, whatever the number of
 images or batches.
 
-The numbers are those of `engine.data.score_per_image` applied to
-`engine.device.predict_masks` (numpy, one image at a time), which stay the reference:
+The numbers are those of `engine.data.segmentation.score_per_image` applied to
+`engine.runtime.prediction.predict_masks` (numpy, one image at a time), which stay the reference:
 the same argmax, the same float32 interpolation in the same order (`data_io.preprocess.frame_axis`
-gives both the samples), the same integer counts and formulas (`engine.metrics`).
-tests/engine/test_scoring.py asserts equality on phantoms with and without content crops.
+gives both the samples), the same integer counts and formulas (`engine.evaluation.metrics`).
+tests/engine/evaluation/test_scoring.py asserts equality on phantoms with and without content crops.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ images, without their labels, sees that. Under `selection=target` it chooses the
 labels, and under `guard=strict` "no adaptation" (M_A on b as it is, the source_only model) is
 always a candidate: an adapted epoch is kept only if it is clearly (by `margin`) more plausible;
 otherwise the run falls back and says so. Under the default fixed schedule it is one of the harm guard's signals
-(engine.guard), where it decides only collapse and the repair of gross failures.
+(engine.evaluation.guard), where it decides only collapse and the repair of gross failures.
 
 Plausibility of one predicted mask (`ShapePrior.plausibility`): its best Jaccard overlap with any
 SOURCE training mask, both resampled to a coarse SHAPE_GRID x SHAPE_GRID grid (a multi-atlas,
@@ -99,7 +99,7 @@ def lower_confidence_bound(gain: np.ndarray) -> float:
 @dataclass
 class Decision:
     """Whether the chosen adapted epoch is kept over no adaptation, and the evidence: for the strict
-    guard the mean gain by the run's criterion and its bound; for the harm guard (engine/guard.py)
+    guard the mean gain by the run's criterion and its bound; for the harm guard (engine/evaluation/guard.py)
     the signal that found harm (`rule`) and every signal's comparison (`evidence`)."""
 
     keep_adaptation: bool
@@ -179,7 +179,7 @@ class KeepBest:
       the start left out. On source images M_A as it is is what it was trained for and wins
       nearly always; that says nothing of the target, so it is no comparison.
     - The fixed schedule: every epoch replaces the one before; the last is kept. Whether it
-      replaces the start is the harm guard's question (engine/guard.py), not this class's.
+      replaces the start is the harm guard's question (engine/evaluation/guard.py), not this class's.
     """
 
     def __init__(self, criterion: str, margin: float = 0.0, start_is_candidate: bool = True):

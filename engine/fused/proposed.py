@@ -8,17 +8,17 @@ generative, supervised) runs once for all members over their stacked parameters 
 and three stacked Adams (discriminators, generators, segmenter) update them, each member from
 its own moments and step counts.
 
-Each member stays its own engine.transfer.ProposedRun: its index batches, random stream,
+Each member stays its own engine.transfer.proposed.run.ProposedRun: its index batches, random stream,
 augmentation, label plan, validation, epoch selection, checkpoints and resume are its run's; only
 the steps are shared. What a run alone freezes with `set_trainable` enters a fused step detached
 (no gradient either way). Spectral normalisation's power iteration updates each member's vectors
 in place, as in its run alone.
 
-As in engine.fused, two ways to run a step (`engine.fused.grouped_on`): on a GPU one vmapped
+As in engine.fused, two ways to run a step (`engine.fused.stacking.grouped_on`): on a GPU one vmapped
 computation for all members, whose random styles vmap draws per member (not the draws of a run
 alone, and sums run in another order); on the CPU member by member on its rows of the stacked
 state with its own random stream in place, and a fused member is then its run alone bit for bit
-(tests/transfer/test_fused_proposed.py checks both ways).
+(tests/engine/fused/test_fused_proposed.py checks both ways).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from engine.fused.stacking import grouped_on, member_outcomes, stack_adam, unsta
 from engine.transfer.proposed.gan import LossSums
 from engine.transfer.proposed.run import STEP_CLOCKS, ProposedRun, StepClock
 
-# What proposed-method runs (engine.fused_proposed) must share besides: M_A's optimiser and the
+# What proposed-method runs (engine.fused.proposed) must share besides: M_A's optimiser and the
 # transfer epochs, the translator (its arguments are its losses' weights) and the game's optimisers.
 PROPOSED_FUSE_FIELDS = ("model", "width", "image_size", "batch_size", "transfer_epochs", "lr", "weight_decay",
                         "beta1", "beta2", "device", "translator", "gan_lr", "gan_beta1", "gan_beta2",
@@ -93,7 +93,7 @@ def _power_method_in_place(self: _SpectralNorm, weight_mat: Tensor, n_power_iter
 
 
 class FusedProposedStep:
-    """The live members of one fused epoch of the proposed method (engine.fused.train_fused's
+    """The live members of one fused epoch of the proposed method (engine.fused.supervised.train_fused's
     `step` for groups of ProposedRuns): their stacked state, and the epoch's training."""
 
     FIELDS = PROPOSED_FUSE_FIELDS + ("translator arguments", "networks (shapes, the warmed translator's arguments)")
@@ -105,8 +105,8 @@ class FusedProposedStep:
         (the fused step computes with the first member's translator). A member that differs fails
         to start, alone."""
         if not proposed_fusable(run.cfg):
-            raise ValueError(f"{run.run_dir}: this proposed run cannot train fused (engine.fused.proposed_fusable): "
-                             "run it with --fuse 1")
+            raise ValueError(f"{run.run_dir}: this proposed run cannot train fused "
+                             "(engine.fused.proposed.proposed_fusable): run it with --fuse 1")
         if run.scaler.is_enabled():
             raise ValueError(f"{run.run_dir}: fused training needs bfloat16 or float32 arithmetic; this device trains "
                              "in float16 with loss scaling (run these trials unfused: --fuse 1)")

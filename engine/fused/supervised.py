@@ -18,7 +18,7 @@ Two ways to run the shared step (`grouped_on`): on a GPU one vmapped forward / b
 members (grouped kernels: the point of fusing), whose convolutions sum in another order than a
 member's own run (about 1e-7 apart per layer); on the CPU, where grouped kernels bring no speed,
 each member's network runs on its rows of the stacked state, and a fused member is then its
-separate run bit for bit (tests/engine/test_fused.py checks both ways).
+separate run bit for bit (tests/engine/fused/test_fused.py checks both ways).
 
 A member that raises, or whose training loss is not finite, fails alone: its result is its
 exception and its siblings go on. Either way the members' arithmetic stays apart, so one member's
@@ -67,7 +67,7 @@ def fuse_key(cfg: RunConfig) -> tuple:
 class Member:
     """One run of a fused group: what `train_supervised` would be called with, or (`trainer`
     given) how to build a run that trains as a `Trainer` does, e.g.
-    engine.transfer.transfer_trainer for finetune, scratch and self-training."""
+    engine.transfer.dispatch.transfer_trainer for finetune, scratch and self-training."""
 
     cfg: RunConfig
     data: SegmentationData | None
@@ -252,7 +252,7 @@ class FusedStep:
 
 class Fused:
     """engine.loop's strategy for a fused group: each epoch, one `step_type` (FusedStep, or
-    engine.fused_proposed.FusedProposedStep) over the live members' stacked state trains them all;
+    engine.fused.proposed.FusedProposedStep) over the live members' stacked state trains them all;
     each member's failure is its own. The global random state is each member's own around its
     step and its epoch's end (what its checkpoint saves and its run alone would hold)."""
 

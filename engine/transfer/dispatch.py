@@ -9,13 +9,13 @@ Methods (protocol.config.TRANSFER_METHODS):
   into both generators). Inference on b: M_A(G_BA(b)).
 - finetune: M_A fine-tuned on the labelled target images.
 - scratch: M_A's architecture from random initialisation on the labelled target images.
-- self_training: M_A's pseudo-labels on the unlabelled target images (engine/self_training.py).
+- self_training: M_A's pseudo-labels on the unlabelled target images (engine/transfer/self_training.py).
 - source_only: M_A applied to target images as they are (same intensity normalisation): the
   honest 0 % baseline.
 
 finetune and scratch need target labels: at 0 % they raise `NotApplicable`, which the sweep
 records as status "not_applicable", never as a number. Which target labels a run reads, and what
-chooses its epoch, is its label plan (engine/label_budget.py); every method that starts from
+chooses its epoch, is its label plan (engine/evaluation/label_budget.py); every method that starts from
 M_A counts M_A as it is among its candidates.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def transfer_trainer(cfg: RunConfig, data: TransferData, run_dir: str | Path,
 def proposed_run(cfg: RunConfig, data: TransferData, run_dir: str | Path, segmenter_checkpoint: str | Path,
                  translator_checkpoint: str | Path) -> "ProposedRun":
     """A proposed-method run as `train_transfer` would run it, after its checks and label plan:
-    what engine.fused_proposed trains with others of its shape. Build it under the run's thread
+    what engine.fused.proposed trains with others of its shape. Build it under the run's thread
     count (engine.fused does)."""
     if cfg.method != "proposed":
         raise ValueError(f"proposed_run builds the proposed method; got {cfg.method!r}")

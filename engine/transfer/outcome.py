@@ -122,7 +122,7 @@ def judge(cfg: RunConfig, data: TransferData, plan: LabelPlan, keeper: KeepBest,
           adapted: TranslateThenSegment | None, source_model: dict, device: torch.device) -> Decision | None:
     """Whether `adapted`, what the run ends with, replaces M_A as it is (None: no comparison, the
     result stands; `adapted` None: no trained epoch beat M_A by the run's own criterion, which
-    keeps M_A): by the run's guard (RunConfig.guard). "harm": unless engine.guard.HarmGuard finds
+    keeps M_A): by the run's guard (RunConfig.guard). "harm": unless engine.evaluation.guard.HarmGuard finds
     evidence of harm; "strict": only when its selection criterion shows it clearly better
     (KeepBest.decide); "off": always."""
     if cfg.guard == "off":

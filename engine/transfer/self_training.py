@@ -2,11 +2,11 @@
 
 A teacher labels the target training images the run has no labels for (pseudo-labels); the most
 plausible `pseudo_label_keep` share of them is kept, judged by the shape prior of
-engine/selection.py (an implausible pseudo-label, e.g. a blob over the body, is the teacher's
+engine/evaluation/selection.py (an implausible pseudo-label, e.g. a blob over the body, is the teacher's
 mistake and would only be learnt). A student that starts from M_A trains `self_training_epochs`
 epochs on the source training images with their truth (source replay), the kept pseudo-labelled
 target images and the target images the label fraction keeps (with their truth;
-engine/label_budget.py), with the run's augmentation recipe: a strong augmentation on the student
+engine/evaluation/label_budget.py), with the run's augmentation recipe: a strong augmentation on the student
 and none on the teacher, as in FixMatch / "Noisy Student" and the self-training baselines of
 domain adaptation for segmentation (Zou et al., ECCV 2018). Its result is the average of its
 weights at the ends of its epochs.
@@ -15,11 +15,11 @@ The teacher (`pseudo_label_teacher`): "average" (the default), the student's wei
 refreshed after every epoch, a mean teacher at the granularity of epochs (Tarvainen & Valpola
 2017): it improves as the student does and is steadier than it; "source", M_A once, before the
 first epoch. With `pseudo_label_tta` (the default) the teacher labels each image from its mean
-probability over test-time variants (engine/guard.py), an ensemble's labels. Pixels the teacher
+probability over test-time variants (engine/evaluation/guard.py), an ensemble's labels. Pixels the teacher
 is unsure of can be left unlabelled (`pseudo_label_confidence`; off by default: measured on the
 phantoms it cost the boundary, docs/adaptation.md).
 
-Whether the result replaces M_A is the run's guard's question (engine/guard.py), as for every
+Whether the result replaces M_A is the run's guard's question (engine/evaluation/guard.py), as for every
 transfer method.
 """
 from __future__ import annotations
@@ -51,8 +51,8 @@ class PseudoLabeller:
     """Pseudo-labels of the unlabelled target training images by a teacher network.
 
     Per image, the teacher's foreground probability (averaged over the test-time variants of
-    engine/guard.py when `tta`: an ensemble's labels are better than one pass's); the images whose
-    masks are the most plausible (the shape prior of engine/selection.py: an implausible
+    engine/evaluation/guard.py when `tta`: an ensemble's labels are better than one pass's); the images whose
+    masks are the most plausible (the shape prior of engine/evaluation/selection.py: an implausible
     pseudo-label, e.g. a blob over the body, is the teacher's mistake and would only be learnt),
     the top `keep` share, are kept. Per pixel, where the probability lies within `confidence` of
     neither class (max(p, 1 - p) < confidence) the pixel is left unlabelled (IGNORE_INDEX):

@@ -1,7 +1,7 @@
 """The supervised engine's trainer inside a transfer run (finetune, scratch, self_training). Plain PyTorch.
 
 What it adds to `Trainer`: the run reads only the target labels of its label plan
-(engine/label_budget.py), chooses its epoch by the plan's criterion (KeepBest), and, when it
+(engine/evaluation/label_budget.py), chooses its epoch by the plan's criterion (KeepBest), and, when it
 starts from M_A, counts where it started (epoch 0, M_A as it is) as a candidate: a run that makes
 things worse by its own measure returns M_A and says so. `scratch` starts from no model, so its
 first epoch is its first candidate.

@@ -72,7 +72,7 @@ class LossSums:
 class TranslationTrainer:
     """One translator with its two optimisers; the generator optimiser is shared with the
     supervised step of the proposed method, which also updates the generators. Steps run under
-    the device's mixed precision (engine.device.autocast_for) and return their loss
+    the device's mixed precision (engine.runtime.device.autocast_for) and return their loss
     terms as tensors on the device, so that a step never waits for the GPU."""
 
     def __init__(self, translator: Translator, cfg: "RunConfig"):

@@ -140,7 +140,7 @@ class ProposedRun(EpochLoop):
         self.foreground_range = ckpt.foreground_range([data.source_train_masks, plan.train_masks])
         self.start_bookkeeping(cfg.checkpoint_every_s)
         # What picks the epoch: the label plan's criterion, M_A on b as it is ("no adaptation",
-        # epoch 0) one of the candidates (engine/selection.py, KeepBest).
+        # epoch 0) one of the candidates (engine/evaluation/selection.py, KeepBest).
         self.criterion = plan.criterion
         self.scores = CandidateScorer(cfg, data, plan, self.validate, device)
         self.keeper = KeepBest(plan.criterion, cfg.selection_margin, start_is_candidate=cfg.guard != "off")
@@ -300,7 +300,7 @@ class ProposedRun(EpochLoop):
         return self.cfg.transfer_epochs
 
     def trained_epoch(self, losses: dict[str, float]) -> dict[str, Any]:
-        """An epoch's metrics from its losses, trained here or in a fused group (engine.fused_proposed)."""
+        """An epoch's metrics from its losses, trained here or in a fused group (engine.fused.proposed)."""
         self.epoch_losses = losses
         self.epoch_balance = adversarial_balance(losses, self.cfg.w_adv)
         return {**losses, **self.epoch_balance}

@@ -63,7 +63,7 @@ def _same_rows_and_epochs(members, separate_root, k) -> None:
 
 @pytest.mark.parametrize("model", ["unet", "segnet", "fcn"])
 def test_fused_folds_on_the_cpu_are_their_separate_runs_bit_for_bit(jsrt, separate, model, tmp_path):
-    """The CPU's fused step (member by member on the stacked state, engine.fused.grouped_on): every
+    """The CPU's fused step (member by member on the stacked state, engine.fused.stacking.grouped_on): every
     epoch's loss and validation Jaccard, the kept weights and the test scores of each fold are
     those of its separate run, exactly."""
     members = _members(jsrt, model, tmp_path / "fused")

@@ -1,4 +1,4 @@
-"""Table II's Trainer-shaped runs fused (engine.fused with engine.transfer.transfer_trainer):
+"""Table II's Trainer-shaped runs fused (engine.fused with engine.transfer.dispatch.transfer_trainer):
 finetune, scratch and self-training runs of several label fractions trained fused against the
 same runs alone (train_transfer): the CPU's member-by-member step bit-exact, the GPU's vmapped
 step (run here on the CPU) within rounding."""
@@ -26,7 +26,7 @@ def _member(cfg, data, run_dir, segmenter) -> Member:
 
 def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segmenter_checkpoint, tmp_path):
     segmenter_checkpoint = trained_segmenter_checkpoint  # finetune starts from an M_A that has learnt
-    # Two groups, as the sweep forms them (engine.fused.group_key): the baselines, and the
+    # Two groups, as the sweep forms them (sweep.fusing.group_key): the baselines, and the
     # self-training runs, whose epochs differ in length (source + pseudo-labelled + labelled images).
     configs = [make_cfg(method=method, label_fraction=fraction, epochs=EPOCHS, transfer_epochs=EPOCHS,
                        self_training_epochs=EPOCHS, lr=3e-3)
@@ -62,7 +62,7 @@ def test_fused_baselines_match_their_runs_alone(make_cfg, data_for, trained_segm
             together[k] = result
         return together
 
-    # On the CPU a fused member's arithmetic is its run's alone (engine.fused.grouped_on): every
+    # On the CPU a fused member's arithmetic is its run's alone (engine.fused.stacking.grouped_on): every
     # epoch's loss and selection score, the kept epoch and its test score are the same numbers.
     together = fused(tmp_path / "fused", grouped=False)
     for k, (one, result) in enumerate(zip(alone, together)):

@@ -40,7 +40,7 @@ def _configs(make_cfg):
 @pytest.fixture(scope="module")
 def alone(tmp_path_factory, source, target, segmenter_checkpoint, warmed_translator):
     from engine.data.transfer import transfer_data
-    from tests.engine.transfer.conftest import tiny_config
+    from tests.engine.conftest import tiny_config
 
     root = tmp_path_factory.mktemp("alone")
     configs = _configs(tiny_config)
