@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -166,6 +166,19 @@ def fall_back_to_source(cfg: RunConfig, data: TransferData, run_dir: Path, sourc
             data.target_name)
     save_source_model_as_best(cfg, data, run_dir, source_model, selected_model=NO_ADAPTATION)
     return TranslateThenSegment(segmenter_from_checkpoint(source_model)).to(device), 0, no_adaptation["val_jaccard"]
+
+
+def score_start(run: Any, target_name: str, criterion: str,
+                val_jaccard: Callable[[TranslateThenSegment], float]) -> None:
+    """Epoch 0 as a candidate of a run that starts from M_A: M_A as it is on the target, scored by
+    the run's criterion (`run.scores`), handed to its keep-best and recorded as its best so far and
+    as `run.no_adaptation` (that score and the validation Jaccard `val_jaccard(model)`)."""
+    model = TranslateThenSegment(segmenter_from_checkpoint(run.source_model)).to(run.device)
+    scores = run.scores(model)
+    run.keeper.start(scores)
+    run.best_val = float(np.mean(scores))
+    run.no_adaptation = {"target_score": run.best_val, "val_jaccard": float(val_jaccard(model))}
+    log.info("no adaptation (M_A on %s as it is, epoch 0): %s %.4f", target_name, criterion, run.best_val)
 
 
 def conclude(run: Any, cfg: RunConfig, data: TransferData, model: nn.Module | None, decision: Decision | None,

@@ -21,9 +21,8 @@ from engine.evaluation.label_budget import LabelPlan
 from engine.evaluation.selection import KeepBest
 from engine.runtime import checkpoints as ckpt
 from engine.supervised import Trainer
-from engine.transfer.outcome import CandidateScorer, ValidationScorer, conclude, judge, selection_record
+from engine.transfer.outcome import CandidateScorer, ValidationScorer, conclude, judge, score_start, selection_record
 from models.loading import TranslateThenSegment
-from models.registry import segmenter_from_checkpoint
 from protocol.config import RunConfig
 from protocol.run_dir import RunResult
 
@@ -66,17 +65,6 @@ class TargetTrainer(Trainer):
         metrics["selection_score"] = float(np.mean(scores))
         return scores, metrics["selection_score"]
 
-    def score_start(self) -> None:
-        """Epoch 0 as a candidate: M_A as it is (the network before any training step)."""
-        model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
-        scores = self.scores(model)
-        self.keeper.start(scores)
-        self.best_val = float(np.mean(scores))
-        self.no_adaptation = {"target_score": float(np.mean(scores)),
-                              "val_jaccard": float(self.val_scorer(model.segmenter)[0].mean())}
-        log.info("epoch 0 (M_A on %s as it is): %s %.4f", self.transfer_data.target_name, self.plan.criterion,
-                 self.no_adaptation["target_score"])
-
     # --- resume: the selection's state travels in last.pt too ---
     def _last_state(self) -> dict[str, Any]:
         state = super()._last_state()
@@ -113,7 +101,8 @@ class TargetTrainer(Trainer):
         """Resume from last.pt, or (a run from M_A whose criterion compares it) score epoch 0."""
         resumed = self.resume()
         if not resumed and self.from_source and self.keeper.compares_start:
-            self.score_start()
+            score_start(self, self.transfer_data.target_name, self.plan.criterion,
+                        lambda model: self.val_scorer(model.segmenter)[0].mean())
         log.info("%s on %s: %d training images, %d epochs from %s, epoch chosen by %s, writing to %s",
                  self.describe(), self.device, len(self.data.train_images), self.cfg.epochs,
                  "M_A" if self.from_source else "random initialisation", self.plan.criterion, self.run_dir)

@@ -36,6 +36,7 @@ from engine.transfer.outcome import (
     ValidationScorer,
     conclude,
     judge,
+    score_start,
     selection_record,
 )
 from engine.transfer.proposed.diagnostics import (
@@ -339,13 +340,6 @@ class ProposedRun(EpochLoop):
         watch_saturation(self.history, "transfer")
 
     # --- the run ---
-    def score_no_adaptation(self) -> dict[str, Any]:
-        """The "no adaptation" candidate (epoch 0): M_A as trained on the source, applied to b as it is."""
-        model = TranslateThenSegment(segmenter_from_checkpoint(self.source_model)).to(self.device)
-        scores = self.scores(model)
-        self.keeper.start(scores)
-        return {"target_score": float(scores.mean()), "val_jaccard": self.validate(model)[0]}
-
     def describe(self) -> str:
         return f"proposed {self.data.task} {self.data.target_name} {self.data.label_fraction:g} % " \
                f"repetition {self.cfg.repetition}"
@@ -362,10 +356,7 @@ class ProposedRun(EpochLoop):
                  self.plan.budget, cfg.transfer_epochs, self.translator_payload.get("warmup_epochs", 0),
                  self.criterion, self.run_dir)
         if self.no_adaptation is None and self.keeper.compares_start:
-            self.no_adaptation = self.score_no_adaptation()
-            self.best_val = self.no_adaptation["target_score"]
-            log.info("no adaptation (M_A on %s as it is): %s %.4f", data.target_name, self.criterion,
-                     self.no_adaptation["target_score"])
+            score_start(self, data.target_name, self.criterion, lambda model: self.validate(model)[0])
         return resumed
 
     def finish(self, trained: int) -> RunResult:
