@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from engine.runtime import checkpoints as ckpt
 from engine.runtime.device import load_scaler_state
@@ -72,6 +73,7 @@ class TrainingRun(Protocol):
     """What `drive` and engine.fused need of a run."""
 
     run_dir: Path
+    device: torch.device
     epoch: int
 
     @property

@@ -293,7 +293,7 @@ def _start_members(members: Sequence[Member], step_type: type) -> tuple[dict[int
             resumed = run.begin()  # or restores it
             log.info("%s %s fused with %d other run(s) on %s, writing to %s",
                      "resuming" if resumed else "training", run.describe(), len(members) - 1,
-                     getattr(run, "device", "?"), member.run_dir)
+                     run.device, member.run_dir)
             runs[i], rng[i] = run, torch.get_rng_state()
         except Exception as exc:
             log.exception("%s: could not start", member.run_dir)
