@@ -365,8 +365,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         # learning rate so the few hundred GAN steps a CPU affords still converge.
         "warmup_epochs": 20,
         "transfer_epochs": 8,
-        # The student's weight average gains on the target, and its source side recovers, for
-        # as long as this on both design phantom regimes (docs/adaptation.md): the paper's count.
+        # On both design phantom regimes the student's weight average was still gaining on the
+        # target, and its source side recovering, at 30 epochs (docs/adaptation.md); the paper's count.
         "self_training_epochs": 30,
         "translator_width": 8,
         "gan_lr": 2e-4,
