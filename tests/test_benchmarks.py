@@ -7,8 +7,11 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from models.loading import TranslateThenSegment
 from protocol.config import make_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -66,3 +69,21 @@ def test_bench_fused_times_both_fused_steps():
             if statm.exists():
                 resident_mb = int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
                 assert figures["host_peak_mb"] >= resident_mb * 0.99, (model, figures, resident_mb)
+
+
+def test_study_translation_measures_how_far_masks_move():
+    """The translation study's mask figures: a mask shifted by 3 rows and 4 columns has its
+    centroid 5 pixels away, and the masks come from the model's argmax, foreground = class 1."""
+    study = _load("study_translation")
+    mask = np.zeros((1, 32, 32), bool)
+    mask[0, 8:16, 6:12] = True
+    shifted = np.roll(mask, (3, 4), axis=(1, 2))
+    assert np.linalg.norm(study.centroids(mask) - study.centroids(shifted), axis=1) == pytest.approx([5.0])
+
+    class Threshold(torch.nn.Module):
+        def forward(self, images):
+            return torch.cat([torch.zeros_like(images), images - 0.5], 1)
+
+    images = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    got = study.lung_masks(TranslateThenSegment(Threshold()), images)
+    assert got.dtype == bool and np.array_equal(got, images > 0.5)
