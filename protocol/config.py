@@ -241,6 +241,9 @@ class RunConfig:
     # Pixels where the teacher's probability of its answer is below this are left unlabelled
     # (0.5: every pixel is labelled).
     pseudo_label_confidence: float = checked(0.5, at_least=0.5, below=1)
+    # The student's labelled target images repeated up to the size of the target training split,
+    # as fine-tuning repeats them; off: each once among the source and pseudo-labelled images.
+    pseudo_label_repeat_labelled: bool = checked(False)
     # The target labels a run at f % may read (LABEL_BUDGETS): "honest", its f % only (a held-back
     # part of them, or the unlabelled criterion when they are few, chooses the epoch); "paper",
     # the labelled validation split chooses the epoch too (PAPER_LABEL_BUDGET).

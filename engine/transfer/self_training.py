@@ -38,7 +38,7 @@ from engine.evaluation.label_budget import LabelPlan
 from engine.evaluation.selection import ShapePrior
 from engine.runtime import checkpoints as ckpt
 from engine.runtime.device import as_batch, as_mask_batch, resolve_device
-from engine.transfer.target_training import TargetTrainer
+from engine.transfer.target_training import TargetTrainer, labelled_repeats
 from models.loading import TranslateThenSegment
 from models.losses import IGNORE_INDEX
 from models.registry import segmenter_from_checkpoint
@@ -112,8 +112,11 @@ class SelfTrainingRun(TargetTrainer):
         # Where the pseudo-labelled images sit among the training images: a refreshing teacher
         # replaces them there.
         self.pseudo_slice = slice(len(data.source_train_images), len(data.source_train_images) + len(kept_images))
-        train_images = np.concatenate([data.source_train_images, kept_images, plan.train_images])
-        train_masks = np.concatenate([data.source_train_masks, kept_masks, plan.train_masks])
+        # The labelled target images the fraction keeps, with their truth: repeated as fine-tuning
+        # repeats them (pseudo_label_repeat_labelled), else once each.
+        labelled = labelled_repeats(plan, data) if cfg.pseudo_label_repeat_labelled else np.arange(plan.n_train)
+        train_images = np.concatenate([data.source_train_images, kept_images, plan.train_images[labelled]])
+        train_masks = np.concatenate([data.source_train_masks, kept_masks, plan.train_masks[labelled]])
         student = cfg.replace(model=source_model["arch"], width=source_model["arch_kwargs"]["width"],
                               init_weights=str(segmenter_path), epochs=cfg.self_training_epochs)
         super().__init__(cfg, data, plan, run_dir, source_model, student, train_images, train_masks, from_source=True)

@@ -125,6 +125,15 @@ class TargetTrainer(Trainer):
         return {}
 
 
+def labelled_repeats(plan: LabelPlan, data: TransferData) -> np.ndarray:
+    """Indices into the plan's labelled training images, repeated up to the size of the target
+    training split: an epoch then holds as many labelled target images at every fraction, so
+    1.25 % is not starved of steps and one label is not outweighed by everything else it trains with."""
+    if plan.n_train == 0:
+        return np.zeros(0, np.int64)
+    return np.resize(np.arange(plan.n_train), max(len(data.target_train_images), plan.n_train))
+
+
 def target_trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir: Path, segmenter_path: Path,
                    source_model: dict) -> TargetTrainer:
     """The trainer of a finetune (from M_A) or scratch (M_A's architecture from random
@@ -134,9 +143,7 @@ def target_trainer(cfg: RunConfig, data: TransferData, plan: LabelPlan, run_dir:
     with their truth, every epoch: with few target labels, a network trained on them alone learns
     them by heart and forgets the anatomy it knew; rehearsing the source keeps it (experience
     replay, as in continual learning). `run()` trains it alone; engine.fused trains several together."""
-    # The few labelled images are repeated up to the size of the target training split, so an
-    # epoch is the same number of updates at every fraction and 1.25 % is not starved of steps.
-    repeat = np.resize(np.arange(plan.n_train), max(len(data.target_train_images), plan.n_train))
+    repeat = labelled_repeats(plan, data)
     finetune = cfg.method == "finetune"
     images, masks = plan.train_images[repeat], plan.train_masks[repeat]
     if finetune and cfg.source_replay:
