@@ -242,8 +242,9 @@ class RunConfig:
     # (0.5: every pixel is labelled).
     pseudo_label_confidence: float = checked(0.5, at_least=0.5, below=1)
     # The student's labelled target images repeated up to the size of the target training split,
-    # as fine-tuning repeats them; off: each once among the source and pseudo-labelled images.
-    pseudo_label_repeat_labelled: bool = checked(False)
+    # as fine-tuning repeats them; off: each once among the source and pseudo-labelled images,
+    # where one true label lowered the student's result on the severe phantoms (docs/adaptation.md).
+    pseudo_label_repeat_labelled: bool = checked(True)
     # The target labels a run at f % may read (LABEL_BUDGETS): "honest", its f % only (a held-back
     # part of them, or the unlabelled criterion when they are few, chooses the epoch); "paper",
     # the labelled validation split chooses the epoch too (PAPER_LABEL_BUDGET).

@@ -6,9 +6,11 @@ engine/evaluation/selection.py (an implausible pseudo-label, e.g. a blob over th
 mistake and would only be learnt). A student that starts from M_A trains `self_training_epochs`
 epochs on the source training images with their truth (source replay), the kept pseudo-labelled
 target images and the target images the label fraction keeps (with their truth;
-engine/evaluation/label_budget.py), with the run's augmentation recipe: a strong augmentation on the student
-and none on the teacher, as in FixMatch / "Noisy Student" and the self-training baselines of
-domain adaptation for segmentation (Zou et al., ECCV 2018). Its result is the average of its
+engine/evaluation/label_budget.py; repeated up to the size of the target training split, as
+fine-tuning repeats them, with `pseudo_label_repeat_labelled`), with the run's augmentation
+recipe: a strong augmentation on the student and none on the teacher, as in FixMatch / "Noisy
+Student" and the self-training baselines of domain adaptation for segmentation (Zou et al., ECCV
+2018). Its result is the average of its
 weights at the ends of its epochs.
 
 The teacher (`pseudo_label_teacher`): "average" (the default), the student's weight average,

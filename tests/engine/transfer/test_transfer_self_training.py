@@ -144,3 +144,28 @@ def test_a_killed_self_training_run_with_a_refreshing_teacher_resumes_to_the_uni
     kept = read_segmenter_checkpoint(killed / "best.pt")["state_dict"]
     again = read_segmenter_checkpoint(tmp_path / "straight" / "best.pt")["state_dict"]
     assert all(torch.equal(kept[name], again[name]) for name in again)
+
+
+def test_the_students_labelled_images_are_repeated_as_fine_tuning_repeats_them(make_cfg, source, target,
+                                                                              segmenter_checkpoint, tmp_path):
+    """With pseudo_label_repeat_labelled each labelled target image is in the student's training
+    set as often as in fine-tuning's; without it, once. The source and pseudo-labelled images are
+    the same either way."""
+    from engine.transfer.dispatch import transfer_trainer
+
+    def copies(images, of):
+        return [sum(np.array_equal(image, one) for image in images) for one in of]
+
+    runs = {}
+    for method, repeat in (("self_training", False), ("self_training", True), ("finetune", True)):
+        cfg = make_cfg(method=method, label_fraction=10.0, pseudo_label_repeat_labelled=repeat)
+        data = transfer_data(cfg, source, target)
+        runs[method, repeat] = transfer_trainer(cfg, data, tmp_path / f"{method}-{repeat}", segmenter_checkpoint)
+    labelled = data.target_labelled_images
+    assert 0 < len(labelled) < len(data.target_train_images)
+    once, repeated, finetune = (copies(runs[key].data.train_images, labelled) for key in runs)
+    assert once == [1] * len(labelled)
+    assert repeated == finetune and sum(repeated) == len(data.target_train_images) and min(repeated) > 1
+    others = [len(runs[key].data.train_images) - sum(counts) for key, counts in
+              ((("self_training", False), once), (("self_training", True), repeated))]
+    assert others[0] == others[1] > 0
