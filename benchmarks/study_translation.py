@@ -32,6 +32,7 @@ from data_io.cache import load_jsrt, load_target  # noqa: E402
 from engine.data.transfer import transfer_data  # noqa: E402
 from engine.evaluation.guard import GuardSignals  # noqa: E402
 from engine.runtime.device import torch_threads  # noqa: E402
+from engine.runtime.prediction import predict_masks  # noqa: E402
 from engine.transfer.proposed.warmup import warmup_translator  # noqa: E402
 from models.loading import TranslateThenSegment, load_translator  # noqa: E402
 from models.registry import read_segmenter_checkpoint, segmenter_from_checkpoint  # noqa: E402
@@ -39,12 +40,8 @@ from protocol.config import make_config  # noqa: E402
 
 
 def lung_masks(model: TranslateThenSegment, images: np.ndarray) -> np.ndarray:
-    """Bool [N, H, W] foreground of the model's argmax on the (network-sized) images."""
-    batch = torch.as_tensor(np.asarray(images, np.float32))
-    if batch.ndim == 3:
-        batch = batch[:, None]
-    with torch.no_grad():
-        return model(batch).argmax(1).numpy() > 0
+    """Bool [N, H, W] foreground of the model's argmax on the (network-sized) images, on the CPU."""
+    return predict_masks(model, images, torch.device("cpu")) > 0
 
 
 def centroids(masks: np.ndarray) -> np.ndarray:
