@@ -10,8 +10,7 @@ engine/evaluation/label_budget.py; repeated up to the size of the target trainin
 fine-tuning repeats them, with `pseudo_label_repeat_labelled`), with the run's augmentation
 recipe: a strong augmentation on the student and none on the teacher, as in FixMatch / "Noisy
 Student" and the self-training baselines of domain adaptation for segmentation (Zou et al., ECCV
-2018). Its result is the average of its
-weights at the ends of its epochs.
+2018). Its result is the average of its weights at the ends of its epochs.
 
 The teacher (`pseudo_label_teacher`): "average" (the default), the student's weight average,
 refreshed after every epoch, a mean teacher at the granularity of epochs (Tarvainen & Valpola
