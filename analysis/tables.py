@@ -501,8 +501,8 @@ def proposed_variant_notes(trials: pd.DataFrame) -> list[str]:
     proposed = trials[(trials["experiment"] == TRANSFER) & (trials["method"] == PROPOSED) & (trials["status"] == "ok")]
     if proposed.empty:
         return []
-    variants = proposed.apply(lambda row: transfer_variant({name: row[f"cfg_{name}"] for name in PAPER_TRANSFER}),
-                              axis=1)
+    variants = proposed.apply(lambda row: transfer_variant({name: row[f"cfg_{name}"] for name in PAPER_TRANSFER
+                                                            if f"cfg_{name}" in row}), axis=1)
     notes = []
     for variant, rows in proposed.groupby(variants, sort=True):
         fell_back = int((rows["selected_model"] == NO_ADAPTATION).sum())

@@ -17,7 +17,10 @@ TRANSLATOR_DEFAULTS: dict[str, dict[str, Any]] = {
     # adversarial 10 (theirs: 1), the identity term and spectral normalisation keep the game balanced
     # and the translation from rewriting what needs no rewriting (docs/transfer.md);
     # protocol.config.PAPER_TRANSFER restores the paper's settings.
-    "munit": {**SHARED, "style_dim": 8, "w_recon": 10.0, "w_style": 1.0, "w_content": 1.0},
+    # Its decoders draw a smooth gain and offset of the image on an 8 x 8 grid, not the image: on
+    # both design phantom regimes the drawn image moved the anatomy where the field does not
+    # (models/translators/munit.py, docs/adaptation.md).
+    "munit": {**SHARED, "style_dim": 8, "w_recon": 10.0, "w_style": 1.0, "w_content": 1.0, "field_grid": 8},
     # Zhu et al.'s defaults, with two residual blocks instead of nine to stay as shallow as the MUNIT;
     # residual generators, the adversarial weight and the discriminators' regularisers as for the MUNIT.
     "cyclegan": {**SHARED, "n_residual": 2, "pool_size": 50},
@@ -27,7 +30,8 @@ DEFAULT_TRANSLATOR = "munit"
 
 # A translator argument set by a RunConfig field of another name; every other argument that
 # names a RunConfig field is set by that field, the rest keep their defaults.
-CONFIG_FIELD_OF_ARGUMENT = {"width": "translator_width", "residual": "residual_generators"}
+CONFIG_FIELD_OF_ARGUMENT = {"width": "translator_width", "residual": "residual_generators",
+                            "field_grid": "translator_field_grid"}
 
 
 def config_field(argument: str) -> str:

@@ -174,6 +174,9 @@ class RunConfig:
     # (models/translator_defaults.py); translator_arguments() passes them on.
     translator: str = checked(DEFAULT_TRANSLATOR, one_of=tuple(TRANSLATOR_DEFAULTS))  # "munit" or "cyclegan"
     translator_width: int = checked(config_default("translator_width"), at_least=1)
+    # The MUNIT's decoders draw a smooth intensity field on this grid of cells, not the image
+    # (models/translators/munit.py); 0: they draw the image, as the paper's did.
+    translator_field_grid: int = checked(config_default("translator_field_grid"), at_least=0)
     style_dim: int = checked(config_default("style_dim"), at_least=1)
     warmup_epochs: int = checked(20, at_least=1)  # translator trained alone before M_A joins
     transfer_epochs: int = checked(30, at_least=1)
@@ -265,6 +268,9 @@ class RunConfig:
             setattr(self, f.name, value)
         if self.fold >= self.n_folds:
             raise ConfigError(f"fold must be < n_folds ({self.n_folds}), got {self.fold}")
+        if self.translator == "munit" and self.translator_field_grid and not self.residual_generators:
+            raise ConfigError("translator_field_grid > 0 draws a correction of the image, which needs "
+                              "residual_generators=true; set translator_field_grid=0 for generators that draw the image")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -284,10 +290,13 @@ class RunConfig:
 
 def _upgrade(values: Mapping[str, Any]) -> dict[str, Any]:
     """A config written before `augmentation` replaced the boolean `augment` (false: the paper's
-    protocol, true: the small affine warps), read as the run it was."""
+    protocol, true: the small affine warps), or before `translator_field_grid` existed (its MUNIT
+    drew the image: 0), read as the run it was."""
     values = dict(values)
     if "augment" in values and "augmentation" not in values:
         values["augmentation"] = "affine" if _as_bool("augment", values.pop("augment")) else "none"
+    if "translator_width" in values and "translator_field_grid" not in values:
+        values["translator_field_grid"] = 0
     return values
 
 
@@ -308,6 +317,7 @@ PAPER_LABEL_BUDGET: dict[str, Any] = {"label_budget": "paper", "source_replay": 
 PAPER_TRANSFER: dict[str, Any] = {
     "w_adv": 1.0, "w_identity": 0.0, "spectral_norm": False, "residual_generators": False, "r1_gamma": 0.0,
     "instance_noise": 0.0, "d_lr_ratio": 1.0, "w_semantic": 0.0, "selection": "source", "guard": "off",
+    "translator_field_grid": 0,
 }
 
 
@@ -316,10 +326,11 @@ def transfer_variant(values: Mapping[str, Any]) -> str:
     stripped) ran: "default", "paper" (PAPER_TRANSFER), or "custom: field=value, ..." naming
     the fields that differ from the defaults."""
     defaults = RunConfig()
-    ran = {name: values[name] for name in PAPER_TRANSFER}
+    # A field a row does not record did not exist when it ran: it is not compared.
+    ran = {name: values[name] for name in PAPER_TRANSFER if name in values}
     if all(ran[name] == getattr(defaults, name) for name in ran):
         return "default"
-    if all(ran[name] == paper for name, paper in PAPER_TRANSFER.items()):
+    if all(ran[name] == PAPER_TRANSFER[name] for name in ran):
         return "paper"
     return "custom: " + ", ".join(f"{name}={ran[name]}" for name in ran if ran[name] != getattr(defaults, name))
 

@@ -4,6 +4,14 @@ Each domain has a content encoder, a style encoder and a decoder. Generators hav
 the encoder and two in the decoder, discriminators two convolutions and one fully connected
 layer, as the paper's GPU budget forced. The content code keeps half the resolution, so the
 translation is local: anatomy cannot move far, which is what the segmenter downstream needs.
+
+With `field_grid` (the default) the decoders do not draw the translated image: they draw a gain
+and an offset per pixel, averaged over a field_grid x field_grid grid of cells and interpolated
+back, and the translation is image * (1 + gain) + offset. A smooth intensity field can invert a
+film, flatten a bias field or change its contrast, but it cannot redraw the anatomy, the framing
+or the borders; a decoder that draws the image can, and its discriminators ask it to wherever the
+target's films are framed differently from the source's (docs/adaptation.md). 0: the decoders
+draw the image (the paper's translator).
 """
 from __future__ import annotations
 
@@ -53,7 +61,7 @@ class StyleEncoder(nn.Module):
 class AdaINDecoder(nn.Module):
     """Upsample, one convolution modulated by the style (AdaIN), one output convolution."""
 
-    def __init__(self, width: int, style_dim: int):
+    def __init__(self, width: int, style_dim: int, out_channels: int = 1):
         super().__init__()
         self.conv = nn.Conv2d(2 * width, width, 5, padding=2, padding_mode="reflect")
         self.norm = nn.InstanceNorm2d(width, affine=False)
@@ -61,7 +69,7 @@ class AdaINDecoder(nn.Module):
             nn.Linear(style_dim, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 2 * width)
         )
         # Intensities are standardised, not squashed into [-1, 1]: a linear output, no tanh.
-        self.out = nn.Conv2d(width, 1, 7, padding=3, padding_mode="reflect")
+        self.out = nn.Conv2d(width, out_channels, 7, padding=3, padding_mode="reflect")
 
     def forward(self, content: Tensor, style: Tensor) -> Tensor:
         hidden = self.norm(self.conv(F.interpolate(content, scale_factor=2, mode="nearest")))
@@ -72,20 +80,30 @@ class AdaINDecoder(nn.Module):
 
 class DomainAutoEncoder(nn.Module):
     """With `residual`, the decoder renders a correction added to the image whose content it
-    decodes, and starts at zero: every generator is the identity until training moves it."""
+    decodes, and starts at zero: every generator is the identity until training moves it. With
+    `field_grid` > 0 (which needs `residual`) the correction is a smooth gain and offset of the
+    image's own intensities (the module docstring)."""
 
-    def __init__(self, width: int, style_dim: int, residual: bool = False):
+    def __init__(self, width: int, style_dim: int, residual: bool = False, field_grid: int = 0):
         super().__init__()
+        if field_grid and not residual:
+            raise ValueError("an intensity field (field_grid > 0) corrects the image it is drawn on: it needs "
+                             "residual generators")
         self.content = ContentEncoder(width)
         self.style = StyleEncoder(width, style_dim)
-        self.decoder = AdaINDecoder(width, style_dim)
-        self.residual = residual
+        self.decoder = AdaINDecoder(width, style_dim, out_channels=2 if field_grid else 1)
+        self.residual, self.field_grid = residual, field_grid
         if residual:
             zero_output_layer(self.decoder.out)
 
     def decode(self, content: Tensor, style: Tensor, encoded_image: Tensor) -> Tensor:
         """This domain's rendering of `content` (encoded from `encoded_image`) in `style`."""
         rendered = self.decoder(content, style)
+        if self.field_grid:
+            field = F.interpolate(F.adaptive_avg_pool2d(rendered, self.field_grid), size=encoded_image.shape[-2:],
+                                  mode="bilinear", align_corners=False)
+            gain, offset = field.chunk(2, dim=1)
+            return encoded_image * (1 + gain) + offset
         return encoded_image + rendered if self.residual else rendered
 
 
@@ -116,13 +134,13 @@ class MUNITTranslator(Translator):
     # Defaults live in the registry entry below, as data.
     def __init__(self, *, width: int, style_dim: int, w_adv: float, w_recon: float, w_cycle: float,
                  w_style: float, w_content: float, w_identity: float, residual: bool, spectral_norm: bool,
-                 r1_gamma: float, instance_noise: float):
+                 r1_gamma: float, instance_noise: float, field_grid: int = 0):
         super().__init__()
         self.style_dim = style_dim
         self.weights = dict(adv=w_adv, recon=w_recon, cycle=w_cycle, style=w_style, content=w_content,
                             identity=w_identity)
-        self.auto_a = DomainAutoEncoder(width, style_dim, residual)
-        self.auto_b = DomainAutoEncoder(width, style_dim, residual)
+        self.auto_a = DomainAutoEncoder(width, style_dim, residual, field_grid)
+        self.auto_b = DomainAutoEncoder(width, style_dim, residual, field_grid)
         self.dis_a = FCDiscriminator(width)
         self.dis_b = FCDiscriminator(width)
         self.regularise_discriminators(spectral_norm=spectral_norm, r1_gamma=r1_gamma, instance_noise=instance_noise)
