@@ -38,7 +38,10 @@ def translator_from(payload: Any, path: str | Path) -> tuple[Translator, dict]:
     missing = [k for k in ("translator", "kwargs", "state_dict") if not isinstance(payload, dict) or k not in payload]
     if missing:
         raise UserError(f"{path}: not a cxrsweep translator checkpoint (missing {', '.join(missing)})")
-    translator = build_translator(payload["translator"], **payload["kwargs"])
+    kwargs = dict(payload["kwargs"])
+    if payload["translator"] == "munit":
+        kwargs.setdefault("field_grid", 0)  # saved before the intensity field existed: it drew the image
+    translator = build_translator(payload["translator"], **kwargs)
     translator.load_state_dict(payload["state_dict"])
     return translator.eval(), payload
 

@@ -270,7 +270,8 @@ class RunConfig:
             raise ConfigError(f"fold must be < n_folds ({self.n_folds}), got {self.fold}")
         if self.translator == "munit" and self.translator_field_grid and not self.residual_generators:
             raise ConfigError("translator_field_grid > 0 draws a correction of the image, which needs "
-                              "residual_generators=true; set translator_field_grid=0 for generators that draw the image")
+                              "residual_generators=true; set translator_field_grid=0 for generators that "
+                              "draw the image")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
