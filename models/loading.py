@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from errors import UserError
 from models.registry import build_translator, load_torch_file, read_segmenter_checkpoint, segmenter_from_checkpoint
+from models.translator_defaults import with_arguments_saved_before_they_existed
 from models.translators.base import Translator
 
 
@@ -38,9 +39,7 @@ def translator_from(payload: Any, path: str | Path) -> tuple[Translator, dict]:
     missing = [k for k in ("translator", "kwargs", "state_dict") if not isinstance(payload, dict) or k not in payload]
     if missing:
         raise UserError(f"{path}: not a cxrsweep translator checkpoint (missing {', '.join(missing)})")
-    kwargs = dict(payload["kwargs"])
-    if payload["translator"] == "munit":
-        kwargs.setdefault("field_grid", 0)  # saved before the intensity field existed: it drew the image
+    kwargs = with_arguments_saved_before_they_existed(payload["translator"], payload["kwargs"])
     translator = build_translator(payload["translator"], **kwargs)
     translator.load_state_dict(payload["state_dict"])
     return translator.eval(), payload

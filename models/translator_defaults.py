@@ -34,6 +34,17 @@ CONFIG_FIELD_OF_ARGUMENT = {"width": "translator_width", "residual": "residual_g
                             "field_grid": "translator_field_grid"}
 
 
+# Arguments added after translators and configs were saved, with the value those saved ones ran
+# with (not today's default): a MUNIT saved before the intensity field existed drew the image.
+ARGUMENTS_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {"munit": {"field_grid": 0}}
+
+
+def with_arguments_saved_before_they_existed(translator: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` (a saved translator's keyword arguments) completed with the values of
+    ARGUMENTS_BEFORE_THEY_EXISTED it lacks."""
+    return {**ARGUMENTS_BEFORE_THEY_EXISTED.get(translator, {}), **arguments}
+
+
 def config_field(argument: str) -> str:
     return CONFIG_FIELD_OF_ARGUMENT.get(argument, argument)
 

@@ -23,7 +23,13 @@ import numpy as np
 from data_io.datasets import check_target_name
 from errors import MissingInput, UserError
 from models.loss_names import LOSSES
-from models.translator_defaults import DEFAULT_TRANSLATOR, TRANSLATOR_DEFAULTS, config_default, config_field
+from models.translator_defaults import (
+    ARGUMENTS_BEFORE_THEY_EXISTED,
+    DEFAULT_TRANSLATOR,
+    TRANSLATOR_DEFAULTS,
+    config_default,
+    config_field,
+)
 
 TASKS = ("lungs", "heart", "clavicles")
 SEGMENTATION_MODELS = ("fcn", "unet", "segnet")
@@ -296,8 +302,10 @@ def _upgrade(values: Mapping[str, Any]) -> dict[str, Any]:
     values = dict(values)
     if "augment" in values and "augmentation" not in values:
         values["augmentation"] = "affine" if _as_bool("augment", values.pop("augment")) else "none"
-    if "translator_width" in values and "translator_field_grid" not in values:
-        values["translator_field_grid"] = 0
+    if "translator_width" in values:  # a config that has translator fields at all
+        for argument, value in ARGUMENTS_BEFORE_THEY_EXISTED.get(values.get("translator", DEFAULT_TRANSLATOR),
+                                                                 {}).items():
+            values.setdefault(config_field(argument), value)
     return values
 
 
