@@ -44,12 +44,31 @@ def ray_log_path(store) -> Path:
     return Path(tempfile.gettempdir()) / "cxrsweep" / Path(*RAY_LOG)
 
 
+def _drop_exits_raised_in_callbacks(previous):
+    """An unraisable-exception hook that drops SystemExit and hands anything else to `previous`.
+
+    Ray stops a sweep's idle workers with SIGTERM, and its handler raises SystemExit wherever the
+    worker is. Inside a weakref or finaliser callback Python cannot raise it: the default hook
+    prints it as an ignored exception, traceback and all, and the worker's stderr reaches the
+    sweep's console after a sweep that succeeded. Ray ends the worker anyway; the print says
+    nothing a user must act on. Every other ignored exception is still printed."""
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        previous(unraisable)
+
+    hook.cxrsweep_drops_exits = True
+    return hook
+
+
 def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> None:
     """Ray's loggers in this process (driver or trial worker) write to `path` and no longer reach
     the console (a worker's stderr is what Ray forwards to the driver's), except their errors
     while this process logs at debug level (`cxrsweep -v`): a failed trial's traceback, which
-    Tune logs on the driver, is then on the console too. Idempotent: a worker process runs trial
-    after trial. `loggers`: whose messages (and their children's)."""
+    Tune logs on the driver, is then on the console too; nor does the SystemExit of Ray's SIGTERM
+    at shutdown (`_drop_exits_raised_in_callbacks`). Idempotent: a worker process runs trial after
+    trial. `loggers`: whose messages (and their children's)."""
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +97,8 @@ def send_ray_messages_to(path: Path, loggers: tuple[str, ...] = RAY_LOGGERS) -> 
         logger.propagate = False
         if not name.startswith("ray."):
             logger.setLevel(logging.INFO)
+    if not getattr(sys.unraisablehook, "cxrsweep_drops_exits", False):
+        sys.unraisablehook = _drop_exits_raised_in_callbacks(sys.unraisablehook)
 
 
 @contextlib.contextmanager

@@ -164,3 +164,35 @@ def test_fuse_groups_ready_trials_of_one_key_and_never_waits_for_a_sibling():
     assert set(handed) <= segmentation and len(handed) == len(set(handed))
     # Tune trial -> our ids, for every member: a group's completion settles each member.
     assert searcher.handed_out["g0"] == members
+
+
+def test_a_workers_exit_inside_a_callback_prints_nothing_and_other_ignored_errors_still_print(tmp_path):
+    """Ray's SIGTERM handler raises SystemExit wherever a stopping worker is; inside a weakref
+    callback Python prints it as an ignored exception, on the sweep's console. A process whose Ray
+    messages go to the sweep's log drops that print, and only that one."""
+    import subprocess
+    import sys
+
+    script = f"""
+import weakref
+from sweep.progress import send_ray_messages_to
+send_ray_messages_to({str(tmp_path / "ray.log")!r})
+send_ray_messages_to({str(tmp_path / "ray.log")!r})  # installed once
+class Thing:
+    pass
+def raising(error):
+    def callback(_):
+        raise error
+    return callback
+for error in (SystemExit(1), ValueError("a real ignored error")):
+    thing = Thing()
+    ref = weakref.ref(thing, raising(error))
+    del thing
+print("done")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "done"
+    assert "SystemExit" not in run.stderr
+    assert "ValueError: a real ignored error" in run.stderr
+    assert run.stderr.count("Exception ignored") == 1
