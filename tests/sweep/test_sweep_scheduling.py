@@ -174,10 +174,12 @@ def test_a_workers_exit_inside_a_callback_prints_nothing_and_other_ignored_error
     import sys
 
     script = f"""
-import weakref
+import sys, weakref
 from sweep.progress import send_ray_messages_to
 send_ray_messages_to({str(tmp_path / "ray.log")!r})
-send_ray_messages_to({str(tmp_path / "ray.log")!r})  # installed once
+installed = sys.unraisablehook
+send_ray_messages_to({str(tmp_path / "ray.log")!r})
+assert sys.unraisablehook is installed, "a second sweep in the process wraps the hook again"
 class Thing:
     pass
 def raising(error):
